@@ -1,0 +1,146 @@
+//! The command line, as clap types. Parsing only: [`crate::commands`] does the work.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Plan, run and report sweeps of LoRA versus full fine-tuning, locally or on Slurm over SSH.
+#[derive(Debug, Parser)]
+#[command(name = "sweep", version, about, long_about = None, after_help = "Example:\n  sweep plan sweeps/quickstart.toml\n  sweep run sweeps/quickstart.toml")]
+pub struct Cli {
+    /// Options every command takes.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Folder that holds every sweep's results (results/NAME/...).
+    #[arg(long, global = true, default_value = "results", value_name = "DIR")]
+    pub results: PathBuf,
+    /// Machine-readable JSON on stdout instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print more detail (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Expand a sweep spec into runs with stable ids, show what it will cost, write plan.jsonl.
+    #[command(
+        after_help = "Example:\n  sweep plan sweeps/paper-code-cpt.toml --tflops 180\n  sweep plan sweeps/quickstart.toml --csv > runs.csv"
+    )]
+    Plan(PlanArgs),
+    /// Send a sweep's runs to a Slurm cluster over SSH, or run them locally (no cluster set up).
+    #[command(
+        after_help = "Example:\n  sweep submit sweeps/paper-math-ift.toml --cluster mycluster"
+    )]
+    Submit(SubmitArgs),
+    /// Show the state of a sweep's runs.
+    #[command(after_help = "Example:\n  sweep status sweeps/quickstart.toml")]
+    Status(SweepArg),
+    /// Cancel a sweep's queued and running jobs.
+    #[command(after_help = "Example:\n  sweep cancel sweeps/paper-math-ift.toml")]
+    Cancel(SweepArg),
+    /// Copy results of finished runs back from the cluster.
+    #[command(after_help = "Example:\n  sweep collect sweeps/paper-math-ift.toml")]
+    Collect(SweepArg),
+    /// Summary tables and plots: LR sensitivity, data scaling, learning vs forgetting.
+    #[command(after_help = "Example:\n  sweep report sweeps/quickstart.toml")]
+    Report(SweepArg),
+    /// Train one run from its run.json (what every job runs).
+    #[command(
+        after_help = "Example:\n  sweep train results/quickstart/runs/1a2b3c4d5e-s0/run.json"
+    )]
+    Train(TrainArgs),
+    /// Plan, run every run on this machine, wait, and report: the demo.
+    #[command(after_help = "Example:\n  sweep run sweeps/quickstart.toml")]
+    Run(RunArgs),
+    /// Print shell completions.
+    #[command(
+        after_help = "Example:\n  sweep completions bash > ~/.local/share/bash-completion/completions/sweep"
+    )]
+    Completions(CompletionsArgs),
+}
+
+/// `sweep plan`.
+#[derive(Debug, Clone, Args)]
+pub struct PlanArgs {
+    /// The sweep spec (TOML).
+    pub spec: PathBuf,
+    /// One CSV row per run on stdout.
+    #[arg(long, conflicts_with = "json")]
+    pub csv: bool,
+    /// Achieved TFLOP/s per GPU for the GPU-hours estimate.
+    #[arg(long, value_name = "TFLOPS")]
+    pub tflops: Option<f64>,
+    /// Plan grids larger than 10 million runs.
+    #[arg(long)]
+    pub force: bool,
+    /// Do not write results/NAME/plan.jsonl.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// List every run, not only the groups.
+    #[arg(long)]
+    pub runs: bool,
+}
+
+/// `sweep submit`.
+#[derive(Debug, Clone, Args)]
+pub struct SubmitArgs {
+    /// The sweep spec (TOML).
+    pub spec: PathBuf,
+    /// A cluster from clusters.toml; without it, runs go to the local executor.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// Resubmit runs that failed.
+    #[arg(long)]
+    pub retry_failed: bool,
+    /// Upload the sweep binary (and libtorch) to the cluster first.
+    #[arg(long)]
+    pub install: bool,
+}
+
+/// Commands that act on one sweep.
+#[derive(Debug, Clone, Args)]
+pub struct SweepArg {
+    /// The sweep spec (TOML).
+    pub spec: PathBuf,
+}
+
+/// `sweep train`.
+#[derive(Debug, Clone, Args)]
+pub struct TrainArgs {
+    /// The run's run.json (written by `sweep plan`/`submit`).
+    pub run: PathBuf,
+    /// Intra-op threads (default: SLURM_CPUS_PER_TASK, else all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// `sweep run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The sweep spec (TOML).
+    pub spec: PathBuf,
+    /// Runs at a time (default: cores / threads per run).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+}
+
+/// `sweep completions`.
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    pub shell: clap_complete::Shell,
+}

@@ -1,0 +1,147 @@
+//! The commands: each resolves its settings, does its work, and hands errors to `main`, which
+//! alone turns them into exit codes (0 ok, 1 runtime failure, 2 usage or spec error).
+
+pub mod plan;
+
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::cli::{Cli, Command, GlobalArgs};
+use crate::model::config::LlamaConfig;
+use crate::plan::{Plan, PlanOptions};
+use crate::spec::{self, SpecError};
+
+/// An error the user can fix by changing how they called `sweep` (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// A capability that is not built yet: said plainly, never faked (exit code 1).
+#[derive(Debug, thiserror::Error)]
+#[error("`sweep {command}` is not built yet ({what}); see the open issue \"{issue}\"")]
+pub struct NotBuilt {
+    /// The command.
+    pub command: &'static str,
+    /// What is missing.
+    pub what: &'static str,
+    /// The issue that builds it.
+    pub issue: &'static str,
+}
+
+/// Exit code for an error: 2 for spec and usage errors, 1 for everything else.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    if err.downcast_ref::<SpecError>().is_some() || err.downcast_ref::<UsageError>().is_some() {
+        2
+    } else {
+        1
+    }
+}
+
+/// Run the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Plan(args) => plan::run(g, &args),
+        Command::Completions(args) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(args.shell, &mut cmd, "sweep", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Submit(_) => Err(NotBuilt {
+            command: "submit",
+            what: "the local and Slurm executors",
+            issue: "Executors: the local default and Slurm over SSH",
+        }
+        .into()),
+        Command::Status(_) => Err(NotBuilt {
+            command: "status",
+            what: "the executors' sweep state",
+            issue: "Executors: the local default and Slurm over SSH",
+        }
+        .into()),
+        Command::Cancel(_) => Err(NotBuilt {
+            command: "cancel",
+            what: "the executors",
+            issue: "Executors: the local default and Slurm over SSH",
+        }
+        .into()),
+        Command::Collect(_) => Err(NotBuilt {
+            command: "collect",
+            what: "the Slurm executor",
+            issue: "Executors: the local default and Slurm over SSH",
+        }
+        .into()),
+        Command::Report(_) => Err(NotBuilt {
+            command: "report",
+            what: "aggregation, tables and plots",
+            issue: "Report and the end-to-end demo",
+        }
+        .into()),
+        Command::Train(_) => Err(NotBuilt {
+            command: "train",
+            what: "the libtorch trainer",
+            issue: "The trainer: libtorch Llama with LoRA and full fine-tuning",
+        }
+        .into()),
+        Command::Run(_) => Err(NotBuilt {
+            command: "run",
+            what: "local execution of a sweep; `sweep plan` works",
+            issue: "Executors: the local default and Slurm over SSH",
+        }
+        .into()),
+    }
+}
+
+/// Load a spec and plan it, locating any problem in the file. Shared by every command that
+/// takes a spec.
+pub fn load_plan(path: &Path, force: bool) -> anyhow::Result<(spec::SpecSource, Plan)> {
+    let (src, spec) = spec::load(path)?;
+    let shape = resolve_shape(&spec, path);
+    let plan = crate::plan::plan(&spec, &PlanOptions { shape, force })
+        .map_err(|p| SpecError::at(&src, &p))?;
+    Ok((src, plan))
+}
+
+/// The base model's shape: a builtin's, an HF directory's config.json when it can be read here,
+/// or the spec's `model.shape`. Relative paths are taken from the spec's folder.
+fn resolve_shape(spec: &spec::Spec, spec_path: &Path) -> Option<LlamaConfig> {
+    if let Some(b) = &spec.model.builtin {
+        return LlamaConfig::builtin(b);
+    }
+    if let Some(dir) = &spec.model.hf {
+        let dir = spec_path.parent().unwrap_or(Path::new(".")).join(dir);
+        if let Ok(text) = std::fs::read_to_string(dir.join("config.json")) {
+            if let Ok(cfg) = serde_json::from_str::<LlamaConfig>(&text) {
+                return Some(cfg);
+            }
+        }
+    }
+    spec.model.shape.as_deref().and_then(LlamaConfig::builtin)
+}
+
+/// The results folder of a sweep.
+pub fn sweep_dir(g: &GlobalArgs, name: &str) -> std::path::PathBuf {
+    g.results.join(name)
+}
+
+/// Read the run ids of a previous plan.jsonl, if there is one.
+pub fn previous_run_ids(path: &Path) -> anyhow::Result<Option<Vec<String>>> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: String,
+    }
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut ids = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        // A line that does not parse (a partial write by an old version) is skipped, not fatal.
+        if let Ok(r) = serde_json::from_str::<IdOnly>(line) {
+            ids.push(r.id);
+        }
+    }
+    Ok(Some(ids))
+}

@@ -1,0 +1,339 @@
+//! `sweep plan`: expand a spec, show runs grouped with their cost, and write plan.jsonl.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use anyhow::Context;
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use serde::Serialize;
+
+use super::{load_plan, previous_run_ids, sweep_dir};
+use crate::cli::{GlobalArgs, PlanArgs};
+use crate::plan::cost::{cost, flops_per_token, Cost, DEFAULT_TFLOPS};
+use crate::plan::diff::{diff, PlanDiff};
+use crate::plan::{MethodConfig, Plan, Point};
+use crate::spec::values::{format_tokens, module_set_label};
+use crate::util::write_atomic;
+
+/// One row of the grouped view: runs that share method, rank and module set.
+#[derive(Debug, Clone, Serialize)]
+pub struct Group {
+    /// `full` or `lora`.
+    pub method: String,
+    /// LoRA rank.
+    pub rank: Option<u64>,
+    /// LoRA module set label.
+    pub target_modules: Option<String>,
+    /// Learning rates in the group, ascending.
+    pub learning_rates: Vec<f64>,
+    /// Token budgets trained to, ascending.
+    pub token_budgets: Vec<u64>,
+    /// Cost of the group.
+    pub cost: Cost,
+}
+
+/// Group key of a point.
+fn group_key(p: &Point) -> (u8, u64, String) {
+    match &p.method {
+        MethodConfig::Full => (0, 0, String::new()),
+        MethodConfig::Lora {
+            rank,
+            target_modules,
+            ..
+        } => (1, *rank, module_set_label(target_modules)),
+    }
+}
+
+/// The grouped view of a plan: pure, for the table and the JSON output.
+pub fn groups(plan: &Plan, tflops: f64) -> Vec<Group> {
+    let mut keys: BTreeMap<(u8, u64, String), (Vec<f64>, Vec<u64>)> = BTreeMap::new();
+    for p in &plan.points {
+        let e = keys.entry(group_key(p)).or_default();
+        e.0.push(p.learning_rate);
+        e.1.push(p.token_budget);
+    }
+    keys.into_iter()
+        .map(|(k, (mut lrs, mut budgets))| {
+            lrs.sort_by(f64::total_cmp);
+            lrs.dedup();
+            budgets.sort_unstable();
+            budgets.dedup();
+            let c = cost(plan, tflops, |p| group_key(p) == k);
+            Group {
+                method: if k.0 == 0 {
+                    "full".into()
+                } else {
+                    "lora".into()
+                },
+                rank: (k.0 == 1).then_some(k.1),
+                target_modules: (k.0 == 1).then_some(k.2),
+                learning_rates: lrs,
+                token_budgets: budgets,
+                cost: c,
+            }
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+struct PlanJson<'a> {
+    sweep: &'a str,
+    description: &'a str,
+    seeds: usize,
+    total: Cost,
+    groups: Vec<Group>,
+    diff: Option<DiffCounts>,
+    plan_file: Option<String>,
+}
+
+#[derive(Serialize)]
+struct DiffCounts {
+    new: usize,
+    unchanged: usize,
+    gone: usize,
+    gone_ids: Vec<String>,
+}
+
+/// Run `sweep plan`.
+pub fn run(g: &GlobalArgs, args: &PlanArgs) -> anyhow::Result<()> {
+    let (src, plan) = load_plan(&args.spec, args.force)?;
+    let tflops = args.tflops.unwrap_or(DEFAULT_TFLOPS);
+    if !(tflops.is_finite() && tflops > 0.0) {
+        return Err(super::UsageError(format!(
+            "--tflops {tflops}: give the achieved TFLOP/s per GPU, a number > 0"
+        ))
+        .into());
+    }
+    let dir = sweep_dir(g, &plan.name);
+    let plan_file = dir.join("plan.jsonl");
+    let previous = previous_run_ids(&plan_file)?;
+    let change = previous.as_ref().map(|prev| {
+        diff(
+            prev.iter().map(String::as_str),
+            plan.runs.iter().map(|r| r.id.as_str()),
+        )
+    });
+    if !args.dry_run {
+        write_atomic(&plan_file, |w| plan.write_jsonl(w))
+            .with_context(|| format!("writing {}", plan_file.display()))?;
+        write_atomic(&dir.join("spec.toml"), |w| w.write_all(src.text.as_bytes()))
+            .with_context(|| format!("writing {}", dir.join("spec.toml").display()))?;
+    }
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    if args.csv {
+        write_csv(&plan, &mut out)?;
+    } else if g.json {
+        let j = PlanJson {
+            sweep: &plan.name,
+            description: &plan.description,
+            seeds: plan.runs.len() / plan.points.len().max(1),
+            total: cost(&plan, tflops, |_| true),
+            groups: groups(&plan, tflops),
+            diff: change.as_ref().map(|d| DiffCounts {
+                new: d.new.len(),
+                unchanged: d.unchanged.len(),
+                gone: d.gone.len(),
+                gone_ids: d.gone.clone(),
+            }),
+            plan_file: (!args.dry_run).then(|| plan_file.display().to_string()),
+        };
+        serde_json::to_writer_pretty(&mut out, &j)?;
+        writeln!(out)?;
+    } else if !g.quiet {
+        write!(
+            out,
+            "{}",
+            render_text(&plan, tflops, change.as_ref(), args.runs)
+        )?;
+        if !args.dry_run {
+            writeln!(out, "wrote {}", plan_file.display())?;
+        }
+    }
+    Ok(())
+}
+
+fn fmt_lr(v: f64) -> String {
+    format!("{v:.0e}").replace("e-", "e-")
+}
+
+fn fmt_hours(h: Option<f64>) -> String {
+    match h {
+        None => "?".into(),
+        Some(h) if h < 0.01 => format!("{:.1}s", h * 3600.0),
+        Some(h) if h < 10.0 => format!("{h:.2}"),
+        Some(h) => format!("{h:.0}"),
+    }
+}
+
+fn fmt_flops(f: Option<f64>) -> String {
+    f.map(|f| format!("{f:.2e}")).unwrap_or_else(|| "?".into())
+}
+
+/// The human view of a plan: a table of groups, the totals and what changed since the last plan.
+pub fn render_text(plan: &Plan, tflops: f64, change: Option<&PlanDiff>, list_runs: bool) -> String {
+    let mut s = String::new();
+    let total = cost(plan, tflops, |_| true);
+    let seeds = plan.runs.len() / plan.points.len().max(1);
+    s.push_str(&format!(
+        "sweep {}: {} runs ({} configurations x {} seeds)\n",
+        plan.name, total.runs, total.configs, seeds
+    ));
+    if !plan.description.is_empty() {
+        s.push_str(&format!("{}\n", plan.description));
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec![
+        "method",
+        "rank",
+        "modules",
+        "learning rates",
+        "budgets",
+        "runs",
+        "tokens",
+        "FLOPs",
+        "GPU-h",
+    ]);
+    for gr in groups(plan, tflops) {
+        t.add_row(vec![
+            gr.method.clone(),
+            gr.rank.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+            gr.target_modules.clone().unwrap_or_else(|| "-".into()),
+            gr.learning_rates
+                .iter()
+                .map(|&v| fmt_lr(v))
+                .collect::<Vec<_>>()
+                .join(" "),
+            gr.token_budgets
+                .iter()
+                .map(|&b| format_tokens(b))
+                .collect::<Vec<_>>()
+                .join(" "),
+            gr.cost.runs.to_string(),
+            format_tokens(gr.cost.tokens),
+            fmt_flops(gr.cost.flops),
+            fmt_hours(gr.cost.gpu_hours),
+        ]);
+    }
+    t.add_row(vec![
+        "total".into(),
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+        total.runs.to_string(),
+        format_tokens(total.tokens),
+        fmt_flops(total.flops),
+        fmt_hours(total.gpu_hours),
+    ]);
+    s.push_str(&format!("{t}\n"));
+    match &plan.shape {
+        Some(_) => s.push_str(&format!("GPU-hours assume {tflops} TFLOP/s achieved per GPU (--tflops)\n")),
+        None => s.push_str("FLOPs unknown: the model's config.json cannot be read here; set model.shape (e.g. \"llama2-7b\") to estimate them\n"),
+    }
+    if let Some(d) = change {
+        s.push_str(&format!(
+            "since the last plan: {} new, {} unchanged, {} gone\n",
+            d.new.len(),
+            d.unchanged.len(),
+            d.gone.len()
+        ));
+    }
+    if list_runs {
+        for r in &plan.runs {
+            let p = &plan.points[r.point];
+            s.push_str(&format!("{}  {}\n", r.id, describe(p)));
+        }
+    }
+    s
+}
+
+/// A one-line description of a point: `lora r16 all lr=2e-4 budget=1M`.
+pub fn describe(p: &Point) -> String {
+    let m = match &p.method {
+        MethodConfig::Full => "full".to_string(),
+        MethodConfig::Lora {
+            rank,
+            alpha,
+            target_modules,
+            dropout,
+        } => {
+            let mut m = format!("lora r{rank} a{alpha} {}", module_set_label(target_modules));
+            if *dropout > 0.0 {
+                m.push_str(&format!(" drop{dropout}"));
+            }
+            m
+        }
+    };
+    format!(
+        "{m} lr={} budget={}",
+        fmt_lr(p.learning_rate),
+        format_tokens(p.token_budget)
+    )
+}
+
+fn write_csv(plan: &Plan, out: &mut dyn Write) -> anyhow::Result<()> {
+    let mut w = csv::Writer::from_writer(out);
+    w.write_record([
+        "run_id",
+        "config_id",
+        "seed",
+        "method",
+        "learning_rate",
+        "rank",
+        "alpha",
+        "target_modules",
+        "lora_dropout",
+        "token_budget",
+        "eval_at",
+        "train_flops",
+    ])?;
+    for r in &plan.runs {
+        let p = &plan.points[r.point];
+        let (rank, alpha, modules, dropout) = match &p.method {
+            MethodConfig::Full => (String::new(), String::new(), String::new(), String::new()),
+            MethodConfig::Lora {
+                rank,
+                alpha,
+                target_modules,
+                dropout,
+            } => (
+                rank.to_string(),
+                alpha.to_string(),
+                module_set_label(target_modules),
+                dropout.to_string(),
+            ),
+        };
+        let flops = plan
+            .shape
+            .as_ref()
+            .map(|s| {
+                format!(
+                    "{:.4e}",
+                    flops_per_token(s, p, plan.shared.training.seq_len) * p.token_budget as f64
+                )
+            })
+            .unwrap_or_default();
+        w.write_record([
+            r.id.clone(),
+            r.config_id.clone(),
+            r.seed.to_string(),
+            p.method.method_name().to_string(),
+            p.learning_rate.to_string(),
+            rank,
+            alpha,
+            modules,
+            dropout,
+            p.token_budget.to_string(),
+            p.eval_at
+                .iter()
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+            flops,
+        ])?;
+    }
+    w.flush()?;
+    Ok(())
+}

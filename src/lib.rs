@@ -1,0 +1,13 @@
+//! `sweep`: plan, run and report studies of LoRA versus full fine-tuning, after "LoRA Learns Less
+//! and Forgets Less" (Biderman et al., 2024).
+//!
+//! Data flows one way: [`spec`] (what the user wrote) -> [`plan`] (runs with stable ids) ->
+//! executors -> run results -> report. The planner does no I/O; the trainer never hears of Slurm.
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod commands;
+pub mod model;
+pub mod plan;
+pub mod spec;
+pub mod util;

@@ -1,0 +1,19 @@
+//! The `sweep` binary: parse the command line, run the command, and turn errors into exit codes.
+
+use clap::Parser;
+
+fn main() {
+    let cli = match sweep::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are not errors; clap's usage errors exit 2.
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    if let Err(err) = sweep::commands::run(cli) {
+        eprintln!("error: {err:#}");
+        std::process::exit(sweep::commands::exit_code(&err));
+    }
+}

@@ -1,0 +1,269 @@
+//! Llama model shapes: the serde mirror of a Hugging Face `config.json`, and the builtin shapes.
+//!
+//! This file needs no libtorch: the planner uses shapes to validate ranks and estimate cost.
+
+use serde::{Deserialize, Serialize};
+
+/// The architecture hyperparameters of a Llama-family model, with the field names of Hugging
+/// Face's `LlamaConfig` so that a checkpoint's `config.json` deserializes into it directly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    /// Vocabulary size (rows of the embedding matrix).
+    pub vocab_size: usize,
+    /// Model width d.
+    pub hidden_size: usize,
+    /// Width of the SwiGLU MLP's hidden layer.
+    pub intermediate_size: usize,
+    /// Number of transformer blocks.
+    pub num_hidden_layers: usize,
+    /// Number of query heads.
+    pub num_attention_heads: usize,
+    /// Number of key/value heads (grouped-query attention when fewer than query heads).
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    /// Longest sequence the rotary embedding tables are built for.
+    #[serde(default = "default_max_positions")]
+    pub max_position_embeddings: usize,
+    /// RMSNorm epsilon.
+    #[serde(default = "default_rms_eps")]
+    pub rms_norm_eps: f64,
+    /// RoPE base frequency.
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    /// Whether the output head shares the token embedding's weights.
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+}
+
+fn default_max_positions() -> usize {
+    2048
+}
+fn default_rms_eps() -> f64 {
+    1e-5
+}
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+
+/// The names of the builtin shapes, for error messages and `--help`.
+pub const BUILTIN_SHAPES: &[&str] = &["tiny", "small", "smollm2-135m", "llama-1b", "llama2-7b"];
+
+impl LlamaConfig {
+    /// A builtin shape by name: `tiny` (~1M parameters, byte-level, the demo's), `small` (~25M,
+    /// d=512, 8 layers), and the shapes of real models used for planning and benchmarks.
+    pub fn builtin(name: &str) -> Option<LlamaConfig> {
+        let (vocab, d, ff, layers, heads, kv, tied, theta, eps) = match name {
+            "tiny" => (BYTE_VOCAB, 128, 352, 4, 4, 2, true, 10_000.0, 1e-5),
+            "small" => (BYTE_VOCAB, 512, 1376, 8, 8, 4, true, 10_000.0, 1e-5),
+            "smollm2-135m" => (49_152, 576, 1536, 30, 9, 3, true, 100_000.0, 1e-5),
+            "llama-1b" => (32_000, 2048, 5632, 22, 32, 4, false, 10_000.0, 1e-5),
+            "llama2-7b" => (32_000, 4096, 11_008, 32, 32, 32, false, 10_000.0, 1e-5),
+            _ => return None,
+        };
+        Some(LlamaConfig {
+            vocab_size: vocab,
+            hidden_size: d,
+            intermediate_size: ff,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            num_key_value_heads: Some(kv),
+            max_position_embeddings: if name == "llama2-7b" { 4096 } else { 2048 },
+            rms_norm_eps: eps,
+            rope_theta: theta,
+            tie_word_embeddings: tied,
+        })
+    }
+
+    /// Key/value heads, defaulting to the query heads as Hugging Face does.
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads.max(1)
+    }
+
+    /// The (out, in) shape of a projection matrix in one block.
+    pub fn module_shape(&self, module: Module) -> (usize, usize) {
+        let d = self.hidden_size;
+        let kv = self.kv_heads() * self.head_dim();
+        let ff = self.intermediate_size;
+        match module {
+            Module::Q | Module::O => (d, d),
+            Module::K | Module::V => (kv, d),
+            Module::Gate | Module::Up => (ff, d),
+            Module::Down => (d, ff),
+        }
+    }
+
+    /// Parameters in the matrices that a token's forward pass multiplies by: every projection
+    /// of every block plus the output head. Embedding lookups and norms cost no matmul FLOPs.
+    pub fn matmul_params(&self) -> u64 {
+        let per_block: usize = Module::ALL
+            .iter()
+            .map(|&m| {
+                let (o, i) = self.module_shape(m);
+                o * i
+            })
+            .sum();
+        (per_block * self.num_hidden_layers + self.vocab_size * self.hidden_size) as u64
+    }
+
+    /// Every trainable parameter of the base model (embeddings, norms and the untied head too).
+    pub fn total_params(&self) -> u64 {
+        let d = self.hidden_size;
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            self.vocab_size * d
+        };
+        let norms = (2 * self.num_hidden_layers + 1) * d;
+        self.matmul_params() + (head + norms) as u64
+    }
+
+    /// Parameters of a LoRA adapter of rank `rank` on the given modules of every block.
+    pub fn lora_params(&self, modules: &[Module], rank: usize) -> u64 {
+        let per_block: usize = modules
+            .iter()
+            .map(|&m| {
+                let (o, i) = self.module_shape(m);
+                rank * (o + i)
+            })
+            .sum();
+        (per_block * self.num_hidden_layers) as u64
+    }
+
+    /// The largest LoRA rank that makes sense for a module: min(out, in).
+    pub fn max_rank(&self, module: Module) -> usize {
+        let (o, i) = self.module_shape(module);
+        o.min(i)
+    }
+}
+
+/// Byte-level vocabulary of the builtin models: 256 bytes plus BOS, EOS and PAD, padded to 264.
+pub const BYTE_VOCAB: usize = 264;
+
+/// A projection matrix of a Llama block that LoRA can target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Module {
+    /// self_attn.q_proj
+    Q,
+    /// self_attn.k_proj
+    K,
+    /// self_attn.v_proj
+    V,
+    /// self_attn.o_proj
+    O,
+    /// mlp.gate_proj
+    Gate,
+    /// mlp.up_proj
+    Up,
+    /// mlp.down_proj
+    Down,
+}
+
+impl Module {
+    /// Every module, in checkpoint order.
+    pub const ALL: [Module; 7] = [
+        Module::Q,
+        Module::K,
+        Module::V,
+        Module::O,
+        Module::Gate,
+        Module::Up,
+        Module::Down,
+    ];
+    /// The attention set of the paper: q, k, v, o.
+    pub const ATTENTION: [Module; 4] = [Module::Q, Module::K, Module::V, Module::O];
+    /// The MLP set of the paper: gate, up, down.
+    pub const MLP: [Module; 3] = [Module::Gate, Module::Up, Module::Down];
+
+    /// The short name used in specs (`q`, `gate`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Module::Q => "q",
+            Module::K => "k",
+            Module::V => "v",
+            Module::O => "o",
+            Module::Gate => "gate",
+            Module::Up => "up",
+            Module::Down => "down",
+        }
+    }
+
+    /// Parse a short name (`q`) or a Hugging Face name (`q_proj`).
+    pub fn parse(name: &str) -> Option<Module> {
+        let short = name.strip_suffix("_proj").unwrap_or(name);
+        Module::ALL.into_iter().find(|m| m.name() == short)
+    }
+
+    /// The parameter path inside a block, as in Hugging Face's LlamaForCausalLM.
+    pub fn hf_path(self) -> &'static str {
+        match self {
+            Module::Q => "self_attn.q_proj",
+            Module::K => "self_attn.k_proj",
+            Module::V => "self_attn.v_proj",
+            Module::O => "self_attn.o_proj",
+            Module::Gate => "mlp.gate_proj",
+            Module::Up => "mlp.up_proj",
+            Module::Down => "mlp.down_proj",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_sizes_are_what_the_docs_say() {
+        let tiny = LlamaConfig::builtin("tiny").unwrap().total_params();
+        assert!((500_000..5_000_000).contains(&tiny), "tiny has {tiny}");
+        let small = LlamaConfig::builtin("small").unwrap().total_params();
+        assert!(
+            (20_000_000..30_000_000).contains(&small),
+            "small has {small}"
+        );
+        let smol = LlamaConfig::builtin("smollm2-135m").unwrap().total_params();
+        assert!(
+            (130_000_000..140_000_000).contains(&smol),
+            "smollm2 has {smol}"
+        );
+        let l7 = LlamaConfig::builtin("llama2-7b").unwrap().total_params();
+        assert!(
+            (6_500_000_000..7_000_000_000).contains(&l7),
+            "llama2-7b has {l7}"
+        );
+        for name in BUILTIN_SHAPES {
+            assert!(LlamaConfig::builtin(name).is_some(), "{name}");
+        }
+    }
+
+    #[test]
+    fn hf_config_json_deserializes() {
+        let json = r#"{"architectures":["LlamaForCausalLM"],"vocab_size":49152,"hidden_size":576,
+            "intermediate_size":1536,"num_hidden_layers":30,"num_attention_heads":9,
+            "num_key_value_heads":3,"rope_theta":100000.0,"tie_word_embeddings":true}"#;
+        let cfg: LlamaConfig = serde_json::from_str(json).unwrap();
+        assert_eq!(cfg.head_dim(), 64);
+        assert_eq!(cfg.module_shape(Module::K), (192, 576));
+        assert_eq!(
+            cfg,
+            LlamaConfig {
+                max_position_embeddings: 2048,
+                ..LlamaConfig::builtin("smollm2-135m").unwrap()
+            }
+        );
+    }
+
+    #[test]
+    fn lora_params_count_both_factors() {
+        let cfg = LlamaConfig::builtin("llama2-7b").unwrap();
+        // q at rank 16: 16 * (4096 + 4096) per layer, 32 layers.
+        assert_eq!(cfg.lora_params(&[Module::Q], 16), 16 * 8192 * 32);
+        assert_eq!(Module::parse("gate_proj"), Some(Module::Gate));
+        assert_eq!(Module::parse("qq"), None);
+    }
+}
