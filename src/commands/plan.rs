@@ -44,33 +44,45 @@ fn group_key(p: &Point) -> (u8, u64, String) {
     }
 }
 
-/// The grouped view of a plan: pure, for the table and the JSON output.
+/// The grouped view of a plan: pure, for the table and the JSON output. One pass over the runs.
 pub fn groups(plan: &Plan, tflops: f64) -> Vec<Group> {
-    let mut keys: BTreeMap<(u8, u64, String), (Vec<f64>, Vec<u64>)> = BTreeMap::new();
-    for p in &plan.points {
-        let e = keys.entry(group_key(p)).or_default();
-        e.0.push(p.learning_rate);
-        e.1.push(p.token_budget);
+    let mut runs_per_point = vec![0u64; plan.points.len()];
+    for r in &plan.runs {
+        runs_per_point[r.point] += 1;
     }
-    keys.into_iter()
-        .map(|(k, (mut lrs, mut budgets))| {
-            lrs.sort_by(f64::total_cmp);
-            lrs.dedup();
-            budgets.sort_unstable();
-            budgets.dedup();
-            let c = cost(plan, tflops, |p| group_key(p) == k);
-            Group {
-                method: if k.0 == 0 {
-                    "full".into()
-                } else {
-                    "lora".into()
-                },
-                rank: (k.0 == 1).then_some(k.1),
-                target_modules: (k.0 == 1).then_some(k.2),
-                learning_rates: lrs,
-                token_budgets: budgets,
-                cost: c,
-            }
+    let seq = plan.shared.training.seq_len;
+    let mut keys: BTreeMap<(u8, u64, String), Group> = BTreeMap::new();
+    for (p, &n) in plan.points.iter().zip(&runs_per_point) {
+        let k = group_key(p);
+        let g = keys.entry(k.clone()).or_insert_with(|| Group {
+            method: p.method.method_name().to_string(),
+            rank: (k.0 == 1).then_some(k.1),
+            target_modules: (k.0 == 1).then(|| k.2.clone()),
+            learning_rates: Vec::new(),
+            token_budgets: Vec::new(),
+            cost: Cost {
+                tflops,
+                flops: plan.shape.as_ref().map(|_| 0.0),
+                ..Cost::default()
+            },
+        });
+        g.learning_rates.push(p.learning_rate);
+        g.token_budgets.push(p.token_budget);
+        g.cost.configs += 1;
+        g.cost.runs += n;
+        g.cost.tokens += n * p.token_budget;
+        if let (Some(f), Some(shape)) = (g.cost.flops.as_mut(), plan.shape.as_ref()) {
+            *f += n as f64 * p.token_budget as f64 * flops_per_token(shape, p, seq);
+        }
+    }
+    keys.into_values()
+        .map(|mut g| {
+            g.learning_rates.sort_by(f64::total_cmp);
+            g.learning_rates.dedup();
+            g.token_budgets.sort_unstable();
+            g.token_budgets.dedup();
+            g.cost.gpu_hours = g.cost.flops.map(|f| f / (tflops * 1e12) / 3600.0);
+            g
         })
         .collect()
 }
@@ -176,8 +188,12 @@ pub fn render_text(plan: &Plan, tflops: f64, change: Option<&PlanDiff>, list_run
     let total = cost(plan, tflops, |_| true);
     let seeds = plan.runs.len() / plan.points.len().max(1);
     s.push_str(&format!(
-        "sweep {}: {} runs ({} configurations x {} seeds)\n",
-        plan.name, total.runs, total.configs, seeds
+        "sweep {}: {} runs ({} configurations x {} seed{})\n",
+        plan.name,
+        total.runs,
+        total.configs,
+        seeds,
+        if seeds == 1 { "" } else { "s" }
     ));
     if !plan.description.is_empty() {
         s.push_str(&format!("{}\n", plan.description));

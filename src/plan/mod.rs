@@ -173,12 +173,13 @@ pub fn plan(spec: &Spec, opts: &PlanOptions) -> Result<Plan, Problem> {
     }
 
     let digest = shared.digest();
-    let mut seen = HashSet::new();
+    let all_ids = config_ids(&digest, &points);
+    let mut seen = HashSet::with_capacity(points.len());
     let mut kept = Vec::with_capacity(points.len());
     let mut ids = Vec::with_capacity(points.len());
-    for p in points {
-        let id = run::config_id(&digest, &p);
-        if seen.insert(id.clone()) {
+    for (p, id) in points.into_iter().zip(all_ids) {
+        // Ids are 10 hex digits: as a number they make a cheap set key.
+        if seen.insert(u64::from_str_radix(&id, 16).unwrap_or(0)) {
             kept.push(p);
             ids.push(id);
         }
@@ -206,6 +207,34 @@ pub fn plan(spec: &Spec, opts: &PlanOptions) -> Result<Plan, Problem> {
         config_ids,
         runs,
         shape: opts.shape.clone(),
+    })
+}
+
+/// Config ids of all points, hashed on every core (a million-point grid hashes in well under a
+/// second). Deterministic: each id depends only on its point.
+fn config_ids(digest: &[u8; 32], points: &[Point]) -> Vec<String> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    if points.len() < 4096 || threads == 1 {
+        return points.iter().map(|p| run::config_id(digest, p)).collect();
+    }
+    let chunk = points.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = points
+            .chunks(chunk)
+            .map(|c| {
+                s.spawn(move || {
+                    c.iter()
+                        .map(|p| run::config_id(digest, p))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
     })
 }
 
@@ -308,7 +337,7 @@ fn resolve_shared(spec: &Spec) -> Result<SharedConfig, Problem> {
         ));
     }
     let micro = t.micro_batch_size.unwrap_or(t.batch_size);
-    if micro == 0 || t.batch_size % micro != 0 {
+    if micro == 0 || !t.batch_size.is_multiple_of(micro) {
         return Err(problem(
             &["training", "micro_batch_size"],
             format!(
@@ -351,6 +380,7 @@ fn resolve_shared(spec: &Spec) -> Result<SharedConfig, Problem> {
         warmup_fraction: t.warmup_fraction,
         warmup_steps: t.warmup_steps,
         cooldown_fraction: t.cooldown_fraction,
+        cooldown_steps: t.cooldown_steps,
         t_scale: t.t_scale,
         final_lr_fraction: t.final_lr_fraction,
         batch_size: t.batch_size,

@@ -53,6 +53,8 @@ pub struct TrainingConfig {
     pub warmup_steps: Option<u64>,
     /// Cooldown fraction of `inverse_sqrt`.
     pub cooldown_fraction: f64,
+    /// Cooldown steps of `inverse_sqrt` (overrides the fraction).
+    pub cooldown_steps: Option<u64>,
     /// Inverse-sqrt time scale in steps.
     pub t_scale: Option<u64>,
     /// Final LR fraction of `cosine`.

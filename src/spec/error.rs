@@ -137,7 +137,10 @@ impl SpecError {
                     None => format!("unknown key `{field}` (allowed: {})", valid.join(", ")),
                 }
             }
-            None => raw.replace('\n', " "),
+            None => match raw.strip_prefix("data did not match any variant of untagged enum ") {
+                Some(ty) => untagged_hint(ty.trim()).to_string(),
+                None => raw.replace('\n', " "),
+            },
         };
         SpecError {
             kind: SpecErrorKind::Syntax,
@@ -161,6 +164,19 @@ impl SpecError {
             position: offset.map(|o| line_col(&src.text, o)),
             message,
         }
+    }
+}
+
+/// What a value of one of the spec's multi-form types may look like.
+fn untagged_hint(ty: &str) -> &'static str {
+    match ty {
+        "Seeds" => "seeds is a count (seeds = 2) or a list of integers (seeds = [0, 1, 2])",
+        "LrAxis" => "a learning rate is a number, a list of numbers, or { log_range = [1e-5, 1e-3], points = 5 }",
+        "TokenCount" => "a token count is an integer or a string such as \"20k\", \"250M\", \"1B\" or \"2ep\"",
+        "Alpha" => "alpha is a number or a multiple of the rank such as \"2r\"",
+        "OneOrMany" => "this key takes one value or a list of values: see sweeps/default.toml",
+        "ModuleSetSpec" => "a module set is \"attention\", \"mlp\", \"all\", or a list such as [\"q\", \"v\"]",
+        _ => "this value has the wrong type: see sweeps/default.toml for what each key takes",
     }
 }
 

@@ -190,6 +190,9 @@ pub struct TrainingSpec {
     /// Linear cooldown at the end of an `inverse_sqrt` schedule, as a fraction of the steps.
     #[serde(default = "default_cooldown_fraction")]
     pub cooldown_fraction: f64,
+    /// Cooldown in optimizer steps; overrides `cooldown_fraction`.
+    #[serde(default)]
+    pub cooldown_steps: Option<u64>,
     /// Time scale of the inverse-sqrt decay in steps (default: the warmup).
     #[serde(default)]
     pub t_scale: Option<u64>,

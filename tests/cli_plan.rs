@@ -1,0 +1,287 @@
+//! `sweep plan` and the CLI as a user runs them: the real binary on real spec files.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn sweep(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sweep"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the sweep binary runs")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+const SPEC: &str = r#"name = "demo"
+[model]
+builtin = "tiny"
+[data]
+regime = "ift"
+domain = "math"
+target = "builtin:math"
+[training]
+batch_size = 4
+seq_len = 64
+[grid]
+method = ["full", "lora"]
+token_budget = ["4k", "8k"]
+seeds = 2
+[grid.full]
+learning_rate = [1e-4, 3e-4]
+[grid.lora]
+learning_rate = [1e-3]
+rank = [2, 8]
+target_modules = ["attention", "all"]
+"#;
+
+fn write_spec(dir: &Path, body: &str) -> PathBuf {
+    let p = dir.join("spec.toml");
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+#[test]
+fn plan_prints_groups_and_writes_plan_jsonl() {
+    let dir = tempfile::tempdir().unwrap();
+    write_spec(dir.path(), SPEC);
+    let o = sweep(dir.path(), &["plan", "spec.toml"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("sweep demo: 12 runs (6 configurations x 2 seeds)"),
+        "{out}"
+    );
+    assert!(out.contains("attention") && out.contains("GPU-h"), "{out}");
+    let plan = std::fs::read_to_string(dir.path().join("results/demo/plan.jsonl")).unwrap();
+    assert_eq!(plan.lines().count(), 12);
+    let first: serde_json::Value = serde_json::from_str(plan.lines().next().unwrap()).unwrap();
+    assert_eq!(first["training"]["batch_size"], 4);
+    assert_eq!(first["eval_at"], serde_json::json!([4000, 8000]));
+    assert!(dir.path().join("results/demo/spec.toml").exists());
+
+    // Re-planning an edited spec reports what changed and keeps unchanged ids.
+    write_spec(dir.path(), &SPEC.replace("[1e-4, 3e-4]", "[1e-4, 1e-3]"));
+    let (out, _) = text(&sweep(dir.path(), &["plan", "spec.toml"]));
+    assert!(
+        out.contains("since the last plan: 2 new, 10 unchanged, 2 gone"),
+        "{out}"
+    );
+}
+
+#[test]
+fn plan_json_and_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    write_spec(dir.path(), SPEC);
+    let o = sweep(dir.path(), &["--json", "plan", "spec.toml", "--dry-run"]);
+    assert!(o.status.success());
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["total"]["runs"], 12);
+    assert_eq!(j["total"]["tokens"], 12 * 8000);
+    assert_eq!(j["groups"].as_array().unwrap().len(), 5);
+    assert!(j["total"]["flops"].as_f64().unwrap() > 0.0);
+    assert!(
+        !dir.path().join("results").exists(),
+        "--dry-run writes nothing"
+    );
+
+    let o = sweep(dir.path(), &["plan", "spec.toml", "--csv", "--dry-run"]);
+    let mut r = csv::Reader::from_reader(&o.stdout[..]);
+    let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
+    assert_eq!(rows.len(), 12);
+    assert_eq!(&r.headers().unwrap()[0], "run_id");
+}
+
+/// Every spec error: one line with file:line:column, exit code 2, and nothing written.
+#[test]
+fn spec_errors_are_located_and_write_nothing() {
+    let cases: &[(&str, &str)] = &[
+        (r#"lerning_rate = 1"#, "spec.toml:1:1: unknown key `lerning_rate`"),
+        ("[grid]\nmethod = [\"full\"]\nlerning_rate = [1e-4]\ntoken_budget = \"1k\"\n", "did you mean `learning_rate`?"),
+        ("[grid]\nmethod = [\"full\"]\nlearning_rate = \"fast\"\ntoken_budget = \"1k\"\n", "spec.toml:"),
+        ("[grid]\nmethod = [\"full\"]\nlearning_rate = [1e-4, 0.0]\ntoken_budget = \"1k\"\n", "grid.learning_rate[1]: learning rate 0 must be a number > 0"),
+        ("[grid]\nmethod = [\"lora\"]\nlearning_rate = 1e-4\nrank = 0\ntoken_budget = \"1k\"\n", "rank 0 trains nothing"),
+        ("[grid]\nmethod = [\"lora\"]\nlearning_rate = 1e-4\nrank = 9999\ntoken_budget = \"1k\"\n", "above the model's width"),
+        ("[grid]\nmethod = [\"lora\"]\nlearning_rate = 1e-4\nrank = 4\ntarget_modules = \"ffn\"\ntoken_budget = \"1k\"\n", "unknown target module `ffn`"),
+        ("[grid]\nmethod = []\nlearning_rate = 1e-4\ntoken_budget = \"1k\"\n", "grid.method: list at least one method"),
+        ("[grid]\nmethod = [\"full\"]\nlearning_rate = 1e-4\ntoken_budget = \"10\"\n", "below one batch"),
+        ("[grid]\nmethod = [\"full\"]\nlearning_rate = 1e-4\ntoken_budget = \"1k\"\nseeds = [3, 3]\n", "seed 3 is listed twice"),
+        ("[grid]\nmethod = [\"full\"]\nlearning_rate = { log_range = [1e-6, 1e-2], points = 11000000 }\ntoken_budget = \"1k\"\n", "--force"),
+    ];
+    let head = "name = \"bad\"\n[model]\nbuiltin = \"tiny\"\n[data]\nregime = \"cpt\"\ndomain = \"code\"\ntarget = \"x\"\n[training]\nbatch_size = 1\nseq_len = 16\n";
+    for (body, want) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let full = if body.starts_with('[') {
+            format!("{head}{body}")
+        } else {
+            format!("{body}\n{head}[grid]\ntoken_budget=\"1k\"\n")
+        };
+        write_spec(dir.path(), &full);
+        let o = sweep(dir.path(), &["plan", "spec.toml"]);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{body}: {err}");
+        assert!(err.contains(want), "{body}\nwanted {want:?} in {err:?}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(err.contains("spec.toml:"), "names the file: {err}");
+        assert!(
+            !dir.path().join("results").exists(),
+            "nothing written for {body}"
+        );
+    }
+}
+
+#[test]
+fn wrong_type_points_at_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    write_spec(dir.path(), &SPEC.replace("seeds = 2", "seeds = \"two\""));
+    let o = sweep(dir.path(), &["plan", "spec.toml"]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        err.starts_with("error: spec.toml:14:9: seeds is a count"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_spec_file_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = sweep(dir.path(), &["plan", "nope.toml"]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err.contains("nope.toml: no such spec file"), "{err}");
+}
+
+#[test]
+fn every_command_has_help_with_an_example() {
+    for cmd in [
+        "plan",
+        "submit",
+        "status",
+        "cancel",
+        "collect",
+        "report",
+        "train",
+        "run",
+        "completions",
+    ] {
+        let o = sweep(&repo(), &[cmd, "--help"]);
+        let (out, _) = text(&o);
+        assert!(o.status.success(), "{cmd}");
+        assert!(
+            out.contains("Example:\n  sweep"),
+            "{cmd} --help has an example: {out}"
+        );
+    }
+    let o = sweep(&repo(), &["frobnicate"]);
+    assert_eq!(o.status.code(), Some(2), "usage errors exit 2");
+}
+
+#[test]
+fn completions_are_generated() {
+    let o = sweep(&repo(), &["completions", "bash"]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("_sweep"));
+}
+
+#[test]
+fn the_shipped_specs_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(repo().join("sweeps")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") && !path.ends_with("clusters.toml") {
+            let o = sweep(
+                dir.path(),
+                &["--json", "plan", path.to_str().unwrap(), "--dry-run"],
+            );
+            let (_, err) = text(&o);
+            assert!(o.status.success(), "{}: {err}", path.display());
+        }
+    }
+}
+
+/// The paper specs encode the grid of ../shared/paper-notes.md: CPT 8 budgets x (full + 2 ranks x
+/// 3 module sets); IFT 5 durations x (full + 2 ranks x 3 module sets).
+#[test]
+fn paper_specs_match_the_papers_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, runs, lora_lrs) in [
+        ("paper-code-cpt", 56, vec![1e-5]),
+        ("paper-math-cpt", 56, vec![4e-5]),
+        ("paper-code-ift", 35, vec![1e-4, 2e-4]),
+        ("paper-math-ift", 35, vec![5e-5, 1e-4]),
+    ] {
+        let path = repo().join(format!("sweeps/{name}.toml"));
+        let o = sweep(
+            dir.path(),
+            &["--json", "plan", path.to_str().unwrap(), "--dry-run"],
+        );
+        assert!(o.status.success(), "{name}: {}", text(&o).1);
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(j["total"]["runs"], runs, "{name}");
+        let mut lrs: Vec<f64> = j["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| g["method"] == "lora")
+            .flat_map(|g| {
+                g["learning_rates"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+            })
+            .collect();
+        lrs.sort_by(f64::total_cmp);
+        lrs.dedup();
+        assert_eq!(lrs, lora_lrs, "{name}");
+        assert!(
+            j["total"]["gpu_hours"].as_f64().unwrap() > 100.0,
+            "{name}: a 7B grid costs GPU-hours"
+        );
+    }
+}
+
+/// Every `sweep ...` command shown in the README runs: those that are built succeed, the others
+/// say plainly that they are not built yet.
+#[test]
+fn readme_commands_work_or_say_they_are_not_built() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    for line in readme.lines().filter(|l| l.starts_with("sweep ")) {
+        let args: Vec<String> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|a| {
+                if a.starts_with("sweeps/") {
+                    repo().join(a).display().to_string()
+                } else {
+                    a.to_string()
+                }
+            })
+            .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = sweep(dir.path(), &args);
+        let (_, err) = text(&o);
+        n += 1;
+        if args[0] == "plan" || args[0] == "completions" {
+            assert!(o.status.success(), "{line}: {err}");
+        } else {
+            assert!(
+                o.status.success() || err.contains("is not built yet"),
+                "{line}: {err}"
+            );
+        }
+    }
+    assert!(n >= 8, "the README shows its commands ({n} found)");
+}
