@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod data;
 pub mod model;
 pub mod plan;
 pub mod spec;
