@@ -93,7 +93,7 @@ fn candidate(rng: &mut Rng, level: u8) -> MathProblem {
     // Step 1: buy more (add) or boxes (multiply-add).
     let b = rng.range(2, 12);
     let c = rng.range(2, 9);
-    if rng.next() % 2 == 0 {
+    if rng.next().is_multiple_of(2) {
         prompt.push_str(&format!(" {pron} finds {b} more {item}."));
         steps.push(format!("{name} has {total} + {b} = {} {item}.", total + b));
         total += b;
@@ -173,7 +173,7 @@ pub fn extract_answer(text: &str) -> Option<i64> {
     let numbers = |s: &str| -> Vec<i64> {
         let mut out = Vec::new();
         let mut cur = String::new();
-        let mut flush = |cur: &mut String, out: &mut Vec<i64>| {
+        let flush = |cur: &mut String, out: &mut Vec<i64>| {
             let t = cur.trim_end_matches('.').replace(',', "");
             if let Ok(v) = t.parse::<i64>() {
                 out.push(v);
