@@ -48,7 +48,7 @@ pub enum Command {
     Submit(SubmitArgs),
     /// Show the state of a sweep's runs.
     #[command(after_help = "Example:\n  sweep status sweeps/quickstart.toml")]
-    Status(SweepArg),
+    Status(StatusArgs),
     /// Cancel a sweep's queued and running jobs.
     #[command(after_help = "Example:\n  sweep cancel sweeps/paper-math-ift.toml")]
     Cancel(SweepArg),
@@ -118,6 +118,16 @@ pub struct SweepArg {
     pub spec: PathBuf,
 }
 
+/// `sweep status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// The sweep spec (TOML).
+    pub spec: PathBuf,
+    /// Rebuild state.json from the run folders (after it was corrupted).
+    #[arg(long)]
+    pub rebuild: bool,
+}
+
 /// `sweep train`.
 #[derive(Debug, Clone, Args)]
 pub struct TrainArgs {
@@ -136,6 +146,12 @@ pub struct RunArgs {
     /// Runs at a time (default: cores / threads per run).
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// Threads per run (default 1).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Rerun runs that failed before.
+    #[arg(long)]
+    pub retry_failed: bool,
 }
 
 /// `sweep completions`.

@@ -8,7 +8,9 @@
 pub mod cli;
 pub mod commands;
 pub mod data;
+pub mod executor;
 pub mod model;
 pub mod plan;
+pub mod results;
 pub mod spec;
 pub mod util;

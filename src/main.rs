@@ -3,6 +3,11 @@
 use clap::Parser;
 
 fn main() {
+    // Die quietly on a closed pipe (`sweep status | head`), as command-line tools do.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match sweep::cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -1,6 +1,7 @@
 //! The commands: each resolves its settings, does its work, and hands errors to `main`, which
 //! alone turns them into exit codes (0 ok, 1 runtime failure, 2 usage or spec error).
 
+pub mod execute;
 pub mod plan;
 
 use std::path::Path;
@@ -31,7 +32,12 @@ pub struct NotBuilt {
 
 /// Exit code for an error: 2 for spec and usage errors, 1 for everything else.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
-    if err.downcast_ref::<SpecError>().is_some() || err.downcast_ref::<UsageError>().is_some() {
+    if err.downcast_ref::<SpecError>().is_some()
+        || err.downcast_ref::<UsageError>().is_some()
+        || err
+            .downcast_ref::<crate::executor::state::StateError>()
+            .is_some_and(|e| matches!(e, crate::executor::state::StateError::OtherSweep { .. }))
+    {
         2
     } else {
         1
@@ -48,24 +54,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             clap_complete::generate(args.shell, &mut cmd, "sweep", &mut std::io::stdout());
             Ok(())
         }
-        Command::Submit(_) => Err(NotBuilt {
-            command: "submit",
-            what: "the local and Slurm executors",
-            issue: "Executors: the local default and Slurm over SSH",
-        }
-        .into()),
-        Command::Status(_) => Err(NotBuilt {
-            command: "status",
-            what: "the executors' sweep state",
-            issue: "Executors: the local default and Slurm over SSH",
-        }
-        .into()),
-        Command::Cancel(_) => Err(NotBuilt {
-            command: "cancel",
-            what: "the executors",
-            issue: "Executors: the local default and Slurm over SSH",
-        }
-        .into()),
+        Command::Submit(args) => execute::submit(g, &args),
+        Command::Status(args) => execute::status(g, &args),
+        Command::Cancel(args) => execute::cancel(g, &args),
         Command::Collect(_) => Err(NotBuilt {
             command: "collect",
             what: "the Slurm executor",
@@ -84,12 +75,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             issue: "The trainer: libtorch Llama with LoRA and full fine-tuning",
         }
         .into()),
-        Command::Run(_) => Err(NotBuilt {
-            command: "run",
-            what: "local execution of a sweep; `sweep plan` works",
-            issue: "Executors: the local default and Slurm over SSH",
-        }
-        .into()),
+        Command::Run(args) => execute::run(g, &args),
     }
 }
 

@@ -1,0 +1,241 @@
+//! `sweep run`, `sweep submit` (local), `sweep status` and `sweep cancel`: the local executor
+//! driven from a spec.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::Context;
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use serde::Serialize;
+
+use super::{load_plan, sweep_dir, NotBuilt, UsageError};
+use crate::cli::{GlobalArgs, RunArgs, StatusArgs, SubmitArgs, SweepArg};
+use crate::executor::local::{default_parallel, LocalExecutor, LocalRun, Outcome};
+use crate::executor::render::{JsonLinesRenderer, TextRenderer};
+use crate::executor::state::{result_state, SweepLock, SweepState};
+use crate::executor::{EventSink, JobState};
+use crate::plan::Plan;
+use crate::util::write_atomic;
+
+/// Write plan.jsonl, spec.toml and each run's run.json (when missing) under results/NAME/.
+fn stage(dir: &Path, plan: &Plan, spec_text: &str) -> anyhow::Result<Vec<LocalRun>> {
+    let plan_file = dir.join("plan.jsonl");
+    write_atomic(&plan_file, |w| plan.write_jsonl(w))
+        .with_context(|| format!("writing {}", plan_file.display()))?;
+    write_atomic(&dir.join("spec.toml"), |w| {
+        w.write_all(spec_text.as_bytes())
+    })
+    .with_context(|| format!("writing {}", dir.join("spec.toml").display()))?;
+    let mut runs = Vec::with_capacity(plan.runs.len());
+    for r in &plan.runs {
+        let run_dir = dir.join("runs").join(&r.id);
+        let run_json = run_dir.join("run.json");
+        if !run_json.exists() {
+            let json = serde_json::to_vec_pretty(&plan.run_file(r))?;
+            write_atomic(&run_json, |w| w.write_all(&json))
+                .with_context(|| format!("writing {}", run_json.display()))?;
+        }
+        runs.push(LocalRun {
+            id: r.id.clone(),
+            dir: run_dir,
+        });
+    }
+    Ok(runs)
+}
+
+/// Plan, stage and execute every run locally; returns the outcome.
+fn execute_locally(
+    g: &GlobalArgs,
+    spec: &Path,
+    jobs: Option<usize>,
+    threads: Option<usize>,
+    retry_failed: bool,
+) -> anyhow::Result<(Plan, Outcome)> {
+    let (src, plan) = load_plan(spec, false)?;
+    let dir = sweep_dir(g, &plan.name);
+    let _lock = SweepLock::acquire(&dir)?;
+    let mut state =
+        SweepState::load(&dir, &plan.name)?.unwrap_or_else(|| SweepState::new(&plan.name));
+    let runs = stage(&dir, &plan, &src.text)?;
+    let threads = threads.unwrap_or(1).max(1);
+    let exe = LocalExecutor {
+        program: std::env::current_exe().context("locating the sweep binary")?,
+        parallel: jobs.unwrap_or_else(|| default_parallel(threads)).max(1),
+        threads,
+        retry_failed,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    // A second handler cannot be installed in one process; then Ctrl-C simply kills us, and
+    // the state on disk stays consistent (every write is atomic) and resumable.
+    let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst));
+    let mut sink: Box<dyn EventSink> = if g.json {
+        Box::new(JsonLinesRenderer::new(std::io::stdout()))
+    } else {
+        Box::new(TextRenderer::new(std::io::stderr(), g.quiet))
+    };
+    let outcome = exe.run(&dir, &mut state, &runs, sink.as_mut(), &stop)?;
+    Ok((plan, outcome))
+}
+
+/// An error when runs did not all finish: interrupted, or some failed.
+fn outcome_error(plan: &Plan, spec: &Path, g: &GlobalArgs, o: &Outcome) -> anyhow::Result<()> {
+    if o.interrupted {
+        anyhow::bail!("interrupted: rerun the same command to resume");
+    }
+    let bad: usize = o
+        .counts
+        .iter()
+        .filter(|(s, _)| !s.is_final())
+        .map(|(_, n)| n)
+        .sum();
+    if bad > 0 {
+        anyhow::bail!(
+            "{bad} of {} runs did not complete: `sweep status {}` lists them with their errors; logs are in {}/runs/ID/train.log",
+            plan.runs.len(),
+            spec.display(),
+            sweep_dir(g, &plan.name).display()
+        );
+    }
+    Ok(())
+}
+
+/// `sweep run SPEC`: plan + run locally + wait + report.
+pub fn run(g: &GlobalArgs, args: &RunArgs) -> anyhow::Result<()> {
+    let (plan, outcome) =
+        execute_locally(g, &args.spec, args.jobs, args.threads, args.retry_failed)?;
+    outcome_error(&plan, &args.spec, g, &outcome)?;
+    if !g.quiet {
+        eprintln!("the report (`sweep report`) is not built yet: run results are in {}/runs/*/result.json", sweep_dir(g, &plan.name).display());
+    }
+    Ok(())
+}
+
+/// `sweep submit SPEC`: without a cluster, the local executor in the foreground.
+pub fn submit(g: &GlobalArgs, args: &SubmitArgs) -> anyhow::Result<()> {
+    if args.cluster.is_some() || args.install {
+        return Err(NotBuilt {
+            command: "submit --cluster",
+            what: "the Slurm-over-SSH executor; without --cluster, submit runs locally",
+            issue: "Executors: the local default and Slurm over SSH",
+        }
+        .into());
+    }
+    let (plan, outcome) = execute_locally(g, &args.spec, None, None, args.retry_failed)?;
+    outcome_error(&plan, &args.spec, g, &outcome)
+}
+
+#[derive(Serialize)]
+struct StatusRow {
+    id: String,
+    state: JobState,
+    attempts: u32,
+    detail: Option<String>,
+}
+
+/// `sweep status SPEC [--rebuild]`: runs by state, from the state file and the run folders.
+pub fn status(g: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<()> {
+    let (_, plan) = load_plan(&args.spec, false)?;
+    let dir = sweep_dir(g, &plan.name);
+    let ids: Vec<String> = plan.runs.iter().map(|r| r.id.clone()).collect();
+    let state = if args.rebuild {
+        let _lock = SweepLock::acquire(&dir)?;
+        let s = SweepState::rebuild(&dir, &plan.name, &ids);
+        s.save(&dir)?;
+        s
+    } else {
+        SweepState::load(&dir, &plan.name)?.unwrap_or_else(|| SweepState::new(&plan.name))
+    };
+    let rows: Vec<StatusRow> = ids
+        .iter()
+        .map(|id| {
+            let rec = state.runs.get(id);
+            // A result on disk wins: it may have arrived after the state was written.
+            let st = result_state(&dir.join("runs").join(id))
+                .filter(|s| s.is_final())
+                .or(rec.map(|r| r.state))
+                .unwrap_or(JobState::Pending);
+            StatusRow {
+                id: id.clone(),
+                state: st,
+                attempts: rec.map_or(0, |r| r.attempts),
+                detail: rec.and_then(|r| r.detail.clone()),
+            }
+        })
+        .collect();
+    if g.json {
+        serde_json::to_writer_pretty(std::io::stdout(), &rows)?;
+        println!();
+        return Ok(());
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec!["state", "runs"]);
+    for s in JobState::ALL {
+        let n = rows.iter().filter(|r| r.state == s).count();
+        if n > 0 {
+            t.add_row(vec![s.name().to_string(), n.to_string()]);
+        }
+    }
+    println!("sweep {}: {} runs", plan.name, rows.len());
+    println!("{t}");
+    let show_all = g.verbose > 0;
+    for r in rows
+        .iter()
+        .filter(|r| show_all || !(r.state.is_final() || r.state == JobState::Pending))
+    {
+        println!(
+            "{}  {}{}",
+            r.id,
+            r.state.name(),
+            r.detail
+                .as_ref()
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// `sweep cancel SPEC`: stop the sweep's running local runs (SIGTERM: they checkpoint first).
+pub fn cancel(g: &GlobalArgs, args: &SweepArg) -> anyhow::Result<()> {
+    let (_, plan) = load_plan(&args.spec, false)?;
+    let dir = sweep_dir(g, &plan.name);
+    let state = SweepState::load(&dir, &plan.name)?.ok_or_else(|| {
+        UsageError(format!(
+            "sweep {} has not run here: nothing to cancel ({} has no state.json)",
+            plan.name,
+            dir.display()
+        ))
+    })?;
+    let mut n = 0;
+    for (id, rec) in &state.runs {
+        if rec.state != JobState::Running {
+            continue;
+        }
+        if let Some(pid) = rec
+            .job_id
+            .as_deref()
+            .and_then(|j| j.strip_prefix("pid:"))
+            .and_then(|p| p.parse::<i32>().ok())
+        {
+            // SAFETY: kill(2) on the run's process group; no memory effects.
+            if unsafe { libc::kill(-pid, libc::SIGTERM) } == 0 {
+                n += 1;
+                if !g.quiet {
+                    println!("cancelled {id}");
+                }
+            }
+        }
+    }
+    if !g.quiet {
+        println!("{n} running runs cancelled; they stay resumable");
+    }
+    Ok(())
+}
+
+/// The run folder of a run id.
+pub fn run_dir(g: &GlobalArgs, sweep: &str, id: &str) -> PathBuf {
+    sweep_dir(g, sweep).join("runs").join(id)
+}

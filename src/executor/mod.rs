@@ -1,0 +1,122 @@
+//! Executors: take planned runs to completion, locally or (later) on Slurm, never running a
+//! finished run twice. They emit typed [`Event`]s; renderers in [`render`] turn them into terminal
+//! lines or JSON lines, so an executor never prints.
+
+pub mod local;
+pub mod render;
+pub mod state;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a run stands, in the scheduler's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Not started yet.
+    Pending,
+    /// Training.
+    Running,
+    /// Finished with a complete result.json.
+    Completed,
+    /// Ended with an error.
+    Failed,
+    /// Hit its time limit.
+    Timeout,
+    /// Preempted by the scheduler.
+    Preempted,
+    /// Its node failed.
+    NodeFail,
+    /// Killed for using too much memory.
+    OutOfMemory,
+    /// Cancelled by the user.
+    Cancelled,
+    /// The loss diverged: a result, kept and never retried by default.
+    Diverged,
+}
+
+impl JobState {
+    /// Every state, in display order.
+    pub const ALL: [JobState; 10] = [
+        JobState::Pending,
+        JobState::Running,
+        JobState::Completed,
+        JobState::Diverged,
+        JobState::Failed,
+        JobState::Timeout,
+        JobState::Preempted,
+        JobState::NodeFail,
+        JobState::OutOfMemory,
+        JobState::Cancelled,
+    ];
+
+    /// The snake_case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Running => "running",
+            JobState::Completed => "completed",
+            JobState::Failed => "failed",
+            JobState::Timeout => "timeout",
+            JobState::Preempted => "preempted",
+            JobState::NodeFail => "node_fail",
+            JobState::OutOfMemory => "out_of_memory",
+            JobState::Cancelled => "cancelled",
+            JobState::Diverged => "diverged",
+        }
+    }
+
+    /// A final state: the run has a result (completed or diverged) and is never run again.
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Completed | JobState::Diverged)
+    }
+}
+
+/// Something that happened while executing a sweep.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// Execution starts: how many runs there are and how many are already done.
+    Start {
+        /// The sweep.
+        sweep: String,
+        /// Runs in the plan.
+        total: usize,
+        /// Runs with a final result already, skipped.
+        done: usize,
+        /// Runs at a time.
+        parallel: usize,
+    },
+    /// A run started.
+    RunStarted {
+        /// Run id.
+        id: String,
+        /// Attempt number, from 1.
+        attempt: u32,
+    },
+    /// A run ended.
+    RunEnded {
+        /// Run id.
+        id: String,
+        /// How.
+        state: JobState,
+        /// Seconds it ran.
+        wall_s: f64,
+        /// The error or divergence, when there is one.
+        detail: Option<String>,
+    },
+    /// Execution ended.
+    Finish {
+        /// Runs per state.
+        counts: Vec<(JobState, usize)>,
+        /// Seconds it took.
+        wall_s: f64,
+        /// Whether it was interrupted (Ctrl-C).
+        interrupted: bool,
+    },
+}
+
+/// A consumer of events (a renderer).
+pub trait EventSink {
+    /// Handle one event.
+    fn emit(&mut self, event: &Event);
+}

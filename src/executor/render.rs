@@ -1,0 +1,197 @@
+//! Renderers of executor events: plain progress lines for a terminal or a log, and JSON lines.
+
+use std::io::Write;
+
+use super::{Event, EventSink};
+
+/// Human progress lines: `[3/42] 2f6a023cf3-s0 completed in 12.3s`.
+pub struct TextRenderer<W: Write> {
+    out: W,
+    total: usize,
+    ended: usize,
+    quiet: bool,
+}
+
+impl<W: Write> TextRenderer<W> {
+    /// A renderer writing to `out`; `quiet` keeps only the final summary.
+    pub fn new(out: W, quiet: bool) -> Self {
+        TextRenderer {
+            out,
+            total: 0,
+            ended: 0,
+            quiet,
+        }
+    }
+}
+
+impl<W: Write> EventSink for TextRenderer<W> {
+    fn emit(&mut self, event: &Event) {
+        let line = match event {
+            Event::Start {
+                sweep,
+                total,
+                done,
+                parallel,
+            } => {
+                self.total = *total;
+                self.ended = *done;
+                (!self.quiet).then(|| {
+                    format!(
+                        "sweep {sweep}: {total} runs, {done} already done, {parallel} at a time"
+                    )
+                })
+            }
+            Event::RunStarted { id, attempt } => (!self.quiet).then(|| {
+                format!(
+                    "[{}/{}] {id} started{}",
+                    self.ended,
+                    self.total,
+                    if *attempt > 1 {
+                        format!(" (attempt {attempt})")
+                    } else {
+                        String::new()
+                    }
+                )
+            }),
+            Event::RunEnded {
+                id,
+                state,
+                wall_s,
+                detail,
+            } => {
+                self.ended += 1;
+                let detail = detail
+                    .as_ref()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default();
+                (!self.quiet).then(|| {
+                    format!(
+                        "[{}/{}] {id} {} in {wall_s:.1}s{detail}",
+                        self.ended,
+                        self.total,
+                        state.name()
+                    )
+                })
+            }
+            Event::Finish {
+                counts,
+                wall_s,
+                interrupted,
+            } => {
+                let parts: Vec<String> = counts
+                    .iter()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(s, n)| format!("{n} {}", s.name()))
+                    .collect();
+                Some(format!(
+                    "{}: {} in {wall_s:.1}s",
+                    if *interrupted {
+                        "interrupted (rerun to resume)"
+                    } else {
+                        "done"
+                    },
+                    parts.join(", ")
+                ))
+            }
+        };
+        if let Some(line) = line {
+            let _ = writeln!(self.out, "{line}");
+            let _ = self.out.flush();
+        }
+    }
+}
+
+/// One JSON object per event, for machines (`--json`).
+pub struct JsonLinesRenderer<W: Write> {
+    out: W,
+}
+
+impl<W: Write> JsonLinesRenderer<W> {
+    /// A renderer writing to `out`.
+    pub fn new(out: W) -> Self {
+        JsonLinesRenderer { out }
+    }
+}
+
+impl<W: Write> EventSink for JsonLinesRenderer<W> {
+    fn emit(&mut self, event: &Event) {
+        if let Ok(s) = serde_json::to_string(event) {
+            let _ = writeln!(self.out, "{s}");
+            let _ = self.out.flush();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::JobState;
+
+    fn events() -> Vec<Event> {
+        vec![
+            Event::Start {
+                sweep: "s".into(),
+                total: 2,
+                done: 0,
+                parallel: 2,
+            },
+            Event::RunStarted {
+                id: "a-s0".into(),
+                attempt: 1,
+            },
+            Event::RunEnded {
+                id: "a-s0".into(),
+                state: JobState::Completed,
+                wall_s: 1.25,
+                detail: None,
+            },
+            Event::RunEnded {
+                id: "b-s0".into(),
+                state: JobState::Diverged,
+                wall_s: 0.5,
+                detail: Some("loss is NaN at step 3".into()),
+            },
+            Event::Finish {
+                counts: vec![
+                    (JobState::Completed, 1),
+                    (JobState::Diverged, 1),
+                    (JobState::Failed, 0),
+                ],
+                wall_s: 2.0,
+                interrupted: false,
+            },
+        ]
+    }
+
+    #[test]
+    fn text_lines() {
+        let mut buf = Vec::new();
+        let mut r = TextRenderer::new(&mut buf, false);
+        for e in events() {
+            r.emit(&e);
+        }
+        let text = String::from_utf8(buf).unwrap();
+        assert_eq!(
+            text,
+            "sweep s: 2 runs, 0 already done, 2 at a time\n[0/2] a-s0 started\n[1/2] a-s0 completed in 1.2s\n\
+             [2/2] b-s0 diverged in 0.5s: loss is NaN at step 3\ndone: 1 completed, 1 diverged in 2.0s\n"
+        );
+    }
+
+    #[test]
+    fn json_lines() {
+        let mut buf = Vec::new();
+        let mut r = JsonLinesRenderer::new(&mut buf);
+        for e in events() {
+            r.emit(&e);
+        }
+        let text = String::from_utf8(buf).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 5);
+        assert_eq!(lines[2]["event"], "run_ended");
+        assert_eq!(lines[2]["state"], "completed");
+    }
+}
