@@ -56,7 +56,9 @@ pub enum Command {
     #[command(after_help = "Example:\n  sweep collect sweeps/paper-math-ift.toml")]
     Collect(SweepArg),
     /// Summary tables and plots: LR sensitivity, data scaling, learning vs forgetting.
-    #[command(after_help = "Example:\n  sweep report sweeps/quickstart.toml")]
+    #[command(
+        after_help = "Example:\n  sweep report sweeps/quickstart.toml\n  sweep report results/quickstart"
+    )]
     Report(SweepArg),
     /// Train one run from its run.json (what every job runs).
     #[command(

@@ -11,6 +11,7 @@ pub mod data;
 pub mod executor;
 pub mod model;
 pub mod plan;
+pub mod report;
 pub mod results;
 pub mod spec;
 pub mod util;

@@ -3,6 +3,7 @@
 
 pub mod execute;
 pub mod plan;
+pub mod report;
 
 use std::path::Path;
 
@@ -63,12 +64,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             issue: "Executors: the local default and Slurm over SSH",
         }
         .into()),
-        Command::Report(_) => Err(NotBuilt {
-            command: "report",
-            what: "aggregation, tables and plots",
-            issue: "Report and the end-to-end demo",
-        }
-        .into()),
+        Command::Report(args) => report::run(g, &args),
         Command::Train(_) => Err(NotBuilt {
             command: "train",
             what: "the libtorch trainer",

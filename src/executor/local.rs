@@ -223,7 +223,7 @@ impl LocalExecutor {
 }
 
 /// The state of a run whose process ended: its result.json decides; without one, a signal or
-/// an exit of 130/143 means it was stopped (resumable), anything else that it failed.
+/// an exit of 0/130/143 means it was stopped (resumable), anything else that it failed.
 fn classify(dir: &Path, status: std::process::ExitStatus) -> (JobState, Option<String>) {
     use std::os::unix::process::ExitStatusExt;
     if let Some(s) = result_state(dir) {
@@ -234,16 +234,10 @@ fn classify(dir: &Path, status: std::process::ExitStatus) -> (JobState, Option<S
     }
     let log = dir.join("train.log");
     match (status.code(), status.signal()) {
-        (Some(130 | 143), _) | (None, Some(_)) => (
+        // The trainer exits 0 without a result when a signal stopped it after a checkpoint.
+        (Some(0 | 130 | 143), _) | (None, Some(_)) => (
             JobState::Cancelled,
             Some("stopped; rerun to resume from its checkpoint".into()),
-        ),
-        (Some(0), _) => (
-            JobState::Failed,
-            Some(format!(
-                "exited without a result.json; see {}",
-                log.display()
-            )),
         ),
         (Some(code), _) => (
             JobState::Failed,

@@ -1,0 +1,58 @@
+//! `sweep report SPEC|DIR`: tables in the terminal, and report.md, report.html, SVG plots, CSV
+//! tables and report.json in results/NAME/report/.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use super::{load_plan, sweep_dir};
+use crate::cli::{GlobalArgs, SweepArg};
+use crate::report::{build, load::load, render, svg, Report};
+use crate::util::write_atomic;
+
+/// The results folder named by a spec (its results/NAME) or given directly.
+fn results_dir(g: &GlobalArgs, arg: &Path) -> anyhow::Result<PathBuf> {
+    if arg.is_dir() {
+        return Ok(arg.to_path_buf());
+    }
+    let (_, plan) = load_plan(arg, true)?;
+    Ok(sweep_dir(g, &plan.name))
+}
+
+/// Write every report file into `dir` (created); returns the HTML path.
+pub fn write_report(report: &Report, dir: &Path) -> anyhow::Result<PathBuf> {
+    let write = |name: &str, text: &str| -> anyhow::Result<()> {
+        let p = dir.join(name);
+        write_atomic(&p, |w| w.write_all(text.as_bytes()))
+            .with_context(|| format!("writing {}", p.display()))
+    };
+    write("report.md", &render::markdown(report))?;
+    write("report.html", &render::html(report))?;
+    write("report.json", &serde_json::to_string_pretty(report)?)?;
+    for p in &report.plots {
+        write(&format!("{}.svg", p.key), &svg::plot(p))?;
+    }
+    for (key, csv) in render::csv_tables(report) {
+        write(&format!("tables/{key}.csv"), &csv)?;
+    }
+    Ok(dir.join("report.html"))
+}
+
+/// Run `sweep report`.
+pub fn run(g: &GlobalArgs, args: &SweepArg) -> anyhow::Result<()> {
+    let dir = results_dir(g, &args.spec)?;
+    let input = load(&dir)?;
+    let report = build(&input);
+    let html = write_report(&report, &dir.join("report"))?;
+    if g.json {
+        serde_json::to_writer_pretty(std::io::stdout(), &report)?;
+        println!();
+    } else if !g.quiet {
+        print!("{}", render::terminal(&report));
+        println!(
+            "\nwrote {} (and report.md, SVG plots, tables/*.csv)",
+            html.display()
+        );
+    }
+    Ok(())
+}

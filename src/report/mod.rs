@@ -1,0 +1,156 @@
+//! The report: turns a sweep's run results into the paper's answers. [`load`] reads the results
+//! folder (the only I/O); [`build`] is pure and produces tables, plot data and findings;
+//! [`render`] and [`svg`] turn a [`Report`] into terminal, Markdown, CSV, JSON and HTML.
+
+pub mod build;
+pub mod load;
+pub mod render;
+pub mod stats;
+pub mod svg;
+
+use serde::Serialize;
+
+use crate::plan::Point;
+use crate::results::{EvalRecord, RunStatus};
+pub use build::build;
+
+/// One planned run with whatever result it has.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunData {
+    /// Run id.
+    pub id: String,
+    /// Config id.
+    pub config_id: String,
+    /// Seed.
+    pub seed: u64,
+    /// What the run varies.
+    pub point: Point,
+    /// How it ended; None when it has no result yet.
+    pub status: Option<RunStatus>,
+    /// Its evaluations (the first at 0 tokens is the base model).
+    pub evals: Vec<EvalRecord>,
+    /// Tokens trained.
+    pub tokens: u64,
+    /// Wall time in seconds.
+    pub wall_s: f64,
+    /// The error or divergence.
+    pub error: Option<String>,
+}
+
+/// Everything the report is built from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReportInput {
+    /// The sweep.
+    pub sweep: String,
+    /// Target domain name (`code`, `math`, ...).
+    pub domain: String,
+    /// The planned runs.
+    pub runs: Vec<RunData>,
+    /// Runs whose result.json could not be read: (id, reason).
+    pub unreadable: Vec<(String, String)>,
+    /// Run folders that are not in the current plan (another version of the spec).
+    pub foreign: Vec<String>,
+}
+
+/// A table, already formatted: every renderer shows the same rows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TableData {
+    /// A short key: the CSV file name and the JSON key.
+    pub key: String,
+    /// The heading.
+    pub title: String,
+    /// Column names.
+    pub header: Vec<String>,
+    /// Rows of cells.
+    pub rows: Vec<Vec<String>>,
+    /// A note under the table (why it is empty, what a mark means).
+    pub note: Option<String>,
+}
+
+/// The verdict on one of the paper's findings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The sweep's numbers agree with the finding.
+    Supported,
+    /// They disagree.
+    NotSupported,
+    /// The sweep cannot tell.
+    NotEnoughData,
+}
+
+impl Verdict {
+    /// Words for tables.
+    pub fn words(self) -> &'static str {
+        match self {
+            Verdict::Supported => "supported",
+            Verdict::NotSupported => "not supported",
+            Verdict::NotEnoughData => "not enough data",
+        }
+    }
+}
+
+/// One finding of the paper tested on this sweep.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    /// 1 to 6, as in the paper notes.
+    pub number: u8,
+    /// The claim.
+    pub claim: String,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// The numbers behind it.
+    pub evidence: String,
+}
+
+/// A series of points for a line plot, with optional interval half-widths.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Series {
+    /// Legend label.
+    pub label: String,
+    /// Points (x, y, interval half-width).
+    pub points: Vec<(f64, f64, Option<f64>)>,
+    /// Draw it dashed (fits).
+    pub dashed: bool,
+}
+
+/// A plot, as data; [`svg`] draws it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plot {
+    /// File stem of the SVG.
+    pub key: String,
+    /// Title.
+    pub title: String,
+    /// X axis label.
+    pub x_label: String,
+    /// Y axis label.
+    pub y_label: String,
+    /// Logarithmic x axis.
+    pub log_x: bool,
+    /// Lines (with bands where intervals exist).
+    pub lines: Vec<Series>,
+    /// Scatter series (no lines).
+    pub scatter: Vec<Series>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// The sweep.
+    pub sweep: String,
+    /// The learning metric used (target domain).
+    pub learning_metric: Option<String>,
+    /// The forgetting metric used (source domain).
+    pub forgetting_metric: Option<String>,
+    /// Tables in order.
+    pub tables: Vec<TableData>,
+    /// Findings 1-6.
+    pub findings: Vec<Finding>,
+    /// Plots.
+    pub plots: Vec<Plot>,
+    /// Notes: runs not reported and why, metrics nobody measured.
+    pub notes: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,165 @@
+//! Renderers of a [`Report`]: terminal tables, Markdown, CSV, JSON and a self-contained HTML
+//! page. Each is a pure function of the report.
+
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+
+use super::{Report, TableData};
+
+/// The report as terminal tables.
+pub fn terminal(r: &Report) -> String {
+    let mut s = String::new();
+    for t in &r.tables {
+        s.push_str(&format!("\n{}\n", t.title));
+        let mut tt = Table::new();
+        tt.load_preset(UTF8_FULL_CONDENSED);
+        if t.header.iter().any(|h| !h.is_empty()) {
+            tt.set_header(t.header.clone());
+        }
+        for row in &t.rows {
+            tt.add_row(row.clone());
+        }
+        s.push_str(&format!("{tt}\n"));
+        if let Some(n) = &t.note {
+            s.push_str(&format!("{n}\n"));
+        }
+    }
+    notes(r, &mut s);
+    s
+}
+
+fn notes(r: &Report, s: &mut String) {
+    if !r.notes.is_empty() {
+        s.push_str("\nNotes:\n");
+        for n in &r.notes {
+            s.push_str(&format!("- {n}\n"));
+        }
+    }
+}
+
+fn md_cell(c: &str) -> String {
+    c.replace('|', "\\|").replace('\n', " ")
+}
+
+fn md_table(t: &TableData) -> String {
+    let mut s = format!("## {}\n\n", t.title);
+    let cols = t.header.len().max(t.rows.first().map_or(0, |r| r.len()));
+    let header: Vec<String> = (0..cols)
+        .map(|i| md_cell(t.header.get(i).map(String::as_str).unwrap_or("")))
+        .collect();
+    s.push_str(&format!("| {} |\n", header.join(" | ")));
+    s.push_str(&format!("|{}\n", "---|".repeat(cols)));
+    for row in &t.rows {
+        s.push_str(&format!(
+            "| {} |\n",
+            row.iter()
+                .map(|c| md_cell(c))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        ));
+    }
+    if t.rows.is_empty() {
+        s.push_str("\n(no rows)\n");
+    }
+    if let Some(n) = &t.note {
+        s.push_str(&format!("\n{n}\n"));
+    }
+    s.push('\n');
+    s
+}
+
+/// The report as Markdown, with the plots as linked SVG files (`KEY.svg` beside it).
+pub fn markdown(r: &Report) -> String {
+    let mut s = format!("# Sweep report: {}\n\n", r.sweep);
+    if let Some(l) = &r.learning_metric {
+        s.push_str(&format!(
+            "Learning metric: `{l}`. Forgetting metric: `{}`.\n\n",
+            r.forgetting_metric.as_deref().unwrap_or("none measured")
+        ));
+    }
+    for t in &r.tables {
+        s.push_str(&md_table(t));
+    }
+    for p in &r.plots {
+        s.push_str(&format!("![{}]({}.svg)\n\n", p.title, p.key));
+    }
+    let mut n = String::new();
+    notes(r, &mut n);
+    s.push_str(&n);
+    s
+}
+
+/// One CSV text per table: (key, csv).
+pub fn csv_tables(r: &Report) -> Vec<(String, String)> {
+    r.tables
+        .iter()
+        .map(|t| {
+            let mut w = csv::Writer::from_writer(Vec::new());
+            let _ = w.write_record(&t.header);
+            for row in &t.rows {
+                let _ = w.write_record(row);
+            }
+            let bytes = w.into_inner().unwrap_or_default();
+            (t.key.clone(), String::from_utf8_lossy(&bytes).into_owned())
+        })
+        .collect()
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A self-contained HTML page (inline CSS and SVG; opens offline).
+pub fn html(r: &Report) -> String {
+    let mut s = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Sweep report: {0}</title>\n<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;font-size:14px}}th{{background:#f3f3f3}}.note{{color:#555;font-size:13px}}</style></head>\n<body>\n<h1>Sweep report: {0}</h1>\n",
+        esc(&r.sweep)
+    );
+    for t in &r.tables {
+        s.push_str(&format!(
+            "<h2 id=\"{}\">{}</h2>\n<table>\n",
+            esc(&t.key),
+            esc(&t.title)
+        ));
+        if t.header.iter().any(|h| !h.is_empty()) {
+            s.push_str(&format!(
+                "<tr>{}</tr>\n",
+                t.header
+                    .iter()
+                    .map(|h| format!("<th>{}</th>", esc(h)))
+                    .collect::<String>()
+            ));
+        }
+        for row in &t.rows {
+            s.push_str(&format!(
+                "<tr>{}</tr>\n",
+                row.iter()
+                    .map(|c| format!("<td>{}</td>", esc(c)))
+                    .collect::<String>()
+            ));
+        }
+        s.push_str("</table>\n");
+        if let Some(n) = &t.note {
+            s.push_str(&format!("<p class=\"note\">{}</p>\n", esc(n)));
+        }
+    }
+    for p in &r.plots {
+        s.push_str(&format!(
+            "<h2 id=\"plot-{}\">{}</h2>\n{}\n",
+            esc(&p.key),
+            esc(&p.title),
+            super::svg::plot(p)
+        ));
+    }
+    if !r.notes.is_empty() {
+        s.push_str("<h2>Notes</h2>\n<ul>\n");
+        for n in &r.notes {
+            s.push_str(&format!("<li>{}</li>\n", esc(n)));
+        }
+        s.push_str("</ul>\n");
+    }
+    s.push_str("</body></html>\n");
+    s
+}
