@@ -9,5 +9,8 @@ pub mod cli;
 pub mod commands;
 pub mod model;
 pub mod plan;
+pub mod rng;
 pub mod spec;
+#[cfg(feature = "torch")]
+pub mod train;
 pub mod util;

@@ -78,12 +78,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             issue: "Report and the end-to-end demo",
         }
         .into()),
-        Command::Train(_) => Err(NotBuilt {
-            command: "train",
-            what: "the libtorch trainer",
-            issue: "The trainer: libtorch Llama with LoRA and full fine-tuning",
-        }
-        .into()),
+        Command::Train(args) => train(g, &args),
         Command::Run(_) => Err(NotBuilt {
             command: "run",
             what: "local execution of a sweep; `sweep plan` works",
@@ -91,6 +86,50 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         .into()),
     }
+}
+
+/// `sweep train RUN.json`: train one run; its folder receives metrics.jsonl, result.json and
+/// checkpoints. A diverged run is a result, not an error (exit 0).
+#[cfg(feature = "torch")]
+fn train(g: &GlobalArgs, args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
+    let opts = crate::train::TrainOptions::from_env(args.threads);
+    let result = crate::train::train(&args.run, &opts)
+        .with_context(|| format!("training {}", args.run.display()))?;
+    if g.json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else if !g.quiet {
+        let losses: Vec<String> = result
+            .evals
+            .last()
+            .map(|e| {
+                e.metrics
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v:.4}"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!(
+            "{}: {:?} after {} steps ({} tokens) in {:.1}s {}",
+            result.id,
+            result.status,
+            result.step,
+            result.tokens,
+            result.wall_s,
+            losses.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// Without libtorch there is no trainer: say so rather than pretend.
+#[cfg(not(feature = "torch"))]
+fn train(_: &GlobalArgs, _: &crate::cli::TrainArgs) -> anyhow::Result<()> {
+    Err(NotBuilt {
+        command: "train",
+        what: "this binary was built without libtorch (--no-default-features); build with the `torch` feature",
+        issue: "The trainer: libtorch Llama with LoRA and full fine-tuning",
+    }
+    .into())
 }
 
 /// Load a spec and plan it, locating any problem in the file. Shared by every command that

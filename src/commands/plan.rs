@@ -46,6 +46,7 @@ fn group_key(p: &Point) -> (u8, u64, String) {
 
 /// The grouped view of a plan: pure, for the table and the JSON output.
 pub fn groups(plan: &Plan, tflops: f64) -> Vec<Group> {
+    #[allow(clippy::type_complexity)]
     let mut keys: BTreeMap<(u8, u64, String), (Vec<f64>, Vec<u64>)> = BTreeMap::new();
     for p in &plan.points {
         let e = keys.entry(group_key(p)).or_default();

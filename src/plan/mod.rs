@@ -308,7 +308,7 @@ fn resolve_shared(spec: &Spec) -> Result<SharedConfig, Problem> {
         ));
     }
     let micro = t.micro_batch_size.unwrap_or(t.batch_size);
-    if micro == 0 || t.batch_size % micro != 0 {
+    if micro == 0 || !t.batch_size.is_multiple_of(micro) {
         return Err(problem(
             &["training", "micro_batch_size"],
             format!(
