@@ -436,8 +436,21 @@ impl<'a> Trainer<'a> {
                         self.run.config_id
                     )));
                 }
+                // The checkpoint holds the trainable tensors only (the adapter, for LoRA); the
+                // frozen rest was rebuilt from the seed or the pretrained file.
+                if let Some((name, _)) = self
+                    .model
+                    .trainable()
+                    .into_iter()
+                    .find(|(n, _)| !loaded.model.contains_key(n))
+                {
+                    return Err(TrainError::Checkpoint(format!(
+                        "{} lacks {name}",
+                        loaded.path.display()
+                    )));
+                }
                 self.model
-                    .load_named(&loaded.model, true, &loaded.path.display().to_string())?;
+                    .load_named(&loaded.model, false, &loaded.path.display().to_string())?;
                 self.optim.load_state(&loaded.optim, loaded.state.step)?;
                 outputs::truncate_metrics(&metrics_path, loaded.state.step)?;
                 loaded.state

@@ -152,8 +152,18 @@ fn lora_training_changes_only_the_adapter() {
 
 #[test]
 fn resumed_run_equals_uninterrupted_run() {
+    resume_matches(|_| {});
+}
+
+#[test]
+fn resumed_lora_run_equals_uninterrupted_run() {
+    resume_matches(lora);
+}
+
+fn resume_matches(method: fn(&mut serde_json::Value)) {
     let f = Fixture::new();
     let edit = |v: &mut serde_json::Value| {
+        method(v);
         v["training"]["schedule"] = "cosine".into();
         v["training"]["warmup_steps"] = 2.into();
         v["token_budget"] = 640.into();
