@@ -84,6 +84,12 @@ fn sweep_train_runs_a_tiny_lora_run() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(ckpts, vec!["step-00000010".to_string()]);
+    let adapter: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run_dir.join("adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(adapter["use_rslora"], true);
+    assert!(run_dir.join("adapter/adapter_model.safetensors").exists());
     // A second call resumes from the final checkpoint and has nothing left to do.
     let again = sweep_train(dir.path(), &run);
     assert!(again.status.success());

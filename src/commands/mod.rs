@@ -92,9 +92,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 /// checkpoints. A diverged run is a result, not an error (exit 0).
 #[cfg(feature = "torch")]
 fn train(g: &GlobalArgs, args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
-    let opts = crate::train::TrainOptions::from_env(args.threads);
+    let mut opts = crate::train::TrainOptions::from_env(args.threads);
+    // Slurm sends SIGTERM before a time limit or preemption (and SIGUSR1 with --signal): stop
+    // after the current step with a checkpoint, so that the requeued job resumes.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGUSR1] {
+        signal_hook::flag::register(sig, stop.clone())
+            .with_context(|| format!("installing the handler of signal {sig}"))?;
+    }
+    opts.stop = Some(stop);
     let result = crate::train::train(&args.run, &opts)
         .with_context(|| format!("training {}", args.run.display()))?;
+    if result.status == crate::train::outputs::RunStatus::Interrupted {
+        eprintln!(
+            "{}: stopped by a signal after step {}; `sweep train` again resumes from the checkpoint",
+            result.id, result.step
+        );
+    }
     if g.json {
         println!("{}", serde_json::to_string(&result)?);
     } else if !g.quiet {

@@ -7,6 +7,7 @@
 //! optimizer that takes the trainable variables never sees them).
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 
 use tch::{nn, Device, Kind, Tensor};
 
@@ -315,6 +316,43 @@ impl Llama {
             lm_head,
             rope,
         })
+    }
+
+    /// Load a Hugging Face LlamaForCausalLM directory: `config.json` and every `*.safetensors`
+    /// file in it (sharded checkpoints too), converted to f32. Adapters, if any, start fresh.
+    pub fn from_hf_dir(
+        dir: &Path,
+        opts: &BuildOptions,
+        device: Device,
+    ) -> Result<Llama, ModelError> {
+        let load_err = |msg: String| ModelError::Load {
+            path: dir.display().to_string(),
+            msg,
+        };
+        let text = std::fs::read_to_string(dir.join("config.json"))
+            .map_err(|e| load_err(format!("config.json: {e}")))?;
+        let cfg: LlamaConfig =
+            serde_json::from_str(&text).map_err(|e| load_err(format!("config.json: {e}")))?;
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| load_err(e.to_string()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().and_then(|x| x.to_str()) == Some("safetensors"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(load_err("no *.safetensors files".into()));
+        }
+        let mut tensors = HashMap::new();
+        for f in files {
+            for (name, t) in Tensor::read_safetensors(&f)
+                .map_err(|e| load_err(format!("{}: {e}", f.display())))?
+            {
+                tensors.insert(name, t);
+            }
+        }
+        let model = Llama::new(&cfg, opts, device)?;
+        model.load_named(&tensors, true, &dir.display().to_string())?;
+        Ok(model)
     }
 
     /// Logits (B, T, V) of tokens (B, T) (int64). `train` turns adapter dropout on.
@@ -648,6 +686,37 @@ pub(crate) mod tests {
         );
         let logits = m.forward(&toks(&[1, 2, 3]), false).unwrap();
         assert_eq!(logits.size(), vec![1, 3, 264]);
+    }
+
+    #[test]
+    fn hf_directory_round_trip() {
+        let mut cfg = tiny_cfg();
+        cfg.tie_word_embeddings = false;
+        let opts = BuildOptions {
+            seed: 4,
+            ..Default::default()
+        };
+        let m = Llama::new(&cfg, &opts, Device::Cpu).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            serde_json::to_vec(&cfg).unwrap(),
+        )
+        .unwrap();
+        let vars = m.variables();
+        let (a, b) = vars.split_at(5);
+        Tensor::write_safetensors(a, dir.path().join("model-00001-of-00002.safetensors")).unwrap();
+        Tensor::write_safetensors(b, dir.path().join("model-00002-of-00002.safetensors")).unwrap();
+        let loaded = Llama::from_hf_dir(dir.path(), &BuildOptions::default(), Device::Cpu).unwrap();
+        let x = toks(&[1, 2, 3]);
+        assert!(m
+            .forward(&x, false)
+            .unwrap()
+            .equal(&loaded.forward(&x, false).unwrap()));
+        std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).unwrap();
+        let err =
+            Llama::from_hf_dir(dir.path(), &BuildOptions::default(), Device::Cpu).unwrap_err();
+        assert!(err.to_string().contains("missing tensor"), "{err}");
     }
 
     #[test]

@@ -8,12 +8,15 @@
 pub mod checkpoint;
 pub mod data;
 pub mod eval;
+pub mod export;
 pub mod optim;
 pub mod outputs;
 pub mod schedule;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tch::{Device, Tensor};
@@ -79,6 +82,8 @@ pub struct TrainOptions {
     pub stop_after_steps: Option<u64>,
     /// Use this architecture instead of the run's builtin shape (tests use very small ones).
     pub model_override: Option<LlamaConfig>,
+    /// Set (by a SIGTERM/SIGUSR1 handler) to stop after the current step with a checkpoint.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 impl TrainOptions {
@@ -100,6 +105,7 @@ impl TrainOptions {
                 .unwrap_or_else(|| PathBuf::from(".cache/sweep")),
             stop_after_steps: None,
             model_override: None,
+            stop: None,
         }
     }
 }
@@ -159,15 +165,9 @@ pub fn train(run_path: &Path, opts: &TrainOptions) -> Result<RunResult, TrainErr
     }
 }
 
-/// Build the run's model: a builtin shape, randomly initialised from the run's seed or loaded
-/// from `sweep pretrain`'s cache, with adapters for LoRA.
-pub fn build_model(
-    run: &RunFile,
-    opts: &TrainOptions,
-    device: Device,
-) -> Result<Llama, TrainError> {
-    let t = &run.shared.training;
-    let lora = match &run.point.method {
+/// The adapter settings of a LoRA run.
+pub fn lora_options(run: &RunFile) -> Option<LoraOptions> {
+    match &run.point.method {
         MethodConfig::Full => None,
         MethodConfig::Lora {
             rank,
@@ -179,12 +179,30 @@ pub fn build_model(
             alpha: *alpha,
             targets: target_modules.clone(),
             dropout: *dropout,
-            rslora: t.rslora,
+            rslora: run.shared.training.rslora,
         }),
-    };
+    }
+}
+
+/// The base model's name for exported adapters: the builtin shape or the path.
+fn base_model_name(run: &RunFile) -> String {
+    match &run.shared.model {
+        ModelSource::Builtin { shape, .. } => shape.clone(),
+        ModelSource::Hf { path } | ModelSource::Gguf { path } => path.display().to_string(),
+    }
+}
+
+/// Build the run's model: a builtin shape, randomly initialised from the run's seed or loaded
+/// from `sweep pretrain`'s cache, with adapters for LoRA.
+pub fn build_model(
+    run: &RunFile,
+    opts: &TrainOptions,
+    device: Device,
+) -> Result<Llama, TrainError> {
+    let t = &run.shared.training;
     let build = BuildOptions {
         seed: run.seed,
-        lora,
+        lora: lora_options(run),
         freeze_embeddings_and_norms: t.freeze_embeddings_and_norms,
     };
     let (shape, init) = match &run.shared.model {
@@ -489,10 +507,16 @@ impl<'a> Trainer<'a> {
         let mut error = None;
 
         while state.step < self.total_steps {
-            if self
+            let signalled = self
                 .opts
-                .stop_after_steps
-                .is_some_and(|n| session_steps >= n)
+                .stop
+                .as_ref()
+                .is_some_and(|f| f.load(Ordering::SeqCst));
+            if signalled
+                || self
+                    .opts
+                    .stop_after_steps
+                    .is_some_and(|n| session_steps >= n)
             {
                 status = RunStatus::Interrupted;
                 break;
@@ -583,6 +607,16 @@ impl<'a> Trainer<'a> {
         state.wall_s = wall_before + started.elapsed().as_secs_f64();
         if status != RunStatus::Diverged {
             self.checkpoint(&state)?;
+        }
+        if status == RunStatus::Completed {
+            if let Some(lora) = lora_options(self.run) {
+                export::write_peft_adapter(
+                    &self.dir.join("adapter"),
+                    &self.model,
+                    &lora,
+                    &base_model_name(self.run),
+                )?;
+            }
         }
         let (trainable, total) = self.model.param_counts();
         let result = RunResult {

@@ -58,6 +58,7 @@ impl Fixture {
             cache_dir: self.dir.path().join("cache"),
             stop_after_steps: None,
             model_override: Some(tiny_cfg()),
+            stop: None,
         }
     }
 }
@@ -133,6 +134,18 @@ fn lora_training_changes_only_the_adapter() {
             "{name} changed: {changed}"
         );
     }
+    // The PEFT export holds the same tensors under PEFT's names.
+    let peft: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(
+        run.parent()
+            .unwrap()
+            .join("adapter/adapter_model.safetensors"),
+    )
+    .unwrap()
+    .into_iter()
+    .collect();
+    assert_eq!(peft.len(), 12);
+    let key = "base_model.model.model.layers.1.mlp.down_proj.lora_B.weight";
+    assert!(peft[key].equal(&adapter.model["model.layers.1.mlp.down_proj.lora_B.weight"]));
     // Merged weights reproduce the adapter's output.
     let merged = Llama::new(&tiny_cfg(), &BuildOptions::default(), Device::Cpu).unwrap();
     merged
@@ -252,4 +265,23 @@ fn refusals_are_clear() {
     let missing = f.run("missing", |v| v["data"]["target"] = "builtin:python".into());
     let e = train(&missing, &f.opts()).unwrap_err().to_string();
     assert!(e.contains("scripts/setup-data"), "{e}");
+}
+
+#[test]
+fn a_stop_signal_checkpoints_and_the_next_session_finishes() {
+    let f = Fixture::new();
+    let run = f.run("stop", |v| {
+        v["token_budget"] = 320.into();
+        v["eval_at"] = serde_json::json!([320]);
+    });
+    let mut opts = f.opts();
+    opts.stop = Some(Arc::new(AtomicBool::new(true)));
+    let r = train(&run, &opts).unwrap();
+    assert_eq!((r.status, r.step), (RunStatus::Interrupted, 0));
+    let ckpts = checkpoint::list(&run.parent().unwrap().join("checkpoints")).unwrap();
+    assert_eq!(ckpts.len(), 1);
+    let r = train(&run, &f.opts()).unwrap();
+    assert_eq!((r.status, r.step), (RunStatus::Completed, 5));
+    // The base evaluation of the first session is kept.
+    assert_eq!(r.evals.first().map(|e| e.tokens), Some(0));
 }
