@@ -97,7 +97,11 @@ pub fn chunk_text(text: &str, max: usize) -> Vec<String> {
         cur.push_str(line);
     }
     if !cur.trim().is_empty() {
-        out.push(cur);
+        // A short tail joins the previous piece rather than become a tiny document.
+        match out.last_mut() {
+            Some(prev) if cur.len() < max / 4 => prev.push_str(&cur),
+            _ => out.push(cur),
+        }
     }
     out
 }
@@ -499,6 +503,7 @@ mod tests {
         let (train2, held2) = split_heldout(docs, 100);
         assert_eq!((train, held), (train2, held2));
         assert_eq!(chunk_text("a\nb\nc\n", 4), vec!["a\nb\n", "c\n"]);
+        assert_eq!(chunk_text("aaaaaaa\nb\n", 8), vec!["aaaaaaa\nb\n"]);
     }
 
     #[test]
