@@ -503,7 +503,7 @@ mod tests {
         let (train2, held2) = split_heldout(docs, 100);
         assert_eq!((train, held), (train2, held2));
         assert_eq!(chunk_text("a\nb\nc\n", 4), vec!["a\nb\n", "c\n"]);
-        assert_eq!(chunk_text("aaaaaaa\nb\n", 8), vec!["aaaaaaa\nb\n"]);
+        assert_eq!(chunk_text("aaaaaaaaaaa\nb\n", 12), vec!["aaaaaaaaaaa\nb\n"]);
     }
 
     #[test]
