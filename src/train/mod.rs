@@ -12,6 +12,7 @@ pub mod export;
 pub mod optim;
 pub mod outputs;
 pub mod schedule;
+pub mod spectral;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -266,7 +267,10 @@ pub fn build_model(
 
 /// The metrics this trainer measures; the others requested are reported as not measured.
 fn measured(metric: Metric) -> bool {
-    matches!(metric, Metric::TargetLoss | Metric::SourceLoss)
+    matches!(
+        metric,
+        Metric::TargetLoss | Metric::SourceLoss | Metric::SpectralRank
+    )
 }
 
 /// A prepared run: model, optimizer, data and evaluators.
@@ -355,6 +359,12 @@ impl<'a> Trainer<'a> {
                 seq_len,
                 micro_batch: micro,
             }));
+        }
+        if metrics.contains(&Metric::SpectralRank) {
+            evaluators.push(Box::new(spectral::SpectralRankEval::snapshot(
+                &model,
+                run.shared.evaluation.rank_threshold,
+            )?));
         }
         let not_measured = metrics
             .iter()

@@ -36,7 +36,7 @@ impl Fixture {
                 "grad_clip": 1.0, "precision": "auto", "rslora": false,
                 "freeze_embeddings_and_norms": false, "max_loss": null, "checkpoint_every": 0,
                 "log_every": 5},
-            "evaluation": {"metrics": ["target_loss", "source_loss", "diversity"],
+            "evaluation": {"metrics": ["target_loss", "source_loss", "spectral_rank", "diversity"],
                 "checkpoints": [], "eval_tokens": 256, "problems": 1,
                 "diversity_samples": 1, "temperature": 1.0, "rank_threshold": 0.9,
                 "multiple_choice": null, "humaneval": null},
@@ -101,6 +101,8 @@ fn loss_decreases_and_outputs_are_written() {
         .all(|e| e.metrics.contains_key("target_loss") && e.metrics.contains_key("source_loss")));
     assert!(r.evals[2].metrics["target_loss"] < r.evals[0].metrics["target_loss"]);
     assert_eq!(r.metrics_not_measured, vec!["diversity".to_string()]);
+    assert_eq!(r.evals[0].metrics["spectral_rank"], 0.0);
+    assert!(r.evals[2].metrics["spectral_rank_q"] > 1.0);
     let saved: RunResult =
         serde_json::from_str(&std::fs::read_to_string(dir.join("result.json")).unwrap()).unwrap();
     assert_eq!(saved.status, RunStatus::Completed);
@@ -119,6 +121,12 @@ fn lora_training_changes_only_the_adapter() {
     let before = build_model(&file, &f.opts(), Device::Cpu).unwrap();
     let r = train(&run, &f.opts()).unwrap();
     assert_eq!(r.status, RunStatus::Completed);
+    let ranks = &r.evals.last().unwrap().metrics;
+    assert!(
+        ranks["spectral_rank_q"] >= 1.0 && ranks["spectral_rank_q"] <= 4.0,
+        "{ranks:?}"
+    );
+    assert!(!ranks.contains_key("spectral_rank_k"));
     let adapter = checkpoint::load_latest(&run.parent().unwrap().join("checkpoints"))
         .unwrap()
         .unwrap();
