@@ -720,6 +720,23 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn freezing_embeddings_and_norms_leaves_projections_trainable() {
+        let mut cfg = tiny_cfg();
+        cfg.tie_word_embeddings = false;
+        let opts = BuildOptions {
+            freeze_embeddings_and_norms: true,
+            ..Default::default()
+        };
+        let m = Llama::new(&cfg, &opts, Device::Cpu).unwrap();
+        let names: Vec<String> = m.trainable().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names.len(), 7 * 2);
+        assert!(
+            names.iter().all(|n| n.ends_with("_proj.weight")),
+            "{names:?}"
+        );
+    }
+
+    #[test]
     fn attention_is_causal() {
         let m = Llama::new(&tiny_cfg(), &BuildOptions::default(), Device::Cpu).unwrap();
         let a = m.forward(&toks(&[5, 6, 7, 8, 9, 10]), false).unwrap();
