@@ -13,5 +13,8 @@ pub mod model;
 pub mod plan;
 pub mod report;
 pub mod results;
+pub mod rng;
 pub mod spec;
+#[cfg(feature = "torch")]
+pub mod train;
 pub mod util;

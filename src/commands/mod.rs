@@ -65,14 +65,67 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         .into()),
         Command::Report(args) => report::run(g, &args),
-        Command::Train(_) => Err(NotBuilt {
-            command: "train",
-            what: "the libtorch trainer",
-            issue: "The trainer: libtorch Llama with LoRA and full fine-tuning",
-        }
-        .into()),
+        Command::Train(args) => train(g, &args),
         Command::Run(args) => execute::run(g, &args),
     }
+}
+
+/// `sweep train RUN.json`: train one run; its folder receives metrics.jsonl, result.json and
+/// checkpoints. A diverged run is a result, not an error (exit 0).
+#[cfg(feature = "torch")]
+fn train(g: &GlobalArgs, args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
+    let mut opts = crate::train::TrainOptions::from_env(args.threads);
+    // Slurm sends SIGTERM before a time limit or preemption (and SIGUSR1 with --signal): stop
+    // after the current step with a checkpoint, so that the requeued job resumes.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGUSR1] {
+        signal_hook::flag::register(sig, stop.clone())
+            .with_context(|| format!("installing the handler of signal {sig}"))?;
+    }
+    opts.stop = Some(stop);
+    let result = crate::train::train(&args.run, &opts)
+        .with_context(|| format!("training {}", args.run.display()))?;
+    if result.status == crate::train::outputs::RunStatus::Interrupted {
+        eprintln!(
+            "{}: stopped by a signal after step {}; `sweep train` again resumes from the checkpoint",
+            result.id, result.step
+        );
+    }
+    if g.json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else if !g.quiet {
+        let losses: Vec<String> = result
+            .evals
+            .last()
+            .map(|e| {
+                e.metrics
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v:.4}"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!(
+            "{}: {:?} after {} steps ({} tokens) in {:.1}s {}",
+            result.id,
+            result.status,
+            result.step,
+            result.tokens,
+            result.wall_s,
+            losses.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// Without libtorch there is no trainer: say so rather than pretend.
+#[cfg(not(feature = "torch"))]
+fn train(_: &GlobalArgs, _: &crate::cli::TrainArgs) -> anyhow::Result<()> {
+    Err(NotBuilt {
+        command: "train",
+        what: "this binary was built without libtorch (--no-default-features); build with the `torch` feature",
+        issue: "The trainer: libtorch Llama with LoRA and full fine-tuning",
+    }
+    .into())
 }
 
 /// Load a spec and plan it, locating any problem in the file. Shared by every command that

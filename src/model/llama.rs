@@ -1,0 +1,837 @@
+//! The Llama architecture in libtorch, after candle's llama.rs: embedding, RMSNorm, rotary
+//! embeddings, grouped-query attention, SwiGLU MLP, and a tied or untied head.
+//!
+//! Variables carry Hugging Face LlamaForCausalLM's names (`model.layers.0.self_attn.q_proj.weight`)
+//! so real checkpoints load by name. The model knows nothing of training: which weights train is
+//! decided once, at build time, by [`BuildOptions`] (frozen weights do not require grad, so an
+//! optimizer that takes the trainable variables never sees them).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use tch::{nn, Device, Kind, Tensor};
+
+use super::config::{LlamaConfig, Module};
+use super::lora::{lora_scale, LoraLinear};
+use super::ModelError;
+use crate::rng::Rng;
+
+/// LoRA settings for building a model with adapters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraOptions {
+    /// Rank r.
+    pub rank: u64,
+    /// Alpha.
+    pub alpha: f64,
+    /// Modules that get adapters.
+    pub targets: Vec<Module>,
+    /// Dropout on the adapter path.
+    pub dropout: f64,
+    /// Scale alpha/sqrt(r) instead of alpha/r.
+    pub rslora: bool,
+}
+
+/// How to build a model: init seed, adapters, what is frozen.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BuildOptions {
+    /// Seed of the random initialisation (base weights and adapters' A).
+    pub seed: u64,
+    /// Adapters; with them every base weight is frozen.
+    pub lora: Option<LoraOptions>,
+    /// Full fine-tuning: freeze the embeddings (input and output) and the norms.
+    pub freeze_embeddings_and_norms: bool,
+}
+
+/// A projection: a plain weight, or a weight with a LoRA adapter.
+#[derive(Debug)]
+pub enum Proj {
+    /// y = x W^T.
+    Dense(Tensor),
+    /// y = x W^T + s B A x.
+    Lora(LoraLinear),
+}
+
+impl Proj {
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        match self {
+            Proj::Dense(w) => Ok(x.f_linear::<Tensor>(w, None)?),
+            Proj::Lora(l) => l.forward(x, train),
+        }
+    }
+
+    /// The adapter, if this projection has one.
+    pub fn lora(&self) -> Option<&LoraLinear> {
+        match self {
+            Proj::Dense(_) => None,
+            Proj::Lora(l) => Some(l),
+        }
+    }
+}
+
+/// Rotary embedding tables, Hugging Face's convention (halves rotated, `rotate_half`).
+#[derive(Debug)]
+pub struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    max_len: i64,
+}
+
+impl Rope {
+    /// Tables for `max_len` positions of heads of width `head_dim`.
+    pub fn new(
+        head_dim: i64,
+        max_len: i64,
+        theta: f64,
+        device: Device,
+    ) -> Result<Rope, ModelError> {
+        let half = head_dim / 2;
+        let inv: Vec<f32> = (0..half)
+            .map(|i| (1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)) as f32)
+            .collect();
+        let inv = Tensor::f_from_slice(&inv)?.f_to_device(device)?;
+        let t = Tensor::f_arange(max_len, (Kind::Float, device))?;
+        let freqs = t.f_outer(&inv)?;
+        let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?;
+        Ok(Rope {
+            cos: emb.f_cos()?,
+            sin: emb.f_sin()?,
+            max_len,
+        })
+    }
+
+    /// Rotate x of shape (B, H, T, D) whose first position is `offset`.
+    pub fn apply(&self, x: &Tensor, offset: i64) -> Result<Tensor, ModelError> {
+        let t = x.size()[2];
+        if offset + t > self.max_len {
+            return Err(ModelError::Input(format!(
+                "sequence of {} positions exceeds max_position_embeddings {}",
+                offset + t,
+                self.max_len
+            )));
+        }
+        let cos = self.cos.f_narrow(0, offset, t)?;
+        let sin = self.sin.f_narrow(0, offset, t)?;
+        let d = x.size()[3];
+        let x1 = x.f_narrow(-1, 0, d / 2)?;
+        let x2 = x.f_narrow(-1, d / 2, d - d / 2)?;
+        let rotated = Tensor::f_cat(&[&x2.f_neg()?, &x1], -1)?;
+        Ok(x.f_mul(&cos)?.f_add(&rotated.f_mul(&sin)?)?)
+    }
+}
+
+#[derive(Debug)]
+struct Attention {
+    q: Proj,
+    k: Proj,
+    v: Proj,
+    o: Proj,
+    heads: i64,
+    kv_heads: i64,
+    head_dim: i64,
+}
+
+#[derive(Debug)]
+struct Mlp {
+    gate: Proj,
+    up: Proj,
+    down: Proj,
+}
+
+#[derive(Debug)]
+struct Block {
+    attn: Attention,
+    mlp: Mlp,
+    input_norm: Tensor,
+    post_norm: Tensor,
+}
+
+/// Keys and values of past positions, per layer, for incremental decoding.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: i64,
+}
+
+impl KvCache {
+    /// Positions held.
+    pub fn len(&self) -> i64 {
+        self.len
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A Llama model with its variables.
+#[derive(Debug)]
+pub struct Llama {
+    /// The variables, named as in Hugging Face checkpoints.
+    pub vs: nn::VarStore,
+    /// The architecture.
+    pub cfg: LlamaConfig,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    lm_head: Option<Tensor>,
+    rope: Rope,
+}
+
+/// Weight variance of the random init (Hugging Face's `initializer_range`).
+const INIT_STD: f64 = 0.02;
+
+struct Builder<'a> {
+    rng: Rng,
+    lora_rng: Rng,
+    device: Device,
+    opts: &'a BuildOptions,
+}
+
+impl Builder<'_> {
+    fn normal(
+        &mut self,
+        p: &nn::Path,
+        name: &str,
+        dims: &[i64],
+        train: bool,
+    ) -> Result<Tensor, ModelError> {
+        let n: i64 = dims.iter().product();
+        let t = Tensor::f_from_slice(&self.rng.normal_vec(n as usize, 0.0, INIT_STD))?
+            .f_reshape(dims)?
+            .f_to_device(self.device)?;
+        Ok(p.add(name, t, train))
+    }
+
+    fn ones(&self, p: &nn::Path, name: &str, dim: i64, train: bool) -> Result<Tensor, ModelError> {
+        let t = Tensor::f_ones([dim], (Kind::Float, self.device))?;
+        Ok(p.add(name, t, train))
+    }
+
+    fn proj(&mut self, block: &nn::Path, cfg: &LlamaConfig, m: Module) -> Result<Proj, ModelError> {
+        let mut p = block.clone();
+        for part in m.hf_path().split('.') {
+            p = p.sub(part);
+        }
+        let (o, i) = cfg.module_shape(m);
+        match &self.opts.lora {
+            None => {
+                let w = self.normal(&p, "weight", &[o as i64, i as i64], true)?;
+                Ok(Proj::Dense(w))
+            }
+            Some(l) => {
+                let w = self.normal(&p, "weight", &[o as i64, i as i64], false)?;
+                if l.targets.contains(&m) {
+                    let scale = lora_scale(l.alpha, l.rank, l.rslora);
+                    let lin = LoraLinear::new(&p, w, l.rank, scale, l.dropout, &mut self.lora_rng)?;
+                    Ok(Proj::Lora(lin))
+                } else {
+                    Ok(Proj::Dense(w))
+                }
+            }
+        }
+    }
+}
+
+impl Llama {
+    /// Build a randomly initialised model (weights normal(0, 0.02), norms one), deterministic in
+    /// `opts.seed`; the same seed gives the same base weights with or without adapters.
+    pub fn new(
+        cfg: &LlamaConfig,
+        opts: &BuildOptions,
+        device: Device,
+    ) -> Result<Llama, ModelError> {
+        if cfg.num_attention_heads == 0
+            || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
+            || !cfg
+                .num_attention_heads
+                .is_multiple_of(cfg.kv_heads().max(1))
+            || !cfg.head_dim().is_multiple_of(2)
+        {
+            return Err(ModelError::Config(format!(
+                "hidden_size {} with {} heads and {} kv heads is not a valid Llama shape",
+                cfg.hidden_size,
+                cfg.num_attention_heads,
+                cfg.kv_heads()
+            )));
+        }
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let mut b = Builder {
+            rng: Rng::new(opts.seed, 1),
+            lora_rng: Rng::new(opts.seed, 2),
+            device,
+            opts,
+        };
+        let base_trains = opts.lora.is_none();
+        let emb_trains = base_trains && !opts.freeze_embeddings_and_norms;
+        let d = cfg.hidden_size as i64;
+        let v = cfg.vocab_size as i64;
+        let model = &root / "model";
+        let embed = b.normal(&(&model / "embed_tokens"), "weight", &[v, d], emb_trains)?;
+        let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let bp = &model / "layers" / i;
+            let attn = Attention {
+                q: b.proj(&bp, cfg, Module::Q)?,
+                k: b.proj(&bp, cfg, Module::K)?,
+                v: b.proj(&bp, cfg, Module::V)?,
+                o: b.proj(&bp, cfg, Module::O)?,
+                heads: cfg.num_attention_heads as i64,
+                kv_heads: cfg.kv_heads() as i64,
+                head_dim: cfg.head_dim() as i64,
+            };
+            let mlp = Mlp {
+                gate: b.proj(&bp, cfg, Module::Gate)?,
+                up: b.proj(&bp, cfg, Module::Up)?,
+                down: b.proj(&bp, cfg, Module::Down)?,
+            };
+            let input_norm = b.ones(&(&bp / "input_layernorm"), "weight", d, emb_trains)?;
+            let post_norm = b.ones(&(&bp / "post_attention_layernorm"), "weight", d, emb_trains)?;
+            blocks.push(Block {
+                attn,
+                mlp,
+                input_norm,
+                post_norm,
+            });
+        }
+        let norm = b.ones(&(&model / "norm"), "weight", d, emb_trains)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(b.normal(&(&root / "lm_head"), "weight", &[v, d], emb_trains)?)
+        };
+        let rope = Rope::new(
+            cfg.head_dim() as i64,
+            cfg.max_position_embeddings as i64,
+            cfg.rope_theta,
+            device,
+        )?;
+        Ok(Llama {
+            vs,
+            cfg: cfg.clone(),
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            rope,
+        })
+    }
+
+    /// Load a Hugging Face LlamaForCausalLM directory: `config.json` and every `*.safetensors`
+    /// file in it (sharded checkpoints too), converted to f32. Adapters, if any, start fresh.
+    pub fn from_hf_dir(
+        dir: &Path,
+        opts: &BuildOptions,
+        device: Device,
+    ) -> Result<Llama, ModelError> {
+        let load_err = |msg: String| ModelError::Load {
+            path: dir.display().to_string(),
+            msg,
+        };
+        let text = std::fs::read_to_string(dir.join("config.json"))
+            .map_err(|e| load_err(format!("config.json: {e}")))?;
+        let cfg: LlamaConfig =
+            serde_json::from_str(&text).map_err(|e| load_err(format!("config.json: {e}")))?;
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| load_err(e.to_string()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().and_then(|x| x.to_str()) == Some("safetensors"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(load_err("no *.safetensors files".into()));
+        }
+        let mut tensors = HashMap::new();
+        for f in files {
+            for (name, t) in Tensor::read_safetensors(&f)
+                .map_err(|e| load_err(format!("{}: {e}", f.display())))?
+            {
+                tensors.insert(name, t);
+            }
+        }
+        let model = Llama::new(&cfg, opts, device)?;
+        model.load_named(&tensors, true, &dir.display().to_string())?;
+        Ok(model)
+    }
+
+    /// Logits (B, T, V) of tokens (B, T) (int64). `train` turns adapter dropout on.
+    pub fn forward(&self, tokens: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        self.forward_inner(tokens, None, train)
+    }
+
+    /// Logits of `tokens` that continue the positions held in `cache`, which they extend.
+    pub fn forward_cached(
+        &self,
+        tokens: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Tensor, ModelError> {
+        self.forward_inner(tokens, Some(cache), false)
+    }
+
+    fn forward_inner(
+        &self,
+        tokens: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Result<Tensor, ModelError> {
+        let offset = cache.as_ref().map_or(0, |c| c.len);
+        if let Some(c) = cache.as_deref_mut() {
+            if c.layers.len() != self.blocks.len() {
+                c.layers = (0..self.blocks.len()).map(|_| None).collect();
+            }
+        }
+        let eps = self.cfg.rms_norm_eps;
+        let d = self.cfg.hidden_size as i64;
+        let mut x = Tensor::f_embedding(&self.embed, tokens, -1, false, false)?;
+        for (i, blk) in self.blocks.iter().enumerate() {
+            let h = x.f_rms_norm(&[d][..], Some(&blk.input_norm), eps)?;
+            let layer_cache = match cache.as_deref_mut() {
+                Some(c) => c.layers.get_mut(i),
+                None => None,
+            };
+            let a = self.attention(&blk.attn, &h, offset, layer_cache, train)?;
+            x = x.f_add(&a)?;
+            let h = x.f_rms_norm(&[d][..], Some(&blk.post_norm), eps)?;
+            let gate = blk.mlp.gate.forward(&h, train)?.f_silu()?;
+            let up = blk.mlp.up.forward(&h, train)?;
+            let m = blk.mlp.down.forward(&gate.f_mul(&up)?, train)?;
+            x = x.f_add(&m)?;
+        }
+        if let Some(c) = cache {
+            c.len += tokens.size().get(1).copied().unwrap_or(0);
+        }
+        let x = x.f_rms_norm(&[d][..], Some(&self.norm), eps)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        Ok(x.f_linear::<Tensor>(head, None)?)
+    }
+
+    fn attention(
+        &self,
+        a: &Attention,
+        x: &Tensor,
+        offset: i64,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        train: bool,
+    ) -> Result<Tensor, ModelError> {
+        let (bsz, t) = match x.size().as_slice() {
+            [b, t, _] => (*b, *t),
+            s => {
+                return Err(ModelError::Input(format!(
+                    "expected (B, T, d) input, got {s:?}"
+                )))
+            }
+        };
+        let heads = |p: &Proj, n: i64| -> Result<Tensor, ModelError> {
+            Ok(p.forward(x, train)?
+                .f_view([bsz, t, n, a.head_dim])?
+                .f_transpose(1, 2)?)
+        };
+        let q = self.rope.apply(&heads(&a.q, a.heads)?, offset)?;
+        let mut k = self.rope.apply(&heads(&a.k, a.kv_heads)?, offset)?;
+        let mut v = heads(&a.v, a.kv_heads)?;
+        if let Some(slot) = cache {
+            if let Some((pk, pv)) = slot.as_ref() {
+                k = Tensor::f_cat(&[pk, &k], 2)?;
+                v = Tensor::f_cat(&[pv, &v], 2)?;
+            }
+            *slot = Some((k.shallow_clone(), v.shallow_clone()));
+        }
+        let rep = a.heads / a.kv_heads;
+        if rep > 1 {
+            k = k.f_repeat_interleave_self_int(rep, 1, None)?;
+            v = v.f_repeat_interleave_self_int(rep, 1, None)?;
+        }
+        let total = k.size()[2];
+        // With no past, the causal mask is libtorch's; with a past, position i of the new tokens
+        // sees every key up to offset + i (a single new token sees them all).
+        let y = if offset == 0 {
+            Tensor::f_scaled_dot_product_attention::<Tensor>(
+                &q, &k, &v, None, 0.0, true, None, false,
+            )?
+        } else if t == 1 {
+            Tensor::f_scaled_dot_product_attention::<Tensor>(
+                &q, &k, &v, None, 0.0, false, None, false,
+            )?
+        } else {
+            let rows = Tensor::f_arange(t, (Kind::Int64, x.device()))?.f_unsqueeze(1)?;
+            let cols = Tensor::f_arange(total, (Kind::Int64, x.device()))?.f_unsqueeze(0)?;
+            let mask = cols.f_le_tensor(&rows.f_add_scalar(offset)?)?;
+            Tensor::f_scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                Some(&mask),
+                0.0,
+                false,
+                None,
+                false,
+            )?
+        };
+        let y = y
+            .f_transpose(1, 2)?
+            .f_contiguous()?
+            .f_view([bsz, t, a.heads * a.head_dim])?;
+        a.o.forward(&y, train)
+    }
+
+    /// Generate up to `max_new` tokens after `prompt`: greedy at temperature 0, else sampling
+    /// from softmax(logits / temperature). Stops after `stop` if given. Returns the new tokens.
+    pub fn generate(
+        &self,
+        prompt: &[i64],
+        max_new: usize,
+        temperature: f64,
+        stop: Option<i64>,
+        use_cache: bool,
+    ) -> Result<Vec<i64>, ModelError> {
+        let _g = tch::no_grad_guard();
+        if prompt.is_empty() {
+            return Err(ModelError::Input(
+                "generation needs a non-empty prompt".into(),
+            ));
+        }
+        let device = self.vs.device();
+        let mut all = prompt.to_vec();
+        let mut out = Vec::new();
+        let mut cache = KvCache::default();
+        let mut next_input = Tensor::f_from_slice(prompt)?
+            .f_to_device(device)?
+            .f_unsqueeze(0)?;
+        for _ in 0..max_new {
+            let logits = if use_cache {
+                self.forward_cached(&next_input, &mut cache)?
+            } else {
+                let all_t = Tensor::f_from_slice(&all)?
+                    .f_to_device(device)?
+                    .f_unsqueeze(0)?;
+                self.forward(&all_t, false)?
+            };
+            let last = logits.f_select(1, -1)?.f_squeeze_dim(0)?;
+            let next = if temperature <= 0.0 {
+                last.f_argmax(0, false)?.f_int64_value(&[])?
+            } else {
+                last.f_div_scalar(temperature)?
+                    .f_softmax(-1, Kind::Float)?
+                    .f_multinomial(1, true)?
+                    .f_int64_value(&[0])?
+            };
+            all.push(next);
+            out.push(next);
+            if Some(next) == stop {
+                break;
+            }
+            next_input = Tensor::f_from_slice(&[next])?
+                .f_to_device(device)?
+                .f_unsqueeze(0)?;
+        }
+        Ok(out)
+    }
+
+    /// Trainable variables by name, sorted (the optimizer's view).
+    pub fn trainable(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Every variable by name, sorted.
+    pub fn variables(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Number of elements in trainable variables and in all variables.
+    pub fn param_counts(&self) -> (i64, i64) {
+        let count = |v: &[(String, Tensor)]| v.iter().map(|(_, t)| t.numel() as i64).sum();
+        (count(&self.trainable()), count(&self.variables()))
+    }
+
+    /// Copy tensors into the model's variables by name. With `strict`, every variable that is
+    /// not an adapter's must be present. Unknown names (buffers of other implementations) are
+    /// ignored. `source` names the checkpoint in errors.
+    pub fn load_named(
+        &self,
+        tensors: &HashMap<String, Tensor>,
+        strict: bool,
+        source: &str,
+    ) -> Result<usize, ModelError> {
+        let _g = tch::no_grad_guard();
+        let mut loaded = 0;
+        for (name, var) in self.vs.variables() {
+            let Some(src) = tensors.get(&name) else {
+                if strict && !name.contains(".lora_") {
+                    return Err(ModelError::Load {
+                        path: source.into(),
+                        msg: format!("missing tensor {name}"),
+                    });
+                }
+                continue;
+            };
+            if src.size() != var.size() {
+                return Err(ModelError::Load {
+                    path: source.into(),
+                    msg: format!(
+                        "{name} has shape {:?}, the model needs {:?}",
+                        src.size(),
+                        var.size()
+                    ),
+                });
+            }
+            let mut dst = var.shallow_clone();
+            dst.f_copy_(&src.f_to_kind(var.kind())?.f_to_device(var.device())?)?;
+            loaded += 1;
+        }
+        Ok(loaded)
+    }
+
+    /// The adapters, by module path (`model.layers.0.self_attn.q_proj`).
+    pub fn adapters(&self) -> BTreeMap<String, &LoraLinear> {
+        let mut out = BTreeMap::new();
+        for (i, b) in self.blocks.iter().enumerate() {
+            let projs = [
+                (Module::Q, &b.attn.q),
+                (Module::K, &b.attn.k),
+                (Module::V, &b.attn.v),
+                (Module::O, &b.attn.o),
+                (Module::Gate, &b.mlp.gate),
+                (Module::Up, &b.mlp.up),
+                (Module::Down, &b.mlp.down),
+            ];
+            for (m, p) in projs {
+                if let Some(l) = p.lora() {
+                    out.insert(format!("model.layers.{i}.{}", m.hf_path()), l);
+                }
+            }
+        }
+        out
+    }
+
+    /// Base-model tensors with every adapter merged in (`W + s B A`), HF names, detached.
+    pub fn merged_weights(&self) -> Result<Vec<(String, Tensor)>, ModelError> {
+        let adapters = self.adapters();
+        let mut out = Vec::new();
+        for (name, t) in self.variables() {
+            if name.contains(".lora_") {
+                continue;
+            }
+            let module = name.strip_suffix(".weight").unwrap_or(&name);
+            let t = match adapters.get(module) {
+                Some(l) => l.merge()?,
+                None => t.f_detach()?,
+            };
+            out.push((name, t));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// hidden 32, 2 layers, 4 heads, 2 kv heads, byte vocab.
+    pub(crate) fn tiny_cfg() -> LlamaConfig {
+        LlamaConfig {
+            vocab_size: 264,
+            hidden_size: 32,
+            intermediate_size: 64,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: Some(2),
+            max_position_embeddings: 64,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            tie_word_embeddings: true,
+        }
+    }
+
+    fn toks(v: &[i64]) -> Tensor {
+        Tensor::from_slice(v).unsqueeze(0)
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b).abs().max().double_value(&[])
+    }
+
+    #[test]
+    fn hf_names_and_shapes() {
+        let mut cfg = tiny_cfg();
+        cfg.tie_word_embeddings = false;
+        let m = Llama::new(&cfg, &BuildOptions::default(), Device::Cpu).unwrap();
+        let names: Vec<String> = m.variables().into_iter().map(|(n, _)| n).collect();
+        for n in [
+            "model.embed_tokens.weight",
+            "model.layers.0.self_attn.q_proj.weight",
+            "model.layers.1.self_attn.k_proj.weight",
+            "model.layers.0.mlp.gate_proj.weight",
+            "model.layers.1.mlp.down_proj.weight",
+            "model.layers.0.input_layernorm.weight",
+            "model.layers.0.post_attention_layernorm.weight",
+            "model.norm.weight",
+            "lm_head.weight",
+        ] {
+            assert!(names.contains(&n.to_string()), "{n} not in {names:?}");
+        }
+        let vars = m.vs.variables();
+        assert_eq!(
+            vars["model.layers.0.self_attn.k_proj.weight"].size(),
+            vec![16, 32]
+        );
+        let logits = m.forward(&toks(&[1, 2, 3]), false).unwrap();
+        assert_eq!(logits.size(), vec![1, 3, 264]);
+    }
+
+    #[test]
+    fn hf_directory_round_trip() {
+        let mut cfg = tiny_cfg();
+        cfg.tie_word_embeddings = false;
+        let opts = BuildOptions {
+            seed: 4,
+            ..Default::default()
+        };
+        let m = Llama::new(&cfg, &opts, Device::Cpu).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            serde_json::to_vec(&cfg).unwrap(),
+        )
+        .unwrap();
+        let vars = m.variables();
+        let (a, b) = vars.split_at(5);
+        Tensor::write_safetensors(a, dir.path().join("model-00001-of-00002.safetensors")).unwrap();
+        Tensor::write_safetensors(b, dir.path().join("model-00002-of-00002.safetensors")).unwrap();
+        let loaded = Llama::from_hf_dir(dir.path(), &BuildOptions::default(), Device::Cpu).unwrap();
+        let x = toks(&[1, 2, 3]);
+        assert!(m
+            .forward(&x, false)
+            .unwrap()
+            .equal(&loaded.forward(&x, false).unwrap()));
+        std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).unwrap();
+        let err =
+            Llama::from_hf_dir(dir.path(), &BuildOptions::default(), Device::Cpu).unwrap_err();
+        assert!(err.to_string().contains("missing tensor"), "{err}");
+    }
+
+    #[test]
+    fn freezing_embeddings_and_norms_leaves_projections_trainable() {
+        let mut cfg = tiny_cfg();
+        cfg.tie_word_embeddings = false;
+        let opts = BuildOptions {
+            freeze_embeddings_and_norms: true,
+            ..Default::default()
+        };
+        let m = Llama::new(&cfg, &opts, Device::Cpu).unwrap();
+        let names: Vec<String> = m.trainable().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names.len(), 7 * 2);
+        assert!(
+            names.iter().all(|n| n.ends_with("_proj.weight")),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn attention_is_causal() {
+        let m = Llama::new(&tiny_cfg(), &BuildOptions::default(), Device::Cpu).unwrap();
+        let a = m.forward(&toks(&[5, 6, 7, 8, 9, 10]), false).unwrap();
+        let b = m.forward(&toks(&[5, 6, 7, 80, 90, 100]), false).unwrap();
+        assert!(max_diff(&a.narrow(1, 0, 3), &b.narrow(1, 0, 3)) < 1e-6);
+        assert!(max_diff(&a.narrow(1, 3, 3), &b.narrow(1, 3, 3)) > 1e-4);
+    }
+
+    #[test]
+    fn rope_matches_formula() {
+        let d = 8;
+        let theta = 10_000.0;
+        let rope = Rope::new(d, 16, theta, Device::Cpu).unwrap();
+        let x = Tensor::randn([1, 1, 3, d], (Kind::Float, Device::Cpu));
+        let offset = 5;
+        let y = rope.apply(&x, offset).unwrap();
+        let xv: Vec<f32> = x.flatten(0, -1).try_into().unwrap();
+        let yv: Vec<f32> = y.flatten(0, -1).try_into().unwrap();
+        for t in 0..3usize {
+            let pos = (t as i64 + offset) as f64;
+            for i in 0..(d as usize / 2) {
+                let ang = pos / theta.powf(2.0 * i as f64 / d as f64);
+                let (c, s) = (ang.cos(), ang.sin());
+                let x1 = xv[t * 8 + i] as f64;
+                let x2 = xv[t * 8 + i + 4] as f64;
+                // HF: out = x*cos + rotate_half(x)*sin, rotate_half = (-x2, x1).
+                let e1 = x1 * c - x2 * s;
+                let e2 = x2 * c + x1 * s;
+                assert!((yv[t * 8 + i] as f64 - e1).abs() < 1e-5);
+                assert!((yv[t * 8 + i + 4] as f64 - e2).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn kv_cache_generation_equals_full_recompute() {
+        let m = Llama::new(
+            &tiny_cfg(),
+            &BuildOptions {
+                seed: 3,
+                ..Default::default()
+            },
+            Device::Cpu,
+        )
+        .unwrap();
+        let prompt = [256, 72, 101, 108];
+        let a = m.generate(&prompt, 12, 0.0, None, true).unwrap();
+        let b = m.generate(&prompt, 12, 0.0, None, false).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 12);
+        // A chunk of several tokens after a past must also match the full forward.
+        let full = m.forward(&toks(&[1, 2, 3, 4, 5, 6]), false).unwrap();
+        let mut cache = KvCache::default();
+        let _ = m.forward_cached(&toks(&[1, 2, 3]), &mut cache).unwrap();
+        let rest = m.forward_cached(&toks(&[4, 5, 6]), &mut cache).unwrap();
+        assert!(max_diff(&full.narrow(1, 3, 3), &rest) < 1e-5);
+    }
+
+    #[test]
+    fn lora_starts_at_base_and_freezes_base() {
+        let base = Llama::new(
+            &tiny_cfg(),
+            &BuildOptions {
+                seed: 9,
+                ..Default::default()
+            },
+            Device::Cpu,
+        )
+        .unwrap();
+        let lora = LoraOptions {
+            rank: 4,
+            alpha: 8.0,
+            targets: Module::ALL.to_vec(),
+            dropout: 0.0,
+            rslora: false,
+        };
+        let opts = BuildOptions {
+            seed: 9,
+            lora: Some(lora),
+            freeze_embeddings_and_norms: false,
+        };
+        let m = Llama::new(&tiny_cfg(), &opts, Device::Cpu).unwrap();
+        let x = toks(&[3, 1, 4, 1, 5, 9]);
+        let a = base.forward(&x, false).unwrap();
+        let b = m.forward(&x, true).unwrap();
+        assert!(
+            a.equal(&b),
+            "a fresh adapter must give exactly the base output"
+        );
+        let trainable = m.trainable();
+        assert_eq!(trainable.len(), 2 * 7 * 2);
+        assert!(trainable.iter().all(|(n, _)| n.contains(".lora_")));
+        assert_eq!(
+            trainable[0].0, "model.layers.0.mlp.down_proj.lora_A.weight",
+            "PEFT names"
+        );
+    }
+}

@@ -1,0 +1,131 @@
+//! Resumable checkpoints: `checkpoints/step-NNNNNNNN/` holding the trainable tensors (the whole
+//! model for full fine-tuning, the adapter for LoRA), the optimizer state and `state.json`.
+//!
+//! A checkpoint is written into a temporary folder and renamed into place, so a folder named
+//! `step-*` is always complete; older ones are removed after a new one lands.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use super::outputs::EvalRecord;
+use super::TrainError;
+
+/// Everything besides tensors that a resumed run needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// The run's config id (a checkpoint of another configuration is refused).
+    pub config_id: String,
+    /// Optimizer steps done.
+    pub step: u64,
+    /// Training tokens seen.
+    pub tokens: u64,
+    /// Training rows consumed (the sampler's position).
+    pub data_position: u64,
+    /// The run's seed; per-step RNG seeds derive from it and the step.
+    pub seed: u64,
+    /// Evaluations done so far.
+    pub evals: Vec<EvalRecord>,
+    /// Wall time of earlier sessions, in seconds.
+    pub wall_s: f64,
+    /// The last training loss.
+    pub last_train_loss: Option<f64>,
+}
+
+fn step_dir(dir: &Path, step: u64) -> PathBuf {
+    dir.join(format!("step-{step:08}"))
+}
+
+fn err(path: &Path, e: impl std::fmt::Display) -> TrainError {
+    TrainError::Checkpoint(format!("{}: {e}", path.display()))
+}
+
+/// Write a checkpoint under `dir` (the run's `checkpoints/`), then drop older ones.
+pub fn save(
+    dir: &Path,
+    state: &TrainState,
+    model: &[(String, Tensor)],
+    optim: &[(String, Tensor)],
+) -> Result<PathBuf, TrainError> {
+    std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
+    let tmp = dir.join(format!(".tmp-step-{}-{}", state.step, std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| err(&tmp, e))?;
+    let detach = |v: &[(String, Tensor)]| -> Result<Vec<(String, Tensor)>, TrainError> {
+        v.iter()
+            .map(|(n, t)| Ok((n.clone(), t.f_detach()?.f_to_device(tch::Device::Cpu)?)))
+            .collect()
+    };
+    Tensor::write_safetensors(&detach(model)?, tmp.join("model.safetensors"))?;
+    Tensor::write_safetensors(&detach(optim)?, tmp.join("optim.safetensors"))?;
+    let json = serde_json::to_vec_pretty(state).map_err(|e| err(&tmp, e))?;
+    crate::util::write_atomic(&tmp.join("state.json"), |w| w.write_all(&json))
+        .map_err(|e| err(&tmp, e))?;
+    let target = step_dir(dir, state.step);
+    if target.exists() {
+        std::fs::remove_dir_all(&target).map_err(|e| err(&target, e))?;
+    }
+    std::fs::rename(&tmp, &target).map_err(|e| err(&target, e))?;
+    for old in list(dir)? {
+        if old != target {
+            let _ = std::fs::remove_dir_all(&old);
+        }
+    }
+    Ok(target)
+}
+
+/// The complete checkpoints under `dir`, oldest first.
+pub fn list(dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(err(dir, e)),
+    };
+    let mut out: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("step-"))
+                && p.join("state.json").exists()
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// A loaded checkpoint.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The folder.
+    pub path: PathBuf,
+    /// Non-tensor state.
+    pub state: TrainState,
+    /// Trainable tensors by name.
+    pub model: HashMap<String, Tensor>,
+    /// Optimizer state by name.
+    pub optim: HashMap<String, Tensor>,
+}
+
+/// Load the latest checkpoint under `dir`, if any.
+pub fn load_latest(dir: &Path) -> Result<Option<Loaded>, TrainError> {
+    let Some(path) = list(dir)?.pop() else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path.join("state.json")).map_err(|e| err(&path, e))?;
+    let state: TrainState = serde_json::from_str(&text).map_err(|e| err(&path, e))?;
+    let read = |name: &str| -> Result<HashMap<String, Tensor>, TrainError> {
+        Ok(Tensor::read_safetensors(path.join(name))
+            .map_err(|e| err(&path, e))?
+            .into_iter()
+            .collect())
+    };
+    Ok(Some(Loaded {
+        model: read("model.safetensors")?,
+        optim: read("optim.safetensors")?,
+        state,
+        path,
+    }))
+}

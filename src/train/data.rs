@@ -1,0 +1,522 @@
+//! Training and evaluation data: reading sources, the held-out split, and batches.
+//!
+//! A source is a `.txt`/`.md`/`.py` file (cut into documents of about [`CHUNK_BYTES`] at line
+//! boundaries), a folder of such files (one document each), or a `.jsonl` file (one document per
+//! line, from the configured fields). `builtin:NAME` is `NAME` under the data folder. Documents
+//! are held out for evaluation by the hash of their text, so the split is the same for every run
+//! and seed. CPT packs documents into one token stream cut into windows; IFT puts one
+//! prompt/response pair per row, padded, with the loss only on the response.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use tch::Tensor;
+
+use super::TrainError;
+use crate::model::tokenizer::{ByteTokenizer, BOS, EOS, PAD};
+use crate::rng::Rng;
+use crate::spec::{DataSpec, Regime};
+
+/// Target id that the loss ignores.
+pub const IGNORE: i64 = -100;
+
+/// Size a single text file is cut into, so that it has documents to hold out.
+pub const CHUNK_BYTES: usize = 4096;
+
+/// One raw document.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawDoc {
+    /// Plain text (CPT).
+    Text(String),
+    /// A prompt and its response (IFT).
+    Pair(String, String),
+}
+
+impl RawDoc {
+    fn key(&self) -> Vec<u8> {
+        match self {
+            RawDoc::Text(t) => t.as_bytes().to_vec(),
+            RawDoc::Pair(p, r) => [p.as_bytes(), b"\0", r.as_bytes()].concat(),
+        }
+    }
+}
+
+/// A tokenized example: tokens, and which of them are targets of the loss.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    /// Token ids, BOS first and EOS last.
+    pub tokens: Vec<i64>,
+    /// Tokens before this index are prompt (not predicted); 0 for plain text.
+    pub prompt_len: usize,
+}
+
+/// Resolve a data source: `builtin:NAME` under `data_dir` (trying `.jsonl` and `.txt`
+/// extensions too), anything else a path.
+pub fn resolve_source(source: &str, data_dir: &Path) -> Result<PathBuf, TrainError> {
+    let Some(name) = source.strip_prefix("builtin:") else {
+        let p = PathBuf::from(source);
+        return if p.exists() {
+            Ok(p)
+        } else {
+            Err(TrainError::Data(format!(
+                "data source {source} does not exist"
+            )))
+        };
+    };
+    let base = data_dir.join(name);
+    for candidate in [
+        base.clone(),
+        base.with_extension("jsonl"),
+        base.with_extension("txt"),
+    ] {
+        if candidate.exists() {
+            return Ok(candidate);
+        }
+    }
+    Err(TrainError::Data(format!(
+        "builtin data set `{name}` is not at {} (set SWEEP_DATA, or run scripts/setup-data to fetch it)",
+        base.display()
+    )))
+}
+
+fn is_text_file(p: &Path) -> bool {
+    matches!(
+        p.extension().and_then(|e| e.to_str()),
+        Some("txt" | "md" | "py")
+    )
+}
+
+/// Cut text into pieces of about `max` bytes at line ends.
+pub fn chunk_text(text: &str, max: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for line in text.split_inclusive('\n') {
+        if !cur.is_empty() && cur.len() + line.len() > max {
+            out.push(std::mem::take(&mut cur));
+        }
+        cur.push_str(line);
+    }
+    if !cur.trim().is_empty() {
+        // A short tail joins the previous piece rather than become a tiny document.
+        match out.last_mut() {
+            Some(prev) if cur.len() < max / 4 => prev.push_str(&cur),
+            _ => out.push(cur),
+        }
+    }
+    out
+}
+
+/// Read the documents of a source in the given regime.
+pub fn read_documents(
+    path: &Path,
+    regime: Regime,
+    spec: &DataSpec,
+) -> Result<Vec<RawDoc>, TrainError> {
+    let io = |e: std::io::Error| TrainError::Data(format!("reading {}: {e}", path.display()));
+    if path.is_dir() {
+        if regime == Regime::Ift {
+            return Err(TrainError::Data(format!(
+                "{}: instruction data must be a .jsonl file with `{}` and `{}` fields",
+                path.display(),
+                spec.prompt_field,
+                spec.response_field
+            )));
+        }
+        let mut files = Vec::new();
+        collect_files(path, &mut files).map_err(io)?;
+        files.sort();
+        let mut docs = Vec::new();
+        for f in files {
+            let bytes = std::fs::read(&f).map_err(io)?;
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            if !text.trim().is_empty() {
+                docs.push(RawDoc::Text(text));
+            }
+        }
+        if docs.is_empty() {
+            return Err(TrainError::Data(format!(
+                "{} holds no .txt, .md or .py files",
+                path.display()
+            )));
+        }
+        return Ok(docs);
+    }
+    let text = std::fs::read_to_string(path).map_err(io)?;
+    if path.extension().and_then(|e| e.to_str()) == Some("jsonl") {
+        return parse_jsonl(&text, path, regime, spec);
+    }
+    if regime == Regime::Ift {
+        return Err(TrainError::Data(format!(
+            "{}: instruction data must be a .jsonl file",
+            path.display()
+        )));
+    }
+    Ok(chunk_text(&text, CHUNK_BYTES)
+        .into_iter()
+        .map(RawDoc::Text)
+        .collect())
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let p = entry?.path();
+        if p.is_dir() {
+            collect_files(&p, out)?;
+        } else if is_text_file(&p) {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// Parse JSONL documents: `text_field` for CPT, `prompt_field`/`response_field` for IFT.
+pub fn parse_jsonl(
+    text: &str,
+    path: &Path,
+    regime: Regime,
+    spec: &DataSpec,
+) -> Result<Vec<RawDoc>, TrainError> {
+    let mut docs = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{}:{}", path.display(), i + 1);
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| TrainError::Data(format!("{}: not JSON: {e}", at())))?;
+        let field = |name: &str| -> Result<String, TrainError> {
+            v.get(name)
+                .and_then(|x| x.as_str())
+                .map(str::to_owned)
+                .ok_or_else(|| TrainError::Data(format!("{}: no string field `{name}`", at())))
+        };
+        docs.push(match regime {
+            Regime::Cpt => match field(&spec.text_field) {
+                Ok(t) => RawDoc::Text(t),
+                // Instruction data read as plain text (a source set for forgetting).
+                Err(e) => match (field(&spec.prompt_field), field(&spec.response_field)) {
+                    (Ok(p), Ok(r)) => RawDoc::Text(p + &r),
+                    _ => return Err(e),
+                },
+            },
+            Regime::Ift => RawDoc::Pair(field(&spec.prompt_field)?, field(&spec.response_field)?),
+        });
+    }
+    if docs.is_empty() {
+        return Err(TrainError::Data(format!(
+            "{} has no records",
+            path.display()
+        )));
+    }
+    Ok(docs)
+}
+
+/// Tokenize a document: BOS, text, EOS; a pair's prompt is not a target.
+pub fn tokenize(doc: &RawDoc) -> Example {
+    let tok = ByteTokenizer;
+    match doc {
+        RawDoc::Text(t) => {
+            let mut tokens = vec![BOS];
+            tokens.extend(tok.encode(t));
+            tokens.push(EOS);
+            Example {
+                tokens,
+                prompt_len: 0,
+            }
+        }
+        RawDoc::Pair(p, r) => {
+            let mut tokens = vec![BOS];
+            tokens.extend(tok.encode(p));
+            let prompt_len = tokens.len();
+            tokens.extend(tok.encode(r));
+            tokens.push(EOS);
+            Example { tokens, prompt_len }
+        }
+    }
+}
+
+/// Split documents into (train, held out): documents ordered by the hash of their text are held
+/// out until they hold `eval_tokens` tokens, but never more than half of them (and none when
+/// there is a single document). Training documents keep their order.
+pub fn split_heldout(docs: Vec<RawDoc>, eval_tokens: u64) -> (Vec<Example>, Vec<Example>) {
+    let examples: Vec<Example> = docs.iter().map(tokenize).collect();
+    let mut order: Vec<(Vec<u8>, usize)> = docs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (Sha256::digest(d.key()).to_vec(), i))
+        .collect();
+    order.sort();
+    let mut held = vec![false; docs.len()];
+    let mut tokens = 0u64;
+    for (_, i) in order.iter().take(docs.len() / 2) {
+        if tokens >= eval_tokens {
+            break;
+        }
+        held[*i] = true;
+        tokens += examples[*i].tokens.len() as u64;
+    }
+    let mut train = Vec::new();
+    let mut heldout = Vec::new();
+    for (ex, h) in examples.into_iter().zip(held) {
+        if h {
+            heldout.push(ex);
+        } else {
+            train.push(ex);
+        }
+    }
+    (train, heldout)
+}
+
+/// Rows of a batch: inputs and targets (IGNORE where no loss), each (rows, seq_len).
+#[derive(Debug)]
+pub struct Batch {
+    /// Input ids.
+    pub inputs: Tensor,
+    /// Target ids, IGNORE where there is no loss.
+    pub targets: Tensor,
+    /// Rows.
+    pub rows: usize,
+}
+
+/// One row: `seq_len` inputs and targets.
+pub type Row = (Vec<i64>, Vec<i64>);
+
+/// Make a batch from rows.
+pub fn batch_of(rows: &[Row], seq_len: usize) -> Result<Batch, TrainError> {
+    let n = rows.len() as i64;
+    let t = seq_len as i64;
+    let inputs: Vec<i64> = rows.iter().flat_map(|r| r.0.iter().copied()).collect();
+    let targets: Vec<i64> = rows.iter().flat_map(|r| r.1.iter().copied()).collect();
+    Ok(Batch {
+        inputs: Tensor::f_from_slice(&inputs)?.f_reshape([n, t])?,
+        targets: Tensor::f_from_slice(&targets)?.f_reshape([n, t])?,
+        rows: rows.len(),
+    })
+}
+
+/// The rows of a data set in a deterministic order that depends on the seed and the epoch.
+#[derive(Debug)]
+pub enum Rows {
+    /// CPT: one token stream, cut into non-overlapping windows of seq_len + 1.
+    Packed {
+        /// The stream.
+        stream: Vec<i64>,
+        /// Sequence length.
+        seq_len: usize,
+    },
+    /// IFT: one example per row, truncated and padded.
+    Examples {
+        /// The examples.
+        examples: Vec<Example>,
+        /// Sequence length.
+        seq_len: usize,
+    },
+}
+
+impl Rows {
+    /// Rows for a regime; fails when there is not a single full row.
+    pub fn new(
+        examples: Vec<Example>,
+        regime: Regime,
+        seq_len: usize,
+        what: &str,
+    ) -> Result<Rows, TrainError> {
+        let rows = match regime {
+            Regime::Cpt => Rows::Packed {
+                stream: examples.into_iter().flat_map(|e| e.tokens).collect(),
+                seq_len,
+            },
+            // An example whose response starts beyond the window has nothing to learn from.
+            Regime::Ift => Rows::Examples {
+                examples: examples
+                    .into_iter()
+                    .filter(|e| e.prompt_len.max(1) <= seq_len && e.tokens.len() > e.prompt_len)
+                    .collect(),
+                seq_len,
+            },
+        };
+        if rows.is_empty() {
+            return Err(TrainError::Data(format!(
+                "{what} has too little data for one sequence of {seq_len} tokens"
+            )));
+        }
+        Ok(rows)
+    }
+
+    /// Number of distinct rows (one epoch).
+    pub fn len(&self) -> usize {
+        match self {
+            Rows::Packed { stream, seq_len } => stream.len().saturating_sub(1) / (*seq_len).max(1),
+            Rows::Examples { examples, .. } => examples.len(),
+        }
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Row `i` of the underlying order (no shuffling).
+    pub fn row(&self, i: usize) -> Row {
+        match self {
+            Rows::Packed { stream, seq_len } => {
+                let s = i * seq_len;
+                let w = &stream[s..s + seq_len + 1];
+                (w[..*seq_len].to_vec(), w[1..].to_vec())
+            }
+            Rows::Examples { examples, seq_len } => {
+                let ex = &examples[i];
+                let mut inputs = vec![PAD; *seq_len];
+                let mut targets = vec![IGNORE; *seq_len];
+                let n = ex.tokens.len().saturating_sub(1).min(*seq_len);
+                for j in 0..n {
+                    inputs[j] = ex.tokens[j];
+                    // Token j + 1 is a target when it belongs to the response.
+                    if j + 1 >= ex.prompt_len {
+                        targets[j] = ex.tokens[j + 1];
+                    }
+                }
+                (inputs, targets)
+            }
+        }
+    }
+
+    /// Tokens that are targets in row `i`.
+    pub fn target_tokens(&self, i: usize) -> usize {
+        self.row(i).1.iter().filter(|&&t| t != IGNORE).count()
+    }
+}
+
+/// Training rows in a seeded order, reshuffled every epoch; the position is the count of rows
+/// consumed, so a resumed run continues exactly where it stopped.
+#[derive(Debug)]
+pub struct Sampler {
+    rows: Rows,
+    seed: u64,
+    epoch: Option<(u64, Vec<usize>)>,
+}
+
+impl Sampler {
+    /// A sampler over rows.
+    pub fn new(rows: Rows, seed: u64) -> Sampler {
+        Sampler {
+            rows,
+            seed,
+            epoch: None,
+        }
+    }
+
+    /// The rows at positions `pos..pos + n`.
+    pub fn rows_at(&mut self, pos: u64, n: usize) -> Vec<Row> {
+        let len = self.rows.len().max(1) as u64;
+        (0..n as u64)
+            .map(|k| {
+                let p = pos + k;
+                let (epoch, idx) = (p / len, (p % len) as usize);
+                if self.epoch.as_ref().map(|e| e.0) != Some(epoch) {
+                    let mut perm: Vec<usize> = (0..len as usize).collect();
+                    Rng::new(self.seed, 1000 + epoch).shuffle(&mut perm);
+                    self.epoch = Some((epoch, perm));
+                }
+                let i = self.epoch.as_ref().map_or(idx, |e| e.1[idx]);
+                self.rows.row(i)
+            })
+            .collect()
+    }
+}
+
+/// Evaluation rows: the first rows of held-out data that hold `max_tokens` target tokens.
+pub fn eval_rows(rows: &Rows, max_tokens: u64) -> Vec<Row> {
+    let mut out = Vec::new();
+    let mut tokens = 0u64;
+    for i in 0..rows.len() {
+        if tokens >= max_tokens {
+            break;
+        }
+        tokens += rows.target_tokens(i) as u64;
+        out.push(rows.row(i));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> DataSpec {
+        serde_json::from_str(
+            r#"{"regime":"ift","domain":"math","target":"x","source":"y","text_field":"text",
+            "prompt_field":"prompt","response_field":"response","epoch_tokens":null}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn ift_rows_mask_the_prompt() {
+        let docs = parse_jsonl(
+            r#"{"prompt":"ab","response":"cd"}"#,
+            Path::new("x.jsonl"),
+            Regime::Ift,
+            &spec(),
+        )
+        .unwrap();
+        let ex = tokenize(&docs[0]);
+        assert_eq!(ex.tokens, vec![BOS, 97, 98, 99, 100, EOS]);
+        assert_eq!(ex.prompt_len, 3);
+        let rows = Rows::new(vec![ex], Regime::Ift, 8, "t").unwrap();
+        let (x, y) = rows.row(0);
+        assert_eq!(x, vec![BOS, 97, 98, 99, 100, PAD, PAD, PAD]);
+        // Predicting c (after b), d, EOS only.
+        assert_eq!(
+            y,
+            vec![IGNORE, IGNORE, 99, 100, EOS, IGNORE, IGNORE, IGNORE]
+        );
+    }
+
+    #[test]
+    fn cpt_windows_and_sampler_are_deterministic() {
+        let ex = Example {
+            tokens: (0..21).collect(),
+            prompt_len: 0,
+        };
+        let rows = Rows::new(vec![ex], Regime::Cpt, 4, "t").unwrap();
+        assert_eq!(rows.len(), 5);
+        assert_eq!(rows.row(1), (vec![4, 5, 6, 7], vec![5, 6, 7, 8]));
+        let mut a = Sampler::new(rows, 3);
+        let first: Vec<Row> = a.rows_at(0, 7);
+        let again = a.rows_at(3, 2);
+        assert_eq!(&first[3..5], &again[..]);
+        // An epoch visits every row once.
+        let mut starts: Vec<i64> = first[..5].iter().map(|r| r.0[0]).collect();
+        starts.sort();
+        assert_eq!(starts, vec![0, 4, 8, 12, 16]);
+    }
+
+    #[test]
+    fn heldout_split_is_by_document_and_stable() {
+        let docs: Vec<RawDoc> = (0..10)
+            .map(|i| RawDoc::Text(format!("doc {i} ").repeat(10)))
+            .collect();
+        let (train, held) = split_heldout(docs.clone(), 100);
+        assert_eq!(train.len() + held.len(), 10);
+        assert!(!held.is_empty() && held.len() <= 5);
+        let (train2, held2) = split_heldout(docs, 100);
+        assert_eq!((train, held), (train2, held2));
+        assert_eq!(chunk_text("a\nb\nc\n", 4), vec!["a\nb\n", "c\n"]);
+        assert_eq!(chunk_text("aaaaaaaaaaa\nb\n", 12), vec!["aaaaaaaaaaa\nb\n"]);
+    }
+
+    #[test]
+    fn builtin_sources_resolve_under_the_data_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("math.jsonl"), "{}").unwrap();
+        assert_eq!(
+            resolve_source("builtin:math", dir.path()).unwrap(),
+            dir.path().join("math.jsonl")
+        );
+        let err = resolve_source("builtin:python", dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("scripts/setup-data"), "{err}");
+    }
+}

@@ -1,0 +1,73 @@
+//! Evaluations run during training. Each is an [`Evaluator`] that maps the model to named
+//! metrics; a new metric is one more implementation, and the training loop does not change.
+
+use std::collections::BTreeMap;
+
+use tch::{Kind, Reduction, Tensor};
+
+use super::data::{batch_of, Batch, Row, IGNORE};
+use super::TrainError;
+use crate::model::llama::Llama;
+
+/// Something measured on the model at an evaluation point.
+pub trait Evaluator {
+    /// Metric names to values.
+    fn evaluate(&self, model: &Llama) -> Result<BTreeMap<String, f64>, TrainError>;
+}
+
+/// Summed next-token loss over the target tokens of a batch, and the count of target tokens
+/// (`train` turns adapter dropout on).
+pub fn batch_loss_sum(
+    model: &Llama,
+    batch: &Batch,
+    train: bool,
+) -> Result<(Tensor, f64), TrainError> {
+    let device = model.vs.device();
+    let logits = model.forward(&batch.inputs.f_to_device(device)?, train)?;
+    let v = logits.size().last().copied().unwrap_or(1);
+    let targets = batch.targets.f_to_device(device)?.f_view([-1])?;
+    let loss = logits.f_view([-1, v])?.f_cross_entropy_loss::<Tensor>(
+        &targets,
+        None,
+        Reduction::Sum,
+        IGNORE,
+        0.0,
+    )?;
+    let count = targets
+        .f_ne(IGNORE)?
+        .f_sum(Kind::Float)?
+        .f_double_value(&[])?;
+    Ok((loss, count))
+}
+
+/// Held-out loss on fixed rows, reported as `<name>_loss`.
+#[derive(Debug)]
+pub struct LossEval {
+    /// Metric prefix (`target`, `source`).
+    pub name: String,
+    /// The held-out rows.
+    pub rows: Vec<Row>,
+    /// Sequence length of the rows.
+    pub seq_len: usize,
+    /// Rows per forward pass.
+    pub micro_batch: usize,
+}
+
+impl Evaluator for LossEval {
+    fn evaluate(&self, model: &Llama) -> Result<BTreeMap<String, f64>, TrainError> {
+        let _g = tch::no_grad_guard();
+        let mut sum = 0.0;
+        let mut count = 0.0;
+        for chunk in self.rows.chunks(self.micro_batch.max(1)) {
+            let b = batch_of(chunk, self.seq_len)?;
+            let (loss, n) = batch_loss_sum(model, &b, false)?;
+            sum += loss.f_double_value(&[])?;
+            count += n;
+        }
+        let mut out = BTreeMap::new();
+        if count > 0.0 {
+            out.insert(format!("{}_loss", self.name), sum / count);
+        }
+        Ok(out)
+    }
+}

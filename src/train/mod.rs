@@ -1,0 +1,657 @@
+//! `sweep train RUN.json`: train one run and leave metrics.jsonl, result.json and checkpoints in
+//! its folder. Reads top to bottom: read the run, build the model and data, resume if a
+//! checkpoint exists, then step, log, evaluate and checkpoint until the token budget is spent.
+//!
+//! The trainer knows nothing of Slurm or sweeps: every input is the run file and
+//! [`TrainOptions`].
+
+pub mod checkpoint;
+pub mod data;
+pub mod eval;
+pub mod export;
+pub mod optim;
+pub mod outputs;
+pub mod schedule;
+pub mod spectral;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tch::{Device, Tensor};
+
+use crate::model::config::{LlamaConfig, BUILTIN_SHAPES};
+use crate::model::llama::{BuildOptions, Llama, LoraOptions};
+use crate::model::tokenizer::ByteTokenizer;
+use crate::model::ModelError;
+use crate::plan::run::{MethodConfig, ModelSource, RunFile, RUN_SCHEMA};
+use crate::spec::values::TokenAmount;
+use crate::spec::{Init, Metric, Precision};
+
+use checkpoint::TrainState;
+use data::{batch_of, eval_rows, Rows, Sampler};
+use eval::{batch_loss_sum, Evaluator, LossEval};
+use optim::{Optim, OptimConfig};
+use outputs::{EvalRecord, MetricsLine, RunResult, RunStatus, RESULT_SCHEMA};
+use schedule::LrSchedule;
+
+/// An error of the trainer.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A libtorch operation failed.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    /// The model could not be built or loaded.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The run file cannot be used.
+    #[error("run file {path}: {msg}")]
+    RunFile {
+        /// The run.json.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+    /// Data could not be found or read.
+    #[error("data: {0}")]
+    Data(String),
+    /// A checkpoint could not be written or read.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    /// metrics.jsonl or result.json could not be written.
+    #[error("writing outputs: {0}")]
+    Output(String),
+    /// A setting this trainer does not support yet.
+    #[error("not supported yet: {0}")]
+    Unsupported(String),
+}
+
+/// How to run the trainer, besides the run file: resolved from the command line and the
+/// environment by the command, so that the trainer reads no environment itself.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// Intra-op threads (None: libtorch's default).
+    pub threads: Option<usize>,
+    /// Where `builtin:NAME` data sets live.
+    pub data_dir: PathBuf,
+    /// Cache folder holding `pretrained/<shape>.safetensors`.
+    pub cache_dir: PathBuf,
+    /// Stop (resumably, with a checkpoint) after this many steps in this session; for tests
+    /// of resumption.
+    pub stop_after_steps: Option<u64>,
+    /// Use this architecture instead of the run's builtin shape (tests use very small ones).
+    pub model_override: Option<LlamaConfig>,
+    /// Set (by a SIGTERM/SIGUSR1 handler) to stop after the current step with a checkpoint.
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+impl TrainOptions {
+    /// Options from `--threads` and the environment: SLURM_CPUS_PER_TASK, SWEEP_DATA (default
+    /// `data`), SWEEP_CACHE (default `.cache/sweep`).
+    pub fn from_env(threads: Option<usize>) -> TrainOptions {
+        let threads = threads.or_else(|| {
+            std::env::var("SLURM_CPUS_PER_TASK")
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+        });
+        TrainOptions {
+            threads,
+            data_dir: std::env::var_os("SWEEP_DATA")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("data")),
+            cache_dir: std::env::var_os("SWEEP_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(".cache/sweep")),
+            stop_after_steps: None,
+            model_override: None,
+            stop: None,
+        }
+    }
+}
+
+/// Read a run.json, refusing one written by a newer `sweep`.
+pub fn read_run_file(path: &Path) -> Result<RunFile, TrainError> {
+    let bad = |msg: String| TrainError::RunFile {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let schema = value.get("schema").and_then(|s| s.as_u64()).unwrap_or(0);
+    if schema > RUN_SCHEMA as u64 {
+        return Err(bad(format!(
+            "schema {schema} is newer than this sweep reads ({RUN_SCHEMA}); install a newer sweep"
+        )));
+    }
+    serde_json::from_value(value).map_err(|e| bad(e.to_string()))
+}
+
+/// Train the run of `run_path`; its folder receives the outputs. A run that fails after its
+/// folder is known also leaves a result.json with status `failed`.
+pub fn train(run_path: &Path, opts: &TrainOptions) -> Result<RunResult, TrainError> {
+    let run = read_run_file(run_path)?;
+    let dir = run_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let started = Instant::now();
+    match Trainer::new(&run, &dir, opts).and_then(|t| t.run(started)) {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            let result = RunResult {
+                schema: RESULT_SCHEMA,
+                id: run.id.clone(),
+                config_id: run.config_id.clone(),
+                status: RunStatus::Failed,
+                step: 0,
+                tokens: 0,
+                total_steps: 0,
+                final_train_loss: None,
+                evals: Vec::new(),
+                metrics_not_measured: Vec::new(),
+                trainable_params: 0,
+                total_params: 0,
+                wall_s: started.elapsed().as_secs_f64(),
+                peak_rss_kib: outputs::peak_rss_kib(),
+                error: Some(e.to_string()),
+            };
+            // The original error matters more than a failure to record it.
+            let _ = outputs::write_result(&dir.join("result.json"), &result);
+            Err(e)
+        }
+    }
+}
+
+/// The adapter settings of a LoRA run.
+pub fn lora_options(run: &RunFile) -> Option<LoraOptions> {
+    match &run.point.method {
+        MethodConfig::Full => None,
+        MethodConfig::Lora {
+            rank,
+            alpha,
+            target_modules,
+            dropout,
+        } => Some(LoraOptions {
+            rank: *rank,
+            alpha: *alpha,
+            targets: target_modules.clone(),
+            dropout: *dropout,
+            rslora: run.shared.training.rslora,
+        }),
+    }
+}
+
+/// The base model's name for exported adapters: the builtin shape or the path.
+fn base_model_name(run: &RunFile) -> String {
+    match &run.shared.model {
+        ModelSource::Builtin { shape, .. } => shape.clone(),
+        ModelSource::Hf { path } | ModelSource::Gguf { path } => path.display().to_string(),
+    }
+}
+
+/// Build the run's model: a builtin shape, randomly initialised from the run's seed or loaded
+/// from `sweep pretrain`'s cache, with adapters for LoRA.
+pub fn build_model(
+    run: &RunFile,
+    opts: &TrainOptions,
+    device: Device,
+) -> Result<Llama, TrainError> {
+    let t = &run.shared.training;
+    let build = BuildOptions {
+        seed: run.seed,
+        lora: lora_options(run),
+        freeze_embeddings_and_norms: t.freeze_embeddings_and_norms,
+    };
+    let (shape, init) = match &run.shared.model {
+        ModelSource::Builtin { shape, init } => (shape.clone(), *init),
+        ModelSource::Hf { path } => {
+            return Err(TrainError::Unsupported(format!(
+                "Hugging Face model {}: training needs its tokenizer (tokenizer.json), which this \
+                 trainer cannot read yet; builtin models work",
+                path.display()
+            )))
+        }
+        ModelSource::Gguf { path } => {
+            return Err(TrainError::Unsupported(format!(
+                "GGUF model {}: GGUF loading is not built yet; builtin models work",
+                path.display()
+            )))
+        }
+    };
+    let cfg = match &opts.model_override {
+        Some(c) => c.clone(),
+        None => LlamaConfig::builtin(&shape).ok_or_else(|| {
+            TrainError::Unsupported(format!(
+                "unknown builtin shape `{shape}` (known: {})",
+                BUILTIN_SHAPES.join(", ")
+            ))
+        })?,
+    };
+    if cfg.vocab_size < ByteTokenizer::VOCAB {
+        return Err(TrainError::Unsupported(format!(
+            "builtin shape `{shape}` has vocabulary {}, but the byte tokenizer needs {}; \
+             only byte-level builtin shapes (tiny, small) can train here",
+            cfg.vocab_size,
+            ByteTokenizer::VOCAB
+        )));
+    }
+    let model = Llama::new(&cfg, &build, device)?;
+    if init == Init::Pretrained {
+        let path = opts
+            .cache_dir
+            .join("pretrained")
+            .join(format!("{shape}.safetensors"));
+        if !path.exists() {
+            return Err(TrainError::Unsupported(format!(
+                "model.init = \"pretrained\" needs {}, which `sweep pretrain` writes; run it \
+                 first, or set init = \"random\" in the spec",
+                path.display()
+            )));
+        }
+        let tensors = Tensor::read_safetensors(&path).map_err(|e| ModelError::Load {
+            path: path.display().to_string(),
+            msg: e.to_string(),
+        })?;
+        model.load_named(
+            &tensors.into_iter().collect(),
+            true,
+            &path.display().to_string(),
+        )?;
+    }
+    Ok(model)
+}
+
+/// The metrics this trainer measures; the others requested are reported as not measured.
+fn measured(metric: Metric) -> bool {
+    matches!(
+        metric,
+        Metric::TargetLoss | Metric::SourceLoss | Metric::SpectralRank
+    )
+}
+
+/// A prepared run: model, optimizer, data and evaluators.
+struct Trainer<'a> {
+    run: &'a RunFile,
+    dir: PathBuf,
+    opts: &'a TrainOptions,
+    model: Llama,
+    optim: Optim,
+    sampler: Sampler,
+    evaluators: Vec<Box<dyn Evaluator>>,
+    not_measured: Vec<String>,
+    schedule: LrSchedule,
+    total_steps: u64,
+}
+
+impl<'a> Trainer<'a> {
+    fn new(
+        run: &'a RunFile,
+        dir: &Path,
+        opts: &'a TrainOptions,
+    ) -> Result<Trainer<'a>, TrainError> {
+        let t = &run.shared.training;
+        if let Some(n) = opts.threads {
+            tch::set_num_threads(n.max(1) as i32);
+        }
+        let device = Device::cuda_if_available();
+        if t.precision == Precision::Bf16 {
+            return Err(TrainError::Unsupported(
+                "precision = \"bf16\" (mixed precision is not built yet; use auto or f32)".into(),
+            ));
+        }
+        if t.batch_size == 0 || t.seq_len == 0 || t.micro_batch_size == 0 {
+            return Err(TrainError::Unsupported(
+                "batch_size, micro_batch_size and seq_len must be positive".into(),
+            ));
+        }
+        let model = build_model(run, opts, device)?;
+        let seq_len = t.seq_len as usize;
+        let data = &run.shared.data;
+        let eval_tokens = match run.shared.evaluation.eval_tokens.amount() {
+            TokenAmount::Tokens(n) => n,
+            TokenAmount::Epochs(_) => {
+                return Err(TrainError::Unsupported(
+                    "evaluation.eval_tokens in epochs; give a token count".into(),
+                ))
+            }
+        };
+        let micro = t.micro_batch_size as usize;
+
+        let target_path = data::resolve_source(&data.target, &opts.data_dir)?;
+        let docs = data::read_documents(&target_path, data.regime, data)?;
+        let (train_docs, held_docs) = data::split_heldout(docs, eval_tokens);
+        let train_rows = Rows::new(train_docs, data.regime, seq_len, "target training data")?;
+        let sampler = Sampler::new(train_rows, run.seed);
+
+        let metrics = run
+            .shared
+            .evaluation
+            .metrics
+            .clone()
+            .unwrap_or_else(|| vec![Metric::TargetLoss, Metric::SourceLoss]);
+        let mut evaluators: Vec<Box<dyn Evaluator>> = Vec::new();
+        if metrics.contains(&Metric::TargetLoss) && !held_docs.is_empty() {
+            let rows = Rows::new(held_docs, data.regime, seq_len, "held-out target data")?;
+            evaluators.push(Box::new(LossEval {
+                name: "target".into(),
+                rows: eval_rows(&rows, eval_tokens),
+                seq_len,
+                micro_batch: micro,
+            }));
+        }
+        if metrics.contains(&Metric::SourceLoss) {
+            let source_path = data::resolve_source(&data.source, &opts.data_dir)?;
+            let docs = data::read_documents(&source_path, crate::spec::Regime::Cpt, data)?;
+            let (_, held) = data::split_heldout(docs, eval_tokens);
+            let rows = Rows::new(
+                held,
+                crate::spec::Regime::Cpt,
+                seq_len,
+                "held-out source data",
+            )?;
+            evaluators.push(Box::new(LossEval {
+                name: "source".into(),
+                rows: eval_rows(&rows, eval_tokens),
+                seq_len,
+                micro_batch: micro,
+            }));
+        }
+        if metrics.contains(&Metric::SpectralRank) {
+            evaluators.push(Box::new(spectral::SpectralRankEval::snapshot(
+                &model,
+                run.shared.evaluation.rank_threshold,
+            )?));
+        }
+        let not_measured = metrics
+            .iter()
+            .filter(|m| !measured(**m))
+            .map(|m| {
+                serde_json::to_value(m)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| format!("{m:?}"))
+            })
+            .collect();
+
+        let optim = Optim::new(
+            model.trainable(),
+            OptimConfig {
+                kind: t.optimizer,
+                betas: t.betas,
+                eps: t.eps,
+                weight_decay: t.weight_decay,
+            },
+        )?;
+        let total_steps = run.point.token_budget.div_ceil(t.tokens_per_step()).max(1);
+        let schedule = LrSchedule::from_config(t, run.point.learning_rate, total_steps);
+        Ok(Trainer {
+            run,
+            dir: dir.to_path_buf(),
+            opts,
+            model,
+            optim,
+            sampler,
+            evaluators,
+            not_measured,
+            schedule,
+            total_steps,
+        })
+    }
+
+    fn evaluate(&self, step: u64, tokens: u64) -> Result<EvalRecord, TrainError> {
+        let mut metrics = BTreeMap::new();
+        for e in &self.evaluators {
+            metrics.extend(e.evaluate(&self.model)?);
+        }
+        Ok(EvalRecord {
+            step,
+            tokens,
+            metrics,
+        })
+    }
+
+    fn checkpoint(&self, state: &TrainState) -> Result<(), TrainError> {
+        checkpoint::save(
+            &self.dir.join("checkpoints"),
+            state,
+            &self.model.trainable(),
+            &self.optim.state_tensors(),
+        )?;
+        Ok(())
+    }
+
+    /// One optimizer step's forward and backward passes over micro-batches; the gradient is that
+    /// of the mean loss over every target token of the batch. Returns that mean loss.
+    fn accumulate(&mut self, position: &mut u64) -> Result<f64, TrainError> {
+        let t = &self.run.shared.training;
+        let batch = t.batch_size as usize;
+        let micro = (t.micro_batch_size as usize).min(batch);
+        let rows = self.sampler.rows_at(*position, batch);
+        *position += batch as u64;
+        let targets: usize = rows
+            .iter()
+            .map(|r| r.1.iter().filter(|&&x| x != data::IGNORE).count())
+            .sum();
+        let denom = targets.max(1) as f64;
+        let mut loss_sum = 0.0;
+        for chunk in rows.chunks(micro.max(1)) {
+            let b = batch_of(chunk, t.seq_len as usize)?;
+            let (loss, _) = batch_loss_sum(&self.model, &b, true)?;
+            let loss = loss.f_div_scalar(denom)?;
+            loss.f_backward()?;
+            loss_sum += loss.f_double_value(&[])?;
+        }
+        Ok(loss_sum)
+    }
+
+    fn run(mut self, started: Instant) -> Result<RunResult, TrainError> {
+        let t = self.run.shared.training.clone();
+        let tokens_per_step = t.tokens_per_step();
+        let metrics_path = self.dir.join("metrics.jsonl");
+        let ckpt_dir = self.dir.join("checkpoints");
+
+        let mut state = match checkpoint::load_latest(&ckpt_dir)? {
+            Some(loaded) => {
+                if loaded.state.config_id != self.run.config_id {
+                    return Err(TrainError::Checkpoint(format!(
+                        "{} belongs to config {}, not {}",
+                        loaded.path.display(),
+                        loaded.state.config_id,
+                        self.run.config_id
+                    )));
+                }
+                // The checkpoint holds the trainable tensors only (the adapter, for LoRA); the
+                // frozen rest was rebuilt from the seed or the pretrained file.
+                if let Some((name, _)) = self
+                    .model
+                    .trainable()
+                    .into_iter()
+                    .find(|(n, _)| !loaded.model.contains_key(n))
+                {
+                    return Err(TrainError::Checkpoint(format!(
+                        "{} lacks {name}",
+                        loaded.path.display()
+                    )));
+                }
+                self.model
+                    .load_named(&loaded.model, false, &loaded.path.display().to_string())?;
+                self.optim.load_state(&loaded.optim, loaded.state.step)?;
+                outputs::truncate_metrics(&metrics_path, loaded.state.step)?;
+                loaded.state
+            }
+            None => {
+                let _ = std::fs::remove_file(&metrics_path);
+                let base = self.evaluate(0, 0)?;
+                outputs::append_metrics(
+                    &metrics_path,
+                    &MetricsLine {
+                        step: 0,
+                        tokens: 0,
+                        lr: 0.0,
+                        train_loss: None,
+                        grad_norm: None,
+                        tokens_per_s: None,
+                        eval: base.metrics.clone(),
+                    },
+                )?;
+                TrainState {
+                    config_id: self.run.config_id.clone(),
+                    step: 0,
+                    tokens: 0,
+                    data_position: 0,
+                    seed: self.run.seed,
+                    evals: vec![base],
+                    wall_s: 0.0,
+                    last_train_loss: None,
+                }
+            }
+        };
+        let wall_before = state.wall_s;
+        let mut session_steps = 0u64;
+        let mut last_log = (Instant::now(), state.tokens);
+        let mut status = RunStatus::Completed;
+        let mut error = None;
+
+        while state.step < self.total_steps {
+            let signalled = self
+                .opts
+                .stop
+                .as_ref()
+                .is_some_and(|f| f.load(Ordering::SeqCst));
+            if signalled
+                || self
+                    .opts
+                    .stop_after_steps
+                    .is_some_and(|n| session_steps >= n)
+            {
+                status = RunStatus::Interrupted;
+                break;
+            }
+            let lr = self.schedule.lr(state.step);
+            self.optim.zero_grad()?;
+            // Dropout draws from libtorch's global generator: seed it per step so that a resumed
+            // run draws what an uninterrupted one would.
+            tch::manual_seed((state.seed.wrapping_mul(1_000_003) ^ state.step) as i64);
+            let mut position = state.data_position;
+            let loss = self.accumulate(&mut position)?;
+            let too_big = t.max_loss.is_some_and(|m| loss > m);
+            if !loss.is_finite() || too_big {
+                status = RunStatus::Diverged;
+                error = Some(format!(
+                    "training loss {loss} at step {} (max_loss {:?})",
+                    state.step + 1,
+                    t.max_loss
+                ));
+                outputs::append_metrics(
+                    &metrics_path,
+                    &MetricsLine {
+                        step: state.step + 1,
+                        tokens: state.tokens + tokens_per_step,
+                        lr,
+                        train_loss: Some(loss),
+                        grad_norm: None,
+                        tokens_per_s: None,
+                        eval: BTreeMap::new(),
+                    },
+                )?;
+                state.last_train_loss = Some(loss);
+                break;
+            }
+            let grad_norm = self.optim.clip_grad_norm(t.grad_clip)?;
+            self.optim.step(lr)?;
+            state.step += 1;
+            session_steps += 1;
+            state.tokens += tokens_per_step;
+            state.data_position = position;
+            state.last_train_loss = Some(loss);
+
+            let next_eval = self
+                .run
+                .point
+                .eval_at
+                .iter()
+                .copied()
+                .find(|&b| b > state.evals.last().map_or(0, |e| e.tokens));
+            let eval_now = next_eval.is_some_and(|b| state.tokens >= b)
+                || (state.step == self.total_steps
+                    && state.evals.last().map_or(0, |e| e.tokens) < state.tokens);
+            let log_now = t.log_every > 0 && state.step % t.log_every == 0;
+            if eval_now || log_now || state.step == self.total_steps {
+                let eval = if eval_now {
+                    let rec = self.evaluate(state.step, state.tokens)?;
+                    let m = rec.metrics.clone();
+                    state.evals.push(rec);
+                    m
+                } else {
+                    BTreeMap::new()
+                };
+                let secs = last_log.0.elapsed().as_secs_f64();
+                let tps = (secs > 0.0).then(|| (state.tokens - last_log.1) as f64 / secs);
+                outputs::append_metrics(
+                    &metrics_path,
+                    &MetricsLine {
+                        step: state.step,
+                        tokens: state.tokens,
+                        lr,
+                        train_loss: Some(loss),
+                        grad_norm: Some(grad_norm),
+                        tokens_per_s: tps,
+                        eval,
+                    },
+                )?;
+                last_log = (Instant::now(), state.tokens);
+            }
+            if t.checkpoint_every > 0
+                && state.step % t.checkpoint_every == 0
+                && state.step < self.total_steps
+            {
+                state.wall_s = wall_before + started.elapsed().as_secs_f64();
+                self.checkpoint(&state)?;
+            }
+        }
+
+        state.wall_s = wall_before + started.elapsed().as_secs_f64();
+        if status != RunStatus::Diverged {
+            self.checkpoint(&state)?;
+        }
+        if status == RunStatus::Completed {
+            if let Some(lora) = lora_options(self.run) {
+                export::write_peft_adapter(
+                    &self.dir.join("adapter"),
+                    &self.model,
+                    &lora,
+                    &base_model_name(self.run),
+                )?;
+            }
+        }
+        let (trainable, total) = self.model.param_counts();
+        let result = RunResult {
+            schema: RESULT_SCHEMA,
+            id: self.run.id.clone(),
+            config_id: self.run.config_id.clone(),
+            status,
+            step: state.step,
+            tokens: state.tokens,
+            total_steps: self.total_steps,
+            final_train_loss: state.last_train_loss,
+            evals: state.evals,
+            metrics_not_measured: self.not_measured.clone(),
+            trainable_params: trainable,
+            total_params: total,
+            wall_s: state.wall_s,
+            peak_rss_kib: outputs::peak_rss_kib(),
+            error,
+        };
+        if status != RunStatus::Interrupted {
+            outputs::write_result(&self.dir.join("result.json"), &result)?;
+        }
+        Ok(result)
+    }
+}
+
+#[cfg(test)]
+mod tests;

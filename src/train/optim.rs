@@ -1,0 +1,292 @@
+//! AdamW and LionW on tch tensors, by hand: decoupled weight decay (none on 1-D parameters such as
+//! norms and biases), global gradient-norm clipping, and state that checkpoints can save.
+
+use std::collections::HashMap;
+
+use tch::Tensor;
+
+use crate::spec::Optimizer;
+
+use super::TrainError;
+
+/// Optimizer hyperparameters (the learning rate comes per step from the schedule).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OptimConfig {
+    /// AdamW or LionW.
+    pub kind: Optimizer,
+    /// (beta1, beta2).
+    pub betas: [f64; 2],
+    /// AdamW's epsilon.
+    pub eps: f64,
+    /// Decoupled weight decay, multiplied by the learning rate.
+    pub weight_decay: f64,
+}
+
+#[derive(Debug)]
+struct Param {
+    name: String,
+    tensor: Tensor,
+    decay: bool,
+    exp_avg: Tensor,
+    exp_avg_sq: Option<Tensor>,
+}
+
+/// An optimizer over named parameters that require grad.
+#[derive(Debug)]
+pub struct Optim {
+    cfg: OptimConfig,
+    params: Vec<Param>,
+    steps: u64,
+}
+
+impl Optim {
+    /// An optimizer over `params` (name, variable); state starts at zero.
+    pub fn new(params: Vec<(String, Tensor)>, cfg: OptimConfig) -> Result<Optim, TrainError> {
+        let mut out = Vec::with_capacity(params.len());
+        for (name, tensor) in params {
+            let exp_avg = tensor.f_zeros_like()?;
+            let exp_avg_sq = match cfg.kind {
+                Optimizer::Adamw => Some(tensor.f_zeros_like()?),
+                Optimizer::Lionw => None,
+            };
+            out.push(Param {
+                name,
+                decay: tensor.dim() >= 2,
+                tensor,
+                exp_avg,
+                exp_avg_sq,
+            });
+        }
+        Ok(Optim {
+            cfg,
+            params: out,
+            steps: 0,
+        })
+    }
+
+    /// Optimizer steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Zero every gradient.
+    pub fn zero_grad(&mut self) -> Result<(), TrainError> {
+        for p in &self.params {
+            let mut g = p.tensor.grad();
+            if g.defined() {
+                let _ = g.f_detach_()?;
+                let _ = g.f_zero_()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The global L2 norm of every gradient; when above `max_norm` (> 0), scale the gradients
+    /// down to it. Returns the norm before clipping.
+    pub fn clip_grad_norm(&mut self, max_norm: f64) -> Result<f64, TrainError> {
+        let _g = tch::no_grad_guard();
+        let mut sq = 0.0;
+        for p in &self.params {
+            let g = p.tensor.grad();
+            if g.defined() {
+                let n = g.f_norm()?.f_double_value(&[])?;
+                sq += n * n;
+            }
+        }
+        let norm = sq.sqrt();
+        if max_norm > 0.0 && norm > max_norm {
+            let factor = max_norm / (norm + 1e-6);
+            for p in &self.params {
+                let mut g = p.tensor.grad();
+                if g.defined() {
+                    let _ = g.f_mul_scalar_(factor)?;
+                }
+            }
+        }
+        Ok(norm)
+    }
+
+    /// One update at learning rate `lr` from the current gradients.
+    pub fn step(&mut self, lr: f64) -> Result<(), TrainError> {
+        let _g = tch::no_grad_guard();
+        self.steps += 1;
+        let [b1, b2] = self.cfg.betas;
+        let t = self.steps as i32;
+        for p in &mut self.params {
+            let g = p.tensor.grad();
+            if !g.defined() {
+                continue;
+            }
+            let mut w = p.tensor.shallow_clone();
+            if p.decay && self.cfg.weight_decay > 0.0 {
+                let _ = w.f_mul_scalar_(1.0 - lr * self.cfg.weight_decay)?;
+            }
+            match (self.cfg.kind, p.exp_avg_sq.as_mut()) {
+                (Optimizer::Adamw, Some(v)) => {
+                    let _ = p.exp_avg.f_mul_scalar_(b1)?;
+                    let _ = p.exp_avg.f_add_(&g.f_mul_scalar(1.0 - b1)?)?;
+                    let _ = v.f_mul_scalar_(b2)?;
+                    let _ = v.f_add_(&g.f_mul(&g)?.f_mul_scalar(1.0 - b2)?)?;
+                    let bc1 = 1.0 - b1.powi(t);
+                    let bc2 = 1.0 - b2.powi(t);
+                    let denom = v
+                        .f_sqrt()?
+                        .f_div_scalar(bc2.sqrt())?
+                        .f_add_scalar(self.cfg.eps)?;
+                    let upd = p.exp_avg.f_div(&denom)?.f_mul_scalar(lr / bc1)?;
+                    let _ = w.f_sub_(&upd)?;
+                }
+                _ => {
+                    // Lion: the sign of an interpolation of momentum and gradient, then the
+                    // momentum moves towards the gradient with beta2.
+                    let c = p
+                        .exp_avg
+                        .f_mul_scalar(b1)?
+                        .f_add(&g.f_mul_scalar(1.0 - b1)?)?;
+                    let _ = w.f_sub_(&c.f_sign()?.f_mul_scalar(lr)?)?;
+                    let _ = p.exp_avg.f_mul_scalar_(b2)?;
+                    let _ = p.exp_avg.f_add_(&g.f_mul_scalar(1.0 - b2)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The state tensors by name (`exp_avg.<param>`, `exp_avg_sq.<param>`), for a checkpoint.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for p in &self.params {
+            out.push((format!("exp_avg.{}", p.name), p.exp_avg.shallow_clone()));
+            if let Some(v) = &p.exp_avg_sq {
+                out.push((format!("exp_avg_sq.{}", p.name), v.shallow_clone()));
+            }
+        }
+        out
+    }
+
+    /// Restore state saved by [`Optim::state_tensors`] after `steps` steps.
+    pub fn load_state(
+        &mut self,
+        tensors: &HashMap<String, Tensor>,
+        steps: u64,
+    ) -> Result<(), TrainError> {
+        let _g = tch::no_grad_guard();
+        let get = |key: String| {
+            tensors
+                .get(&key)
+                .ok_or_else(|| TrainError::Checkpoint(format!("optimizer state lacks {key}")))
+        };
+        for p in &mut self.params {
+            p.exp_avg.f_copy_(get(format!("exp_avg.{}", p.name))?)?;
+            if let Some(v) = p.exp_avg_sq.as_mut() {
+                v.f_copy_(get(format!("exp_avg_sq.{}", p.name))?)?;
+            }
+        }
+        self.steps = steps;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 2-element parameter whose gradient is set to `g` by a linear loss.
+    fn set_grad(opt: &mut Optim, p: &Tensor, g: [f32; 2]) {
+        opt.zero_grad().unwrap();
+        let loss = (p * Tensor::from_slice(&g)).sum(tch::Kind::Float);
+        loss.backward();
+    }
+
+    fn values(p: &Tensor) -> Vec<f64> {
+        Vec::<f32>::try_from(p.detach().flatten(0, -1))
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect()
+    }
+
+    fn close(a: &[f64], b: &[f64]) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-6, "{a:?} != {b:?}");
+        }
+    }
+
+    fn param() -> Tensor {
+        // A 2-D parameter so that weight decay applies.
+        Tensor::from_slice(&[1.0f32, -2.0])
+            .reshape([1, 2])
+            .set_requires_grad(true)
+    }
+
+    #[test]
+    fn adamw_step_by_hand() {
+        let p = param();
+        let cfg = OptimConfig {
+            kind: Optimizer::Adamw,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 0.01,
+        };
+        let mut opt = Optim::new(vec![("p".into(), p.shallow_clone())], cfg).unwrap();
+        set_grad(&mut opt, &p, [0.5, -0.1]);
+        opt.step(0.1).unwrap();
+        // decay: p * (1 - 0.1 * 0.01); the bias-corrected first step is lr * g / (|g| + eps).
+        close(&values(&p), &[0.999 - 0.1, -1.998 + 0.1]);
+        // Second step with gradient (0.25, 0.1): m = 0.9*m1 + 0.1*g, v likewise.
+        set_grad(&mut opt, &p, [0.25, 0.1]);
+        opt.step(0.1).unwrap();
+        let expect = |p0: f64, g1: f64, g2: f64| {
+            let m = (0.9 * 0.1 * g1 + 0.1 * g2) / (1.0 - 0.81);
+            let v = (0.999 * 0.001 * g1 * g1 + 0.001 * g2 * g2) / (1.0 - 0.999f64.powi(2));
+            p0 * 0.999 - 0.1 * m / (v.sqrt() + 1e-8)
+        };
+        close(
+            &values(&p),
+            &[expect(0.899, 0.5, 0.25), expect(-1.898, -0.1, 0.1)],
+        );
+    }
+
+    #[test]
+    fn lionw_steps_by_hand() {
+        let p = param();
+        let cfg = OptimConfig {
+            kind: Optimizer::Lionw,
+            betas: [0.9, 0.99],
+            eps: 0.0,
+            weight_decay: 0.1,
+        };
+        let mut opt = Optim::new(vec![("p".into(), p.shallow_clone())], cfg).unwrap();
+        set_grad(&mut opt, &p, [0.5, -0.1]);
+        opt.step(0.1).unwrap();
+        close(&values(&p), &[0.89, -1.88]);
+        // m = 0.01 g1 = (0.005, -0.001); c = 0.9 m + 0.1 g2 = (0.0035, 0.0291): both positive.
+        set_grad(&mut opt, &p, [-0.01, 0.3]);
+        opt.step(0.1).unwrap();
+        close(&values(&p), &[0.89 * 0.99 - 0.1, -1.88 * 0.99 - 0.1]);
+        let state = opt.state_tensors();
+        assert_eq!(state.len(), 1);
+        close(
+            &values(&state[0].1),
+            &[0.99 * 0.005 - 0.0001, -0.99 * 0.001 + 0.003],
+        );
+    }
+
+    #[test]
+    fn no_decay_on_vectors_and_clipping() {
+        let v = Tensor::from_slice(&[3.0f32, 4.0]).set_requires_grad(true);
+        let cfg = OptimConfig {
+            kind: Optimizer::Lionw,
+            betas: [0.9, 0.99],
+            eps: 0.0,
+            weight_decay: 0.5,
+        };
+        let mut opt = Optim::new(vec![("n.weight".into(), v.shallow_clone())], cfg).unwrap();
+        set_grad(&mut opt, &v, [3.0, 4.0]);
+        let norm = opt.clip_grad_norm(1.0).unwrap();
+        assert!((norm - 5.0).abs() < 1e-6);
+        close(&values(&v.grad()), &[0.6, 0.8]);
+        opt.step(0.1).unwrap();
+        close(&values(&v), &[2.9, 3.9]);
+    }
+}

@@ -1,0 +1,295 @@
+//! Tests of the whole training loop on a very small model (hidden 32, 2 layers).
+
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::model::llama::tests::tiny_cfg;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "the quick brown fox jumps over the lazy dog.\n".repeat(300);
+        std::fs::write(dir.path().join("target.txt"), text).unwrap();
+        let src = "to be or not to be, that is the question.\n".repeat(300);
+        std::fs::write(dir.path().join("source.txt"), src).unwrap();
+        Fixture { dir }
+    }
+
+    /// A run.json in `name/` with overrides applied to the JSON.
+    fn run(&self, name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+        let d = self.dir.path();
+        let mut v = serde_json::json!({
+            "schema": 1, "sweep": "t", "id": "abc-s0", "config_id": "abc", "seed": 0,
+            "model": {"kind": "builtin", "shape": "tiny", "init": "random"},
+            "data": {"regime": "cpt", "domain": "code",
+                "target": d.join("target.txt"), "source": d.join("source.txt"),
+                "text_field": "text", "prompt_field": "prompt", "response_field": "response",
+                "epoch_tokens": null},
+            "training": {"optimizer": "adamw", "betas": [0.9, 0.999], "eps": 1e-8,
+                "weight_decay": 0.0, "schedule": "constant", "warmup_fraction": 0.0,
+                "warmup_steps": null, "cooldown_fraction": 0.2, "t_scale": null,
+                "final_lr_fraction": 0.1, "batch_size": 4, "micro_batch_size": 2, "seq_len": 16,
+                "grad_clip": 1.0, "precision": "auto", "rslora": false,
+                "freeze_embeddings_and_norms": false, "max_loss": null, "checkpoint_every": 0,
+                "log_every": 5},
+            "evaluation": {"metrics": ["target_loss", "source_loss", "spectral_rank", "diversity"],
+                "checkpoints": [], "eval_tokens": 256, "problems": 1,
+                "diversity_samples": 1, "temperature": 1.0, "rank_threshold": 0.9,
+                "multiple_choice": null, "humaneval": null},
+            "method": "full", "learning_rate": 0.01, "token_budget": 1920,
+            "eval_at": [960, 1920]
+        });
+        edit(&mut v);
+        let rd = d.join(name);
+        std::fs::create_dir_all(&rd).unwrap();
+        let p = rd.join("run.json");
+        std::fs::write(&p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+        p
+    }
+
+    fn opts(&self) -> TrainOptions {
+        TrainOptions {
+            threads: None,
+            data_dir: self.dir.path().join("data"),
+            cache_dir: self.dir.path().join("cache"),
+            stop_after_steps: None,
+            model_override: Some(tiny_cfg()),
+            stop: None,
+        }
+    }
+}
+
+fn lora(v: &mut serde_json::Value) {
+    v["method"] = "lora".into();
+    v["rank"] = 4.into();
+    v["alpha"] = 8.0.into();
+    v["target_modules"] = serde_json::json!(["q", "v", "down"]);
+    v["dropout"] = 0.0.into();
+    v["learning_rate"] = 0.01.into();
+}
+
+fn read_lines(p: &Path) -> Vec<MetricsLine> {
+    std::fs::read_to_string(p)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn loss_decreases_and_outputs_are_written() {
+    let f = Fixture::new();
+    let run = f.run("full", |_| {});
+    let r = train(&run, &f.opts()).unwrap();
+    assert_eq!(r.status, RunStatus::Completed);
+    assert_eq!((r.step, r.tokens, r.total_steps), (30, 1920, 30));
+    let dir = run.parent().unwrap();
+    let lines = read_lines(&dir.join("metrics.jsonl"));
+    let first = lines.iter().find_map(|l| l.train_loss).unwrap();
+    let last = r.final_train_loss.unwrap();
+    assert!(last < first * 0.6, "loss {first} -> {last}");
+    // Base, 960 and 1920 tokens, each with both losses.
+    let toks: Vec<u64> = r.evals.iter().map(|e| e.tokens).collect();
+    assert_eq!(toks, vec![0, 960, 1920]);
+    assert!(r
+        .evals
+        .iter()
+        .all(|e| e.metrics.contains_key("target_loss") && e.metrics.contains_key("source_loss")));
+    assert!(r.evals[2].metrics["target_loss"] < r.evals[0].metrics["target_loss"]);
+    assert_eq!(r.metrics_not_measured, vec!["diversity".to_string()]);
+    assert_eq!(r.evals[0].metrics["spectral_rank"], 0.0);
+    assert!(r.evals[2].metrics["spectral_rank_q"] > 1.0);
+    let saved: RunResult =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("result.json")).unwrap()).unwrap();
+    assert_eq!(saved.status, RunStatus::Completed);
+    assert_eq!(checkpoint::list(&dir.join("checkpoints")).unwrap().len(), 1);
+}
+
+#[test]
+fn lora_training_changes_only_the_adapter() {
+    let f = Fixture::new();
+    let run = f.run("lora", |v| {
+        lora(v);
+        v["token_budget"] = 320.into();
+        v["eval_at"] = serde_json::json!([320]);
+    });
+    let file = read_run_file(&run).unwrap();
+    let before = build_model(&file, &f.opts(), Device::Cpu).unwrap();
+    let r = train(&run, &f.opts()).unwrap();
+    assert_eq!(r.status, RunStatus::Completed);
+    let ranks = &r.evals.last().unwrap().metrics;
+    assert!(
+        ranks["spectral_rank_q"] >= 1.0 && ranks["spectral_rank_q"] <= 4.0,
+        "{ranks:?}"
+    );
+    assert!(!ranks.contains_key("spectral_rank_k"));
+    let adapter = checkpoint::load_latest(&run.parent().unwrap().join("checkpoints"))
+        .unwrap()
+        .unwrap();
+    // The checkpoint holds exactly the adapter: 3 modules x 2 layers x (A, B).
+    assert_eq!(adapter.model.len(), 12);
+    let after = build_model(&file, &f.opts(), Device::Cpu).unwrap();
+    after.load_named(&adapter.model, false, "ckpt").unwrap();
+    for ((name, a), (_, b)) in before.variables().iter().zip(after.variables().iter()) {
+        let changed = !a.equal(b);
+        assert_eq!(
+            changed,
+            name.contains(".lora_"),
+            "{name} changed: {changed}"
+        );
+    }
+    // The PEFT export holds the same tensors under PEFT's names.
+    let peft: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(
+        run.parent()
+            .unwrap()
+            .join("adapter/adapter_model.safetensors"),
+    )
+    .unwrap()
+    .into_iter()
+    .collect();
+    assert_eq!(peft.len(), 12);
+    let key = "base_model.model.model.layers.1.mlp.down_proj.lora_B.weight";
+    assert!(peft[key].equal(&adapter.model["model.layers.1.mlp.down_proj.lora_B.weight"]));
+    // Merged weights reproduce the adapter's output.
+    let merged = Llama::new(&tiny_cfg(), &BuildOptions::default(), Device::Cpu).unwrap();
+    merged
+        .load_named(
+            &after.merged_weights().unwrap().into_iter().collect(),
+            true,
+            "merged",
+        )
+        .unwrap();
+    let x = Tensor::from_slice(&[256i64, 116, 104, 101, 32, 113]).unsqueeze(0);
+    let d = (after.forward(&x, false).unwrap() - merged.forward(&x, false).unwrap())
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(d < 1e-5, "{d}");
+}
+
+#[test]
+fn resumed_run_equals_uninterrupted_run() {
+    resume_matches(|_| {});
+}
+
+#[test]
+fn resumed_lora_run_equals_uninterrupted_run() {
+    resume_matches(lora);
+}
+
+fn resume_matches(method: fn(&mut serde_json::Value)) {
+    let f = Fixture::new();
+    let edit = |v: &mut serde_json::Value| {
+        method(v);
+        v["training"]["schedule"] = "cosine".into();
+        v["training"]["warmup_steps"] = 2.into();
+        v["token_budget"] = 640.into();
+        v["eval_at"] = serde_json::json!([640]);
+    };
+    let whole = f.run("whole", edit);
+    let split = f.run("split", edit);
+    let a = train(&whole, &f.opts()).unwrap();
+    let mut half = f.opts();
+    half.stop_after_steps = Some(5);
+    let first = train(&split, &half).unwrap();
+    assert_eq!((first.status, first.step), (RunStatus::Interrupted, 5));
+    assert!(!split.parent().unwrap().join("result.json").exists());
+    let b = train(&split, &f.opts()).unwrap();
+    assert_eq!((b.status, b.step), (RunStatus::Completed, 10));
+    let (la, lb) = (a.final_train_loss.unwrap(), b.final_train_loss.unwrap());
+    assert!((la - lb).abs() < 1e-5, "{la} vs {lb}");
+    let (ea, eb) = (&a.evals[1].metrics, &b.evals[1].metrics);
+    assert!((ea["target_loss"] - eb["target_loss"]).abs() < 1e-5);
+    // One metrics line per step 5 and 10, plus the base line: no duplicates after resuming.
+    let steps: Vec<u64> = read_lines(&split.parent().unwrap().join("metrics.jsonl"))
+        .iter()
+        .map(|l| l.step)
+        .collect();
+    assert_eq!(steps, vec![0, 5, 10]);
+}
+
+#[test]
+fn huge_learning_rate_diverges_cleanly() {
+    let f = Fixture::new();
+    let run = f.run("div", |v| {
+        v["learning_rate"] = 1e4.into();
+        v["training"]["max_loss"] = 50.0.into();
+        v["training"]["grad_clip"] = 0.0.into();
+    });
+    let r = train(&run, &f.opts()).unwrap();
+    assert_eq!(r.status, RunStatus::Diverged, "{r:?}");
+    assert!(r.step < 30);
+    assert!(r.error.is_some());
+    let dir = run.parent().unwrap();
+    assert!(dir.join("result.json").exists());
+    assert!(!read_lines(&dir.join("metrics.jsonl")).is_empty());
+}
+
+#[test]
+fn ift_trains_on_responses() {
+    let f = Fixture::new();
+    let mut jsonl = String::new();
+    for i in 0..40 {
+        jsonl.push_str(&format!(
+            "{{\"prompt\":\"what is {i} plus 1? \",\"response\":\"{}\"}}\n",
+            i + 1
+        ));
+    }
+    std::fs::write(f.dir.path().join("math.jsonl"), jsonl).unwrap();
+    let target = f.dir.path().join("math.jsonl");
+    let run = f.run("ift", |v| {
+        v["data"]["regime"] = "ift".into();
+        v["data"]["target"] = serde_json::json!(target);
+        v["training"]["seq_len"] = 32.into();
+        v["token_budget"] = 640.into();
+        v["eval_at"] = serde_json::json!([640]);
+    });
+    let r = train(&run, &f.opts()).unwrap();
+    assert_eq!(r.status, RunStatus::Completed, "{r:?}");
+    assert!(r.evals[1].metrics["target_loss"].is_finite());
+}
+
+#[test]
+fn refusals_are_clear() {
+    let f = Fixture::new();
+    let newer = f.run("newer", |v| v["schema"] = 99.into());
+    let e = train(&newer, &f.opts()).unwrap_err().to_string();
+    assert!(e.contains("newer") && e.contains("newer/run.json"), "{e}");
+    let pre = f.run("pre", |v| v["model"]["init"] = "pretrained".into());
+    let e = train(&pre, &f.opts()).unwrap_err().to_string();
+    assert!(
+        e.contains("sweep pretrain") && e.contains("tiny.safetensors"),
+        "{e}"
+    );
+    let failed: RunResult = serde_json::from_str(
+        &std::fs::read_to_string(pre.parent().unwrap().join("result.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(failed.status, RunStatus::Failed);
+    let missing = f.run("missing", |v| v["data"]["target"] = "builtin:python".into());
+    let e = train(&missing, &f.opts()).unwrap_err().to_string();
+    assert!(e.contains("scripts/setup-data"), "{e}");
+}
+
+#[test]
+fn a_stop_signal_checkpoints_and_the_next_session_finishes() {
+    let f = Fixture::new();
+    let run = f.run("stop", |v| {
+        v["token_budget"] = 320.into();
+        v["eval_at"] = serde_json::json!([320]);
+    });
+    let mut opts = f.opts();
+    opts.stop = Some(Arc::new(AtomicBool::new(true)));
+    let r = train(&run, &opts).unwrap();
+    assert_eq!((r.status, r.step), (RunStatus::Interrupted, 0));
+    let ckpts = checkpoint::list(&run.parent().unwrap().join("checkpoints")).unwrap();
+    assert_eq!(ckpts.len(), 1);
+    let r = train(&run, &f.opts()).unwrap();
+    assert_eq!((r.status, r.step), (RunStatus::Completed, 5));
+    // The base evaluation of the first session is kept.
+    assert_eq!(r.evals.first().map(|e| e.tokens), Some(0));
+}

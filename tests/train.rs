@@ -1,0 +1,123 @@
+//! End-to-end: the built `sweep` binary trains a tiny run.json and leaves its outputs.
+#![cfg(feature = "torch")]
+
+use std::path::Path;
+use std::process::Command;
+
+fn write_data(dir: &Path) {
+    let py = dir.join("data/python");
+    std::fs::create_dir_all(&py).unwrap();
+    for i in 0..6 {
+        let code = format!("def f{i}(x):\n    return x + {i}\n\n").repeat(20);
+        std::fs::write(py.join(format!("m{i}.py")), code).unwrap();
+    }
+    let text = "To be, or not to be, that is the question.\n".repeat(200);
+    std::fs::write(dir.join("data/shakespeare.txt"), text).unwrap();
+}
+
+fn run_json(dir: &Path, lr: f64, max_loss: Option<f64>) -> std::path::PathBuf {
+    let v = serde_json::json!({
+        "schema": 1, "sweep": "e2e", "id": "0123456789-s0", "config_id": "0123456789", "seed": 0,
+        "model": {"kind": "builtin", "shape": "tiny", "init": "random"},
+        "data": {"regime": "cpt", "domain": "code", "target": "builtin:python",
+            "source": "builtin:shakespeare", "text_field": "text", "prompt_field": "prompt",
+            "response_field": "response", "epoch_tokens": null},
+        "training": {"optimizer": "lionw", "betas": [0.9, 0.95], "eps": 1e-8,
+            "weight_decay": 0.1, "schedule": "inverse_sqrt", "warmup_fraction": 0.2,
+            "warmup_steps": null, "cooldown_fraction": 0.2, "t_scale": null,
+            "final_lr_fraction": 0.01, "batch_size": 4, "micro_batch_size": 2, "seq_len": 32,
+            "grad_clip": 1.0, "precision": "auto", "rslora": true,
+            "freeze_embeddings_and_norms": false, "max_loss": max_loss, "checkpoint_every": 4,
+            "log_every": 2},
+        "evaluation": {"metrics": ["target_loss", "source_loss"], "checkpoints": [],
+            "eval_tokens": 512, "problems": 1, "diversity_samples": 1, "temperature": 1.0,
+            "rank_threshold": 0.9, "multiple_choice": null, "humaneval": null},
+        "method": "lora", "rank": 4, "alpha": 8.0, "target_modules": ["q", "k", "v", "o"],
+        "dropout": 0.05, "learning_rate": lr, "token_budget": 1280, "eval_at": [640, 1280]
+    });
+    let run_dir = dir.join("results/e2e/runs/0123456789-s0");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let p = run_dir.join("run.json");
+    std::fs::write(&p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    p
+}
+
+fn sweep_train(dir: &Path, run: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sweep"))
+        .current_dir(dir)
+        .env("SWEEP_DATA", dir.join("data"))
+        .env_remove("SWEEP_CACHE")
+        .args(["train", run.to_str().unwrap(), "--threads", "1"])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn sweep_train_runs_a_tiny_lora_run() {
+    let dir = tempfile::tempdir().unwrap();
+    write_data(dir.path());
+    let run = run_json(dir.path(), 1e-3, None);
+    let out = sweep_train(dir.path(), &run);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stderr: {stderr}");
+    let run_dir = run.parent().unwrap();
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("result.json")).unwrap())
+            .unwrap();
+    assert_eq!(result["status"], "completed");
+    assert_eq!(result["tokens"], 1280);
+    let evals = result["evals"].as_array().unwrap();
+    assert_eq!(evals.len(), 3);
+    assert!(evals[2]["metrics"]["target_loss"]
+        .as_f64()
+        .unwrap()
+        .is_finite());
+    assert!(evals[2]["metrics"]["source_loss"]
+        .as_f64()
+        .unwrap()
+        .is_finite());
+    assert!(result["peak_rss_kib"].as_u64().unwrap() > 0);
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    assert!(metrics.lines().count() >= 6, "{metrics}");
+    let ckpts: Vec<_> = std::fs::read_dir(run_dir.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(ckpts, vec!["step-00000010".to_string()]);
+    let adapter: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run_dir.join("adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(adapter["use_rslora"], true);
+    assert!(run_dir.join("adapter/adapter_model.safetensors").exists());
+    // A second call resumes from the final checkpoint and has nothing left to do.
+    let again = sweep_train(dir.path(), &run);
+    assert!(again.status.success());
+}
+
+#[test]
+fn sweep_train_reports_divergence_and_refuses_newer_schemas() {
+    let dir = tempfile::tempdir().unwrap();
+    write_data(dir.path());
+    let run = run_json(dir.path(), 1e3, Some(20.0));
+    let out = sweep_train(dir.path(), &run);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result = std::fs::read_to_string(run.parent().unwrap().join("result.json")).unwrap();
+    assert!(result.contains("\"diverged\""), "{result}");
+
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&run).unwrap()).unwrap();
+    v["schema"] = 2.into();
+    std::fs::write(&run, v.to_string()).unwrap();
+    let out = sweep_train(dir.path(), &run);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("run.json") && stderr.contains("newer"),
+        "{stderr}"
+    );
+}
