@@ -65,6 +65,9 @@ pub enum Command {
         after_help = "Example:\n  sweep train results/quickstart/runs/1a2b3c4d5e-s0/run.json"
     )]
     Train(TrainArgs),
+    /// Pretrain a builtin model on the source domain (Shakespeare); cached and reused.
+    #[command(after_help = "Example:\n  sweep pretrain --shape tiny")]
+    Pretrain(PretrainArgs),
     /// Plan, run every run on this machine, wait, and report: the demo.
     #[command(after_help = "Example:\n  sweep run sweeps/quickstart.toml")]
     Run(RunArgs),
@@ -138,6 +141,23 @@ pub struct TrainArgs {
     /// Intra-op threads (default: SLURM_CPUS_PER_TASK, else all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+}
+
+/// `sweep pretrain`.
+#[derive(Debug, Clone, Args)]
+pub struct PretrainArgs {
+    /// Builtin shape to pretrain.
+    #[arg(long, default_value = "tiny")]
+    pub shape: String,
+    /// Tokens to train on.
+    #[arg(long, default_value = "2M")]
+    pub tokens: String,
+    /// Intra-op threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Retrain even when a cached model matches.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `sweep run`.

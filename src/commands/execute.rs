@@ -105,11 +105,16 @@ fn outcome_error(plan: &Plan, spec: &Path, g: &GlobalArgs, o: &Outcome) -> anyho
 pub fn run(g: &GlobalArgs, args: &RunArgs) -> anyhow::Result<()> {
     let (plan, outcome) =
         execute_locally(g, &args.spec, args.jobs, args.threads, args.retry_failed)?;
-    outcome_error(&plan, &args.spec, g, &outcome)?;
-    if !g.quiet {
-        eprintln!("the report (`sweep report`) is not built yet: run results are in {}/runs/*/result.json", sweep_dir(g, &plan.name).display());
+    if !outcome.interrupted {
+        // Report what there is, failed runs included (the report lists them).
+        super::report::run(
+            g,
+            &SweepArg {
+                spec: args.spec.clone(),
+            },
+        )?;
     }
-    Ok(())
+    outcome_error(&plan, &args.spec, g, &outcome)
 }
 
 /// `sweep submit SPEC`: without a cluster, the local executor in the foreground.

@@ -3,6 +3,8 @@
 
 pub mod execute;
 pub mod plan;
+#[cfg(feature = "torch")]
+pub mod pretrain;
 pub mod report;
 
 use std::path::Path;
@@ -66,6 +68,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .into()),
         Command::Report(args) => report::run(g, &args),
         Command::Train(args) => train(g, &args),
+        #[cfg(feature = "torch")]
+        Command::Pretrain(args) => pretrain::run(g, &args),
+        #[cfg(not(feature = "torch"))]
+        Command::Pretrain(_) => Err(NotBuilt {
+            command: "pretrain",
+            what: "this binary was built without libtorch (--no-default-features)",
+            issue: "Domains, data and evaluation",
+        }
+        .into()),
         Command::Run(args) => execute::run(g, &args),
     }
 }

@@ -98,10 +98,13 @@ fn fmt_summary(s: Option<Summary>) -> String {
     }
 }
 
+/// A metric at a budget: the first evaluation at or after it (the trainer evaluates at the end
+/// of the step that reaches the budget, so 16k tokens in steps of 1,024 is evaluated at 16,384).
 fn metric_at(run: &RunData, metric: &str, tokens: u64) -> Option<f64> {
     run.evals
         .iter()
-        .find(|e| e.tokens == tokens)
+        .filter(|e| e.tokens >= tokens && (tokens > 0 || e.tokens == 0))
+        .min_by_key(|e| e.tokens)
         .and_then(|e| e.metrics.get(metric))
         .copied()
         .filter(|v| v.is_finite())

@@ -63,6 +63,14 @@ pub fn resolve_source(source: &str, data_dir: &Path) -> Result<PathBuf, TrainErr
             )))
         };
     };
+    if let Some(p) = crate::data::materialize(name, data_dir).map_err(|e| {
+        TrainError::Data(format!(
+            "generating builtin:{name} in {}: {e}",
+            data_dir.display()
+        ))
+    })? {
+        return Ok(p);
+    }
     let base = data_dir.join(name);
     for candidate in [
         base.clone(),

@@ -1,0 +1,169 @@
+//! `sweep run`, `status` and `report` end to end: the real binary trains a tiny sweep on this
+//! machine with the local executor, then reports it.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn sweep(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sweep"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the sweep binary runs")
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn write_corpora(dir: &Path) {
+    let code: String = (0..300)
+        .map(|i| format!("def f{i}(x):\n    return x * {i} + {}\n\n", i % 7))
+        .collect();
+    let english: String = (0..300)
+        .map(|i| format!("The {i}th knight rode to the castle and spoke of honour.\n"))
+        .collect();
+    std::fs::write(dir.join("code.txt"), code).unwrap();
+    std::fs::write(dir.join("english.txt"), english).unwrap();
+}
+
+const SPEC: &str = r#"name = "tinyrun"
+[model]
+builtin = "tiny"
+init = "random"
+[data]
+regime = "cpt"
+domain = "code"
+target = "code.txt"
+source = "english.txt"
+[training]
+batch_size = 2
+seq_len = 32
+log_every = 1
+[evaluation]
+eval_tokens = 256
+metrics = ["target_loss", "source_loss", "spectral_rank"]
+[grid]
+method = ["full", "lora"]
+token_budget = [128, 256]
+seeds = 2
+rank = 2
+target_modules = "all"
+[grid.full]
+learning_rate = [1e-3, 3e-3]
+[grid.lora]
+learning_rate = [3e-3, 1e-2]
+"#;
+
+#[test]
+fn run_status_report_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    write_corpora(dir.path());
+    std::fs::write(dir.path().join("spec.toml"), SPEC).unwrap();
+
+    let o = sweep(dir.path(), &["run", "spec.toml", "--jobs", "2"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let log = err(&o);
+    assert!(
+        log.contains("sweep tinyrun: 8 runs, 0 already done, 2 at a time"),
+        "{log}"
+    );
+    assert!(log.contains("done: 8 completed"), "{log}");
+
+    let runs = dir.path().join("results/tinyrun/runs");
+    let ids: Vec<String> = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 8);
+    for id in &ids {
+        let r: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(runs.join(id).join("result.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(r["status"], "completed", "{id}");
+        assert_eq!(
+            r["evals"].as_array().unwrap().len(),
+            3,
+            "base, 128 and 256 tokens: {id}"
+        );
+        assert!(runs.join(id).join("train.log").exists());
+    }
+
+    // A rerun never trains a finished run again.
+    let o = sweep(dir.path(), &["run", "spec.toml"]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(err(&o).contains("8 already done"), "{}", err(&o));
+
+    let o = sweep(dir.path(), &["--json", "status", "spec.toml"]);
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["state"] == "completed"));
+
+    // Corrupt one result: the report lists it as unreadable and reports the rest.
+    std::fs::write(
+        runs.join(&ids[0]).join("result.json"),
+        "{\"schema\": 1, \"id\"",
+    )
+    .unwrap();
+    let o = sweep(dir.path(), &["report", "spec.toml"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("Findings of the paper"), "{out}");
+    assert!(
+        out.contains(&format!("run {}: unreadable result.json", ids[0])),
+        "{out}"
+    );
+    let report = dir.path().join("results/tinyrun/report");
+    for f in [
+        "report.md",
+        "report.html",
+        "report.json",
+        "lr_sensitivity.svg",
+        "data_scaling.svg",
+        "learning_forgetting.svg",
+        "tables/findings.csv",
+    ] {
+        assert!(report.join(f).exists(), "{f}");
+    }
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    assert!(
+        md.contains("Learning metric: `target_loss`. Forgetting metric: `source_loss_increase`."),
+        "{md}"
+    );
+    assert!(
+        md.contains("Spectral rank"),
+        "spectral rank measured and reported: {md}"
+    );
+}
+
+#[test]
+fn a_second_process_on_the_same_sweep_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write_corpora(dir.path());
+    std::fs::write(dir.path().join("spec.toml"), SPEC).unwrap();
+    let sweep_dir = dir.path().join("results/tinyrun");
+    std::fs::create_dir_all(&sweep_dir).unwrap();
+    // Hold the lock as another process would.
+    let f = std::fs::File::create(sweep_dir.join(".lock")).unwrap();
+    f.try_lock().unwrap();
+    let o = sweep(dir.path(), &["run", "spec.toml"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("another sweep process"), "{}", err(&o));
+}
+
+#[test]
+fn report_without_results_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("spec.toml"), SPEC).unwrap();
+    let o = sweep(dir.path(), &["report", "spec.toml"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err(&o).contains("no plan.jsonl: run `sweep plan SPEC` or `sweep run SPEC` first"),
+        "{}",
+        err(&o)
+    );
+}
