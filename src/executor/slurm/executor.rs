@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use super::config::ClusterConfig;
 use super::journal::{Batch, ChunkRecord, Journal};
 use super::parse::{self, Accounting, ClusterFacts, JobRow};
-use super::quote::{join, sh_quote};
+use super::quote::{from_home, join, sh_quote};
 use super::retry::resubmit;
 use super::script;
 use super::transport::{Transport, TransportError};
@@ -45,7 +45,7 @@ echo @@acct; case \"$cfg\" in *accounting_storage/slurmdbd*) sacct -n -P -X -u \
 *jobcomp/filetxt*) sacct -c -n -P -o {sa} 2>/dev/null ;; *) scontrol show job -o 2>/dev/null ;; esac; \
 echo @@results; for f in runs/*/result.json; do [ -e \"$f\" ] && grep -H -o '\"status\": *\"[a-z_]*\"' \"$f\"; done; \
 echo @@jobslog; cat jobs.log 2>/dev/null; true; }}",
-        bin = sh_quote(binary),
+        bin = from_home(binary),
         sq = parse::SQUEUE_FORMAT,
         sa = parse::SACCT_FIELDS,
         age = acct_age_s.max(3600),

@@ -23,6 +23,16 @@ pub fn sh_quote(s: &str) -> String {
     out
 }
 
+/// A remote path as a shell word that works from any folder: absolute paths quoted, relative
+/// ones (which mean: from the remote home) as `"$HOME"/'path'`.
+pub fn from_home(p: &str) -> String {
+    if p.starts_with('/') {
+        sh_quote(p)
+    } else {
+        format!("\"$HOME\"/{}", sh_quote(p))
+    }
+}
+
 /// Join a remote path: `dir/name`, with no doubled slash.
 pub fn join(dir: &str, name: &str) -> String {
     if dir.is_empty() {
@@ -64,6 +74,12 @@ mod tests {
                 .unwrap();
             assert_eq!(String::from_utf8(out.stdout).unwrap(), s);
         }
+    }
+
+    #[test]
+    fn relative_paths_are_from_home() {
+        assert_eq!(from_home("/a b"), "'/a b'");
+        assert_eq!(from_home("w/bin/x"), "\"$HOME\"/w/bin/x");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! functions of the cluster config, checked against golden files in tests/golden/.
 
 use super::config::ClusterConfig;
-use super::quote::sh_quote;
+use super::quote::{from_home, sh_quote};
 
 /// One job array of a batch: array indices 0..len, run `offset + index` of the batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +100,7 @@ while true; do
 done
 exit "$code"
 "#,
-        bin = sh_quote(binary),
+        bin = from_home(binary),
         extra = c
             .train_args
             .iter()
