@@ -19,6 +19,10 @@ use crate::executor::state::{result_state, SweepLock, SweepState};
 use crate::plan::Plan;
 use crate::util::write_atomic;
 
+/// Seconds after a batch was journaled before an unconfirmed chunk of it is taken as never
+/// submitted.
+const UNCONFIRMED_GRACE_S: u64 = 3;
+
 fn now() -> (u64, u128) {
     let d = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -116,6 +120,20 @@ pub fn submit(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
         .with_context(|| format!("writing {}", dir.join("spec.toml").display()))?;
     j.save(&dir)?;
 
+    // An sbatch of a killed submit may still be landing: wait until its batch is a few seconds
+    // old before looking it up, so that it is found rather than submitted twice.
+    let youngest_unconfirmed = j
+        .batches
+        .iter()
+        .filter(|b| b.chunks.iter().any(|c| c.job_id.is_none()))
+        .map(|b| b.created)
+        .max();
+    if let Some(created) = youngest_unconfirmed {
+        let wait = (created + UNCONFIRMED_GRACE_S).saturating_sub(now().0);
+        if wait > 0 {
+            std::thread::sleep(std::time::Duration::from_secs(wait));
+        }
+    }
     let mut t = connect(&c).map_err(SlurmError::from)?;
     let binary = c.remote_binary();
     if args.install {

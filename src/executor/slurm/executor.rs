@@ -337,7 +337,7 @@ pub fn sbatch_command(remote_dir: &str, b: &Batch, max_concurrent: Option<u32>) 
             c.offset
         ));
     }
-    s.push_str("}");
+    s.push('}');
     s
 }
 

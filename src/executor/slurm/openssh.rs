@@ -3,7 +3,6 @@
 //! ProxyJump or the user's ssh_config. The first connection may prompt on the terminal.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -60,6 +59,21 @@ impl OpensshTransport {
             base.push("IdentitiesOnly=yes".into());
             base.push("-i".into());
             base.push(expand_home(id).display().to_string());
+        }
+        // One master per distinct set of options: a master opened with other keys or another
+        // known_hosts file must not be reused, since reuse skips authentication and the host check.
+        let key = {
+            use sha2::Digest;
+            let d = sha2::Sha256::digest(format!("{base:?}{}@{}", c.user, c.host).as_bytes());
+            d.iter()
+                .take(8)
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        for a in base.iter_mut() {
+            if a.starts_with("ControlPath=") {
+                *a = format!("ControlPath={}/cm-{key}", dir.display());
+            }
         }
         let mut t = OpensshTransport {
             base,
@@ -277,12 +291,4 @@ impl Transport for OpensshTransport {
     fn round_trips(&self) -> u64 {
         self.trips
     }
-}
-
-/// The known_hosts path in use, for messages.
-pub fn known_hosts_of(c: &ClusterConfig) -> PathBuf {
-    c.known_hosts
-        .as_deref()
-        .map(expand_home)
-        .unwrap_or_else(|| expand_home(std::path::Path::new("~/.ssh/known_hosts")))
 }

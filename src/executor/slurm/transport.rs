@@ -124,10 +124,13 @@ pub mod fake {
 
     use super::*;
 
+    /// Answers a command, seeing the remote files.
+    pub type Handler = Box<dyn FnMut(&str, &BTreeMap<String, Vec<u8>>) -> ExecOutput>;
+
     /// The fake.
     pub struct FakeTransport {
         /// Answers commands.
-        pub handler: Box<dyn FnMut(&str, &BTreeMap<String, Vec<u8>>) -> ExecOutput>,
+        pub handler: Handler,
         /// Remote files.
         pub files: BTreeMap<String, Vec<u8>>,
         /// Commands run.

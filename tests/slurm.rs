@@ -1,0 +1,351 @@
+//! The Slurm executor against the real dev cluster (`scripts/dev-cluster start`) over its real
+//! sshd: the real binary submits noop runs (`sweep train --noop`), follows and collects them.
+//! Every test is skipped, with a message saying so, when the cluster is not running.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn cache() -> PathBuf {
+    repo().join(".cache/dev-cluster")
+}
+
+/// Whether the dev cluster runs; prints why a test is skipped when not.
+fn cluster_up(test: &str) -> bool {
+    let ok = Command::new(repo().join("scripts/dev-cluster"))
+        .arg("status")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!(
+            "SKIPPED {test}: the dev Slurm cluster is not running (start it with `scripts/dev-cluster start`)"
+        );
+    }
+    ok
+}
+
+const SPEC: &str = r#"name = "NAME"
+[model]
+builtin = "tiny"
+[data]
+regime = "ift"
+domain = "math"
+target = "builtin:math"
+[training]
+batch_size = 4
+seq_len = 64
+[grid]
+method = ["full", "lora"]
+token_budget = ["4k", "8k"]
+seeds = 2
+[grid.full]
+learning_rate = [1e-4]
+[grid.lora]
+learning_rate = [1e-3]
+rank = [2]
+target_modules = ["attention"]
+"#;
+
+/// A test folder with spec.toml (4 runs) and clusters.toml (cluster `dev` with `extra` keys and
+/// its own remote work dir).
+struct Case {
+    dir: tempfile::TempDir,
+    results: PathBuf,
+    work_dir: String,
+}
+
+fn case(name: &str, work_dir: &str, extra: &str) -> Case {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("spec.toml"), SPEC.replace("NAME", name)).unwrap();
+    let base = std::fs::read_to_string(cache().join("clusters.toml")).unwrap();
+    let mut base = base.replace(
+        "work_dir = \"sweep-work\"",
+        &format!("work_dir = {}", toml_str(work_dir)),
+    );
+    // A key given in `extra` replaces the dev cluster's.
+    for line in extra.lines() {
+        if let Some((key, _)) = line.split_once('=') {
+            let key = key.trim();
+            base = base
+                .lines()
+                .filter(|l| l.split_once('=').is_none_or(|(k, _)| k.trim() != key))
+                .map(|l| format!("{l}\n"))
+                .collect();
+        }
+    }
+    std::fs::write(
+        dir.path().join("clusters.toml"),
+        format!("{base}train_args = [\"--noop\"]\n{extra}"),
+    )
+    .unwrap();
+    let results = dir.path().join("results");
+    Case {
+        dir,
+        results,
+        work_dir: work_dir.to_string(),
+    }
+}
+
+fn toml_str(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn unique(tag: &str) -> String {
+    format!(
+        "sweep-it/{tag}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    )
+}
+
+impl Case {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sweep"));
+        c.arg("--results")
+            .arg(&self.results)
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("SWEEP_CLUSTERS", self.dir.path().join("clusters.toml"));
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "sweep {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// `sweep status --json` until every run is completed.
+    fn wait_completed(&self, n: usize) -> serde_json::Value {
+        let t0 = Instant::now();
+        loop {
+            let v: serde_json::Value =
+                serde_json::from_str(&self.ok(&["--json", "status", "spec.toml"])).unwrap();
+            let done = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| r["state"] == "completed")
+                .count();
+            if done == n {
+                return v;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(90),
+                "runs did not complete: {v:#}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// The remote sweep folder as seen from this host (the dev cluster is local).
+    fn remote_sweep(&self, name: &str) -> PathBuf {
+        Path::new("/home/sweeptest")
+            .join(&self.work_dir)
+            .join("sweeps")
+            .join(name)
+    }
+}
+
+#[test]
+fn submit_status_collect_with_hostile_paths_executes_nothing() {
+    if !cluster_up("submit_status_collect_with_hostile_paths_executes_nothing") {
+        return;
+    }
+    let marker = format!("/tmp/sweep-pwned-{}", std::process::id());
+    let work = format!(
+        "{} it's \"q\" $(touch {marker}) `touch {marker}` ; touch {marker}",
+        unique("hostile")
+    );
+    let mut c = case("hostile", &work, "");
+    c.results = c.dir.path().join(format!("res dir $(touch {marker})"));
+    let out = c.ok(&["submit", "spec.toml", "--cluster", "dev", "--install"]);
+    assert!(out.contains("submitted 4 of 4 runs"), "{out}");
+    let status = c.wait_completed(4);
+    assert!(status[0]["id"].is_string());
+    let out = c.ok(&["collect", "spec.toml"]);
+    assert!(out.contains("collected 4 runs"), "{out}");
+    let runs = c.results.join("hostile/runs");
+    assert_eq!(std::fs::read_dir(&runs).unwrap().count(), 4);
+    for e in std::fs::read_dir(&runs).unwrap() {
+        let r = std::fs::read_to_string(e.unwrap().path().join("result.json")).unwrap();
+        assert!(r.contains("\"completed\""));
+    }
+    // Nothing was executed: not on the cluster side, not here.
+    assert!(!Path::new(&marker).exists(), "{marker} was created");
+    assert!(c.remote_sweep("hostile").join("jobs.log").exists());
+    // Resubmitting sends nothing: every run has a result.
+    let out = c.ok(&["submit", "spec.toml", "--cluster", "dev"]);
+    assert!(out.contains("submitted 0 of 4"), "{out}");
+    let log = std::fs::read_to_string(c.remote_sweep("hostile").join("jobs.log")).unwrap();
+    assert_eq!(log.lines().count(), 4, "{log}");
+}
+
+#[test]
+fn kill_9_mid_submit_then_rerun_submits_each_run_once() {
+    if !cluster_up("kill_9_mid_submit_then_rerun_submits_each_run_once") {
+        return;
+    }
+    for (i, delay_ms) in [150u64, 350, 600, 900].into_iter().enumerate() {
+        let name = format!("crash{i}");
+        let c = case(&name, &unique(&name), "");
+        let mut child = c
+            .cmd(&["submit", "spec.toml", "--cluster", "dev", "--install"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        // The rerun reconciles with the cluster and submits only what is missing.
+        c.ok(&["submit", "spec.toml", "--cluster", "dev", "--install"]);
+        c.wait_completed(4);
+        // Late jobs of the killed submit would show up here as a second line for a run.
+        std::thread::sleep(Duration::from_secs(2));
+        let log = std::fs::read_to_string(c.remote_sweep(&name).join("jobs.log")).unwrap();
+        let mut ids: Vec<&str> = log
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(2))
+            .collect();
+        ids.sort();
+        let n = ids.len();
+        ids.dedup();
+        assert_eq!(
+            n, 4,
+            "delay {delay_ms} ms: every run ran exactly once:\n{log}"
+        );
+        assert_eq!(ids.len(), 4);
+    }
+}
+
+#[test]
+fn unknown_host_key_is_refused_with_its_fingerprint() {
+    if !cluster_up("unknown_host_key_is_refused_with_its_fingerprint") {
+        return;
+    }
+    for transport in ["ssh2", "openssh"] {
+        let c = case("unknownhost", &unique("unknownhost"), "");
+        let empty = c.dir.path().join("empty_known_hosts");
+        std::fs::write(&empty, "").unwrap();
+        let text = std::fs::read_to_string(c.dir.path().join("clusters.toml"))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("known_hosts"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(
+            c.dir.path().join("clusters.toml"),
+            format!(
+                "{text}\nknown_hosts = {}\ntransport = \"{transport}\"\n",
+                toml_str(&empty.display().to_string())
+            ),
+        )
+        .unwrap();
+        let o = c.run(&["submit", "spec.toml", "--cluster", "dev"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success());
+        assert!(err.contains("host key of 127.0.0.1:"), "{transport}: {err}");
+        assert!(err.contains("is unknown"), "{transport}: {err}");
+        assert!(err.contains("ssh-keyscan"), "{transport}: {err}");
+        if transport == "ssh2" {
+            assert!(err.contains("SHA256:"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn wrong_key_is_refused_with_a_clear_error() {
+    if !cluster_up("wrong_key_is_refused_with_a_clear_error") {
+        return;
+    }
+    for transport in ["ssh2", "openssh"] {
+        let c = case("wrongkey", &unique("wrongkey"), "");
+        let text = std::fs::read_to_string(c.dir.path().join("clusters.toml")).unwrap();
+        let text = text.replace("id_ed25519\"", "wrong_key\"");
+        std::fs::write(
+            c.dir.path().join("clusters.toml"),
+            format!("{text}transport = \"{transport}\"\n"),
+        )
+        .unwrap();
+        let o = c.run(&["submit", "spec.toml", "--cluster", "dev"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success());
+        assert!(
+            err.contains("authentication as sweeptest on 127.0.0.1:"),
+            "{transport}: {err}"
+        );
+        assert!(err.contains("wrong_key"), "{transport}: {err}");
+    }
+}
+
+#[test]
+fn openssh_transport_submits_and_collects() {
+    if !cluster_up("openssh_transport_submits_and_collects") {
+        return;
+    }
+    let c = case(
+        "viaopenssh",
+        &unique("viaopenssh"),
+        "transport = \"openssh\"\n",
+    );
+    let out = c.ok(&["submit", "spec.toml", "--cluster", "dev", "--install"]);
+    assert!(out.contains("submitted 4 of 4 runs"), "{out}");
+    c.wait_completed(4);
+    let out = c.ok(&["collect", "spec.toml"]);
+    assert!(out.contains("collected 4 runs"), "{out}");
+}
+
+#[test]
+fn bad_input_is_explained() {
+    if !cluster_up("bad_input_is_explained") {
+        return;
+    }
+    // An unknown cluster lists the known ones.
+    let c = case("badinput", &unique("badinput"), "partition = \"nope\"\n");
+    let o = c.run(&["submit", "spec.toml", "--cluster", "nosuch"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("unknown cluster `nosuch`") && err.contains("known clusters: dev"),
+        "{err}"
+    );
+    // A missing remote binary says how to install it.
+    let o = c.run(&["submit", "spec.toml", "--cluster", "dev"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--cluster dev --install"), "{err}");
+    // A partition that does not exist: sbatch's error with the run ids.
+    let o = c.run(&["submit", "spec.toml", "--cluster", "dev", "--install"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("invalid partition"), "{err}");
+    assert!(err.contains("-s0"), "run ids are named: {err}");
+    // An unreachable host: a timeout or refusal naming the address.
+    let text = std::fs::read_to_string(c.dir.path().join("clusters.toml")).unwrap();
+    std::fs::write(
+        c.dir.path().join("clusters.toml"),
+        text.replace("port = 2222", "port = 1")
+            .replace("partition = \"nope\"\n", ""),
+    )
+    .unwrap();
+    let o = c.run(&["submit", "spec.toml", "--cluster", "dev"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+}
