@@ -277,8 +277,12 @@ fn readme_commands_work_or_say_they_are_not_built() {
         if args[0] == "plan" || args[0] == "completions" {
             assert!(o.status.success(), "{line}: {err}");
         } else {
+            // Cluster commands need a clusters file the test machine does not have: they say so.
             assert!(
-                o.status.success() || err.contains("is not built yet"),
+                o.status.success()
+                    || err.contains("is not built yet")
+                    || err.contains("no clusters file at")
+                    || err.contains("was not submitted to a cluster"),
                 "{line}: {err}"
             );
         }

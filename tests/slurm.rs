@@ -349,3 +349,91 @@ fn bad_input_is_explained() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("127.0.0.1:1"), "{err}");
 }
+
+/// `sweep --json status` as id -> (state, attempts).
+fn states(c: &Case) -> std::collections::BTreeMap<String, (String, u64)> {
+    let v: serde_json::Value =
+        serde_json::from_str(&c.ok(&["--json", "status", "spec.toml"])).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                (
+                    r["state"].as_str().unwrap().to_string(),
+                    r["attempts"].as_u64().unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn wait_for(
+    c: &Case,
+    what: &str,
+    pred: impl Fn(&std::collections::BTreeMap<String, (String, u64)>) -> bool,
+) {
+    let t0 = Instant::now();
+    loop {
+        let s = states(c);
+        if pred(&s) {
+            return;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(90), "{what}: {s:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn a_failed_run_is_kept_until_retry_failed_reruns_it() {
+    if !cluster_up("a_failed_run_is_kept_until_retry_failed_reruns_it") {
+        return;
+    }
+    // Exactly one task fails, once (mkdir is atomic).
+    let c = case(
+        "failonce",
+        &unique("failonce"),
+        "setup = [\"if mkdir fail-once 2>/dev/null; then echo failing on purpose >&2; exit 3; fi\"]\n",
+    );
+    c.ok(&["submit", "spec.toml", "--cluster", "dev", "--install"]);
+    wait_for(&c, "one failed, three completed", |s| {
+        s.values().filter(|v| v.0 == "failed").count() == 1
+            && s.values().filter(|v| v.0 == "completed").count() == 3
+    });
+    let out = c.ok(&["status", "spec.toml"]);
+    assert!(out.contains("FAILED exit 3:0"), "{out}");
+    // Failed runs are not retried by default...
+    let out = c.ok(&["submit", "spec.toml", "--cluster", "dev"]);
+    assert!(out.contains("submitted 0 of 4"), "{out}");
+    // ...but --retry-failed reruns exactly the failed one.
+    let out = c.ok(&["submit", "spec.toml", "--cluster", "dev", "--retry-failed"]);
+    assert!(out.contains("submitted 1 of 4"), "{out}");
+    c.wait_completed(4);
+    let s = states(&c);
+    assert_eq!(s.values().filter(|v| v.1 == 2).count(), 1, "{s:?}");
+}
+
+#[test]
+fn cancel_one_run_then_submit_resumes_it() {
+    if !cluster_up("cancel_one_run_then_submit_resumes_it") {
+        return;
+    }
+    // The first start of every run sleeps, so that there is something running to cancel.
+    let c = case(
+        "cancelone",
+        &unique("cancelone"),
+        "setup = [\"if mkdir \\\"slow-$SLURM_ARRAY_TASK_ID\\\" 2>/dev/null; then sleep 8; fi\"]\n",
+    );
+    c.ok(&["submit", "spec.toml", "--cluster", "dev", "--install"]);
+    wait_for(&c, "all running", |s| s.values().all(|v| v.0 == "running"));
+    let victim = states(&c).keys().next().unwrap().clone();
+    let out = c.ok(&["cancel", "spec.toml", "--run", &victim]);
+    assert!(out.contains("cancelled 1 jobs"), "{out}");
+    wait_for(&c, "one cancelled, three completed", |s| {
+        s[&victim].0 == "cancelled" && s.values().filter(|v| v.0 == "completed").count() == 3
+    });
+    let out = c.ok(&["submit", "spec.toml", "--cluster", "dev"]);
+    assert!(out.contains("submitted 1 of 4"), "{out}");
+    c.wait_completed(4);
+}

@@ -9,10 +9,10 @@ offset=${1:?the chunk offset}
 line=$((SLURM_ARRAY_TASK_ID + offset + 1))
 id=$(sed -n "${line}p" batches/abc123.ids)
 if [ -z "$id" ]; then echo "no run on line $line of batches/abc123.ids" >&2; exit 2; fi
+echo "$SLURM_JOB_ID ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} $id" >> jobs.log
 run=runs/$id
 mkdir -p "$run"
 sed -n "${line}p" batches/abc123.jsonl > "$run/.run.json.tmp" && mv "$run/.run.json.tmp" "$run/run.json"
-echo "$SLURM_JOB_ID ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} $id" >> jobs.log
 "$HOME"/w/bin/sweep-0.1.0 train "$run/run.json" --threads "${SLURM_CPUS_PER_TASK:-1}" >> "$run/train.log" 2>&1 &
 child=$!
 trap 'kill -USR1 "$child" 2>/dev/null' USR1

@@ -29,8 +29,8 @@ pub struct Probe {
     pub done: Vec<JobRow>,
     /// Run results on the cluster.
     pub results: HashMap<String, JobState>,
-    /// Run id by raw job id (jobs.log).
-    pub jobs_log: HashMap<String, String>,
+    /// Run id and `ARRAY_TASK` job id by raw job id (jobs.log).
+    pub jobs_log: HashMap<String, (String, String)>,
 }
 
 /// The probe command (pure): everything status and submit need, in one remote call.
@@ -128,10 +128,7 @@ pub fn observe(journal: &Journal, probe: &Probe) -> BTreeMap<String, Observed> {
                 return b.ids.get(i).map(|id| (id.clone(), format!("{aj}_{k}")));
             }
         }
-        probe
-            .jobs_log
-            .get(&row.raw_id)
-            .map(|id| (id.clone(), row.raw_id.clone()))
+        probe.jobs_log.get(&row.raw_id).cloned()
     };
     let num = |s: &str| s.parse::<u64>().unwrap_or(0);
     let mut out: BTreeMap<String, Observed> = BTreeMap::new();

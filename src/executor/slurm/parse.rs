@@ -181,15 +181,15 @@ pub fn parse_scontrol_jobs(text: &str) -> Vec<JobRow> {
 }
 
 /// Read jobs.log (`RAW ARRAY_TASK RUN_ID` per line, appended by each task as it starts): run id
-/// by raw job id.
-pub fn parse_jobs_log(text: &str) -> HashMap<String, String> {
+/// and `ARRAY_TASK` job id by raw job id.
+pub fn parse_jobs_log(text: &str) -> HashMap<String, (String, String)> {
     text.lines()
         .filter_map(|l| {
             let mut w = l.split_whitespace();
             let raw = w.next()?;
-            let _array_task = w.next()?;
+            let array_task = w.next()?;
             let id = w.next()?;
-            Some((raw.to_string(), id.to_string()))
+            Some((raw.to_string(), (id.to_string(), array_task.to_string())))
         })
         .collect()
 }
@@ -280,7 +280,7 @@ mod tests {
     #[test]
     fn jobs_log_and_results() {
         let m = parse_jobs_log("17 12_5 abc-s0\nbroken\n18 12_6 abd-s1\n");
-        assert_eq!(m["17"], "abc-s0");
+        assert_eq!(m["17"], ("abc-s0".to_string(), "12_5".to_string()));
         assert_eq!(m.len(), 2);
         let r = parse_results(
             "runs/abc-s0/result.json:\"status\": \"completed\"\nruns/abd-s1/result.json:\"status\":\"diverged\"\nnoise\n",

@@ -70,6 +70,19 @@ pub fn render(c: &ClusterConfig, binary: &str, tag: &str) -> String {
         s.push_str(&format!("#SBATCH {l}\n"));
     }
     s.push_str("set -u\n");
+    // The task records which run it is before anything can fail, so that accounting without
+    // array ids (jobcomp/filetxt) still maps its end to the run.
+    s.push_str(&format!(
+        r#"offset=${{1:?the chunk offset}}
+line=$((SLURM_ARRAY_TASK_ID + offset + 1))
+id=$(sed -n "${{line}}p" batches/{tag}.ids)
+if [ -z "$id" ]; then echo "no run on line $line of batches/{tag}.ids" >&2; exit 2; fi
+echo "$SLURM_JOB_ID ${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}} $id" >> jobs.log
+run=runs/$id
+mkdir -p "$run"
+sed -n "${{line}}p" batches/{tag}.jsonl > "$run/.run.json.tmp" && mv "$run/.run.json.tmp" "$run/run.json"
+"#
+    ));
     for l in &c.setup {
         s.push_str(l);
         s.push('\n');
@@ -81,15 +94,7 @@ pub fn render(c: &ClusterConfig, binary: &str, tag: &str) -> String {
         ));
     }
     s.push_str(&format!(
-        r#"offset=${{1:?the chunk offset}}
-line=$((SLURM_ARRAY_TASK_ID + offset + 1))
-id=$(sed -n "${{line}}p" batches/{tag}.ids)
-if [ -z "$id" ]; then echo "no run on line $line of batches/{tag}.ids" >&2; exit 2; fi
-run=runs/$id
-mkdir -p "$run"
-sed -n "${{line}}p" batches/{tag}.jsonl > "$run/.run.json.tmp" && mv "$run/.run.json.tmp" "$run/run.json"
-echo "$SLURM_JOB_ID ${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}} $id" >> jobs.log
-{bin} train "$run/run.json"{extra} --threads "${{SLURM_CPUS_PER_TASK:-1}}" >> "$run/train.log" 2>&1 &
+        r#"{bin} train "$run/run.json"{extra} --threads "${{SLURM_CPUS_PER_TASK:-1}}" >> "$run/train.log" 2>&1 &
 child=$!
 trap 'kill -USR1 "$child" 2>/dev/null' USR1
 trap 'kill -TERM "$child" 2>/dev/null' TERM
