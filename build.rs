@@ -23,6 +23,8 @@ fn main() {
         (None, None) => return,
     };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    // `sweep submit --install` copies this libtorch to a cluster that names none of its own.
+    println!("cargo:rustc-env=SWEEP_LIBTORCH_LIB={}", lib.display());
     if env::var("SWEEP_CUDA").as_deref() == Ok("1") {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-ltorch_cuda");

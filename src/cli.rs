@@ -51,7 +51,7 @@ pub enum Command {
     Status(StatusArgs),
     /// Cancel a sweep's queued and running jobs.
     #[command(after_help = "Example:\n  sweep cancel sweeps/paper-math-ift.toml")]
-    Cancel(SweepArg),
+    Cancel(CancelArgs),
     /// Copy results of finished runs back from the cluster.
     #[command(after_help = "Example:\n  sweep collect sweeps/paper-math-ift.toml")]
     Collect(SweepArg),
@@ -114,6 +114,19 @@ pub struct SubmitArgs {
     /// Upload the sweep binary (and libtorch) to the cluster first.
     #[arg(long)]
     pub install: bool,
+    /// The clusters file (default: $SWEEP_CLUSTERS, else ~/.config/sweep/clusters.toml).
+    #[arg(long, value_name = "FILE")]
+    pub clusters: Option<PathBuf>,
+}
+
+/// `sweep cancel`.
+#[derive(Debug, Clone, Args)]
+pub struct CancelArgs {
+    /// The sweep spec (TOML).
+    pub spec: PathBuf,
+    /// Cancel only these runs (repeatable); default: every job of the sweep.
+    #[arg(long = "run", value_name = "ID")]
+    pub runs: Vec<String>,
 }
 
 /// Commands that act on one sweep.
@@ -141,6 +154,10 @@ pub struct TrainArgs {
     /// Intra-op threads (default: SLURM_CPUS_PER_TASK, else all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Do no work: write a completed result.json with no evaluations (for testing executors and
+    /// benchmarking the scheduler path without the trainer).
+    #[arg(long)]
+    pub noop: bool,
 }
 
 /// `sweep pretrain`.

@@ -1,5 +1,5 @@
 //! `sweep run`, `sweep submit` (local), `sweep status` and `sweep cancel`: the local executor
-//! driven from a spec.
+//! driven from a spec; a sweep on a cluster is handed to [`super::slurm`].
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -9,8 +9,8 @@ use anyhow::Context;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use serde::Serialize;
 
-use super::{load_plan, sweep_dir, NotBuilt, UsageError};
-use crate::cli::{GlobalArgs, RunArgs, StatusArgs, SubmitArgs, SweepArg};
+use super::{load_plan, sweep_dir, UsageError};
+use crate::cli::{CancelArgs, GlobalArgs, RunArgs, StatusArgs, SubmitArgs, SweepArg};
 use crate::executor::local::{default_parallel, LocalExecutor, LocalRun, Outcome};
 use crate::executor::render::{JsonLinesRenderer, TextRenderer};
 use crate::executor::state::{result_state, SweepLock, SweepState};
@@ -119,13 +119,11 @@ pub fn run(g: &GlobalArgs, args: &RunArgs) -> anyhow::Result<()> {
 
 /// `sweep submit SPEC`: without a cluster, the local executor in the foreground.
 pub fn submit(g: &GlobalArgs, args: &SubmitArgs) -> anyhow::Result<()> {
-    if args.cluster.is_some() || args.install {
-        return Err(NotBuilt {
-            command: "submit --cluster",
-            what: "the Slurm-over-SSH executor; without --cluster, submit runs locally",
-            issue: "Executors: the local default and Slurm over SSH",
-        }
-        .into());
+    if let Some(cluster) = &args.cluster {
+        return super::slurm::submit(g, args, cluster);
+    }
+    if args.install {
+        return Err(UsageError("--install needs --cluster NAME".into()).into());
     }
     let (plan, outcome) = execute_locally(g, &args.spec, None, None, args.retry_failed)?;
     outcome_error(&plan, &args.spec, g, &outcome)
@@ -143,6 +141,12 @@ struct StatusRow {
 pub fn status(g: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<()> {
     let (_, plan) = load_plan(&args.spec, false)?;
     let dir = sweep_dir(g, &plan.name);
+    // A sweep on a cluster: one probe (squeue + accounting) refreshes the state first.
+    let note = if args.rebuild {
+        None
+    } else {
+        super::slurm::status_refresh(g, &plan)?
+    };
     let ids: Vec<String> = plan.runs.iter().map(|r| r.id.clone()).collect();
     let state = if args.rebuild {
         let _lock = SweepLock::acquire(&dir)?;
@@ -184,6 +188,9 @@ pub fn status(g: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<()> {
         }
     }
     println!("sweep {}: {} runs", plan.name, rows.len());
+    if let Some(n) = &note {
+        println!("{n}");
+    }
     println!("{t}");
     let show_all = g.verbose > 0;
     for r in rows
@@ -204,8 +211,11 @@ pub fn status(g: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<()> {
 }
 
 /// `sweep cancel SPEC`: stop the sweep's running local runs (SIGTERM: they checkpoint first).
-pub fn cancel(g: &GlobalArgs, args: &SweepArg) -> anyhow::Result<()> {
+pub fn cancel(g: &GlobalArgs, args: &CancelArgs) -> anyhow::Result<()> {
     let (_, plan) = load_plan(&args.spec, false)?;
+    if super::slurm::cancel(g, &plan, &args.runs)? {
+        return Ok(());
+    }
     let dir = sweep_dir(g, &plan.name);
     let state = SweepState::load(&dir, &plan.name)?.ok_or_else(|| {
         UsageError(format!(

@@ -6,6 +6,7 @@ pub mod plan;
 #[cfg(feature = "torch")]
 pub mod pretrain;
 pub mod report;
+pub mod slurm;
 
 use std::path::Path;
 
@@ -60,13 +61,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Submit(args) => execute::submit(g, &args),
         Command::Status(args) => execute::status(g, &args),
         Command::Cancel(args) => execute::cancel(g, &args),
-        Command::Collect(_) => Err(NotBuilt {
-            command: "collect",
-            what: "the Slurm executor",
-            issue: "Executors: the local default and Slurm over SSH",
-        }
-        .into()),
+        Command::Collect(args) => slurm::collect(g, &args.spec),
         Command::Report(args) => report::run(g, &args),
+        Command::Train(args) if args.noop => noop_train(&args.run),
         Command::Train(args) => train(g, &args),
         #[cfg(feature = "torch")]
         Command::Pretrain(args) => pretrain::run(g, &args),
@@ -137,6 +134,41 @@ fn train(_: &GlobalArgs, _: &crate::cli::TrainArgs) -> anyhow::Result<()> {
         issue: "The trainer: libtorch Llama with LoRA and full fine-tuning",
     }
     .into())
+}
+
+/// `sweep train RUN.json --noop`: a train mode that does no work. It writes a completed
+/// result.json with no evaluations beside run.json, for executor tests and benchmarks.
+fn noop_train(run: &Path) -> anyhow::Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Ids {
+        id: String,
+        config_id: String,
+    }
+    let text =
+        std::fs::read_to_string(run).with_context(|| format!("reading {}", run.display()))?;
+    let ids: Ids = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a run.json", run.display()))?;
+    let result = crate::results::RunResult {
+        schema: crate::results::RESULT_SCHEMA,
+        id: ids.id,
+        config_id: ids.config_id,
+        status: crate::results::RunStatus::Completed,
+        step: 0,
+        tokens: 0,
+        total_steps: 0,
+        final_train_loss: None,
+        evals: vec![],
+        metrics_not_measured: vec![],
+        trainable_params: 0,
+        total_params: 0,
+        wall_s: 0.0,
+        peak_rss_kib: None,
+        error: None,
+    };
+    let path = run.parent().unwrap_or(Path::new(".")).join("result.json");
+    let json = serde_json::to_vec_pretty(&result)?;
+    crate::util::write_atomic(&path, |w| w.write_all(&json))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Load a spec and plan it, locating any problem in the file. Shared by every command that

@@ -1,9 +1,10 @@
-//! Executors: take planned runs to completion, locally or (later) on Slurm, never running a
+//! Executors: take planned runs to completion, locally or on Slurm over SSH, never running a
 //! finished run twice. They emit typed [`Event`]s; renderers in [`render`] turn them into terminal
 //! lines or JSON lines, so an executor never prints.
 
 pub mod local;
 pub mod render;
+pub mod slurm;
 pub mod state;
 
 use serde::{Deserialize, Serialize};

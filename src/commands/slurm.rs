@@ -1,0 +1,389 @@
+//! `sweep submit --cluster`, and `status`, `cancel`, `collect` of a sweep submitted to a cluster:
+//! the Slurm executor driven from a spec. Settings are resolved here; the work is in
+//! [`crate::executor::slurm`].
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+
+use super::{load_plan, sweep_dir, UsageError};
+use crate::cli::{GlobalArgs, SubmitArgs};
+use crate::executor::slurm::config::{default_path, ClustersFile};
+use crate::executor::slurm::executor::{self as ex, Probe};
+use crate::executor::slurm::journal::{Journal, JOURNAL_SCHEMA};
+use crate::executor::slurm::quote::{from_home, join, sh_quote};
+use crate::executor::slurm::transport::Transport;
+use crate::executor::slurm::{check_version, connect, SlurmError};
+use crate::executor::state::{result_state, SweepLock, SweepState};
+use crate::plan::Plan;
+use crate::util::write_atomic;
+
+/// Seconds after a batch was journaled before an unconfirmed chunk of it is taken as never
+/// submitted.
+const UNCONFIRMED_GRACE_S: u64 = 3;
+
+fn now() -> (u64, u128) {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    (d.as_secs(), d.as_millis())
+}
+
+fn backend(j: &Journal) -> String {
+    format!("slurm:{}", j.cluster)
+}
+
+/// Mark runs with a final result.json here (collected earlier) as final in the state.
+fn local_results(dir: &Path, plan: &Plan, state: &mut SweepState, j: &Journal) {
+    for r in &plan.runs {
+        if let Some(s) = result_state(&dir.join("runs").join(&r.id)).filter(|s| s.is_final()) {
+            let rec = state.runs.entry(r.id.clone()).or_insert_with(|| {
+                crate::executor::state::RunRecord {
+                    state: s,
+                    attempts: 1,
+                    backend: backend(j),
+                    job_id: None,
+                    detail: None,
+                }
+            });
+            rec.state = s;
+        }
+    }
+}
+
+/// Probe, reconcile the journal, and bring the state up to date.
+fn refresh(
+    t: &mut dyn Transport,
+    j: &mut Journal,
+    state: &mut SweepState,
+    dir: &Path,
+    plan: &Plan,
+) -> anyhow::Result<Probe> {
+    let binary = j.config.remote_binary();
+    let probe = ex::run_probe(t, j, &binary, now().0)?;
+    j.facts = probe.facts.or(j.facts);
+    let found = ex::reconcile(j, &probe);
+    for (bi, ci) in found {
+        let b = j.batches[bi].clone();
+        ex::record_chunk(state, &backend(j), &b, &b.chunks[ci]);
+    }
+    let obs = ex::observe(j, &probe);
+    ex::apply(state, &backend(j), &obs);
+    local_results(dir, plan, state, j);
+    j.last_poll = Some(now().0);
+    j.save(dir)?;
+    state.save(dir)?;
+    Ok(probe)
+}
+
+/// `sweep submit SPEC --cluster NAME [--install] [--retry-failed]`.
+pub fn submit(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Result<()> {
+    let t0 = std::time::Instant::now();
+    let clusters_path = args.clusters.clone().unwrap_or_else(default_path);
+    let file = ClustersFile::load(&clusters_path).map_err(SlurmError::from)?;
+    let c = file
+        .get(cluster, &clusters_path.display().to_string())
+        .map_err(SlurmError::from)?
+        .clone();
+    let (src, plan) = load_plan(&args.spec, false)?;
+    let dir = sweep_dir(g, &plan.name);
+    let _lock = SweepLock::acquire(&dir)?;
+    let mut state =
+        SweepState::load(&dir, &plan.name)?.unwrap_or_else(|| SweepState::new(&plan.name));
+    let mut j = match Journal::load(&dir)? {
+        Some(j) if j.cluster != cluster => {
+            return Err(UsageError(format!(
+                "sweep {} was submitted to cluster `{}`; it cannot move to `{cluster}` (use another --results folder)",
+                plan.name, j.cluster
+            ))
+            .into())
+        }
+        Some(mut j) => {
+            j.config = c.clone();
+            j
+        }
+        None => Journal {
+            schema: JOURNAL_SCHEMA,
+            sweep: plan.name.clone(),
+            cluster: cluster.to_string(),
+            remote_dir: join(&c.work_dir, &format!("sweeps/{}", plan.name)),
+            config: c.clone(),
+            facts: None,
+            last_poll: None,
+            batches: vec![],
+        },
+    };
+    write_atomic(&dir.join("plan.jsonl"), |w| plan.write_jsonl(w))
+        .with_context(|| format!("writing {}", dir.join("plan.jsonl").display()))?;
+    write_atomic(&dir.join("spec.toml"), |w| w.write_all(src.text.as_bytes()))
+        .with_context(|| format!("writing {}", dir.join("spec.toml").display()))?;
+    j.save(&dir)?;
+
+    // An sbatch of a killed submit may still be landing: wait until its batch is a few seconds
+    // old before looking it up, so that it is found rather than submitted twice.
+    let youngest_unconfirmed = j
+        .batches
+        .iter()
+        .filter(|b| b.chunks.iter().any(|c| c.job_id.is_none()))
+        .map(|b| b.created)
+        .max();
+    if let Some(created) = youngest_unconfirmed {
+        let wait = (created + UNCONFIRMED_GRACE_S).saturating_sub(now().0);
+        if wait > 0 {
+            std::thread::sleep(std::time::Duration::from_secs(wait));
+        }
+    }
+    let mut t = connect(&c).map_err(SlurmError::from)?;
+    let binary = c.remote_binary();
+    if args.install {
+        install(t.as_mut(), &c, &binary)?;
+    }
+    let probe = refresh(t.as_mut(), &mut j, &mut state, &dir, &plan)?;
+    check_version(&probe.version, &binary, cluster)?;
+    for id in probe.results.keys() {
+        // A run with a result on the cluster is never sent again.
+        if let Some(r) = state.runs.get_mut(id) {
+            if let Some(s) = probe.results.get(id).filter(|s| s.is_final()) {
+                r.state = *s;
+            }
+        }
+    }
+    let ids: Vec<String> = plan.runs.iter().map(|r| r.id.clone()).collect();
+    let chosen = ex::to_submit(&ids, &state, &c, args.retry_failed);
+    let chosen_set: std::collections::HashSet<&String> = chosen.iter().collect();
+    let mut lines = Vec::with_capacity(chosen.len());
+    for r in plan.runs.iter().filter(|r| chosen_set.contains(&r.id)) {
+        lines.push((r.id.clone(), serde_json::to_string(&plan.run_file(r))?));
+    }
+    let submitted = if lines.is_empty() {
+        0
+    } else {
+        let be = backend(&j);
+        ex::submit_batch(
+            t.as_mut(),
+            &mut j,
+            &mut state,
+            &dir,
+            &be,
+            &binary,
+            &lines,
+            now().1,
+        )?
+    };
+    let done = ids
+        .iter()
+        .filter(|id| state.runs.get(*id).is_some_and(|r| r.state.is_final()))
+        .count();
+    let trips = t.round_trips();
+    if g.json {
+        println!(
+            "{}",
+            serde_json::json!({"sweep": plan.name, "cluster": cluster, "runs": ids.len(),
+                "submitted": submitted, "done": done, "round_trips": trips,
+                "wall_s": t0.elapsed().as_secs_f64()})
+        );
+    } else if !g.quiet {
+        println!(
+            "sweep {}: submitted {submitted} of {} runs to {cluster} ({done} already done, the rest queued or waiting for a retry); {trips} SSH round trips in {:.1}s",
+            plan.name,
+            ids.len(),
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// Upload this binary as the remote sweep binary (written beside it, then renamed, so that a
+/// running job keeps its file).
+fn install(
+    t: &mut dyn Transport,
+    c: &crate::executor::slurm::config::ClusterConfig,
+    binary: &str,
+) -> anyhow::Result<()> {
+    if cfg!(feature = "torch") && c.libtorch.is_none() {
+        install_libtorch(t, &c.remote_libtorch())?;
+    }
+    let exe = std::env::current_exe().context("locating the sweep binary")?;
+    let data = std::fs::read(&exe).with_context(|| format!("reading {}", exe.display()))?;
+    let part = format!("{binary}.part");
+    let parent = Path::new(binary)
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| ".".into());
+    let out = t.exec(&format!("mkdir -p {}", sh_quote(&parent)))?;
+    if out.code != 0 {
+        anyhow::bail!("creating {parent} on the cluster: {}", out.stderr.trim());
+    }
+    t.upload(&data, &part, 0o755)?;
+    let out = t.exec(&format!(
+        "chmod 755 {p} && mv -f {p} {b}",
+        p = sh_quote(&part),
+        b = sh_quote(binary)
+    ))?;
+    if out.code != 0 {
+        anyhow::bail!("installing {binary} on the cluster: {}", out.stderr.trim());
+    }
+    Ok(())
+}
+
+/// Copy the libtorch this binary was built against into `remote`/lib, skipping files that are
+/// already there with the same size (one listing round trip, then one upload per changed file).
+fn install_libtorch(t: &mut dyn Transport, remote: &str) -> anyhow::Result<()> {
+    let Some(local) = option_env!("SWEEP_LIBTORCH_LIB").map(std::path::PathBuf::from) else {
+        anyhow::bail!("this binary does not know the libtorch it was built against: set `libtorch` in the cluster config to a libtorch on the cluster");
+    };
+    let mut files: Vec<(String, u64)> = Vec::new();
+    for e in std::fs::read_dir(&local).with_context(|| format!("{}: the libtorch this binary was built against is gone: set `libtorch` in the cluster config", local.display()))? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if e.file_type()?.is_file() && name.contains(".so") {
+            files.push((name, e.metadata()?.len()));
+        }
+    }
+    files.sort();
+    let lib = format!("{}/lib", remote.trim_end_matches('/'));
+    let listing = t.exec(&format!("mkdir -p {q} && cd {q} && for f in *; do [ -f \"$f\" ] && printf '%s %s\\n' \"$f\" \"$(wc -c < \"$f\")\"; done; true", q = from_home(&lib)))?;
+    if listing.code != 0 {
+        anyhow::bail!("creating {lib} on the cluster: {}", listing.stderr.trim());
+    }
+    let present: std::collections::HashMap<&str, u64> = listing
+        .stdout
+        .lines()
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(n, s)| s.trim().parse().ok().map(|s| (n, s)))
+        .collect();
+    for (name, size) in &files {
+        if present.get(name.as_str()) == Some(size) {
+            continue;
+        }
+        let data = std::fs::read(local.join(name))
+            .with_context(|| format!("reading {}", local.join(name).display()))?;
+        let dest = format!("{lib}/{name}");
+        let part = format!("{dest}.part");
+        t.upload(&data, &part, 0o644)?;
+        let out = t.exec(&format!("mv -f {} {}", from_home(&part), from_home(&dest)))?;
+        if out.code != 0 {
+            anyhow::bail!("installing {dest} on the cluster: {}", out.stderr.trim());
+        }
+    }
+    Ok(())
+}
+
+/// Bring a cluster sweep's state up to date for `sweep status` (at most once per polling
+/// floor); returns a note for the table, or None when the sweep was not submitted to a cluster.
+pub fn status_refresh(g: &GlobalArgs, plan: &Plan) -> anyhow::Result<Option<String>> {
+    let dir = sweep_dir(g, &plan.name);
+    let Some(mut j) = Journal::load(&dir)? else {
+        return Ok(None);
+    };
+    let (now_s, _) = now();
+    if let Some(last) = j.last_poll {
+        let age = now_s.saturating_sub(last);
+        if age < j.config.poll_floor_s {
+            return Ok(Some(format!(
+                "cluster {}: polled {age}s ago; the next poll is allowed in {}s (poll_floor_s)",
+                j.cluster,
+                j.config.poll_floor_s - age
+            )));
+        }
+    }
+    let _lock = SweepLock::acquire(&dir)?;
+    let mut state =
+        SweepState::load(&dir, &plan.name)?.unwrap_or_else(|| SweepState::new(&plan.name));
+    let mut t = connect(&j.config).map_err(SlurmError::from)?;
+    refresh(t.as_mut(), &mut j, &mut state, &dir, plan)?;
+    Ok(Some(format!(
+        "cluster {}: polled now ({} SSH round trip{})",
+        j.cluster,
+        t.round_trips(),
+        if t.round_trips() == 1 { "" } else { "s" }
+    )))
+}
+
+/// `sweep cancel` of a cluster sweep: scancel its arrays (or the given runs' tasks).
+pub fn cancel(g: &GlobalArgs, plan: &Plan, only: &[String]) -> anyhow::Result<bool> {
+    let dir = sweep_dir(g, &plan.name);
+    let Some(j) = Journal::load(&dir)? else {
+        return Ok(false);
+    };
+    let _lock = SweepLock::acquire(&dir)?;
+    let state = SweepState::load(&dir, &plan.name)?.unwrap_or_else(|| SweepState::new(&plan.name));
+    let mut t = connect(&j.config).map_err(SlurmError::from)?;
+    let n = ex::cancel(t.as_mut(), &j, &state, only)?;
+    if !g.quiet {
+        println!(
+            "cancelled {n} {} on {}; `sweep submit` resubmits them, resuming from checkpoints",
+            if only.is_empty() {
+                "job arrays"
+            } else {
+                "jobs"
+            },
+            j.cluster
+        );
+    }
+    Ok(true)
+}
+
+/// `sweep collect SPEC`: copy result.json and metrics.jsonl of finished runs into
+/// results/NAME/runs/ID/, checking that each result is complete.
+pub fn collect(g: &GlobalArgs, spec: &Path) -> anyhow::Result<()> {
+    let (_, plan) = load_plan(spec, false)?;
+    let dir = sweep_dir(g, &plan.name);
+    let Some(mut j) = Journal::load(&dir)? else {
+        return Err(UsageError(format!(
+            "sweep {} was not submitted to a cluster from here ({} has no slurm.json): nothing to collect",
+            plan.name,
+            dir.display()
+        ))
+        .into());
+    };
+    let _lock = SweepLock::acquire(&dir)?;
+    let mut state =
+        SweepState::load(&dir, &plan.name)?.unwrap_or_else(|| SweepState::new(&plan.name));
+    let mut t = connect(&j.config).map_err(SlurmError::from)?;
+    let probe = refresh(t.as_mut(), &mut j, &mut state, &dir, &plan)?;
+    let (mut collected, mut have, mut bad) = (0, 0, Vec::new());
+    for r in &plan.runs {
+        let local = dir.join("runs").join(&r.id);
+        if result_state(&local).is_some_and(|s| s.is_final()) {
+            have += 1;
+            continue;
+        }
+        if !probe.results.contains_key(&r.id) {
+            continue;
+        }
+        let rd = join(&j.remote_dir, &format!("runs/{}", r.id));
+        let Some(result) = t.download(&join(&rd, "result.json"))? else {
+            continue;
+        };
+        if let Err(e) = serde_json::from_slice::<crate::results::RunResult>(&result) {
+            bad.push(format!("{}: incomplete result.json ({e})", r.id));
+            continue;
+        }
+        if let Some(m) = t.download(&join(&rd, "metrics.jsonl"))? {
+            write_atomic(&local.join("metrics.jsonl"), |w| w.write_all(&m))?;
+        }
+        write_atomic(&local.join("result.json"), |w| w.write_all(&result))?;
+        collected += 1;
+    }
+    local_results(&dir, &plan, &mut state, &j);
+    state.save(&dir)?;
+    let waiting = plan.runs.len() - collected - have;
+    if !g.quiet {
+        println!(
+            "sweep {}: collected {collected} runs into {}/runs ({have} were here already, {waiting} not finished or failed); {} SSH round trips",
+            plan.name,
+            dir.display(),
+            t.round_trips()
+        );
+        for b in &bad {
+            println!("  {b}");
+        }
+    }
+    if !bad.is_empty() {
+        anyhow::bail!("{} results on the cluster are incomplete", bad.len());
+    }
+    Ok(())
+}

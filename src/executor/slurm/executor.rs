@@ -1,0 +1,712 @@
+//! Submit, poll, cancel and collect over a [`Transport`]: the Slurm executor's logic. One probe
+//! command reads the cluster's config, the remote binary's version, squeue, the accounting
+//! source, the results and jobs.log in a single round trip; submit adds three uploads and one
+//! command for every sbatch call.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::config::ClusterConfig;
+use super::journal::{Batch, ChunkRecord, Journal};
+use super::parse::{self, Accounting, ClusterFacts, JobRow};
+use super::quote::{from_home, join, sh_quote};
+use super::retry::resubmit;
+use super::script;
+use super::transport::{Transport, TransportError};
+use super::SlurmError;
+use crate::executor::state::{RunRecord, SweepState};
+use crate::executor::JobState;
+
+/// What one probe saw.
+#[derive(Debug, Clone, Default)]
+pub struct Probe {
+    /// The cluster's facts.
+    pub facts: Option<ClusterFacts>,
+    /// `sweep --version` of the remote binary, or the error.
+    pub version: String,
+    /// squeue rows.
+    pub live: Vec<JobRow>,
+    /// Accounting rows (finished jobs).
+    pub done: Vec<JobRow>,
+    /// Run results on the cluster.
+    pub results: HashMap<String, JobState>,
+    /// Run id and `ARRAY_TASK` job id by raw job id (jobs.log).
+    pub jobs_log: HashMap<String, (String, String)>,
+}
+
+/// The probe command (pure): everything status and submit need, in one remote call.
+pub fn probe_command(remote_dir: &str, binary: &str, acct_age_s: u64) -> String {
+    let d = sh_quote(remote_dir);
+    format!(
+        "mkdir -p {d}/logs {d}/batches {d}/runs && cd {d} && {{ \
+echo @@config; cfg=$(scontrol show config 2>&1); printf '%s\\n' \"$cfg\" | grep -E '^(MaxArraySize|AccountingStorageType|JobCompType) '; \
+echo @@version; {bin} --version 2>&1 || echo \"cannot run: exit $?\"; \
+echo @@squeue; squeue -h -r -u \"$(id -un)\" -o '{sq}' 2>&1; \
+echo @@acct; case \"$cfg\" in *accounting_storage/slurmdbd*) sacct -n -P -X -u \"$(id -un)\" -S now-{age} -o {sa} 2>&1 ;; \
+*jobcomp/filetxt*) sacct -c -n -P -o {sa} 2>/dev/null ;; *) scontrol show job -o 2>/dev/null ;; esac; \
+echo @@results; for f in runs/*/result.json; do [ -e \"$f\" ] && grep -H -o '\"status\": *\"[a-z_]*\"' \"$f\"; done; \
+echo @@jobslog; cat jobs.log 2>/dev/null; true; }}",
+        bin = from_home(binary),
+        sq = parse::SQUEUE_FORMAT,
+        sa = parse::SACCT_FIELDS,
+        age = acct_age_s.max(3600),
+    )
+}
+
+/// Read the probe's output (pure).
+pub fn parse_probe(text: &str) -> Probe {
+    let mut sections: HashMap<&str, String> = HashMap::new();
+    let mut cur = "";
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix("@@") {
+            cur = match name {
+                "config" => "config",
+                "version" => "version",
+                "squeue" => "squeue",
+                "acct" => "acct",
+                "results" => "results",
+                "jobslog" => "jobslog",
+                _ => cur,
+            };
+            if ["config", "version", "squeue", "acct", "results", "jobslog"].contains(&name) {
+                continue;
+            }
+        }
+        let s = sections.entry(cur).or_default();
+        s.push_str(line);
+        s.push('\n');
+    }
+    let get = |k: &str| sections.get(k).map(String::as_str).unwrap_or("");
+    let facts = sections
+        .contains_key("config")
+        .then(|| parse::parse_config(get("config")));
+    let acct = get("acct");
+    let done = match facts.map(|f| f.accounting) {
+        Some(Accounting::Scontrol) => parse::parse_scontrol_jobs(acct),
+        _ => parse::parse_sacct(acct),
+    };
+    Probe {
+        facts,
+        version: get("version").trim().to_string(),
+        live: parse::parse_squeue(get("squeue")),
+        done,
+        results: parse::parse_results(get("results")),
+        jobs_log: parse::parse_jobs_log(get("jobslog")),
+    }
+}
+
+/// What the cluster says about one run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    /// Its state.
+    pub state: JobState,
+    /// `ARRAY_TASK` job id.
+    pub job_id: Option<String>,
+    /// Slurm's words.
+    pub detail: Option<String>,
+}
+
+/// Join the probe with the journal (pure): run id -> what the cluster says. Finished-job records
+/// come first (the newest per run wins), live ones override them, and a result on the cluster
+/// overrides both. A job that completed without a result.json is a failure.
+pub fn observe(journal: &Journal, probe: &Probe) -> BTreeMap<String, Observed> {
+    let prefix = journal.job_prefix();
+    let mut by_array: HashMap<&str, (&Batch, &ChunkRecord)> = HashMap::new();
+    for b in &journal.batches {
+        for c in &b.chunks {
+            if let Some(j) = &c.job_id {
+                by_array.insert(j.as_str(), (b, c));
+            }
+        }
+    }
+    let run_of = |row: &JobRow| -> Option<(String, String)> {
+        if !row.name.starts_with(&prefix) {
+            return None;
+        }
+        if let Some((aj, k)) = &row.array {
+            if let Some((b, c)) = by_array.get(aj.as_str()) {
+                let i = c.offset + *k as usize;
+                return b.ids.get(i).map(|id| (id.clone(), format!("{aj}_{k}")));
+            }
+        }
+        probe.jobs_log.get(&row.raw_id).cloned()
+    };
+    let num = |s: &str| s.parse::<u64>().unwrap_or(0);
+    let mut out: BTreeMap<String, Observed> = BTreeMap::new();
+    let mut newest: HashMap<String, u64> = HashMap::new();
+    for row in &probe.done {
+        let Some((id, job)) = run_of(row) else {
+            continue;
+        };
+        let raw = num(&row.raw_id);
+        if newest.get(&id).is_some_and(|&n| n > raw) {
+            continue;
+        }
+        newest.insert(id.clone(), raw);
+        out.insert(
+            id,
+            Observed {
+                state: row.state,
+                job_id: Some(job),
+                detail: Some(row.detail.clone()),
+            },
+        );
+    }
+    for row in &probe.live {
+        let Some((id, job)) = run_of(row) else {
+            continue;
+        };
+        out.insert(
+            id,
+            Observed {
+                state: row.state,
+                job_id: Some(job),
+                detail: None,
+            },
+        );
+    }
+    for (id, o) in out.iter_mut() {
+        match probe.results.get(id) {
+            Some(s) if s.is_final() => {
+                o.state = *s;
+                o.detail = None;
+            }
+            _ if o.state == JobState::Completed => {
+                o.state = JobState::Failed;
+                o.detail = Some("the job ended without a result.json; see its train.log".into());
+            }
+            _ => {}
+        }
+    }
+    for (id, s) in &probe.results {
+        if s.is_final() {
+            out.entry(id.clone()).or_insert(Observed {
+                state: *s,
+                job_id: None,
+                detail: None,
+            });
+        }
+    }
+    out
+}
+
+/// Find journal chunks without a job id in what the cluster reports (by job name): found ones
+/// get their array job id, the rest are dropped (sbatch never ran for them). Returns the chunks
+/// found, as (batch index, chunk index).
+pub fn reconcile(journal: &mut Journal, probe: &Probe) -> Vec<(usize, usize)> {
+    let mut found = Vec::new();
+    for (bi, b) in journal.batches.iter_mut().enumerate() {
+        let mut keep = Vec::new();
+        for (ci, c) in b.chunks.drain(..).enumerate() {
+            if c.job_id.is_some() {
+                keep.push(c);
+                continue;
+            }
+            let ids: Vec<u64> = probe
+                .live
+                .iter()
+                .chain(&probe.done)
+                .filter(|r| r.name == c.job_name)
+                .map(|r| {
+                    r.array
+                        .as_ref()
+                        .map(|a| a.0.as_str())
+                        .unwrap_or(r.raw_id.as_str())
+                        .parse::<u64>()
+                        .unwrap_or(u64::MAX)
+                })
+                .collect();
+            if let Some(min) = ids.into_iter().min() {
+                found.push((bi, ci));
+                keep.push(ChunkRecord {
+                    job_id: Some(min.to_string()),
+                    ..c
+                });
+            }
+        }
+        b.chunks = keep;
+    }
+    journal.batches.retain(|b| !b.chunks.is_empty());
+    found
+}
+
+/// Record the jobs of a chunk in the sweep state: each run pending with its job id.
+pub fn record_chunk(state: &mut SweepState, backend: &str, b: &Batch, c: &ChunkRecord) {
+    let Some(job) = &c.job_id else { return };
+    for k in 0..c.len {
+        let Some(id) = b.ids.get(c.offset + k) else {
+            continue;
+        };
+        let rec = state.runs.entry(id.clone()).or_insert_with(|| RunRecord {
+            state: JobState::Pending,
+            attempts: 0,
+            backend: backend.to_string(),
+            job_id: None,
+            detail: None,
+        });
+        rec.attempts += 1;
+        rec.state = JobState::Pending;
+        rec.backend = backend.to_string();
+        rec.job_id = Some(format!("{job}_{k}"));
+        rec.detail = None;
+    }
+}
+
+/// Apply observations to the sweep state.
+pub fn apply(state: &mut SweepState, backend: &str, obs: &BTreeMap<String, Observed>) {
+    for (id, o) in obs {
+        let rec = state.runs.entry(id.clone()).or_insert_with(|| RunRecord {
+            state: o.state,
+            attempts: 1,
+            backend: backend.to_string(),
+            job_id: None,
+            detail: None,
+        });
+        // Only observations of the run's current job (or a result) change it.
+        if o.job_id.is_none()
+            || rec.job_id.is_none()
+            || o.job_id == rec.job_id
+            || o.state.is_final()
+        {
+            rec.state = o.state;
+            rec.detail = o.detail.clone();
+            if o.job_id.is_some() {
+                rec.job_id = o.job_id.clone();
+            }
+        }
+    }
+}
+
+/// Run the probe.
+pub fn run_probe(
+    t: &mut dyn Transport,
+    journal: &Journal,
+    binary: &str,
+    now: u64,
+) -> Result<Probe, SlurmError> {
+    let oldest = journal.batches.first().map(|b| b.created).unwrap_or(now);
+    let out = t.exec(&probe_command(
+        &journal.remote_dir,
+        binary,
+        now.saturating_sub(oldest) + 3600,
+    ))?;
+    if out.code != 0 {
+        return Err(SlurmError::Remote {
+            what: format!("preparing {}", journal.remote_dir),
+            detail: format!("{}{}", out.stdout, out.stderr).trim().to_string(),
+        });
+    }
+    Ok(parse_probe(&out.stdout))
+}
+
+/// Which runs to submit (pure): those without a final result, not queued or running, never
+/// submitted, or ended in a way the retry policy resubmits.
+pub fn to_submit(
+    ids: &[String],
+    state: &SweepState,
+    c: &ClusterConfig,
+    retry_failed: bool,
+) -> Vec<String> {
+    ids.iter()
+        .filter(|id| match state.runs.get(*id) {
+            None => true,
+            Some(r) if r.job_id.is_none() && r.state == JobState::Pending => true,
+            Some(r) if r.attempts == 0 && !r.state.is_final() => true,
+            Some(r) => resubmit(r.state, r.attempts, &c.retry, retry_failed),
+        })
+        .cloned()
+        .collect()
+}
+
+/// The sbatch command of a batch (pure): every chunk in turn, stopping at the first refusal;
+/// each success prints its job id.
+pub fn sbatch_command(remote_dir: &str, b: &Batch, max_concurrent: Option<u32>) -> String {
+    let mut s = format!("cd {} && {{ ", sh_quote(remote_dir));
+    for c in &b.chunks {
+        let chunk = script::Chunk {
+            offset: c.offset,
+            len: c.len,
+        };
+        s.push_str(&format!(
+            "sbatch --parsable --job-name={} --array={} batches/{}.sbatch {} || exit $?; ",
+            sh_quote(&c.job_name),
+            script::array_spec(chunk, max_concurrent),
+            b.tag,
+            c.offset
+        ));
+    }
+    s.push('}');
+    s
+}
+
+/// Submit `lines` (run id, run.json line) as a new batch: journal first, then three uploads and
+/// one command. Returns the run ids submitted.
+#[allow(clippy::too_many_arguments)]
+pub fn submit_batch(
+    t: &mut dyn Transport,
+    journal: &mut Journal,
+    state: &mut SweepState,
+    dir: &std::path::Path,
+    backend: &str,
+    binary: &str,
+    lines: &[(String, String)],
+    now_ms: u128,
+) -> Result<usize, SlurmError> {
+    let facts = journal.facts.unwrap_or(ClusterFacts {
+        max_array_size: 1001,
+        accounting: Accounting::Scontrol,
+    });
+    let tag = format!("{now_ms:x}");
+    let prefix = journal.job_prefix();
+    let chunks = script::chunks(lines.len(), facts.max_array_size);
+    let batch = Batch {
+        tag: tag.clone(),
+        created: u64::try_from(now_ms / 1000).unwrap_or(0),
+        ids: lines.iter().map(|(id, _)| id.clone()).collect(),
+        chunks: chunks
+            .iter()
+            .enumerate()
+            .map(|(k, c)| ChunkRecord {
+                offset: c.offset,
+                len: c.len,
+                job_name: format!("{prefix}{tag}-{k}"),
+                job_id: None,
+            })
+            .collect(),
+    };
+    // The intent is on disk before anything reaches the cluster.
+    journal.batches.push(batch.clone());
+    journal.save(dir)?;
+    let rd = &journal.remote_dir;
+    let mut jsonl = String::new();
+    let mut ids = String::new();
+    for (id, line) in lines {
+        jsonl.push_str(line.trim_end());
+        jsonl.push('\n');
+        ids.push_str(id);
+        ids.push('\n');
+    }
+    t.upload(
+        jsonl.as_bytes(),
+        &join(rd, &format!("batches/{tag}.jsonl")),
+        0o644,
+    )?;
+    t.upload(
+        ids.as_bytes(),
+        &join(rd, &format!("batches/{tag}.ids")),
+        0o644,
+    )?;
+    let text = script::render(&journal.config, binary, &tag);
+    t.upload(
+        text.as_bytes(),
+        &join(rd, &format!("batches/{tag}.sbatch")),
+        0o755,
+    )?;
+    let out = t.exec(&sbatch_command(rd, &batch, journal.config.max_concurrent))?;
+    let job_ids: Vec<String> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.split(';').next())
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_digit()))
+        .map(str::to_string)
+        .collect();
+    let Some(last) = journal.batches.last_mut() else {
+        return Err(SlurmError::Remote {
+            what: "recording the batch".into(),
+            detail: "the journal lost its batch".into(),
+        });
+    };
+    let mut submitted = 0;
+    for (k, c) in last.chunks.iter_mut().enumerate() {
+        c.job_id = job_ids.get(k).cloned();
+    }
+    last.chunks.retain(|c| c.job_id.is_some());
+    let kept = last.clone();
+    for c in &kept.chunks {
+        record_chunk(state, backend, &kept, c);
+        submitted += c.len;
+    }
+    if kept.chunks.is_empty() {
+        journal.batches.pop();
+    }
+    journal.save(dir)?;
+    state.save(dir)?;
+    if out.code != 0 {
+        let refused: Vec<&String> = batch.ids[submitted..].iter().collect();
+        let shown: Vec<&str> = refused.iter().take(5).map(|s| s.as_str()).collect();
+        return Err(SlurmError::Sbatch {
+            error: out.stderr.trim().to_string(),
+            runs: format!(
+                "{}{}",
+                shown.join(", "),
+                if refused.len() > 5 {
+                    format!(" and {} more", refused.len() - 5)
+                } else {
+                    String::new()
+                }
+            ),
+            submitted,
+        });
+    }
+    Ok(submitted)
+}
+
+/// Cancel jobs: the whole sweep's arrays, or the given runs' tasks (one scancel call).
+pub fn cancel(
+    t: &mut dyn Transport,
+    journal: &Journal,
+    state: &SweepState,
+    only: &[String],
+) -> Result<usize, SlurmError> {
+    let targets: Vec<String> = if only.is_empty() {
+        journal
+            .batches
+            .iter()
+            .flat_map(|b| b.chunks.iter().filter_map(|c| c.job_id.clone()))
+            .collect()
+    } else {
+        only.iter()
+            .filter_map(|id| state.runs.get(id).and_then(|r| r.job_id.clone()))
+            .collect()
+    };
+    if targets.is_empty() {
+        return Ok(0);
+    }
+    let cmd = format!(
+        "scancel {}",
+        targets
+            .iter()
+            .map(|t| sh_quote(t))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let out = t.exec(&cmd)?;
+    if out.code != 0 {
+        return Err(SlurmError::Remote {
+            what: "scancel".into(),
+            detail: out.stderr.trim().to_string(),
+        });
+    }
+    Ok(targets.len())
+}
+
+/// Whether a transport error is worth naming the config key for.
+pub fn hint(e: &TransportError) -> Option<&'static str> {
+    match e {
+        TransportError::UnknownHost { .. } => Some("known_hosts"),
+        TransportError::Auth { .. } => Some("identity_file"),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::slurm::config::ClustersFile;
+    use crate::executor::slurm::transport::fake::FakeTransport;
+    use crate::executor::slurm::transport::ExecOutput;
+
+    fn journal() -> Journal {
+        let f = ClustersFile::parse(
+            "[clusters.a]\nhost = \"h\"\nuser = \"u\"\nwork_dir = \"w d\"\nmax_concurrent = 4\n",
+            "c",
+        )
+        .unwrap();
+        Journal {
+            schema: 1,
+            sweep: "s".into(),
+            cluster: "a".into(),
+            config: f.clusters["a"].clone(),
+            remote_dir: "w d/sweeps/s".into(),
+            facts: Some(ClusterFacts {
+                max_array_size: 2,
+                accounting: Accounting::Jobcomp,
+            }),
+            last_poll: None,
+            batches: vec![],
+        }
+    }
+
+    fn lines(n: usize) -> Vec<(String, String)> {
+        (0..n)
+            .map(|i| (format!("r{i}-s0"), format!("{{\"id\":\"r{i}-s0\"}}")))
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_is_journaled_chunked_and_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = journal();
+        let mut st = SweepState::new("s");
+        let mut next = 100;
+        let mut t = FakeTransport::new(move |cmd, _| {
+            let n = cmd.matches("sbatch --parsable").count();
+            let ids: Vec<String> = (0..n)
+                .map(|_| {
+                    next += 1;
+                    next.to_string()
+                })
+                .collect();
+            ExecOutput {
+                stdout: ids.join("\n") + "\n",
+                ..Default::default()
+            }
+        });
+        let n = submit_batch(
+            &mut t,
+            &mut j,
+            &mut st,
+            dir.path(),
+            "slurm:a",
+            "b",
+            &lines(5),
+            0xabc,
+        )
+        .unwrap();
+        assert_eq!(n, 5);
+        assert_eq!(t.round_trips(), 4, "three uploads and one sbatch command");
+        assert!(t.commands[0].contains("--array=0-1%4 batches/abc.sbatch 0 ||"));
+        assert!(t.commands[0].contains("--array=0-0%4 batches/abc.sbatch 4 ||"));
+        assert!(t.commands[0].starts_with("cd 'w d/sweeps/s' && "));
+        assert_eq!(j.batches[0].chunks.len(), 3);
+        assert_eq!(st.runs["r4-s0"].job_id.as_deref(), Some("103_0"));
+        assert_eq!(st.runs["r3-s0"].job_id.as_deref(), Some("102_1"));
+        assert_eq!(
+            Journal::load(dir.path()).unwrap().unwrap(),
+            j,
+            "the journal is saved"
+        );
+        assert_eq!(
+            t.files["w d/sweeps/s/batches/abc.ids"],
+            b"r0-s0\nr1-s0\nr2-s0\nr3-s0\nr4-s0\n"
+        );
+    }
+
+    #[test]
+    fn a_refused_chunk_names_its_runs_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = journal();
+        let mut st = SweepState::new("s");
+        let mut t = FakeTransport::new(|_, _| ExecOutput {
+            stdout: "7\n".into(),
+            stderr: "sbatch: error: invalid partition specified: nope\n".into(),
+            code: 1,
+        });
+        let e = submit_batch(
+            &mut t,
+            &mut j,
+            &mut st,
+            dir.path(),
+            "slurm:a",
+            "b",
+            &lines(3),
+            1,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("invalid partition"), "{e}");
+        assert!(e.contains("r2-s0"), "{e}");
+        assert_eq!(st.runs.len(), 2);
+        assert_eq!(j.batches[0].chunks.len(), 1);
+    }
+
+    #[test]
+    fn reconcile_finds_jobs_submitted_before_a_crash_and_drops_the_rest() {
+        let mut j = journal();
+        let p = j.job_prefix();
+        j.batches.push(Batch {
+            tag: "t".into(),
+            created: 0,
+            ids: vec!["a".into(), "b".into(), "c".into()],
+            chunks: vec![
+                ChunkRecord {
+                    offset: 0,
+                    len: 2,
+                    job_name: format!("{p}t-0"),
+                    job_id: None,
+                },
+                ChunkRecord {
+                    offset: 2,
+                    len: 1,
+                    job_name: format!("{p}t-1"),
+                    job_id: None,
+                },
+            ],
+        });
+        let probe = parse_probe(&format!(
+            "@@config\nJobCompType = jobcomp/filetxt\n@@squeue\n41|40|1|{p}t-0|PENDING|None\n@@acct\n40|40|{p}t-0|COMPLETED|0:0\n@@results\nruns/a/result.json:\"status\":\"completed\"\n@@jobslog\n40 40_0 a\n"
+        ));
+        let found = reconcile(&mut j, &probe);
+        assert_eq!(found, vec![(0, 0)]);
+        assert_eq!(j.batches[0].chunks.len(), 1);
+        assert_eq!(j.batches[0].chunks[0].job_id.as_deref(), Some("40"));
+        let obs = observe(&j, &probe);
+        assert_eq!(obs["a"].state, JobState::Completed);
+        assert_eq!(obs["b"].state, JobState::Pending);
+        assert_eq!(obs["b"].job_id.as_deref(), Some("40_1"));
+        assert!(!obs.contains_key("c"));
+    }
+
+    #[test]
+    fn completed_without_result_is_a_failure_and_other_jobs_are_ignored() {
+        let mut j = journal();
+        let p = j.job_prefix();
+        j.batches.push(Batch {
+            tag: "t".into(),
+            created: 0,
+            ids: vec!["a".into()],
+            chunks: vec![ChunkRecord {
+                offset: 0,
+                len: 1,
+                job_name: format!("{p}t-0"),
+                job_id: Some("9".into()),
+            }],
+        });
+        let probe = parse_probe(&format!(
+            "@@config\nJobCompType = jobcomp/filetxt\n@@acct\n9|9|{p}t-0|COMPLETED|0:0\n3|3|someone-else|FAILED|1:0\n@@jobslog\n9 9_0 a\n3 3_0 a\n"
+        ));
+        let obs = observe(&j, &probe);
+        assert_eq!(obs["a"].state, JobState::Failed);
+        assert!(obs["a"].detail.as_deref().unwrap().contains("result.json"));
+    }
+
+    #[test]
+    fn choosing_runs_follows_the_retry_policy() {
+        let j = journal();
+        let mut st = SweepState::new("s");
+        let rec = |s, a, job: Option<&str>| RunRecord {
+            state: s,
+            attempts: a,
+            backend: "slurm:a".into(),
+            job_id: job.map(str::to_string),
+            detail: None,
+        };
+        st.runs
+            .insert("done".into(), rec(JobState::Completed, 1, Some("1_0")));
+        st.runs
+            .insert("queued".into(), rec(JobState::Pending, 1, Some("1_1")));
+        st.runs
+            .insert("to".into(), rec(JobState::Timeout, 1, Some("1_2")));
+        st.runs
+            .insert("f".into(), rec(JobState::Failed, 1, Some("1_3")));
+        let ids: Vec<String> = ["done", "queued", "to", "f", "new"]
+            .map(String::from)
+            .into();
+        assert_eq!(to_submit(&ids, &st, &j.config, false), vec!["to", "new"]);
+        assert_eq!(
+            to_submit(&ids, &st, &j.config, true),
+            vec!["to", "f", "new"]
+        );
+    }
+
+    #[test]
+    fn the_probe_quotes_the_remote_folder_and_binary() {
+        let c = probe_command("w/$(touch pwned)/it's", "/b in/sweep", 10);
+        assert!(
+            c.starts_with("mkdir -p 'w/$(touch pwned)/it'\\''s'/logs "),
+            "{c}"
+        );
+        assert!(c.contains("'/b in/sweep' --version"), "{c}");
+        assert!(c.contains("-S now-3600"), "{c}");
+    }
+}

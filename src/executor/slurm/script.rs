@@ -1,0 +1,199 @@
+//! The sbatch script of a batch of runs, and how a batch is split into job arrays: pure
+//! functions of the cluster config, checked against golden files in tests/golden/.
+
+use super::config::ClusterConfig;
+use super::quote::{from_home, sh_quote};
+
+/// One job array of a batch: array indices 0..len, run `offset + index` of the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunk {
+    /// The batch line of index 0.
+    pub offset: usize,
+    /// Array tasks.
+    pub len: usize,
+}
+
+/// Split `n` runs into arrays that fit `max_array_size` (Slurm's MaxArraySize: the largest index
+/// is MaxArraySize - 1, so every chunk is indexed from 0 and carries an offset).
+pub fn chunks(n: usize, max_array_size: u32) -> Vec<Chunk> {
+    let size = (max_array_size as usize).max(1);
+    (0..n)
+        .step_by(size)
+        .map(|offset| Chunk {
+            offset,
+            len: size.min(n - offset),
+        })
+        .collect()
+}
+
+/// The `--array` value of a chunk: `0-(len-1)` and the `%N` throttle.
+pub fn array_spec(chunk: Chunk, max_concurrent: Option<u32>) -> String {
+    let mut s = format!("0-{}", chunk.len.saturating_sub(1));
+    if let Some(n) = max_concurrent.filter(|n| *n > 0) {
+        s.push_str(&format!("%{n}"));
+    }
+    s
+}
+
+/// The job script of batch `tag`, run from the remote sweep folder with the chunk offset as $1.
+/// Task i trains line `offset + i + 1` of batches/TAG.jsonl (its run id on the same line of
+/// batches/TAG.ids), records its job ids in jobs.log, and forwards SIGUSR1 (sent
+/// `checkpoint_signal_s` before the time limit) and SIGTERM to the trainer so it checkpoints.
+pub fn render(c: &ClusterConfig, binary: &str, tag: &str) -> String {
+    let mut s = String::new();
+    s.push_str("#!/bin/bash\n");
+    s.push_str(&format!(
+        "# Written by `sweep submit`: one array task per run of batch {tag}; $1 is the chunk offset.\n"
+    ));
+    let mut opt = |k: &str, v: &str| s.push_str(&format!("#SBATCH --{k}={v}\n"));
+    opt("output", "logs/%A_%a.out");
+    opt("open-mode", "append");
+    s.push_str("#SBATCH --requeue\n");
+    let mut opt = |k: &str, v: &str| s.push_str(&format!("#SBATCH --{k}={v}\n"));
+    opt("signal", &format!("B:USR1@{}", c.checkpoint_signal_s));
+    for (k, v) in [
+        ("partition", &c.partition),
+        ("account", &c.account),
+        ("qos", &c.qos),
+        ("time", &c.time_limit),
+        ("mem", &c.mem),
+        ("gres", &c.gres),
+    ] {
+        if let Some(v) = v {
+            opt(k, v);
+        }
+    }
+    if let Some(n) = c.cpus_per_task {
+        opt("cpus-per-task", &n.to_string());
+    }
+    for l in &c.sbatch_extra {
+        s.push_str(&format!("#SBATCH {l}\n"));
+    }
+    s.push_str("set -u\n");
+    // The task records which run it is before anything can fail, so that accounting without
+    // array ids (jobcomp/filetxt) still maps its end to the run.
+    s.push_str(&format!(
+        r#"offset=${{1:?the chunk offset}}
+line=$((SLURM_ARRAY_TASK_ID + offset + 1))
+id=$(sed -n "${{line}}p" batches/{tag}.ids)
+if [ -z "$id" ]; then echo "no run on line $line of batches/{tag}.ids" >&2; exit 2; fi
+echo "$SLURM_JOB_ID ${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}} $id" >> jobs.log
+run=runs/$id
+mkdir -p "$run"
+sed -n "${{line}}p" batches/{tag}.jsonl > "$run/.run.json.tmp" && mv "$run/.run.json.tmp" "$run/run.json"
+"#
+    ));
+    for l in &c.setup {
+        s.push_str(l);
+        s.push('\n');
+    }
+    // The configured libtorch, or the one `--install` copied (harmless for a build without it).
+    s.push_str(&format!(
+        "export LD_LIBRARY_PATH={}/lib${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}\n",
+        from_home(&c.remote_libtorch())
+    ));
+    s.push_str(&format!(
+        r#"{bin} train "$run/run.json"{extra} --threads "${{SLURM_CPUS_PER_TASK:-1}}" >> "$run/train.log" 2>&1 &
+child=$!
+trap 'kill -USR1 "$child" 2>/dev/null' USR1
+trap 'kill -TERM "$child" 2>/dev/null' TERM
+while true; do
+    wait "$child"
+    code=$?
+    kill -0 "$child" 2>/dev/null || break
+done
+exit "$code"
+"#,
+        bin = from_home(binary),
+        extra = c
+            .train_args
+            .iter()
+            .map(|a| format!(" {}", sh_quote(a)))
+            .collect::<String>()
+    ));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::slurm::config::ClustersFile;
+
+    fn golden(name: &str, actual: &str) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(name);
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, actual).unwrap();
+        }
+        let expected = std::fs::read_to_string(&path)
+            .unwrap_or_else(|_| panic!("{} missing: run with UPDATE_GOLDEN=1", path.display()));
+        assert_eq!(
+            actual, expected,
+            "{name} changed; rerun with UPDATE_GOLDEN=1 if that is intended"
+        );
+    }
+
+    #[test]
+    fn full_script_matches_its_golden_file() {
+        let f = ClustersFile::parse(
+            include_str!("../../../sweeps/clusters.toml"),
+            "sweeps/clusters.toml",
+        )
+        .unwrap();
+        let mut c = f.clusters["mycluster"].clone();
+        c.libtorch = Some("/opt/lib torch".into());
+        golden(
+            "sbatch_full.sh",
+            &render(&c, "/opt/my sweep/bin/sweep", "18c0ffee"),
+        );
+    }
+
+    #[test]
+    fn minimal_script_matches_its_golden_file() {
+        let f = ClustersFile::parse(
+            "[clusters.a]\nhost = \"h\"\nuser = \"u\"\nwork_dir = \"w\"\n",
+            "c",
+        )
+        .unwrap();
+        golden(
+            "sbatch_minimal.sh",
+            &render(&f.clusters["a"], "w/bin/sweep-0.1.0", "abc123"),
+        );
+    }
+
+    #[test]
+    fn arrays_fit_max_array_size_and_carry_offsets() {
+        assert_eq!(chunks(0, 1001), vec![]);
+        assert_eq!(chunks(5, 1001), vec![Chunk { offset: 0, len: 5 }]);
+        assert_eq!(
+            chunks(2500, 1001),
+            vec![
+                Chunk {
+                    offset: 0,
+                    len: 1001
+                },
+                Chunk {
+                    offset: 1001,
+                    len: 1001
+                },
+                Chunk {
+                    offset: 2002,
+                    len: 498
+                }
+            ]
+        );
+        assert_eq!(chunks(2, 0).len(), 2, "a zero limit still submits");
+        assert_eq!(
+            array_spec(
+                Chunk {
+                    offset: 1001,
+                    len: 498
+                },
+                Some(16)
+            ),
+            "0-497%16"
+        );
+        assert_eq!(array_spec(Chunk { offset: 0, len: 1 }, None), "0-0");
+    }
+}
