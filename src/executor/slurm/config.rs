@@ -320,6 +320,10 @@ impl ClusterConfig {
     }
 }
 
+/// Where `--install` puts libtorch when the config names none: under the remote user's home,
+/// shared by every sweep and work dir of that user (it is about 500 MB).
+pub const LIBTORCH_DIR: &str = ".cache/sweep/libtorch-2.11.0";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,6 +382,3 @@ mod tests {
     }
 }
 
-/// Where `--install` puts libtorch when the config names none: under the remote user's home,
-/// shared by every sweep and work dir of that user (it is about 500 MB).
-pub const LIBTORCH_DIR: &str = ".cache/sweep/libtorch-2.11.0";
