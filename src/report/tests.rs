@@ -203,3 +203,16 @@ fn markdown_and_html_render_every_table_and_plot() {
     let csvs = render::csv_tables(&r);
     assert_eq!(csvs.len(), r.tables.len());
 }
+
+/// The Markdown of a fixed synthetic sweep, checked against tests/golden/report.md
+/// (regenerate with UPDATE_GOLDEN=1 when a change is intended).
+#[test]
+fn markdown_matches_its_golden_file() {
+    let md = render::markdown(&build(&sweep(2)));
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/report.md");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &md).unwrap();
+    }
+    let want = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(md, want, "report.md changed; rerun with UPDATE_GOLDEN=1 if that is intended");
+}
