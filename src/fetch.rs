@@ -131,6 +131,8 @@ pub struct FetchRequest {
 /// What happened, for the caller to show.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FetchEvent {
+    /// Another process is downloading the same file: waiting for it to finish.
+    WaitingForOther,
     /// An existing file is being hashed to compare with `--sha256`.
     Verifying {
         /// Its size.
@@ -400,7 +402,8 @@ pub fn client() -> Result<Client, FetchError> {
 /// Download `req.url` to `req.dest` unless a complete file is already there.
 ///
 /// An existing file at `dest` is complete (only finished downloads are renamed there); with
-/// `sha256` it is hashed, and kept without any request when it matches. Otherwise a partial
+/// `sha256` it is hashed, and kept without any request when it matches. One process at a time
+/// downloads a given file (a lock beside it); the others wait, then find it. Otherwise a partial
 /// `NAME.part` with its sidecar is resumed when the sidecar names the same URL and has a
 /// validator; the server's 206 appends, a 200 starts over. After the transfer the SHA-256 is
 /// checked before the part is renamed into place; on a mismatch nothing is left at `dest`.
@@ -409,34 +412,8 @@ pub fn fetch(
     on_event: &mut dyn FnMut(&FetchEvent),
 ) -> Result<Fetched, FetchError> {
     let dest = &req.dest;
-    if let Ok(meta) = std::fs::metadata(dest) {
-        if meta.is_file() {
-            match &req.sha256 {
-                None => {
-                    return Ok(Fetched {
-                        path: dest.clone(),
-                        bytes: meta.len(),
-                        sha256: None,
-                        downloaded: false,
-                        resumed_from: 0,
-                    })
-                }
-                Some(want) => {
-                    on_event(&FetchEvent::Verifying { bytes: meta.len() });
-                    let got = sha256_file(dest)?;
-                    if &got == want {
-                        return Ok(Fetched {
-                            path: dest.clone(),
-                            bytes: meta.len(),
-                            sha256: Some(got),
-                            downloaded: false,
-                            resumed_from: 0,
-                        });
-                    }
-                    on_event(&FetchEvent::ExistingMismatch { got });
-                }
-            }
-        }
+    if let Some(done) = already_here(req, on_event)? {
+        return Ok(done);
     }
     let dir = dest
         .parent()
@@ -446,6 +423,117 @@ pub fn fetch(
         path: dir.to_path_buf(),
         io,
     })?;
+    let lock = DownloadLock::take(dest, on_event)?;
+    // Whoever held the lock may have just finished the file.
+    if let Some(done) = already_here(req, on_event)? {
+        lock.release();
+        return Ok(done);
+    }
+    let result = download(req, on_event);
+    lock.release();
+    result
+}
+
+/// The file at `dest` when it is complete: it exists (only finished downloads are renamed
+/// there) and, with `--sha256`, matches.
+fn already_here(
+    req: &FetchRequest,
+    on_event: &mut dyn FnMut(&FetchEvent),
+) -> Result<Option<Fetched>, FetchError> {
+    let dest = &req.dest;
+    let Ok(meta) = std::fs::metadata(dest) else {
+        return Ok(None);
+    };
+    if !meta.is_file() {
+        return Ok(None);
+    }
+    let here = |sha256| Fetched {
+        path: dest.clone(),
+        bytes: meta.len(),
+        sha256,
+        downloaded: false,
+        resumed_from: 0,
+    };
+    let Some(want) = &req.sha256 else {
+        return Ok(Some(here(None)));
+    };
+    on_event(&FetchEvent::Verifying { bytes: meta.len() });
+    let got = sha256_file(dest)?;
+    if &got == want {
+        return Ok(Some(here(Some(got))));
+    }
+    on_event(&FetchEvent::ExistingMismatch { got });
+    Ok(None)
+}
+
+/// An exclusive lock on `NAME.lock` beside the file while one process downloads it, so that
+/// array jobs fetching the same file into a shared cache wait for the first and then find the
+/// file complete. The lock file is removed when the download ends.
+struct DownloadLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl DownloadLock {
+    fn take(dest: &Path, on_event: &mut dyn FnMut(&FetchEvent)) -> Result<Self, FetchError> {
+        let path = append_to_name(dest, ".lock");
+        let err = |io| FetchError::Write {
+            path: path.clone(),
+            io,
+        };
+        let mut waited = false;
+        loop {
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(err)?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if !waited {
+                        on_event(&FetchEvent::WaitingForOther);
+                        waited = true;
+                    }
+                    file.lock().map_err(err)?;
+                }
+                Err(std::fs::TryLockError::Error(io)) => return Err(err(io)),
+            }
+            // The holder removes the lock file when it is done: a lock on a removed file locks
+            // nothing, so take the lock again on the file now at that path.
+            if same_file(&file, &path) {
+                return Ok(DownloadLock { file, path });
+            }
+        }
+    }
+
+    fn release(self) {
+        remove_quietly(&self.path);
+        drop(self.file);
+    }
+}
+
+#[cfg(unix)]
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &File, path: &Path) -> bool {
+    path.exists()
+}
+
+/// Request the file (resuming a partial download when possible) and put it in place.
+fn download(
+    req: &FetchRequest,
+    on_event: &mut dyn FnMut(&FetchEvent),
+) -> Result<Fetched, FetchError> {
+    let dest = &req.dest;
     let client = client()?;
     let (part, side) = (part_path(dest), sidecar_path(dest));
     let mut resume = resume_point(&part, &side, req.url.as_str());

@@ -22,6 +22,8 @@ struct Route {
     status: Option<u16>,
     /// Answer 302 to this location.
     redirect: Option<String>,
+    /// Send the body in ten pieces, 50 ms apart.
+    slow: bool,
 }
 
 /// One request the server saw: its path and headers (names lowercased).
@@ -145,6 +147,13 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     };
     out.write_all(head(status, &extra, body.len()).as_bytes())?;
     match route.drop_after {
+        None if route.slow => {
+            for piece in body.chunks(body.len().div_ceil(10).max(1)) {
+                out.write_all(piece)?;
+                out.flush()?;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
         Some(k) => {
             out.write_all(&body[..k.min(body.len())])?;
             out.flush()?;
@@ -457,6 +466,56 @@ fn hf_resolve_urls_follow_redirects_into_the_cache() {
     );
     let paths: Vec<String> = srv.seen().into_iter().map(|s| s.path).collect();
     assert_eq!(paths, vec![resolve.to_string(), "/cdn/abc123".to_string()]);
+}
+
+#[test]
+fn concurrent_fetches_of_one_file_download_it_once() {
+    let srv = Server::start();
+    let body = payload(200_000, 7);
+    srv.route(
+        "/shared.bin",
+        Route {
+            slow: true,
+            ..file(&body, "\"s\"")
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let url = srv.url("/shared.bin");
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_sweep"))
+                .args(["fetch", &url, "--cache", "c"])
+                .current_dir(dir.path())
+                .env_remove("HTTP_PROXY")
+                .env_remove("http_proxy")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<Output> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    for o in &outs {
+        assert!(o.status.success(), "{}", text(o).1);
+    }
+    let fetched = outs
+        .iter()
+        .filter(|o| text(o).0.contains("fetched"))
+        .count();
+    assert_eq!(fetched, 1, "one downloads, the others wait and find it");
+    assert_eq!(srv.seen().len(), 1);
+    assert_eq!(
+        std::fs::read(dir.path().join("c/shared.bin")).unwrap(),
+        body
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("c")).unwrap().count(),
+        1,
+        "no lock, part or sidecar left"
+    );
 }
 
 #[test]

@@ -157,6 +157,12 @@ impl ProgressLine {
 
     fn event(&mut self, e: &FetchEvent) {
         let text = match e {
+            FetchEvent::WaitingForOther => {
+                format!(
+                    "{}  waiting for another sweep fetch of this file",
+                    self.name
+                )
+            }
             FetchEvent::Verifying { bytes } => {
                 format!("{}  checking sha256 of {}", self.name, human_bytes(*bytes))
             }
