@@ -78,6 +78,9 @@ pub enum FetchError {
         /// What went wrong.
         reason: String,
     },
+    /// The HTTP client could not be built (no TLS roots, ...).
+    #[error("cannot set up the HTTP client: {0}")]
+    Client(String),
     /// The downloaded bytes do not have the expected SHA-256; nothing was kept.
     #[error(
         "checksum mismatch for {url}: expected sha256 {expected}, got {got}; nothing was kept \
@@ -393,10 +396,7 @@ pub fn client() -> Result<Client, FetchError> {
         .connect_timeout(NETWORK_TIMEOUT)
         .timeout(NETWORK_TIMEOUT)
         .build()
-        .map_err(|e| FetchError::Network {
-            url: String::new(),
-            reason: format!("cannot set up the HTTP client: {}", chain(&e)),
-        })
+        .map_err(|e| FetchError::Client(chain(&e)))
 }
 
 /// Download `req.url` to `req.dest` unless a complete file is already there.
@@ -424,10 +424,12 @@ pub fn fetch(
         io,
     })?;
     let lock = DownloadLock::take(dest, on_event)?;
-    // Whoever held the lock may have just finished the file.
-    if let Some(done) = already_here(req, on_event)? {
-        lock.release();
-        return Ok(done);
+    if lock.waited {
+        // Whoever held the lock may have just finished the file.
+        if let Some(done) = already_here(req, on_event)? {
+            lock.release();
+            return Ok(done);
+        }
     }
     let result = download(req, on_event);
     lock.release();
@@ -472,6 +474,8 @@ fn already_here(
 struct DownloadLock {
     file: File,
     path: PathBuf,
+    /// Another process held it first.
+    waited: bool,
 }
 
 impl DownloadLock {
@@ -503,7 +507,7 @@ impl DownloadLock {
             // The holder removes the lock file when it is done: a lock on a removed file locks
             // nothing, so take the lock again on the file now at that path.
             if same_file(&file, &path) {
-                return Ok(DownloadLock { file, path });
+                return Ok(DownloadLock { file, path, waited });
             }
         }
     }

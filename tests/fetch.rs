@@ -519,6 +519,42 @@ fn concurrent_fetches_of_one_file_download_it_once() {
 }
 
 #[test]
+fn a_stale_file_or_an_overlong_part_is_downloaded_again() {
+    let srv = Server::start();
+    let body = payload(5_000, 8);
+    srv.route("/s.bin", file(&body, "\"s\""));
+    let dir = tempfile::tempdir().unwrap();
+    let url = srv.url("/s.bin");
+    let c = dir.path().join("c");
+    std::fs::create_dir_all(&c).unwrap();
+
+    // A file that does not match --sha256 is replaced.
+    std::fs::write(c.join("s.bin"), b"stale").unwrap();
+    let o = sweep(
+        dir.path(),
+        &[&url, "--cache", "c", "--sha256", &sha256(&body)],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert_eq!(std::fs::read(c.join("s.bin")).unwrap(), body);
+
+    // A part as long as the file (a crash before the rename): the server answers 416 to its
+    // range, so it starts over.
+    std::fs::remove_file(c.join("s.bin")).unwrap();
+    std::fs::write(c.join("s.bin.part"), &body).unwrap();
+    let side = format!(r#"{{"url":"{url}","etag":"\"s\"","last_modified":null,"total":5000}}"#);
+    std::fs::write(c.join("s.bin.part.json"), side).unwrap();
+    let o = sweep(dir.path(), &[&url, "--cache", "c"], &[]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let seen = srv.seen();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[1].headers["range"], "bytes=5000-");
+    assert!(!seen[2].headers.contains_key("range"));
+    assert_eq!(std::fs::read(c.join("s.bin")).unwrap(), body);
+    assert_eq!(std::fs::read_dir(&c).unwrap().count(), 1);
+}
+
+#[test]
 fn a_disk_error_names_the_path() {
     // The cache lies under a regular file, so it cannot be created (even by root).
     let dir = tempfile::tempdir().unwrap();
