@@ -412,6 +412,7 @@ pub fn fetch(
     on_event: &mut dyn FnMut(&FetchEvent),
 ) -> Result<Fetched, FetchError> {
     let dest = &req.dest;
+    let existed = std::fs::metadata(dest).is_ok_and(|m| m.is_file());
     if let Some(done) = already_here(req, on_event)? {
         return Ok(done);
     }
@@ -424,8 +425,9 @@ pub fn fetch(
         io,
     })?;
     let lock = DownloadLock::take(dest, on_event)?;
-    if lock.waited {
-        // Whoever held the lock may have just finished the file.
+    if lock.waited || !existed {
+        // Whoever held the lock may have just finished the file (a stale file that was just
+        // hashed is not hashed again unless someone else had the lock).
         if let Some(done) = already_here(req, on_event)? {
             lock.release();
             return Ok(done);
