@@ -71,6 +71,11 @@ pub enum Command {
     /// Plan, run every run on this machine, wait, and report: the demo.
     #[command(after_help = "Example:\n  sweep run sweeps/quickstart.toml")]
     Run(RunArgs),
+    /// Download a model or dataset file into the cache: resumable, checked, Hugging Face URLs too.
+    #[command(
+        after_help = "Example:\n  sweep fetch https://huggingface.co/HuggingFaceTB/SmolLM2-135M/resolve/main/model.safetensors\n  sweep fetch https://example.org/data/train.jsonl --out data/ --sha256 \"$SHA256\"\n\nA broken download is kept as NAME.part and resumed by the same command. HF_TOKEN, when set,\nis sent to huggingface.co (and to HF_ENDPOINT's host) as a Bearer token."
+    )]
+    Fetch(FetchArgs),
     /// Print shell completions.
     #[command(
         after_help = "Example:\n  sweep completions bash > ~/.local/share/bash-completion/completions/sweep"
@@ -191,6 +196,23 @@ pub struct RunArgs {
     /// Rerun runs that failed before.
     #[arg(long)]
     pub retry_failed: bool,
+}
+
+/// `sweep fetch`.
+#[derive(Debug, Clone, Args)]
+pub struct FetchArgs {
+    /// The file's URL (http or https; redirects are followed).
+    pub url: String,
+    /// Expected SHA-256 (64 hex digits): checked after the download; a file already in place
+    /// that matches is not downloaded again.
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    /// Where to put the file (a folder keeps the URL's file name); default: the cache.
+    #[arg(long, value_name = "PATH", conflicts_with = "cache")]
+    pub out: Option<PathBuf>,
+    /// The downloads cache (default: $SWEEP_CACHE/downloads, else .cache/sweep/downloads).
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
 }
 
 /// `sweep completions`.

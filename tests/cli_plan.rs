@@ -172,6 +172,7 @@ fn every_command_has_help_with_an_example() {
         "report",
         "train",
         "run",
+        "fetch",
         "completions",
     ] {
         let o = sweep(&repo(), &[cmd, "--help"]);

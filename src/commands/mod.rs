@@ -2,6 +2,7 @@
 //! alone turns them into exit codes (0 ok, 1 runtime failure, 2 usage or spec error).
 
 pub mod execute;
+pub mod fetch;
 pub mod plan;
 #[cfg(feature = "torch")]
 pub mod pretrain;
@@ -75,6 +76,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         .into()),
         Command::Run(args) => execute::run(g, &args),
+        Command::Fetch(args) => fetch::run(g, &args),
     }
 }
 
