@@ -388,7 +388,7 @@ fn hash_prefix(r: &mut impl Read, limit: u64, h: &mut Sha256) -> std::io::Result
     }
 }
 
-/// The HTTP client: rustls, redirects followed (Authorization dropped when they change host),
+/// The HTTP client: native TLS (the system OpenSSL, which ssh2 links already), redirects followed (Authorization dropped when they change host),
 /// a timeout per connect and per read rather than per download.
 pub fn client() -> Result<Client, FetchError> {
     Client::builder()

@@ -214,5 +214,8 @@ fn markdown_matches_its_golden_file() {
         std::fs::write(&path, &md).unwrap();
     }
     let want = std::fs::read_to_string(&path).unwrap();
-    assert_eq!(md, want, "report.md changed; rerun with UPDATE_GOLDEN=1 if that is intended");
+    assert_eq!(
+        md, want,
+        "report.md changed; rerun with UPDATE_GOLDEN=1 if that is intended"
+    );
 }
