@@ -9,6 +9,7 @@ pub mod cli;
 pub mod commands;
 pub mod data;
 pub mod executor;
+pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod report;
