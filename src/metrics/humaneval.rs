@@ -502,4 +502,38 @@ mod tests {
         let got = humaneval_pass_at_1(&tasks, &mut Body("    return a + b\n"), &s).unwrap();
         assert_eq!(got, Some(0.5));
     }
+
+    /// The real tasks' canonical solutions pass in the sandbox and an empty body fails: the
+    /// sandbox does not fail honest code. Needs scripts/setup-data; about a minute.
+    #[test]
+    #[ignore]
+    fn canonical_solutions_pass() {
+        let path = default_path(Path::new("data"));
+        let tasks = read_tasks(&path).unwrap();
+        assert_eq!(tasks.len(), 164);
+        let solutions: Vec<String> = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import gzip,json,sys\nfor l in gzip.open(sys.argv[1]):\n print(json.dumps(json.loads(l)['canonical_solution']))",
+            ])
+            .arg(&path)
+            .output()
+            .map(|o| String::from_utf8(o.stdout).unwrap())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let s = Sandbox::detect();
+        let failed: Vec<&str> = tasks
+            .iter()
+            .zip(&solutions)
+            .filter(|(t, sol)| s.run(&program(t, sol)).unwrap() != Outcome::Passed)
+            .map(|(t, _)| t.task_id.as_str())
+            .collect();
+        assert!(failed.is_empty(), "{failed:?}");
+        assert_ne!(
+            s.run(&program(&tasks[0], "    pass\n")).unwrap(),
+            Outcome::Passed
+        );
+    }
 }
