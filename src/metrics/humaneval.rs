@@ -8,7 +8,6 @@
 //! creation, or write/remove/rename outside the temp dir. A program stopped by the hook fails
 //! even when it catches the error and passes its tests.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -275,7 +274,10 @@ impl Sandbox {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            // A file, not a pipe: a program that writes much cannot block on a full pipe.
+            .stderr(
+                std::fs::File::create(dir.path().join("stderr.txt")).map_err(|e| io("write", e))?,
+            );
         let limits = (self.cpu_seconds, self.memory_bytes);
         // SAFETY: between fork and exec only async-signal-safe calls (setsid, setrlimit).
         unsafe {
@@ -322,10 +324,8 @@ impl Sandbox {
         let Some(status) = status else {
             return Ok(Outcome::TimedOut);
         };
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
+        let err = std::fs::read(dir.path().join("stderr.txt")).unwrap_or_default();
+        let err = String::from_utf8_lossy(&err);
         Ok(match status.code() {
             Some(0) => Outcome::Passed,
             Some(FORBIDDEN_EXIT) => Outcome::Forbidden(
@@ -435,6 +435,11 @@ mod tests {
         assert_eq!(run("    return a + b\n"), Outcome::Passed);
         assert_eq!(run("    return a - b\n"), Outcome::Failed);
         assert_eq!(run("    return (\n"), Outcome::Failed);
+        // Much output does not block the program.
+        assert_eq!(
+            run("    import sys\n    sys.stderr.write('x' * 1000000)\n    return a + b\n"),
+            Outcome::Passed
+        );
         // Writing inside its own folder is allowed.
         assert_eq!(
             run("    open('scratch.txt', 'w').write('x')\n    return a + b\n"),
