@@ -472,7 +472,7 @@ fn a_real_sweep_trains_on_the_cluster_and_is_collected() {
         )
         .replace(
             "batch_size = 4\nseq_len = 64",
-            "batch_size = 2\nseq_len = 512",
+            "batch_size = 2\nseq_len = 512\n[evaluation]\nmetrics = [\"target_loss\", \"source_loss\"]\neval_tokens = 2048",
         )
         .replace(
             "builtin = \"tiny\"",

@@ -299,7 +299,8 @@ pub struct EvaluationSpec {
     /// Held-out tokens per loss evaluation.
     #[serde(default = "default_eval_tokens")]
     pub eval_tokens: TokenCount,
-    /// Held-out problems or tasks per generation-based metric.
+    /// Per evaluation: math problems, next-line cases, diversity prompts, HumanEval tasks and
+    /// multiple-choice items (the file's first ones) each.
     #[serde(default = "default_eval_problems")]
     pub problems: u64,
     /// Samples per prompt for diversity.

@@ -63,6 +63,9 @@ pub enum TrainError {
     /// metrics.jsonl or result.json could not be written.
     #[error("writing outputs: {0}")]
     Output(String),
+    /// A generation or likelihood metric failed.
+    #[error("metric: {0}")]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// A setting this trainer does not support yet.
     #[error("not supported yet: {0}")]
     Unsupported(String),
@@ -270,7 +273,7 @@ fn measured(metric: Metric) -> bool {
     matches!(
         metric,
         Metric::TargetLoss | Metric::SourceLoss | Metric::SpectralRank
-    )
+    ) || crate::metrics::evaluators::METRICS.contains(&metric)
 }
 
 /// A prepared run: model, optimizer, data and evaluators.
@@ -333,7 +336,14 @@ impl<'a> Trainer<'a> {
             .metrics
             .clone()
             .unwrap_or_else(|| vec![Metric::TargetLoss, Metric::SourceLoss]);
-        let mut evaluators: Vec<Box<dyn Evaluator>> = Vec::new();
+        let mut evaluators = crate::metrics::evaluators::build(
+            &metrics,
+            &run.shared.evaluation,
+            &opts.data_dir,
+            data.regime,
+            &held_docs,
+            run.seed,
+        )?;
         if metrics.contains(&Metric::TargetLoss) && !held_docs.is_empty() {
             let rows = Rows::new(held_docs, data.regime, seq_len, "held-out target data")?;
             evaluators.push(Box::new(LossEval {

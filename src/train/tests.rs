@@ -53,7 +53,9 @@ impl Fixture {
 
     fn opts(&self) -> TrainOptions {
         TrainOptions {
-            threads: None,
+            // One intra-op thread: on a small shared machine libtorch's default oversubscribes
+            // the cores and a tiny model's many small ops (generation above all) run 5x slower.
+            threads: Some(1),
             data_dir: self.dir.path().join("data"),
             cache_dir: self.dir.path().join("cache"),
             stop_after_steps: None,
@@ -100,7 +102,13 @@ fn loss_decreases_and_outputs_are_written() {
         .iter()
         .all(|e| e.metrics.contains_key("target_loss") && e.metrics.contains_key("source_loss")));
     assert!(r.evals[2].metrics["target_loss"] < r.evals[0].metrics["target_loss"]);
-    assert_eq!(r.metrics_not_measured, vec!["diversity".to_string()]);
+    assert!(r.metrics_not_measured.is_empty());
+    // One prompt, one sample: every completion is unique, and there is no pair to compare.
+    assert!(r
+        .evals
+        .iter()
+        .all(|e| e.metrics["diversity_unique"] == 1.0
+            && !e.metrics.contains_key("diversity_similarity")));
     assert_eq!(r.evals[0].metrics["spectral_rank"], 0.0);
     assert!(r.evals[2].metrics["spectral_rank_q"] > 1.0);
     let saved: RunResult =
@@ -292,4 +300,66 @@ fn a_stop_signal_checkpoints_and_the_next_session_finishes() {
     assert_eq!((r.status, r.step), (RunStatus::Completed, 5));
     // The base evaluation of the first session is kept.
     assert_eq!(r.evals.first().map(|e| e.tokens), Some(0));
+}
+
+#[test]
+fn generation_and_choice_metrics_are_measured_at_every_eval() {
+    let f = Fixture::new();
+    let mc = f.dir.path().join("mc.jsonl");
+    let items = [
+        r#"{"context":"the quick brown fox jumps over the","choices":[" lazy dog."," qzx vwk."],"label":0}"#,
+        r#"{"context":"over the lazy dog.\nthe quick","choices":[" zpqj"," brown"],"label":1}"#,
+    ];
+    std::fs::write(&mc, items.join("\n")).unwrap();
+    let he = f.dir.path().join("he.jsonl");
+    let task = serde_json::json!({"task_id": "t/0", "prompt": "def one():\n",
+        "entry_point": "one", "test": "def check(f):\n    assert f() == 1\n"});
+    std::fs::write(&he, task.to_string()).unwrap();
+    let run = f.run("gen", |v| {
+        v["evaluation"]["metrics"] = serde_json::json!([
+            "target_loss",
+            "math_accuracy",
+            "next_line",
+            "diversity",
+            "multiple_choice",
+            "humaneval"
+        ]);
+        v["evaluation"]["problems"] = 1.into();
+        v["evaluation"]["diversity_samples"] = 2.into();
+        v["evaluation"]["multiple_choice"] = mc.to_str().unwrap().into();
+        v["evaluation"]["humaneval"] = he.to_str().unwrap().into();
+        v["eval_at"] = serde_json::json!([1920]);
+    });
+    let mut opts = f.opts();
+    if let Some(cfg) = opts.model_override.as_mut() {
+        cfg.max_position_embeddings = 128;
+    }
+    let r = train(&run, &opts).unwrap();
+    assert_eq!(r.status, RunStatus::Completed);
+    assert!(r.metrics_not_measured.is_empty());
+    assert_eq!(r.evals.len(), 2);
+    for e in &r.evals {
+        for name in [
+            "math_accuracy",
+            "next_line_match",
+            "diversity_unique",
+            "distinct_1",
+            "distinct_2",
+            "diversity_similarity",
+            "multiple_choice_accuracy",
+            "humaneval_pass@1",
+        ] {
+            let v = e.metrics[name];
+            assert!((0.0..=1.0).contains(&v), "{name} = {v}");
+        }
+    }
+    // A few steps on the fox sentence teach it to prefer its words over noise.
+    assert_eq!(r.evals[1].metrics["multiple_choice_accuracy"], 1.0);
+
+    // Without a file, the metric is refused before training.
+    let bad = f.run("nomc", |v| {
+        v["evaluation"]["metrics"] = serde_json::json!(["multiple_choice"]);
+    });
+    let err = train(&bad, &f.opts()).unwrap_err().to_string();
+    assert!(err.contains("evaluation.multiple_choice"), "{err}");
 }

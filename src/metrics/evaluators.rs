@@ -1,0 +1,230 @@
+//! The metrics as trainer [`Evaluator`]s: each holds its fixed inputs (problems, lines,
+//! prompts, items), chosen once when the run starts, and scores the model at every evaluation.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::diversity::{diversity_scores, sample, text_prompt};
+use super::humaneval::{humaneval_pass_at_1, HumanEvalTask, Outcome, Sandbox};
+use super::lm::LlamaText;
+use super::math::math_accuracy;
+use super::multiple_choice::{multiple_choice_accuracy, read_items, ChoiceItem};
+use super::next_line::{next_line_match, select_cases, NextLineCase};
+use crate::data::math::MathProblem;
+use crate::model::llama::Llama;
+use crate::model::tokenizer::ByteTokenizer;
+use crate::spec::{EvaluationSpec, Metric, Regime};
+use crate::train::data::Example;
+use crate::train::eval::Evaluator;
+use crate::train::TrainError;
+
+/// The metrics this module measures.
+pub const METRICS: [Metric; 5] = [
+    Metric::MathAccuracy,
+    Metric::Humaneval,
+    Metric::NextLine,
+    Metric::Diversity,
+    Metric::MultipleChoice,
+];
+
+/// `math_accuracy` on fixed held-out problems.
+#[derive(Debug)]
+pub struct MathAccuracyEval {
+    /// The problems.
+    pub problems: Vec<MathProblem>,
+}
+
+impl Evaluator for MathAccuracyEval {
+    fn evaluate(&self, model: &Llama) -> Result<BTreeMap<String, f64>, TrainError> {
+        let acc = math_accuracy(&self.problems, &mut LlamaText { model })?;
+        Ok(acc
+            .map(|a| ("math_accuracy".to_string(), a))
+            .into_iter()
+            .collect())
+    }
+}
+
+/// `next_line_match` on fixed held-out lines.
+#[derive(Debug)]
+pub struct NextLineEval {
+    /// The lines and their contexts.
+    pub cases: Vec<NextLineCase>,
+}
+
+impl Evaluator for NextLineEval {
+    fn evaluate(&self, model: &Llama) -> Result<BTreeMap<String, f64>, TrainError> {
+        let m = next_line_match(&self.cases, &mut LlamaText { model })?;
+        Ok(m.map(|a| ("next_line_match".to_string(), a))
+            .into_iter()
+            .collect())
+    }
+}
+
+/// The diversity metrics of `samples` seeded samples per prompt.
+#[derive(Debug)]
+pub struct DiversityEval {
+    /// The prompts.
+    pub prompts: Vec<String>,
+    /// Samples per prompt.
+    pub samples: usize,
+    /// Sampling temperature.
+    pub temperature: f64,
+    /// Seed of the sampler, the same at every evaluation.
+    pub seed: u64,
+}
+
+impl Evaluator for DiversityEval {
+    fn evaluate(&self, model: &Llama) -> Result<BTreeMap<String, f64>, TrainError> {
+        tch::manual_seed(self.seed as i64);
+        let groups = sample(
+            &self.prompts,
+            self.samples,
+            self.temperature,
+            &mut LlamaText { model },
+        )?;
+        Ok(diversity_scores(&groups)
+            .map(|s| s.named())
+            .unwrap_or_default())
+    }
+}
+
+/// `multiple_choice_accuracy` on a fixed set of items.
+#[derive(Debug)]
+pub struct MultipleChoiceEval {
+    /// The items.
+    pub items: Vec<ChoiceItem>,
+}
+
+impl Evaluator for MultipleChoiceEval {
+    fn evaluate(&self, model: &Llama) -> Result<BTreeMap<String, f64>, TrainError> {
+        let acc = multiple_choice_accuracy(&self.items, &mut LlamaText { model })?;
+        Ok(acc
+            .map(|a| ("multiple_choice_accuracy".to_string(), a))
+            .into_iter()
+            .collect())
+    }
+}
+
+/// `humaneval_pass@1` on the first tasks of a HumanEval file.
+#[derive(Debug)]
+pub struct HumanEvalEval {
+    /// The tasks.
+    pub tasks: Vec<HumanEvalTask>,
+    /// Where their programs run.
+    pub sandbox: Sandbox,
+}
+
+impl Evaluator for HumanEvalEval {
+    fn evaluate(&self, model: &Llama) -> Result<BTreeMap<String, f64>, TrainError> {
+        let p = humaneval_pass_at_1(&self.tasks, &mut LlamaText { model }, &self.sandbox)?;
+        Ok(p.map(|a| ("humaneval_pass@1".to_string(), a))
+            .into_iter()
+            .collect())
+    }
+}
+
+/// The prompt of a held-out example: an instruction pair's prompt, or a plain document's start.
+pub fn prompt_of(example: &Example, regime: Regime) -> String {
+    let tok = ByteTokenizer;
+    match regime {
+        Regime::Ift => tok.decode(&example.tokens[..example.prompt_len.min(example.tokens.len())]),
+        Regime::Cpt => text_prompt(&tok.decode(&example.tokens)),
+    }
+}
+
+/// The evaluators of the requested metrics among [`METRICS`], with inputs from the held-out
+/// target examples (`evaluation.problems` problems, lines, prompts, items or tasks each).
+/// HumanEval reads `evaluation.humaneval`, else `humaneval/HumanEval.jsonl.gz` under `data_dir`.
+pub fn build(
+    metrics: &[Metric],
+    spec: &EvaluationSpec,
+    data_dir: &Path,
+    regime: Regime,
+    held: &[Example],
+    seed: u64,
+) -> Result<Vec<Box<dyn Evaluator>>, TrainError> {
+    let n = spec.problems as usize;
+    let mut out: Vec<Box<dyn Evaluator>> = Vec::new();
+    if metrics.contains(&Metric::MathAccuracy) {
+        out.push(Box::new(MathAccuracyEval {
+            problems: super::math::eval_problems(n),
+        }));
+    }
+    if metrics.contains(&Metric::NextLine) {
+        let docs: Vec<String> = held
+            .iter()
+            .map(|e| ByteTokenizer.decode(&e.tokens))
+            .collect();
+        out.push(Box::new(NextLineEval {
+            cases: select_cases(&docs, n),
+        }));
+    }
+    if metrics.contains(&Metric::Diversity) {
+        out.push(Box::new(DiversityEval {
+            prompts: held
+                .iter()
+                .map(|e| prompt_of(e, regime))
+                .filter(|p| !p.is_empty())
+                .take(n)
+                .collect(),
+            samples: spec.diversity_samples as usize,
+            temperature: spec.temperature,
+            seed,
+        }));
+    }
+    if metrics.contains(&Metric::MultipleChoice) {
+        let path = spec.multiple_choice.as_ref().ok_or_else(|| {
+            TrainError::Data(
+                "the multiple_choice metric needs evaluation.multiple_choice, a JSONL of \
+                 {\"context\", \"choices\", \"label\"}"
+                    .into(),
+            )
+        })?;
+        let mut items = read_items(path)?;
+        items.truncate(n);
+        out.push(Box::new(MultipleChoiceEval { items }));
+    }
+    if metrics.contains(&Metric::Humaneval) {
+        let path = spec
+            .humaneval
+            .clone()
+            .unwrap_or_else(|| super::humaneval::default_path(data_dir));
+        let mut tasks = super::humaneval::read_tasks(&path)?;
+        tasks.truncate(n);
+        let sandbox = Sandbox::detect();
+        match sandbox.run("pass\n") {
+            Ok(Outcome::Passed) => {}
+            other => {
+                return Err(TrainError::Unsupported(format!(
+                    "the humaneval metric runs generated code in python3, which does not run \
+                     here: {other:?}"
+                )))
+            }
+        }
+        out.push(Box::new(HumanEvalEval { tasks, sandbox }));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::lm::fit_window;
+    use crate::train::data::{tokenize, RawDoc};
+
+    #[test]
+    fn prompts_are_what_training_shows() {
+        // Math: BOS then the prompt's bytes, exactly the prompt part of an IFT training row.
+        let p = &crate::metrics::math::eval_problems(1)[0];
+        let ex = tokenize(&RawDoc::Pair(p.prompt.clone(), p.response.clone()));
+        let prompt = ByteTokenizer.encode(crate::metrics::math::prompt_of(p));
+        let (window, _) = fit_window(&prompt, 0, 4096);
+        assert_eq!(window, ex.tokens[..ex.prompt_len]);
+        // Diversity: an IFT example's prompt, a plain document's start.
+        let pair = tokenize(&RawDoc::Pair("Q?".into(), " A".into()));
+        assert_eq!(prompt_of(&pair, Regime::Ift), "Q?");
+        let doc = format!("{}\nmore\n", "w".repeat(40));
+        let text = tokenize(&RawDoc::Text(doc.clone()));
+        assert_eq!(prompt_of(&text, Regime::Cpt), text_prompt(&doc));
+    }
+}

@@ -1,0 +1,187 @@
+//! The builtin Llama as a [`TextModel`]: byte tokens, a KV cache for decoding, and left
+//! truncation of whatever does not fit the model's positions.
+
+use tch::{Kind, Tensor};
+
+use super::{Completion, MetricsError, TextModel};
+use crate::model::llama::{KvCache, Llama};
+use crate::model::tokenizer::{ByteTokenizer, BOS, EOS};
+use crate::model::ModelError;
+
+impl From<ModelError> for MetricsError {
+    fn from(e: ModelError) -> Self {
+        MetricsError::Model(e.to_string())
+    }
+}
+
+impl From<tch::TchError> for MetricsError {
+    fn from(e: tch::TchError) -> Self {
+        MetricsError::Model(format!("libtorch: {e}"))
+    }
+}
+
+/// The prompt tokens and the number of new tokens that fit `max_len` positions: BOS and the
+/// prompt, keeping the prompt's end when it is too long, and at most `max_new` new tokens. At
+/// least half the window stays for the prompt when both do not fit.
+pub fn fit_window(prompt: &[i64], max_new: usize, max_len: usize) -> (Vec<i64>, usize) {
+    let max_len = max_len.max(2);
+    let new = max_new.min(max_len - 1 - (prompt.len().min((max_len - 1) / 2)));
+    let room = max_len - new - 1;
+    let kept = &prompt[prompt.len().saturating_sub(room)..];
+    let mut tokens = Vec::with_capacity(kept.len() + 1);
+    tokens.push(BOS);
+    tokens.extend_from_slice(kept);
+    (tokens, new)
+}
+
+/// A Llama seen as text in, text or log-likelihood out. Sampling draws from libtorch's global
+/// generator: seed it (`tch::manual_seed`) for repeatable samples.
+#[derive(Debug)]
+pub struct LlamaText<'a> {
+    /// The model.
+    pub model: &'a Llama,
+}
+
+impl LlamaText<'_> {
+    fn max_len(&self) -> usize {
+        self.model.cfg.max_position_embeddings.max(2)
+    }
+
+    fn next_token(logits: &Tensor, temperature: f64) -> Result<i64, MetricsError> {
+        let last = logits.f_select(1, -1)?.f_squeeze_dim(0)?;
+        Ok(if temperature <= 0.0 {
+            last.f_argmax(0, false)?.f_int64_value(&[])?
+        } else {
+            last.f_div_scalar(temperature)?
+                .f_softmax(-1, Kind::Float)?
+                .f_multinomial(1, true)?
+                .f_int64_value(&[0])?
+        })
+    }
+}
+
+impl TextModel for LlamaText<'_> {
+    fn complete(&mut self, prompt: &str, how: &Completion) -> Result<String, MetricsError> {
+        let _g = tch::no_grad_guard();
+        let device = self.model.vs.device();
+        let (tokens, max_new) =
+            fit_window(&ByteTokenizer.encode(prompt), how.max_new, self.max_len());
+        let mut cache = KvCache::default();
+        let mut input = Tensor::f_from_slice(&tokens)?
+            .f_to_device(device)?
+            .f_unsqueeze(0)?;
+        let mut out: Vec<u8> = Vec::new();
+        for _ in 0..max_new {
+            let logits = self.model.forward_cached(&input, &mut cache)?;
+            let next = Self::next_token(&logits, how.temperature)?;
+            if next == EOS {
+                break;
+            }
+            // BOS and PAD are not text; they still condition what follows.
+            if let Ok(b) = u8::try_from(next) {
+                out.push(b);
+            }
+            if how.stop.done(&out) {
+                break;
+            }
+            input = Tensor::f_from_slice(&[next])?
+                .f_to_device(device)?
+                .f_unsqueeze(0)?;
+        }
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    fn loglikelihood(&mut self, context: &str, continuation: &str) -> Result<f64, MetricsError> {
+        let _g = tch::no_grad_guard();
+        let device = self.model.vs.device();
+        let mut tokens = vec![BOS];
+        tokens.extend(ByteTokenizer.encode(context));
+        let cont_start = tokens.len();
+        tokens.extend(ByteTokenizer.encode(continuation));
+        // Keep the window's end: the continuation's tokens, and as much context as fits.
+        let from = tokens.len().saturating_sub(self.max_len());
+        let window = &tokens[from..];
+        // Positions (in the window) of the continuation's tokens that have one token before.
+        let first = cont_start.saturating_sub(from).max(1);
+        if first >= window.len() {
+            return Ok(0.0);
+        }
+        let input = Tensor::f_from_slice(&window[..window.len() - 1])?
+            .f_to_device(device)?
+            .f_unsqueeze(0)?;
+        let logp = self
+            .model
+            .forward(&input, false)?
+            .f_squeeze_dim(0)?
+            .f_log_softmax(-1, Kind::Double)?;
+        let targets = Tensor::f_from_slice(&window[first..])?.f_to_device(device)?;
+        let rows = logp.f_narrow(0, first as i64 - 1, (window.len() - first) as i64)?;
+        Ok(rows
+            .f_gather(1, &targets.f_unsqueeze(1)?, false)?
+            .f_sum(Kind::Double)?
+            .f_double_value(&[])?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::Device;
+
+    use super::*;
+    use crate::metrics::StopRule;
+    use crate::model::llama::tests::tiny_cfg;
+    use crate::model::llama::BuildOptions;
+
+    #[test]
+    fn windows_keep_the_prompt_end_and_room_to_generate() {
+        assert_eq!(fit_window(&[1, 2, 3], 4, 64), (vec![BOS, 1, 2, 3], 4));
+        // 10 positions: the prompt keeps at least 4 (half of 9, rounded down), new gets 5.
+        let p: Vec<i64> = (0..20).collect();
+        assert_eq!(fit_window(&p, 100, 10), (vec![BOS, 16, 17, 18, 19], 5));
+        // A short prompt leaves the rest to generation.
+        assert_eq!(fit_window(&[7], 100, 10), (vec![BOS, 7], 8));
+        // A small max_new leaves the rest to the prompt.
+        assert_eq!(
+            fit_window(&p, 2, 10),
+            (vec![BOS, 13, 14, 15, 16, 17, 18, 19], 2)
+        );
+    }
+
+    #[test]
+    fn greedy_completion_matches_the_models_generate_and_loglikelihood_chains() {
+        let model = Llama::new(&tiny_cfg(), &BuildOptions::default(), Device::Cpu).unwrap();
+        let mut lm = LlamaText { model: &model };
+        let how = Completion {
+            max_new: 12,
+            temperature: 0.0,
+            stop: StopRule::Eos,
+        };
+        let text = lm.complete("ab", &how).unwrap();
+        let mut prompt = vec![BOS];
+        prompt.extend(ByteTokenizer.encode("ab"));
+        let want = model.generate(&prompt, 12, 0.0, Some(EOS), true).unwrap();
+        let want: Vec<i64> = want.into_iter().filter(|&t| t != EOS).collect();
+        assert_eq!(text, ByteTokenizer.decode(&want));
+
+        // log p(xy | c) = log p(x | c) + log p(y | cx), and each is negative.
+        let whole = lm.loglikelihood("hello ", "wo").unwrap();
+        let a = lm.loglikelihood("hello ", "w").unwrap();
+        let b = lm.loglikelihood("hello w", "o").unwrap();
+        assert!(a < 0.0 && b < 0.0);
+        assert!((whole - (a + b)).abs() < 1e-4, "{whole} vs {a} + {b}");
+        // Longer than the 64 positions: still scored, on the window's end.
+        let long = "x".repeat(200);
+        assert!(lm.loglikelihood(&long, "yz").unwrap().is_finite());
+        let out = lm
+            .complete(
+                &long,
+                &Completion {
+                    max_new: 400,
+                    temperature: 1.0,
+                    stop: StopRule::Newline,
+                },
+            )
+            .unwrap();
+        assert!(out.len() <= 64);
+    }
+}

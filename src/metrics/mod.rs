@@ -1,0 +1,112 @@
+//! Generation- and likelihood-based metrics: math accuracy, next-line match, diversity and
+//! multiple-choice accuracy, plus HumanEval's pass@k estimator.
+//!
+//! Each metric is a pure scoring function over a [`TextModel`], the one thing it asks of a
+//! model: complete a prompt, or score a continuation. Tests pass fakes; the trainer passes the
+//! Llama behind it (`lm::LlamaText`), through the evaluators in `evaluators`. Texts are bytes
+//! to the builtin models' tokenizer, so prompts and completions are plain strings here.
+
+pub mod diversity;
+#[cfg(feature = "torch")]
+pub mod evaluators;
+pub mod humaneval;
+#[cfg(feature = "torch")]
+pub mod lm;
+pub mod math;
+pub mod multiple_choice;
+pub mod next_line;
+
+use std::path::PathBuf;
+
+/// An error of a metric.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The model failed to generate or score.
+    #[error("model: {0}")]
+    Model(String),
+    /// An evaluation file has a malformed line.
+    #[error("{path}:{line}: {msg}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The 1-based line number.
+        line: usize,
+        /// What is wrong.
+        msg: String,
+    },
+    /// An evaluation file could not be read or holds nothing to evaluate.
+    #[error("{path}: {msg}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+}
+
+/// When a completion stops, besides the end-of-document token and the length bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopRule {
+    /// Only at end of document.
+    Eos,
+    /// At the first newline (which is kept).
+    Newline,
+    /// At the newline that ends the line holding `####` (the GSM8K answer line).
+    AnswerLine,
+    /// At the start of a new top-level statement (HumanEval's stop sequences).
+    FunctionEnd,
+}
+
+impl StopRule {
+    /// Whether a completion whose bytes so far are `generated` is finished.
+    pub fn done(self, generated: &[u8]) -> bool {
+        match self {
+            StopRule::Eos => false,
+            StopRule::Newline => generated.last() == Some(&b'\n'),
+            StopRule::AnswerLine => {
+                generated.last() == Some(&b'\n') && generated.windows(4).any(|w| w == b"####")
+            }
+            StopRule::FunctionEnd => humaneval::STOP_SEQUENCES
+                .iter()
+                .any(|s| generated.ends_with(s.as_bytes())),
+        }
+    }
+}
+
+/// How to complete a prompt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Completion {
+    /// Most new tokens (bytes) to generate.
+    pub max_new: usize,
+    /// 0 for greedy decoding, else the sampling temperature.
+    pub temperature: f64,
+    /// When to stop early.
+    pub stop: StopRule,
+}
+
+/// A language model as the metrics see it: text in, text or log-likelihood out.
+pub trait TextModel {
+    /// The completion of `prompt` (a document's start: the model puts BOS before it), without
+    /// the end-of-document token.
+    fn complete(&mut self, prompt: &str, how: &Completion) -> Result<String, MetricsError>;
+
+    /// The sum of the log-probabilities of the tokens of `continuation` after `context`.
+    fn loglikelihood(&mut self, context: &str, continuation: &str) -> Result<f64, MetricsError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_rules() {
+        assert!(!StopRule::Eos.done(b"a\n"));
+        assert!(StopRule::Newline.done(b"x = 1\n"));
+        assert!(!StopRule::Newline.done(b"x = 1"));
+        assert!(!StopRule::AnswerLine.done(b"2 + 3 = 5.\n"));
+        assert!(!StopRule::AnswerLine.done(b"2 + 3 = 5.\n#### 5"));
+        assert!(StopRule::AnswerLine.done(b"2 + 3 = 5.\n#### 5\n"));
+        assert!(StopRule::FunctionEnd.done(b"    return 1\ndef"));
+        assert!(!StopRule::FunctionEnd.done(b"    return 1\n    def"));
+    }
+}
