@@ -463,6 +463,37 @@ impl GgufFile {
     /// Parse the bytes of a file; `path` names it in errors. Checks that every tensor of a known
     /// layout lies inside the file.
     pub fn parse(bytes: Vec<u8>, path: &Path) -> Result<GgufFile, GgufError> {
+        GgufFile::parse_checked(bytes, path, true)
+    }
+
+    /// The Llama configuration of a GGUF file, reading only the start of it that holds the
+    /// header (for the planner, which should not read gigabytes of weights).
+    pub fn read_llama_config(path: &Path) -> Result<LlamaConfig, GgufError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let io = |source| GgufError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut f = std::fs::File::open(path).map_err(io)?;
+        let len = f.metadata().map_err(io)?.len();
+        let mut want: u64 = 1 << 20;
+        loop {
+            let mut buf = Vec::new();
+            f.seek(SeekFrom::Start(0)).map_err(io)?;
+            (&mut f).take(want).read_to_end(&mut buf).map_err(io)?;
+            match GgufFile::parse_checked(buf, path, false) {
+                Ok(header) => return header.llama_config(),
+                Err(GgufError::Truncated { .. }) if want < len => want = want.saturating_mul(4),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn parse_checked(
+        bytes: Vec<u8>,
+        path: &Path,
+        check_extents: bool,
+    ) -> Result<GgufFile, GgufError> {
         let mut r = Reader {
             buf: &bytes,
             pos: 0,
@@ -535,7 +566,7 @@ impl GgufFile {
             data_start,
             bytes,
         };
-        for t in &file.tensors {
+        for t in file.tensors.iter().filter(|_| check_extents) {
             if t.ty.block_layout().is_some() {
                 file.tensor_bytes(t)?;
             }
@@ -1151,6 +1182,16 @@ mod tests {
             (64, 500.0, 1e-5)
         );
         assert!(cfg.tie_word_embeddings);
+
+        // The planner reads the header only: a file cut inside its tensor data still gives it.
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = w.bytes();
+        let cut = dir.path().join("cut.gguf");
+        std::fs::write(&cut, &bytes[..bytes.len() - 8]).unwrap();
+        assert_eq!(GgufFile::read_llama_config(&cut).unwrap(), cfg);
+        std::fs::write(&cut, &bytes[..100]).unwrap();
+        let e = GgufFile::read_llama_config(&cut).unwrap_err().to_string();
+        assert!(e.contains("truncated file"), "{e}");
     }
 
     #[test]
