@@ -462,6 +462,33 @@ pub(crate) mod tests {
 
     #[cfg(feature = "torch")]
     #[test]
+    fn pre_tokenizers_by_gguf_name() {
+        use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+        let pieces = |name: &str, text: &str| -> Vec<String> {
+            let pre = hf::pre_tokenizer(name).unwrap();
+            let mut s = PreTokenizedString::from(text);
+            pre.pre_tokenize(&mut s).unwrap();
+            s.get_splits(OffsetReferential::Original, OffsetType::Byte)
+                .into_iter()
+                .map(|(p, _, _)| p.to_string())
+                .collect()
+        };
+        // Llama 3 groups digits by three and keeps a space with the following word.
+        assert_eq!(
+            pieces("llama-bpe", "Hi 12345!"),
+            vec!["Hi", "Ġ", "123", "45", "!"]
+        );
+        assert_eq!(pieces("smollm", "a 12"), vec!["a", "Ġ", "1", "2"]);
+        assert_eq!(pieces("gpt2", "a 12"), vec!["a", "Ġ12"]);
+        let e = hf::pre_tokenizer("qwen2").unwrap_err();
+        assert!(
+            e.contains("\"qwen2\"") && e.contains("not supported"),
+            "{e}"
+        );
+    }
+
+    #[cfg(feature = "torch")]
+    #[test]
     fn hf_tokenizer_json_reads_back_with_its_specials() {
         let Tokenizer::Hf { inner, .. } = tiny_gguf_tokenizer() else {
             panic!("not a BPE tokenizer")
