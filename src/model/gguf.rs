@@ -1360,7 +1360,8 @@ pub(crate) mod torch_tests {
         after the committee has reviewed the costs in detail.";
 
     /// Loads the real SmolLM2-135M GGUF (Q4_1 and Q8_0 tensors), generates and scores English.
-    /// Slow-ish (a few seconds); skipped when the file is absent.
+    /// Slow-ish (15 s in a debug build on an idle machine; `cargo test -- --skip slow_` leaves it
+    /// out); skipped with a message when the file is absent.
     #[test]
     fn slow_smollm2_gguf_knows_paris_and_english() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(SMOLLM2);
