@@ -183,8 +183,8 @@ pub fn load_plan(path: &Path, force: bool) -> anyhow::Result<(spec::SpecSource, 
     Ok((src, plan))
 }
 
-/// The base model's shape: a builtin's, an HF directory's config.json when it can be read here,
-/// or the spec's `model.shape`. Relative paths are taken from the spec's folder.
+/// The base model's shape: a builtin's, an HF directory's config.json or a GGUF file's header
+/// when it can be read here, or the spec's `model.shape`. Relative paths are taken from the spec's folder.
 fn resolve_shape(spec: &spec::Spec, spec_path: &Path) -> Option<LlamaConfig> {
     if let Some(b) = &spec.model.builtin {
         return LlamaConfig::builtin(b);
@@ -195,6 +195,12 @@ fn resolve_shape(spec: &spec::Spec, spec_path: &Path) -> Option<LlamaConfig> {
             if let Ok(cfg) = serde_json::from_str::<LlamaConfig>(&text) {
                 return Some(cfg);
             }
+        }
+    }
+    if let Some(file) = &spec.model.gguf {
+        let file = spec_path.parent().unwrap_or(Path::new(".")).join(file);
+        if let Ok(cfg) = crate::model::gguf::GgufFile::read_llama_config(&file) {
+            return Some(cfg);
         }
     }
     spec.model.shape.as_deref().and_then(LlamaConfig::builtin)

@@ -210,21 +210,26 @@ pub fn build(
 mod tests {
     use super::*;
     use crate::metrics::lm::fit_window;
+    use crate::model::tokenizer::Tokenizer;
     use crate::train::data::{tokenize, RawDoc};
 
     #[test]
     fn prompts_are_what_training_shows() {
         // Math: BOS then the prompt's bytes, exactly the prompt part of an IFT training row.
         let p = &crate::metrics::math::eval_problems(1)[0];
-        let ex = tokenize(&RawDoc::Pair(p.prompt.clone(), p.response.clone()));
+        let ex = tokenize(
+            &RawDoc::Pair(p.prompt.clone(), p.response.clone()),
+            &Tokenizer::Byte,
+        )
+        .unwrap();
         let prompt = ByteTokenizer.encode(crate::metrics::math::prompt_of(p));
         let (window, _) = fit_window(&prompt, 0, 4096);
         assert_eq!(window, ex.tokens[..ex.prompt_len]);
         // Diversity: an IFT example's prompt, a plain document's start.
-        let pair = tokenize(&RawDoc::Pair("Q?".into(), " A".into()));
+        let pair = tokenize(&RawDoc::Pair("Q?".into(), " A".into()), &Tokenizer::Byte).unwrap();
         assert_eq!(prompt_of(&pair, Regime::Ift), "Q?");
         let doc = format!("{}\nmore\n", "w".repeat(40));
-        let text = tokenize(&RawDoc::Text(doc.clone()));
+        let text = tokenize(&RawDoc::Text(doc.clone()), &Tokenizer::Byte).unwrap();
         assert_eq!(prompt_of(&text, Regime::Cpt), text_prompt(&doc));
     }
 }

@@ -182,6 +182,8 @@ pub struct Llama {
 const INIT_STD: f64 = 0.02;
 
 struct Builder<'a> {
+    /// Draw base weights from `rng`; when false they are zeros, about to be overwritten.
+    random_base: bool,
     rng: Rng,
     lora_rng: Rng,
     device: Device,
@@ -196,10 +198,14 @@ impl Builder<'_> {
         dims: &[i64],
         train: bool,
     ) -> Result<Tensor, ModelError> {
-        let n: i64 = dims.iter().product();
-        let t = Tensor::f_from_slice(&self.rng.normal_vec(n as usize, 0.0, INIT_STD))?
-            .f_reshape(dims)?
-            .f_to_device(self.device)?;
+        let t = if self.random_base {
+            let n: i64 = dims.iter().product();
+            Tensor::f_from_slice(&self.rng.normal_vec(n as usize, 0.0, INIT_STD))?
+                .f_reshape(dims)?
+                .f_to_device(self.device)?
+        } else {
+            Tensor::f_zeros(dims, (Kind::Float, self.device))?
+        };
         Ok(p.add(name, t, train))
     }
 
@@ -241,6 +247,26 @@ impl Llama {
         opts: &BuildOptions,
         device: Device,
     ) -> Result<Llama, ModelError> {
+        Llama::build(cfg, opts, device, true)
+    }
+
+    /// Build a model whose base weights are zeros, for a caller that overwrites every one of
+    /// them with [`Llama::load_named`] (strict): drawing 100M+ random numbers first would only
+    /// waste time. Adapters are initialised as in [`Llama::new`].
+    pub fn new_for_loading(
+        cfg: &LlamaConfig,
+        opts: &BuildOptions,
+        device: Device,
+    ) -> Result<Llama, ModelError> {
+        Llama::build(cfg, opts, device, false)
+    }
+
+    fn build(
+        cfg: &LlamaConfig,
+        opts: &BuildOptions,
+        device: Device,
+        random_base: bool,
+    ) -> Result<Llama, ModelError> {
         if cfg.num_attention_heads == 0
             || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
             || !cfg
@@ -258,6 +284,7 @@ impl Llama {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let mut b = Builder {
+            random_base,
             rng: Rng::new(opts.seed, 1),
             lora_rng: Rng::new(opts.seed, 2),
             device,
@@ -350,7 +377,7 @@ impl Llama {
                 tensors.insert(name, t);
             }
         }
-        let model = Llama::new(&cfg, opts, device)?;
+        let model = Llama::new_for_loading(&cfg, opts, device)?;
         model.load_named(&tensors, true, &dir.display().to_string())?;
         Ok(model)
     }

@@ -2,6 +2,7 @@
 //! libtorch implementation.
 
 pub mod config;
+pub mod gguf;
 #[cfg(feature = "torch")]
 pub mod llama;
 #[cfg(feature = "torch")]
@@ -26,6 +27,9 @@ pub enum ModelError {
         /// What is wrong.
         msg: String,
     },
+    /// A GGUF file cannot be read or mapped onto the model.
+    #[error(transparent)]
+    Gguf(#[from] gguf::GgufError),
     /// The input is longer than the rotary tables or otherwise out of range.
     #[error("{0}")]
     Input(String),

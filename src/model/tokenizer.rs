@@ -1,12 +1,14 @@
-//! The byte-level tokenizer of the builtin models: ids 0..=255 are bytes, then BOS, EOS, PAD.
+//! Tokenizers behind one [`Tokenizer`] type: the byte-level one of the builtin models (ids
+//! 0..=255 are bytes, then BOS, EOS, PAD) and, with the `torch` feature, byte-level BPE built
+//! from a GGUF vocabulary or read from a Hugging Face `tokenizer.json`.
 
 use super::config::BYTE_VOCAB;
 
-/// Beginning of a document.
+/// Beginning of a document (byte tokenizer).
 pub const BOS: i64 = 256;
-/// End of a document.
+/// End of a document (byte tokenizer).
 pub const EOS: i64 = 257;
-/// Padding (never a target).
+/// Padding, never a target (byte tokenizer).
 pub const PAD: i64 = 258;
 
 /// Byte-level tokenizer: lossless for any UTF-8 text, vocabulary [`BYTE_VOCAB`].
@@ -29,8 +31,343 @@ impl ByteTokenizer {
     }
 }
 
+/// An error building a tokenizer or running it.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    /// The tokenizer cannot be built from its source.
+    #[error("tokenizer of {source_name}: {msg}")]
+    Build {
+        /// The GGUF file or Hugging Face folder.
+        source_name: String,
+        /// What is wrong.
+        msg: String,
+    },
+    /// Encoding or decoding failed.
+    #[error("tokenizer: {0}")]
+    Run(String),
+}
+
+/// The ids that frame and pad documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpecialIds {
+    /// Put before every document, when the model's tokenizer adds one.
+    pub bos: Option<i64>,
+    /// Put after every document (the separator of packed documents).
+    pub eos: i64,
+    /// Pads instruction rows (never a target).
+    pub pad: i64,
+}
+
+/// A tokenizer of some model.
+#[derive(Debug, Clone)]
+pub enum Tokenizer {
+    /// The builtin byte-level tokenizer.
+    Byte,
+    /// A Hugging Face `tokenizers` tokenizer (from a GGUF vocabulary or a tokenizer.json).
+    #[cfg(feature = "torch")]
+    Hf {
+        /// The tokenizer.
+        inner: Box<tokenizers::Tokenizer>,
+        /// Its document framing.
+        specials: SpecialIds,
+    },
+}
+
+impl Tokenizer {
+    /// The token ids of a text, without BOS or EOS.
+    pub fn encode(&self, text: &str) -> Result<Vec<i64>, TokenizerError> {
+        match self {
+            Tokenizer::Byte => Ok(ByteTokenizer.encode(text)),
+            #[cfg(feature = "torch")]
+            Tokenizer::Hf { inner, .. } => {
+                let enc = inner
+                    .encode_fast(text, false)
+                    .map_err(|e| TokenizerError::Run(e.to_string()))?;
+                Ok(enc.get_ids().iter().map(|&i| i64::from(i)).collect())
+            }
+        }
+    }
+
+    /// The text of token ids, special tokens left out.
+    pub fn decode(&self, ids: &[i64]) -> Result<String, TokenizerError> {
+        match self {
+            Tokenizer::Byte => Ok(ByteTokenizer.decode(ids)),
+            #[cfg(feature = "torch")]
+            Tokenizer::Hf { inner, .. } => {
+                let ids: Vec<u32> = ids.iter().filter_map(|&i| u32::try_from(i).ok()).collect();
+                inner
+                    .decode(&ids, true)
+                    .map_err(|e| TokenizerError::Run(e.to_string()))
+            }
+        }
+    }
+
+    /// BOS, EOS and PAD.
+    pub fn specials(&self) -> SpecialIds {
+        match self {
+            Tokenizer::Byte => SpecialIds {
+                bos: Some(BOS),
+                eos: EOS,
+                pad: PAD,
+            },
+            #[cfg(feature = "torch")]
+            Tokenizer::Hf { specials, .. } => *specials,
+        }
+    }
+
+    /// One more than the largest id it can produce: the smallest vocabulary a model needs.
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Tokenizer::Byte => ByteTokenizer::VOCAB,
+            #[cfg(feature = "torch")]
+            Tokenizer::Hf { inner, specials } => {
+                let n = inner.get_vocab_size(true);
+                let top = [specials.bos.unwrap_or(0), specials.eos, specials.pad]
+                    .into_iter()
+                    .max()
+                    .unwrap_or(0);
+                n.max(top as usize + 1)
+            }
+        }
+    }
+
+    /// A byte-level BPE tokenizer from a GGUF file's `tokenizer.ggml.*` metadata (model
+    /// `gpt2`: tokens, merges, token types, special ids, and the pre-tokenizer named by
+    /// `tokenizer.ggml.pre`).
+    #[cfg(feature = "torch")]
+    pub fn from_gguf(file: &super::gguf::GgufFile) -> Result<Tokenizer, TokenizerError> {
+        hf::from_gguf(file)
+    }
+
+    /// The tokenizer of a Hugging Face model folder: `tokenizer.json`, with EOS from
+    /// `config.json` or `tokenizer_config.json`, and BOS when the tokenizer's post-processor
+    /// adds one.
+    #[cfg(feature = "torch")]
+    pub fn from_hf_dir(dir: &std::path::Path) -> Result<Tokenizer, TokenizerError> {
+        hf::from_hf_dir(dir)
+    }
+}
+
+#[cfg(feature = "torch")]
+mod hf {
+    use std::path::Path;
+
+    use tokenizers::models::bpe::{Vocab, BPE};
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::pre_tokenizers::digits::Digits;
+    use tokenizers::pre_tokenizers::sequence::Sequence;
+    use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+    use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
+
+    use super::{SpecialIds, Tokenizer, TokenizerError};
+    use crate::model::gguf::{GgufError, GgufFile};
+
+    /// Show a path in messages.
+    fn shown(p: &Path) -> String {
+        p.display().to_string()
+    }
+
+    /// Llama 3's pre-tokenizer pattern (`tokenizer.ggml.pre = "llama-bpe"`).
+    const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+    /// The pre-tokenizers of the `tokenizer.ggml.pre` names handled here.
+    pub(super) fn pre_tokenizer(name: &str) -> Result<PreTokenizerWrapper, String> {
+        let byte_level = |regex: bool| ByteLevel::new(false, true, regex);
+        Ok(match name {
+            "default" | "gpt2" | "gpt-2" => byte_level(true).into(),
+            "smollm" => {
+                Sequence::new(vec![Digits::new(true).into(), byte_level(true).into()]).into()
+            }
+            "llama-bpe" | "llama3" => {
+                let split = Split::new(
+                    SplitPattern::Regex(LLAMA3_SPLIT.into()),
+                    SplitDelimiterBehavior::Isolated,
+                    false,
+                )
+                .map_err(|e| e.to_string())?;
+                Sequence::new(vec![split.into(), byte_level(false).into()]).into()
+            }
+            other => {
+                return Err(format!(
+                    "pre-tokenizer {other:?} (tokenizer.ggml.pre) is not supported; known: \
+                     default, gpt2, smollm, llama-bpe"
+                ))
+            }
+        })
+    }
+
+    pub(super) fn from_gguf(file: &GgufFile) -> Result<Tokenizer, TokenizerError> {
+        let bad = |msg: String| TokenizerError::Build {
+            source_name: shown(&file.path),
+            msg,
+        };
+        let meta = |e: GgufError| bad(e.to_string());
+        let model = file.get_str("tokenizer.ggml.model").map_err(meta)?;
+        if model != Some("gpt2") {
+            return Err(bad(format!(
+                "tokenizer.ggml.model is {model:?}; only \"gpt2\" (byte-level BPE) is supported"
+            )));
+        }
+        let tokens = file
+            .get_str_array("tokenizer.ggml.tokens")
+            .map_err(meta)?
+            .ok_or_else(|| bad("tokenizer.ggml.tokens is missing".into()))?;
+        let merges = file
+            .get_str_array("tokenizer.ggml.merges")
+            .map_err(meta)?
+            .ok_or_else(|| bad("tokenizer.ggml.merges is missing".into()))?
+            .into_iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| bad(format!("merge {m:?} is not two tokens")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let types: Vec<i64> = match file.get("tokenizer.ggml.token_type") {
+            Some(v) => v
+                .as_array()
+                .map(|a| a.iter().map(|x| x.as_i64().unwrap_or(1)).collect())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let vocab: Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.to_string(), i as u32))
+            .collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| bad(format!("building BPE: {e}")))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        let pre = file
+            .get_str("tokenizer.ggml.pre")
+            .map_err(meta)?
+            .unwrap_or("default");
+        inner.with_pre_tokenizer(Some(pre_tokenizer(pre).map_err(bad)?));
+        inner.with_decoder(Some(ByteLevel::default()));
+        // Control tokens (type 3) are special; user-defined ones (type 4) are added tokens.
+        let added = |ty: i64, special: bool| -> Vec<AddedToken> {
+            tokens
+                .iter()
+                .zip(&types)
+                .filter(|(_, &t)| t == ty)
+                .map(|(s, _)| AddedToken::from(s.to_string(), special))
+                .collect()
+        };
+        inner.add_special_tokens(&added(3, true));
+        inner.add_tokens(&added(4, false));
+
+        let id = |key: &str| -> Result<Option<i64>, TokenizerError> {
+            let v = file.get_int(key).map_err(meta)?;
+            match v {
+                Some(i) if i < 0 || i as usize >= tokens.len() => Err(bad(format!(
+                    "{key} {i} is outside the vocabulary of {}",
+                    tokens.len()
+                ))),
+                v => Ok(v),
+            }
+        };
+        let eos = id("tokenizer.ggml.eos_token_id")?
+            .ok_or_else(|| bad("tokenizer.ggml.eos_token_id is missing".into()))?;
+        let add_bos = file
+            .get("tokenizer.ggml.add_bos_token")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        let bos = if add_bos {
+            Some(id("tokenizer.ggml.bos_token_id")?.ok_or_else(|| {
+                bad("add_bos_token is set but tokenizer.ggml.bos_token_id is missing".into())
+            })?)
+        } else {
+            None
+        };
+        let pad = id("tokenizer.ggml.padding_token_id")?.unwrap_or(eos);
+        Ok(Tokenizer::Hf {
+            inner: Box::new(inner),
+            specials: SpecialIds { bos, eos, pad },
+        })
+    }
+
+    fn read_json(path: &Path) -> Option<serde_json::Value> {
+        let text = std::fs::read_to_string(path).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// A token given in tokenizer_config.json, as a string or as `{"content": ...}`.
+    fn token_text(v: Option<&serde_json::Value>) -> Option<String> {
+        let v = v?;
+        v.as_str()
+            .or_else(|| v.get("content").and_then(|c| c.as_str()))
+            .map(str::to_owned)
+    }
+
+    /// An id given in config.json, as a number or a list (the first).
+    fn config_id(v: Option<&serde_json::Value>) -> Option<i64> {
+        let v = v?;
+        v.as_i64().or_else(|| {
+            v.as_array()
+                .and_then(|a| a.first())
+                .and_then(|x| x.as_i64())
+        })
+    }
+
+    pub(super) fn from_hf_dir(dir: &Path) -> Result<Tokenizer, TokenizerError> {
+        let bad = |msg: String| TokenizerError::Build {
+            source_name: shown(dir),
+            msg,
+        };
+        let path = dir.join("tokenizer.json");
+        if !path.exists() {
+            return Err(bad("tokenizer.json is missing".into()));
+        }
+        let mut inner = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| bad(format!("tokenizer.json: {e}")))?;
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
+            .map_err(|e| bad(format!("tokenizer.json: {e}")))?;
+        let config = read_json(&dir.join("config.json"));
+        let tok_config = read_json(&dir.join("tokenizer_config.json"));
+        let by_text = |key: &str| {
+            token_text(tok_config.as_ref().and_then(|c| c.get(key)))
+                .and_then(|t| inner.token_to_id(&t))
+                .map(i64::from)
+        };
+        let by_config = |key: &str| config_id(config.as_ref().and_then(|c| c.get(key)));
+        let eos = by_config("eos_token_id")
+            .or_else(|| by_text("eos_token"))
+            .ok_or_else(|| {
+                bad("no EOS token: neither config.json's eos_token_id nor \
+                     tokenizer_config.json's eos_token names one"
+                    .into())
+            })?;
+        // BOS is what the post-processor puts before a text, if anything.
+        let probe = |special: bool| -> Result<Vec<u32>, TokenizerError> {
+            inner
+                .encode_fast("a", special)
+                .map(|e| e.get_ids().to_vec())
+                .map_err(|e| bad(format!("encoding a probe: {e}")))
+        };
+        let (with, without) = (probe(true)?, probe(false)?);
+        let bos = match (with.first(), without.first()) {
+            (Some(&w), Some(&wo)) if with.len() > without.len() && w != wo => Some(i64::from(w)),
+            _ => None,
+        };
+        let pad = by_config("pad_token_id")
+            .or_else(|| by_text("pad_token"))
+            .unwrap_or(eos);
+        Ok(Tokenizer::Hf {
+            inner: Box::new(inner),
+            specials: SpecialIds { bos, eos, pad },
+        })
+    }
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    #[cfg(feature = "torch")]
+    use std::path::Path;
+
     use super::*;
 
     #[test]
@@ -43,5 +380,143 @@ mod tests {
         with.push(EOS);
         assert_eq!(t.decode(&with), "héllo\n");
         assert!(PAD < BYTE_VOCAB as i64);
+        let e = Tokenizer::Byte;
+        assert_eq!(e.encode("hé").unwrap(), t.encode("hé"));
+        assert_eq!(e.specials().bos, Some(BOS));
+        assert_eq!(e.vocab_size(), BYTE_VOCAB);
+    }
+
+    /// A GPT-2 style vocabulary: the 256 byte-level characters, a few merges, and two control
+    /// tokens; returned as GGUF metadata.
+    #[cfg(feature = "torch")]
+    pub(crate) fn tiny_bpe_metadata() -> Vec<(String, crate::model::gguf::GgufValue)> {
+        use crate::model::gguf::GgufValue as V;
+        // GPT-2's bytes_to_unicode: printable bytes map to themselves, the rest to 256 + n.
+        let mut chars = Vec::new();
+        let mut n = 0;
+        for b in 0..=255u32 {
+            let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || b >= 174;
+            chars.push(if printable {
+                char::from_u32(b)
+            } else {
+                n += 1;
+                char::from_u32(255 + n)
+            });
+        }
+        let mut tokens: Vec<String> = chars.into_iter().flatten().map(String::from).collect();
+        let merges = ["t h", "Ġ th", "th e", "Ġth e", "o r", "Ġ b"];
+        for m in merges {
+            tokens.push(m.replace(' ', ""));
+        }
+        tokens.push("<|endoftext|>".into());
+        tokens.push("<|pad|>".into());
+        let n = tokens.len();
+        let mut types = vec![V::I32(1); n];
+        types[n - 2] = V::I32(3);
+        types[n - 1] = V::I32(3);
+        let strs = |v: Vec<String>| V::Array(v.into_iter().map(V::String).collect());
+        vec![
+            ("tokenizer.ggml.model".into(), V::String("gpt2".into())),
+            ("tokenizer.ggml.pre".into(), V::String("smollm".into())),
+            ("tokenizer.ggml.tokens".into(), strs(tokens)),
+            ("tokenizer.ggml.token_type".into(), V::Array(types)),
+            (
+                "tokenizer.ggml.merges".into(),
+                strs(merges.iter().map(|s| s.to_string()).collect()),
+            ),
+            ("tokenizer.ggml.eos_token_id".into(), V::U32(n as u32 - 2)),
+            (
+                "tokenizer.ggml.padding_token_id".into(),
+                V::U32(n as u32 - 1),
+            ),
+        ]
+    }
+
+    #[cfg(feature = "torch")]
+    fn tiny_gguf_tokenizer() -> Tokenizer {
+        use crate::model::gguf::{writer::GgufWriter, GgufFile};
+        let mut w = GgufWriter::new();
+        for (k, v) in tiny_bpe_metadata() {
+            w.kv(&k, v);
+        }
+        let f = GgufFile::parse(w.bytes(), Path::new("t.gguf")).unwrap();
+        Tokenizer::from_gguf(&f).unwrap()
+    }
+
+    #[cfg(feature = "torch")]
+    #[test]
+    fn gguf_bpe_merges_splits_digits_and_round_trips() {
+        let t = tiny_gguf_tokenizer();
+        // Ids 0..256 are the bytes; then th, Ġth, the, Ġthe, or, Ġb, and the two controls.
+        assert_eq!(t.encode("the the").unwrap(), vec![258, 259]);
+        // Digits are single tokens (smollm's pre-tokenizer): "42" is bytes 52, 50.
+        assert_eq!(t.encode("42").unwrap(), vec![52, 50]);
+        let text = "the 42 borders, naïve\n\tthé<|endoftext|>";
+        let ids = t.encode(text).unwrap();
+        assert!(ids.contains(&262), "<|endoftext|> is one token: {ids:?}");
+        assert_eq!(t.decode(&ids).unwrap(), "the 42 borders, naïve\n\tthé");
+        let s = t.specials();
+        assert_eq!((s.bos, s.eos, s.pad), (None, 262, 263));
+        assert_eq!(t.vocab_size(), 264);
+    }
+
+    #[cfg(feature = "torch")]
+    #[test]
+    fn pre_tokenizers_by_gguf_name() {
+        use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+        let pieces = |name: &str, text: &str| -> Vec<String> {
+            let pre = hf::pre_tokenizer(name).unwrap();
+            let mut s = PreTokenizedString::from(text);
+            pre.pre_tokenize(&mut s).unwrap();
+            s.get_splits(OffsetReferential::Original, OffsetType::Byte)
+                .into_iter()
+                .map(|(p, _, _)| p.to_string())
+                .collect()
+        };
+        // Llama 3 groups digits by three and keeps a space with the following word.
+        assert_eq!(
+            pieces("llama-bpe", "Hi 12345!"),
+            vec!["Hi", "Ġ", "123", "45", "!"]
+        );
+        assert_eq!(pieces("smollm", "a 12"), vec!["a", "Ġ", "1", "2"]);
+        assert_eq!(pieces("gpt2", "a 12"), vec!["a", "Ġ12"]);
+        let e = hf::pre_tokenizer("qwen2").unwrap_err();
+        assert!(
+            e.contains("\"qwen2\"") && e.contains("not supported"),
+            "{e}"
+        );
+    }
+
+    #[cfg(feature = "torch")]
+    #[test]
+    fn hf_tokenizer_json_reads_back_with_its_specials() {
+        let Tokenizer::Hf { inner, .. } = tiny_gguf_tokenizer() else {
+            panic!("not a BPE tokenizer")
+        };
+        let dir = tempfile::tempdir().unwrap();
+        inner
+            .save(dir.path().join("tokenizer.json"), false)
+            .unwrap();
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            r#"{"eos_token": "<|endoftext|>", "pad_token": {"content": "<|pad|>"}}"#,
+        )
+        .unwrap();
+        let t = Tokenizer::from_hf_dir(dir.path()).unwrap();
+        assert_eq!(t.encode("the the").unwrap(), vec![258, 259]);
+        let s = t.specials();
+        assert_eq!((s.bos, s.eos, s.pad), (None, 262, 263));
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"eos_token_id": [263, 1]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            Tokenizer::from_hf_dir(dir.path()).unwrap().specials().eos,
+            263
+        );
+        std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
+        let e = Tokenizer::from_hf_dir(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("tokenizer.json is missing"), "{e}");
     }
 }

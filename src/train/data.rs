@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use tch::Tensor;
 
 use super::TrainError;
-use crate::model::tokenizer::{ByteTokenizer, BOS, EOS, PAD};
+use crate::model::tokenizer::Tokenizer;
 use crate::rng::Rng;
 use crate::spec::{DataSpec, Regime};
 
@@ -219,35 +219,39 @@ pub fn parse_jsonl(
     Ok(docs)
 }
 
-/// Tokenize a document: BOS, text, EOS; a pair's prompt is not a target.
-pub fn tokenize(doc: &RawDoc) -> Example {
-    let tok = ByteTokenizer;
-    match doc {
+/// Tokenize a document with the model's tokenizer: BOS (when the tokenizer uses one), text,
+/// EOS; a pair's prompt is not a target.
+pub fn tokenize(doc: &RawDoc, tok: &Tokenizer) -> Result<Example, TrainError> {
+    let specials = tok.specials();
+    let mut tokens: Vec<i64> = specials.bos.into_iter().collect();
+    let prompt_len = match doc {
         RawDoc::Text(t) => {
-            let mut tokens = vec![BOS];
-            tokens.extend(tok.encode(t));
-            tokens.push(EOS);
-            Example {
-                tokens,
-                prompt_len: 0,
-            }
+            tokens.extend(tok.encode(t)?);
+            0
         }
         RawDoc::Pair(p, r) => {
-            let mut tokens = vec![BOS];
-            tokens.extend(tok.encode(p));
-            let prompt_len = tokens.len();
-            tokens.extend(tok.encode(r));
-            tokens.push(EOS);
-            Example { tokens, prompt_len }
+            tokens.extend(tok.encode(p)?);
+            let n = tokens.len();
+            tokens.extend(tok.encode(r)?);
+            n
         }
-    }
+    };
+    tokens.push(specials.eos);
+    Ok(Example { tokens, prompt_len })
 }
 
 /// Split documents into (train, held out): documents ordered by the hash of their text are held
 /// out until they hold `eval_tokens` tokens, but never more than half of them (and none when
 /// there is a single document). Training documents keep their order.
-pub fn split_heldout(docs: Vec<RawDoc>, eval_tokens: u64) -> (Vec<Example>, Vec<Example>) {
-    let examples: Vec<Example> = docs.iter().map(tokenize).collect();
+pub fn split_heldout(
+    docs: Vec<RawDoc>,
+    eval_tokens: u64,
+    tok: &Tokenizer,
+) -> Result<(Vec<Example>, Vec<Example>), TrainError> {
+    let examples = docs
+        .iter()
+        .map(|d| tokenize(d, tok))
+        .collect::<Result<Vec<Example>, TrainError>>()?;
     let mut order: Vec<(Vec<u8>, usize)> = docs
         .iter()
         .enumerate()
@@ -272,7 +276,7 @@ pub fn split_heldout(docs: Vec<RawDoc>, eval_tokens: u64) -> (Vec<Example>, Vec<
             train.push(ex);
         }
     }
-    (train, heldout)
+    Ok((train, heldout))
 }
 
 /// Rows of a batch: inputs and targets (IGNORE where no loss), each (rows, seq_len).
@@ -318,15 +322,19 @@ pub enum Rows {
         examples: Vec<Example>,
         /// Sequence length.
         seq_len: usize,
+        /// The padding id of the tokenizer.
+        pad: i64,
     },
 }
 
 impl Rows {
-    /// Rows for a regime; fails when there is not a single full row.
+    /// Rows for a regime, instruction rows padded with `pad`; fails when there is not a single
+    /// full row.
     pub fn new(
         examples: Vec<Example>,
         regime: Regime,
         seq_len: usize,
+        pad: i64,
         what: &str,
     ) -> Result<Rows, TrainError> {
         let rows = match regime {
@@ -341,6 +349,7 @@ impl Rows {
                     .filter(|e| e.prompt_len.max(1) <= seq_len && e.tokens.len() > e.prompt_len)
                     .collect(),
                 seq_len,
+                pad,
             },
         };
         if rows.is_empty() {
@@ -372,9 +381,13 @@ impl Rows {
                 let w = &stream[s..s + seq_len + 1];
                 (w[..*seq_len].to_vec(), w[1..].to_vec())
             }
-            Rows::Examples { examples, seq_len } => {
+            Rows::Examples {
+                examples,
+                seq_len,
+                pad,
+            } => {
                 let ex = &examples[i];
-                let mut inputs = vec![PAD; *seq_len];
+                let mut inputs = vec![*pad; *seq_len];
                 let mut targets = vec![IGNORE; *seq_len];
                 let n = ex.tokens.len().saturating_sub(1).min(*seq_len);
                 for j in 0..n {
@@ -450,6 +463,7 @@ pub fn eval_rows(rows: &Rows, max_tokens: u64) -> Vec<Row> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::tokenizer::{BOS, EOS, PAD};
 
     fn spec() -> DataSpec {
         serde_json::from_str(
@@ -468,10 +482,10 @@ mod tests {
             &spec(),
         )
         .unwrap();
-        let ex = tokenize(&docs[0]);
+        let ex = tokenize(&docs[0], &Tokenizer::Byte).unwrap();
         assert_eq!(ex.tokens, vec![BOS, 97, 98, 99, 100, EOS]);
         assert_eq!(ex.prompt_len, 3);
-        let rows = Rows::new(vec![ex], Regime::Ift, 8, "t").unwrap();
+        let rows = Rows::new(vec![ex], Regime::Ift, 8, PAD, "t").unwrap();
         let (x, y) = rows.row(0);
         assert_eq!(x, vec![BOS, 97, 98, 99, 100, PAD, PAD, PAD]);
         // Predicting c (after b), d, EOS only.
@@ -487,7 +501,7 @@ mod tests {
             tokens: (0..21).collect(),
             prompt_len: 0,
         };
-        let rows = Rows::new(vec![ex], Regime::Cpt, 4, "t").unwrap();
+        let rows = Rows::new(vec![ex], Regime::Cpt, 4, PAD, "t").unwrap();
         assert_eq!(rows.len(), 5);
         assert_eq!(rows.row(1), (vec![4, 5, 6, 7], vec![5, 6, 7, 8]));
         let mut a = Sampler::new(rows, 3);
@@ -505,10 +519,10 @@ mod tests {
         let docs: Vec<RawDoc> = (0..10)
             .map(|i| RawDoc::Text(format!("doc {i} ").repeat(10)))
             .collect();
-        let (train, held) = split_heldout(docs.clone(), 100);
+        let (train, held) = split_heldout(docs.clone(), 100, &Tokenizer::Byte).unwrap();
         assert_eq!(train.len() + held.len(), 10);
         assert!(!held.is_empty() && held.len() <= 5);
-        let (train2, held2) = split_heldout(docs, 100);
+        let (train2, held2) = split_heldout(docs, 100, &Tokenizer::Byte).unwrap();
         assert_eq!((train, held), (train2, held2));
         assert_eq!(chunk_text("a\nb\nc\n", 4), vec!["a\nb\n", "c\n"]);
         assert_eq!(chunk_text("aaaaaaaaaaa\nb\n", 12), vec!["aaaaaaaaaaa\nb\n"]);

@@ -23,8 +23,9 @@ use std::time::Instant;
 use tch::{Device, Tensor};
 
 use crate::model::config::{LlamaConfig, BUILTIN_SHAPES};
+use crate::model::gguf::{self, GgufFile};
 use crate::model::llama::{BuildOptions, Llama, LoraOptions};
-use crate::model::tokenizer::ByteTokenizer;
+use crate::model::tokenizer::{Tokenizer, TokenizerError};
 use crate::model::ModelError;
 use crate::plan::run::{MethodConfig, ModelSource, RunFile, RUN_SCHEMA};
 use crate::spec::values::TokenAmount;
@@ -54,6 +55,9 @@ pub enum TrainError {
         /// What is wrong.
         msg: String,
     },
+    /// The model's tokenizer could not be built or failed on the data.
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
     /// Data could not be found or read.
     #[error("data: {0}")]
     Data(String),
@@ -196,13 +200,15 @@ fn base_model_name(run: &RunFile) -> String {
     }
 }
 
-/// Build the run's model: a builtin shape, randomly initialised from the run's seed or loaded
-/// from `sweep pretrain`'s cache, with adapters for LoRA.
+/// Build the run's model and its tokenizer: a builtin shape (byte tokenizer), randomly
+/// initialised from the run's seed or loaded from `sweep pretrain`'s cache; a Hugging Face folder
+/// (safetensors and tokenizer.json); or a GGUF file (dequantized, with the tokenizer of its
+/// metadata). LoRA runs get adapters.
 pub fn build_model(
     run: &RunFile,
     opts: &TrainOptions,
     device: Device,
-) -> Result<Llama, TrainError> {
+) -> Result<(Llama, Tokenizer), TrainError> {
     let t = &run.shared.training;
     let build = BuildOptions {
         seed: run.seed,
@@ -212,17 +218,17 @@ pub fn build_model(
     let (shape, init) = match &run.shared.model {
         ModelSource::Builtin { shape, init } => (shape.clone(), *init),
         ModelSource::Hf { path } => {
-            return Err(TrainError::Unsupported(format!(
-                "Hugging Face model {}: training needs its tokenizer (tokenizer.json), which this \
-                 trainer cannot read yet; builtin models work",
-                path.display()
-            )))
+            let tokenizer = Tokenizer::from_hf_dir(path)?;
+            let model = Llama::from_hf_dir(path, &build, device)?;
+            check_vocabulary(&tokenizer, &model.cfg, &path.display().to_string())?;
+            return Ok((model, tokenizer));
         }
         ModelSource::Gguf { path } => {
-            return Err(TrainError::Unsupported(format!(
-                "GGUF model {}: GGUF loading is not built yet; builtin models work",
-                path.display()
-            )))
+            let file = GgufFile::open(path).map_err(ModelError::from)?;
+            let tokenizer = Tokenizer::from_gguf(&file)?;
+            let model = gguf::load_llama(&file, &build, device)?;
+            check_vocabulary(&tokenizer, &model.cfg, &path.display().to_string())?;
+            return Ok((model, tokenizer));
         }
     };
     let cfg = match &opts.model_override {
@@ -234,12 +240,14 @@ pub fn build_model(
             ))
         })?,
     };
-    if cfg.vocab_size < ByteTokenizer::VOCAB {
+    let tokenizer = Tokenizer::Byte;
+    if cfg.vocab_size < tokenizer.vocab_size() {
         return Err(TrainError::Unsupported(format!(
             "builtin shape `{shape}` has vocabulary {}, but the byte tokenizer needs {}; \
-             only byte-level builtin shapes (tiny, small) can train here",
+             only byte-level builtin shapes (tiny, small) can train here (real models load \
+             with model.hf or model.gguf)",
             cfg.vocab_size,
-            ByteTokenizer::VOCAB
+            tokenizer.vocab_size()
         )));
     }
     let model = Llama::new(&cfg, &build, device)?;
@@ -265,15 +273,33 @@ pub fn build_model(
             &path.display().to_string(),
         )?;
     }
-    Ok(model)
+    Ok((model, tokenizer))
+}
+
+/// Refuse a tokenizer that produces ids beyond the model's embedding rows.
+fn check_vocabulary(tok: &Tokenizer, cfg: &LlamaConfig, source: &str) -> Result<(), TrainError> {
+    if tok.vocab_size() > cfg.vocab_size {
+        return Err(ModelError::Load {
+            path: source.to_string(),
+            msg: format!(
+                "the tokenizer has {} tokens but the model's vocabulary is {}",
+                tok.vocab_size(),
+                cfg.vocab_size
+            ),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// The metrics this trainer measures; the others requested are reported as not measured.
-fn measured(metric: Metric) -> bool {
+/// The generation and likelihood metrics decode text with the byte tokenizer, so they are
+/// measured for builtin (byte-level) models only; for others they are listed as not measured.
+fn measured(metric: Metric, byte_level: bool) -> bool {
     matches!(
         metric,
         Metric::TargetLoss | Metric::SourceLoss | Metric::SpectralRank
-    ) || crate::metrics::evaluators::METRICS.contains(&metric)
+    ) || (byte_level && crate::metrics::evaluators::METRICS.contains(&metric))
 }
 
 /// A prepared run: model, optimizer, data and evaluators.
@@ -311,7 +337,8 @@ impl<'a> Trainer<'a> {
                 "batch_size, micro_batch_size and seq_len must be positive".into(),
             ));
         }
-        let model = build_model(run, opts, device)?;
+        let (model, tokenizer) = build_model(run, opts, device)?;
+        let pad = tokenizer.specials().pad;
         let seq_len = t.seq_len as usize;
         let data = &run.shared.data;
         let eval_tokens = match run.shared.evaluation.eval_tokens.amount() {
@@ -326,8 +353,14 @@ impl<'a> Trainer<'a> {
 
         let target_path = data::resolve_source(&data.target, &opts.data_dir)?;
         let docs = data::read_documents(&target_path, data.regime, data)?;
-        let (train_docs, held_docs) = data::split_heldout(docs, eval_tokens);
-        let train_rows = Rows::new(train_docs, data.regime, seq_len, "target training data")?;
+        let (train_docs, held_docs) = data::split_heldout(docs, eval_tokens, &tokenizer)?;
+        let train_rows = Rows::new(
+            train_docs,
+            data.regime,
+            seq_len,
+            pad,
+            "target training data",
+        )?;
         let sampler = Sampler::new(train_rows, run.seed);
 
         let metrics = run
@@ -336,8 +369,14 @@ impl<'a> Trainer<'a> {
             .metrics
             .clone()
             .unwrap_or_else(|| vec![Metric::TargetLoss, Metric::SourceLoss]);
+        let byte_level = matches!(tokenizer, Tokenizer::Byte);
+        let generation: Vec<Metric> = metrics
+            .iter()
+            .copied()
+            .filter(|m| measured(*m, byte_level))
+            .collect();
         let mut evaluators = crate::metrics::evaluators::build(
-            &metrics,
+            &generation,
             &run.shared.evaluation,
             &opts.data_dir,
             data.regime,
@@ -345,7 +384,7 @@ impl<'a> Trainer<'a> {
             run.seed,
         )?;
         if metrics.contains(&Metric::TargetLoss) && !held_docs.is_empty() {
-            let rows = Rows::new(held_docs, data.regime, seq_len, "held-out target data")?;
+            let rows = Rows::new(held_docs, data.regime, seq_len, pad, "held-out target data")?;
             evaluators.push(Box::new(LossEval {
                 name: "target".into(),
                 rows: eval_rows(&rows, eval_tokens),
@@ -356,11 +395,12 @@ impl<'a> Trainer<'a> {
         if metrics.contains(&Metric::SourceLoss) {
             let source_path = data::resolve_source(&data.source, &opts.data_dir)?;
             let docs = data::read_documents(&source_path, crate::spec::Regime::Cpt, data)?;
-            let (_, held) = data::split_heldout(docs, eval_tokens);
+            let (_, held) = data::split_heldout(docs, eval_tokens, &tokenizer)?;
             let rows = Rows::new(
                 held,
                 crate::spec::Regime::Cpt,
                 seq_len,
+                pad,
                 "held-out source data",
             )?;
             evaluators.push(Box::new(LossEval {
@@ -378,7 +418,7 @@ impl<'a> Trainer<'a> {
         }
         let not_measured = metrics
             .iter()
-            .filter(|m| !measured(**m))
+            .filter(|m| !measured(**m, byte_level))
             .map(|m| {
                 serde_json::to_value(m)
                     .ok()

@@ -126,7 +126,7 @@ fn lora_training_changes_only_the_adapter() {
         v["eval_at"] = serde_json::json!([320]);
     });
     let file = read_run_file(&run).unwrap();
-    let before = build_model(&file, &f.opts(), Device::Cpu).unwrap();
+    let (before, _) = build_model(&file, &f.opts(), Device::Cpu).unwrap();
     let r = train(&run, &f.opts()).unwrap();
     assert_eq!(r.status, RunStatus::Completed);
     let ranks = &r.evals.last().unwrap().metrics;
@@ -140,7 +140,7 @@ fn lora_training_changes_only_the_adapter() {
         .unwrap();
     // The checkpoint holds exactly the adapter: 3 modules x 2 layers x (A, B).
     assert_eq!(adapter.model.len(), 12);
-    let after = build_model(&file, &f.opts(), Device::Cpu).unwrap();
+    let (after, _) = build_model(&file, &f.opts(), Device::Cpu).unwrap();
     after.load_named(&adapter.model, false, "ckpt").unwrap();
     for ((name, a), (_, b)) in before.variables().iter().zip(after.variables().iter()) {
         let changed = !a.equal(b);
@@ -362,4 +362,63 @@ fn generation_and_choice_metrics_are_measured_at_every_eval() {
     });
     let err = train(&bad, &f.opts()).unwrap_err().to_string();
     assert!(err.contains("evaluation.multiple_choice"), "{err}");
+}
+
+#[test]
+fn gguf_and_hf_models_train_with_their_tokenizers() {
+    use crate::model::llama::{BuildOptions, Llama};
+    let f = Fixture::new();
+    // tiny_cfg's vocabulary (264) is the size of the test BPE vocabulary.
+    let cfg = tiny_cfg();
+    let build = BuildOptions {
+        seed: 2,
+        ..Default::default()
+    };
+    let m = Llama::new(&cfg, &build, Device::Cpu).unwrap();
+    let gguf = f.dir.path().join("m.gguf");
+    crate::model::gguf::torch_tests::write_gguf(&m, &gguf);
+    let opts = TrainOptions {
+        model_override: None,
+        ..f.opts()
+    };
+
+    let run = f.run("gguf", |v| {
+        v["model"] = serde_json::json!({"kind": "gguf", "path": gguf});
+        lora(v);
+    });
+    let file = read_run_file(&run).unwrap();
+    let (_, tok) = build_model(&file, &opts, Device::Cpu).unwrap();
+    // The data is tokenized with the model's BPE ("the" is one token), framed by its EOS.
+    assert_eq!(tok.encode("the").unwrap(), vec![258]);
+    assert_eq!((tok.specials().bos, tok.specials().eos), (None, 262));
+    let r = train(&run, &opts).unwrap();
+    assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
+    let first = r.evals.first().unwrap().metrics["target_loss"];
+    let last = r.evals.last().unwrap().metrics["target_loss"];
+    assert!(last < first, "target loss {first} -> {last}");
+
+    let hf = f.dir.path().join("hf");
+    std::fs::create_dir_all(&hf).unwrap();
+    std::fs::write(hf.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    Tensor::write_safetensors(&m.variables(), hf.join("model.safetensors")).unwrap();
+    let crate::model::tokenizer::Tokenizer::Hf { inner, .. } = tok else {
+        panic!("a GGUF model has a BPE tokenizer")
+    };
+    inner.save(hf.join("tokenizer.json"), false).unwrap();
+    std::fs::write(
+        hf.join("tokenizer_config.json"),
+        r#"{"eos_token": "<|endoftext|>"}"#,
+    )
+    .unwrap();
+    let run = f.run("hf", |v| {
+        v["model"] = serde_json::json!({"kind": "hf", "path": hf});
+    });
+    let r = train(&run, &opts).unwrap();
+    assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
+
+    let missing = f.run("nogguf", |v| {
+        v["model"] = serde_json::json!({"kind": "gguf", "path": "nowhere/x.gguf"});
+    });
+    let e = train(&missing, &opts).unwrap_err().to_string();
+    assert!(e.contains("nowhere/x.gguf"), "{e}");
 }
