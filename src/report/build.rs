@@ -807,8 +807,19 @@ fn spectral_finding(input: &ReportInput, top: u64) -> Finding {
                 Verdict::NotSupported
             },
             evidence: format!(
-                "mean rank for 90% of the variance: full {:.1}, LoRA {:.1}",
-                sf.mean, sl.mean
+                "mean rank for 90% of the variance: full {:.1}, LoRA {:.1}{}",
+                sf.mean,
+                sl.mean,
+                summarize(
+                    &input
+                        .runs
+                        .iter()
+                        .filter(|r| r.point.method.method_name() == "full")
+                        .filter_map(|r| metric_at(r, "spectral_rank_random", top))
+                        .collect::<Vec<_>>()
+                )
+                .map(|s| format!(", a Gaussian matrix of the same shapes {:.1}", s.mean))
+                .unwrap_or_default()
             ),
         },
         _ => nef(

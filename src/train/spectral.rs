@@ -33,13 +33,25 @@ pub fn rank_for_share(singular: &[f64], share: f64) -> usize {
 }
 
 /// Spectral rank of the weight change of every projection, reported as `spectral_rank` (the
-/// mean over matrices) and `spectral_rank_<module>` (the mean over layers).
+/// mean over matrices) and `spectral_rank_<module>` (the mean over layers), beside
+/// `spectral_rank_random`: the same mean for Gaussian random matrices of the same shapes (the
+/// paper's baseline; the rank for a share of the variance does not depend on the norm).
 #[derive(Debug)]
 pub struct SpectralRankEval {
     /// Projection weights before training, by name (full fine-tuning); empty for LoRA.
     pub base: HashMap<String, Tensor>,
     /// Share of the squared singular values to explain.
     pub threshold: f64,
+    /// Mean rank of Gaussian matrices shaped like the measured ones (None: nothing measured).
+    pub random: Option<f64>,
+}
+
+/// The rank for `share` of a seeded Gaussian matrix of shape (rows, cols).
+pub fn gaussian_rank(rows: usize, cols: usize, share: f64) -> Result<usize, TrainError> {
+    let mut rng = crate::rng::Rng::new(0x5eed, (rows * 1_000_003 + cols) as u64);
+    let m = Tensor::f_from_slice(&rng.normal_vec(rows * cols, 0.0, 1.0))?
+        .f_reshape([rows as i64, cols as i64])?;
+    Ok(rank_for_share(&singular_values(&m)?, share))
 }
 
 impl SpectralRankEval {
@@ -53,7 +65,33 @@ impl SpectralRankEval {
                 base.insert(name, t.f_detach()?.f_mul_scalar(1.0)?);
             }
         }
-        Ok(SpectralRankEval { base, threshold })
+        // The shapes that `evaluate` will measure: the adapters' (LoRA) or the copied weights'.
+        let mut shapes: Vec<Vec<i64>> = Vec::new();
+        for (name, lora) in model.adapters() {
+            if module_of(&name).is_some() {
+                shapes.push(lora.delta()?.size());
+            }
+        }
+        shapes.extend(base.values().map(|t| t.size()));
+        let mut cache: HashMap<Vec<i64>, usize> = HashMap::new();
+        let mut ranks = Vec::with_capacity(shapes.len());
+        for sh in shapes.into_iter().filter(|s| s.len() == 2) {
+            let r = match cache.get(&sh) {
+                Some(r) => *r,
+                None => {
+                    let r = gaussian_rank(sh[0] as usize, sh[1] as usize, threshold)?;
+                    cache.insert(sh.clone(), r);
+                    r
+                }
+            };
+            ranks.push(r as f64);
+        }
+        let random = (!ranks.is_empty()).then(|| ranks.iter().sum::<f64>() / ranks.len() as f64);
+        Ok(SpectralRankEval {
+            base,
+            threshold,
+            random,
+        })
     }
 }
 
@@ -100,6 +138,9 @@ impl Evaluator for SpectralRankEval {
         }
         let mean = |v: &[usize]| v.iter().sum::<usize>() as f64 / v.len().max(1) as f64;
         out.insert("spectral_rank".to_string(), mean(&all));
+        if let Some(r) = self.random {
+            out.insert("spectral_rank_random".to_string(), r);
+        }
         for (m, v) in per_module {
             out.insert(format!("spectral_rank_{m}"), mean(&v));
         }
@@ -118,6 +159,14 @@ mod tests {
         assert_eq!(rank_for_share(&[1.0, 3.0, 2.0], 0.9), 2);
         assert_eq!(rank_for_share(&[1.0, 3.0, 2.0], 1.0), 3);
         assert_eq!(rank_for_share(&[0.0, 0.0], 0.9), 0);
+    }
+
+    #[test]
+    fn a_gaussian_matrix_needs_about_half_its_rank_for_90_percent() {
+        // The paper's baseline: about 51% of full rank for a square Gaussian matrix.
+        let r = gaussian_rank(128, 128, 0.9).unwrap();
+        assert!((55..=75).contains(&r), "{r} of 128");
+        assert_eq!(r, gaussian_rank(128, 128, 0.9).unwrap(), "seeded");
     }
 
     #[test]
