@@ -140,10 +140,29 @@ pub fn build(input: &ReportInput) -> Report {
         .iter()
         .flat_map(|r| r.evals.iter().flat_map(|e| e.metrics.keys().cloned()))
         .collect();
+    // A task metric that every trained evaluation scored the same (a tiny model that never
+    // gets an answer right) cannot rank anything: fall back to the next, down to the loss.
+    let informative = |m: &str| -> bool {
+        let mut vals = input
+            .runs
+            .iter()
+            .flat_map(|r| r.evals.iter().filter(|e| e.tokens > 0))
+            .filter_map(|e| e.metrics.get(m).copied())
+            .filter(|v| v.is_finite());
+        match vals.next() {
+            Some(first) => vals.any(|v| (v - first).abs() > 1e-12) || m == "target_loss",
+            None => false,
+        }
+    };
     let learning = LEARNING_METRICS
         .iter()
-        .find(|m| all_metrics.contains(**m))
+        .find(|m| all_metrics.contains(**m) && informative(m))
         .map(|m| m.to_string());
+    for m in LEARNING_METRICS {
+        if all_metrics.contains(*m) && !informative(m) && learning.as_deref() != Some(*m) {
+            notes.push(format!("{m} was measured but is the same for every run, so it cannot rank configurations; the tables use {}", learning.as_deref().unwrap_or("no learning metric")));
+        }
+    }
     let forgetting = ["source_loss", "multiple_choice_accuracy"]
         .iter()
         .find(|m| all_metrics.contains(**m))
@@ -587,7 +606,13 @@ pub fn build(input: &ReportInput) -> Report {
     findings.push(match (&best_full, &best_lora) {
         (Some((kf, cf)), Some((kl, cl))) => {
             let (mf, ml) = (mean(&cf.learn).unwrap_or(f64::NAN), mean(&cl.learn).unwrap_or(f64::NAN));
-            let test = welch(&cf.learn, &cl.learn).map(|w| format!(", Welch p = {:.3}, d = {:.2}", w.p, w.cohens_d)).unwrap_or_else(|| ", no test (fewer than 2 seeds)".into());
+            let test = welch(&cf.learn, &cl.learn).map(|w| format!(", Welch p = {:.3}, d = {:.2}", w.p, w.cohens_d)).unwrap_or_else(|| {
+                if cf.learn.len() < 2 || cl.learn.len() < 2 {
+                    ", no test (fewer than 2 seeds)".into()
+                } else {
+                    ", no test (no variance between seeds)".into()
+                }
+            });
             Finding {
                 number: 1,
                 claim: "LoRA learns less: at equal tokens, full fine-tuning reaches a better target metric".into(),

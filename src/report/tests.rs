@@ -219,3 +219,33 @@ fn markdown_matches_its_golden_file() {
         "report.md changed; rerun with UPDATE_GOLDEN=1 if that is intended"
     );
 }
+
+#[test]
+fn a_task_metric_that_never_varies_falls_back_to_the_loss() {
+    let mut input = sweep(2);
+    for r in &mut input.runs {
+        for e in &mut r.evals {
+            e.metrics.insert("next_line_match".into(), 0.0);
+        }
+    }
+    let r = build(&input);
+    assert_eq!(r.learning_metric.as_deref(), Some("target_loss"));
+    assert!(
+        r.notes
+            .iter()
+            .any(|n| n.contains("next_line_match was measured but is the same for every run")),
+        "{:?}",
+        r.notes
+    );
+    // When it varies, it is preferred to the loss.
+    for (i, r) in input.runs.iter_mut().enumerate() {
+        for e in &mut r.evals {
+            e.metrics
+                .insert("next_line_match".into(), (i % 3) as f64 / 10.0);
+        }
+    }
+    assert_eq!(
+        build(&input).learning_metric.as_deref(),
+        Some("next_line_match")
+    );
+}
