@@ -159,6 +159,9 @@ pub struct TrainArgs {
     /// Intra-op threads (default: SLURM_CPUS_PER_TASK, else all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// auto (CUDA if libtorch sees a GPU), cpu, cuda or cuda:N (default: SWEEP_DEVICE, else auto).
+    #[arg(long)]
+    pub device: Option<String>,
     /// Do no work: write a completed result.json with no evaluations (for testing executors and
     /// benchmarking the scheduler path without the trainer).
     #[arg(long)]

@@ -68,6 +68,9 @@ pub struct RunResult {
     /// The error, for failed runs; the divergence, for diverged ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Where the last session trained and the kind it computed in, e.g. `cuda:0 bf16`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 /// Why a result.json could not be used.

@@ -85,6 +85,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 #[cfg(feature = "torch")]
 fn train(g: &GlobalArgs, args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
     let mut opts = crate::train::TrainOptions::from_env(args.threads);
+    if let Some(device) = &args.device {
+        opts.device = device.clone();
+    }
     // Slurm sends SIGTERM before a time limit or preemption (and SIGUSR1 with --signal): stop
     // after the current step with a checkpoint, so that the requeued job resumes.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -166,6 +169,7 @@ fn noop_train(run: &Path) -> anyhow::Result<()> {
         wall_s: 0.0,
         peak_rss_kib: None,
         error: None,
+        device: None,
     };
     let path = run.parent().unwrap_or(Path::new(".")).join("result.json");
     let json = serde_json::to_vec_pretty(&result)?;

@@ -52,10 +52,11 @@ pub enum Proj {
 }
 
 impl Proj {
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+    /// y for x, computed in `kind` (weights are cast to it; f32 master weights stay f32).
+    fn forward(&self, x: &Tensor, train: bool, kind: Kind) -> Result<Tensor, ModelError> {
         match self {
-            Proj::Dense(w) => Ok(x.f_linear::<Tensor>(w, None)?),
-            Proj::Lora(l) => l.forward(x, train),
+            Proj::Dense(w) => linear(x, w, kind),
+            Proj::Lora(l) => l.forward(x, train, kind),
         }
     }
 
@@ -66,6 +67,12 @@ impl Proj {
             Proj::Lora(l) => Some(l),
         }
     }
+}
+
+/// x W^T with both cast to `kind`: the mixed-precision matmul. The cast is differentiable, so
+/// gradients reach f32 master weights in f32; a cast to the tensor's own kind is free.
+pub(crate) fn linear(x: &Tensor, w: &Tensor, kind: Kind) -> Result<Tensor, ModelError> {
+    Ok(x.f_to_kind(kind)?.f_linear::<Tensor>(&w.f_to_kind(kind)?, None)?)
 }
 
 /// Rotary embedding tables, Hugging Face's convention (halves rotated, `rotate_half`).
@@ -176,6 +183,9 @@ pub struct Llama {
     norm: Tensor,
     lm_head: Option<Tensor>,
     rope: Rope,
+    /// The kind matmuls and attention compute in (f32, or bf16 for mixed precision); weights,
+    /// norms, the residual stream and the logits stay f32.
+    compute: Kind,
 }
 
 /// Weight variance of the random init (Hugging Face's `initializer_range`).
@@ -342,6 +352,7 @@ impl Llama {
             norm,
             lm_head,
             rope,
+            compute: Kind::Float,
         })
     }
 
@@ -382,6 +393,17 @@ impl Llama {
         Ok(model)
     }
 
+    /// Compute matmuls and attention in `kind` (Float or BFloat16) from now on. The variables
+    /// stay f32, so the optimizer updates f32 master weights; logits come back as f32.
+    pub fn set_compute_kind(&mut self, kind: Kind) {
+        self.compute = kind;
+    }
+
+    /// The kind matmuls and attention compute in.
+    pub fn compute_kind(&self) -> Kind {
+        self.compute
+    }
+
     /// Logits (B, T, V) of tokens (B, T) (int64). `train` turns adapter dropout on.
     pub fn forward(&self, tokens: &Tensor, train: bool) -> Result<Tensor, ModelError> {
         self.forward_inner(tokens, None, train)
@@ -420,9 +442,10 @@ impl Llama {
             let a = self.attention(&blk.attn, &h, offset, layer_cache, train)?;
             x = x.f_add(&a)?;
             let h = x.f_rms_norm(&[d][..], Some(&blk.post_norm), eps)?;
-            let gate = blk.mlp.gate.forward(&h, train)?.f_silu()?;
-            let up = blk.mlp.up.forward(&h, train)?;
-            let m = blk.mlp.down.forward(&gate.f_mul(&up)?, train)?;
+            let kind = self.compute;
+            let gate = blk.mlp.gate.forward(&h, train, kind)?.f_silu()?;
+            let up = blk.mlp.up.forward(&h, train, kind)?;
+            let m = blk.mlp.down.forward(&gate.f_mul(&up)?, train, kind)?;
             x = x.f_add(&m)?;
         }
         if let Some(c) = cache {
@@ -430,7 +453,7 @@ impl Llama {
         }
         let x = x.f_rms_norm(&[d][..], Some(&self.norm), eps)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        Ok(x.f_linear::<Tensor>(head, None)?)
+        Ok(linear(&x, head, self.compute)?.f_to_kind(Kind::Float)?)
     }
 
     fn attention(
@@ -449,13 +472,21 @@ impl Llama {
                 )))
             }
         };
+        let kind = self.compute;
         let heads = |p: &Proj, n: i64| -> Result<Tensor, ModelError> {
-            Ok(p.forward(x, train)?
+            Ok(p.forward(x, train, kind)?
                 .f_view([bsz, t, n, a.head_dim])?
                 .f_transpose(1, 2)?)
         };
-        let q = self.rope.apply(&heads(&a.q, a.heads)?, offset)?;
-        let mut k = self.rope.apply(&heads(&a.k, a.kv_heads)?, offset)?;
+        // RoPE computes in f32; attention takes q, k, v in the compute kind.
+        let q = self
+            .rope
+            .apply(&heads(&a.q, a.heads)?, offset)?
+            .f_to_kind(kind)?;
+        let mut k = self
+            .rope
+            .apply(&heads(&a.k, a.kv_heads)?, offset)?
+            .f_to_kind(kind)?;
         let mut v = heads(&a.v, a.kv_heads)?;
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.as_ref() {
@@ -499,7 +530,7 @@ impl Llama {
             .f_transpose(1, 2)?
             .f_contiguous()?
             .f_view([bsz, t, a.heads * a.head_dim])?;
-        a.o.forward(&y, train)
+        a.o.forward(&y, train, kind)
     }
 
     /// Generate up to `max_new` tokens after `prompt`: greedy at temperature 0, else sampling
@@ -860,5 +891,25 @@ pub(crate) mod tests {
             trainable[0].0, "model.layers.0.mlp.down_proj.lora_A.weight",
             "PEFT names"
         );
+    }
+
+    #[test]
+    fn bf16_compute_tracks_f32_and_trains_f32_master_weights() {
+        let mut m = Llama::new(&tiny_cfg(), &BuildOptions::default(), Device::Cpu).unwrap();
+        let x = toks(&[3, 1, 4, 1, 5, 9, 2, 6]);
+        let exact = m.forward(&x, false).unwrap();
+        m.set_compute_kind(Kind::BFloat16);
+        let mixed = m.forward(&x, true).unwrap();
+        assert_eq!(mixed.kind(), Kind::Float, "logits come back in f32");
+        let scale = exact.abs().max().double_value(&[]);
+        let err = max_diff(&exact, &mixed);
+        assert!(err > 0.0, "bf16 must actually compute in bf16");
+        assert!(err < 0.05 * scale, "bf16 logits off by {err} (scale {scale})");
+        mixed.sum(Kind::Float).backward();
+        for (name, var) in m.trainable() {
+            assert_eq!(var.kind(), Kind::Float, "{name} is an f32 master weight");
+            let g = var.grad();
+            assert!(g.defined() && g.kind() == Kind::Float, "{name}: f32 gradient");
+        }
     }
 }

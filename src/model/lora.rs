@@ -4,8 +4,9 @@
 //! adapter exports without a renaming table. A starts Kaiming-uniform (PEFT's bound 1/sqrt(in)),
 //! B starts at zero, so a fresh adapter leaves the model's output exactly unchanged.
 
-use tch::{nn, Tensor};
+use tch::{nn, Kind, Tensor};
 
+use super::llama::linear;
 use super::ModelError;
 use crate::rng::Rng;
 
@@ -74,17 +75,16 @@ impl LoraLinear {
         })
     }
 
-    /// y = x W^T + s (drop(x) A^T) B^T; dropout only when `train`.
-    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor, ModelError> {
-        let y = x.f_linear::<Tensor>(&self.base, None)?;
+    /// y = x W^T + s (drop(x) A^T) B^T; dropout only when `train`; matmuls in `kind`.
+    pub fn forward(&self, x: &Tensor, train: bool, kind: Kind) -> Result<Tensor, ModelError> {
+        let x = x.f_to_kind(kind)?;
+        let y = linear(&x, &self.base, kind)?;
         let xd = if self.dropout > 0.0 && train {
             x.f_dropout(self.dropout, true)?
         } else {
             x.shallow_clone()
         };
-        let delta = xd
-            .f_linear::<Tensor>(&self.a, None)?
-            .f_linear::<Tensor>(&self.b, None)?;
+        let delta = linear(&linear(&xd, &self.a, kind)?, &self.b, kind)?;
         Ok(y.f_add(&delta.f_mul_scalar(self.scale)?)?)
     }
 
@@ -126,7 +126,7 @@ mod tests {
         )
         .unwrap();
         let x = Tensor::randn([3, 5], (tch::Kind::Float, tch::Device::Cpu));
-        let y = l.forward(&x, true).unwrap();
+        let y = l.forward(&x, true, Kind::Float).unwrap();
         assert!(y.equal(&x.linear::<Tensor>(&base, None)));
         let names: Vec<String> = vs.variables().into_keys().collect();
         assert!(names.contains(&"q.lora_A.weight".to_string()), "{names:?}");
@@ -135,7 +135,7 @@ mod tests {
             let mut b = l.b.shallow_clone();
             b.copy_(&Tensor::randn([6, 2], (tch::Kind::Float, tch::Device::Cpu)));
         });
-        let y = l.forward(&x, false).unwrap();
+        let y = l.forward(&x, false, Kind::Float).unwrap();
         let merged = x.linear::<Tensor>(&l.merge().unwrap(), None);
         let diff = (y - merged).abs().max().double_value(&[]);
         assert!(diff < 1e-5, "{diff}");

@@ -92,6 +92,8 @@ pub struct TrainOptions {
     pub model_override: Option<LlamaConfig>,
     /// Set (by a SIGTERM/SIGUSR1 handler) to stop after the current step with a checkpoint.
     pub stop: Option<Arc<AtomicBool>>,
+    /// `auto` (CUDA when libtorch sees a GPU, else the CPU), `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
 }
 
 impl TrainOptions {
@@ -114,7 +116,44 @@ impl TrainOptions {
             stop_after_steps: None,
             model_override: None,
             stop: None,
+            device: std::env::var("SWEEP_DEVICE").unwrap_or_else(|_| "auto".into()),
         }
+    }
+}
+
+/// The libtorch device for `--device`/SWEEP_DEVICE: `auto`, `cpu`, `cuda` or `cuda:N`. Asking
+/// for CUDA where libtorch sees none is an error, never a silent fall back to the CPU.
+pub fn resolve_device(choice: &str) -> Result<Device, TrainError> {
+    let cuda = |i: usize| {
+        if tch::Cuda::is_available() && i < tch::Cuda::device_count() as usize {
+            Ok(Device::Cuda(i))
+        } else {
+            Err(TrainError::Unsupported(format!(
+                "device `{choice}`: libtorch sees {} CUDA device(s) (a GPU build needs \
+                 SWEEP_CUDA=1 at build time and libtorch_cuda at run time); use --device cpu",
+                tch::Cuda::device_count()
+            )))
+        }
+    };
+    match choice.trim() {
+        "auto" | "" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => cuda(0),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => cuda(i),
+            _ => Err(TrainError::Unsupported(format!(
+                "device `{other}`: use auto, cpu, cuda or cuda:N"
+            ))),
+        },
+    }
+}
+
+/// The kind the model computes in: precision `auto` is bf16 on CUDA and f32 on the CPU; `bf16`
+/// is bf16 anywhere (slow on most CPUs, but the same arithmetic as on a GPU).
+pub fn compute_kind(precision: Precision, device: Device) -> tch::Kind {
+    match (precision, device) {
+        (Precision::F32, _) | (Precision::Auto, Device::Cpu) => tch::Kind::Float,
+        _ => tch::Kind::BFloat16,
     }
 }
 
@@ -165,6 +204,7 @@ pub fn train(run_path: &Path, opts: &TrainOptions) -> Result<RunResult, TrainErr
                 wall_s: started.elapsed().as_secs_f64(),
                 peak_rss_kib: outputs::peak_rss_kib(),
                 error: Some(e.to_string()),
+                device: None,
             };
             // The original error matters more than a failure to record it.
             let _ = outputs::write_result(&dir.join("result.json"), &result);
@@ -314,6 +354,8 @@ struct Trainer<'a> {
     not_measured: Vec<String>,
     schedule: LrSchedule,
     total_steps: u64,
+    /// Device and compute kind, e.g. `cuda:0 bf16`, for result.json.
+    device_label: String,
 }
 
 impl<'a> Trainer<'a> {
@@ -326,18 +368,23 @@ impl<'a> Trainer<'a> {
         if let Some(n) = opts.threads {
             tch::set_num_threads(n.max(1) as i32);
         }
-        let device = Device::cuda_if_available();
-        if t.precision == Precision::Bf16 {
-            return Err(TrainError::Unsupported(
-                "precision = \"bf16\" (mixed precision is not built yet; use auto or f32)".into(),
-            ));
-        }
+        let device = resolve_device(&opts.device)?;
         if t.batch_size == 0 || t.seq_len == 0 || t.micro_batch_size == 0 {
             return Err(TrainError::Unsupported(
                 "batch_size, micro_batch_size and seq_len must be positive".into(),
             ));
         }
-        let (model, tokenizer) = build_model(run, opts, device)?;
+        let (mut model, tokenizer) = build_model(run, opts, device)?;
+        let kind = compute_kind(t.precision, device);
+        model.set_compute_kind(kind);
+        let device_label = format!(
+            "{} {}",
+            match device {
+                Device::Cuda(i) => format!("cuda:{i}"),
+                _ => "cpu".into(),
+            },
+            if kind == tch::Kind::BFloat16 { "bf16" } else { "f32" }
+        );
         let pad = tokenizer.specials().pad;
         let seq_len = t.seq_len as usize;
         let data = &run.shared.data;
@@ -449,6 +496,7 @@ impl<'a> Trainer<'a> {
             not_measured,
             schedule,
             total_steps,
+            device_label,
         })
     }
 
@@ -695,6 +743,7 @@ impl<'a> Trainer<'a> {
             wall_s: state.wall_s,
             peak_rss_kib: outputs::peak_rss_kib(),
             error,
+            device: Some(self.device_label.clone()),
         };
         if status != RunStatus::Interrupted {
             outputs::write_result(&self.dir.join("result.json"), &result)?;

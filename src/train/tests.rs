@@ -61,6 +61,7 @@ impl Fixture {
             stop_after_steps: None,
             model_override: Some(tiny_cfg()),
             stop: None,
+            device: "cpu".into(),
         }
     }
 }
@@ -259,6 +260,41 @@ fn ift_trains_on_responses() {
     let r = train(&run, &f.opts()).unwrap();
     assert_eq!(r.status, RunStatus::Completed, "{r:?}");
     assert!(r.evals[1].metrics["target_loss"].is_finite());
+}
+
+#[test]
+fn bf16_mixed_precision_trains_like_f32() {
+    let f = Fixture::new();
+    let exact = train(&f.run("f32", |_| {}), &f.opts()).unwrap();
+    let mixed = train(
+        &f.run("bf16", |v| v["training"]["precision"] = "bf16".into()),
+        &f.opts(),
+    )
+    .unwrap();
+    assert_eq!(exact.device.as_deref(), Some("cpu f32"));
+    assert_eq!(mixed.device.as_deref(), Some("cpu bf16"));
+    assert_eq!(mixed.status, RunStatus::Completed);
+    let (a, b) = (exact.final_train_loss.unwrap(), mixed.final_train_loss.unwrap());
+    assert!(a != b, "bf16 must compute in bf16");
+    assert!((a - b).abs() < 0.1 * a, "f32 ends at {a}, bf16 at {b}");
+    let first = mixed.evals[0].metrics["target_loss"];
+    let last = mixed.evals[2].metrics["target_loss"];
+    assert!(last < first * 0.6, "bf16 held-out loss {first} -> {last}");
+}
+
+#[test]
+fn asking_for_a_missing_gpu_is_an_error() {
+    let f = Fixture::new();
+    let mut opts = f.opts();
+    opts.device = "cuda".into();
+    if tch::Cuda::is_available() {
+        return;
+    }
+    let e = train(&f.run("gpu", |_| {}), &opts).unwrap_err().to_string();
+    assert!(e.contains("device `cuda`") && e.contains("--device cpu"), "{e}");
+    opts.device = "tpu".into();
+    let e = train(&f.run("tpu", |_| {}), &opts).unwrap_err().to_string();
+    assert!(e.contains("use auto, cpu, cuda or cuda:N"), "{e}");
 }
 
 #[test]
