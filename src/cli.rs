@@ -65,6 +65,11 @@ pub enum Command {
         after_help = "Example:\n  sweep train results/quickstart/runs/1a2b3c4d5e-s0/run.json"
     )]
     Train(TrainArgs),
+    /// Write a trained run as a Hugging Face model folder (LoRA merged into the base weights).
+    #[command(
+        after_help = "Example:\n  sweep export results/quickstart/runs/1a2b3c4d5e-s0 --out tuned/\n\nThe folder (config.json, model.safetensors and, for models that came with one, tokenizer.json)\nopens with transformers' AutoModelForCausalLM.from_pretrained. LoRA runs also keep their\nPEFT adapter in RUN_DIR/adapter/."
+    )]
+    Export(ExportArgs),
     /// Pretrain a builtin model on the source domain (Shakespeare); cached and reused.
     #[command(after_help = "Example:\n  sweep pretrain --shape tiny")]
     Pretrain(PretrainArgs),
@@ -166,6 +171,28 @@ pub struct TrainArgs {
     /// benchmarking the scheduler path without the trainer).
     #[arg(long)]
     pub noop: bool,
+}
+
+/// `sweep export`.
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// The run's folder (results/NAME/runs/ID), holding run.json and checkpoints/.
+    pub run_dir: PathBuf,
+    /// The folder to write (created; refused if it exists and is not empty).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Tensor type of the written weights.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: ExportDtype,
+}
+
+/// Tensor types `sweep export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportDtype {
+    /// float32.
+    F32,
+    /// bfloat16 (half the size).
+    Bf16,
 }
 
 /// `sweep pretrain`.

@@ -66,6 +66,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Report(args) => report::run(g, &args),
         Command::Train(args) if args.noop => noop_train(&args.run),
         Command::Train(args) => train(g, &args),
+        Command::Export(args) => export(g, &args),
         #[cfg(feature = "torch")]
         Command::Pretrain(args) => pretrain::run(g, &args),
         #[cfg(not(feature = "torch"))]
@@ -128,6 +129,40 @@ fn train(g: &GlobalArgs, args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `sweep export RUN_DIR --out DIR`: the run's latest checkpoint as a Hugging Face folder.
+#[cfg(feature = "torch")]
+fn export(g: &GlobalArgs, args: &crate::cli::ExportArgs) -> anyhow::Result<()> {
+    let opts = crate::train::TrainOptions::from_env(None);
+    let kind = match args.dtype {
+        crate::cli::ExportDtype::F32 => tch::Kind::Float,
+        crate::cli::ExportDtype::Bf16 => tch::Kind::BFloat16,
+    };
+    let written = crate::train::export::write_hf_model(&args.run_dir, &args.out, &opts, kind)?;
+    if g.json {
+        println!("{}", serde_json::to_string(&written)?);
+    } else if !g.quiet {
+        println!(
+            "{}: step {} of {} ({}) written as a Hugging Face model folder{}",
+            args.out.display(),
+            written.step,
+            written.total_steps,
+            if written.merged_lora { "LoRA merged into the base weights" } else { "all weights" },
+            if written.tokenizer { "" } else { "; no tokenizer.json: builtin models read UTF-8 bytes (ids 0-255, specials from 256)" }
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "torch"))]
+fn export(_: &GlobalArgs, _: &crate::cli::ExportArgs) -> anyhow::Result<()> {
+    Err(NotBuilt {
+        command: "export",
+        what: "this binary was built without libtorch (--no-default-features); build with the `torch` feature",
+        issue: "The trainer: libtorch Llama with LoRA and full fine-tuning",
+    }
+    .into())
 }
 
 /// Without libtorch there is no trainer: say so rather than pretend.

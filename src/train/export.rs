@@ -1,13 +1,133 @@
-//! Export of a trained LoRA adapter in PEFT's layout (`adapter_model.safetensors` and
-//! `adapter_config.json`), loadable by `PeftModel.from_pretrained` on the base model.
+//! Exports: a trained LoRA adapter in PEFT's layout (`adapter_model.safetensors` and
+//! `adapter_config.json`), loadable by `PeftModel.from_pretrained` on the base model; and a run's
+//! model (LoRA merged, or fully tuned) as a Hugging Face LlamaForCausalLM folder.
 
 use std::io::Write;
 use std::path::Path;
 
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
 
-use super::TrainError;
+use super::{build_model, checkpoint, read_run_file, TrainError, TrainOptions};
 use crate::model::llama::{Llama, LoraOptions};
+use crate::model::tokenizer::Tokenizer;
+use crate::plan::run::ModelSource;
+
+/// What `write_hf_model` wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HfExport {
+    /// The optimizer step of the checkpoint exported.
+    pub step: u64,
+    /// The run's total steps.
+    pub total_steps: u64,
+    /// LoRA adapters were merged into the base weights.
+    pub merged_lora: bool,
+    /// A tokenizer.json was written.
+    pub tokenizer: bool,
+}
+
+/// Files of a Hugging Face source folder copied along with the tokenizer, when present.
+const HF_SIDE_FILES: &[&str] = &[
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+];
+
+/// Write the model of the run in `run_dir`, at its latest checkpoint, into `out` as a Hugging
+/// Face folder: config.json, model.safetensors (LoRA merged into the base weights, `kind`
+/// tensors) and the tokenizer where the model has a `tokenizers` one. `out` is written whole
+/// or not at all, and an existing non-empty `out` is refused.
+pub fn write_hf_model(
+    run_dir: &Path,
+    out: &Path,
+    opts: &TrainOptions,
+    kind: Kind,
+) -> Result<HfExport, TrainError> {
+    let err = |msg: String| TrainError::Output(format!("{}: {msg}", out.display()));
+    if std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(err(
+            "exists and is not empty; pick a new folder or remove it".into(),
+        ));
+    }
+    let run = read_run_file(&run_dir.join("run.json"))?;
+    let ckpt_dir = run_dir.join("checkpoints");
+    let loaded = checkpoint::load_latest(&ckpt_dir)?.ok_or_else(|| {
+        TrainError::Checkpoint(format!(
+            "{}: no checkpoint yet; train the run first (sweep train {})",
+            ckpt_dir.display(),
+            run_dir.join("run.json").display()
+        ))
+    })?;
+    if loaded.state.config_id != run.config_id {
+        return Err(TrainError::Checkpoint(format!(
+            "{} belongs to config {}, not {}",
+            loaded.path.display(),
+            loaded.state.config_id,
+            run.config_id
+        )));
+    }
+    let (model, tokenizer) = build_model(&run, opts, Device::Cpu)?;
+    model.load_named(&loaded.model, false, &loaded.path.display().to_string())?;
+    let merged_lora = !model.adapters().is_empty();
+    let weights = model
+        .merged_weights()?
+        .into_iter()
+        .map(|(n, t)| Ok((n, t.f_to_kind(kind)?)))
+        .collect::<Result<Vec<_>, TrainError>>()?;
+
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| err(e.to_string()))?;
+    let tmp = parent.join(format!(".tmp-export-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| err(e.to_string()))?;
+    Tensor::write_safetensors(&weights, tmp.join("model.safetensors"))?;
+    let specials = tokenizer.specials();
+    let mut config = serde_json::to_value(&model.cfg).map_err(|e| err(e.to_string()))?;
+    if let Some(c) = config.as_object_mut() {
+        c.insert("architectures".into(), serde_json::json!(["LlamaForCausalLM"]));
+        c.insert("model_type".into(), "llama".into());
+        c.insert("hidden_act".into(), "silu".into());
+        c.insert("bos_token_id".into(), specials.bos.into());
+        c.insert("eos_token_id".into(), specials.eos.into());
+        let dtype = if kind == Kind::BFloat16 { "bfloat16" } else { "float32" };
+        c.insert("torch_dtype".into(), dtype.into());
+    }
+    let text = serde_json::to_vec_pretty(&config).map_err(|e| err(e.to_string()))?;
+    std::fs::write(tmp.join("config.json"), text).map_err(|e| err(e.to_string()))?;
+    let wrote_tokenizer = match &tokenizer {
+        Tokenizer::Byte => false,
+        Tokenizer::Hf { inner, .. } => {
+            inner
+                .save(tmp.join("tokenizer.json"), false)
+                .map_err(|e| err(format!("tokenizer.json: {e}")))?;
+            true
+        }
+    };
+    if let ModelSource::Hf { path } = &run.shared.model {
+        for name in HF_SIDE_FILES {
+            if path.join(name).exists() {
+                std::fs::copy(path.join(name), tmp.join(name))
+                    .map_err(|e| err(format!("copying {name}: {e}")))?;
+            }
+        }
+    }
+    if out.exists() {
+        std::fs::remove_dir(out).map_err(|e| err(e.to_string()))?;
+    }
+    std::fs::rename(&tmp, out).map_err(|e| err(e.to_string()))?;
+    Ok(HfExport {
+        step: loaded.state.step,
+        total_steps: run
+            .point
+            .token_budget
+            .div_ceil(run.shared.training.tokens_per_step())
+            .max(1),
+        merged_lora,
+        tokenizer: wrote_tokenizer,
+    })
+}
 
 /// PEFT's tensor names: the model's, under `base_model.model.`.
 pub fn peft_name(name: &str) -> String {

@@ -298,6 +298,38 @@ fn asking_for_a_missing_gpu_is_an_error() {
 }
 
 #[test]
+fn export_writes_a_hugging_face_folder_that_reproduces_the_run() {
+    let f = Fixture::new();
+    for (name, edit) in [("full", (|_: &mut serde_json::Value| {}) as fn(&mut _)), ("lora", lora)] {
+        let run = f.run(name, edit);
+        let out = f.dir.path().join(format!("{name}-hf"));
+        let dir = run.parent().unwrap();
+        let e = export::write_hf_model(dir, &out, &f.opts(), tch::Kind::Float).unwrap_err();
+        assert!(e.to_string().contains("no checkpoint yet"), "{e}");
+        train(&run, &f.opts()).unwrap();
+        let w = export::write_hf_model(dir, &out, &f.opts(), tch::Kind::Float).unwrap();
+        assert_eq!((w.step, w.merged_lora, w.tokenizer), (30, name == "lora", false));
+        // The trained model, rebuilt from its checkpoint, against the exported folder.
+        let rf = read_run_file(&run).unwrap();
+        let (trained, _) = build_model(&rf, &f.opts(), Device::Cpu).unwrap();
+        let ck = checkpoint::load_latest(&dir.join("checkpoints")).unwrap().unwrap();
+        trained.load_named(&ck.model, false, "checkpoint").unwrap();
+        let hf = Llama::from_hf_dir(&out, &BuildOptions::default(), Device::Cpu).unwrap();
+        let x = Tensor::from_slice(&[116i64, 104, 101, 32, 113, 117]).unsqueeze(0);
+        let a = trained.forward(&x, false).unwrap();
+        let b = hf.forward(&x, false).unwrap();
+        let diff = (&a - &b).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "{name}: exported logits differ by {diff}");
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(cfg["architectures"][0], "LlamaForCausalLM");
+        assert_eq!(cfg["hidden_size"], 32);
+        let again = export::write_hf_model(dir, &out, &f.opts(), tch::Kind::Float).unwrap_err();
+        assert!(again.to_string().contains("not empty"), "{again}");
+    }
+}
+
+#[test]
 fn refusals_are_clear() {
     let f = Fixture::new();
     let newer = f.run("newer", |v| v["schema"] = 99.into());
