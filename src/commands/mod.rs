@@ -148,8 +148,16 @@ fn export(g: &GlobalArgs, args: &crate::cli::ExportArgs) -> anyhow::Result<()> {
             args.out.display(),
             written.step,
             written.total_steps,
-            if written.merged_lora { "LoRA merged into the base weights" } else { "all weights" },
-            if written.tokenizer { "" } else { "; no tokenizer.json: builtin models read UTF-8 bytes (ids 0-255, specials from 256)" }
+            if written.merged_lora {
+                "LoRA merged into the base weights"
+            } else {
+                "all weights"
+            },
+            if written.tokenizer {
+                ""
+            } else {
+                "; no tokenizer.json: builtin models read UTF-8 bytes (ids 0-255, specials from 256)"
+            }
         );
     }
     Ok(())

@@ -12,7 +12,7 @@ use super::multiple_choice::{multiple_choice_accuracy, read_items, ChoiceItem};
 use super::next_line::{next_line_match, select_cases, NextLineCase};
 use crate::data::math::MathProblem;
 use crate::model::llama::Llama;
-use crate::model::tokenizer::ByteTokenizer;
+use crate::model::tokenizer::Tokenizer;
 use crate::spec::{EvaluationSpec, Metric, Regime};
 use crate::train::data::Example;
 use crate::train::eval::Evaluator;
@@ -35,8 +35,12 @@ pub struct MathAccuracyEval {
 }
 
 impl Evaluator for MathAccuracyEval {
-    fn evaluate(&self, model: &Llama) -> Result<BTreeMap<String, f64>, TrainError> {
-        let acc = math_accuracy(&self.problems, &mut LlamaText { model })?;
+    fn evaluate(
+        &self,
+        model: &Llama,
+        tok: &Tokenizer,
+    ) -> Result<BTreeMap<String, f64>, TrainError> {
+        let acc = math_accuracy(&self.problems, &mut LlamaText { model, tok })?;
         Ok(acc
             .map(|a| ("math_accuracy".to_string(), a))
             .into_iter()
@@ -52,8 +56,12 @@ pub struct NextLineEval {
 }
 
 impl Evaluator for NextLineEval {
-    fn evaluate(&self, model: &Llama) -> Result<BTreeMap<String, f64>, TrainError> {
-        let m = next_line_match(&self.cases, &mut LlamaText { model })?;
+    fn evaluate(
+        &self,
+        model: &Llama,
+        tok: &Tokenizer,
+    ) -> Result<BTreeMap<String, f64>, TrainError> {
+        let m = next_line_match(&self.cases, &mut LlamaText { model, tok })?;
         Ok(m.map(|a| ("next_line_match".to_string(), a))
             .into_iter()
             .collect())
@@ -74,13 +82,17 @@ pub struct DiversityEval {
 }
 
 impl Evaluator for DiversityEval {
-    fn evaluate(&self, model: &Llama) -> Result<BTreeMap<String, f64>, TrainError> {
+    fn evaluate(
+        &self,
+        model: &Llama,
+        tok: &Tokenizer,
+    ) -> Result<BTreeMap<String, f64>, TrainError> {
         tch::manual_seed(self.seed as i64);
         let groups = sample(
             &self.prompts,
             self.samples,
             self.temperature,
-            &mut LlamaText { model },
+            &mut LlamaText { model, tok },
         )?;
         Ok(diversity_scores(&groups)
             .map(|s| s.named())
@@ -96,8 +108,12 @@ pub struct MultipleChoiceEval {
 }
 
 impl Evaluator for MultipleChoiceEval {
-    fn evaluate(&self, model: &Llama) -> Result<BTreeMap<String, f64>, TrainError> {
-        let acc = multiple_choice_accuracy(&self.items, &mut LlamaText { model })?;
+    fn evaluate(
+        &self,
+        model: &Llama,
+        tok: &Tokenizer,
+    ) -> Result<BTreeMap<String, f64>, TrainError> {
+        let acc = multiple_choice_accuracy(&self.items, &mut LlamaText { model, tok })?;
         Ok(acc
             .map(|a| ("multiple_choice_accuracy".to_string(), a))
             .into_iter()
@@ -115,8 +131,12 @@ pub struct HumanEvalEval {
 }
 
 impl Evaluator for HumanEvalEval {
-    fn evaluate(&self, model: &Llama) -> Result<BTreeMap<String, f64>, TrainError> {
-        let p = humaneval_pass_at_1(&self.tasks, &mut LlamaText { model }, &self.sandbox)?;
+    fn evaluate(
+        &self,
+        model: &Llama,
+        tok: &Tokenizer,
+    ) -> Result<BTreeMap<String, f64>, TrainError> {
+        let p = humaneval_pass_at_1(&self.tasks, &mut LlamaText { model, tok }, &self.sandbox)?;
         Ok(p.map(|a| ("humaneval_pass@1".to_string(), a))
             .into_iter()
             .collect())
@@ -124,12 +144,13 @@ impl Evaluator for HumanEvalEval {
 }
 
 /// The prompt of a held-out example: an instruction pair's prompt, or a plain document's start.
-pub fn prompt_of(example: &Example, regime: Regime) -> String {
-    let tok = ByteTokenizer;
-    match regime {
-        Regime::Ift => tok.decode(&example.tokens[..example.prompt_len.min(example.tokens.len())]),
-        Regime::Cpt => text_prompt(&tok.decode(&example.tokens)),
-    }
+pub fn prompt_of(example: &Example, regime: Regime, tok: &Tokenizer) -> Result<String, TrainError> {
+    Ok(match regime {
+        Regime::Ift => {
+            tok.decode(&example.tokens[..example.prompt_len.min(example.tokens.len())])?
+        }
+        Regime::Cpt => text_prompt(&tok.decode(&example.tokens)?),
+    })
 }
 
 /// The evaluators of the requested metrics among [`METRICS`], with inputs from the held-out
@@ -142,6 +163,7 @@ pub fn build(
     regime: Regime,
     held: &[Example],
     seed: u64,
+    tok: &Tokenizer,
 ) -> Result<Vec<Box<dyn Evaluator>>, TrainError> {
     let n = spec.problems as usize;
     let mut out: Vec<Box<dyn Evaluator>> = Vec::new();
@@ -153,8 +175,8 @@ pub fn build(
     if metrics.contains(&Metric::NextLine) {
         let docs: Vec<String> = held
             .iter()
-            .map(|e| ByteTokenizer.decode(&e.tokens))
-            .collect();
+            .map(|e| tok.decode(&e.tokens))
+            .collect::<Result<_, _>>()?;
         out.push(Box::new(NextLineEval {
             cases: select_cases(&docs, n),
         }));
@@ -163,10 +185,10 @@ pub fn build(
         out.push(Box::new(DiversityEval {
             prompts: held
                 .iter()
-                .map(|e| prompt_of(e, regime))
-                .filter(|p| !p.is_empty())
+                .map(|e| prompt_of(e, regime, tok))
+                .filter(|p| !p.as_ref().is_ok_and(String::is_empty))
                 .take(n)
-                .collect(),
+                .collect::<Result<_, _>>()?,
             samples: spec.diversity_samples as usize,
             temperature: spec.temperature,
             seed,
@@ -210,7 +232,6 @@ pub fn build(
 mod tests {
     use super::*;
     use crate::metrics::lm::fit_window;
-    use crate::model::tokenizer::Tokenizer;
     use crate::train::data::{tokenize, RawDoc};
 
     #[test]
@@ -222,14 +243,22 @@ mod tests {
             &Tokenizer::Byte,
         )
         .unwrap();
-        let prompt = ByteTokenizer.encode(crate::metrics::math::prompt_of(p));
-        let (window, _) = fit_window(&prompt, 0, 4096);
+        let prompt = Tokenizer::Byte
+            .encode(crate::metrics::math::prompt_of(p))
+            .unwrap();
+        let (window, _) = fit_window(&prompt, 0, 4096, Tokenizer::Byte.specials().bos);
         assert_eq!(window, ex.tokens[..ex.prompt_len]);
         // Diversity: an IFT example's prompt, a plain document's start.
         let pair = tokenize(&RawDoc::Pair("Q?".into(), " A".into()), &Tokenizer::Byte).unwrap();
-        assert_eq!(prompt_of(&pair, Regime::Ift), "Q?");
+        assert_eq!(
+            prompt_of(&pair, Regime::Ift, &Tokenizer::Byte).unwrap(),
+            "Q?"
+        );
         let doc = format!("{}\nmore\n", "w".repeat(40));
         let text = tokenize(&RawDoc::Text(doc.clone()), &Tokenizer::Byte).unwrap();
-        assert_eq!(prompt_of(&text, Regime::Cpt), text_prompt(&doc));
+        assert_eq!(
+            prompt_of(&text, Regime::Cpt, &Tokenizer::Byte).unwrap(),
+            text_prompt(&doc)
+        );
     }
 }

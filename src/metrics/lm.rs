@@ -1,11 +1,11 @@
-//! The builtin Llama as a [`TextModel`]: byte tokens, a KV cache for decoding, and left
-//! truncation of whatever does not fit the model's positions.
+//! A Llama and its tokenizer as a [`TextModel`]: a KV cache for decoding, and left truncation
+//! of whatever does not fit the model's positions.
 
 use tch::{Kind, Tensor};
 
 use super::{Completion, MetricsError, TextModel};
 use crate::model::llama::{KvCache, Llama};
-use crate::model::tokenizer::{ByteTokenizer, BOS, EOS};
+use crate::model::tokenizer::Tokenizer;
 use crate::model::ModelError;
 
 impl From<ModelError> for MetricsError {
@@ -20,26 +20,40 @@ impl From<tch::TchError> for MetricsError {
     }
 }
 
-/// The prompt tokens and the number of new tokens that fit `max_len` positions: BOS and the
-/// prompt, keeping the prompt's end when it is too long, and at most `max_new` new tokens. At
-/// least half the window stays for the prompt when both do not fit.
-pub fn fit_window(prompt: &[i64], max_new: usize, max_len: usize) -> (Vec<i64>, usize) {
+/// The prompt tokens and the number of new tokens that fit `max_len` positions: BOS (when the
+/// tokenizer has one) and the prompt, keeping the prompt's end when it is too long, and at most
+/// `max_new` new tokens. At least half the window stays for the prompt when both do not fit.
+pub fn fit_window(
+    prompt: &[i64],
+    max_new: usize,
+    max_len: usize,
+    bos: Option<i64>,
+) -> (Vec<i64>, usize) {
     let max_len = max_len.max(2);
-    let new = max_new.min(max_len - 1 - (prompt.len().min((max_len - 1) / 2)));
-    let room = max_len - new - 1;
+    let head = usize::from(bos.is_some());
+    let new = max_new.min(max_len - head - (prompt.len().min((max_len - head) / 2)));
+    let room = max_len - new - head;
     let kept = &prompt[prompt.len().saturating_sub(room)..];
-    let mut tokens = Vec::with_capacity(kept.len() + 1);
-    tokens.push(BOS);
+    let mut tokens = Vec::with_capacity(kept.len() + head);
+    tokens.extend(bos);
     tokens.extend_from_slice(kept);
     (tokens, new)
 }
 
-/// A Llama seen as text in, text or log-likelihood out. Sampling draws from libtorch's global
-/// generator: seed it (`tch::manual_seed`) for repeatable samples.
+/// A Llama seen as text in, text or log-likelihood out, through its tokenizer. Sampling draws
+/// from libtorch's global generator: seed it (`tch::manual_seed`) for repeatable samples.
 #[derive(Debug)]
 pub struct LlamaText<'a> {
     /// The model.
     pub model: &'a Llama,
+    /// Its tokenizer.
+    pub tok: &'a Tokenizer,
+}
+
+impl From<crate::model::tokenizer::TokenizerError> for MetricsError {
+    fn from(e: crate::model::tokenizer::TokenizerError) -> Self {
+        MetricsError::Model(e.to_string())
+    }
 }
 
 impl LlamaText<'_> {
@@ -64,40 +78,44 @@ impl TextModel for LlamaText<'_> {
     fn complete(&mut self, prompt: &str, how: &Completion) -> Result<String, MetricsError> {
         let _g = tch::no_grad_guard();
         let device = self.model.vs.device();
-        let (tokens, max_new) =
-            fit_window(&ByteTokenizer.encode(prompt), how.max_new, self.max_len());
+        let specials = self.tok.specials();
+        let (tokens, max_new) = fit_window(
+            &self.tok.encode(prompt)?,
+            how.max_new,
+            self.max_len(),
+            specials.bos,
+        );
         let mut cache = KvCache::default();
         let mut input = Tensor::f_from_slice(&tokens)?
             .f_to_device(device)?
             .f_unsqueeze(0)?;
-        let mut out: Vec<u8> = Vec::new();
+        let mut out: Vec<i64> = Vec::new();
         for _ in 0..max_new {
             let logits = self.model.forward_cached(&input, &mut cache)?;
             let next = Self::next_token(&logits, how.temperature)?;
-            if next == EOS {
+            if next == specials.eos {
                 break;
             }
-            // BOS and PAD are not text; they still condition what follows.
-            if let Ok(b) = u8::try_from(next) {
-                out.push(b);
-            }
-            if how.stop.done(&out) {
-                break;
+            // Special tokens decode to nothing; they still condition what follows.
+            out.push(next);
+            let text = self.tok.decode(&out)?;
+            if let Some(end) = how.stop.cut(&text) {
+                return Ok(text[..end].to_string());
             }
             input = Tensor::f_from_slice(&[next])?
                 .f_to_device(device)?
                 .f_unsqueeze(0)?;
         }
-        Ok(String::from_utf8_lossy(&out).into_owned())
+        Ok(self.tok.decode(&out)?)
     }
 
     fn loglikelihood(&mut self, context: &str, continuation: &str) -> Result<f64, MetricsError> {
         let _g = tch::no_grad_guard();
         let device = self.model.vs.device();
-        let mut tokens = vec![BOS];
-        tokens.extend(ByteTokenizer.encode(context));
+        let mut tokens: Vec<i64> = self.tok.specials().bos.into_iter().collect();
+        tokens.extend(self.tok.encode(context)?);
         let cont_start = tokens.len();
-        tokens.extend(ByteTokenizer.encode(continuation));
+        tokens.extend(self.tok.encode(continuation)?);
         // Keep the window's end: the continuation's tokens, and as much context as fits.
         let from = tokens.len().saturating_sub(self.max_len());
         let window = &tokens[from..];
@@ -131,26 +149,38 @@ mod tests {
     use crate::metrics::StopRule;
     use crate::model::llama::tests::tiny_cfg;
     use crate::model::llama::BuildOptions;
+    use crate::model::tokenizer::{ByteTokenizer, BOS, EOS};
 
     #[test]
     fn windows_keep_the_prompt_end_and_room_to_generate() {
-        assert_eq!(fit_window(&[1, 2, 3], 4, 64), (vec![BOS, 1, 2, 3], 4));
+        assert_eq!(
+            fit_window(&[1, 2, 3], 4, 64, Some(BOS)),
+            (vec![BOS, 1, 2, 3], 4)
+        );
         // 10 positions: the prompt keeps at least 4 (half of 9, rounded down), new gets 5.
         let p: Vec<i64> = (0..20).collect();
-        assert_eq!(fit_window(&p, 100, 10), (vec![BOS, 16, 17, 18, 19], 5));
+        assert_eq!(
+            fit_window(&p, 100, 10, Some(BOS)),
+            (vec![BOS, 16, 17, 18, 19], 5)
+        );
         // A short prompt leaves the rest to generation.
-        assert_eq!(fit_window(&[7], 100, 10), (vec![BOS, 7], 8));
+        assert_eq!(fit_window(&[7], 100, 10, Some(BOS)), (vec![BOS, 7], 8));
         // A small max_new leaves the rest to the prompt.
         assert_eq!(
-            fit_window(&p, 2, 10),
+            fit_window(&p, 2, 10, Some(BOS)),
             (vec![BOS, 13, 14, 15, 16, 17, 18, 19], 2)
         );
+        // Without BOS the prompt has one more position.
+        assert_eq!(fit_window(&p, 2, 10, None), ((12..20).collect(), 2));
     }
 
     #[test]
     fn greedy_completion_matches_the_models_generate_and_loglikelihood_chains() {
         let model = Llama::new(&tiny_cfg(), &BuildOptions::default(), Device::Cpu).unwrap();
-        let mut lm = LlamaText { model: &model };
+        let mut lm = LlamaText {
+            model: &model,
+            tok: &Tokenizer::Byte,
+        };
         let how = Completion {
             max_new: 12,
             temperature: 0.0,

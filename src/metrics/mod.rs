@@ -4,7 +4,8 @@
 //! Each metric is a pure scoring function over a [`TextModel`], the one thing it asks of a
 //! model: complete a prompt, or score a continuation. Tests pass fakes; the trainer passes the
 //! Llama behind it (`lm::LlamaText`), through the evaluators in `evaluators`. Texts are bytes
-//! to the builtin models' tokenizer, so prompts and completions are plain strings here.
+//! and tokens are the model's tokenizer's business (`lm::LlamaText`), so prompts and completions
+//! are plain strings here.
 
 pub mod diversity;
 #[cfg(feature = "torch")]
@@ -60,15 +61,24 @@ pub enum StopRule {
 impl StopRule {
     /// Whether a completion whose bytes so far are `generated` is finished.
     pub fn done(self, generated: &[u8]) -> bool {
+        self.cut(&String::from_utf8_lossy(generated)) == Some(generated.len())
+    }
+
+    /// Where a completion `text` ends, if it is finished: the length to keep (through the
+    /// newline, or through the stop sequence). A token of a real tokenizer may hold several
+    /// characters, so the end can lie inside the text, not only at its last byte.
+    pub fn cut(self, text: &str) -> Option<usize> {
         match self {
-            StopRule::Eos => false,
-            StopRule::Newline => generated.last() == Some(&b'\n'),
+            StopRule::Eos => None,
+            StopRule::Newline => text.find('\n').map(|i| i + 1),
             StopRule::AnswerLine => {
-                generated.last() == Some(&b'\n') && generated.windows(4).any(|w| w == b"####")
+                let mark = text.find("####")?;
+                text[mark..].find('\n').map(|i| mark + i + 1)
             }
             StopRule::FunctionEnd => humaneval::STOP_SEQUENCES
                 .iter()
-                .any(|s| generated.ends_with(s.as_bytes())),
+                .filter_map(|s| text.find(s).map(|i| i + s.len()))
+                .min(),
         }
     }
 }
@@ -108,5 +118,11 @@ mod tests {
         assert!(StopRule::AnswerLine.done(b"2 + 3 = 5.\n#### 5\n"));
         assert!(StopRule::FunctionEnd.done(b"    return 1\ndef"));
         assert!(!StopRule::FunctionEnd.done(b"    return 1\n    def"));
+        // Multi-character tokens: the end may fall inside the text so far.
+        assert_eq!(StopRule::Newline.cut("x = 1\ny = 2"), Some(6));
+        assert_eq!(StopRule::AnswerLine.cut("a\n#### 5\nmore"), Some(9));
+        assert_eq!(StopRule::AnswerLine.cut("a\nb\n"), None);
+        assert_eq!(StopRule::FunctionEnd.cut("  x\ndef f\n#"), Some(7));
+        assert_eq!(StopRule::Eos.cut("a\n"), None);
     }
 }

@@ -72,7 +72,8 @@ impl Proj {
 /// x W^T with both cast to `kind`: the mixed-precision matmul. The cast is differentiable, so
 /// gradients reach f32 master weights in f32; a cast to the tensor's own kind is free.
 pub(crate) fn linear(x: &Tensor, w: &Tensor, kind: Kind) -> Result<Tensor, ModelError> {
-    Ok(x.f_to_kind(kind)?.f_linear::<Tensor>(&w.f_to_kind(kind)?, None)?)
+    Ok(x.f_to_kind(kind)?
+        .f_linear::<Tensor>(&w.f_to_kind(kind)?, None)?)
 }
 
 /// Rotary embedding tables, Hugging Face's convention (halves rotated, `rotate_half`).
@@ -904,12 +905,18 @@ pub(crate) mod tests {
         let scale = exact.abs().max().double_value(&[]);
         let err = max_diff(&exact, &mixed);
         assert!(err > 0.0, "bf16 must actually compute in bf16");
-        assert!(err < 0.05 * scale, "bf16 logits off by {err} (scale {scale})");
+        assert!(
+            err < 0.05 * scale,
+            "bf16 logits off by {err} (scale {scale})"
+        );
         mixed.sum(Kind::Float).backward();
         for (name, var) in m.trainable() {
             assert_eq!(var.kind(), Kind::Float, "{name} is an f32 master weight");
             let g = var.grad();
-            assert!(g.defined() && g.kind() == Kind::Float, "{name}: f32 gradient");
+            assert!(
+                g.defined() && g.kind() == Kind::Float,
+                "{name}: f32 gradient"
+            );
         }
     }
 }

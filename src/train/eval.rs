@@ -8,11 +8,13 @@ use tch::{Kind, Reduction, Tensor};
 use super::data::{batch_of, Batch, Row, IGNORE};
 use super::TrainError;
 use crate::model::llama::Llama;
+use crate::model::tokenizer::Tokenizer;
 
 /// Something measured on the model at an evaluation point.
 pub trait Evaluator {
     /// Metric names to values.
-    fn evaluate(&self, model: &Llama) -> Result<BTreeMap<String, f64>, TrainError>;
+    fn evaluate(&self, model: &Llama, tok: &Tokenizer)
+        -> Result<BTreeMap<String, f64>, TrainError>;
 }
 
 /// Summed next-token loss over the target tokens of a batch, and the count of target tokens
@@ -54,7 +56,7 @@ pub struct LossEval {
 }
 
 impl Evaluator for LossEval {
-    fn evaluate(&self, model: &Llama) -> Result<BTreeMap<String, f64>, TrainError> {
+    fn evaluate(&self, model: &Llama, _: &Tokenizer) -> Result<BTreeMap<String, f64>, TrainError> {
         let _g = tch::no_grad_guard();
         let mut sum = 0.0;
         let mut count = 0.0;

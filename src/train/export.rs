@@ -86,12 +86,19 @@ pub fn write_hf_model(
     let specials = tokenizer.specials();
     let mut config = serde_json::to_value(&model.cfg).map_err(|e| err(e.to_string()))?;
     if let Some(c) = config.as_object_mut() {
-        c.insert("architectures".into(), serde_json::json!(["LlamaForCausalLM"]));
+        c.insert(
+            "architectures".into(),
+            serde_json::json!(["LlamaForCausalLM"]),
+        );
         c.insert("model_type".into(), "llama".into());
         c.insert("hidden_act".into(), "silu".into());
         c.insert("bos_token_id".into(), specials.bos.into());
         c.insert("eos_token_id".into(), specials.eos.into());
-        let dtype = if kind == Kind::BFloat16 { "bfloat16" } else { "float32" };
+        let dtype = if kind == Kind::BFloat16 {
+            "bfloat16"
+        } else {
+            "float32"
+        };
         c.insert("torch_dtype".into(), dtype.into());
     }
     let text = serde_json::to_vec_pretty(&config).map_err(|e| err(e.to_string()))?;

@@ -333,13 +333,11 @@ fn check_vocabulary(tok: &Tokenizer, cfg: &LlamaConfig, source: &str) -> Result<
 }
 
 /// The metrics this trainer measures; the others requested are reported as not measured.
-/// The generation and likelihood metrics decode text with the byte tokenizer, so they are
-/// measured for builtin (byte-level) models only; for others they are listed as not measured.
-fn measured(metric: Metric, byte_level: bool) -> bool {
+fn measured(metric: Metric) -> bool {
     matches!(
         metric,
         Metric::TargetLoss | Metric::SourceLoss | Metric::SpectralRank
-    ) || (byte_level && crate::metrics::evaluators::METRICS.contains(&metric))
+    ) || crate::metrics::evaluators::METRICS.contains(&metric)
 }
 
 /// A prepared run: model, optimizer, data and evaluators.
@@ -356,6 +354,8 @@ struct Trainer<'a> {
     total_steps: u64,
     /// Device and compute kind, e.g. `cuda:0 bf16`, for result.json.
     device_label: String,
+    /// The model's tokenizer, for the generation metrics.
+    tokenizer: Tokenizer,
 }
 
 impl<'a> Trainer<'a> {
@@ -383,7 +383,11 @@ impl<'a> Trainer<'a> {
                 Device::Cuda(i) => format!("cuda:{i}"),
                 _ => "cpu".into(),
             },
-            if kind == tch::Kind::BFloat16 { "bf16" } else { "f32" }
+            if kind == tch::Kind::BFloat16 {
+                "bf16"
+            } else {
+                "f32"
+            }
         );
         let pad = tokenizer.specials().pad;
         let seq_len = t.seq_len as usize;
@@ -416,12 +420,7 @@ impl<'a> Trainer<'a> {
             .metrics
             .clone()
             .unwrap_or_else(|| vec![Metric::TargetLoss, Metric::SourceLoss]);
-        let byte_level = matches!(tokenizer, Tokenizer::Byte);
-        let generation: Vec<Metric> = metrics
-            .iter()
-            .copied()
-            .filter(|m| measured(*m, byte_level))
-            .collect();
+        let generation: Vec<Metric> = metrics.iter().copied().filter(|m| measured(*m)).collect();
         let mut evaluators = crate::metrics::evaluators::build(
             &generation,
             &run.shared.evaluation,
@@ -429,6 +428,7 @@ impl<'a> Trainer<'a> {
             data.regime,
             &held_docs,
             run.seed,
+            &tokenizer,
         )?;
         if metrics.contains(&Metric::TargetLoss) && !held_docs.is_empty() {
             let rows = Rows::new(held_docs, data.regime, seq_len, pad, "held-out target data")?;
@@ -465,7 +465,7 @@ impl<'a> Trainer<'a> {
         }
         let not_measured = metrics
             .iter()
-            .filter(|m| !measured(**m, byte_level))
+            .filter(|m| !measured(**m))
             .map(|m| {
                 serde_json::to_value(m)
                     .ok()
@@ -497,13 +497,14 @@ impl<'a> Trainer<'a> {
             schedule,
             total_steps,
             device_label,
+            tokenizer,
         })
     }
 
     fn evaluate(&self, step: u64, tokens: u64) -> Result<EvalRecord, TrainError> {
         let mut metrics = BTreeMap::new();
         for e in &self.evaluators {
-            metrics.extend(e.evaluate(&self.model)?);
+            metrics.extend(e.evaluate(&self.model, &self.tokenizer)?);
         }
         Ok(EvalRecord {
             step,

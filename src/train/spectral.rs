@@ -12,6 +12,7 @@ use super::eval::Evaluator;
 use super::TrainError;
 use crate::model::config::Module;
 use crate::model::llama::Llama;
+use crate::model::tokenizer::Tokenizer;
 
 /// The smallest k whose top-k squared singular values reach `share` of their sum (0 for a
 /// zero matrix). `singular` may be in any order.
@@ -109,7 +110,7 @@ fn singular_values(delta: &Tensor) -> Result<Vec<f64>, TrainError> {
 }
 
 impl Evaluator for SpectralRankEval {
-    fn evaluate(&self, model: &Llama) -> Result<BTreeMap<String, f64>, TrainError> {
+    fn evaluate(&self, model: &Llama, _: &Tokenizer) -> Result<BTreeMap<String, f64>, TrainError> {
         let _g = tch::no_grad_guard();
         let mut per_module: BTreeMap<&'static str, Vec<usize>> = BTreeMap::new();
         for (name, lora) in model.adapters() {

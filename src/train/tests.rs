@@ -274,7 +274,10 @@ fn bf16_mixed_precision_trains_like_f32() {
     assert_eq!(exact.device.as_deref(), Some("cpu f32"));
     assert_eq!(mixed.device.as_deref(), Some("cpu bf16"));
     assert_eq!(mixed.status, RunStatus::Completed);
-    let (a, b) = (exact.final_train_loss.unwrap(), mixed.final_train_loss.unwrap());
+    let (a, b) = (
+        exact.final_train_loss.unwrap(),
+        mixed.final_train_loss.unwrap(),
+    );
     assert!(a != b, "bf16 must compute in bf16");
     assert!((a - b).abs() < 0.1 * a, "f32 ends at {a}, bf16 at {b}");
     let first = mixed.evals[0].metrics["target_loss"];
@@ -291,7 +294,10 @@ fn asking_for_a_missing_gpu_is_an_error() {
         return;
     }
     let e = train(&f.run("gpu", |_| {}), &opts).unwrap_err().to_string();
-    assert!(e.contains("device `cuda`") && e.contains("--device cpu"), "{e}");
+    assert!(
+        e.contains("device `cuda`") && e.contains("--device cpu"),
+        "{e}"
+    );
     opts.device = "tpu".into();
     let e = train(&f.run("tpu", |_| {}), &opts).unwrap_err().to_string();
     assert!(e.contains("use auto, cpu, cuda or cuda:N"), "{e}");
@@ -300,7 +306,10 @@ fn asking_for_a_missing_gpu_is_an_error() {
 #[test]
 fn export_writes_a_hugging_face_folder_that_reproduces_the_run() {
     let f = Fixture::new();
-    for (name, edit) in [("full", (|_: &mut serde_json::Value| {}) as fn(&mut _)), ("lora", lora)] {
+    for (name, edit) in [
+        ("full", (|_: &mut serde_json::Value| {}) as fn(&mut _)),
+        ("lora", lora),
+    ] {
         let run = f.run(name, edit);
         let out = f.dir.path().join(format!("{name}-hf"));
         let dir = run.parent().unwrap();
@@ -308,11 +317,16 @@ fn export_writes_a_hugging_face_folder_that_reproduces_the_run() {
         assert!(e.to_string().contains("no checkpoint yet"), "{e}");
         train(&run, &f.opts()).unwrap();
         let w = export::write_hf_model(dir, &out, &f.opts(), tch::Kind::Float).unwrap();
-        assert_eq!((w.step, w.merged_lora, w.tokenizer), (30, name == "lora", false));
+        assert_eq!(
+            (w.step, w.merged_lora, w.tokenizer),
+            (30, name == "lora", false)
+        );
         // The trained model, rebuilt from its checkpoint, against the exported folder.
         let rf = read_run_file(&run).unwrap();
         let (trained, _) = build_model(&rf, &f.opts(), Device::Cpu).unwrap();
-        let ck = checkpoint::load_latest(&dir.join("checkpoints")).unwrap().unwrap();
+        let ck = checkpoint::load_latest(&dir.join("checkpoints"))
+            .unwrap()
+            .unwrap();
         trained.load_named(&ck.model, false, "checkpoint").unwrap();
         let hf = Llama::from_hf_dir(&out, &BuildOptions::default(), Device::Cpu).unwrap();
         let x = Tensor::from_slice(&[116i64, 104, 101, 32, 113, 117]).unsqueeze(0);
@@ -452,6 +466,8 @@ fn gguf_and_hf_models_train_with_their_tokenizers() {
 
     let run = f.run("gguf", |v| {
         v["model"] = serde_json::json!({"kind": "gguf", "path": gguf});
+        v["evaluation"]["metrics"] =
+            serde_json::json!(["target_loss", "source_loss", "diversity", "next_line"]);
         lora(v);
     });
     let file = read_run_file(&run).unwrap();
@@ -464,6 +480,12 @@ fn gguf_and_hf_models_train_with_their_tokenizers() {
     let first = r.evals.first().unwrap().metrics["target_loss"];
     let last = r.evals.last().unwrap().metrics["target_loss"];
     assert!(last < first, "target loss {first} -> {last}");
+    // The generation metrics decode with the model's own tokenizer.
+    assert!(r.metrics_not_measured.is_empty(), "{:?}", r.metrics_not_measured);
+    for e in &r.evals {
+        assert!(e.metrics.contains_key("diversity_unique"), "{:?}", e.metrics);
+        assert!(e.metrics.contains_key("next_line_match"), "{:?}", e.metrics);
+    }
 
     let hf = f.dir.path().join("hf");
     std::fs::create_dir_all(&hf).unwrap();
