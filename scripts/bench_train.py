@@ -310,7 +310,9 @@ def drive(a):
             "sweep FLOP/s (% matmul)", "torch FLOP/s (% matmul)", "sweep RSS", "torch RSS"]
     if a.device.startswith("cuda"):
         cols += ["sweep MFU", "torch MFU", "torch GPU mem"]
-    rows, records = [], []
+    records = []
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "|".join("---" for _ in cols) + "|", flush=True)
     for shape in a.shapes.split(","):
         mine = ours(a, shape, work)
         for method in ("full", "lora"):
@@ -330,16 +332,11 @@ def drive(a):
             if a.device.startswith("cuda"):
                 row += [f"{100 * ms / H200_BF16_PEAK:.1f}%", f"{100 * rs / H200_BF16_PEAK:.1f}%",
                         human(r.get("peak_gpu_mib", 0) * 2**20, "B")]
-            rows.append(row)
+            print("| " + " | ".join(row) + " |", flush=True)
             records.append({"shape": shape, "method": method, "sweep": m, "torch": r,
                             "matmul_flops": mm, "device": a.device, "kind": kind})
-    widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows)]
-    for i, row in enumerate([cols] + rows):
-        print("| " + " | ".join(str(x).ljust(w) for x, w in zip(row, widths)) + " |")
-        if i == 0:
-            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    if a.json:
-        Path(a.json).write_text(json.dumps(records, indent=1))
+            if a.json:
+                Path(a.json).write_text(json.dumps(records, indent=1))
 
 
 def main():
