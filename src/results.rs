@@ -68,6 +68,10 @@ pub struct RunResult {
     /// The error, for failed runs; the divergence, for diverged ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Warnings and provenance: skipped malformed data lines, where the base model's shared
+    /// evaluation came from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// Why a result.json could not be used.

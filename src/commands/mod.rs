@@ -95,6 +95,9 @@ fn train(g: &GlobalArgs, args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
     opts.stop = Some(stop);
     let result = crate::train::train(&args.run, &opts)
         .with_context(|| format!("training {}", args.run.display()))?;
+    for note in &result.notes {
+        eprintln!("{}: {note}", result.id);
+    }
     if result.status == crate::train::outputs::RunStatus::Interrupted {
         eprintln!(
             "{}: stopped by a signal after step {}; `sweep train` again resumes from the checkpoint",
@@ -166,6 +169,7 @@ fn noop_train(run: &Path) -> anyhow::Result<()> {
         wall_s: 0.0,
         peak_rss_kib: None,
         error: None,
+        notes: vec![],
     };
     let path = run.parent().unwrap_or(Path::new(".")).join("result.json");
     let json = serde_json::to_vec_pretty(&result)?;

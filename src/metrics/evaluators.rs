@@ -74,6 +74,10 @@ pub struct DiversityEval {
 }
 
 impl Evaluator for DiversityEval {
+    fn samples(&self) -> bool {
+        true
+    }
+
     fn evaluate(&self, model: &Llama) -> Result<BTreeMap<String, f64>, TrainError> {
         tch::manual_seed(self.seed as i64);
         let groups = sample(
