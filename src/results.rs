@@ -71,6 +71,10 @@ pub struct RunResult {
     /// Where the last session trained and the kind it computed in, e.g. `cuda:0 bf16`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// Warnings and provenance: skipped malformed data lines, where the base model's shared
+    /// evaluation came from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// Why a result.json could not be used.

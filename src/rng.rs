@@ -1,7 +1,9 @@
-//! A small seeded random number generator (SplitMix64) for weight init and data order.
+//! A small seeded random number generator (SplitMix64) for weight init, data order, generated
+//! math problems and the planner's sampling: the project's only one.
 //!
 //! libtorch's generator is global to the process, so tests running in parallel would disturb each
-//! other's draws; weights and data order come from this instead, and depend only on the seed.
+//! other's draws; weights and data order come from this instead, and depend only on the seed. It
+//! is fully specified here, so that its draws never change with a crate's version.
 
 /// SplitMix64: tiny, fast, and good enough for initialisation and shuffling.
 #[derive(Debug, Clone)]
@@ -17,6 +19,13 @@ impl Rng {
         };
         r.next_u64();
         r
+    }
+
+    /// A generator whose state is `state` as it is, with no mixing of seed and stream: the
+    /// reference SplitMix64 seeded with `state` (for sequences that must stay as they were
+    /// first published, such as the generated math problems).
+    pub fn from_state(state: u64) -> Rng {
+        Rng { state }
     }
 
     /// The next 64 random bits.
@@ -77,6 +86,21 @@ impl Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn from_state_is_the_reference_splitmix64() {
+        // The reference implementation's first outputs for the state 1234567.
+        let mut r = Rng::from_state(1_234_567);
+        let got: Vec<u64> = (0..3).map(|_| r.next_u64()).collect();
+        assert_eq!(
+            got,
+            vec![
+                6_457_827_717_110_365_317,
+                3_203_168_211_198_807_973,
+                9_817_491_932_198_370_423
+            ]
+        );
+    }
 
     #[test]
     fn same_seed_same_draws_and_sane_moments() {

@@ -121,3 +121,69 @@ fn sweep_train_reports_divergence_and_refuses_newer_schemas() {
         "{stderr}"
     );
 }
+
+/// A malformed JSONL line stops `sweep train` with one line naming the file, the line and the
+/// fix; with `on_bad_line = "skip"` the run trains and says what it left out. A second run of
+/// the sweep reads the base model's evaluation that the first one cached.
+#[test]
+fn sweep_train_reports_bad_lines_and_shares_the_base_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    write_data(dir.path());
+    let mut jsonl = String::new();
+    for i in 0..60 {
+        jsonl.push_str(&format!(
+            "{{\"text\": \"def g{i}(y):\\n    return y * {i}\\n\"}}\n"
+        ));
+        if i == 2 {
+            jsonl.push_str("{\"text\": unquoted}\n");
+        }
+    }
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, jsonl).unwrap();
+    let run = run_json(dir.path(), 1e-3, None);
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&run).unwrap()).unwrap();
+    v["data"]["target"] = bad.to_str().unwrap().into();
+    std::fs::write(&run, v.to_string()).unwrap();
+    let out = sweep_train(dir.path(), &run);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("bad.jsonl:4: not JSON") && stderr.contains("data.on_bad_line = \"skip\""),
+        "{stderr}"
+    );
+
+    v["data"]["on_bad_line"] = "skip".into();
+    std::fs::write(&run, v.to_string()).unwrap();
+    std::fs::remove_file(run.parent().unwrap().join("result.json")).unwrap();
+    let out = sweep_train(dir.path(), &run);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("bad.jsonl: skipped 1 malformed line of 61 (lines 4;"),
+        "{stderr}"
+    );
+    let cache = dir.path().join("results/e2e/base_evals");
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
+
+    // Another learning rate, same sweep: the base evaluation is read, not computed.
+    v["learning_rate"] = 3e-3.into();
+    v["id"] = "abcdefabcd-s0".into();
+    let other = dir.path().join("results/e2e/runs/abcdefabcd-s0/run.json");
+    std::fs::create_dir_all(other.parent().unwrap()).unwrap();
+    std::fs::write(&other, v.to_string()).unwrap();
+    let out = sweep_train(dir.path(), &other);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("base model evaluation (step 0) read from"),
+        "{stderr}"
+    );
+    let read = |p: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let first = read(&run.parent().unwrap().join("result.json"));
+    let second = read(&other.parent().unwrap().join("result.json"));
+    assert_eq!(first["evals"][0], second["evals"][0]);
+}

@@ -99,6 +99,9 @@ fn train(g: &GlobalArgs, args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
     opts.stop = Some(stop);
     let result = crate::train::train(&args.run, &opts)
         .with_context(|| format!("training {}", args.run.display()))?;
+    for note in &result.notes {
+        eprintln!("{}: {note}", result.id);
+    }
     if result.status == crate::train::outputs::RunStatus::Interrupted {
         eprintln!(
             "{}: stopped by a signal after step {}; `sweep train` again resumes from the checkpoint",
@@ -213,6 +216,7 @@ fn noop_train(run: &Path) -> anyhow::Result<()> {
         peak_rss_kib: None,
         error: None,
         device: None,
+        notes: vec![],
     };
     let path = run.parent().unwrap_or(Path::new(".")).join("result.json");
     let json = serde_json::to_vec_pretty(&result)?;

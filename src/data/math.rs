@@ -7,6 +7,8 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::rng::Rng;
+
 /// Which split a problem belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -54,23 +56,14 @@ const ITEMS: &[&str] = &[
 ];
 const CONTAINERS: &[&str] = &["boxes", "bags", "jars", "crates", "packs", "baskets"];
 
-/// A tiny fully specified PRNG (SplitMix64), so problems never change with a crate version.
-struct Rng(u64);
+/// Uniform in lo..=hi (lo <= hi).
+fn range(rng: &mut Rng, lo: i64, hi: i64) -> i64 {
+    lo + rng.below((hi - lo + 1) as u64) as i64
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn range(&mut self, lo: i64, hi: i64) -> i64 {
-        lo + (self.next() % (hi - lo + 1) as u64) as i64
-    }
-    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
-        &xs[(self.next() % xs.len() as u64) as usize]
-    }
+/// One of `xs` (not empty).
+fn pick<'a, T>(rng: &mut Rng, xs: &'a [T]) -> &'a T {
+    &xs[rng.below(xs.len() as u64) as usize]
 }
 
 /// The split a problem text falls in: eval when the first byte of its sha256 is below 26 (~10%).
@@ -83,17 +76,17 @@ pub fn split_of(prompt: &str) -> Split {
 }
 
 fn candidate(rng: &mut Rng, level: u8) -> MathProblem {
-    let (name, pron) = *rng.pick(NAMES);
-    let item = *rng.pick(ITEMS);
-    let cont = *rng.pick(CONTAINERS);
-    let a = rng.range(2, 40);
+    let (name, pron) = *pick(rng, NAMES);
+    let item = *pick(rng, ITEMS);
+    let cont = *pick(rng, CONTAINERS);
+    let a = range(rng, 2, 40);
     let mut prompt = format!("{name} has {a} {item}.");
     let mut steps = Vec::new();
     let mut total = a;
     // Step 1: buy more (add) or boxes (multiply-add).
-    let b = rng.range(2, 12);
-    let c = rng.range(2, 9);
-    if rng.next().is_multiple_of(2) {
+    let b = range(rng, 2, 12);
+    let c = range(rng, 2, 9);
+    if rng.next_u64().is_multiple_of(2) {
         prompt.push_str(&format!(" {pron} finds {b} more {item}."));
         steps.push(format!("{name} has {total} + {b} = {} {item}.", total + b));
         total += b;
@@ -110,7 +103,7 @@ fn candidate(rng: &mut Rng, level: u8) -> MathProblem {
         total += b * c;
     }
     if level >= 2 {
-        let d = rng.range(1, total.max(2) - 1);
+        let d = range(rng, 1, total.max(2) - 1);
         prompt.push_str(&format!(" {pron} gives {d} {item} to a friend."));
         steps.push(format!(
             "After giving some away, {name} has {total} - {d} = {} {item}.",
@@ -119,7 +112,7 @@ fn candidate(rng: &mut Rng, level: u8) -> MathProblem {
         total -= d;
     }
     if level >= 3 {
-        let k = *rng.pick(&[2i64, 3, 4]);
+        let k = *pick(rng, &[2i64, 3, 4]);
         prompt.push_str(&format!(
             " Then {name} shares the rest equally among {k} jars, keeping what is left over."
         ));
@@ -148,7 +141,7 @@ fn candidate(rng: &mut Rng, level: u8) -> MathProblem {
 /// `n` problems of a split, from a seed; levels cycle 1, 2, 3. The same (split, n, seed) always
 /// gives the same problems; train and eval never share one; no problem repeats within a call.
 pub fn generate(split: Split, n: usize, seed: u64) -> Vec<MathProblem> {
-    let mut rng = Rng(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ 0x6d61_7468);
+    let mut rng = Rng::from_state(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ 0x6d61_7468);
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::with_capacity(n);
     let mut tries = 0usize;
@@ -216,6 +209,25 @@ mod tests {
             assert!(p.answer >= 0);
         }
         assert_eq!(a.iter().map(|p| p.level).collect::<HashSet<_>>().len(), 3);
+    }
+
+    /// The problems are those of the first release (data/math.jsonl materialized then): the
+    /// sha256 of the first 200 training problems of seed 0, one JSON line each.
+    #[test]
+    fn problems_are_those_first_published() {
+        let mut text = String::new();
+        for p in generate(Split::Train, 200, 0) {
+            text.push_str(&serde_json::to_string(&p).unwrap());
+            text.push('\n');
+        }
+        let digest: String = Sha256::digest(text.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            digest,
+            "7b4a5c1dc26582256614195e2401f1a503751484fd8b7dc684f0ecf428fe8dfe"
+        );
     }
 
     #[test]

@@ -82,6 +82,10 @@ pub struct DiversityEval {
 }
 
 impl Evaluator for DiversityEval {
+    fn samples(&self) -> bool {
+        true
+    }
+
     fn evaluate(
         &self,
         model: &Llama,

@@ -960,9 +960,9 @@ fn sample(points: Vec<Point>, ids: Vec<String>, n: usize, seed: u64) -> (Vec<Poi
         return (points, ids);
     }
     let mut idx: Vec<usize> = (0..points.len()).collect();
-    let mut rng = SplitMix64(seed ^ 0x5eed_5eed_5eed_5eed);
+    let mut rng = crate::rng::Rng::from_state(seed ^ 0x5eed_5eed_5eed_5eed);
     for i in 0..n {
-        let j = i + (rng.next() % (idx.len() - i) as u64) as usize;
+        let j = i + rng.below((idx.len() - i) as u64) as usize;
         idx.swap(i, j);
     }
     let mut chosen: Vec<usize> = idx[..n].to_vec();
@@ -976,19 +976,6 @@ fn sample(points: Vec<Point>, ids: Vec<String>, n: usize, seed: u64) -> (Vec<Poi
         }
     }
     (ps, is)
-}
-
-/// A tiny, fully specified PRNG, so that sampling is stable across versions of any crate.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
 }
 
 #[cfg(test)]

@@ -93,7 +93,8 @@ pub struct DataSpec {
     pub regime: Regime,
     /// The target domain's name: `code`, `math`, or anything (it picks the default metrics).
     pub domain: String,
-    /// Target-domain data: `builtin:python`, `builtin:math`, or a path (JSONL, text, folder, token shard).
+    /// Target-domain data: `builtin:python`, `builtin:math`, or a path: JSONL, text, a folder, or
+    /// pre-tokenized `.npy` token shards (a file or a folder of them).
     pub target: String,
     /// Source-domain evaluation data for forgetting: `builtin:shakespeare` or a path.
     #[serde(default = "default_source")]
@@ -110,6 +111,28 @@ pub struct DataSpec {
     /// Tokens in one pass over the target data; needed when budgets are given in epochs ("2ep").
     #[serde(default)]
     pub epoch_tokens: Option<TokenCount>,
+    /// What a malformed JSONL line does: `fail` the run (default) or `skip` it with a warning.
+    /// Left out of run.json when `fail`, so that config ids stay what they were.
+    #[serde(default, skip_serializing_if = "BadLine::is_fail")]
+    pub on_bad_line: BadLine,
+}
+
+/// What a malformed JSONL line (not JSON, or without the configured string fields) does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BadLine {
+    /// Stop with the file and line number.
+    #[default]
+    Fail,
+    /// Leave the line out, and warn with the count and the first line numbers.
+    Skip,
+}
+
+impl BadLine {
+    /// Whether this is the default, `fail`.
+    pub fn is_fail(&self) -> bool {
+        *self == BadLine::Fail
+    }
 }
 
 fn default_source() -> String {

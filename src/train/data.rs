@@ -1,8 +1,11 @@
 //! Training and evaluation data: reading sources, the held-out split, and batches.
 //!
 //! A source is a `.txt`/`.md`/`.py` file (cut into documents of about [`CHUNK_BYTES`] at line
-//! boundaries), a folder of such files (one document each), or a `.jsonl` file (one document per
-//! line, from the configured fields). `builtin:NAME` is `NAME` under the data folder. Documents
+//! boundaries), a folder of such files (one document each), a `.jsonl` file (one document per
+//! line, from the configured fields; a malformed line fails the run or is skipped, as
+//! `data.on_bad_line` says), or pre-tokenized `.npy` token shards, a file or among a folder's
+//! files ([`super::shards`]: documents end at the EOS id). `builtin:NAME` is `NAME` under the
+//! data folder. Documents
 //! are held out for evaluation by the hash of their text, so the split is the same for every run
 //! and seed. CPT packs documents into one token stream cut into windows; IFT puts one
 //! prompt/response pair per row, padded, with the loss only on the response.
@@ -15,7 +18,7 @@ use tch::Tensor;
 use super::TrainError;
 use crate::model::tokenizer::Tokenizer;
 use crate::rng::Rng;
-use crate::spec::{DataSpec, Regime};
+use crate::spec::{BadLine, DataSpec, Regime};
 
 /// Target id that the loss ignores.
 pub const IGNORE: i64 = -100;
@@ -30,6 +33,8 @@ pub enum RawDoc {
     Text(String),
     /// A prompt and its response (IFT).
     Pair(String, String),
+    /// Token ids of the model's tokenizer, checked to be in its vocabulary (CPT).
+    Tokens(Vec<i64>),
 }
 
 impl RawDoc {
@@ -37,8 +42,18 @@ impl RawDoc {
         match self {
             RawDoc::Text(t) => t.as_bytes().to_vec(),
             RawDoc::Pair(p, r) => [p.as_bytes(), b"\0", r.as_bytes()].concat(),
+            RawDoc::Tokens(ids) => ids.iter().flat_map(|t| t.to_le_bytes()).collect(),
         }
     }
+}
+
+/// The documents of a source, and warnings about what was left out of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Documents {
+    /// The documents, in the source's order.
+    pub docs: Vec<RawDoc>,
+    /// One line per problem that did not stop the reading (skipped malformed lines).
+    pub warnings: Vec<String>,
 }
 
 /// A tokenized example: tokens, and which of them are targets of the loss.
@@ -94,6 +109,19 @@ fn is_text_file(p: &Path) -> bool {
     )
 }
 
+fn is_token_shard(p: &Path) -> bool {
+    p.extension().and_then(|e| e.to_str()) == Some("npy")
+}
+
+/// The documents of a `.npy` token shard.
+fn read_shard(path: &Path, tok: &Tokenizer) -> Result<Vec<RawDoc>, TrainError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| TrainError::Data(format!("reading {}: {e}", path.display())))?;
+    let ids = super::shards::parse_npy(&bytes, path)?;
+    let docs = super::shards::documents(&ids, tok.specials().eos, tok.vocab_size(), path)?;
+    Ok(docs.into_iter().map(RawDoc::Tokens).collect())
+}
+
 /// Cut text into pieces of about `max` bytes at line ends.
 pub fn chunk_text(text: &str, max: usize) -> Vec<String> {
     let mut out = Vec::new();
@@ -114,55 +142,80 @@ pub fn chunk_text(text: &str, max: usize) -> Vec<String> {
     out
 }
 
-/// Read the documents of a source in the given regime.
+/// Read the documents of a source in the given regime; token shards are checked against the
+/// model's tokenizer `tok`.
 pub fn read_documents(
     path: &Path,
     regime: Regime,
     spec: &DataSpec,
-) -> Result<Vec<RawDoc>, TrainError> {
+    tok: &Tokenizer,
+) -> Result<Documents, TrainError> {
     let io = |e: std::io::Error| TrainError::Data(format!("reading {}: {e}", path.display()));
+    let ift_needs_jsonl = || {
+        TrainError::Data(format!(
+            "{}: instruction data must be a .jsonl file with `{}` and `{}` fields",
+            path.display(),
+            spec.prompt_field,
+            spec.response_field
+        ))
+    };
+    let docs = |docs| Documents {
+        docs,
+        warnings: Vec::new(),
+    };
     if path.is_dir() {
         if regime == Regime::Ift {
-            return Err(TrainError::Data(format!(
-                "{}: instruction data must be a .jsonl file with `{}` and `{}` fields",
-                path.display(),
-                spec.prompt_field,
-                spec.response_field
-            )));
+            return Err(ift_needs_jsonl());
         }
         let mut files = Vec::new();
         collect_files(path, &mut files).map_err(io)?;
         files.sort();
-        let mut docs = Vec::new();
+        let mut out = Vec::new();
         for f in files {
+            if is_token_shard(&f) {
+                out.extend(read_shard(&f, tok)?);
+                continue;
+            }
             let bytes = std::fs::read(&f).map_err(io)?;
             let text = String::from_utf8_lossy(&bytes).into_owned();
             if !text.trim().is_empty() {
-                docs.push(RawDoc::Text(text));
+                out.push(RawDoc::Text(text));
             }
         }
-        if docs.is_empty() {
+        if out.is_empty() {
             return Err(TrainError::Data(format!(
-                "{} holds no .txt, .md or .py files",
+                "{} holds no .txt, .md, .py or .npy files with content",
                 path.display()
             )));
         }
-        return Ok(docs);
+        return Ok(docs(out));
+    }
+    if is_token_shard(path) {
+        if regime == Regime::Ift {
+            return Err(ift_needs_jsonl());
+        }
+        let out = read_shard(path, tok)?;
+        if out.is_empty() {
+            return Err(TrainError::Data(format!(
+                "{} holds no tokens",
+                path.display()
+            )));
+        }
+        return Ok(docs(out));
     }
     let text = std::fs::read_to_string(path).map_err(io)?;
     if path.extension().and_then(|e| e.to_str()) == Some("jsonl") {
         return parse_jsonl(&text, path, regime, spec);
     }
     if regime == Regime::Ift {
-        return Err(TrainError::Data(format!(
-            "{}: instruction data must be a .jsonl file",
-            path.display()
-        )));
+        return Err(ift_needs_jsonl());
     }
-    Ok(chunk_text(&text, CHUNK_BYTES)
-        .into_iter()
-        .map(RawDoc::Text)
-        .collect())
+    Ok(docs(
+        chunk_text(&text, CHUNK_BYTES)
+            .into_iter()
+            .map(RawDoc::Text)
+            .collect(),
+    ))
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -170,53 +223,99 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         let p = entry?.path();
         if p.is_dir() {
             collect_files(&p, out)?;
-        } else if is_text_file(&p) {
+        } else if is_text_file(&p) || is_token_shard(&p) {
             out.push(p);
         }
     }
     Ok(())
 }
 
-/// Parse JSONL documents: `text_field` for CPT, `prompt_field`/`response_field` for IFT.
+/// The document of one JSONL line, or what is wrong with it.
+fn parse_jsonl_line(line: &str, regime: Regime, spec: &DataSpec) -> Result<RawDoc, String> {
+    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let field = |name: &str| -> Result<String, String> {
+        v.get(name)
+            .and_then(|x| x.as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| format!("no string field `{name}`"))
+    };
+    Ok(match regime {
+        Regime::Cpt => match field(&spec.text_field) {
+            Ok(t) => RawDoc::Text(t),
+            // Instruction data read as plain text (a source set for forgetting).
+            Err(e) => match (field(&spec.prompt_field), field(&spec.response_field)) {
+                (Ok(p), Ok(r)) => RawDoc::Text(p + &r),
+                _ => return Err(e),
+            },
+        },
+        Regime::Ift => RawDoc::Pair(field(&spec.prompt_field)?, field(&spec.response_field)?),
+    })
+}
+
+/// Line numbers a skip warning lists before "...".
+const SKIPPED_SHOWN: usize = 5;
+
+/// Parse JSONL documents: `text_field` for CPT, `prompt_field`/`response_field` for IFT. A
+/// malformed line is an error naming the file and line (`data.on_bad_line = "fail"`), or is left
+/// out with one warning for all of them (`"skip"`).
 pub fn parse_jsonl(
     text: &str,
     path: &Path,
     regime: Regime,
     spec: &DataSpec,
-) -> Result<Vec<RawDoc>, TrainError> {
+) -> Result<Documents, TrainError> {
     let mut docs = Vec::new();
+    let mut skipped: Vec<(usize, String)> = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let at = || format!("{}:{}", path.display(), i + 1);
-        let v: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| TrainError::Data(format!("{}: not JSON: {e}", at())))?;
-        let field = |name: &str| -> Result<String, TrainError> {
-            v.get(name)
-                .and_then(|x| x.as_str())
-                .map(str::to_owned)
-                .ok_or_else(|| TrainError::Data(format!("{}: no string field `{name}`", at())))
-        };
-        docs.push(match regime {
-            Regime::Cpt => match field(&spec.text_field) {
-                Ok(t) => RawDoc::Text(t),
-                // Instruction data read as plain text (a source set for forgetting).
-                Err(e) => match (field(&spec.prompt_field), field(&spec.response_field)) {
-                    (Ok(p), Ok(r)) => RawDoc::Text(p + &r),
-                    _ => return Err(e),
-                },
+        match parse_jsonl_line(line, regime, spec) {
+            Ok(d) => docs.push(d),
+            Err(what) => match spec.on_bad_line {
+                BadLine::Fail => {
+                    return Err(TrainError::Data(format!(
+                        "{}:{}: {what} (fix the line, or set data.on_bad_line = \"skip\" to \
+                         leave malformed lines out)",
+                        path.display(),
+                        i + 1
+                    )))
+                }
+                BadLine::Skip => skipped.push((i + 1, what)),
             },
-            Regime::Ift => RawDoc::Pair(field(&spec.prompt_field)?, field(&spec.response_field)?),
-        });
+        }
+    }
+    let mut warnings = Vec::new();
+    if let Some((first_line, first_what)) = skipped.first() {
+        let mut lines: Vec<String> = skipped
+            .iter()
+            .take(SKIPPED_SHOWN)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        if skipped.len() > SKIPPED_SHOWN {
+            lines.push("...".into());
+        }
+        warnings.push(format!(
+            "{}: skipped {} malformed line{} of {} (lines {}; line {first_line}: {first_what})",
+            path.display(),
+            skipped.len(),
+            if skipped.len() == 1 { "" } else { "s" },
+            docs.len() + skipped.len(),
+            lines.join(", ")
+        ));
     }
     if docs.is_empty() {
         return Err(TrainError::Data(format!(
-            "{} has no records",
-            path.display()
+            "{} has no records{}",
+            path.display(),
+            if skipped.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} malformed lines skipped)", skipped.len())
+            }
         )));
     }
-    Ok(docs)
+    Ok(Documents { docs, warnings })
 }
 
 /// Tokenize a document with the model's tokenizer: BOS (when the tokenizer uses one), text,
@@ -234,6 +333,17 @@ pub fn tokenize(doc: &RawDoc, tok: &Tokenizer) -> Result<Example, TrainError> {
             let n = tokens.len();
             tokens.extend(tok.encode(r)?);
             n
+        }
+        // Already tokens: as they are, with an EOS at the end to separate them from the next.
+        RawDoc::Tokens(ids) => {
+            let mut tokens = ids.clone();
+            if tokens.last() != Some(&specials.eos) {
+                tokens.push(specials.eos);
+            }
+            return Ok(Example {
+                tokens,
+                prompt_len: 0,
+            });
         }
     };
     tokens.push(specials.eos);
@@ -481,7 +591,8 @@ mod tests {
             Regime::Ift,
             &spec(),
         )
-        .unwrap();
+        .unwrap()
+        .docs;
         let ex = tokenize(&docs[0], &Tokenizer::Byte).unwrap();
         assert_eq!(ex.tokens, vec![BOS, 97, 98, 99, 100, EOS]);
         assert_eq!(ex.prompt_len, 3);
@@ -526,6 +637,144 @@ mod tests {
         assert_eq!((train, held), (train2, held2));
         assert_eq!(chunk_text("a\nb\nc\n", 4), vec!["a\nb\n", "c\n"]);
         assert_eq!(chunk_text("aaaaaaaaaaa\nb\n", 12), vec!["aaaaaaaaaaa\nb\n"]);
+    }
+
+    const BAD: &str = "{\"prompt\":\"a\",\"response\":\"b\"}\nnot json\n\n{\"prompt\":\"c\"}\n\
+                       {\"prompt\":\"d\",\"response\":\"e\"}\n";
+
+    #[test]
+    fn a_malformed_line_fails_with_its_file_and_line_by_default() {
+        let err = parse_jsonl(BAD, Path::new("d/x.jsonl"), Regime::Ift, &spec())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("data: d/x.jsonl:2: not JSON: "), "{err}");
+        assert!(err.contains("data.on_bad_line = \"skip\""), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+        // The first bad line of a valid-JSON kind: a missing field, named.
+        let err = parse_jsonl(
+            &BAD.replace("not json\n", ""),
+            Path::new("x.jsonl"),
+            Regime::Ift,
+            &spec(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("x.jsonl:3: no string field `response`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn malformed_lines_are_skipped_with_one_warning_when_asked() {
+        let mut sp = spec();
+        sp.on_bad_line = BadLine::Skip;
+        let docs = parse_jsonl(BAD, Path::new("x.jsonl"), Regime::Ift, &sp).unwrap();
+        assert_eq!(
+            docs.docs,
+            vec![
+                RawDoc::Pair("a".into(), "b".into()),
+                RawDoc::Pair("d".into(), "e".into())
+            ]
+        );
+        assert_eq!(docs.warnings.len(), 1);
+        let w = &docs.warnings[0];
+        assert!(
+            w.starts_with("x.jsonl: skipped 2 malformed lines of 4 (lines 2, 4; line 2: not JSON"),
+            "{w}"
+        );
+        // Past five, the line numbers end with "...".
+        let many = "x\n".repeat(7) + "{\"prompt\":\"a\",\"response\":\"b\"}\n";
+        let w = &parse_jsonl(&many, Path::new("m.jsonl"), Regime::Ift, &sp)
+            .unwrap()
+            .warnings[0];
+        assert!(
+            w.contains("skipped 7 malformed lines of 8 (lines 1, 2, 3, 4, 5, ...;"),
+            "{w}"
+        );
+        // Nothing left is still an error, saying why.
+        let err = parse_jsonl("x\ny\n", Path::new("e.jsonl"), Regime::Ift, &sp)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("e.jsonl has no records (2 malformed lines skipped)"),
+            "{err}"
+        );
+        // A clean file has no warning.
+        let clean = parse_jsonl(
+            BAD.lines().next().unwrap(),
+            Path::new("c.jsonl"),
+            Regime::Ift,
+            &sp,
+        );
+        assert!(clean.unwrap().warnings.is_empty());
+    }
+
+    #[test]
+    fn token_shards_are_documents_split_at_eos() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sp = spec();
+        sp.regime = Regime::Cpt;
+        let eos = EOS as u16;
+        // Two documents in one shard, one (without a final EOS) in another, in a folder beside
+        // a text file.
+        let shards = dir.path().join("shards");
+        std::fs::create_dir_all(&shards).unwrap();
+        let a = super::super::shards::npy_bytes_u16(&[104, 105, eos, 111, eos]);
+        std::fs::write(shards.join("a.npy"), a).unwrap();
+        let b = super::super::shards::npy_bytes_u16(&[120, 121]);
+        std::fs::write(shards.join("b.npy"), b).unwrap();
+        std::fs::write(shards.join("c.txt"), "text").unwrap();
+        let docs = read_documents(&shards, Regime::Cpt, &sp, &Tokenizer::Byte).unwrap();
+        assert_eq!(
+            docs.docs,
+            vec![
+                RawDoc::Tokens(vec![104, 105, EOS]),
+                RawDoc::Tokens(vec![111, EOS]),
+                RawDoc::Tokens(vec![120, 121]),
+                RawDoc::Text("text".into()),
+            ]
+        );
+        // Tokens are used as they are, with an EOS closing each document.
+        let ex = tokenize(&docs.docs[2], &Tokenizer::Byte).unwrap();
+        assert_eq!(ex.tokens, vec![120, 121, EOS]);
+        let rows = Rows::new(
+            docs.docs[..3]
+                .iter()
+                .map(|d| tokenize(d, &Tokenizer::Byte).unwrap())
+                .collect(),
+            Regime::Cpt,
+            3,
+            PAD,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(rows.row(0), (vec![104, 105, EOS], vec![105, EOS, 111]));
+        // A single shard file; ids beyond the tokenizer's vocabulary; instruction tuning.
+        let one = shards.join("a.npy");
+        assert_eq!(
+            read_documents(&one, Regime::Cpt, &sp, &Tokenizer::Byte)
+                .unwrap()
+                .docs
+                .len(),
+            2
+        );
+        let big = dir.path().join("big.npy");
+        std::fs::write(&big, super::super::shards::npy_bytes_u16(&[1, 2, 5000])).unwrap();
+        let err = read_documents(&big, Regime::Cpt, &sp, &Tokenizer::Byte)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("big.npy: token id 5000 at index 2 is not in 0..264"),
+            "{err}"
+        );
+        let err = read_documents(&one, Regime::Ift, &spec(), &Tokenizer::Byte)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("instruction data must be a .jsonl file"),
+            "{err}"
+        );
     }
 
     #[test]

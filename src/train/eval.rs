@@ -15,6 +15,19 @@ pub trait Evaluator {
     /// Metric names to values.
     fn evaluate(&self, model: &Llama, tok: &Tokenizer)
         -> Result<BTreeMap<String, f64>, TrainError>;
+
+    /// Whether the metrics depend on the model's outputs only, so that their value on the
+    /// untrained model is the same for every method (LoRA at init computes what the base does)
+    /// and [`super::base_eval`] can share it between runs. False for metrics of the weights.
+    fn of_outputs_only(&self) -> bool {
+        true
+    }
+
+    /// Whether the metrics sample with the run's seed, so that runs of different seeds measure
+    /// different values on the same model.
+    fn samples(&self) -> bool {
+        false
+    }
 }
 
 /// Summed next-token loss over the target tokens of a batch, and the count of target tokens

@@ -5,6 +5,7 @@
 //! The trainer knows nothing of Slurm or sweeps: every input is the run file and
 //! [`TrainOptions`].
 
+pub mod base_eval;
 pub mod checkpoint;
 pub mod data;
 pub mod eval;
@@ -12,6 +13,7 @@ pub mod export;
 pub mod optim;
 pub mod outputs;
 pub mod schedule;
+pub mod shards;
 pub mod spectral;
 
 use std::collections::BTreeMap;
@@ -205,6 +207,7 @@ pub fn train(run_path: &Path, opts: &TrainOptions) -> Result<RunResult, TrainErr
                 peak_rss_kib: outputs::peak_rss_kib(),
                 error: Some(e.to_string()),
                 device: None,
+                notes: Vec::new(),
             };
             // The original error matters more than a failure to record it.
             let _ = outputs::write_result(&dir.join("result.json"), &result);
@@ -356,6 +359,10 @@ struct Trainer<'a> {
     device_label: String,
     /// The model's tokenizer, for the generation metrics.
     tokenizer: Tokenizer,
+    /// Where the base model's evaluation is shared with the sweep's other runs.
+    base_cache: Option<base_eval::BaseEvalCaches>,
+    /// Warnings and provenance for result.json (skipped data lines, a shared base evaluation).
+    notes: Vec<String>,
 }
 
 impl<'a> Trainer<'a> {
@@ -403,8 +410,10 @@ impl<'a> Trainer<'a> {
         let micro = t.micro_batch_size as usize;
 
         let target_path = data::resolve_source(&data.target, &opts.data_dir)?;
-        let docs = data::read_documents(&target_path, data.regime, data)?;
-        let (train_docs, held_docs) = data::split_heldout(docs, eval_tokens, &tokenizer)?;
+        let docs = data::read_documents(&target_path, data.regime, data, &tokenizer)?;
+        let mut notes = docs.warnings;
+        let mut files_read = vec![target_path];
+        let (train_docs, held_docs) = data::split_heldout(docs.docs, eval_tokens, &tokenizer)?;
         let train_rows = Rows::new(
             train_docs,
             data.regime,
@@ -441,8 +450,11 @@ impl<'a> Trainer<'a> {
         }
         if metrics.contains(&Metric::SourceLoss) {
             let source_path = data::resolve_source(&data.source, &opts.data_dir)?;
-            let docs = data::read_documents(&source_path, crate::spec::Regime::Cpt, data)?;
-            let (_, held) = data::split_heldout(docs, eval_tokens, &tokenizer)?;
+            let docs =
+                data::read_documents(&source_path, crate::spec::Regime::Cpt, data, &tokenizer)?;
+            notes.extend(docs.warnings);
+            files_read.push(source_path);
+            let (_, held) = data::split_heldout(docs.docs, eval_tokens, &tokenizer)?;
             let rows = Rows::new(
                 held,
                 crate::spec::Regime::Cpt,
@@ -485,6 +497,18 @@ impl<'a> Trainer<'a> {
         )?;
         let total_steps = run.point.token_budget.div_ceil(t.tokens_per_step()).max(1);
         let schedule = LrSchedule::from_config(t, run.point.learning_rate, total_steps);
+        let eval = &run.shared.evaluation;
+        files_read.extend(eval.multiple_choice.clone());
+        if metrics.contains(&Metric::Humaneval) {
+            files_read.push(
+                eval.humaneval
+                    .clone()
+                    .unwrap_or_else(|| crate::metrics::humaneval::default_path(&opts.data_dir)),
+            );
+        }
+        let device_name = format!("{:?}", model.vs.device());
+        let base_cache =
+            base_eval::BaseEvalCaches::new(dir, run, opts, &files_read, &metrics, &device_name);
         Ok(Trainer {
             run,
             dir: dir.to_path_buf(),
@@ -498,6 +522,8 @@ impl<'a> Trainer<'a> {
             total_steps,
             device_label,
             tokenizer,
+            base_cache,
+            notes,
         })
     }
 
@@ -584,7 +610,19 @@ impl<'a> Trainer<'a> {
             }
             None => {
                 let _ = std::fs::remove_file(&metrics_path);
-                let base = self.evaluate(0, 0)?;
+                let (metrics, note) = base_eval::evaluate(
+                    &self.evaluators,
+                    &self.model,
+                    &self.tokenizer,
+                    self.base_cache.as_ref(),
+                    &self.run.id,
+                )?;
+                self.notes.extend(note);
+                let base = EvalRecord {
+                    step: 0,
+                    tokens: 0,
+                    metrics,
+                };
                 outputs::append_metrics(
                     &metrics_path,
                     &MetricsLine {
@@ -745,6 +783,7 @@ impl<'a> Trainer<'a> {
             peak_rss_kib: outputs::peak_rss_kib(),
             error,
             device: Some(self.device_label.clone()),
+            notes: self.notes.clone(),
         };
         if status != RunStatus::Interrupted {
             outputs::write_result(&self.dir.join("result.json"), &result)?;

@@ -110,6 +110,11 @@ fn singular_values(delta: &Tensor) -> Result<Vec<f64>, TrainError> {
 }
 
 impl Evaluator for SpectralRankEval {
+    // Which matrices are measured depends on the method and the adapted modules.
+    fn of_outputs_only(&self) -> bool {
+        false
+    }
+
     fn evaluate(&self, model: &Llama, _: &Tokenizer) -> Result<BTreeMap<String, f64>, TrainError> {
         let _g = tch::no_grad_guard();
         let mut per_module: BTreeMap<&'static str, Vec<usize>> = BTreeMap::new();

@@ -481,9 +481,17 @@ fn gguf_and_hf_models_train_with_their_tokenizers() {
     let last = r.evals.last().unwrap().metrics["target_loss"];
     assert!(last < first, "target loss {first} -> {last}");
     // The generation metrics decode with the model's own tokenizer.
-    assert!(r.metrics_not_measured.is_empty(), "{:?}", r.metrics_not_measured);
+    assert!(
+        r.metrics_not_measured.is_empty(),
+        "{:?}",
+        r.metrics_not_measured
+    );
     for e in &r.evals {
-        assert!(e.metrics.contains_key("diversity_unique"), "{:?}", e.metrics);
+        assert!(
+            e.metrics.contains_key("diversity_unique"),
+            "{:?}",
+            e.metrics
+        );
         assert!(e.metrics.contains_key("next_line_match"), "{:?}", e.metrics);
     }
 
@@ -511,4 +519,136 @@ fn gguf_and_hf_models_train_with_their_tokenizers() {
     });
     let e = train(&missing, &opts).unwrap_err().to_string();
     assert!(e.contains("nowhere/x.gguf"), "{e}");
+}
+
+/// The base model is evaluated once per sweep: the second run (another learning rate, LoRA
+/// instead of full) reads the first run's step-0 metrics from results/NAME/base_evals/ instead
+/// of evaluating, and still records them as its own step 0.
+#[test]
+fn the_base_model_is_evaluated_once_per_sweep() {
+    let f = Fixture::new();
+    let short = |v: &mut serde_json::Value| {
+        v["token_budget"] = 320.into();
+        v["eval_at"] = serde_json::json!([320]);
+    };
+    let a = f.run("results/s/runs/a-s0", short);
+    let b = f.run("results/s/runs/b-s0", |v| {
+        short(v);
+        lora(v);
+        v["learning_rate"] = 0.03.into();
+    });
+    let ra = train(&a, &f.opts()).unwrap();
+    let read = |p: &Path| -> base_eval::BaseEvalFile {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let mut caches: Vec<PathBuf> = std::fs::read_dir(f.dir.path().join("results/s/base_evals"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    // One file for the greedy metrics, one for the sampled (diversity) ones.
+    assert_eq!(caches.len(), 2, "{caches:?}");
+    caches.sort_by_key(|p| !read(p).metrics.contains_key("target_loss"));
+    let cached = read(&caches[0]);
+    assert!(read(&caches[1]).metrics.contains_key("diversity_unique"));
+    // The metrics of outputs are shared; the spectral rank, of the weights, is not.
+    let base_a = &ra.evals[0].metrics;
+    for (k, v) in cached.metrics.iter().chain(&read(&caches[1]).metrics) {
+        assert_eq!(base_a[k], *v, "{k}");
+    }
+    assert!(cached.metrics.contains_key("source_loss"));
+    assert!(!cached.metrics.contains_key("spectral_rank"));
+    assert!(ra.notes.is_empty(), "{:?}", ra.notes);
+
+    // Mark the cache so that reading it is visible: the second run reports the marked value.
+    let mut marked = cached.clone();
+    marked.metrics.insert("target_loss".into(), 123.0);
+    std::fs::write(&caches[0], serde_json::to_vec(&marked).unwrap()).unwrap();
+    let rb = train(&b, &f.opts()).unwrap();
+    assert_eq!(rb.status, RunStatus::Completed);
+    let base_b = &rb.evals[0].metrics;
+    assert_eq!(base_b["target_loss"], 123.0);
+    assert_eq!(base_b["source_loss"], base_a["source_loss"]);
+    assert_eq!(base_b["spectral_rank"], 0.0);
+    assert!(rb.notes[0].contains("read from"), "{:?}", rb.notes);
+    let first = &read_lines(&b.parent().unwrap().join("metrics.jsonl"))[0];
+    assert_eq!((first.step, first.eval["target_loss"]), (0, 123.0));
+
+    // Another evaluation setting is another key: a third run evaluates for itself.
+    let c = f.run("results/s/runs/c-s0", |v| {
+        short(v);
+        v["evaluation"]["eval_tokens"] = 128.into();
+    });
+    let rc = train(&c, &f.opts()).unwrap();
+    assert_ne!(rc.evals[0].metrics["target_loss"], 123.0);
+    assert_eq!(
+        std::fs::read_dir(f.dir.path().join("results/s/base_evals"))
+            .unwrap()
+            .count(),
+        4
+    );
+}
+
+/// The key leaves out what does not change the model at init, and keeps the rest.
+#[test]
+fn base_eval_keys_follow_what_changes_the_base_evaluation() {
+    let f = Fixture::new();
+    let key = |name: &str, edit: fn(&mut serde_json::Value)| {
+        let file = read_run_file(&f.run(name, edit)).unwrap();
+        let metrics = file.shared.evaluation.metrics.clone().unwrap();
+        base_eval::key(&file, &f.opts(), &[], &metrics, "Cpu", false)
+    };
+    let base = key("k0", |_| {});
+    assert_eq!(base, key("k1", |v| v["learning_rate"] = 0.5.into()));
+    assert_eq!(base, key("k2", lora));
+    // The fixture's weights are random: another seed is another model.
+    assert_ne!(base, key("k3", |v| v["seed"] = 1.into()));
+    assert_ne!(base, key("k4", |v| v["training"]["seq_len"] = 32.into()));
+    assert_ne!(
+        base,
+        key("k5", |v| v["evaluation"]["temperature"] = 0.5.into())
+    );
+    assert_ne!(base, key("k6", |v| v["data"]["text_field"] = "body".into()));
+    // Pretrained weights are the same for every seed: only the sampled metrics' key has it.
+    let pretrained = |seed: u64, sampled: bool| {
+        let file = read_run_file(&f.run(&format!("p{seed}"), |v| {
+            v["model"]["init"] = "pretrained".into();
+            v["seed"] = seed.into();
+        }))
+        .unwrap();
+        let metrics = file.shared.evaluation.metrics.clone().unwrap();
+        base_eval::key(&file, &f.opts(), &[], &metrics, "Cpu", sampled)
+    };
+    assert_eq!(pretrained(0, false), pretrained(1, false));
+    assert_ne!(pretrained(0, true), pretrained(1, true));
+    assert_ne!(pretrained(0, false), pretrained(0, true));
+}
+
+/// Pre-tokenized .npy shards train a CPT run like text does.
+#[test]
+fn token_shards_train_a_cpt_run() {
+    let f = Fixture::new();
+    let text = std::fs::read_to_string(f.dir.path().join("target.txt")).unwrap();
+    let shards = f.dir.path().join("shards");
+    std::fs::create_dir_all(&shards).unwrap();
+    // Eight shards of byte ids, one document each.
+    for (i, chunk) in text.as_bytes().chunks(text.len() / 8 + 1).enumerate() {
+        let ids: Vec<u16> = chunk.iter().map(|&b| b as u16).collect();
+        std::fs::write(
+            shards.join(format!("{i:02}.npy")),
+            shards::npy_bytes_u16(&ids),
+        )
+        .unwrap();
+    }
+    let run = f.run("npy", |v| {
+        v["data"]["target"] = serde_json::json!(shards);
+        v["token_budget"] = 640.into();
+        v["eval_at"] = serde_json::json!([640]);
+    });
+    let r = train(&run, &f.opts()).unwrap();
+    assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
+    let (first, last) = (
+        r.evals[0].metrics["target_loss"],
+        r.evals[1].metrics["target_loss"],
+    );
+    assert!(last < first, "target loss {first} -> {last}");
 }
