@@ -53,8 +53,10 @@ pub enum Command {
     #[command(after_help = "Example:\n  sweep cancel sweeps/paper-math-ift.toml")]
     Cancel(CancelArgs),
     /// Copy results of finished runs back from the cluster.
-    #[command(after_help = "Example:\n  sweep collect sweeps/paper-math-ift.toml")]
-    Collect(SweepArg),
+    #[command(
+        after_help = "Example:\n  sweep collect sweeps/paper-math-ift.toml\n  sweep collect sweeps/paper-math-ift.toml --adapters"
+    )]
+    Collect(CollectArgs),
     /// Summary tables and plots: LR sensitivity, data scaling, learning vs forgetting.
     #[command(
         after_help = "Example:\n  sweep report sweeps/quickstart.toml\n  sweep report results/quickstart"
@@ -144,6 +146,17 @@ pub struct CancelArgs {
 pub struct SweepArg {
     /// The sweep spec (TOML).
     pub spec: PathBuf,
+}
+
+/// `sweep collect`.
+#[derive(Debug, Clone, Args)]
+pub struct CollectArgs {
+    /// The sweep spec (TOML).
+    pub spec: PathBuf,
+    /// Also bring back each LoRA run's trained adapter (runs/ID/adapter/, PEFT's layout), for
+    /// runs collected earlier too.
+    #[arg(long)]
+    pub adapters: bool,
 }
 
 /// `sweep status`.

@@ -9,6 +9,18 @@ use serde::{Deserialize, Serialize};
 /// Layout version of result.json.
 pub const RESULT_SCHEMA: u32 = 1;
 
+/// The folder of a run that holds its trained LoRA adapter, in PEFT's layout.
+pub const ADAPTER_DIR: &str = "adapter";
+
+/// The adapter's config in [`ADAPTER_DIR`].
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+
+/// The adapter's tensors in [`ADAPTER_DIR`].
+pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+
+/// The files of [`ADAPTER_DIR`].
+pub const ADAPTER_FILES: [&str; 2] = [ADAPTER_CONFIG, ADAPTER_WEIGHTS];
+
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -75,6 +87,9 @@ pub struct RunResult {
     /// evaluation came from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// The step of the checkpoint each later session resumed from (empty: trained in one go).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resumed_from: Vec<u64>,
 }
 
 /// Why a result.json could not be used.

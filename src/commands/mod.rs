@@ -62,7 +62,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Submit(args) => execute::submit(g, &args),
         Command::Status(args) => execute::status(g, &args),
         Command::Cancel(args) => execute::cancel(g, &args),
-        Command::Collect(args) => slurm::collect(g, &args.spec),
+        Command::Collect(args) => slurm::collect(g, &args),
         Command::Report(args) => report::run(g, &args),
         Command::Train(args) if args.noop => noop_train(&args.run),
         Command::Train(args) => train(g, &args),
@@ -217,6 +217,7 @@ fn noop_train(run: &Path) -> anyhow::Result<()> {
         error: None,
         device: None,
         notes: vec![],
+        resumed_from: Vec::new(),
     };
     let path = run.parent().unwrap_or(Path::new(".")).join("result.json");
     let json = serde_json::to_vec_pretty(&result)?;

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 
 use super::{load_plan, sweep_dir, UsageError};
-use crate::cli::{GlobalArgs, SubmitArgs};
+use crate::cli::{CollectArgs, GlobalArgs, SubmitArgs};
 use crate::executor::slurm::config::{default_path, ClustersFile};
 use crate::executor::slurm::executor::{self as ex, Probe};
 use crate::executor::slurm::journal::{Journal, JOURNAL_SCHEMA};
@@ -16,7 +16,9 @@ use crate::executor::slurm::quote::{from_home, join, sh_quote};
 use crate::executor::slurm::transport::Transport;
 use crate::executor::slurm::{check_version, connect, SlurmError};
 use crate::executor::state::{result_state, SweepLock, SweepState};
-use crate::plan::Plan;
+use crate::executor::JobState;
+use crate::plan::{MethodConfig, Plan};
+use crate::results::{ADAPTER_DIR, ADAPTER_FILES, ADAPTER_WEIGHTS};
 use crate::util::write_atomic;
 
 /// Seconds after a batch was journaled before an unconfirmed chunk of it is taken as never
@@ -326,10 +328,11 @@ pub fn cancel(g: &GlobalArgs, plan: &Plan, only: &[String]) -> anyhow::Result<bo
     Ok(true)
 }
 
-/// `sweep collect SPEC`: copy result.json and metrics.jsonl of finished runs into
-/// results/NAME/runs/ID/, checking that each result is complete.
-pub fn collect(g: &GlobalArgs, spec: &Path) -> anyhow::Result<()> {
-    let (_, plan) = load_plan(spec, false)?;
+/// `sweep collect SPEC [--adapters]`: copy result.json and metrics.jsonl of finished runs into
+/// results/NAME/runs/ID/, checking that each result is complete; with `--adapters`, also the
+/// adapter/ folder of each completed LoRA run (of runs collected earlier too).
+pub fn collect(g: &GlobalArgs, args: &CollectArgs) -> anyhow::Result<()> {
+    let (_, plan) = load_plan(&args.spec, false)?;
     let dir = sweep_dir(g, &plan.name);
     let Some(mut j) = Journal::load(&dir)? else {
         return Err(UsageError(format!(
@@ -344,38 +347,58 @@ pub fn collect(g: &GlobalArgs, spec: &Path) -> anyhow::Result<()> {
         SweepState::load(&dir, &plan.name)?.unwrap_or_else(|| SweepState::new(&plan.name));
     let mut t = connect(&j.config).map_err(SlurmError::from)?;
     let probe = refresh(t.as_mut(), &mut j, &mut state, &dir, &plan)?;
-    let (mut collected, mut have, mut bad) = (0, 0, Vec::new());
+    let (mut collected, mut have, mut adapters, mut bad) = (0, 0, 0, Vec::new());
     for r in &plan.runs {
         let local = dir.join("runs").join(&r.id);
+        let rd = join(&j.remote_dir, &format!("runs/{}", r.id));
         if result_state(&local).is_some_and(|s| s.is_final()) {
             have += 1;
-            continue;
+        } else {
+            if !probe.results.contains_key(&r.id) {
+                continue;
+            }
+            let Some(result) = t.download(&join(&rd, "result.json"))? else {
+                continue;
+            };
+            if let Err(e) = serde_json::from_slice::<crate::results::RunResult>(&result) {
+                bad.push(format!("{}: incomplete result.json ({e})", r.id));
+                continue;
+            }
+            if let Some(m) = t.download(&join(&rd, "metrics.jsonl"))? {
+                write_atomic(&local.join("metrics.jsonl"), |w| w.write_all(&m))?;
+            }
+            write_atomic(&local.join("result.json"), |w| w.write_all(&result))?;
+            collected += 1;
         }
-        if !probe.results.contains_key(&r.id) {
-            continue;
+        let lora = matches!(
+            plan.points.get(r.point).map(|p| &p.method),
+            Some(MethodConfig::Lora { .. })
+        );
+        if args.adapters
+            && lora
+            && result_state(&local) == Some(JobState::Completed)
+            && !local.join(ADAPTER_DIR).join(ADAPTER_WEIGHTS).exists()
+        {
+            if collect_adapter(t.as_mut(), &join(&rd, ADAPTER_DIR), &local)? {
+                adapters += 1;
+            } else {
+                bad.push(format!("{}: no {ADAPTER_DIR}/ on the cluster", r.id));
+            }
         }
-        let rd = join(&j.remote_dir, &format!("runs/{}", r.id));
-        let Some(result) = t.download(&join(&rd, "result.json"))? else {
-            continue;
-        };
-        if let Err(e) = serde_json::from_slice::<crate::results::RunResult>(&result) {
-            bad.push(format!("{}: incomplete result.json ({e})", r.id));
-            continue;
-        }
-        if let Some(m) = t.download(&join(&rd, "metrics.jsonl"))? {
-            write_atomic(&local.join("metrics.jsonl"), |w| w.write_all(&m))?;
-        }
-        write_atomic(&local.join("result.json"), |w| w.write_all(&result))?;
-        collected += 1;
     }
     local_results(&dir, &plan, &mut state, &j);
     state.save(&dir)?;
     let waiting = plan.runs.len() - collected - have;
     if !g.quiet {
         println!(
-            "sweep {}: collected {collected} runs into {}/runs ({have} were here already, {waiting} not finished or failed); {} SSH round trips",
+            "sweep {}: collected {collected} runs into {}/runs ({have} were here already, {waiting} not finished or failed){}; {} SSH round trips",
             plan.name,
             dir.display(),
+            if args.adapters {
+                format!(", and {adapters} LoRA adapters")
+            } else {
+                String::new()
+            },
             t.round_trips()
         );
         for b in &bad {
@@ -383,7 +406,32 @@ pub fn collect(g: &GlobalArgs, spec: &Path) -> anyhow::Result<()> {
         }
     }
     if !bad.is_empty() {
-        anyhow::bail!("{} results on the cluster are incomplete", bad.len());
+        anyhow::bail!(
+            "{} runs on the cluster are incomplete (listed above)",
+            bad.len()
+        );
     }
     Ok(())
+}
+
+/// Copy a run's adapter folder from the cluster into `local`/adapter, whole or not at all (a
+/// temporary folder, then a rename). False when the cluster has no complete adapter.
+fn collect_adapter(t: &mut dyn Transport, remote: &str, local: &Path) -> anyhow::Result<bool> {
+    let tmp = local.join(format!(".tmp-{ADAPTER_DIR}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    for name in ADAPTER_FILES {
+        let Some(data) = t.download(&join(remote, name))? else {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Ok(false);
+        };
+        std::fs::write(tmp.join(name), data)
+            .with_context(|| format!("writing {}", tmp.join(name).display()))?;
+    }
+    let dest = local.join(ADAPTER_DIR);
+    if dest.exists() {
+        std::fs::remove_dir_all(&dest).with_context(|| format!("replacing {}", dest.display()))?;
+    }
+    std::fs::rename(&tmp, &dest).with_context(|| format!("writing {}", dest.display()))?;
+    Ok(true)
 }

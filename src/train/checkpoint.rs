@@ -32,6 +32,9 @@ pub struct TrainState {
     pub wall_s: f64,
     /// The last training loss.
     pub last_train_loss: Option<f64>,
+    /// The step each later session resumed from.
+    #[serde(default)]
+    pub resumed_from: Vec<u64>,
 }
 
 fn step_dir(dir: &Path, step: u64) -> PathBuf {

@@ -11,6 +11,7 @@ use super::{build_model, checkpoint, read_run_file, TrainError, TrainOptions};
 use crate::model::llama::{Llama, LoraOptions};
 use crate::model::tokenizer::Tokenizer;
 use crate::plan::run::ModelSource;
+use crate::results::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 
 /// What `write_hf_model` wrote.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -185,9 +186,9 @@ pub fn write_peft_adapter(
         .filter(|(n, _)| n.contains(".lora_"))
         .map(|(n, t)| Ok((peft_name(&n), t.f_detach()?.f_to_device(tch::Device::Cpu)?)))
         .collect::<Result<_, TrainError>>()?;
-    Tensor::write_safetensors(&tensors, tmp.join("adapter_model.safetensors"))?;
+    Tensor::write_safetensors(&tensors, tmp.join(ADAPTER_WEIGHTS))?;
     let cfg = serde_json::to_vec_pretty(&adapter_config(lora, base_model)).map_err(|e| err(&e))?;
-    std::fs::File::create(tmp.join("adapter_config.json"))
+    std::fs::File::create(tmp.join(ADAPTER_CONFIG))
         .and_then(|mut f| f.write_all(&cfg))
         .map_err(|e| err(&e))?;
     if dir.exists() {

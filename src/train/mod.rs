@@ -208,6 +208,7 @@ pub fn train(run_path: &Path, opts: &TrainOptions) -> Result<RunResult, TrainErr
                 error: Some(e.to_string()),
                 device: None,
                 notes: Vec::new(),
+                resumed_from: Vec::new(),
             };
             // The original error matters more than a failure to record it.
             let _ = outputs::write_result(&dir.join("result.json"), &result);
@@ -606,7 +607,11 @@ impl<'a> Trainer<'a> {
                     .load_named(&loaded.model, false, &loaded.path.display().to_string())?;
                 self.optim.load_state(&loaded.optim, loaded.state.step)?;
                 outputs::truncate_metrics(&metrics_path, loaded.state.step)?;
-                loaded.state
+                let mut state = loaded.state;
+                if state.step < self.total_steps {
+                    state.resumed_from.push(state.step);
+                }
+                state
             }
             None => {
                 let _ = std::fs::remove_file(&metrics_path);
@@ -644,6 +649,7 @@ impl<'a> Trainer<'a> {
                     evals: vec![base],
                     wall_s: 0.0,
                     last_train_loss: None,
+                    resumed_from: Vec::new(),
                 }
             }
         };
@@ -758,7 +764,7 @@ impl<'a> Trainer<'a> {
         if status == RunStatus::Completed {
             if let Some(lora) = lora_options(self.run) {
                 export::write_peft_adapter(
-                    &self.dir.join("adapter"),
+                    &self.dir.join(crate::results::ADAPTER_DIR),
                     &self.model,
                     &lora,
                     &base_model_name(self.run),
@@ -784,6 +790,7 @@ impl<'a> Trainer<'a> {
             error,
             device: Some(self.device_label.clone()),
             notes: self.notes.clone(),
+            resumed_from: state.resumed_from,
         };
         if status != RunStatus::Interrupted {
             outputs::write_result(&self.dir.join("result.json"), &result)?;

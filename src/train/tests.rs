@@ -209,6 +209,8 @@ fn resume_matches(method: fn(&mut serde_json::Value)) {
     assert!(!split.parent().unwrap().join("result.json").exists());
     let b = train(&split, &f.opts()).unwrap();
     assert_eq!((b.status, b.step), (RunStatus::Completed, 10));
+    assert!(a.resumed_from.is_empty());
+    assert_eq!(b.resumed_from, vec![5], "the result says where it resumed");
     let (la, lb) = (a.final_train_loss.unwrap(), b.final_train_loss.unwrap());
     assert!((la - lb).abs() < 1e-5, "{la} vs {lb}");
     let (ea, eb) = (&a.evals[1].metrics, &b.evals[1].metrics);

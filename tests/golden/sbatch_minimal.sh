@@ -5,6 +5,10 @@
 #SBATCH --requeue
 #SBATCH --signal=B:USR1@120
 set -u
+child=
+warned=0
+trap 'warned=1; [ -z "$child" ] || kill -USR1 "$child" 2>/dev/null' USR1
+trap '[ -n "$child" ] || exit 143; kill -TERM "$child" 2>/dev/null' TERM
 offset=${1:?the chunk offset}
 line=$((SLURM_ARRAY_TASK_ID + offset + 1))
 id=$(sed -n "${line}p" batches/abc123.ids)
@@ -14,13 +18,20 @@ run=runs/$id
 mkdir -p "$run"
 sed -n "${line}p" batches/abc123.jsonl > "$run/.run.json.tmp" && mv "$run/.run.json.tmp" "$run/run.json"
 export LD_LIBRARY_PATH="$HOME"/.cache/sweep/libtorch-2.11.0/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+if [ "$warned" = 1 ]; then
+    echo "sweep: $id got the time-limit warning before training started; exit 75 (a timeout)" >&2
+    exit 75
+fi
 "$HOME"/w/bin/sweep-0.1.0 train "$run/run.json" --threads "${SLURM_CPUS_PER_TASK:-1}" >> "$run/train.log" 2>&1 &
 child=$!
-trap 'kill -USR1 "$child" 2>/dev/null' USR1
-trap 'kill -TERM "$child" 2>/dev/null' TERM
+[ "$warned" = 0 ] || kill -USR1 "$child" 2>/dev/null
 while true; do
     wait "$child"
     code=$?
     kill -0 "$child" 2>/dev/null || break
 done
+if [ "$warned" = 1 ] && { [ "$code" = 0 ] || [ "$code" = 138 ]; } && ! grep -qE '"status": *"(completed|diverged)"' "$run/result.json" 2>/dev/null; then
+    echo "sweep: $id stopped at the time-limit warning; exit 75 (a timeout)" >&2
+    exit 75
+fi
 exit "$code"

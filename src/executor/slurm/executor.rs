@@ -151,16 +151,33 @@ pub fn observe(journal: &Journal, probe: &Probe) -> BTreeMap<String, Observed> {
             },
         );
     }
+    // A live job that accounting saw end before is one Slurm requeued (scontrol requeue, or
+    // a node failure or preemption of a --requeue job): the same job, not a new attempt. Only
+    // jobcomp logs ends alone; slurmdbd's rows include live jobs, so there only a fault counts.
+    let jobcomp = probe
+        .facts
+        .is_some_and(|f| f.accounting == Accounting::Jobcomp);
+    let mut ended: HashMap<&str, &JobRow> = HashMap::new();
+    for row in &probe.done {
+        let live_state = matches!(row.state, JobState::Pending | JobState::Running);
+        if row.state != JobState::Running && (jobcomp || !live_state) {
+            ended.insert(row.raw_id.as_str(), row);
+        }
+    }
     for row in &probe.live {
         let Some((id, job)) = run_of(row) else {
             continue;
         };
+        let detail = ended.get(row.raw_id.as_str()).map(|e| match e.state {
+            JobState::Pending => "requeued by Slurm".to_string(),
+            _ => format!("requeued by Slurm after {}", e.detail),
+        });
         out.insert(
             id,
             Observed {
                 state: row.state,
                 job_id: Some(job),
-                detail: None,
+                detail,
             },
         );
     }
@@ -668,6 +685,42 @@ mod tests {
         let obs = observe(&j, &probe);
         assert_eq!(obs["a"].state, JobState::Failed);
         assert!(obs["a"].detail.as_deref().unwrap().contains("result.json"));
+    }
+
+    #[test]
+    fn a_job_slurm_requeued_is_followed_and_says_why() {
+        let mut j = journal();
+        let p = j.job_prefix();
+        j.batches.push(Batch {
+            tag: "t".into(),
+            created: 0,
+            ids: vec!["a".into(), "b".into(), "c".into()],
+            chunks: vec![ChunkRecord {
+                offset: 0,
+                len: 3,
+                job_name: format!("{p}t-0"),
+                job_id: Some("9".into()),
+            }],
+        });
+        // a: node failure, requeued and pending again; b: `scontrol requeue`, running again
+        // (jobcomp logs the requeue as PENDING); c: a node failure without --requeue.
+        let probe = parse_probe(&format!(
+            "@@config\nJobCompType = jobcomp/filetxt\n@@squeue\n10|9|0|{p}t-0|PENDING|BeginTime\n11|9|1|{p}t-0|RUNNING|None\n@@acct\n10|10|{p}t-0|NODE_FAIL|0:0\n11|11|{p}t-0|PENDING|0:0\n12|12|{p}t-0|NODE_FAIL|0:0\n@@jobslog\n10 9_0 a\n11 9_1 b\n12 9_2 c\n"
+        ));
+        let obs = observe(&j, &probe);
+        assert_eq!(obs["a"].state, JobState::Pending);
+        assert_eq!(
+            obs["a"].detail.as_deref(),
+            Some("requeued by Slurm after NODE_FAIL exit 0:0")
+        );
+        assert_eq!(obs["b"].state, JobState::Running);
+        assert_eq!(obs["b"].detail.as_deref(), Some("requeued by Slurm"));
+        assert_eq!(obs["c"].state, JobState::NodeFail);
+        // slurmdbd lists live jobs too: a pending row there is not a requeue.
+        let dbd = parse_probe(&format!(
+            "@@config\nAccountingStorageType = accounting_storage/slurmdbd\n@@squeue\n10|9|0|{p}t-0|PENDING|Priority\n@@acct\n10|9_0|{p}t-0|PENDING|0:0\n"
+        ));
+        assert_eq!(observe(&j, &dbd)["a"].detail, None);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::script::CHECKPOINTED_EXIT;
 use crate::executor::JobState;
 
 /// Where finished jobs can be looked up.
@@ -82,6 +83,28 @@ pub fn job_state(state: &str) -> Option<JobState> {
     })
 }
 
+/// The state of a finished job from its Slurm state and `ExitCode` (`CODE:SIGNAL`): as
+/// [`job_state`], except that a task that exited [`CHECKPOINTED_EXIT`] (it checkpointed at the
+/// time-limit warning and stopped before the limit) is a timeout.
+pub fn ended_state(state: &str, exit_code: &str) -> Option<JobState> {
+    let s = job_state(state)?;
+    let code = exit_code.split(':').next().unwrap_or("").trim();
+    if s == JobState::Failed && code == CHECKPOINTED_EXIT.to_string() {
+        return Some(JobState::Timeout);
+    }
+    Some(s)
+}
+
+/// Slurm's words for a finished job: its state and exit code, and what the exit code means
+/// when the job script chose it.
+fn ended_detail(state: &str, exit_code: &str, s: JobState) -> String {
+    let mut d = format!("{state} exit {exit_code}");
+    if s == JobState::Timeout && !state.starts_with("TIMEOUT") {
+        d.push_str(": checkpointed at the time-limit warning (--signal)");
+    }
+    d
+}
+
 /// One job (or array task) as the scheduler reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobRow {
@@ -136,7 +159,7 @@ pub fn parse_sacct(text: &str) -> Vec<JobRow> {
                 return None;
             }
             let n = f.len();
-            let state = job_state(f[n - 2])?;
+            let state = ended_state(f[n - 2], f[n - 1])?;
             let array = f[1]
                 .split_once('_')
                 .and_then(|(j, t)| t.parse::<u32>().ok().map(|t| (j.to_string(), t)));
@@ -145,7 +168,7 @@ pub fn parse_sacct(text: &str) -> Vec<JobRow> {
                 array,
                 name: f[2..n - 2].join("|"),
                 state,
-                detail: format!("{} exit {}", f[n - 2], f[n - 1]),
+                detail: ended_detail(f[n - 2], f[n - 1], state),
             })
         })
         .collect()
@@ -160,7 +183,8 @@ pub fn parse_scontrol_jobs(text: &str) -> Vec<JobRow> {
                 .filter_map(|w| w.split_once('='))
                 .collect();
             let raw = kv.get("JobId")?;
-            let state = job_state(kv.get("JobState")?)?;
+            let (word, exit) = (kv.get("JobState")?, kv.get("ExitCode").unwrap_or(&"?"));
+            let state = ended_state(word, exit)?;
             let array = match (kv.get("ArrayJobId"), kv.get("ArrayTaskId")) {
                 (Some(j), Some(t)) => t.parse::<u32>().ok().map(|t| (j.to_string(), t)),
                 _ => None,
@@ -170,11 +194,7 @@ pub fn parse_scontrol_jobs(text: &str) -> Vec<JobRow> {
                 array,
                 name: kv.get("JobName").unwrap_or(&"").to_string(),
                 state,
-                detail: format!(
-                    "{} exit {}",
-                    kv.get("JobState").unwrap_or(&""),
-                    kv.get("ExitCode").unwrap_or(&"?")
-                ),
+                detail: ended_detail(word, exit, state),
             })
         })
         .collect()
@@ -241,6 +261,27 @@ mod tests {
         assert_eq!(job_state("NODE_FAIL"), Some(JobState::NodeFail));
         assert_eq!(job_state("REQUEUED"), Some(JobState::Pending));
         assert_eq!(job_state("WHATEVER"), None);
+    }
+
+    #[test]
+    fn a_task_that_checkpointed_at_the_time_limit_warning_is_a_timeout() {
+        assert_eq!(ended_state("FAILED", "75:0"), Some(JobState::Timeout));
+        assert_eq!(ended_state("FAILED", "3:0"), Some(JobState::Failed));
+        assert_eq!(ended_state("TIMEOUT", "0:15"), Some(JobState::Timeout));
+        assert_eq!(
+            ended_state("CANCELLED by 0", "0:15"),
+            Some(JobState::Cancelled)
+        );
+        assert_eq!(ended_state("COMPLETED", "0:0"), Some(JobState::Completed));
+        let jc = parse_sacct("7|7|sweep-x|FAILED|75:0\n");
+        assert_eq!(jc[0].state, JobState::Timeout);
+        assert!(
+            jc[0].detail.contains("time-limit warning"),
+            "{}",
+            jc[0].detail
+        );
+        let sc = parse_scontrol_jobs("JobId=8 JobName=y JobState=FAILED ExitCode=75:0\n");
+        assert_eq!(sc[0].state, JobState::Timeout);
     }
 
     #[test]

@@ -35,10 +35,17 @@ pub fn array_spec(chunk: Chunk, max_concurrent: Option<u32>) -> String {
     s
 }
 
+/// The exit code of a task whose trainer stopped with a checkpoint on the time-limit warning
+/// (SIGUSR1 from `--signal`) before finishing: the job ends before Slurm's time limit, so Slurm
+/// would call it COMPLETED (or FAILED with this code); the parsers read it as a timeout, which the
+/// retry policy resubmits to resume from the checkpoint. EX_TEMPFAIL of sysexits.h.
+pub const CHECKPOINTED_EXIT: u8 = 75;
+
 /// The job script of batch `tag`, run from the remote sweep folder with the chunk offset as $1.
 /// Task i trains line `offset + i + 1` of batches/TAG.jsonl (its run id on the same line of
 /// batches/TAG.ids), records its job ids in jobs.log, and forwards SIGUSR1 (sent
 /// `checkpoint_signal_s` before the time limit) and SIGTERM to the trainer so it checkpoints.
+/// A task stopped by SIGUSR1 without a final result exits [`CHECKPOINTED_EXIT`].
 pub fn render(c: &ClusterConfig, binary: &str, tag: &str) -> String {
     let mut s = String::new();
     s.push_str("#!/bin/bash\n");
@@ -70,6 +77,15 @@ pub fn render(c: &ClusterConfig, binary: &str, tag: &str) -> String {
         s.push_str(&format!("#SBATCH {l}\n"));
     }
     s.push_str("set -u\n");
+    // Slurm may send the time-limit warning at any moment, even before the trainer starts:
+    // remember it, and pass it and SIGTERM on once there is a trainer.
+    s.push_str(
+        r#"child=
+warned=0
+trap 'warned=1; [ -z "$child" ] || kill -USR1 "$child" 2>/dev/null' USR1
+trap '[ -n "$child" ] || exit 143; kill -TERM "$child" 2>/dev/null' TERM
+"#,
+    );
     // The task records which run it is before anything can fail, so that accounting without
     // array ids (jobcomp/filetxt) still maps its end to the run.
     s.push_str(&format!(
@@ -92,19 +108,29 @@ sed -n "${{line}}p" batches/{tag}.jsonl > "$run/.run.json.tmp" && mv "$run/.run.
         "export LD_LIBRARY_PATH={}/lib${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}\n",
         from_home(&c.remote_libtorch())
     ));
+    // Stopped at the warning without a final result (checkpointed and exited 0, or killed by
+    // the signal before its handler was installed: 128 + SIGUSR1), the task ends as a timeout.
     s.push_str(&format!(
-        r#"{bin} train "$run/run.json"{extra} --threads "${{SLURM_CPUS_PER_TASK:-1}}" >> "$run/train.log" 2>&1 &
+        r#"if [ "$warned" = 1 ]; then
+    echo "sweep: $id got the time-limit warning before training started; exit {checkpointed} (a timeout)" >&2
+    exit {checkpointed}
+fi
+{bin} train "$run/run.json"{extra} --threads "${{SLURM_CPUS_PER_TASK:-1}}" >> "$run/train.log" 2>&1 &
 child=$!
-trap 'kill -USR1 "$child" 2>/dev/null' USR1
-trap 'kill -TERM "$child" 2>/dev/null' TERM
+[ "$warned" = 0 ] || kill -USR1 "$child" 2>/dev/null
 while true; do
     wait "$child"
     code=$?
     kill -0 "$child" 2>/dev/null || break
 done
+if [ "$warned" = 1 ] && {{ [ "$code" = 0 ] || [ "$code" = 138 ]; }} && ! grep -qE '"status": *"(completed|diverged)"' "$run/result.json" 2>/dev/null; then
+    echo "sweep: $id stopped at the time-limit warning; exit {checkpointed} (a timeout)" >&2
+    exit {checkpointed}
+fi
 exit "$code"
 "#,
         bin = from_home(binary),
+        checkpointed = CHECKPOINTED_EXIT,
         extra = c
             .train_args
             .iter()
