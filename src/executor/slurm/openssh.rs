@@ -164,6 +164,22 @@ fn run(
     addr: &str,
     what: &str,
 ) -> Result<ExecOutput, TransportError> {
+    let (stdout, stderr, code) = run_bytes(cmd, input, limit_s, addr, what)?;
+    Ok(ExecOutput {
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        code,
+    })
+}
+
+/// [`run`] with the raw bytes of stdout and stderr (a downloaded file need not be text).
+fn run_bytes(
+    cmd: &mut Command,
+    input: Option<&[u8]>,
+    limit_s: u64,
+    addr: &str,
+    what: &str,
+) -> Result<(Vec<u8>, Vec<u8>, i32), TransportError> {
     let err = |reason: String| TransportError::Call {
         addr: addr.to_string(),
         what: what.to_string(),
@@ -220,11 +236,7 @@ fn run(
     let _ = writer.join();
     let stdout = r1.join().unwrap_or_default();
     let stderr = r2.join().unwrap_or_default();
-    Ok(ExecOutput {
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-        code: status.code().unwrap_or(255),
-    })
+    Ok((stdout, stderr, status.code().unwrap_or(255)))
 }
 
 impl Transport for OpensshTransport {
@@ -276,19 +288,33 @@ impl Transport for OpensshTransport {
         let mut cmd = self.command(&[&line], true);
         cmd.stdout(Stdio::piped());
         let what = format!("downloading {remote}");
-        let out = run(&mut cmd, None, self.timeout_s, &self.addr, &what)?;
-        match out.code {
-            0 => Ok(Some(out.stdout.into_bytes())),
+        let (stdout, stderr, code) = run_bytes(&mut cmd, None, self.timeout_s, &self.addr, &what)?;
+        match code {
+            0 => Ok(Some(stdout)),
             44 => Ok(None),
             _ => Err(TransportError::Call {
                 addr: self.addr.clone(),
                 what,
-                reason: out.stderr.trim().to_string(),
+                reason: String::from_utf8_lossy(&stderr).trim().to_string(),
             }),
         }
     }
 
     fn round_trips(&self) -> u64 {
         self.trips
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn downloads_keep_binary_bytes() {
+        // A safetensors file is not UTF-8: what the remote `cat` prints must come back as is.
+        let mut cmd = Command::new("printf");
+        cmd.arg("\\000\\377\\n\\200");
+        let (out, _, code) = run_bytes(&mut cmd, None, 10, "local", "printf").unwrap();
+        assert_eq!((out, code), (vec![0, 255, b'\n', 128], 0));
     }
 }
