@@ -75,6 +75,9 @@ pub enum TrainError {
     /// A setting this trainer does not support yet.
     #[error("not supported yet: {0}")]
     Unsupported(String),
+    /// The requested device is not available.
+    #[error("{0}")]
+    Device(String),
 }
 
 /// How to run the trainer, besides the run file: resolved from the command line and the
@@ -130,7 +133,7 @@ pub fn resolve_device(choice: &str) -> Result<Device, TrainError> {
         if tch::Cuda::is_available() && i < tch::Cuda::device_count() as usize {
             Ok(Device::Cuda(i))
         } else {
-            Err(TrainError::Unsupported(format!(
+            Err(TrainError::Device(format!(
                 "device `{choice}`: libtorch sees {} CUDA device(s) (a GPU build needs \
                  SWEEP_CUDA=1 at build time and libtorch_cuda at run time); use --device cpu",
                 tch::Cuda::device_count()
@@ -143,7 +146,7 @@ pub fn resolve_device(choice: &str) -> Result<Device, TrainError> {
         "cuda" => cuda(0),
         other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(i)) => cuda(i),
-            _ => Err(TrainError::Unsupported(format!(
+            _ => Err(TrainError::Device(format!(
                 "device `{other}`: use auto, cpu, cuda or cuda:N"
             ))),
         },
