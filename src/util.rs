@@ -1,4 +1,4 @@
-//! Small helpers shared by commands: atomic file writes.
+//! Small helpers shared by commands: atomic file and folder writes.
 
 use std::io::Write;
 use std::path::Path;
@@ -29,6 +29,35 @@ pub fn write_atomic(
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Write a folder whole or not at all: `fill` writes into a temporary sibling folder, which then
+/// replaces `dir` (an existing `dir` is removed first). On an error the temporary folder is
+/// removed and `dir` is left as it was. `io_err` turns the folder operations' errors into E.
+pub fn write_dir_atomic<E>(
+    dir: &Path,
+    io_err: impl Fn(std::io::Error) -> E,
+    fill: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<(), E> {
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(&io_err)?;
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("dir");
+    let tmp = parent.join(format!(".tmp-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(&io_err)?;
+    let result = fill(&tmp).and_then(|()| {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(&io_err)?;
+        }
+        std::fs::rename(&tmp, dir).map_err(&io_err)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
     }
     result
 }

@@ -4,7 +4,7 @@
 use tch::{Kind, Tensor};
 
 use super::{Completion, MetricsError, TextModel};
-use crate::model::llama::{KvCache, Llama};
+use crate::model::llama::{next_token, KvCache, Llama};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::ModelError;
 
@@ -60,18 +60,6 @@ impl LlamaText<'_> {
     fn max_len(&self) -> usize {
         self.model.cfg.max_position_embeddings.max(2)
     }
-
-    fn next_token(logits: &Tensor, temperature: f64) -> Result<i64, MetricsError> {
-        let last = logits.f_select(1, -1)?.f_squeeze_dim(0)?;
-        Ok(if temperature <= 0.0 {
-            last.f_argmax(0, false)?.f_int64_value(&[])?
-        } else {
-            last.f_div_scalar(temperature)?
-                .f_softmax(-1, Kind::Float)?
-                .f_multinomial(1, true)?
-                .f_int64_value(&[0])?
-        })
-    }
 }
 
 impl TextModel for LlamaText<'_> {
@@ -92,7 +80,7 @@ impl TextModel for LlamaText<'_> {
         let mut out: Vec<i64> = Vec::new();
         for _ in 0..max_new {
             let logits = self.model.forward_cached(&input, &mut cache)?;
-            let next = Self::next_token(&logits, how.temperature)?;
+            let next = next_token(&logits, how.temperature)?;
             if next == specials.eos {
                 break;
             }

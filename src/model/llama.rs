@@ -76,6 +76,20 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor, kind: Kind) -> Result<Tensor, Model
         .f_linear::<Tensor>(&w.f_to_kind(kind)?, None)?)
 }
 
+/// The token after the last position of `logits` (1, T, V): the argmax at temperature 0, else a
+/// draw from softmax(logits / temperature) with libtorch's global generator.
+pub fn next_token(logits: &Tensor, temperature: f64) -> Result<i64, ModelError> {
+    let last = logits.f_select(1, -1)?.f_squeeze_dim(0)?;
+    Ok(if temperature <= 0.0 {
+        last.f_argmax(0, false)?.f_int64_value(&[])?
+    } else {
+        last.f_div_scalar(temperature)?
+            .f_softmax(-1, Kind::Float)?
+            .f_multinomial(1, true)?
+            .f_int64_value(&[0])?
+    })
+}
+
 /// Rotary embedding tables, Hugging Face's convention (halves rotated, `rotate_half`).
 #[derive(Debug)]
 pub struct Rope {
@@ -566,15 +580,7 @@ impl Llama {
                     .f_unsqueeze(0)?;
                 self.forward(&all_t, false)?
             };
-            let last = logits.f_select(1, -1)?.f_squeeze_dim(0)?;
-            let next = if temperature <= 0.0 {
-                last.f_argmax(0, false)?.f_int64_value(&[])?
-            } else {
-                last.f_div_scalar(temperature)?
-                    .f_softmax(-1, Kind::Float)?
-                    .f_multinomial(1, true)?
-                    .f_int64_value(&[0])?
-            };
+            let next = next_token(&logits, temperature)?;
             all.push(next);
             out.push(next);
             if Some(next) == stop {

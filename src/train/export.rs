@@ -75,15 +75,6 @@ pub fn write_hf_model(
         .map(|(n, t)| Ok((n, t.f_to_kind(kind)?)))
         .collect::<Result<Vec<_>, TrainError>>()?;
 
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| err(e.to_string()))?;
-    let tmp = parent.join(format!(".tmp-export-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| err(e.to_string()))?;
-    Tensor::write_safetensors(&weights, tmp.join("model.safetensors"))?;
     let specials = tokenizer.specials();
     let mut config = serde_json::to_value(&model.cfg).map_err(|e| err(e.to_string()))?;
     if let Some(c) = config.as_object_mut() {
@@ -103,28 +94,29 @@ pub fn write_hf_model(
         c.insert("torch_dtype".into(), dtype.into());
     }
     let text = serde_json::to_vec_pretty(&config).map_err(|e| err(e.to_string()))?;
-    std::fs::write(tmp.join("config.json"), text).map_err(|e| err(e.to_string()))?;
-    let wrote_tokenizer = match &tokenizer {
-        Tokenizer::Byte => false,
-        Tokenizer::Hf { inner, .. } => {
-            inner
-                .save(tmp.join("tokenizer.json"), false)
-                .map_err(|e| err(format!("tokenizer.json: {e}")))?;
-            true
-        }
-    };
-    if let ModelSource::Hf { path } = &run.shared.model {
-        for name in HF_SIDE_FILES {
-            if path.join(name).exists() {
-                std::fs::copy(path.join(name), tmp.join(name))
-                    .map_err(|e| err(format!("copying {name}: {e}")))?;
+    let wrote_tokenizer = matches!(tokenizer, Tokenizer::Hf { .. });
+    crate::util::write_dir_atomic(
+        out,
+        |e| err(e.to_string()),
+        |tmp| {
+            Tensor::write_safetensors(&weights, tmp.join("model.safetensors"))?;
+            std::fs::write(tmp.join("config.json"), &text).map_err(|e| err(e.to_string()))?;
+            if let Tokenizer::Hf { inner, .. } = &tokenizer {
+                inner
+                    .save(tmp.join("tokenizer.json"), false)
+                    .map_err(|e| err(format!("tokenizer.json: {e}")))?;
             }
-        }
-    }
-    if out.exists() {
-        std::fs::remove_dir(out).map_err(|e| err(e.to_string()))?;
-    }
-    std::fs::rename(&tmp, out).map_err(|e| err(e.to_string()))?;
+            if let ModelSource::Hf { path } = &run.shared.model {
+                for name in HF_SIDE_FILES {
+                    if path.join(name).exists() {
+                        std::fs::copy(path.join(name), tmp.join(name))
+                            .map_err(|e| err(format!("copying {name}: {e}")))?;
+                    }
+                }
+            }
+            Ok(())
+        },
+    )?;
     Ok(HfExport {
         step: loaded.state.step,
         total_steps: run
@@ -176,25 +168,23 @@ pub fn write_peft_adapter(
     base_model: &str,
 ) -> Result<(), TrainError> {
     let err = |e: &dyn std::fmt::Display| TrainError::Output(format!("{}: {e}", dir.display()));
-    let parent = dir.parent().unwrap_or(Path::new("."));
-    let tmp = parent.join(format!(".tmp-adapter-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| err(&e))?;
     let tensors: Vec<(String, Tensor)> = model
         .trainable()
         .into_iter()
         .filter(|(n, _)| n.contains(".lora_"))
         .map(|(n, t)| Ok((peft_name(&n), t.f_detach()?.f_to_device(tch::Device::Cpu)?)))
         .collect::<Result<_, TrainError>>()?;
-    Tensor::write_safetensors(&tensors, tmp.join(ADAPTER_WEIGHTS))?;
     let cfg = serde_json::to_vec_pretty(&adapter_config(lora, base_model)).map_err(|e| err(&e))?;
-    std::fs::File::create(tmp.join(ADAPTER_CONFIG))
-        .and_then(|mut f| f.write_all(&cfg))
-        .map_err(|e| err(&e))?;
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| err(&e))?;
-    }
-    std::fs::rename(&tmp, dir).map_err(|e| err(&e))
+    crate::util::write_dir_atomic(
+        dir,
+        |e| err(&e),
+        |tmp| {
+            Tensor::write_safetensors(&tensors, tmp.join(ADAPTER_WEIGHTS))?;
+            std::fs::File::create(tmp.join(ADAPTER_CONFIG))
+                .and_then(|mut f| f.write_all(&cfg))
+                .map_err(|e| err(&e))
+        },
+    )
 }
 
 #[cfg(test)]

@@ -523,6 +523,25 @@ mod tests {
     use crate::executor::slurm::transport::fake::FakeTransport;
     use crate::executor::slurm::transport::ExecOutput;
 
+    /// A journal with one batch of `ids` submitted as the single array job 9 (`{prefix}t-0`);
+    /// returns it and the job name prefix.
+    fn journal_with_job_9(ids: &[&str]) -> (Journal, String) {
+        let mut j = journal();
+        let p = j.job_prefix();
+        j.batches.push(Batch {
+            tag: "t".into(),
+            created: 0,
+            ids: ids.iter().map(|s| s.to_string()).collect(),
+            chunks: vec![ChunkRecord {
+                offset: 0,
+                len: ids.len(),
+                job_name: format!("{p}t-0"),
+                job_id: Some("9".into()),
+            }],
+        });
+        (j, p)
+    }
+
     fn journal() -> Journal {
         let f = ClustersFile::parse(
             "[clusters.a]\nhost = \"h\"\nuser = \"u\"\nwork_dir = \"w d\"\nmax_concurrent = 4\n",
@@ -666,19 +685,7 @@ mod tests {
 
     #[test]
     fn completed_without_result_is_a_failure_and_other_jobs_are_ignored() {
-        let mut j = journal();
-        let p = j.job_prefix();
-        j.batches.push(Batch {
-            tag: "t".into(),
-            created: 0,
-            ids: vec!["a".into()],
-            chunks: vec![ChunkRecord {
-                offset: 0,
-                len: 1,
-                job_name: format!("{p}t-0"),
-                job_id: Some("9".into()),
-            }],
-        });
+        let (j, p) = journal_with_job_9(&["a"]);
         let probe = parse_probe(&format!(
             "@@config\nJobCompType = jobcomp/filetxt\n@@acct\n9|9|{p}t-0|COMPLETED|0:0\n3|3|someone-else|FAILED|1:0\n@@jobslog\n9 9_0 a\n3 3_0 a\n"
         ));
@@ -689,19 +696,7 @@ mod tests {
 
     #[test]
     fn a_job_slurm_requeued_is_followed_and_says_why() {
-        let mut j = journal();
-        let p = j.job_prefix();
-        j.batches.push(Batch {
-            tag: "t".into(),
-            created: 0,
-            ids: vec!["a".into(), "b".into(), "c".into()],
-            chunks: vec![ChunkRecord {
-                offset: 0,
-                len: 3,
-                job_name: format!("{p}t-0"),
-                job_id: Some("9".into()),
-            }],
-        });
+        let (j, p) = journal_with_job_9(&["a", "b", "c"]);
         // a: node failure, requeued and pending again; b: `scontrol requeue`, running again
         // (jobcomp logs the requeue as PENDING); c: a node failure without --requeue.
         let probe = parse_probe(&format!(
