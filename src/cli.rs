@@ -184,6 +184,11 @@ pub struct TrainArgs {
     /// benchmarking the scheduler path without the trainer).
     #[arg(long)]
     pub noop: bool,
+    /// Make every training step take at least this many milliseconds (sleeping after it): the
+    /// same computation, paced, so that a signal or a fault can be aimed at a run mid-training
+    /// whatever the machine's speed (fault drills, the Slurm tests, demos).
+    #[arg(long, value_name = "MS")]
+    pub min_step_ms: Option<u64>,
 }
 
 /// `sweep export`.

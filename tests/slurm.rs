@@ -18,7 +18,23 @@ fn cache() -> PathBuf {
 /// starting meanwhile waits for the node rather than skipping.
 static NODE_OUTAGE: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
-/// Whether the dev cluster runs; prints why a test is skipped when not.
+/// Whether skipping is an error: `scripts/test` (and so CI) starts the dev cluster and sets
+/// SWEEP_TESTS_REQUIRE_SETUP=1, so that a cluster that failed to come up fails these tests
+/// rather than letting them pass without checking anything.
+fn skipping_is_an_error() -> bool {
+    std::env::var("SWEEP_TESTS_REQUIRE_SETUP").is_ok_and(|v| v == "1")
+}
+
+/// Skip a test (a message saying why), or fail it where skipping is an error.
+fn skip(test: &str, why: &str) {
+    assert!(
+        !skipping_is_an_error(),
+        "{test}: {why}, and SWEEP_TESTS_REQUIRE_SETUP=1 (scripts/test) says it must run"
+    );
+    eprintln!("SKIPPED {test}: {why}");
+}
+
+/// Whether the dev cluster runs; says why a test is skipped when not.
 fn cluster_up(test: &str) -> bool {
     let _no_outage = NODE_OUTAGE.read().unwrap_or_else(|e| e.into_inner());
     let ok = Command::new(repo().join("scripts/dev-cluster"))
@@ -28,12 +44,17 @@ fn cluster_up(test: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        eprintln!(
-            "SKIPPED {test}: the dev Slurm cluster is not running (start it with `scripts/dev-cluster start`)"
+        skip(
+            test,
+            "the dev Slurm cluster is not running (start it with `scripts/dev-cluster start`)",
         );
     }
     ok
 }
+
+/// How long a test waits for the cluster to reach a state before failing. Generous: it bounds
+/// how long a broken test hangs, not how fast a machine must be.
+const WAIT_S: u64 = 300;
 
 const SPEC: &str = r#"name = "NAME"
 [model]
@@ -160,7 +181,7 @@ impl Case {
                 return v;
             }
             assert!(
-                t0.elapsed() < Duration::from_secs(90),
+                t0.elapsed() < Duration::from_secs(WAIT_S),
                 "runs did not complete: {v:#}"
             );
             std::thread::sleep(Duration::from_millis(500));
@@ -279,6 +300,20 @@ fn unknown_host_key_is_refused_with_its_fingerprint() {
         assert!(err.contains("ssh-keyscan"), "{transport}: {err}");
         if transport == "ssh2" {
             assert!(err.contains("SHA256:"), "{err}");
+            // Nothing reached the cluster, so nothing binds the sweep to it: the same sweep
+            // goes to another cluster.
+            let other = std::fs::read_to_string(cache().join("clusters.toml"))
+                .unwrap()
+                .replace("[clusters.dev]", "[clusters.dev2]")
+                .replace(
+                    "work_dir = \"sweep-work\"",
+                    &format!("work_dir = {}", toml_str(&c.work_dir)),
+                );
+            let path = c.dir.path().join("clusters.toml");
+            let text = std::fs::read_to_string(&path).unwrap();
+            std::fs::write(&path, format!("{text}\n{other}train_args = [\"--noop\"]\n")).unwrap();
+            let out = c.ok(&["submit", "spec.toml", "--cluster", "dev2", "--install"]);
+            assert!(out.contains("submitted 4 of 4 runs to dev2"), "{out}");
         }
     }
 }
@@ -391,7 +426,7 @@ fn wait_for(
         if pred(&s) {
             return;
         }
-        assert!(t0.elapsed() < Duration::from_secs(90), "{what}: {s:?}");
+        assert!(t0.elapsed() < Duration::from_secs(WAIT_S), "{what}: {s:?}");
         std::thread::sleep(Duration::from_millis(500));
     }
 }
@@ -430,17 +465,27 @@ fn cancel_one_run_then_submit_resumes_it() {
     if !cluster_up("cancel_one_run_then_submit_resumes_it") {
         return;
     }
-    // The first start of every run sleeps, so that there is something running to cancel.
+    // The first start of every run waits until the test releases it (or 5 minutes), so that
+    // all four are running when one is cancelled, however fast or slow the machine.
     let c = case(
         "cancelone",
         &unique("cancelone"),
-        "setup = [\"if mkdir \\\"slow-$SLURM_ARRAY_TASK_ID\\\" 2>/dev/null; then sleep 8; fi\"]\n",
+        "setup = [\"if mkdir \\\"slow-$SLURM_ARRAY_TASK_ID\\\" 2>/dev/null; then i=0; while [ ! -e release ] && [ $i -lt 1500 ]; do sleep 0.2; i=$((i+1)); done; fi\"]\n",
     );
     c.ok(&["submit", "spec.toml", "--cluster", "dev", "--install"]);
     wait_for(&c, "all running", |s| s.values().all(|v| v.0 == "running"));
     let victim = states(&c).keys().next().unwrap().clone();
     let out = c.ok(&["cancel", "spec.toml", "--run", &victim]);
     assert!(out.contains("cancelled 1 jobs"), "{out}");
+    remote(&format!(
+        "touch {}",
+        shell_word(
+            &c.remote_sweep("cancelone")
+                .join("release")
+                .display()
+                .to_string()
+        )
+    ));
     wait_for(&c, "one cancelled, three completed", |s| {
         s[&victim].0 == "cancelled" && s.values().filter(|v| v.0 == "completed").count() == 3
     });
@@ -602,9 +647,15 @@ learning_rate = [1e-4]
 }
 
 impl Case {
-    /// A case whose spec is one real training run (see [`training_spec`]).
+    /// A case whose spec is one real training run (see [`training_spec`]); its jobs train
+    /// (`train_args = []`) unless `extra` gives train_args of its own.
     fn training(name: &str, extra: &str, tokens: &str, every: u32, src: &SharedSource) -> Case {
-        let c = case(name, &unique(name), &format!("train_args = []\n{extra}"));
+        let extra = if extra.contains("train_args") {
+            extra.to_string()
+        } else {
+            format!("train_args = []\n{extra}")
+        };
+        let c = case(name, &unique(name), &extra);
         std::fs::write(
             c.dir.path().join("spec.toml"),
             training_spec(name, tokens, every, &src.file()),
@@ -670,6 +721,39 @@ fn starts(c: &Case, name: &str, id: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Run a shell command on the dev cluster as its user, over SSH; it must succeed.
+fn remote(command: &str) -> String {
+    let o = Command::new("ssh")
+        .arg("-i")
+        .arg(cache().join("id_ed25519"))
+        .arg("-o")
+        .arg(format!(
+            "UserKnownHostsFile={}",
+            cache().join("known_hosts").display()
+        ))
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-p",
+            &ssh_port(),
+            "sweeptest@127.0.0.1",
+        ])
+        .arg(command)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A string as one single-quoted shell word.
+fn shell_word(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
 /// The dev cluster's sshd port (clusters.toml).
 fn ssh_port() -> String {
     std::fs::read_to_string(cache().join("clusters.toml"))
@@ -713,7 +797,7 @@ fn assert_resumed(c: &Case, name: &str, id: &str) -> u64 {
     from
 }
 
-/// A 1-minute time limit: the job is warned (--signal=B:USR1@20), the trainer checkpoints and
+/// A 2-minute time limit: the job is warned (--signal=B:USR1@60), the trainer checkpoints and
 /// the task ends as a timeout; `sweep submit` resubmits it (with a longer limit, as a user
 /// would) and the second attempt resumes from the checkpoint.
 #[test]
@@ -724,12 +808,13 @@ fn a_timeout_is_classified_and_resubmitted_and_resumes_from_its_checkpoint() {
     }
     let src = SharedSource::new(name);
     // slurmctld sends the warning at its first time-limit check (every 30 s) at which no more
-    // than checkpoint_signal_s + 30 s are left: here 10-40 s after the start. 938 steps take
-    // 55 s on an idle core of this machine (17 steps/s), 120 s on a busy one.
+    // than checkpoint_signal_s + 30 s are left: here 30-60 s after the start, time enough for
+    // the trainer to start on a loaded machine. The first attempt's 625 steps are paced to at
+    // least 300 ms each (187 s): on any machine the warning comes mid-run.
     let c = Case::training(
         name,
-        "time_limit = \"00:01:00\"\ncheckpoint_signal_s = 20\n",
-        "240k",
+        "time_limit = \"00:02:00\"\ncheckpoint_signal_s = 60\ntrain_args = [\"--min-step-ms\", \"300\"]\n",
+        "160k",
         0,
         &src,
     );
@@ -742,7 +827,7 @@ fn a_timeout_is_classified_and_resubmitted_and_resumes_from_its_checkpoint() {
     assert_eq!(
         states(&c)[&id].0,
         "timeout",
-        "the run finished before the time-limit warning: this machine trains faster than the test assumes (raise its token budget)"
+        "a run paced to outlast its time limit ended as a timeout"
     );
     let out = c.ok(&["status", "spec.toml"]);
     assert!(out.contains("timeout"), "{out}");
@@ -750,8 +835,9 @@ fn a_timeout_is_classified_and_resubmitted_and_resumes_from_its_checkpoint() {
     let log = std::fs::read_to_string(run.join("train.log")).unwrap();
     assert!(log.contains("stopped by a signal after step"), "{log}");
     assert!(has_checkpoint(&run), "checkpointed before the limit");
-    // Timeouts are retried by default; this attempt gets the time it needs.
+    // Timeouts are retried by default; this attempt gets the time it needs, unpaced.
     c.set_cluster_key("time_limit", "\"00:10:00\"");
+    c.set_cluster_key("train_args", "[]");
     let out = c.ok(&["submit", "spec.toml", "--cluster", "dev"]);
     assert!(out.contains("submitted 1 of 1"), "{out}");
     c.wait_completed(1);
@@ -777,36 +863,25 @@ fn a_requeued_job_resumes_from_its_checkpoint_and_runs_once() {
         return;
     }
     let src = SharedSource::new(name);
-    let c = Case::training(name, "", "100k", 0, &src);
+    // 390 steps of at least 100 ms: still training when the requeue comes, on any machine.
+    let c = Case::training(
+        name,
+        "train_args = [\"--min-step-ms\", \"100\"]\n",
+        "100k",
+        0,
+        &src,
+    );
     let out = c.ok(&["submit", "spec.toml", "--cluster", "dev", "--install"]);
     assert!(out.contains("submitted 1 of 1"), "{out}");
     let (id, run) = c.only_run(name);
     // Training has begun: a metrics line past the base evaluation.
-    wait_until("training starts", 90, || {
+    wait_until("training starts", WAIT_S, || {
         std::fs::read_to_string(run.join("metrics.jsonl")).is_ok_and(|m| m.lines().count() > 1)
     });
     // Requeued as the cluster's user can: over SSH.
     let raw = starts(&c, name, &id)[0].0.clone();
-    let o = Command::new("ssh")
-        .arg("-i")
-        .arg(cache().join("id_ed25519"))
-        .arg("-o")
-        .arg(format!(
-            "UserKnownHostsFile={}",
-            cache().join("known_hosts").display()
-        ))
-        .args([
-            "-o",
-            "BatchMode=yes",
-            "-p",
-            &ssh_port(),
-            "sweeptest@127.0.0.1",
-        ])
-        .args(["scontrol", "requeue", &raw])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    wait_until("the job starts again", 90, || {
+    remote(&format!("scontrol requeue {raw}"));
+    wait_until("the job starts again", WAIT_S, || {
         starts(&c, name, &id).len() == 2
     });
     let detail = c.detail(&id);
@@ -895,19 +970,27 @@ fn a_node_failure_is_classified_and_both_runs_resume_from_checkpoints() {
     }
     let uid = Command::new("id").arg("-u").output().unwrap();
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        eprintln!("SKIPPED: killing a node takes root (the dev cluster's daemons are root's)");
+        skip(
+            "a_node_failure_is_classified_and_both_runs_resume_from_checkpoints",
+            "killing a node takes root (the dev cluster's daemons are root's)",
+        );
         return;
     }
     if !Path::new("/run/slurmd-n3.pid").exists() {
-        eprintln!("SKIPPED: no node n3 (restart the dev cluster with this checkout's scripts/dev-cluster)");
+        skip(
+            "a_node_failure_is_classified_and_both_runs_resume_from_checkpoints",
+            "no node n3 (restart the dev cluster with this checkout's scripts/dev-cluster)",
+        );
         return;
     }
     let src = SharedSource::new("nodefail");
     let (a, b) = ("nodefail-requeue", "nodefail-resubmit");
-    let ca = Case::training(a, "partition = \"faults\"\n", "80k", 20, &src);
+    // 312 steps of at least 100 ms: both still train when the node dies, on any machine.
+    let paced = "train_args = [\"--min-step-ms\", \"100\"]\npartition = \"faults\"\n";
+    let ca = Case::training(a, paced, "80k", 20, &src);
     let cb = Case::training(
         b,
-        "partition = \"faults\"\nsbatch_extra = [\"--no-requeue\"]\n",
+        &format!("{paced}sbatch_extra = [\"--no-requeue\"]\n"),
         "80k",
         20,
         &src,
@@ -918,7 +1001,7 @@ fn a_node_failure_is_classified_and_both_runs_resume_from_checkpoints() {
     }
     let (ia, ra) = ca.only_run(a);
     let (ib, rb) = cb.only_run(b);
-    wait_until("both runs checkpoint", 90, || {
+    wait_until("both runs checkpoint", WAIT_S, || {
         has_checkpoint(&ra) && has_checkpoint(&rb)
     });
     let outage = NodeOutage::begin();
@@ -927,7 +1010,7 @@ fn a_node_failure_is_classified_and_both_runs_resume_from_checkpoints() {
     wait_for(&cb, "the --no-requeue run ends node_fail", |s| {
         s[&ib].0 == "node_fail"
     });
-    wait_until("Slurm requeues the other", 60, || {
+    wait_until("Slurm requeues the other", WAIT_S, || {
         ca.detail(&ia).contains("requeued by Slurm after NODE_FAIL")
     });
     eprintln!("node failure seen after {:.0?}", killed.elapsed());
@@ -954,4 +1037,238 @@ fn a_node_failure_is_classified_and_both_runs_resume_from_checkpoints() {
         "one job started twice: {sa:?}"
     );
     assert!(sb.len() == 2 && sb[0] != sb[1], "two jobs: {sb:?}");
+}
+
+/// What `--install` puts in one remote folder: the local file and its remote name.
+struct Installed {
+    /// The remote folder, relative to the cluster user's home.
+    dir: String,
+    files: Vec<(PathBuf, String)>,
+}
+
+/// The folders `--install` fills for a case whose libtorch goes to `lib_dir` and binary to
+/// `work/bin`: libtorch's lib/ (in a build with libtorch) and the binary.
+fn installed(work: &str, lib_dir: &str) -> Vec<Installed> {
+    let mut out = Vec::new();
+    if let Some(lib) = option_env!("SWEEP_LIBTORCH_LIB") {
+        let mut files: Vec<(PathBuf, String)> = std::fs::read_dir(lib)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().unwrap().is_file())
+            .map(|e| (e.path(), e.file_name().to_string_lossy().into_owned()))
+            .filter(|(_, n)| n.contains(".so"))
+            .collect();
+        files.sort();
+        out.push(Installed {
+            dir: format!("{lib_dir}/lib"),
+            files,
+        });
+    }
+    out.push(Installed {
+        dir: format!("{work}/bin"),
+        files: vec![(
+            PathBuf::from(env!("CARGO_BIN_EXE_sweep")),
+            format!("sweep-{}", env!("CARGO_PKG_VERSION")),
+        )],
+    });
+    out
+}
+
+fn sha256_of(path: &Path) -> String {
+    let o = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(o.status.success());
+    String::from_utf8_lossy(&o.stdout)[..64].to_string()
+}
+
+/// Every file is on the cluster under its name with this machine's bytes (sha256), and nothing
+/// of an install in progress is left: no part file, no lock.
+fn assert_complete_install(set: &[Installed]) {
+    for inst in set {
+        let dir = Path::new("/home/sweeptest").join(&inst.dir);
+        for (local, name) in &inst.files {
+            let remote = dir.join(name);
+            assert!(remote.is_file(), "{} is installed", remote.display());
+            assert_eq!(sha256_of(&remote), sha256_of(local), "{}", remote.display());
+        }
+        let left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".part") || n.contains("install-lock"))
+            .collect();
+        assert!(left.is_empty(), "{}: left behind {left:?}", dir.display());
+        assert!(dir.join(".sweep-manifest").is_file());
+    }
+}
+
+/// The number of files an install said it uploaded into `dir` (its stderr line).
+fn uploaded_into(stderr: &str, dir: &str) -> usize {
+    let prefix = format!("installed into {dir}: ");
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("sweep: ")?.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no `{prefix}` line in:\n{stderr}"));
+    line.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// A new cluster as far as `--install` is concerned: a fresh work folder and libtorch folder,
+/// and the clusters.toml line that points the libtorch install there.
+fn fresh_install(tag: &str) -> (String, String, String) {
+    let work = unique(tag);
+    let lib_dir = format!("{work}-libtorch");
+    let extra = format!("libtorch_install_dir = {}\n", toml_str(&lib_dir));
+    (work, lib_dir, extra)
+}
+
+fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Two `sweep submit --install` at once into a new cluster (a fresh work and libtorch folder).
+/// The test holds both folders' install locks, as a live installer of this host would, until
+/// both installers wait on them, so that they really meet: then each file is uploaded by one
+/// of them only, the other reuses it, and the install is complete and verified.
+#[test]
+fn two_installs_at_once_end_in_one_complete_install() {
+    let test = "two_installs_at_once_end_in_one_complete_install";
+    if !cluster_up(test) {
+        return;
+    }
+    let (work, lib_dir, extra) = fresh_install("install2");
+    let cases = [
+        case("installa", &work, &extra),
+        case("installb", &work, &extra),
+    ];
+    let set = installed(&work, &lib_dir);
+    let owner = format!("{}:{}:test", this_host(), std::process::id());
+    for inst in &set {
+        let d = shell_word(&inst.dir);
+        remote(&format!(
+            "mkdir -p {d}/.install-lock && printf '%s\\n' {} > {d}/.install-lock/owner",
+            shell_word(&owner)
+        ));
+    }
+    let children: Vec<_> = cases
+        .iter()
+        .map(|c| {
+            let err = std::fs::File::create(c.dir.path().join("install.err")).unwrap();
+            c.cmd(&["submit", "spec.toml", "--cluster", "dev", "--install"])
+                .stdout(Stdio::piped())
+                .stderr(err)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let stderr = |c: &Case| std::fs::read_to_string(c.dir.path().join("install.err")).unwrap();
+    let lock = |inst: &Installed| {
+        Path::new("/home/sweeptest")
+            .join(&inst.dir)
+            .join(".install-lock")
+    };
+    for (i, inst) in set.iter().enumerate() {
+        let waiting = format!("waiting for another install into {}", inst.dir);
+        wait_until(
+            &format!("both installers wait on {}", inst.dir),
+            WAIT_S,
+            || {
+                // The locks still held look alive (touched), as a working installer's do.
+                for held in &set[i..] {
+                    let _ = Command::new("touch").arg(lock(held)).status();
+                }
+                cases.iter().all(|c| stderr(c).contains(&waiting))
+            },
+        );
+        remote(&format!("rm -rf {}/.install-lock", shell_word(&inst.dir)));
+    }
+    for (c, child) in cases.iter().zip(children) {
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", stderr(c));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("submitted 4 of 4"));
+    }
+    for inst in &set {
+        let counts: Vec<usize> = cases
+            .iter()
+            .map(|c| uploaded_into(&stderr(c), &inst.dir))
+            .collect();
+        assert_eq!(
+            counts.iter().sum::<usize>(),
+            inst.files.len(),
+            "{}: each file uploaded once, by one installer: {counts:?}",
+            inst.dir
+        );
+    }
+    assert_complete_install(&set);
+    for c in &cases {
+        c.wait_completed(4);
+    }
+}
+
+/// An install killed (SIGKILL) half-way through uploading its largest file leaves no file
+/// under a final name half-written; the next install takes over the dead one's lock, finishes,
+/// and the install is complete and verified.
+#[test]
+fn an_install_killed_mid_upload_is_completed_by_the_next() {
+    let test = "an_install_killed_mid_upload_is_completed_by_the_next";
+    if !cluster_up(test) {
+        return;
+    }
+    let (work, lib_dir, extra) = fresh_install("installkill");
+    let c = case("installkill", &work, &extra);
+    let set = installed(&work, &lib_dir);
+    let (dir, name, size) = set
+        .iter()
+        .flat_map(|i| {
+            i.files.iter().map(move |(p, n)| {
+                let size = std::fs::metadata(p).unwrap().len();
+                (Path::new("/home/sweeptest").join(&i.dir), n.clone(), size)
+            })
+        })
+        .max_by_key(|f| f.2)
+        .unwrap();
+    let mut child = c
+        .cmd(&["submit", "spec.toml", "--cluster", "dev", "--install"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let part_prefix = format!("{name}.part-");
+    let t0 = Instant::now();
+    loop {
+        let partial = std::fs::read_dir(&dir).ok().is_some_and(|d| {
+            d.filter_map(|e| e.ok()).any(|e| {
+                e.file_name().to_string_lossy().starts_with(&part_prefix)
+                    && e.metadata().is_ok_and(|m| m.len() > 0 && m.len() < size)
+            })
+        });
+        if partial {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(WAIT_S),
+            "the upload of {name} began"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the install ended before it was seen uploading {name}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !dir.join(&name).exists(),
+        "a half-uploaded {name} never has its final name"
+    );
+    let o = c.run(&["submit", "spec.toml", "--cluster", "dev", "--install"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("taking over the install lock") && err.contains("that process is gone"),
+        "{err}"
+    );
+    assert_complete_install(&set);
+    c.wait_completed(4);
 }

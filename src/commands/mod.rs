@@ -23,16 +23,14 @@ use crate::spec::{self, SpecError};
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// A capability that is not built yet: said plainly, never faked (exit code 1).
+/// A command that needs libtorch, asked of the light orchestrator build (exit code 1).
 #[derive(Debug, thiserror::Error)]
-#[error("`sweep {command}` is not built yet ({what}); see the open issue \"{issue}\"")]
-pub struct NotBuilt {
+#[error("`sweep {command}` needs libtorch, and this is the light orchestrator build (--no-default-features): build with the torch feature (`cargo build --release`, the default, or `cargo install --path .`) to {what}; this build plans, submits to clusters, follows and reports")]
+pub struct LightBuild {
     /// The command.
     pub command: &'static str,
-    /// What is missing.
+    /// What the full build does with it.
     pub what: &'static str,
-    /// The issue that builds it.
-    pub issue: &'static str,
 }
 
 /// Exit code for an error: 2 for spec and usage errors, 1 for everything else.
@@ -70,10 +68,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         #[cfg(feature = "torch")]
         Command::Pretrain(args) => pretrain::run(g, &args),
         #[cfg(not(feature = "torch"))]
-        Command::Pretrain(_) => Err(NotBuilt {
+        Command::Pretrain(_) => Err(LightBuild {
             command: "pretrain",
-            what: "this binary was built without libtorch (--no-default-features)",
-            issue: "Domains, data and evaluation",
+            what: "pretrain a base model here",
         }
         .into()),
         Command::Run(args) => execute::run(g, &args),
@@ -89,6 +86,7 @@ fn train(g: &GlobalArgs, args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
     if let Some(device) = &args.device {
         opts.device = device.clone();
     }
+    opts.min_step = args.min_step_ms.map(std::time::Duration::from_millis);
     // Slurm sends SIGTERM before a time limit or preemption (and SIGUSR1 with --signal): stop
     // after the current step with a checkpoint, so that the requeued job resumes.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -168,21 +166,19 @@ fn export(g: &GlobalArgs, args: &crate::cli::ExportArgs) -> anyhow::Result<()> {
 
 #[cfg(not(feature = "torch"))]
 fn export(_: &GlobalArgs, _: &crate::cli::ExportArgs) -> anyhow::Result<()> {
-    Err(NotBuilt {
+    Err(LightBuild {
         command: "export",
-        what: "this binary was built without libtorch (--no-default-features); build with the `torch` feature",
-        issue: "The trainer: libtorch Llama with LoRA and full fine-tuning",
+        what: "export a run as a Hugging Face folder",
     }
     .into())
 }
 
-/// Without libtorch there is no trainer: say so rather than pretend.
+/// Without libtorch there is no trainer: say so, and how to get one.
 #[cfg(not(feature = "torch"))]
 fn train(_: &GlobalArgs, _: &crate::cli::TrainArgs) -> anyhow::Result<()> {
-    Err(NotBuilt {
+    Err(LightBuild {
         command: "train",
-        what: "this binary was built without libtorch (--no-default-features); build with the `torch` feature",
-        issue: "The trainer: libtorch Llama with LoRA and full fine-tuning",
+        what: "train runs here",
     }
     .into())
 }

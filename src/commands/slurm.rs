@@ -11,8 +11,9 @@ use super::{load_plan, sweep_dir, UsageError};
 use crate::cli::{CollectArgs, GlobalArgs, SubmitArgs};
 use crate::executor::slurm::config::{default_path, ClustersFile};
 use crate::executor::slurm::executor::{self as ex, Probe};
+use crate::executor::slurm::install::{install_files, libtorch_files, InstallReport, LocalFile};
 use crate::executor::slurm::journal::{Journal, JOURNAL_SCHEMA};
-use crate::executor::slurm::quote::{from_home, join, sh_quote};
+use crate::executor::slurm::quote::join;
 use crate::executor::slurm::transport::Transport;
 use crate::executor::slurm::{check_version, connect, SlurmError};
 use crate::executor::state::{result_state, SweepLock, SweepState};
@@ -34,6 +35,12 @@ fn now() -> (u64, u128) {
 
 fn backend(j: &Journal) -> String {
     format!("slurm:{}", j.cluster)
+}
+
+/// The sweep's journal when something was ever submitted from it (a journal without batches is
+/// what a first submit that failed before sbatch leaves: it binds the sweep to nothing).
+fn submitted(dir: &Path) -> anyhow::Result<Option<Journal>> {
+    Ok(Journal::load(dir)?.filter(|j| !j.batches.is_empty()))
 }
 
 /// Mark runs with a final result.json here (collected earlier) as final in the state.
@@ -94,18 +101,19 @@ pub fn submit(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
     let mut state =
         SweepState::load(&dir, &plan.name)?.unwrap_or_else(|| SweepState::new(&plan.name));
     let mut j = match Journal::load(&dir)? {
-        Some(j) if j.cluster != cluster => {
+        Some(j) if j.cluster != cluster && !j.batches.is_empty() => {
             return Err(UsageError(format!(
                 "sweep {} was submitted to cluster `{}`; it cannot move to `{cluster}` (use another --results folder)",
                 plan.name, j.cluster
             ))
             .into())
         }
-        Some(mut j) => {
+        Some(mut j) if !j.batches.is_empty() => {
             j.config = c.clone();
             j
         }
-        None => Journal {
+        // Nothing was ever sent: a first submit that failed before sbatch binds nothing.
+        _ => Journal {
             schema: JOURNAL_SCHEMA,
             sweep: plan.name.clone(),
             cluster: cluster.to_string(),
@@ -120,7 +128,6 @@ pub fn submit(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
         .with_context(|| format!("writing {}", dir.join("plan.jsonl").display()))?;
     write_atomic(&dir.join("spec.toml"), |w| w.write_all(src.text.as_bytes()))
         .with_context(|| format!("writing {}", dir.join("spec.toml").display()))?;
-    j.save(&dir)?;
 
     // An sbatch of a killed submit may still be landing: wait until its batch is a few seconds
     // old before looking it up, so that it is found rather than submitted twice.
@@ -138,9 +145,11 @@ pub fn submit(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
     }
     let mut t = connect(&c).map_err(SlurmError::from)?;
     let binary = c.remote_binary();
-    if args.install {
-        install(t.as_mut(), &c, &binary)?;
-    }
+    let installed = if args.install {
+        install(g, t.as_mut(), &c, &binary)?
+    } else {
+        Vec::new()
+    };
     let probe = refresh(t.as_mut(), &mut j, &mut state, &dir, &plan)?;
     check_version(&probe.version, &binary, cluster)?;
     for id in probe.results.keys() {
@@ -182,7 +191,7 @@ pub fn submit(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
         println!(
             "{}",
             serde_json::json!({"sweep": plan.name, "cluster": cluster, "runs": ids.len(),
-                "submitted": submitted, "done": done, "round_trips": trips,
+                "submitted": submitted, "done": done, "round_trips": trips, "installed": installed,
                 "wall_s": t0.elapsed().as_secs_f64()})
         );
     } else if !g.quiet {
@@ -196,88 +205,50 @@ pub fn submit(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
     Ok(())
 }
 
-/// Upload this binary as the remote sweep binary (written beside it, then renamed, so that a
-/// running job keeps its file).
+/// Put this binary (and, unless the cluster names its own, the libtorch it was built against)
+/// on the cluster; see [`crate::executor::slurm::install`] for why that is safe when installs
+/// run at once or one is killed. Says what it did on stderr.
 fn install(
+    g: &GlobalArgs,
     t: &mut dyn Transport,
     c: &crate::executor::slurm::config::ClusterConfig,
     binary: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<InstallReport>> {
+    let mut notify = |m: &str| {
+        if !g.quiet {
+            eprintln!("sweep: {m}");
+        }
+    };
+    let mut reports = Vec::new();
     if cfg!(feature = "torch") && c.libtorch.is_none() {
-        install_libtorch(t, &c.remote_libtorch())?;
+        let Some(local) = option_env!("SWEEP_LIBTORCH_LIB").map(std::path::PathBuf::from) else {
+            anyhow::bail!("this binary does not know the libtorch it was built against: set `libtorch` in the cluster config to a libtorch on the cluster");
+        };
+        if !local.is_dir() {
+            anyhow::bail!("{}: the libtorch this binary was built against is gone: set `libtorch` in the cluster config, or rebuild", local.display());
+        }
+        let files = libtorch_files(&local).map_err(SlurmError::from)?;
+        let lib = join(&c.remote_libtorch(), "lib");
+        reports.push(install_files(t, &lib, &files, &mut notify).map_err(SlurmError::from)?);
     }
     let exe = std::env::current_exe().context("locating the sweep binary")?;
-    let data = std::fs::read(&exe).with_context(|| format!("reading {}", exe.display()))?;
-    let part = format!("{binary}.part");
-    let parent = Path::new(binary)
-        .parent()
-        .map(|p| p.to_string_lossy().into_owned())
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| ".".into());
-    let out = t.exec(&format!("mkdir -p {}", sh_quote(&parent)))?;
-    if out.code != 0 {
-        anyhow::bail!("creating {parent} on the cluster: {}", out.stderr.trim());
-    }
-    t.upload(&data, &part, 0o755)?;
-    let out = t.exec(&format!(
-        "chmod 755 {p} && mv -f {p} {b}",
-        p = sh_quote(&part),
-        b = sh_quote(binary)
-    ))?;
-    if out.code != 0 {
-        anyhow::bail!("installing {binary} on the cluster: {}", out.stderr.trim());
-    }
-    Ok(())
-}
-
-/// Copy the libtorch this binary was built against into `remote`/lib, skipping files that are
-/// already there with the same size (one listing round trip, then one upload per changed file).
-fn install_libtorch(t: &mut dyn Transport, remote: &str) -> anyhow::Result<()> {
-    let Some(local) = option_env!("SWEEP_LIBTORCH_LIB").map(std::path::PathBuf::from) else {
-        anyhow::bail!("this binary does not know the libtorch it was built against: set `libtorch` in the cluster config to a libtorch on the cluster");
+    let (dir, name) = match binary.rsplit_once('/') {
+        Some((d, n)) => (if d.is_empty() { "/" } else { d }, n),
+        None => (".", binary),
     };
-    let mut files: Vec<(String, u64)> = Vec::new();
-    for e in std::fs::read_dir(&local).with_context(|| format!("{}: the libtorch this binary was built against is gone: set `libtorch` in the cluster config", local.display()))? {
-        let e = e?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if e.file_type()?.is_file() && name.contains(".so") {
-            files.push((name, e.metadata()?.len()));
-        }
+    let file = LocalFile::new(&exe, name, 0o755).map_err(SlurmError::from)?;
+    reports.push(install_files(t, dir, &[file], &mut notify).map_err(SlurmError::from)?);
+    for r in &reports {
+        notify(&r.to_string());
     }
-    files.sort();
-    let lib = format!("{}/lib", remote.trim_end_matches('/'));
-    let listing = t.exec(&format!("mkdir -p {q} && cd {q} && for f in *; do [ -f \"$f\" ] && printf '%s %s\\n' \"$f\" \"$(wc -c < \"$f\")\"; done; true", q = from_home(&lib)))?;
-    if listing.code != 0 {
-        anyhow::bail!("creating {lib} on the cluster: {}", listing.stderr.trim());
-    }
-    let present: std::collections::HashMap<&str, u64> = listing
-        .stdout
-        .lines()
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter_map(|(n, s)| s.trim().parse().ok().map(|s| (n, s)))
-        .collect();
-    for (name, size) in &files {
-        if present.get(name.as_str()) == Some(size) {
-            continue;
-        }
-        let data = std::fs::read(local.join(name))
-            .with_context(|| format!("reading {}", local.join(name).display()))?;
-        let dest = format!("{lib}/{name}");
-        let part = format!("{dest}.part");
-        t.upload(&data, &part, 0o644)?;
-        let out = t.exec(&format!("mv -f {} {}", from_home(&part), from_home(&dest)))?;
-        if out.code != 0 {
-            anyhow::bail!("installing {dest} on the cluster: {}", out.stderr.trim());
-        }
-    }
-    Ok(())
+    Ok(reports)
 }
 
 /// Bring a cluster sweep's state up to date for `sweep status` (at most once per polling
 /// floor); returns a note for the table, or None when the sweep was not submitted to a cluster.
 pub fn status_refresh(g: &GlobalArgs, plan: &Plan) -> anyhow::Result<Option<String>> {
     let dir = sweep_dir(g, &plan.name);
-    let Some(mut j) = Journal::load(&dir)? else {
+    let Some(mut j) = submitted(&dir)? else {
         return Ok(None);
     };
     let (now_s, _) = now();
@@ -307,7 +278,7 @@ pub fn status_refresh(g: &GlobalArgs, plan: &Plan) -> anyhow::Result<Option<Stri
 /// `sweep cancel` of a cluster sweep: scancel its arrays (or the given runs' tasks).
 pub fn cancel(g: &GlobalArgs, plan: &Plan, only: &[String]) -> anyhow::Result<bool> {
     let dir = sweep_dir(g, &plan.name);
-    let Some(j) = Journal::load(&dir)? else {
+    let Some(j) = submitted(&dir)? else {
         return Ok(false);
     };
     let _lock = SweepLock::acquire(&dir)?;
@@ -334,7 +305,7 @@ pub fn cancel(g: &GlobalArgs, plan: &Plan, only: &[String]) -> anyhow::Result<bo
 pub fn collect(g: &GlobalArgs, args: &CollectArgs) -> anyhow::Result<()> {
     let (_, plan) = load_plan(&args.spec, false)?;
     let dir = sweep_dir(g, &plan.name);
-    let Some(mut j) = Journal::load(&dir)? else {
+    let Some(mut j) = submitted(&dir)? else {
         return Err(UsageError(format!(
             "sweep {} was not submitted to a cluster from here ({} has no slurm.json): nothing to collect",
             plan.name,

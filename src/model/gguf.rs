@@ -1361,11 +1361,17 @@ pub(crate) mod torch_tests {
 
     /// Loads the real SmolLM2-135M GGUF (Q4_1 and Q8_0 tensors), generates and scores English.
     /// Slow-ish (15 s in a debug build on an idle machine; `cargo test -- --skip slow_` leaves it
-    /// out); skipped with a message when the file is absent.
+    /// out); skipped with a message when the file is absent, and failed then under
+    /// SWEEP_TESTS_REQUIRE_SETUP=1 (set by scripts/test, which fetches it).
     #[test]
     fn slow_smollm2_gguf_knows_paris_and_english() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(SMOLLM2);
         if !path.exists() {
+            assert!(
+                std::env::var("SWEEP_TESTS_REQUIRE_SETUP").as_deref() != Ok("1"),
+                "{} is absent, and SWEEP_TESTS_REQUIRE_SETUP=1 (scripts/test) says it must be there: run scripts/setup-data",
+                path.display()
+            );
             println!(
                 "skipping: {} is absent (scripts/setup-data)",
                 path.display()

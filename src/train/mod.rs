@@ -99,6 +99,9 @@ pub struct TrainOptions {
     pub stop: Option<Arc<AtomicBool>>,
     /// `auto` (CUDA when libtorch sees a GPU, else the CPU), `cpu`, `cuda` or `cuda:N`.
     pub device: String,
+    /// Every step takes at least this long (the trainer sleeps after a faster one): the same
+    /// result, paced, so that tests can aim a signal at a run mid-training on any machine.
+    pub min_step: Option<std::time::Duration>,
 }
 
 impl TrainOptions {
@@ -122,6 +125,7 @@ impl TrainOptions {
             model_override: None,
             stop: None,
             device: std::env::var("SWEEP_DEVICE").unwrap_or_else(|_| "auto".into()),
+            min_step: None,
         }
     }
 }
@@ -677,6 +681,7 @@ impl<'a> Trainer<'a> {
                 status = RunStatus::Interrupted;
                 break;
             }
+            let step_started = Instant::now();
             let lr = self.schedule.lr(state.step);
             self.optim.zero_grad()?;
             // Dropout draws from libtorch's global generator: seed it per step so that a resumed
@@ -714,6 +719,13 @@ impl<'a> Trainer<'a> {
             state.tokens += tokens_per_step;
             state.data_position = position;
             state.last_train_loss = Some(loss);
+            if let Some(rest) = self
+                .opts
+                .min_step
+                .and_then(|m| m.checked_sub(step_started.elapsed()))
+            {
+                std::thread::sleep(rest);
+            }
 
             let next_eval = self
                 .run

@@ -62,6 +62,7 @@ impl Fixture {
             model_override: Some(tiny_cfg()),
             stop: None,
             device: "cpu".into(),
+            min_step: None,
         }
     }
 }
@@ -223,21 +224,71 @@ fn resume_matches(method: fn(&mut serde_json::Value)) {
     assert_eq!(steps, vec![0, 5, 10]);
 }
 
+/// `--min-step-ms`: every step takes at least the minimum, and the run computes what an unpaced
+/// one does (the Slurm fault tests rely on both).
+#[test]
+fn paced_steps_take_their_minimum_and_change_nothing() {
+    let f = Fixture::new();
+    let edit = |v: &mut serde_json::Value| {
+        v["token_budget"] = 320.into();
+        v["eval_at"] = serde_json::json!([320]);
+        v["evaluation"]["metrics"] = serde_json::json!(["target_loss"]);
+    };
+    let plain = f.run("plain", edit);
+    let paced = f.run("paced", edit);
+    let a = train(&plain, &f.opts()).unwrap();
+    let mut slow = f.opts();
+    slow.min_step = Some(std::time::Duration::from_millis(60));
+    let t0 = std::time::Instant::now();
+    let b = train(&paced, &slow).unwrap();
+    assert_eq!(b.step, 5);
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_millis(5 * 60),
+        "5 steps of at least 60 ms: {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(a.final_train_loss, b.final_train_loss);
+    assert_eq!(a.evals[1].metrics, b.evals[1].metrics);
+}
+
+/// A learning rate so large that the weights overflow f32 after one step: the loss is NaN on
+/// every machine (lr 1e4 only flattened the logits on some CPUs, a finite loss of ln V).
 #[test]
 fn huge_learning_rate_diverges_cleanly() {
     let f = Fixture::new();
     let run = f.run("div", |v| {
-        v["learning_rate"] = 1e4.into();
-        v["training"]["max_loss"] = 50.0.into();
+        v["learning_rate"] = 1e30.into();
         v["training"]["grad_clip"] = 0.0.into();
     });
     let r = train(&run, &f.opts()).unwrap();
     assert_eq!(r.status, RunStatus::Diverged, "{r:?}");
     assert!(r.step < 30);
-    assert!(r.error.is_some());
+    assert!(
+        r.error
+            .as_deref()
+            .is_some_and(|e| e.contains("training loss")),
+        "{r:?}"
+    );
     let dir = run.parent().unwrap();
     assert!(dir.join("result.json").exists());
     assert!(!read_lines(&dir.join("metrics.jsonl")).is_empty());
+}
+
+/// A loss above `max_loss` is a divergence too, at the step it happens.
+#[test]
+fn a_loss_above_max_loss_diverges_at_that_step() {
+    let f = Fixture::new();
+    let run = f.run("maxloss", |v| {
+        v["training"]["max_loss"] = 1.0.into();
+    });
+    let r = train(&run, &f.opts()).unwrap();
+    assert_eq!((r.status, r.step), (RunStatus::Diverged, 0), "{r:?}");
+    assert!(
+        r.error
+            .as_deref()
+            .is_some_and(|e| e.contains("max_loss Some(1.0)")),
+        "{r:?}"
+    );
 }
 
 #[test]

@@ -76,6 +76,10 @@ pub struct ClusterConfig {
     /// A remote libtorch folder (its lib/ goes on LD_LIBRARY_PATH).
     #[serde(default)]
     pub libtorch: Option<String>,
+    /// Where `--install` copies this machine's libtorch when `libtorch` is not set (default
+    /// [`LIBTORCH_DIR`], under the remote home; shared by every sweep of that user).
+    #[serde(default)]
+    pub libtorch_install_dir: Option<String>,
     /// `--partition`.
     #[serde(default)]
     pub partition: Option<String>,
@@ -257,6 +261,7 @@ impl ClusterConfig {
             ("gres", self.gres.as_deref()),
             ("sweep_binary", self.sweep_binary.as_deref()),
             ("libtorch", self.libtorch.as_deref()),
+            ("libtorch_install_dir", self.libtorch_install_dir.as_deref()),
             ("work_dir", Some(self.work_dir.as_str())),
             ("host", Some(self.host.as_str())),
             ("user", Some(self.user.as_str())),
@@ -306,6 +311,7 @@ impl ClusterConfig {
     pub fn remote_libtorch(&self) -> String {
         self.libtorch
             .clone()
+            .or_else(|| self.libtorch_install_dir.clone())
             .unwrap_or_else(|| LIBTORCH_DIR.to_string())
     }
 

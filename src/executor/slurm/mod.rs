@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod executor;
+pub mod install;
 pub mod journal;
 pub mod openssh;
 pub mod parse;
@@ -28,6 +29,9 @@ pub enum SlurmError {
     /// SSH.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// `--install`.
+    #[error(transparent)]
+    Install(#[from] install::InstallError),
     /// slurm.json.
     #[error(transparent)]
     Journal(#[from] journal::JournalError),

@@ -263,10 +263,13 @@ impl Transport for OpensshTransport {
     fn upload(&mut self, data: &[u8], remote: &str, mode: i32) -> Result<(), TransportError> {
         self.trips += 1;
         let tmp = format!("{remote}.part");
+        // A connection that drops mid-transfer ends cat's input early and cat exits 0: the
+        // size check keeps that short file from taking the final name.
         let line = format!(
-            "cat > {t} && chmod {mode:o} {t} && mv -f {t} {r}",
+            "cat > {t} && [ \"$(wc -c < {t})\" -eq {n} ] && chmod {mode:o} {t} && mv -f {t} {r} || {{ rm -f {t}; echo \"the upload arrived incomplete\" >&2; exit 1; }}",
             t = sh_quote(&tmp),
-            r = sh_quote(remote)
+            r = sh_quote(remote),
+            n = data.len()
         );
         let mut cmd = self.command(&[&line], true);
         let what = format!("uploading {remote}");
