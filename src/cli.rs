@@ -101,7 +101,8 @@ pub struct PlanArgs {
     /// Achieved TFLOP/s per GPU for the GPU-hours estimate.
     #[arg(long, value_name = "TFLOPS")]
     pub tflops: Option<f64>,
-    /// Plan grids larger than 10 million runs.
+    /// Plan grids larger than 10 million runs, and replace the plan of a results folder whose
+    /// finished runs the new plan drops.
     #[arg(long)]
     pub force: bool,
     /// Do not write results/NAME/plan.jsonl.
@@ -175,7 +176,7 @@ pub struct TrainArgs {
     /// The run's run.json (written by `sweep plan`/`submit`).
     pub run: PathBuf,
     /// Intra-op threads (default: SLURM_CPUS_PER_TASK, else all cores).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = at_least_one)]
     pub threads: Option<usize>,
     /// auto (CUDA if libtorch sees a GPU), cpu, cuda or cuda:N (default: SWEEP_DEVICE, else auto).
     #[arg(long)]
@@ -186,9 +187,14 @@ pub struct TrainArgs {
     pub noop: bool,
     /// Make every training step take at least this many milliseconds (sleeping after it): the
     /// same computation, paced, so that a signal or a fault can be aimed at a run mid-training
-    /// whatever the machine's speed (fault drills, the Slurm tests, demos).
+    /// whatever the machine's speed (fault drills, the Slurm tests, demos). Default:
+    /// SWEEP_MIN_STEP_MS, which also reaches the trainers `sweep run` starts.
     #[arg(long, value_name = "MS")]
     pub min_step_ms: Option<u64>,
+    /// Train from scratch even when the run already has its final result (its result,
+    /// metrics, checkpoints and adapter are removed first); without it, that is a no-op.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `sweep export`.
@@ -223,7 +229,7 @@ pub struct PretrainArgs {
     #[arg(long, default_value = "2M")]
     pub tokens: String,
     /// Intra-op threads (default: all cores).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = at_least_one)]
     pub threads: Option<usize>,
     /// Retrain even when a cached model matches.
     #[arg(long)]
@@ -236,14 +242,18 @@ pub struct RunArgs {
     /// The sweep spec (TOML).
     pub spec: PathBuf,
     /// Runs at a time (default: cores / threads per run).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = at_least_one)]
     pub jobs: Option<usize>,
     /// Threads per run (default 1).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = at_least_one)]
     pub threads: Option<usize>,
     /// Rerun runs that failed before.
     #[arg(long)]
     pub retry_failed: bool,
+    /// Train runs whose result cannot be counted (`invalid` in `sweep status`: unreadable,
+    /// another run's, its result.json gone) again from scratch, clearing their folders first.
+    #[arg(long)]
+    pub retrain_invalid: bool,
 }
 
 /// `sweep fetch`.
@@ -268,4 +278,13 @@ pub struct FetchArgs {
 pub struct CompletionsArgs {
     /// The shell.
     pub shell: clap_complete::Shell,
+}
+
+/// A count of at least 1 (`--jobs`, `--threads`): 0 and negative numbers are refused.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<i64>() {
+        Ok(n) if n >= 1 => Ok(n as usize),
+        Ok(n) => Err(format!("{n} is not allowed: give 1 or more")),
+        Err(_) => Err(format!("`{s}` is not a whole number: give 1 or more")),
+    }
 }

@@ -16,6 +16,7 @@ pub mod plan;
 pub mod report;
 pub mod results;
 pub mod rng;
+pub mod run_lock;
 pub mod spec;
 #[cfg(feature = "torch")]
 pub mod train;

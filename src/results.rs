@@ -21,6 +21,32 @@ pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 /// The files of [`ADAPTER_DIR`].
 pub const ADAPTER_FILES: [&str; 2] = [ADAPTER_CONFIG, ADAPTER_WEIGHTS];
 
+/// What training leaves in a run folder besides run.json (and the log): cleared before a run
+/// is trained again from scratch.
+pub const RUN_OUTPUTS: [&str; 4] = ["result.json", "metrics.jsonl", "checkpoints", ADAPTER_DIR];
+
+/// Clear a run folder's [`RUN_OUTPUTS`] for a fresh start, keeping run.json.
+pub fn clear_outputs(dir: &Path) -> std::io::Result<()> {
+    for name in RUN_OUTPUTS {
+        let p = dir.join(name);
+        let r = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        match r {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("{}: {e}", p.display()),
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -90,6 +116,32 @@ pub struct RunResult {
     /// The step of the checkpoint each later session resumed from (empty: trained in one go).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resumed_from: Vec<u64>,
+    /// sha256 of the run.json it trained ([`crate::plan::run::run_hash`]): checked against the
+    /// plan before the result is counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_hash: Option<String>,
+}
+
+/// What a result.json must say to be the result of one planned run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunIdentity {
+    /// Run id.
+    pub id: String,
+    /// Config id.
+    pub config_id: String,
+    /// sha256 of the run's run.json as the plan writes it.
+    pub run_hash: String,
+}
+
+impl RunIdentity {
+    /// The identity of a planned run.
+    pub fn of(plan: &crate::plan::Plan, run: &crate::plan::PlannedRun) -> RunIdentity {
+        RunIdentity {
+            id: run.id.clone(),
+            config_id: run.config_id.clone(),
+            run_hash: plan.run_file(run).hash(),
+        }
+    }
 }
 
 /// Why a result.json could not be used.
@@ -106,6 +158,29 @@ pub enum ResultError {
         /// What went wrong.
         reason: String,
     },
+    /// A newer `sweep` wrote it.
+    #[error("{path}: result.json of schema {schema}, newer than this sweep reads ({RESULT_SCHEMA}); install a newer sweep")]
+    NewerSchema {
+        /// The file.
+        path: String,
+        /// Its schema.
+        schema: u64,
+    },
+    /// It is the result of another run, or of another version of this run's settings.
+    #[error("{path}: not this run's result: {reason}")]
+    NotThisRun {
+        /// The file.
+        path: String,
+        /// What differs.
+        reason: String,
+    },
+}
+
+impl ResultError {
+    /// Whether the run has a result.json that cannot be counted (as opposed to none yet).
+    pub fn is_invalid(&self) -> bool {
+        !matches!(self, ResultError::Missing(_))
+    }
 }
 
 /// Read a run's result.json.
@@ -117,8 +192,49 @@ pub fn read_result(path: &Path) -> Result<RunResult, ResultError> {
             reason: e.to_string(),
         },
     })?;
-    serde_json::from_str(&text).map_err(|e| ResultError::Corrupt {
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| ResultError::Corrupt {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    let schema = value.get("schema").and_then(|s| s.as_u64()).unwrap_or(0);
+    if schema > u64::from(RESULT_SCHEMA) {
+        return Err(ResultError::NewerSchema {
+            path: path.display().to_string(),
+            schema,
+        });
+    }
+    serde_json::from_value(value).map_err(|e| ResultError::Corrupt {
         path: path.display().to_string(),
         reason: e.to_string(),
     })
+}
+
+/// Read a run's result.json and check that it is the result of the run `who`: its run id,
+/// config id and run.json hash. A result of another run (a copied folder, an edited run.json)
+/// is [`ResultError::NotThisRun`], never counted as this run's.
+pub fn read_result_of(path: &Path, who: &RunIdentity) -> Result<RunResult, ResultError> {
+    let r = read_result(path)?;
+    let not = |reason: String| ResultError::NotThisRun {
+        path: path.display().to_string(),
+        reason,
+    };
+    if r.id != who.id {
+        return Err(not(format!("it is run {}'s", r.id)));
+    }
+    if r.config_id != who.config_id {
+        return Err(not(format!(
+            "it has config {}, the plan {}",
+            r.config_id, who.config_id
+        )));
+    }
+    match &r.run_hash {
+        Some(h) if *h == who.run_hash => Ok(r),
+        Some(_) => Err(not(
+            "it trained a run.json other than the plan's (edited or replaced)".into(),
+        )),
+        None => Err(not(
+            "it records no run_hash (written by an older sweep), so it cannot be checked".into(),
+        )),
+    }
 }

@@ -1,4 +1,5 @@
-//! Small helpers shared by commands: atomic file and folder writes.
+//! Small helpers shared by commands: atomic file and folder writes, and reads that refuse
+//! special files.
 
 use std::io::Write;
 use std::path::Path;
@@ -62,9 +63,58 @@ pub fn write_dir_atomic<E>(
     result
 }
 
+/// Read a whole regular file. Anything else (a FIFO, a device, a socket) is refused with an
+/// error naming what it is, since reading one can block forever or never end.
+pub fn read_regular_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        let t = meta.file_type();
+        let what = if t.is_dir() {
+            "a folder"
+        } else if t.is_fifo() {
+            "a FIFO (named pipe)"
+        } else if t.is_char_device() || t.is_block_device() {
+            "a device"
+        } else if t.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("it is {what}, not a regular file: give a file"),
+        ));
+    }
+    std::fs::read(path)
+}
+
+/// [`read_regular_file`] as UTF-8 text.
+pub fn read_regular_text(path: &Path) -> std::io::Result<String> {
+    String::from_utf8(read_regular_file(path)?)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn special_files_are_refused_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo on a path we own.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = read_regular_file(&fifo).unwrap_err().to_string();
+        assert!(e.contains("a FIFO"), "{e}");
+        let e = read_regular_file(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a device"), "{e}");
+        std::fs::write(dir.path().join("f"), "x").unwrap();
+        assert_eq!(read_regular_text(&dir.path().join("f")).unwrap(), "x");
+    }
 
     #[test]
     fn atomic_write_replaces_and_leaves_no_temp() {

@@ -13,13 +13,23 @@ use super::{load_plan, sweep_dir, UsageError};
 use crate::cli::{CancelArgs, GlobalArgs, RunArgs, StatusArgs, SubmitArgs, SweepArg};
 use crate::executor::local::{default_parallel, LocalExecutor, LocalRun, Outcome};
 use crate::executor::render::{JsonLinesRenderer, TextRenderer};
-use crate::executor::state::{result_state, SweepLock, SweepState};
+use crate::executor::state::{reconcile, result_state, SweepLock, SweepState};
 use crate::executor::{EventSink, JobState};
+use crate::plan::run::run_hash;
 use crate::plan::Plan;
+use crate::results::RunIdentity;
 use crate::util::write_atomic;
 
-/// Write plan.jsonl, spec.toml and each run's run.json (when missing) under results/NAME/.
-fn stage(dir: &Path, plan: &Plan, spec_text: &str) -> anyhow::Result<Vec<LocalRun>> {
+/// Write plan.jsonl, spec.toml and each run's run.json (when missing) under results/NAME/. A
+/// run.json that is not the plan's (another run's, or edited) is left as it is and the run
+/// marked with the problem, unless `retrain_invalid` says to replace it (its folder is then
+/// cleared by the executor).
+fn stage(
+    dir: &Path,
+    plan: &Plan,
+    spec_text: &str,
+    retrain_invalid: bool,
+) -> anyhow::Result<Vec<LocalRun>> {
     let plan_file = dir.join("plan.jsonl");
     write_atomic(&plan_file, |w| plan.write_jsonl(w))
         .with_context(|| format!("writing {}", plan_file.display()))?;
@@ -31,14 +41,32 @@ fn stage(dir: &Path, plan: &Plan, spec_text: &str) -> anyhow::Result<Vec<LocalRu
     for r in &plan.runs {
         let run_dir = dir.join("runs").join(&r.id);
         let run_json = run_dir.join("run.json");
-        if !run_json.exists() {
-            let json = serde_json::to_vec_pretty(&plan.run_file(r))?;
-            write_atomic(&run_json, |w| w.write_all(&json))
-                .with_context(|| format!("writing {}", run_json.display()))?;
+        let who = RunIdentity::of(plan, r);
+        let on_disk = std::fs::read_to_string(&run_json).ok().map(|t| {
+            serde_json::from_str::<serde_json::Value>(&t)
+                .map(|v| run_hash(&v))
+                .unwrap_or_default()
+        });
+        let mut problem = None;
+        match on_disk {
+            Some(h) if h == who.run_hash => {}
+            Some(_) if !retrain_invalid => {
+                problem = Some(format!(
+                    "{} is not the plan's run.json for this run (another run's, or edited); nothing was trained from it here: `sweep run SPEC --retrain-invalid` replaces it and trains the run",
+                    run_json.display()
+                ));
+            }
+            _ => {
+                let json = serde_json::to_vec_pretty(&plan.run_file(r))?;
+                write_atomic(&run_json, |w| w.write_all(&json))
+                    .with_context(|| format!("writing {}", run_json.display()))?;
+            }
         }
         runs.push(LocalRun {
             id: r.id.clone(),
             dir: run_dir,
+            who,
+            problem,
         });
     }
     Ok(runs)
@@ -51,19 +79,22 @@ fn execute_locally(
     jobs: Option<usize>,
     threads: Option<usize>,
     retry_failed: bool,
+    retrain_invalid: bool,
 ) -> anyhow::Result<(Plan, Outcome)> {
     let (src, plan) = load_plan(spec, false)?;
     let dir = sweep_dir(g, &plan.name);
     let _lock = SweepLock::acquire(&dir)?;
+    super::guard_replan(&dir, &plan, false)?;
     let mut state =
         SweepState::load(&dir, &plan.name)?.unwrap_or_else(|| SweepState::new(&plan.name));
-    let runs = stage(&dir, &plan, &src.text)?;
+    let runs = stage(&dir, &plan, &src.text, retrain_invalid)?;
     let threads = threads.unwrap_or(1).max(1);
     let exe = LocalExecutor {
         program: std::env::current_exe().context("locating the sweep binary")?,
         parallel: jobs.unwrap_or_else(|| default_parallel(threads)).max(1),
         threads,
         retry_failed,
+        retrain_invalid,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -103,8 +134,14 @@ fn outcome_error(plan: &Plan, spec: &Path, g: &GlobalArgs, o: &Outcome) -> anyho
 
 /// `sweep run SPEC`: plan + run locally + wait + report.
 pub fn run(g: &GlobalArgs, args: &RunArgs) -> anyhow::Result<()> {
-    let (plan, outcome) =
-        execute_locally(g, &args.spec, args.jobs, args.threads, args.retry_failed)?;
+    let (plan, outcome) = execute_locally(
+        g,
+        &args.spec,
+        args.jobs,
+        args.threads,
+        args.retry_failed,
+        args.retrain_invalid,
+    )?;
     if !outcome.interrupted {
         // Report what there is, failed runs included (the report lists them).
         super::report::run(
@@ -125,7 +162,7 @@ pub fn submit(g: &GlobalArgs, args: &SubmitArgs) -> anyhow::Result<()> {
     if args.install {
         return Err(UsageError("--install needs --cluster NAME".into()).into());
     }
-    let (plan, outcome) = execute_locally(g, &args.spec, None, None, args.retry_failed)?;
+    let (plan, outcome) = execute_locally(g, &args.spec, None, None, args.retry_failed, false)?;
     outcome_error(&plan, &args.spec, g, &outcome)
 }
 
@@ -147,29 +184,31 @@ pub fn status(g: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<()> {
     } else {
         super::slurm::status_refresh(g, &plan)?
     };
-    let ids: Vec<String> = plan.runs.iter().map(|r| r.id.clone()).collect();
+    let who: Vec<RunIdentity> = plan
+        .runs
+        .iter()
+        .map(|r| RunIdentity::of(&plan, r))
+        .collect();
     let state = if args.rebuild {
         let _lock = SweepLock::acquire(&dir)?;
-        let s = SweepState::rebuild(&dir, &plan.name, &ids);
+        let s = SweepState::rebuild(&dir, &plan.name, &who);
         s.save(&dir)?;
         s
     } else {
         SweepState::load(&dir, &plan.name)?.unwrap_or_else(|| SweepState::new(&plan.name))
     };
-    let rows: Vec<StatusRow> = ids
+    let rows: Vec<StatusRow> = who
         .iter()
-        .map(|id| {
-            let rec = state.runs.get(id);
-            // A result on disk wins: it may have arrived after the state was written.
-            let st = result_state(&dir.join("runs").join(id))
-                .filter(|s| s.is_final())
-                .or(rec.map(|r| r.state))
-                .unwrap_or(JobState::Pending);
+        .map(|w| {
+            let rec = state.runs.get(&w.id);
+            // A result on disk wins: it may have arrived after the state was written; one that
+            // is not this run's is invalid, never completed.
+            let (st, detail) = reconcile(rec, result_state(&dir.join("runs").join(&w.id), w));
             StatusRow {
-                id: id.clone(),
+                id: w.id.clone(),
                 state: st,
                 attempts: rec.map_or(0, |r| r.attempts),
-                detail: rec.and_then(|r| r.detail.clone()),
+                detail,
             }
         })
         .collect();

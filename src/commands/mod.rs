@@ -86,7 +86,17 @@ fn train(g: &GlobalArgs, args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
     if let Some(device) = &args.device {
         opts.device = device.clone();
     }
-    opts.min_step = args.min_step_ms.map(std::time::Duration::from_millis);
+    // SWEEP_MIN_STEP_MS reaches trainers that an executor starts (`sweep run`), for drills.
+    let min_step_ms = match (args.min_step_ms, std::env::var("SWEEP_MIN_STEP_MS")) {
+        (Some(ms), _) => Some(ms),
+        (None, Ok(v)) => Some(v.trim().parse::<u64>().map_err(|_| {
+            UsageError(format!(
+                "SWEEP_MIN_STEP_MS={v}: give whole milliseconds (or unset it)"
+            ))
+        })?),
+        (None, Err(_)) => None,
+    };
+    opts.min_step = min_step_ms.map(std::time::Duration::from_millis);
     // Slurm sends SIGTERM before a time limit or preemption (and SIGUSR1 with --signal): stop
     // after the current step with a checkpoint, so that the requeued job resumes.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -95,8 +105,26 @@ fn train(g: &GlobalArgs, args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
             .with_context(|| format!("installing the handler of signal {sig}"))?;
     }
     opts.stop = Some(stop);
+    opts.retrain = args.force;
+    let dir = args.run.parent().unwrap_or(Path::new("."));
+    let already = !args.force
+        && crate::train::read_run_file_hashed(&args.run)
+            .ok()
+            .and_then(|(run, h)| crate::train::finished_result(dir, &run, &h))
+            .is_some();
     let result = crate::train::train(&args.run, &opts)
         .with_context(|| format!("training {}", args.run.display()))?;
+    if already {
+        eprintln!(
+            "{}: already {} ({} kept as it is); `sweep train --force` trains it again from scratch",
+            result.id,
+            match result.status {
+                crate::train::outputs::RunStatus::Diverged => "diverged",
+                _ => "completed",
+            },
+            dir.join("result.json").display()
+        );
+    }
     for note in &result.notes {
         eprintln!("{}: {note}", result.id);
     }
@@ -193,7 +221,10 @@ fn noop_train(run: &Path) -> anyhow::Result<()> {
     }
     let text =
         std::fs::read_to_string(run).with_context(|| format!("reading {}", run.display()))?;
-    let ids: Ids = serde_json::from_str(&text)
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a run.json", run.display()))?;
+    let run_hash = crate::plan::run::run_hash(&value);
+    let ids: Ids = serde_json::from_value(value)
         .with_context(|| format!("{}: not a run.json", run.display()))?;
     let result = crate::results::RunResult {
         schema: crate::results::RESULT_SCHEMA,
@@ -214,6 +245,7 @@ fn noop_train(run: &Path) -> anyhow::Result<()> {
         device: None,
         notes: vec![],
         resumed_from: Vec::new(),
+        run_hash: Some(run_hash),
     };
     let path = run.parent().unwrap_or(Path::new(".")).join("result.json");
     let json = serde_json::to_vec_pretty(&result)?;
@@ -278,4 +310,43 @@ pub fn previous_run_ids(path: &Path) -> anyhow::Result<Option<Vec<String>>> {
         }
     }
     Ok(Some(ids))
+}
+
+/// Refuse to replace the plan of a results folder when the new plan drops runs that finished
+/// there (a copied spec that kept its `name`, say): their results would leave the report.
+/// `force` (`sweep plan --force`) replaces it anyway; the finished runs stay on disk.
+pub fn guard_replan(dir: &Path, plan: &Plan, force: bool) -> anyhow::Result<()> {
+    if force {
+        return Ok(());
+    }
+    let Some(previous) = previous_run_ids(&dir.join("plan.jsonl"))? else {
+        return Ok(());
+    };
+    let current: std::collections::HashSet<&str> =
+        plan.runs.iter().map(|r| r.id.as_str()).collect();
+    let dropped = previous
+        .iter()
+        .filter(|id| !current.contains(id.as_str()))
+        .filter(|id| {
+            crate::results::read_result(&dir.join("runs").join(id).join("result.json")).is_ok_and(
+                |r| {
+                    matches!(
+                        r.status,
+                        crate::results::RunStatus::Completed | crate::results::RunStatus::Diverged
+                    )
+                },
+            )
+        })
+        .count();
+    if dropped > 0 {
+        return Err(UsageError(format!(
+            "{} holds {dropped} finished run{} of sweep `{}` that this plan drops (it was planned from the spec copied in {}): give this spec a `name` of its own (a copied spec needs one), use another --results folder, or `sweep plan SPEC --force` to replace the plan (the finished runs stay on disk, out of the report)",
+            dir.display(),
+            if dropped == 1 { "" } else { "s" },
+            plan.name,
+            dir.join("spec.toml").display()
+        ))
+        .into());
+    }
+    Ok(())
 }

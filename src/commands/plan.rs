@@ -117,6 +117,9 @@ pub fn run(g: &GlobalArgs, args: &PlanArgs) -> anyhow::Result<()> {
         .into());
     }
     let dir = sweep_dir(g, &plan.name);
+    if !args.dry_run {
+        super::guard_replan(&dir, &plan, args.force)?;
+    }
     let plan_file = dir.join("plan.jsonl");
     let previous = previous_run_ids(&plan_file)?;
     let change = previous.as_ref().map(|prev| {

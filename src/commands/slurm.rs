@@ -19,7 +19,7 @@ use crate::executor::slurm::{check_version, connect, SlurmError};
 use crate::executor::state::{result_state, SweepLock, SweepState};
 use crate::executor::JobState;
 use crate::plan::{MethodConfig, Plan};
-use crate::results::{ADAPTER_DIR, ADAPTER_FILES, ADAPTER_WEIGHTS};
+use crate::results::{RunIdentity, ADAPTER_DIR, ADAPTER_FILES, ADAPTER_WEIGHTS};
 use crate::util::write_atomic;
 
 /// Seconds after a batch was journaled before an unconfirmed chunk of it is taken as never
@@ -43,10 +43,14 @@ fn submitted(dir: &Path) -> anyhow::Result<Option<Journal>> {
     Ok(Journal::load(dir)?.filter(|j| !j.batches.is_empty()))
 }
 
-/// Mark runs with a final result.json here (collected earlier) as final in the state.
+/// Mark runs with a final result.json here (collected earlier) as final in the state, and
+/// those whose result.json here is not theirs as invalid.
 fn local_results(dir: &Path, plan: &Plan, state: &mut SweepState, j: &Journal) {
     for r in &plan.runs {
-        if let Some(s) = result_state(&dir.join("runs").join(&r.id)).filter(|s| s.is_final()) {
+        let who = RunIdentity::of(plan, r);
+        if let Some((s, detail)) = result_state(&dir.join("runs").join(&r.id), &who)
+            .filter(|(s, _)| s.is_final() || *s == JobState::Invalid)
+        {
             let rec = state.runs.entry(r.id.clone()).or_insert_with(|| {
                 crate::executor::state::RunRecord {
                     state: s,
@@ -57,6 +61,7 @@ fn local_results(dir: &Path, plan: &Plan, state: &mut SweepState, j: &Journal) {
                 }
             });
             rec.state = s;
+            rec.detail = detail;
         }
     }
 }
@@ -98,6 +103,7 @@ pub fn submit(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
     let (src, plan) = load_plan(&args.spec, false)?;
     let dir = sweep_dir(g, &plan.name);
     let _lock = SweepLock::acquire(&dir)?;
+    super::guard_replan(&dir, &plan, false)?;
     let mut state =
         SweepState::load(&dir, &plan.name)?.unwrap_or_else(|| SweepState::new(&plan.name));
     let mut j = match Journal::load(&dir)? {
@@ -322,7 +328,8 @@ pub fn collect(g: &GlobalArgs, args: &CollectArgs) -> anyhow::Result<()> {
     for r in &plan.runs {
         let local = dir.join("runs").join(&r.id);
         let rd = join(&j.remote_dir, &format!("runs/{}", r.id));
-        if result_state(&local).is_some_and(|s| s.is_final()) {
+        let who = RunIdentity::of(&plan, r);
+        if result_state(&local, &who).is_some_and(|(s, _)| s.is_final()) {
             have += 1;
         } else {
             if !probe.results.contains_key(&r.id) {
@@ -331,9 +338,23 @@ pub fn collect(g: &GlobalArgs, args: &CollectArgs) -> anyhow::Result<()> {
             let Some(result) = t.download(&join(&rd, "result.json"))? else {
                 continue;
             };
-            if let Err(e) = serde_json::from_slice::<crate::results::RunResult>(&result) {
-                bad.push(format!("{}: incomplete result.json ({e})", r.id));
-                continue;
+            match serde_json::from_slice::<crate::results::RunResult>(&result) {
+                Err(e) => {
+                    bad.push(format!("{}: incomplete result.json ({e})", r.id));
+                    continue;
+                }
+                Ok(res)
+                    if res.id != who.id
+                        || res.config_id != who.config_id
+                        || res.run_hash.as_deref() != Some(who.run_hash.as_str()) =>
+                {
+                    bad.push(format!(
+                        "{}: the cluster's result.json is not this run's (run {}, config {}): not collected",
+                        r.id, res.id, res.config_id
+                    ));
+                    continue;
+                }
+                Ok(_) => {}
             }
             if let Some(m) = t.download(&join(&rd, "metrics.jsonl"))? {
                 write_atomic(&local.join("metrics.jsonl"), |w| w.write_all(&m))?;
@@ -347,7 +368,7 @@ pub fn collect(g: &GlobalArgs, args: &CollectArgs) -> anyhow::Result<()> {
         );
         if args.adapters
             && lora
-            && result_state(&local) == Some(JobState::Completed)
+            && result_state(&local, &who).is_some_and(|(s, _)| s == JobState::Completed)
             && !local.join(ADAPTER_DIR).join(ADAPTER_WEIGHTS).exists()
         {
             if collect_adapter(t.as_mut(), &join(&rd, ADAPTER_DIR), &local)? {

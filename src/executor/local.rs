@@ -8,8 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::state::{result_state, RunRecord, StateError, SweepState};
+use super::state::{reconcile, result_state, RunRecord, StateError, SweepState};
 use super::{Event, EventSink, JobState};
+use crate::results::RunIdentity;
+use crate::run_lock::RunLock;
 
 /// One run to execute: its id and its folder (holding run.json).
 #[derive(Debug, Clone, PartialEq)]
@@ -18,6 +20,10 @@ pub struct LocalRun {
     pub id: String,
     /// Run folder.
     pub dir: PathBuf,
+    /// What its result.json must say to be counted as its result.
+    pub who: RunIdentity,
+    /// Why the folder cannot be trained as it is (its run.json is not the plan's), if so.
+    pub problem: Option<String>,
 }
 
 /// Settings of the local executor.
@@ -31,6 +37,9 @@ pub struct LocalExecutor {
     pub threads: usize,
     /// Rerun runs that failed before (else they are reported and left).
     pub retry_failed: bool,
+    /// Train runs whose result cannot be counted ([`JobState::Invalid`]) again, from scratch
+    /// (else they are reported and left as they are).
+    pub retrain_invalid: bool,
 }
 
 /// How a local execution ended.
@@ -44,7 +53,7 @@ pub struct Outcome {
 
 struct Active {
     id: String,
-    dir: PathBuf,
+    run: LocalRun,
     child: Child,
     started: Instant,
 }
@@ -70,7 +79,6 @@ impl LocalExecutor {
         let t0 = Instant::now();
         // Reconcile with the run folders: a result on disk wins over the recorded state.
         for r in runs {
-            let on_disk = result_state(&r.dir);
             let rec = state.runs.entry(r.id.clone()).or_insert_with(|| RunRecord {
                 state: JobState::Pending,
                 attempts: 0,
@@ -78,11 +86,19 @@ impl LocalExecutor {
                 job_id: None,
                 detail: None,
             });
-            match on_disk {
-                Some(s) if s.is_final() => rec.state = s,
-                // A run left running by a killed executor is resumable: its checkpoint is on disk.
-                _ if rec.state == JobState::Running => rec.state = JobState::Pending,
-                _ => {}
+            let (st, detail) = reconcile(Some(rec), result_state(&r.dir, &r.who));
+            rec.state = st;
+            rec.detail = detail;
+            if let Some(p) = &r.problem {
+                rec.state = JobState::Invalid;
+                rec.detail = Some(p.clone());
+            }
+            if rec.state == JobState::Invalid && self.retrain_invalid && r.problem.is_none() {
+                reset_outputs(&r.dir).map_err(|e| {
+                    StateError::Io(format!("clearing {} to retrain it: {e}", r.dir.display()))
+                })?;
+                rec.state = JobState::Pending;
+                rec.detail = None;
             }
         }
         state.save(sweep_dir)?;
@@ -91,9 +107,30 @@ impl LocalExecutor {
             .filter(|r| {
                 let s = state.runs[&r.id].state;
                 !s.is_final()
+                    && s != JobState::Invalid
                     && (self.retry_failed || !matches!(s, JobState::Failed | JobState::OutOfMemory))
             })
             .collect();
+        for r in runs {
+            let rec = &state.runs[&r.id];
+            let why = match rec.state {
+                JobState::Invalid => rec.detail.clone().unwrap_or_default(),
+                JobState::Failed | JobState::OutOfMemory if !self.retry_failed => format!(
+                    "{} before{}; `--retry-failed` runs it again",
+                    rec.state.name(),
+                    rec.detail
+                        .as_deref()
+                        .map(|d| format!(" ({d})"))
+                        .unwrap_or_default()
+                ),
+                _ => continue,
+            };
+            sink.emit(&Event::RunSkipped {
+                id: r.id.clone(),
+                state: rec.state,
+                detail: why,
+            });
+        }
         queue.reverse();
         let done = runs
             .iter()
@@ -108,6 +145,7 @@ impl LocalExecutor {
 
         let mut active: Vec<Active> = Vec::new();
         let mut interrupted = false;
+        let mut waiting = std::collections::HashSet::new();
         loop {
             if stop.load(Ordering::SeqCst) && !interrupted {
                 interrupted = true;
@@ -115,8 +153,28 @@ impl LocalExecutor {
                     signal_group(&a.child, libc::SIGTERM);
                 }
             }
+            let mut deferred: Vec<&LocalRun> = Vec::new();
             while !interrupted && active.len() < self.parallel {
                 let Some(r) = queue.pop() else { break };
+                // A trainer of this run still lives (one a killed executor left, or a
+                // `sweep train` started by hand): never a second one; try again later.
+                if let Some(pid) = RunLock::holder(&r.dir) {
+                    if waiting.insert(r.id.clone()) {
+                        sink.emit(&Event::RunWaiting {
+                            id: r.id.clone(),
+                            detail: format!(
+                                "another trainer{} still trains it; it starts when that one ends",
+                                if pid.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(" (pid {pid})")
+                                }
+                            ),
+                        });
+                    }
+                    deferred.push(r);
+                    continue;
+                }
                 let rec = state
                     .runs
                     .get_mut(&r.id)
@@ -135,7 +193,7 @@ impl LocalExecutor {
                         });
                         active.push(Active {
                             id: r.id.clone(),
-                            dir: r.dir.clone(),
+                            run: r.clone(),
                             child,
                             started: Instant::now(),
                         });
@@ -153,6 +211,7 @@ impl LocalExecutor {
                     }
                 }
             }
+            queue.extend(deferred);
             if active.is_empty() && (queue.is_empty() || interrupted) {
                 break;
             }
@@ -168,7 +227,7 @@ impl LocalExecutor {
                     continue;
                 };
                 let a = active.swap_remove(i);
-                let (st, detail) = classify(&a.dir, status);
+                let (st, detail) = classify(&a.run, status);
                 let rec = state
                     .runs
                     .get_mut(&a.id)
@@ -208,29 +267,52 @@ impl LocalExecutor {
         let log2 = log
             .try_clone()
             .map_err(|e| format!("{}: {e}", log_path.display()))?;
-        Command::new(&self.program)
-            .arg("train")
+        let parent = std::process::id();
+        let mut cmd = Command::new(&self.program);
+        cmd.arg("train")
             .arg(r.dir.join("run.json"))
             .arg("--threads")
             .arg(self.threads.to_string())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
-            .process_group(0)
-            .spawn()
+            .process_group(0);
+        // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid, kill).
+        unsafe {
+            cmd.pre_exec(move || {
+                // The trainer is told to checkpoint and stop (SIGTERM) when this process dies,
+                // however it dies (kill -9 included): no orphan trains on.
+                #[cfg(target_os = "linux")]
+                {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
+                }
+                if libc::getppid() as u32 != parent {
+                    libc::kill(libc::getpid(), libc::SIGTERM);
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.program.display()))
+    }
+}
+
+/// Clear a run folder for a fresh start, keeping run.json; the old log goes too.
+fn reset_outputs(dir: &Path) -> std::io::Result<()> {
+    crate::results::clear_outputs(dir)?;
+    match std::fs::remove_file(dir.join("train.log")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
 /// The state of a run whose process ended: its result.json decides; without one, a signal or
 /// an exit of 0/130/143 means it was stopped (resumable), anything else that it failed.
-fn classify(dir: &Path, status: std::process::ExitStatus) -> (JobState, Option<String>) {
+fn classify(r: &LocalRun, status: std::process::ExitStatus) -> (JobState, Option<String>) {
     use std::os::unix::process::ExitStatusExt;
-    if let Some(s) = result_state(dir) {
-        let detail = crate::results::read_result(&dir.join("result.json"))
-            .ok()
-            .and_then(|r| r.error);
-        return (s, detail);
+    let dir = &r.dir;
+    if let Some(found) = result_state(dir, &r.who) {
+        return found;
     }
     let log = dir.join("train.log");
     match (status.code(), status.signal()) {
@@ -287,6 +369,15 @@ mod tests {
     use super::*;
     use crate::executor::render::TextRenderer;
 
+    /// What the fake's results say of themselves.
+    fn fake_identity() -> RunIdentity {
+        RunIdentity {
+            id: "x".into(),
+            config_id: "x".into(),
+            run_hash: "h".into(),
+        }
+    }
+
     /// A fake `sweep` that follows the protocol: it writes result.json, fails, or hangs.
     fn fake_program(dir: &Path) -> PathBuf {
         let p = dir.join("fake-sweep");
@@ -295,7 +386,7 @@ mod tests {
             r#"#!/bin/sh
 run="$2"; d=$(dirname "$run")
 case "$(cat "$run")" in
-  *ok*) printf '{"schema":1,"id":"x","config_id":"x","status":"completed","step":1,"tokens":1,"total_steps":1,"final_train_loss":1.0,"evals":[],"metrics_not_measured":[],"trainable_params":1,"total_params":1,"wall_s":0.1,"peak_rss_kib":null}' > "$d/result.json"; echo trained >> "$d/count" ;;
+  *ok*) printf '{"schema":1,"id":"x","config_id":"x","status":"completed","step":1,"tokens":1,"total_steps":1,"final_train_loss":1.0,"evals":[],"metrics_not_measured":[],"trainable_params":1,"total_params":1,"wall_s":0.1,"peak_rss_kib":null,"run_hash":"h"}' > "$d/result.json"; echo trained >> "$d/count" ;;
   *fail*) echo "error: something broke" >&2; exit 1 ;;
   *hang*) trap 'exit 143' TERM; while true; do sleep 0.05; done ;;
 esac
@@ -319,6 +410,8 @@ esac
                 LocalRun {
                     id: format!("r{i}"),
                     dir: d,
+                    who: fake_identity(),
+                    problem: None,
                 }
             })
             .collect();
@@ -327,6 +420,7 @@ esac
             parallel: 2,
             threads: 1,
             retry_failed: false,
+            retrain_invalid: false,
         };
         (dir, runs, exe)
     }

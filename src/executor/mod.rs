@@ -33,11 +33,14 @@ pub enum JobState {
     Cancelled,
     /// The loss diverged: a result, kept and never retried by default.
     Diverged,
+    /// Its result.json cannot be counted: unreadable, of a newer schema, or another run's.
+    /// Kept as it is; `sweep run --retrain-invalid` trains the run again.
+    Invalid,
 }
 
 impl JobState {
     /// Every state, in display order.
-    pub const ALL: [JobState; 10] = [
+    pub const ALL: [JobState; 11] = [
         JobState::Pending,
         JobState::Running,
         JobState::Completed,
@@ -48,6 +51,7 @@ impl JobState {
         JobState::NodeFail,
         JobState::OutOfMemory,
         JobState::Cancelled,
+        JobState::Invalid,
     ];
 
     /// The snake_case name.
@@ -63,6 +67,7 @@ impl JobState {
             JobState::OutOfMemory => "out_of_memory",
             JobState::Cancelled => "cancelled",
             JobState::Diverged => "diverged",
+            JobState::Invalid => "invalid",
         }
     }
 
@@ -93,6 +98,23 @@ pub enum Event {
         id: String,
         /// Attempt number, from 1.
         attempt: u32,
+    },
+    /// A run is left untrained: its result cannot be counted, or it failed before and failed
+    /// runs are not retried unless asked.
+    RunSkipped {
+        /// Run id.
+        id: String,
+        /// Its state.
+        state: JobState,
+        /// Why, and how to train it.
+        detail: String,
+    },
+    /// A run waits: its folder's trainer from before still lives.
+    RunWaiting {
+        /// Run id.
+        id: String,
+        /// Why it waits.
+        detail: String,
     },
     /// A run ended.
     RunEnded {

@@ -53,6 +53,11 @@ impl<W: Write> EventSink for TextRenderer<W> {
                     }
                 )
             }),
+            Event::RunSkipped { id, state, detail } => {
+                Some(format!("{id} not trained ({}): {detail}", state.name()))
+            }
+            Event::RunWaiting { id, detail } => (!self.quiet)
+                .then(|| format!("[{}/{}] {id} waits: {detail}", self.ended, self.total)),
             Event::RunEnded {
                 id,
                 state,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::JobState;
-use crate::results::{read_result, ResultError, RunStatus};
+use crate::results::{read_result_of, ResultError, RunIdentity, RunStatus};
 use crate::util::write_atomic;
 
 /// Layout version of state.json.
@@ -163,18 +163,19 @@ impl SweepState {
 
     /// Rebuild the state from the run folders (`runs/ID/result.json`), for `--rebuild` after a
     /// corrupt state file. Runs without a result are pending.
-    pub fn rebuild(dir: &Path, sweep: &str, ids: &[String]) -> SweepState {
+    pub fn rebuild(dir: &Path, sweep: &str, runs: &[RunIdentity]) -> SweepState {
         let mut s = SweepState::new(sweep);
-        for id in ids {
-            let state = result_state(&dir.join("runs").join(id)).unwrap_or(JobState::Pending);
+        for who in runs {
+            let (state, detail) = result_state(&dir.join("runs").join(&who.id), who)
+                .unwrap_or((JobState::Pending, None));
             s.runs.insert(
-                id.clone(),
+                who.id.clone(),
                 RunRecord {
                     state,
                     attempts: 0,
                     backend: "local".into(),
                     job_id: None,
-                    detail: None,
+                    detail,
                 },
             );
         }
@@ -182,17 +183,53 @@ impl SweepState {
     }
 }
 
-/// The state a run folder's result.json says the run is in (None without a result).
-pub fn result_state(run_dir: &Path) -> Option<JobState> {
-    match read_result(&run_dir.join("result.json")) {
-        Ok(r) => Some(match r.status {
-            RunStatus::Completed => JobState::Completed,
-            RunStatus::Diverged => JobState::Diverged,
-            RunStatus::Failed => JobState::Failed,
-            RunStatus::Interrupted => JobState::Cancelled,
-        }),
+/// A run's state from what was recorded and what its folder holds (see [`result_state`]): a
+/// final or invalid result on disk wins; a run recorded final here whose result.json is gone
+/// is invalid (never counted, never silently retrained); an invalid run stays invalid until
+/// it is retrained on request; a run left running by a killed executor is pending again (its
+/// checkpoint is on disk).
+pub fn reconcile(
+    rec: Option<&RunRecord>,
+    on_disk: Option<(JobState, Option<String>)>,
+) -> (JobState, Option<String>) {
+    match (on_disk, rec) {
+        (Some((s, d)), _) if s.is_final() || s == JobState::Invalid => (s, d),
+        (None, Some(r)) if r.state.is_final() && r.backend == "local" => (
+            JobState::Invalid,
+            Some(format!(
+                "result.json is gone, though the run {} here (`sweep run SPEC --retrain-invalid` trains it again)",
+                r.state.name()
+            )),
+        ),
+        (_, Some(r)) if r.state == JobState::Running && r.backend == "local" => {
+            (JobState::Pending, r.detail.clone())
+        }
+        (_, Some(r)) => (r.state, r.detail.clone()),
+        (_, None) => (JobState::Pending, None),
+    }
+}
+
+/// The state a run folder's result.json puts run `who` in, with its detail: None without a
+/// result; [`JobState::Invalid`] (and why, and the fix) for one that cannot be counted as this
+/// run's.
+pub fn result_state(run_dir: &Path, who: &RunIdentity) -> Option<(JobState, Option<String>)> {
+    match read_result_of(&run_dir.join("result.json"), who) {
+        Ok(r) => Some((
+            match r.status {
+                RunStatus::Completed => JobState::Completed,
+                RunStatus::Diverged => JobState::Diverged,
+                RunStatus::Failed => JobState::Failed,
+                RunStatus::Interrupted => JobState::Cancelled,
+            },
+            r.error,
+        )),
         Err(ResultError::Missing(_)) => None,
-        Err(ResultError::Corrupt { .. }) => Some(JobState::Failed),
+        Err(e) => Some((
+            JobState::Invalid,
+            Some(format!(
+                "{e} (kept as it is; `sweep run SPEC --retrain-invalid` trains the run again)"
+            )),
+        )),
     }
 }
 
@@ -212,6 +249,48 @@ mod tests {
         );
         drop(lock);
         SweepLock::acquire(dir.path()).unwrap();
+    }
+
+    fn record(state: JobState, backend: &str) -> RunRecord {
+        RunRecord {
+            state,
+            attempts: 1,
+            backend: backend.into(),
+            job_id: None,
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn the_folder_decides_and_a_vanished_result_is_invalid() {
+        let done = Some((JobState::Completed, None));
+        let bad = Some((JobState::Invalid, Some("not this run's".to_string())));
+        let local = |s| record(s, "local");
+        assert_eq!(reconcile(None, None).0, JobState::Pending);
+        assert_eq!(
+            reconcile(Some(&local(JobState::Failed)), done.clone()).0,
+            JobState::Completed
+        );
+        assert_eq!(
+            reconcile(Some(&local(JobState::Completed)), bad.clone()).0,
+            JobState::Invalid
+        );
+        // Completed here, result.json gone since: invalid, not pending (never silently retrained).
+        let (st, d) = reconcile(Some(&local(JobState::Completed)), None);
+        assert_eq!(st, JobState::Invalid);
+        assert!(d.unwrap().contains("result.json is gone"));
+        // On a cluster the result is there until collected.
+        let remote = record(JobState::Completed, "slurm:dev");
+        assert_eq!(reconcile(Some(&remote), None).0, JobState::Completed);
+        // Invalid stays invalid while its file is gone; a killed executor's running run resumes.
+        assert_eq!(
+            reconcile(Some(&local(JobState::Invalid)), None).0,
+            JobState::Invalid
+        );
+        assert_eq!(
+            reconcile(Some(&local(JobState::Running)), None).0,
+            JobState::Pending
+        );
     }
 
     #[test]

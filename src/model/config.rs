@@ -45,6 +45,50 @@ fn default_rope_theta() -> f64 {
     10_000.0
 }
 
+/// The `model_type`s of config.json that this model code computes exactly.
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama"];
+
+/// Check a Hugging Face model folder before anything is loaded from it, so that each problem
+/// is named as what it is: a missing folder, a config.json that is missing or not JSON, or a
+/// `model_type` this model code does not compute (refused, never loaded as another model).
+/// Returns the config.json text.
+pub fn check_hf_dir(dir: &std::path::Path) -> Result<String, String> {
+    if !dir.exists() {
+        return Err(format!(
+            "{}: no such folder: point model.hf at a Hugging Face model folder (config.json, *.safetensors, tokenizer.json)",
+            dir.display()
+        ));
+    }
+    if !dir.is_dir() {
+        return Err(format!(
+            "{}: not a folder: model.hf is a Hugging Face model folder (for a .gguf file use model.gguf)",
+            dir.display()
+        ));
+    }
+    let path = dir.join("config.json");
+    let text =
+        crate::util::read_regular_text(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{}: not JSON ({e}); it should be the model's config.json",
+            path.display()
+        )
+    })?;
+    if !v.is_object() {
+        return Err(format!("{}: not a JSON object", path.display()));
+    }
+    if let Some(t) = v.get("model_type").and_then(|t| t.as_str()) {
+        if !SUPPORTED_MODEL_TYPES.contains(&t) {
+            return Err(format!(
+                "{}: model_type `{t}` is not supported (supported: {}); it would not be computed as that model",
+                path.display(),
+                SUPPORTED_MODEL_TYPES.join(", ")
+            ));
+        }
+    }
+    Ok(text)
+}
+
 /// The names of the builtin shapes, for error messages and `--help`.
 pub const BUILTIN_SHAPES: &[&str] = &["tiny", "small", "smollm2-135m", "llama-1b", "llama2-7b"];
 

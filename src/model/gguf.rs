@@ -453,7 +453,7 @@ pub struct GgufFile {
 impl GgufFile {
     /// Read and parse a file.
     pub fn open(path: &Path) -> Result<GgufFile, GgufError> {
-        let bytes = std::fs::read(path).map_err(|source| GgufError::Io {
+        let bytes = crate::util::read_regular_file(path).map_err(|source| GgufError::Io {
             path: path.to_path_buf(),
             source,
         })?;

@@ -382,8 +382,7 @@ impl Llama {
             path: dir.display().to_string(),
             msg,
         };
-        let text = std::fs::read_to_string(dir.join("config.json"))
-            .map_err(|e| load_err(format!("config.json: {e}")))?;
+        let text = super::config::check_hf_dir(dir).map_err(ModelError::Config)?;
         let cfg: LlamaConfig =
             serde_json::from_str(&text).map_err(|e| load_err(format!("config.json: {e}")))?;
         let mut files: Vec<_> = std::fs::read_dir(dir)
@@ -392,6 +391,13 @@ impl Llama {
             .filter(|p| p.extension().and_then(|x| x.to_str()) == Some("safetensors"))
             .collect();
         files.sort();
+        // libtorch would block on a FIFO or read a device forever.
+        if let Some(f) = files.iter().find(|f| !f.is_file()) {
+            return Err(load_err(format!(
+                "{}: not a regular file: give the weights as files",
+                f.display()
+            )));
+        }
         if files.is_empty() {
             return Err(load_err("no *.safetensors files".into()));
         }

@@ -186,6 +186,23 @@ pub struct RunFile {
     pub point: Point,
 }
 
+/// sha256 (hex) of a run file's JSON value (key order and formatting do not matter): what
+/// result.json records as `run_hash`, so that a result is checked against the run the plan
+/// says it is.
+pub fn run_hash(value: &serde_json::Value) -> String {
+    Sha256::digest(serde_json::to_vec(value).unwrap_or_default())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl RunFile {
+    /// [`run_hash`] of this run file.
+    pub fn hash(&self) -> String {
+        run_hash(&serde_json::to_value(self).unwrap_or_default())
+    }
+}
+
 /// The config id of a point: the first 10 hex digits of
 /// sha256(sha256(shared config JSON) || point JSON). Stable across key order and formatting of
 /// the spec, since both are hashed after parsing; changed by anything that changes training.

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::{ReportInput, RunData};
 use crate::plan::RunFile;
-use crate::results::{read_result, ResultError};
+use crate::results::{read_result_of, ResultError, RunIdentity};
 
 /// Why a results folder cannot be reported.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +51,12 @@ pub fn load(dir: &Path) -> Result<ReportInput, LoadError> {
             wall_s: 0.0,
             error: None,
         };
-        match read_result(&dir.join("runs").join(&rf.id).join("result.json")) {
+        let who = RunIdentity {
+            id: rf.id.clone(),
+            config_id: rf.config_id.clone(),
+            run_hash: rf.hash(),
+        };
+        match read_result_of(&dir.join("runs").join(&rf.id).join("result.json"), &who) {
             Ok(r) => {
                 run.status = Some(r.status);
                 run.evals = r.evals;
@@ -62,6 +67,10 @@ pub fn load(dir: &Path) -> Result<ReportInput, LoadError> {
             Err(ResultError::Missing(_)) => {}
             Err(ResultError::Corrupt { reason, .. }) => {
                 input.unreadable.push((rf.id.clone(), reason))
+            }
+            // Never counted as this run's: listed with the reason, like an unreadable one.
+            Err(e @ (ResultError::NewerSchema { .. } | ResultError::NotThisRun { .. })) => {
+                input.unreadable.push((rf.id.clone(), e.to_string()))
             }
         }
         input.runs.push(run);

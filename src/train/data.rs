@@ -115,7 +115,7 @@ fn is_token_shard(p: &Path) -> bool {
 
 /// The documents of a `.npy` token shard.
 fn read_shard(path: &Path, tok: &Tokenizer) -> Result<Vec<RawDoc>, TrainError> {
-    let bytes = std::fs::read(path)
+    let bytes = crate::util::read_regular_file(path)
         .map_err(|e| TrainError::Data(format!("reading {}: {e}", path.display())))?;
     let ids = super::shards::parse_npy(&bytes, path)?;
     let docs = super::shards::documents(&ids, tok.specials().eos, tok.vocab_size(), path)?;
@@ -176,7 +176,8 @@ pub fn read_documents(
                 out.extend(read_shard(&f, tok)?);
                 continue;
             }
-            let bytes = std::fs::read(&f).map_err(io)?;
+            let bytes = crate::util::read_regular_file(&f)
+                .map_err(|e| TrainError::Data(format!("reading {}: {e}", f.display())))?;
             let text = String::from_utf8_lossy(&bytes).into_owned();
             if !text.trim().is_empty() {
                 out.push(RawDoc::Text(text));
@@ -203,7 +204,7 @@ pub fn read_documents(
         }
         return Ok(docs(out));
     }
-    let text = std::fs::read_to_string(path).map_err(io)?;
+    let text = crate::util::read_regular_text(path).map_err(io)?;
     if path.extension().and_then(|e| e.to_str()) == Some("jsonl") {
         return parse_jsonl(&text, path, regime, spec);
     }

@@ -30,6 +30,7 @@ use crate::model::llama::{BuildOptions, Llama, LoraOptions};
 use crate::model::tokenizer::{Tokenizer, TokenizerError};
 use crate::model::ModelError;
 use crate::plan::run::{MethodConfig, ModelSource, RunFile, RUN_SCHEMA};
+use crate::run_lock::RunLock;
 use crate::spec::values::TokenAmount;
 use crate::spec::{Init, Metric, Precision};
 
@@ -78,6 +79,9 @@ pub enum TrainError {
     /// The requested device is not available.
     #[error("{0}")]
     Device(String),
+    /// Another trainer holds the run.
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// How to run the trainer, besides the run file: resolved from the command line and the
@@ -102,6 +106,9 @@ pub struct TrainOptions {
     /// Every step takes at least this long (the trainer sleeps after a faster one): the same
     /// result, paced, so that tests can aim a signal at a run mid-training on any machine.
     pub min_step: Option<std::time::Duration>,
+    /// Train from scratch even when the run has its own final result (`sweep train --force`):
+    /// its result, metrics, checkpoints and adapter are removed first.
+    pub retrain: bool,
 }
 
 impl TrainOptions {
@@ -126,6 +133,7 @@ impl TrainOptions {
             stop: None,
             device: std::env::var("SWEEP_DEVICE").unwrap_or_else(|_| "auto".into()),
             min_step: None,
+            retrain: false,
         }
     }
 }
@@ -184,17 +192,75 @@ pub fn read_run_file(path: &Path) -> Result<RunFile, TrainError> {
     serde_json::from_value(value).map_err(|e| bad(e.to_string()))
 }
 
-/// Train the run of `run_path`; its folder receives the outputs. A run that fails after its
-/// folder is known also leaves a result.json with status `failed`.
+/// [`read_run_file`] and the [`crate::plan::run::run_hash`] of what it read.
+pub fn read_run_file_hashed(path: &Path) -> Result<(RunFile, String), TrainError> {
+    let run = read_run_file(path)?;
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::RunFile {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| TrainError::RunFile {
+            path: path.to_path_buf(),
+            msg: format!("not JSON: {e}"),
+        })?;
+    Ok((run, crate::plan::run::run_hash(&value)))
+}
+
+/// The run's own final result (completed or diverged) in `dir`, if it has one: a result of
+/// another run or of another run.json does not count.
+pub fn finished_result(dir: &Path, run: &RunFile, run_hash: &str) -> Option<RunResult> {
+    let who = crate::results::RunIdentity {
+        id: run.id.clone(),
+        config_id: run.config_id.clone(),
+        run_hash: run_hash.to_string(),
+    };
+    crate::results::read_result_of(&dir.join("result.json"), &who)
+        .ok()
+        .filter(|r| matches!(r.status, RunStatus::Completed | RunStatus::Diverged))
+}
+
+/// A run folder inside a sweep's `runs/` is named by its run id: refuse another run's run.json
+/// there, whose results would be filed under the wrong run.
+fn check_folder(run: &RunFile, dir: &Path, run_path: &Path) -> Result<(), TrainError> {
+    let in_runs = dir
+        .parent()
+        .and_then(|p| p.file_name())
+        .is_some_and(|n| n == "runs");
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if in_runs && name != run.id {
+        return Err(TrainError::RunFile {
+            path: run_path.to_path_buf(),
+            msg: format!(
+                "it holds run {}, but its folder is run {name}'s: results would be filed under the wrong run. Put it back with `sweep run SPEC` (which writes each run's run.json), or train it in a folder of its own",
+                run.id
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Train the run of `run_path`; its folder receives the outputs. One trainer per run: the
+/// folder's [`RunLock`] is held throughout, and a second trainer is refused. A run that already
+/// has its own final result is not trained again (that result is returned) unless
+/// `opts.retrain` says to start over. A run that fails leaves a result.json with status
+/// `failed`.
 pub fn train(run_path: &Path, opts: &TrainOptions) -> Result<RunResult, TrainError> {
-    let run = read_run_file(run_path)?;
+    let (run, run_hash) = read_run_file_hashed(run_path)?;
     let dir = run_path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .to_path_buf();
+    check_folder(&run, &dir, run_path)?;
+    let _lock = RunLock::acquire(&dir).map_err(|e| TrainError::Busy(e.to_string()))?;
+    if opts.retrain {
+        crate::results::clear_outputs(&dir).map_err(|e| TrainError::Output(e.to_string()))?;
+    } else if let Some(done) = finished_result(&dir, &run, &run_hash) {
+        return Ok(done);
+    }
     let started = Instant::now();
-    match Trainer::new(&run, &dir, opts).and_then(|t| t.run(started)) {
+    match Trainer::new(&run, &run_hash, &dir, opts).and_then(|t| t.run(started)) {
         Ok(r) => Ok(r),
         Err(e) => {
             let result = RunResult {
@@ -216,6 +282,7 @@ pub fn train(run_path: &Path, opts: &TrainOptions) -> Result<RunResult, TrainErr
                 device: None,
                 notes: Vec::new(),
                 resumed_from: Vec::new(),
+                run_hash: Some(run_hash),
             };
             // The original error matters more than a failure to record it.
             let _ = outputs::write_result(&dir.join("result.json"), &result);
@@ -269,6 +336,7 @@ pub fn build_model(
     let (shape, init) = match &run.shared.model {
         ModelSource::Builtin { shape, init } => (shape.clone(), *init),
         ModelSource::Hf { path } => {
+            crate::model::config::check_hf_dir(path).map_err(ModelError::Config)?;
             let tokenizer = Tokenizer::from_hf_dir(path)?;
             let model = Llama::from_hf_dir(path, &build, device)?;
             check_vocabulary(&tokenizer, &model.cfg, &path.display().to_string())?;
@@ -354,6 +422,8 @@ fn measured(metric: Metric) -> bool {
 /// A prepared run: model, optimizer, data and evaluators.
 struct Trainer<'a> {
     run: &'a RunFile,
+    /// sha256 of the run.json read, for result.json.
+    run_hash: String,
     dir: PathBuf,
     opts: &'a TrainOptions,
     model: Llama,
@@ -376,6 +446,7 @@ struct Trainer<'a> {
 impl<'a> Trainer<'a> {
     fn new(
         run: &'a RunFile,
+        run_hash: &str,
         dir: &Path,
         opts: &'a TrainOptions,
     ) -> Result<Trainer<'a>, TrainError> {
@@ -519,6 +590,7 @@ impl<'a> Trainer<'a> {
             base_eval::BaseEvalCaches::new(dir, run, opts, &files_read, &metrics, &device_name);
         Ok(Trainer {
             run,
+            run_hash: run_hash.to_string(),
             dir: dir.to_path_buf(),
             opts,
             model,
@@ -806,6 +878,7 @@ impl<'a> Trainer<'a> {
             device: Some(self.device_label.clone()),
             notes: self.notes.clone(),
             resumed_from: state.resumed_from,
+            run_hash: Some(self.run_hash.clone()),
         };
         if status != RunStatus::Interrupted {
             outputs::write_result(&self.dir.join("result.json"), &result)?;

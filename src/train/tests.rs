@@ -63,6 +63,7 @@ impl Fixture {
             stop: None,
             device: "cpu".into(),
             min_step: None,
+            retrain: false,
         }
     }
 }
@@ -584,11 +585,17 @@ fn the_base_model_is_evaluated_once_per_sweep() {
         v["token_budget"] = 320.into();
         v["eval_at"] = serde_json::json!([320]);
     };
-    let a = f.run("results/s/runs/a-s0", short);
+    let a = f.run("results/s/runs/a-s0", |v| {
+        short(v);
+        v["id"] = "a-s0".into();
+        v["config_id"] = "a".into();
+    });
     let b = f.run("results/s/runs/b-s0", |v| {
         short(v);
         lora(v);
         v["learning_rate"] = 0.03.into();
+        v["id"] = "b-s0".into();
+        v["config_id"] = "b".into();
     });
     let ra = train(&a, &f.opts()).unwrap();
     let read = |p: &Path| -> base_eval::BaseEvalFile {
@@ -630,6 +637,8 @@ fn the_base_model_is_evaluated_once_per_sweep() {
     let c = f.run("results/s/runs/c-s0", |v| {
         short(v);
         v["evaluation"]["eval_tokens"] = 128.into();
+        v["id"] = "c-s0".into();
+        v["config_id"] = "c".into();
     });
     let rc = train(&c, &f.opts()).unwrap();
     assert_ne!(rc.evals[0].metrics["target_loss"], 123.0);

@@ -12,6 +12,8 @@ pub fn resubmit(state: JobState, attempts: u32, policy: &RetryPolicy, retry_fail
     let within = attempts < policy.max_attempts;
     match state {
         JobState::Completed | JobState::Diverged => false,
+        // A result that cannot be counted is looked at by a person, not resubmitted.
+        JobState::Invalid => false,
         JobState::Pending | JobState::Running => false,
         JobState::Cancelled => true,
         JobState::Failed | JobState::OutOfMemory => {
