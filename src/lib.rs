@@ -10,6 +10,7 @@ pub mod commands;
 pub mod data;
 pub mod executor;
 pub mod fetch;
+pub mod fingerprint;
 pub mod metrics;
 pub mod model;
 pub mod plan;

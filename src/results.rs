@@ -120,6 +120,10 @@ pub struct RunResult {
     /// plan before the result is counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_hash: Option<String>,
+    /// Fingerprints of the files it trained from (base weights, tokenizer, data), by
+    /// `role:path`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, crate::fingerprint::Fingerprint>,
 }
 
 /// What a result.json must say to be the result of one planned run.
@@ -236,5 +240,57 @@ pub fn read_result_of(path: &Path, who: &RunIdentity) -> Result<RunResult, Resul
         None => Err(not(
             "it records no run_hash (written by an older sweep), so it cannot be checked".into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(id: &str, hash: Option<&str>, schema: u32) -> String {
+        serde_json::json!({"schema": schema, "id": id, "config_id": "c", "status": "completed",
+            "step": 1, "tokens": 1, "total_steps": 1, "final_train_loss": null, "evals": [],
+            "metrics_not_measured": [], "trainable_params": 1, "total_params": 1, "wall_s": 0.0,
+            "peak_rss_kib": null, "run_hash": hash})
+        .to_string()
+    }
+
+    #[test]
+    fn a_result_counts_only_for_its_own_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("result.json");
+        let who = RunIdentity {
+            id: "c-s0".into(),
+            config_id: "c".into(),
+            run_hash: "h".into(),
+        };
+        let check = |text: &str| {
+            std::fs::write(&p, text).unwrap();
+            read_result_of(&p, &who)
+        };
+        assert!(check(&result("c-s0", Some("h"), 1)).is_ok());
+        let e = check(&result("d-s0", Some("h"), 1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("it is run d-s0's"), "{e}");
+        let e = check(&result("c-s0", Some("other"), 1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("run.json other than the plan's"), "{e}");
+        let e = check(&result("c-s0", None, 1)).unwrap_err().to_string();
+        assert!(e.contains("records no run_hash"), "{e}");
+        let e = check(&result("c-s0", Some("h"), 7))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("schema 7") && e.contains("newer sweep"), "{e}");
+        assert!(matches!(
+            check("{\"schema\": 1, \"id\""),
+            Err(ResultError::Corrupt { .. })
+        ));
+        std::fs::remove_file(&p).unwrap();
+        assert!(matches!(
+            read_result_of(&p, &who),
+            Err(ResultError::Missing(_))
+        ));
     }
 }

@@ -488,3 +488,127 @@ fn a_first_submit_that_never_reached_the_cluster_binds_nothing() {
         err(&o)
     );
 }
+
+/// A small tmpfs mounted for one test (root only), unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            assert!(
+                std::env::var("SWEEP_TESTS_REQUIRE_SETUP").as_deref() != Ok("1"),
+                "mounting a tmpfs failed, and SWEEP_TESTS_REQUIRE_SETUP=1 (scripts/test, as root) says this test must run"
+            );
+            eprintln!("SKIPPED: mounting a tmpfs needs root");
+            return None;
+        }
+        Some(Tmpfs(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_full_disk_is_one_line_and_leaves_no_partial_checkpoint() {
+    let dir = setup("full", 256);
+    // Room for the run's small files, not for a checkpoint of the ~1M-parameter model.
+    let Some(fs) = Tmpfs::mount("1m") else {
+        return;
+    };
+    let o = sweep(
+        dir.path(),
+        &["--results", fs.0.to_str().unwrap(), "run", "spec.toml"],
+    );
+    assert!(!o.status.success());
+    let run = std::fs::read_dir(fs.0.join("integrity/runs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let log = std::fs::read_to_string(run.join("train.log")).unwrap();
+    let error: Vec<&str> = log.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(error.len(), 1, "one error line: {log}");
+    assert!(
+        error[0].contains("No space left on device")
+            && error[0].contains("partial one was removed"),
+        "{log}"
+    );
+    assert!(log.lines().count() < 10, "no dump: {log}");
+    let left: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "no partial checkpoint: {left:?}");
+}
+
+/// Mistakes in what the user wrote exit 2, runtime failures 1, as the README says.
+#[test]
+fn usage_and_config_errors_exit_2() {
+    let dir = setup("full", 256);
+    std::fs::write(
+        dir.path().join("bad-clusters.toml"),
+        "[clusters.x]\nhost = 1\n",
+    )
+    .unwrap();
+    let o = bin()
+        .args(["submit", "spec.toml", "--cluster", "x"])
+        .current_dir(dir.path())
+        .env("SWEEP_CLUSTERS", dir.path().join("bad-clusters.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "clusters.toml: {}", err(&o));
+    // A device that does not exist.
+    let o = sweep(dir.path(), &["run", "spec.toml"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let run = run_dirs(dir.path()).remove(0);
+    let o = sweep(
+        dir.path(),
+        &[
+            "train",
+            run.join("run.json").to_str().unwrap(),
+            "--force",
+            "--device",
+            "tpu",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "device: {}", err(&o));
+    assert!(
+        err(&o).contains("use auto, cpu, cuda or cuda:N"),
+        "{}",
+        err(&o)
+    );
+    assert_eq!(
+        state_of(dir.path(), &run).0,
+        "completed",
+        "a bad --force loses nothing"
+    );
+    // A spec whose results folder holds another sweep's plan.
+    let plan = dir.path().join("results/integrity/plan.jsonl");
+    let text = std::fs::read_to_string(&plan).unwrap();
+    std::fs::write(
+        &plan,
+        text.replace("\"sweep\":\"integrity\"", "\"sweep\":\"other\""),
+    )
+    .unwrap();
+    let o = sweep(dir.path(), &["report", "spec.toml"]);
+    assert_eq!(o.status.code(), Some(2), "report: {}", err(&o));
+    assert!(
+        err(&o).contains("holds the plan of sweep `other`"),
+        "{}",
+        err(&o)
+    );
+}

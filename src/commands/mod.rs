@@ -35,7 +35,21 @@ pub struct LightBuild {
 
 /// Exit code for an error: 2 for spec and usage errors, 1 for everything else.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
-    if err.downcast_ref::<SpecError>().is_some()
+    // A mistake in what the user wrote (a spec, a flag, clusters.toml, a device name) is a
+    // usage error; everything else is a runtime failure.
+    let config = err
+        .downcast_ref::<crate::executor::slurm::SlurmError>()
+        .is_some_and(|e| matches!(e, crate::executor::slurm::SlurmError::Config(_)))
+        || err
+            .downcast_ref::<crate::executor::slurm::config::ConfigError>()
+            .is_some();
+    #[cfg(feature = "torch")]
+    let config = config
+        || err
+            .downcast_ref::<crate::train::TrainError>()
+            .is_some_and(|e| matches!(e, crate::train::TrainError::Device(_)));
+    if config
+        || err.downcast_ref::<SpecError>().is_some()
         || err.downcast_ref::<UsageError>().is_some()
         || err
             .downcast_ref::<crate::executor::state::StateError>()
@@ -246,6 +260,7 @@ fn noop_train(run: &Path) -> anyhow::Result<()> {
         notes: vec![],
         resumed_from: Vec::new(),
         run_hash: Some(run_hash),
+        inputs: Default::default(),
     };
     let path = run.parent().unwrap_or(Path::new(".")).join("result.json");
     let json = serde_json::to_vec_pretty(&result)?;

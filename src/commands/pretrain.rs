@@ -129,7 +129,14 @@ pub fn run(g: &GlobalArgs, args: &PretrainArgs) -> anyhow::Result<()> {
     if !args.force {
         if let Ok(text) = std::fs::read_to_string(&record_path) {
             if let Ok(rec) = serde_json::from_str::<PretrainRecord>(&text) {
-                if rec.key == key && weights.exists() {
+                let whole = crate::model::safetensors::check_complete(&weights);
+                if let (true, Err(why)) = (rec.key == key && weights.exists(), &whole) {
+                    eprintln!(
+                        "sweep: the cached {} is corrupt ({why}): pretraining it again",
+                        weights.display()
+                    );
+                }
+                if rec.key == key && whole.is_ok() {
                     if !g.quiet {
                         println!(
                             "pretrained {} is cached ({}, held-out loss {:.3}): {}",

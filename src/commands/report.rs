@@ -10,13 +10,14 @@ use crate::cli::{GlobalArgs, SweepArg};
 use crate::report::{build, load::load, render, svg, Report};
 use crate::util::write_atomic;
 
-/// The results folder named by a spec (its results/NAME) or given directly.
-fn results_dir(g: &GlobalArgs, arg: &Path) -> anyhow::Result<PathBuf> {
+/// The results folder named by a spec (its results/NAME, with the sweep it must hold) or given
+/// directly.
+fn results_dir(g: &GlobalArgs, arg: &Path) -> anyhow::Result<(PathBuf, Option<String>)> {
     if arg.is_dir() {
-        return Ok(arg.to_path_buf());
+        return Ok((arg.to_path_buf(), None));
     }
     let (_, plan) = load_plan(arg, true)?;
-    Ok(sweep_dir(g, &plan.name))
+    Ok((sweep_dir(g, &plan.name), Some(plan.name)))
 }
 
 /// Write every report file into `dir` (created); returns the HTML path.
@@ -40,8 +41,17 @@ pub fn write_report(report: &Report, dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// Run `sweep report`.
 pub fn run(g: &GlobalArgs, args: &SweepArg) -> anyhow::Result<()> {
-    let dir = results_dir(g, &args.spec)?;
+    let (dir, expected) = results_dir(g, &args.spec)?;
     let input = load(&dir)?;
+    if let Some(name) = expected.filter(|n| !input.sweep.is_empty() && *n != input.sweep) {
+        return Err(super::UsageError(format!(
+            "{} holds the plan of sweep `{}`, not of `{name}` ({}): report that folder by its own spec, or use another --results folder",
+            dir.display(),
+            input.sweep,
+            args.spec.display()
+        ))
+        .into());
+    }
     let report = build(&input);
     let html = write_report(&report, &dir.join("report"))?;
     if g.json {

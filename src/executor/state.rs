@@ -143,6 +143,13 @@ impl SweepState {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
+        if state.schema > STATE_SCHEMA {
+            return Err(StateError::Io(format!(
+                "{}: sweep state of schema {}, newer than this sweep reads ({STATE_SCHEMA}); install a newer sweep",
+                path.display(),
+                state.schema
+            )));
+        }
         if state.sweep != sweep {
             return Err(StateError::OtherSweep {
                 path: path.display().to_string(),
@@ -291,6 +298,18 @@ mod tests {
             reconcile(Some(&local(JobState::Running)), None).0,
             JobState::Pending
         );
+    }
+
+    #[test]
+    fn a_newer_state_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            SweepState::path(dir.path()),
+            r#"{"schema": 9, "sweep": "s", "runs": {}}"#,
+        )
+        .unwrap();
+        let e = SweepState::load(dir.path(), "s").unwrap_err().to_string();
+        assert!(e.contains("schema 9") && e.contains("newer sweep"), "{e}");
     }
 
     #[test]

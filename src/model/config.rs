@@ -259,6 +259,26 @@ impl Module {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn hf_folders_are_checked_before_loading() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = check_hf_dir(&dir.path().join("nope")).unwrap_err();
+        assert!(e.contains("no such folder"), "{e}");
+        let e = check_hf_dir(dir.path()).unwrap_err();
+        assert!(e.contains("config.json"), "missing config.json: {e}");
+        std::fs::write(dir.path().join("config.json"), "<html>").unwrap();
+        let e = check_hf_dir(dir.path()).unwrap_err();
+        assert!(e.contains("not JSON"), "{e}");
+        std::fs::write(dir.path().join("config.json"), r#"{"model_type": "gpt2"}"#).unwrap();
+        let e = check_hf_dir(dir.path()).unwrap_err();
+        assert!(
+            e.contains("model_type `gpt2` is not supported (supported: llama)"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("config.json"), r#"{"model_type": "llama"}"#).unwrap();
+        assert!(check_hf_dir(dir.path()).is_ok());
+    }
     use super::*;
 
     #[test]

@@ -391,12 +391,15 @@ impl Llama {
             .filter(|p| p.extension().and_then(|x| x.to_str()) == Some("safetensors"))
             .collect();
         files.sort();
-        // libtorch would block on a FIFO or read a device forever.
-        if let Some(f) = files.iter().find(|f| !f.is_file()) {
-            return Err(load_err(format!(
-                "{}: not a regular file: give the weights as files",
-                f.display()
-            )));
+        // Named before libtorch reads them (it would block on a FIFO, and says little of a
+        // truncated file).
+        for f in &files {
+            super::safetensors::check_complete(f).map_err(|why| {
+                load_err(format!(
+                    "{}: {why}; download it again (e.g. `sweep fetch URL`)",
+                    f.display()
+                ))
+            })?;
         }
         if files.is_empty() {
             return Err(load_err("no *.safetensors files".into()));

@@ -7,6 +7,7 @@ pub mod gguf;
 pub mod llama;
 #[cfg(feature = "torch")]
 pub mod lora;
+pub mod safetensors;
 pub mod tokenizer;
 
 /// An error building, loading or running a model.

@@ -35,6 +35,10 @@ pub struct TrainState {
     /// The step each later session resumed from.
     #[serde(default)]
     pub resumed_from: Vec<u64>,
+    /// Fingerprints of the files the run trains from (base weights, tokenizer, data), by
+    /// `role:path`: a resumed session or an export on other files is refused.
+    #[serde(default)]
+    pub inputs: std::collections::BTreeMap<String, crate::fingerprint::Fingerprint>,
 }
 
 fn step_dir(dir: &Path, step: u64) -> PathBuf {
@@ -55,17 +59,35 @@ pub fn save(
     std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
     let tmp = dir.join(format!(".tmp-step-{}-{}", state.step, std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| err(&tmp, e))?;
-    let detach = |v: &[(String, Tensor)]| -> Result<Vec<(String, Tensor)>, TrainError> {
-        v.iter()
-            .map(|(n, t)| Ok((n.clone(), t.f_detach()?.f_to_device(tch::Device::Cpu)?)))
-            .collect()
-    };
-    Tensor::write_safetensors(&detach(model)?, tmp.join("model.safetensors"))?;
-    Tensor::write_safetensors(&detach(optim)?, tmp.join("optim.safetensors"))?;
-    let json = serde_json::to_vec_pretty(state).map_err(|e| err(&tmp, e))?;
-    crate::util::write_atomic(&tmp.join("state.json"), |w| w.write_all(&json))
-        .map_err(|e| err(&tmp, e))?;
+    let written = (|| -> Result<(), TrainError> {
+        std::fs::create_dir_all(&tmp).map_err(|e| err(&tmp, e))?;
+        let detach = |v: &[(String, Tensor)]| -> Result<Vec<(String, Tensor)>, TrainError> {
+            v.iter()
+                .map(|(n, t)| Ok((n.clone(), t.f_detach()?.f_to_device(tch::Device::Cpu)?)))
+                .collect()
+        };
+        for (name, tensors) in [("model.safetensors", model), ("optim.safetensors", optim)] {
+            let path = tmp.join(name);
+            Tensor::write_safetensors(&detach(tensors)?, &path).map_err(|e| {
+                // The OS's words (disk full, ...) on one line, not libtorch's whole message.
+                let first = e.to_string();
+                let first = first.lines().next().unwrap_or("").to_string();
+                err(&path, first)
+            })?;
+        }
+        let json = serde_json::to_vec_pretty(state).map_err(|e| err(&tmp, e))?;
+        crate::util::write_atomic(&tmp.join("state.json"), |w| w.write_all(&json))
+            .map_err(|e| err(&tmp, e))
+    })();
+    if let Err(e) = written {
+        // A partial checkpoint is never left behind (a later one may still fit).
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(TrainError::Checkpoint(format!(
+            "writing the checkpoint of step {} failed, and the partial one was removed: {}; free space (or fix the folder) and rerun: the run resumes from its last complete checkpoint",
+            state.step,
+            e.to_string().trim_start_matches("checkpoint: ")
+        )));
+    }
     let target = step_dir(dir, state.step);
     if target.exists() {
         std::fs::remove_dir_all(&target).map_err(|e| err(&target, e))?;
@@ -112,13 +134,41 @@ pub struct Loaded {
     pub optim: HashMap<String, Tensor>,
 }
 
-/// Load the latest checkpoint under `dir`, if any.
+/// Load the latest checkpoint under `dir`, if any. A corrupt or truncated one (a disk that
+/// filled, a copy cut short) is named with what to do, not read.
 pub fn load_latest(dir: &Path) -> Result<Option<Loaded>, TrainError> {
-    let Some(path) = list(dir)?.pop() else {
+    let all = list(dir)?;
+    let Some(path) = all.last().cloned() else {
         return Ok(None);
     };
-    let text = std::fs::read_to_string(path.join("state.json")).map_err(|e| err(&path, e))?;
-    let state: TrainState = serde_json::from_str(&text).map_err(|e| err(&path, e))?;
+    let corrupt = |what: String| {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("step-?");
+        let fix = match all.len() {
+            1 => "delete it to start the run over (`sweep train --force`)".to_string(),
+            n => format!(
+                "delete it to resume from {}",
+                all[n - 2]
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("the one before")
+            ),
+        };
+        TrainError::Checkpoint(format!(
+            "checkpoint {name} in {} is corrupt ({what}): {fix}",
+            dir.display()
+        ))
+    };
+    let text = std::fs::read_to_string(path.join("state.json"))
+        .map_err(|e| corrupt(format!("state.json: {e}")))?;
+    let state: TrainState =
+        serde_json::from_str(&text).map_err(|e| corrupt(format!("state.json: {e}")))?;
+    for name in ["model.safetensors", "optim.safetensors"] {
+        crate::model::safetensors::check_complete(&path.join(name))
+            .map_err(|e| corrupt(format!("{name}: {e}")))?;
+    }
     let read = |name: &str| -> Result<HashMap<String, Tensor>, TrainError> {
         Ok(Tensor::read_safetensors(path.join(name))
             .map_err(|e| err(&path, e))?

@@ -66,6 +66,20 @@ pub fn write_hf_model(
             run.config_id
         )));
     }
+    // The adapter (or tuned weights) only make sense on the base the run trained from.
+    let then: std::collections::BTreeMap<_, _> = loaded
+        .state
+        .inputs
+        .iter()
+        .filter(|(k, _)| k.starts_with("model:"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if let Some(what) = crate::fingerprint::changes(&then, &super::model_inputs(&run, opts)?) {
+        return Err(TrainError::Checkpoint(format!(
+            "the base model changed since {} was trained on it ({what}): exporting would merge the run into weights it was never trained on; restore the base model the run trained from",
+            loaded.path.display()
+        )));
+    }
     let (model, tokenizer) = build_model(&run, opts, Device::Cpu)?;
     model.load_named(&loaded.model, false, &loaded.path.display().to_string())?;
     let merged_lora = !model.adapters().is_empty();

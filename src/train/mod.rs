@@ -24,6 +24,7 @@ use std::time::Instant;
 
 use tch::{Device, Tensor};
 
+use crate::fingerprint::{self, Fingerprint};
 use crate::model::config::{LlamaConfig, BUILTIN_SHAPES};
 use crate::model::gguf::{self, GgufFile};
 use crate::model::llama::{BuildOptions, Llama, LoraOptions};
@@ -254,14 +255,24 @@ pub fn train(run_path: &Path, opts: &TrainOptions) -> Result<RunResult, TrainErr
         .to_path_buf();
     check_folder(&run, &dir, run_path)?;
     let _lock = RunLock::acquire(&dir).map_err(|e| TrainError::Busy(e.to_string()))?;
-    if opts.retrain {
-        crate::results::clear_outputs(&dir).map_err(|e| TrainError::Output(e.to_string()))?;
-    } else if let Some(done) = finished_result(&dir, &run, &run_hash) {
-        return Ok(done);
+    if !opts.retrain {
+        if let Some(done) = finished_result(&dir, &run, &run_hash) {
+            return Ok(done);
+        }
     }
     let started = Instant::now();
-    match Trainer::new(&run, &run_hash, &dir, opts).and_then(|t| t.run(started)) {
+    // A retraining clears the old outputs only once the model and the data loaded: bad input
+    // loses nothing.
+    let outcome = Trainer::new(&run, &run_hash, &dir, opts).and_then(|t| {
+        if opts.retrain {
+            crate::results::clear_outputs(&dir).map_err(|e| TrainError::Output(e.to_string()))?;
+        }
+        t.run(started)
+    });
+    match outcome {
         Ok(r) => Ok(r),
+        // A finished result is never replaced by a failure.
+        Err(e) if finished_result(&dir, &run, &run_hash).is_some() => Err(e),
         Err(e) => {
             let result = RunResult {
                 schema: RESULT_SCHEMA,
@@ -283,12 +294,34 @@ pub fn train(run_path: &Path, opts: &TrainOptions) -> Result<RunResult, TrainErr
                 notes: Vec::new(),
                 resumed_from: Vec::new(),
                 run_hash: Some(run_hash),
+                inputs: BTreeMap::new(),
             };
             // The original error matters more than a failure to record it.
             let _ = outputs::write_result(&dir.join("result.json"), &result);
             Err(e)
         }
     }
+}
+
+/// Fingerprints of the files a run's model is built from, by `model:path`: an HF folder's
+/// files, a GGUF file, or the pretrained cache of a builtin shape (none for random weights).
+pub fn model_inputs(
+    run: &RunFile,
+    opts: &TrainOptions,
+) -> Result<BTreeMap<String, Fingerprint>, TrainError> {
+    let path = match &run.shared.model {
+        ModelSource::Hf { path } | ModelSource::Gguf { path } => path.clone(),
+        ModelSource::Builtin {
+            shape,
+            init: Init::Pretrained,
+        } => opts
+            .cache_dir
+            .join("pretrained")
+            .join(format!("{shape}.safetensors")),
+        ModelSource::Builtin { .. } => return Ok(BTreeMap::new()),
+    };
+    fingerprint::of_path("model", &path)
+        .map_err(|e| TrainError::Data(format!("fingerprinting the model {}: {e}", path.display())))
 }
 
 /// The adapter settings of a LoRA run.
@@ -382,6 +415,12 @@ pub fn build_model(
                 path.display()
             )));
         }
+        if let Err(why) = crate::model::safetensors::check_complete(&path) {
+            return Err(TrainError::Unsupported(format!(
+                "the pretrained model {} is corrupt ({why}): run `sweep pretrain --shape {shape} --force` to make it again",
+                path.display()
+            )));
+        }
         let tensors = Tensor::read_safetensors(&path).map_err(|e| ModelError::Load {
             path: path.display().to_string(),
             msg: e.to_string(),
@@ -441,6 +480,8 @@ struct Trainer<'a> {
     base_cache: Option<base_eval::BaseEvalCaches>,
     /// Warnings and provenance for result.json (skipped data lines, a shared base evaluation).
     notes: Vec<String>,
+    /// Fingerprints of the files trained from, checked against a checkpoint's on resume.
+    inputs: BTreeMap<String, Fingerprint>,
 }
 
 impl<'a> Trainer<'a> {
@@ -588,7 +629,16 @@ impl<'a> Trainer<'a> {
         let device_name = format!("{:?}", model.vs.device());
         let base_cache =
             base_eval::BaseEvalCaches::new(dir, run, opts, &files_read, &metrics, &device_name);
+        let mut inputs = model_inputs(run, opts)?;
+        for f in &files_read {
+            inputs.extend(
+                fingerprint::of_path("data", f).map_err(|e| {
+                    TrainError::Data(format!("fingerprinting {}: {e}", f.display()))
+                })?,
+            );
+        }
         Ok(Trainer {
+            inputs,
             run,
             run_hash: run_hash.to_string(),
             dir: dir.to_path_buf(),
@@ -669,6 +719,14 @@ impl<'a> Trainer<'a> {
                         self.run.config_id
                     )));
                 }
+                if !loaded.state.inputs.is_empty() {
+                    if let Some(what) = fingerprint::changes(&loaded.state.inputs, &self.inputs) {
+                        return Err(TrainError::Checkpoint(format!(
+                            "the files this run trains from changed since its checkpoint {} ({what}); resuming would continue on other inputs: restore them, or `sweep train --force` to start over",
+                            loaded.path.display()
+                        )));
+                    }
+                }
                 // The checkpoint holds the trainable tensors only (the adapter, for LoRA); the
                 // frozen rest was rebuilt from the seed or the pretrained file.
                 if let Some((name, _)) = self
@@ -729,6 +787,7 @@ impl<'a> Trainer<'a> {
                     wall_s: 0.0,
                     last_train_loss: None,
                     resumed_from: Vec::new(),
+                    inputs: self.inputs.clone(),
                 }
             }
         };
@@ -879,6 +938,7 @@ impl<'a> Trainer<'a> {
             notes: self.notes.clone(),
             resumed_from: state.resumed_from,
             run_hash: Some(self.run_hash.clone()),
+            inputs: self.inputs.clone(),
         };
         if status != RunStatus::Interrupted {
             outputs::write_result(&self.dir.join("result.json"), &result)?;

@@ -225,6 +225,51 @@ fn resume_matches(method: fn(&mut serde_json::Value)) {
     assert_eq!(steps, vec![0, 5, 10]);
 }
 
+/// A truncated checkpoint (a full disk, a copy cut short) is named, with what to do.
+#[test]
+fn a_truncated_checkpoint_is_named_with_the_fix() {
+    let f = Fixture::new();
+    let run = f.run("cut", |_| {});
+    let mut half = f.opts();
+    half.stop_after_steps = Some(3);
+    train(&run, &half).unwrap();
+    let ckpt = run.parent().unwrap().join("checkpoints/step-00000003");
+    let model = ckpt.join("model.safetensors");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
+    let e = train(&run, &f.opts()).unwrap_err().to_string();
+    assert!(
+        e.contains("checkpoint step-00000003")
+            && e.contains("is corrupt (model.safetensors")
+            && e.contains("truncated")
+            && e.contains("delete it to start the run over"),
+        "{e}"
+    );
+}
+
+/// A run stopped at a checkpoint does not resume on data that changed since: the second half
+/// would train on other inputs than the first.
+#[test]
+fn a_checkpoint_does_not_resume_on_changed_data() {
+    let f = Fixture::new();
+    let run = f.run("changed", |_| {});
+    let mut half = f.opts();
+    half.stop_after_steps = Some(3);
+    let first = train(&run, &half).unwrap();
+    assert_eq!(first.status, RunStatus::Interrupted);
+    std::fs::write(
+        f.dir.path().join("target.txt"),
+        "a different corpus entirely.\n".repeat(300),
+    )
+    .unwrap();
+    let e = train(&run, &f.opts()).unwrap_err().to_string();
+    assert!(
+        e.contains("changed since its checkpoint") && e.contains("target.txt was 13500 bytes"),
+        "{e}"
+    );
+    assert!(e.contains("--force"), "{e}");
+}
+
 /// `--min-step-ms`: every step takes at least the minimum, and the run computes what an unpaced
 /// one does (the Slurm fault tests rely on both).
 #[test]
@@ -564,9 +609,39 @@ fn gguf_and_hf_models_train_with_their_tokenizers() {
     .unwrap();
     let run = f.run("hf", |v| {
         v["model"] = serde_json::json!({"kind": "hf", "path": hf});
+        lora(v);
     });
     let r = train(&run, &opts).unwrap();
     assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
+    assert!(
+        r.inputs.keys().any(|k| k.ends_with("hf/model.safetensors")),
+        "the base weights are fingerprinted: {:?}",
+        r.inputs.keys()
+    );
+    // Base weights replaced in place after training: the adapter is never merged into them.
+    let other = Llama::new(
+        &cfg,
+        &BuildOptions {
+            seed: 3,
+            ..Default::default()
+        },
+        Device::Cpu,
+    )
+    .unwrap();
+    Tensor::write_safetensors(&other.variables(), hf.join("model.safetensors")).unwrap();
+    let e = export::write_hf_model(
+        run.parent().unwrap(),
+        &f.dir.path().join("exported"),
+        &opts,
+        tch::Kind::Float,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("the base model changed") && e.contains("model.safetensors has other content"),
+        "{e}"
+    );
+    assert!(!f.dir.path().join("exported").exists(), "nothing written");
 
     let missing = f.run("nogguf", |v| {
         v["model"] = serde_json::json!({"kind": "gguf", "path": "nowhere/x.gguf"});
