@@ -612,3 +612,81 @@ fn usage_and_config_errors_exit_2() {
         err(&o)
     );
 }
+
+/// `sweep` with the test's data and cache folders.
+fn sweep_with_cache(dir: &Path, args: &[&str]) -> Output {
+    bin()
+        .args(args)
+        .current_dir(dir)
+        .env("SWEEP_DATA", dir.join("data"))
+        .env("SWEEP_CACHE", dir.join("cache"))
+        .env_remove("SWEEP_MIN_STEP_MS")
+        .output()
+        .unwrap()
+}
+
+/// The base model replaced in place after a LoRA run trained on it: `sweep export` refuses to
+/// merge the adapter into it. A truncated pretrained cache is not taken for a cached model.
+#[test]
+fn replaced_base_weights_are_refused_by_export_and_a_truncated_cache_is_remade() {
+    let dir = setup("lora", 256);
+    let play: String = (0..400)
+        .map(|i| format!("KING. Speak, speak, my lord {i}!\nLORD. I will, my liege.\n"))
+        .collect();
+    std::fs::create_dir_all(dir.path().join("data/shakespeare")).unwrap();
+    std::fs::write(dir.path().join("data/shakespeare/play.md"), play).unwrap();
+    let pretrain = |tokens: &str| {
+        let o = sweep_with_cache(
+            dir.path(),
+            &["pretrain", "--shape", "tiny", "--tokens", tokens, "--force"],
+        );
+        assert!(o.status.success(), "{}", err(&o));
+    };
+    pretrain("4k");
+    let spec = std::fs::read_to_string(dir.path().join("spec.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("spec.toml"),
+        spec.replace("init = \"random\"", "init = \"pretrained\""),
+    )
+    .unwrap();
+    let o = sweep_with_cache(dir.path(), &["run", "spec.toml"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let run = run_dirs(dir.path()).remove(0);
+    let out = dir.path().join("exported");
+    let export = || {
+        sweep_with_cache(
+            dir.path(),
+            &[
+                "export",
+                run.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        )
+    };
+    // Another pretraining writes other weights at the same path.
+    pretrain("8k");
+    let o = export();
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    assert!(err(&o).contains("the base model changed"), "{}", err(&o));
+    assert!(!out.exists(), "nothing exported");
+
+    let cached = dir.path().join("cache/pretrained/tiny.safetensors");
+    let bytes = std::fs::read(&cached).unwrap();
+    std::fs::write(&cached, &bytes[..bytes.len() / 3]).unwrap();
+    let o = sweep_with_cache(
+        dir.path(),
+        &["pretrain", "--shape", "tiny", "--tokens", "8k"],
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(err(&o).contains("is corrupt"), "{}", err(&o));
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("is cached"),
+        "a truncated file is not a cached model"
+    );
+    assert_eq!(
+        std::fs::read(&cached).unwrap().len(),
+        bytes.len(),
+        "made again"
+    );
+}
