@@ -8,6 +8,8 @@
 pub mod cli;
 pub mod commands;
 pub mod data;
+#[cfg(feature = "torch")]
+pub mod dist;
 pub mod executor;
 pub mod fetch;
 pub mod fingerprint;

@@ -1,0 +1,117 @@
+// The one C++ shim of sweep: what tch does not bind of libtorch, behind a few C functions.
+// Today that is c10d, the engine under torch.distributed: a TCPStore for the rendezvous and a
+// ProcessGroupGloo (CPU tensors) for the collectives. Compiled by build.rs with the cc crate
+// against the same LIBTORCH headers that torch-sys uses (plus Gloo's headers, which the torch
+// wheel lacks: Debian's libgloo-dev), linked against libtorch_cpu, which holds c10d and Gloo.
+//
+// Every function catches C++ exceptions and returns nonzero (or NULL) with the message's first
+// line in `err`; nothing throws across the C boundary. Tensors are tch's (at::Tensor*).
+
+#include <ATen/ATen.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+struct SweepPG {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::Backend> pg;
+  std::chrono::milliseconds timeout;
+};
+
+static void set_err(char* err, size_t n, const std::string& msg) {
+  if (err == nullptr || n == 0) return;
+  // libtorch messages carry a C++ backtrace after the first line.
+  std::string first = msg.substr(0, msg.find('\n'));
+  std::strncpy(err, first.c_str(), n - 1);
+  err[n - 1] = 0;
+}
+
+template <typename F>
+static int guarded(char* err, size_t n, F f) {
+  try {
+    f();
+    return 0;
+  } catch (const std::exception& e) {
+    set_err(err, n, e.what());
+  } catch (...) {
+    set_err(err, n, "unknown C++ exception");
+  }
+  return 1;
+}
+
+extern "C" {
+
+// Meet the other ranks at host:port (rank 0 serves the store) and make a process group.
+// backend: "gloo". device_host: the address Gloo binds to ("" for this machine's hostname).
+SweepPG* sweep_pg_new(const char* backend, const char* host, int port, int rank, int world,
+                      const char* device_host, int timeout_ms, char* err, size_t errlen) {
+  SweepPG* out = nullptr;
+  guarded(err, errlen, [&] {
+    if (std::string(backend) != "gloo") {
+      throw std::runtime_error(std::string("backend `") + backend +
+                               "` is not built into this binary (only gloo)");
+    }
+    auto timeout = std::chrono::milliseconds(timeout_ms);
+    c10d::TCPStoreOptions so;
+    so.port = static_cast<std::uint16_t>(port);
+    so.isServer = rank == 0;
+    so.numWorkers = static_cast<std::size_t>(world);
+    so.waitWorkers = true;
+    so.timeout = timeout;
+    auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), so);
+    auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
+    std::string dh(device_host);
+    opts->devices.push_back(dh.empty() ? c10d::ProcessGroupGloo::createDefaultDevice()
+                                       : c10d::ProcessGroupGloo::createDeviceForHostname(dh));
+    opts->threads = 1;
+    auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, opts);
+    out = new SweepPG{store, pg, timeout};
+  });
+  return out;
+}
+
+void sweep_pg_free(SweepPG* p) { delete p; }
+
+// In place: t = the sum of t over the ranks.
+int sweep_pg_allreduce_sum(SweepPG* p, at::Tensor* t, char* err, size_t n) {
+  return guarded(err, n, [&] {
+    std::vector<at::Tensor> v{*t};
+    p->pg->allreduce(v, c10d::AllreduceOptions{})->wait(p->timeout);
+  });
+}
+
+// In place: t = root's t.
+int sweep_pg_broadcast(SweepPG* p, at::Tensor* t, int root, char* err, size_t n) {
+  return guarded(err, n, [&] {
+    std::vector<at::Tensor> v{*t};
+    c10d::BroadcastOptions o;
+    o.rootRank = root;
+    p->pg->broadcast(v, o)->wait(p->timeout);
+  });
+}
+
+// out (world x in.numel(), flat) = every rank's `in`, in rank order.
+int sweep_pg_all_gather(SweepPG* p, at::Tensor* out, at::Tensor* in, char* err, size_t n) {
+  return guarded(err, n, [&] {
+    p->pg->_allgather_base(*out, *in, c10d::AllgatherOptions{})->wait(p->timeout);
+  });
+}
+
+// out (in.numel() / world) = this rank's slice of the sum of `in` over the ranks.
+int sweep_pg_reduce_scatter_sum(SweepPG* p, at::Tensor* out, at::Tensor* in, char* err,
+                                size_t n) {
+  return guarded(err, n, [&] {
+    p->pg->_reduce_scatter_base(*out, *in, c10d::ReduceScatterOptions{})->wait(p->timeout);
+  });
+}
+
+int sweep_pg_barrier(SweepPG* p, char* err, size_t n) {
+  return guarded(err, n, [&] { p->pg->barrier(c10d::BarrierOptions{})->wait(p->timeout); });
+}
+
+}  // extern "C"

@@ -1,0 +1,511 @@
+//! One run over many processes: the world a rank lives in (its rank, the world size, and the
+//! collectives of libtorch's c10d, reached through the C++ shim `c10d_shim.cpp`). A
+//! single-process run lives in the world of one, whose collectives do nothing, so the training
+//! loop has one path.
+//!
+//! The shim is built when Gloo's headers are there at build time (`cfg(sweep_c10d)`, see
+//! build.rs); a binary without it trains in one process and refuses more with a clear error.
+
+use std::time::Duration;
+
+use tch::Tensor;
+
+/// Where and how the ranks of one run meet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendezvous {
+    /// This process's rank, 0..size.
+    pub rank: usize,
+    /// The number of ranks.
+    pub size: usize,
+    /// The host of rank 0, which serves the TCPStore.
+    pub addr: String,
+    /// The store's port.
+    pub port: u16,
+    /// How long any rendezvous or collective may take before the rank gives up.
+    pub timeout: Duration,
+}
+
+/// Multi-process failures.
+#[derive(Debug, thiserror::Error)]
+pub enum DistError {
+    /// The environment describes no valid world.
+    #[error("{0}")]
+    Env(String),
+    /// This binary has no c10d shim.
+    #[error("this binary was built without multi-process training (Gloo's headers were missing at build time: install libgloo-dev and rebuild); it trains in one process only")]
+    NotBuilt,
+    /// A rendezvous or a collective failed.
+    #[error("rank {rank} of {size}: {what}: {detail}")]
+    Collective {
+        /// This rank.
+        rank: usize,
+        /// The world size.
+        size: usize,
+        /// The operation.
+        what: String,
+        /// c10d's words.
+        detail: String,
+    },
+}
+
+impl Rendezvous {
+    /// The world described by torchrun's variables (RANK, WORLD_SIZE, MASTER_ADDR,
+    /// MASTER_PORT), from a lookup of the environment; None when WORLD_SIZE is absent or 1.
+    pub fn from_vars(
+        var: impl Fn(&str) -> Option<String>,
+        timeout: Duration,
+    ) -> Result<Option<Rendezvous>, DistError> {
+        let num = |name: &str| -> Result<Option<usize>, DistError> {
+            var(name)
+                .map(|v| {
+                    v.trim()
+                        .parse::<usize>()
+                        .map_err(|_| DistError::Env(format!("{name}={v}: not a whole number")))
+                })
+                .transpose()
+        };
+        let size = num("WORLD_SIZE")?.unwrap_or(1);
+        if size <= 1 {
+            return Ok(None);
+        }
+        let rank = num("RANK")?
+            .ok_or_else(|| DistError::Env(format!("WORLD_SIZE={size} but RANK is not set")))?;
+        if rank >= size {
+            return Err(DistError::Env(format!(
+                "RANK={rank} is not below WORLD_SIZE={size}"
+            )));
+        }
+        let addr = var("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into());
+        let port = match var("MASTER_PORT") {
+            Some(p) => p
+                .trim()
+                .parse::<u16>()
+                .map_err(|_| DistError::Env(format!("MASTER_PORT={p}: not a port number")))?,
+            None => 29500,
+        };
+        Ok(Some(Rendezvous {
+            rank,
+            size,
+            addr,
+            port,
+            timeout,
+        }))
+    }
+}
+
+/// The world of one rank.
+#[derive(Debug)]
+pub struct World {
+    rank: usize,
+    size: usize,
+    #[cfg(sweep_c10d)]
+    pg: Option<ffi::ProcessGroup>,
+}
+
+impl World {
+    /// The world of one process.
+    pub fn single() -> World {
+        World {
+            rank: 0,
+            size: 1,
+            #[cfg(sweep_c10d)]
+            pg: None,
+        }
+    }
+
+    /// Meet the other ranks (Gloo on CPU tensors).
+    pub fn connect(r: &Rendezvous) -> Result<World, DistError> {
+        #[cfg(sweep_c10d)]
+        {
+            let pg = ffi::ProcessGroup::new(r)?;
+            Ok(World {
+                rank: r.rank,
+                size: r.size,
+                pg: Some(pg),
+            })
+        }
+        #[cfg(not(sweep_c10d))]
+        {
+            let _ = r;
+            Err(DistError::NotBuilt)
+        }
+    }
+
+    /// Whether c10d is built into this binary.
+    pub fn available() -> bool {
+        cfg!(sweep_c10d)
+    }
+
+    /// This rank.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// The number of ranks.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Whether this rank writes the run's outputs (rank 0).
+    pub fn is_main(&self) -> bool {
+        self.rank == 0
+    }
+
+    /// In place: `t` becomes the sum of `t` over the ranks (a no-op in a world of one).
+    pub fn all_reduce_sum(&self, t: &mut Tensor) -> Result<(), DistError> {
+        #[cfg(sweep_c10d)]
+        if let Some(pg) = &self.pg {
+            return pg.all_reduce_sum(t);
+        }
+        let _ = t;
+        Ok(())
+    }
+
+    /// In place: `t` becomes rank `root`'s `t`.
+    pub fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<(), DistError> {
+        #[cfg(sweep_c10d)]
+        if let Some(pg) = &self.pg {
+            return pg.broadcast(t, root);
+        }
+        let _ = (t, root);
+        Ok(())
+    }
+
+    /// Wait until every rank is here.
+    pub fn barrier(&self) -> Result<(), DistError> {
+        #[cfg(sweep_c10d)]
+        if let Some(pg) = &self.pg {
+            return pg.barrier();
+        }
+        Ok(())
+    }
+
+    /// The sum of a number over the ranks.
+    pub fn sum_f64(&self, x: f64) -> Result<f64, DistError> {
+        if self.size == 1 {
+            return Ok(x);
+        }
+        let mut t = Tensor::from_slice(&[x]);
+        self.all_reduce_sum(&mut t)?;
+        t.f_double_value(&[0])
+            .map_err(|e| self.error("reading a sum", e))
+    }
+
+    /// Sum the tensors in place over the ranks with one collective: they are flattened into
+    /// one bucket, reduced, and copied back.
+    pub fn all_reduce_sum_flat(&self, tensors: &mut [Tensor]) -> Result<(), DistError> {
+        if self.size == 1 || tensors.is_empty() {
+            return Ok(());
+        }
+        let _g = tch::no_grad_guard();
+        let flat: Vec<Tensor> = tensors.iter().map(|t| t.reshape([-1])).collect();
+        let mut bucket = Tensor::f_cat(&flat, 0).map_err(|e| self.error("bucketing", e))?;
+        self.all_reduce_sum(&mut bucket)?;
+        let mut at = 0i64;
+        for t in tensors.iter_mut() {
+            let n = t.numel() as i64;
+            let part = bucket
+                .f_narrow(0, at, n)
+                .and_then(|p| p.f_view_as(t))
+                .map_err(|e| self.error("unbucketing", e))?;
+            t.f_copy_(&part).map_err(|e| self.error("unbucketing", e))?;
+            at += n;
+        }
+        Ok(())
+    }
+
+    fn error(&self, what: &str, e: impl std::fmt::Display) -> DistError {
+        DistError::Collective {
+            rank: self.rank,
+            size: self.size,
+            what: what.into(),
+            detail: e.to_string(),
+        }
+    }
+}
+
+#[cfg(sweep_c10d)]
+mod ffi {
+    //! The C functions of c10d_shim.cpp.
+
+    use std::ffi::{c_char, c_int, c_void, CStr, CString};
+
+    use tch::Tensor;
+
+    use super::{DistError, Rendezvous};
+
+    extern "C" {
+        #[allow(clippy::too_many_arguments)]
+        fn sweep_pg_new(
+            backend: *const c_char,
+            host: *const c_char,
+            port: c_int,
+            rank: c_int,
+            world: c_int,
+            device_host: *const c_char,
+            timeout_ms: c_int,
+            err: *mut c_char,
+            errlen: usize,
+        ) -> *mut c_void;
+        fn sweep_pg_free(p: *mut c_void);
+        fn sweep_pg_allreduce_sum(
+            p: *mut c_void,
+            t: *mut c_void,
+            err: *mut c_char,
+            n: usize,
+        ) -> c_int;
+        fn sweep_pg_broadcast(
+            p: *mut c_void,
+            t: *mut c_void,
+            root: c_int,
+            err: *mut c_char,
+            n: usize,
+        ) -> c_int;
+        fn sweep_pg_barrier(p: *mut c_void, err: *mut c_char, n: usize) -> c_int;
+    }
+
+    const ERR: usize = 1024;
+
+    /// An owned c10d process group.
+    #[derive(Debug)]
+    pub struct ProcessGroup {
+        ptr: *mut c_void,
+        rank: usize,
+        size: usize,
+    }
+
+    // SAFETY: the process group is used from one thread at a time (the trainer's).
+    unsafe impl Send for ProcessGroup {}
+    unsafe impl Sync for ProcessGroup {}
+
+    fn message(buf: &[u8]) -> String {
+        CStr::from_bytes_until_nul(buf)
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "unknown error".into())
+    }
+
+    impl ProcessGroup {
+        pub fn new(r: &Rendezvous) -> Result<ProcessGroup, DistError> {
+            let c =
+                |s: &str| CString::new(s).map_err(|_| DistError::Env(format!("{s:?} holds a NUL")));
+            let (backend, host) = (c("gloo")?, c(&r.addr)?);
+            // On one machine the ranks meet on loopback; across nodes Gloo binds this host's name.
+            let loopback = r.addr == "127.0.0.1" || r.addr == "localhost";
+            let device = c(if loopback { "127.0.0.1" } else { "" })?;
+            let mut err = vec![0u8; ERR];
+            // SAFETY: valid C strings and an error buffer of ERR bytes; the shim catches every
+            // C++ exception.
+            let ptr = unsafe {
+                sweep_pg_new(
+                    backend.as_ptr(),
+                    host.as_ptr(),
+                    c_int::from(r.port),
+                    r.rank as c_int,
+                    r.size as c_int,
+                    device.as_ptr(),
+                    r.timeout.as_millis().min(i32::MAX as u128) as c_int,
+                    err.as_mut_ptr() as *mut c_char,
+                    ERR,
+                )
+            };
+            if ptr.is_null() {
+                return Err(DistError::Collective {
+                    rank: r.rank,
+                    size: r.size,
+                    what: format!("meeting the other ranks at {}:{}", r.addr, r.port),
+                    detail: message(&err),
+                });
+            }
+            Ok(ProcessGroup {
+                ptr,
+                rank: r.rank,
+                size: r.size,
+            })
+        }
+
+        fn check(&self, what: &str, code: c_int, err: &[u8]) -> Result<(), DistError> {
+            if code == 0 {
+                return Ok(());
+            }
+            Err(DistError::Collective {
+                rank: self.rank,
+                size: self.size,
+                what: what.into(),
+                detail: message(err),
+            })
+        }
+
+        pub fn all_reduce_sum(&self, t: &mut Tensor) -> Result<(), DistError> {
+            let mut err = vec![0u8; ERR];
+            // SAFETY: a live process group and a live tch tensor (at::Tensor*).
+            let code = unsafe {
+                sweep_pg_allreduce_sum(
+                    self.ptr,
+                    t.as_mut_ptr() as *mut c_void,
+                    err.as_mut_ptr() as *mut c_char,
+                    ERR,
+                )
+            };
+            self.check("all-reduce", code, &err)
+        }
+
+        pub fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<(), DistError> {
+            let mut err = vec![0u8; ERR];
+            // SAFETY: as above.
+            let code = unsafe {
+                sweep_pg_broadcast(
+                    self.ptr,
+                    t.as_mut_ptr() as *mut c_void,
+                    root as c_int,
+                    err.as_mut_ptr() as *mut c_char,
+                    ERR,
+                )
+            };
+            self.check("broadcast", code, &err)
+        }
+
+        pub fn barrier(&self) -> Result<(), DistError> {
+            let mut err = vec![0u8; ERR];
+            // SAFETY: a live process group.
+            let code = unsafe { sweep_pg_barrier(self.ptr, err.as_mut_ptr() as *mut c_char, ERR) };
+            self.check("barrier", code, &err)
+        }
+    }
+
+    impl Drop for ProcessGroup {
+        fn drop(&mut self) {
+            // SAFETY: made by sweep_pg_new, freed once.
+            unsafe { sweep_pg_free(self.ptr) }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn the_world_comes_from_torchruns_variables() {
+        let t = Duration::from_secs(5);
+        assert_eq!(Rendezvous::from_vars(vars(&[]), t).unwrap(), None);
+        assert_eq!(
+            Rendezvous::from_vars(vars(&[("WORLD_SIZE", "1")]), t).unwrap(),
+            None
+        );
+        let r = Rendezvous::from_vars(
+            vars(&[
+                ("WORLD_SIZE", "2"),
+                ("RANK", "1"),
+                ("MASTER_ADDR", "10.0.0.1"),
+                ("MASTER_PORT", "29600"),
+            ]),
+            t,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (r.rank, r.size, r.addr.as_str(), r.port),
+            (1, 2, "10.0.0.1", 29600)
+        );
+        for bad in [
+            vec![("WORLD_SIZE", "2")],
+            vec![("WORLD_SIZE", "2"), ("RANK", "2")],
+            vec![("WORLD_SIZE", "two")],
+            vec![("WORLD_SIZE", "2"), ("RANK", "0"), ("MASTER_PORT", "99999")],
+        ] {
+            assert!(Rendezvous::from_vars(vars(&bad), t).is_err(), "{bad:?}");
+        }
+    }
+
+    /// scripts/test installs Gloo's headers: there, a binary without the shim is a broken
+    /// set-up, not a reason to skip the multi-process tests.
+    #[test]
+    fn the_shim_is_built_where_the_tests_require_it() {
+        if std::env::var("SWEEP_TESTS_REQUIRE_SETUP").as_deref() == Ok("1") {
+            assert!(
+                World::available(),
+                "built without the c10d shim: is libgloo-dev installed? (scripts/setup-libtorch)"
+            );
+        }
+        let e = World::single();
+        assert_eq!((e.rank(), e.size(), e.is_main()), (0, 1, true));
+    }
+
+    /// Two ranks in two threads of this process meet at a TCPStore on loopback and reduce,
+    /// broadcast and wait through Gloo.
+    #[cfg(sweep_c10d)]
+    #[test]
+    fn two_ranks_reduce_and_broadcast_through_gloo() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let ranks: Vec<_> = (0..2)
+            .map(|rank| {
+                std::thread::spawn(move || {
+                    let w = World::connect(&Rendezvous {
+                        rank,
+                        size: 2,
+                        addr: "127.0.0.1".into(),
+                        port,
+                        timeout: Duration::from_secs(30),
+                    })
+                    .unwrap();
+                    let mut t = Tensor::from_slice(&[1.0f32 + rank as f32, 10.0]);
+                    w.all_reduce_sum(&mut t).unwrap();
+                    let sum = Vec::<f32>::try_from(&t).unwrap();
+                    let mut parts = [
+                        Tensor::from_slice(&[rank as f32; 3]).reshape([3]),
+                        Tensor::from_slice(&[1.0f32; 4]).reshape([2, 2]),
+                    ];
+                    w.all_reduce_sum_flat(&mut parts).unwrap();
+                    let flat = (
+                        Vec::<f32>::try_from(&parts[0]).unwrap(),
+                        Vec::<f32>::try_from(&parts[1].reshape([-1])).unwrap(),
+                    );
+                    let mut b = Tensor::from_slice(&[rank as f64 + 5.0]);
+                    w.broadcast(&mut b, 1).unwrap();
+                    w.barrier().unwrap();
+                    (sum, flat, b.double_value(&[0]), w.sum_f64(0.5).unwrap())
+                })
+            })
+            .collect();
+        for h in ranks {
+            let (sum, flat, b, s) = h.join().unwrap();
+            assert_eq!(sum, vec![3.0, 20.0]);
+            assert_eq!(flat, (vec![1.0; 3], vec![2.0; 4]));
+            assert_eq!(b, 6.0, "rank 1's value");
+            assert_eq!(s, 1.0);
+        }
+    }
+
+    /// A rank whose peer never comes gives up after its timeout, naming the address.
+    #[cfg(sweep_c10d)]
+    #[test]
+    fn a_missing_peer_times_out_with_the_address() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let e = World::connect(&Rendezvous {
+            rank: 0,
+            size: 2,
+            addr: "127.0.0.1".into(),
+            port,
+            timeout: Duration::from_secs(2),
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(&format!("127.0.0.1:{port}")), "{e}");
+        assert!(e.contains("rank 0 of 2"), "{e}");
+    }
+}
