@@ -195,6 +195,10 @@ pub struct TrainArgs {
     /// metrics, checkpoints and adapter are removed first); without it, that is a no-op.
     #[arg(long)]
     pub force: bool,
+    /// Train data-parallel over N processes on this machine (like torchrun --standalone): each
+    /// takes a slice of every batch, gradients are summed over them (c10d, Gloo on the CPU).
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = at_least_one)]
+    pub nproc: Option<usize>,
 }
 
 /// `sweep export`.

@@ -120,6 +120,10 @@ pub struct RunResult {
     /// plan before the result is counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_hash: Option<String>,
+    /// The processes of a data-parallel run and their collective backend, e.g. `2 ranks, gloo`
+    /// (absent for one process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub world: Option<String>,
     /// Fingerprints of the files it trained from (base weights, tokenizer, data), by
     /// `role:path`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

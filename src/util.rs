@@ -63,6 +63,27 @@ pub fn write_dir_atomic<E>(
     result
 }
 
+/// Make a child told to stop (SIGTERM, which the trainer answers with a checkpoint) when this
+/// process dies, however it dies (kill -9 included): no orphan trains on. Linux only.
+pub fn stop_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id();
+    // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid, kill).
+    unsafe {
+        cmd.pre_exec(move || {
+            #[cfg(target_os = "linux")]
+            {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
+            }
+            // The parent died before prctl took effect.
+            if libc::getppid() as u32 != parent {
+                libc::kill(libc::getpid(), libc::SIGTERM);
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Read a whole regular file. Anything else (a FIFO, a device, a socket) is refused with an
 /// error naming what it is, since reading one can block forever or never end.
 pub fn read_regular_file(path: &Path) -> std::io::Result<Vec<u8>> {

@@ -1,6 +1,8 @@
 //! `sweep run`, `status` and `report` end to end: the real binary trains a tiny sweep on this
 //! machine with the local executor, then reports it.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -14,17 +16,6 @@ fn sweep(dir: &Path, args: &[&str]) -> Output {
 
 fn err(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn write_corpora(dir: &Path) {
-    let code: String = (0..300)
-        .map(|i| format!("def f{i}(x):\n    return x * {i} + {}\n\n", i % 7))
-        .collect();
-    let english: String = (0..300)
-        .map(|i| format!("The {i}th knight rode to the castle and spoke of honour.\n"))
-        .collect();
-    std::fs::write(dir.join("code.txt"), code).unwrap();
-    std::fs::write(dir.join("english.txt"), english).unwrap();
 }
 
 const SPEC: &str = r#"name = "tinyrun"
@@ -58,7 +49,7 @@ learning_rate = [3e-3, 1e-2]
 #[test]
 fn run_status_report_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
-    write_corpora(dir.path());
+    common::write_corpora(dir.path());
     std::fs::write(dir.path().join("spec.toml"), SPEC).unwrap();
 
     let o = sweep(dir.path(), &["run", "spec.toml", "--jobs", "2"]);
@@ -143,7 +134,7 @@ fn run_status_report_end_to_end() {
 #[test]
 fn a_second_process_on_the_same_sweep_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    write_corpora(dir.path());
+    common::write_corpora(dir.path());
     std::fs::write(dir.path().join("spec.toml"), SPEC).unwrap();
     let sweep_dir = dir.path().join("results/tinyrun");
     std::fs::create_dir_all(&sweep_dir).unwrap();

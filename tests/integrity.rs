@@ -3,6 +3,8 @@
 //! and bad input answered with one line that says what to do.
 #![cfg(feature = "torch")]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -32,14 +34,7 @@ fn err(o: &Output) -> String {
 /// (64 a step).
 fn setup(methods: &str, tokens: u32) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let code: String = (0..300)
-        .map(|i| format!("def f{i}(x):\n    return x * {i} + {}\n\n", i % 7))
-        .collect();
-    let english: String = (0..300)
-        .map(|i| format!("The {i}th knight rode to the castle and spoke of honour.\n"))
-        .collect();
-    std::fs::write(dir.path().join("code.txt"), code).unwrap();
-    std::fs::write(dir.path().join("english.txt"), english).unwrap();
+    common::write_corpora(dir.path());
     std::fs::write(
         dir.path().join("spec.toml"),
         spec("integrity", methods, tokens),
@@ -288,10 +283,7 @@ fn a_finished_run_is_kept_when_trained_again() {
 }
 
 fn write_code(dir: &Path) {
-    let code: String = (0..300)
-        .map(|i| format!("def f{i}(x):\n    return x * {i} + {}\n\n", i % 7))
-        .collect();
-    std::fs::write(dir.join("code.txt"), code).unwrap();
+    common::write_corpora(dir);
 }
 
 #[test]

@@ -96,7 +96,25 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 /// checkpoints. A diverged run is a result, not an error (exit 0).
 #[cfg(feature = "torch")]
 fn train(g: &GlobalArgs, args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
+    let rendezvous = crate::dist::Rendezvous::from_vars(
+        |k| std::env::var(k).ok(),
+        std::time::Duration::from_secs(dist_timeout_s()?),
+    )?;
+    if let Some(n) = args.nproc.filter(|&n| n > 1) {
+        if rendezvous.is_some() {
+            return Err(UsageError(
+                "--nproc inside a multi-process world (WORLD_SIZE is set): give one or the other"
+                    .into(),
+            )
+            .into());
+        }
+        return launch_ranks(g, args, n);
+    }
     let mut opts = crate::train::TrainOptions::from_env(args.threads);
+    if let Some(r) = &rendezvous {
+        opts.world = std::sync::Arc::new(crate::dist::World::connect(r)?);
+    }
+    let main = opts.world.is_main();
     if let Some(device) = &args.device {
         opts.device = device.clone();
     }
@@ -128,6 +146,9 @@ fn train(g: &GlobalArgs, args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
             .is_some();
     let result = crate::train::train(&args.run, &opts)
         .with_context(|| format!("training {}", args.run.display()))?;
+    if !main {
+        return Ok(());
+    }
     if already {
         eprintln!(
             "{}: already {} ({} kept as it is); `sweep train --force` trains it again from scratch",
@@ -172,6 +193,121 @@ fn train(g: &GlobalArgs, args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Seconds a rank waits for the others at any rendezvous or collective (SWEEP_DIST_TIMEOUT_S,
+/// default 300) before it gives up naming the rank: nothing hangs until a time limit.
+#[cfg(feature = "torch")]
+fn dist_timeout_s() -> anyhow::Result<u64> {
+    match std::env::var("SWEEP_DIST_TIMEOUT_S") {
+        Ok(v) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|&s| s > 0)
+            .ok_or_else(|| {
+                UsageError(format!(
+                    "SWEEP_DIST_TIMEOUT_S={v}: give whole seconds, 1 or more"
+                ))
+                .into()
+            }),
+        Err(_) => Ok(300),
+    }
+}
+
+/// `sweep train RUN --nproc N`: start N ranks of the run on this machine (RANK, WORLD_SIZE,
+/// MASTER_ADDR=127.0.0.1 and a free MASTER_PORT, as torchrun does), pass SIGTERM, SIGINT and
+/// SIGUSR1 on to them (they checkpoint and stop together), and when one fails stop the rest
+/// and say which.
+#[cfg(feature = "torch")]
+fn launch_ranks(g: &GlobalArgs, args: &crate::cli::TrainArgs, n: usize) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if !crate::dist::World::available() {
+        return Err(crate::dist::DistError::NotBuilt.into());
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("finding a free port for the ranks' rendezvous")?
+        .port();
+    let exe = std::env::current_exe().context("locating the sweep binary")?;
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGUSR1,
+    ] {
+        signal_hook::flag::register(sig, stop.clone())
+            .with_context(|| format!("installing the handler of signal {sig}"))?;
+    }
+    let mut ranks = Vec::with_capacity(n);
+    for rank in 0..n {
+        let mut cmd = std::process::Command::new(&exe);
+        if g.quiet {
+            cmd.arg("-q");
+        }
+        if g.json {
+            cmd.arg("--json");
+        }
+        cmd.arg("train").arg(&args.run);
+        if let Some(t) = args.threads {
+            cmd.args(["--threads", &t.to_string()]);
+        }
+        if let Some(d) = &args.device {
+            cmd.args(["--device", d]);
+        }
+        if let Some(ms) = args.min_step_ms {
+            cmd.args(["--min-step-ms", &ms.to_string()]);
+        }
+        if args.force {
+            cmd.arg("--force");
+        }
+        cmd.env("RANK", rank.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("WORLD_SIZE", n.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string());
+        crate::util::stop_with_parent(&mut cmd);
+        ranks.push(Some(
+            cmd.spawn()
+                .with_context(|| format!("starting rank {rank} of {n}"))?,
+        ));
+    }
+    let signal_all = |ranks: &[Option<std::process::Child>], sig: libc::c_int| {
+        for c in ranks.iter().flatten() {
+            // SAFETY: kill(2) on a child we started; no memory effects.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    };
+    let (mut forwarded, mut failed) = (false, None::<(usize, String)>);
+    loop {
+        if stop.load(Ordering::SeqCst) && !forwarded {
+            signal_all(&ranks, libc::SIGTERM);
+            forwarded = true;
+        }
+        for (rank, slot) in ranks.iter_mut().enumerate() {
+            let Some(child) = slot else { continue };
+            if let Some(status) = child.try_wait()? {
+                *slot = None;
+                if !status.success() && failed.is_none() {
+                    failed = Some((rank, status.to_string()));
+                }
+            }
+        }
+        if failed.is_some() && !forwarded {
+            signal_all(&ranks, libc::SIGTERM);
+            forwarded = true;
+        }
+        if ranks.iter().all(Option::is_none) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    match failed {
+        Some((rank, status)) => anyhow::bail!(
+            "rank {rank} of {n} failed ({status}); the other ranks were stopped (their errors are above)"
+        ),
+        None => Ok(()),
+    }
 }
 
 /// `sweep export RUN_DIR --out DIR`: the run's latest checkpoint as a Hugging Face folder.
@@ -260,6 +396,7 @@ fn noop_train(run: &Path) -> anyhow::Result<()> {
         notes: vec![],
         resumed_from: Vec::new(),
         run_hash: Some(run_hash),
+        world: None,
         inputs: Default::default(),
     };
     let path = run.parent().unwrap_or(Path::new(".")).join("result.json");

@@ -267,7 +267,6 @@ impl LocalExecutor {
         let log2 = log
             .try_clone()
             .map_err(|e| format!("{}: {e}", log_path.display()))?;
-        let parent = std::process::id();
         let mut cmd = Command::new(&self.program);
         cmd.arg("train")
             .arg(r.dir.join("run.json"))
@@ -277,21 +276,7 @@ impl LocalExecutor {
             .stdout(log)
             .stderr(log2)
             .process_group(0);
-        // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid, kill).
-        unsafe {
-            cmd.pre_exec(move || {
-                // The trainer is told to checkpoint and stop (SIGTERM) when this process dies,
-                // however it dies (kill -9 included): no orphan trains on.
-                #[cfg(target_os = "linux")]
-                {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
-                }
-                if libc::getppid() as u32 != parent {
-                    libc::kill(libc::getpid(), libc::SIGTERM);
-                }
-                Ok(())
-            });
-        }
+        crate::util::stop_with_parent(&mut cmd);
         cmd.spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.program.display()))
     }

@@ -24,6 +24,7 @@ use std::time::Instant;
 
 use tch::{Device, Tensor};
 
+use crate::dist::World;
 use crate::fingerprint::{self, Fingerprint};
 use crate::model::config::{LlamaConfig, BUILTIN_SHAPES};
 use crate::model::gguf::{self, GgufFile};
@@ -83,6 +84,9 @@ pub enum TrainError {
     /// Another trainer holds the run.
     #[error("{0}")]
     Busy(String),
+    /// A collective of a multi-process run failed (a rank died, hung or cannot be reached).
+    #[error(transparent)]
+    Dist(#[from] crate::dist::DistError),
 }
 
 /// How to run the trainer, besides the run file: resolved from the command line and the
@@ -110,6 +114,9 @@ pub struct TrainOptions {
     /// Train from scratch even when the run has its own final result (`sweep train --force`):
     /// its result, metrics, checkpoints and adapter are removed first.
     pub retrain: bool,
+    /// The ranks of this run (one process: the world of one). Every rank reads its slice of
+    /// each global batch; gradients are summed over ranks; rank 0 alone evaluates and writes.
+    pub world: Arc<World>,
 }
 
 impl TrainOptions {
@@ -135,6 +142,7 @@ impl TrainOptions {
             device: std::env::var("SWEEP_DEVICE").unwrap_or_else(|_| "auto".into()),
             min_step: None,
             retrain: false,
+            world: Arc::new(World::single()),
         }
     }
 }
@@ -254,7 +262,12 @@ pub fn train(run_path: &Path, opts: &TrainOptions) -> Result<RunResult, TrainErr
         .unwrap_or(Path::new("."))
         .to_path_buf();
     check_folder(&run, &dir, run_path)?;
-    let _lock = RunLock::acquire(&dir).map_err(|e| TrainError::Busy(e.to_string()))?;
+    // Rank 0 holds the run's lock for all the ranks of a multi-process run.
+    let _lock = if opts.world.is_main() {
+        Some(RunLock::acquire(&dir).map_err(|e| TrainError::Busy(e.to_string()))?)
+    } else {
+        None
+    };
     if !opts.retrain {
         if let Some(done) = finished_result(&dir, &run, &run_hash) {
             return Ok(done);
@@ -264,15 +277,19 @@ pub fn train(run_path: &Path, opts: &TrainOptions) -> Result<RunResult, TrainErr
     // A retraining clears the old outputs only once the model and the data loaded: bad input
     // loses nothing.
     let outcome = Trainer::new(&run, &run_hash, &dir, opts).and_then(|t| {
-        if opts.retrain {
+        if opts.retrain && opts.world.is_main() {
             crate::results::clear_outputs(&dir).map_err(|e| TrainError::Output(e.to_string()))?;
         }
+        // Every rank starts from the state rank 0 is in (after its clearing).
+        opts.world.barrier()?;
         t.run(started)
     });
     match outcome {
         Ok(r) => Ok(r),
-        // A finished result is never replaced by a failure.
-        Err(e) if finished_result(&dir, &run, &run_hash).is_some() => Err(e),
+        // A finished result is never replaced by a failure; rank 0 alone writes.
+        Err(e) if !opts.world.is_main() || finished_result(&dir, &run, &run_hash).is_some() => {
+            Err(e)
+        }
         Err(e) => {
             let result = RunResult {
                 schema: RESULT_SCHEMA,
@@ -294,6 +311,7 @@ pub fn train(run_path: &Path, opts: &TrainOptions) -> Result<RunResult, TrainErr
                 notes: Vec::new(),
                 resumed_from: Vec::new(),
                 run_hash: Some(run_hash),
+                world: None,
                 inputs: BTreeMap::new(),
             };
             // The original error matters more than a failure to record it.
@@ -501,6 +519,13 @@ impl<'a> Trainer<'a> {
                 "batch_size, micro_batch_size and seq_len must be positive".into(),
             ));
         }
+        let ranks = opts.world.size() as u64;
+        if !t.batch_size.is_multiple_of(ranks) {
+            return Err(TrainError::Unsupported(format!(
+                "training.batch_size = {} does not divide over {ranks} ranks: give a multiple of {ranks} (each rank takes an equal slice of every batch)",
+                t.batch_size
+            )));
+        }
         let (mut model, tokenizer) = build_model(run, opts, device)?;
         let kind = compute_kind(t.precision, device);
         model.set_compute_kind(kind);
@@ -657,9 +682,11 @@ impl<'a> Trainer<'a> {
         })
     }
 
+    /// Rank 0 evaluates while the other ranks go on to the next step's collective, where they
+    /// wait for it: one evaluation, one writer, and the same numbers as a single process.
     fn evaluate(&self, step: u64, tokens: u64) -> Result<EvalRecord, TrainError> {
         let mut metrics = BTreeMap::new();
-        for e in &self.evaluators {
+        for e in self.evaluators.iter().filter(|_| self.opts.world.is_main()) {
             metrics.extend(e.evaluate(&self.model, &self.tokenizer)?);
         }
         Ok(EvalRecord {
@@ -669,7 +696,18 @@ impl<'a> Trainer<'a> {
         })
     }
 
+    /// A metrics.jsonl line, written by rank 0 alone.
+    fn append_metrics(&self, path: &Path, line: &MetricsLine) -> Result<(), TrainError> {
+        if self.opts.world.is_main() {
+            outputs::append_metrics(path, line)?;
+        }
+        Ok(())
+    }
+
     fn checkpoint(&self, state: &TrainState) -> Result<(), TrainError> {
+        if !self.opts.world.is_main() {
+            return Ok(());
+        }
         checkpoint::save(
             &self.dir.join("checkpoints"),
             state,
@@ -692,15 +730,21 @@ impl<'a> Trainer<'a> {
             .map(|r| r.1.iter().filter(|&&x| x != data::IGNORE).count())
             .sum();
         let denom = targets.max(1) as f64;
+        // Each rank takes its slice of the batch; normalized by the whole batch's target count,
+        // the ranks' gradients sum to the single-process gradient.
+        let world = &self.opts.world;
+        let per_rank = batch / world.size();
+        let mine = &rows[world.rank() * per_rank..(world.rank() + 1) * per_rank];
         let mut loss_sum = 0.0;
-        for chunk in rows.chunks(micro.max(1)) {
+        for chunk in mine.chunks(micro.max(1)) {
             let b = batch_of(chunk, t.seq_len as usize)?;
             let (loss, _) = batch_loss_sum(&self.model, &b, true)?;
             let loss = loss.f_div_scalar(denom)?;
             loss.f_backward()?;
             loss_sum += loss.f_double_value(&[])?;
         }
-        Ok(loss_sum)
+        self.optim.all_reduce_grads(world)?;
+        Ok(world.sum_f64(loss_sum)?)
     }
 
     fn run(mut self, started: Instant) -> Result<RunResult, TrainError> {
@@ -743,7 +787,9 @@ impl<'a> Trainer<'a> {
                 self.model
                     .load_named(&loaded.model, false, &loaded.path.display().to_string())?;
                 self.optim.load_state(&loaded.optim, loaded.state.step)?;
-                outputs::truncate_metrics(&metrics_path, loaded.state.step)?;
+                if self.opts.world.is_main() {
+                    outputs::truncate_metrics(&metrics_path, loaded.state.step)?;
+                }
                 let mut state = loaded.state;
                 if state.step < self.total_steps {
                     state.resumed_from.push(state.step);
@@ -751,21 +797,28 @@ impl<'a> Trainer<'a> {
                 state
             }
             None => {
-                let _ = std::fs::remove_file(&metrics_path);
-                let (metrics, note) = base_eval::evaluate(
-                    &self.evaluators,
-                    &self.model,
-                    &self.tokenizer,
-                    self.base_cache.as_ref(),
-                    &self.run.id,
-                )?;
+                let main = self.opts.world.is_main();
+                if main {
+                    let _ = std::fs::remove_file(&metrics_path);
+                }
+                let (metrics, note) = if main {
+                    base_eval::evaluate(
+                        &self.evaluators,
+                        &self.model,
+                        &self.tokenizer,
+                        self.base_cache.as_ref(),
+                        &self.run.id,
+                    )?
+                } else {
+                    (BTreeMap::new(), None)
+                };
                 self.notes.extend(note);
                 let base = EvalRecord {
                     step: 0,
                     tokens: 0,
                     metrics,
                 };
-                outputs::append_metrics(
+                self.append_metrics(
                     &metrics_path,
                     &MetricsLine {
                         step: 0,
@@ -803,6 +856,12 @@ impl<'a> Trainer<'a> {
                 .stop
                 .as_ref()
                 .is_some_and(|f| f.load(Ordering::SeqCst));
+            // A signal to any rank stops every rank after the same step.
+            let signalled = if self.opts.world.size() > 1 {
+                self.opts.world.sum_f64(if signalled { 1.0 } else { 0.0 })? > 0.0
+            } else {
+                signalled
+            };
             if signalled
                 || self
                     .opts
@@ -828,7 +887,7 @@ impl<'a> Trainer<'a> {
                     state.step + 1,
                     t.max_loss
                 ));
-                outputs::append_metrics(
+                self.append_metrics(
                     &metrics_path,
                     &MetricsLine {
                         step: state.step + 1,
@@ -880,7 +939,7 @@ impl<'a> Trainer<'a> {
                 };
                 let secs = last_log.0.elapsed().as_secs_f64();
                 let tps = (secs > 0.0).then(|| (state.tokens - last_log.1) as f64 / secs);
-                outputs::append_metrics(
+                self.append_metrics(
                     &metrics_path,
                     &MetricsLine {
                         step: state.step,
@@ -907,7 +966,7 @@ impl<'a> Trainer<'a> {
         if status != RunStatus::Diverged {
             self.checkpoint(&state)?;
         }
-        if status == RunStatus::Completed {
+        if status == RunStatus::Completed && self.opts.world.is_main() {
             if let Some(lora) = lora_options(self.run) {
                 export::write_peft_adapter(
                     &self.dir.join(crate::results::ADAPTER_DIR),
@@ -938,9 +997,11 @@ impl<'a> Trainer<'a> {
             notes: self.notes.clone(),
             resumed_from: state.resumed_from,
             run_hash: Some(self.run_hash.clone()),
+            world: (self.opts.world.size() > 1)
+                .then(|| format!("{} ranks, gloo", self.opts.world.size())),
             inputs: self.inputs.clone(),
         };
-        if status != RunStatus::Interrupted {
+        if status != RunStatus::Interrupted && self.opts.world.is_main() {
             outputs::write_result(&self.dir.join("result.json"), &result)?;
         }
         Ok(result)

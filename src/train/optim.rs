@@ -110,6 +110,21 @@ impl Optim {
         Ok(norm)
     }
 
+    /// Sum every gradient over the ranks of `world` in one flat bucket (a no-op for one rank).
+    pub fn all_reduce_grads(&mut self, world: &crate::dist::World) -> Result<(), TrainError> {
+        if world.size() == 1 {
+            return Ok(());
+        }
+        let mut grads: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(|p| p.tensor.grad())
+            .filter(|g| g.defined())
+            .collect();
+        world.all_reduce_sum_flat(&mut grads)?;
+        Ok(())
+    }
+
     /// One update at learning rate `lr` from the current gradients.
     pub fn step(&mut self, lr: f64) -> Result<(), TrainError> {
         let _g = tch::no_grad_guard();

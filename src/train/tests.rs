@@ -64,6 +64,7 @@ impl Fixture {
             device: "cpu".into(),
             min_step: None,
             retrain: false,
+            world: Arc::new(crate::dist::World::single()),
         }
     }
 }

@@ -1,0 +1,287 @@
+//! Data-parallel training through the real binary: `sweep train --nproc 2` starts two ranks on
+//! this machine that meet through libtorch's c10d (Gloo on the CPU), and they train as one
+//! process with the same global batch does.
+#![cfg(feature = "torch")]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A run.json in `dir/name/`: 20 steps of 4 rows x 32 tokens, `micro` rows per micro-batch.
+fn run_json(
+    dir: &Path,
+    name: &str,
+    method: &str,
+    optimizer: &str,
+    micro: u32,
+    steps: u64,
+) -> PathBuf {
+    let mut v = serde_json::json!({
+        "schema": 1, "sweep": "ddp", "id": "0123456789-s0", "config_id": "0123456789", "seed": 0,
+        "model": {"kind": "builtin", "shape": "tiny", "init": "random"},
+        "data": {"regime": "cpt", "domain": "code", "target": dir.join("code.txt"),
+            "source": dir.join("english.txt"), "text_field": "text", "prompt_field": "prompt",
+            "response_field": "response", "epoch_tokens": null},
+        "training": {"optimizer": optimizer, "betas": [0.9, 0.95], "eps": 1e-8,
+            "weight_decay": 0.01, "schedule": "cosine", "warmup_fraction": 0.1,
+            "warmup_steps": null, "cooldown_fraction": 0.2, "t_scale": null,
+            "final_lr_fraction": 0.1, "batch_size": 4, "micro_batch_size": micro, "seq_len": 32,
+            "grad_clip": 1.0, "precision": "auto", "rslora": false,
+            "freeze_embeddings_and_norms": false, "max_loss": null, "checkpoint_every": 2,
+            "log_every": 1},
+        "evaluation": {"metrics": ["target_loss", "source_loss"], "checkpoints": [],
+            "eval_tokens": 256, "problems": 1, "diversity_samples": 1, "temperature": 1.0,
+            "rank_threshold": 0.9, "multiple_choice": null, "humaneval": null},
+        "method": "full", "learning_rate": 1e-3, "token_budget": steps * 128,
+        "eval_at": [steps * 64, steps * 128]
+    });
+    if method == "lora" {
+        let o = v.as_object_mut().unwrap();
+        o.insert("method".into(), "lora".into());
+        o.insert("rank".into(), 4.into());
+        o.insert("alpha".into(), 8.0.into());
+        o.insert(
+            "target_modules".into(),
+            serde_json::json!(["q", "k", "v", "o"]),
+        );
+        o.insert("dropout".into(), 0.0.into());
+        o.insert("learning_rate".into(), 3e-3.into());
+    }
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    let p = d.join("run.json");
+    std::fs::write(&p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    p
+}
+
+fn train(dir: &Path, run: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sweep"))
+        .current_dir(dir)
+        .args(["train", run.to_str().unwrap(), "--threads", "1"])
+        .args(extra)
+        .env_remove("SWEEP_MIN_STEP_MS")
+        .output()
+        .unwrap()
+}
+
+fn result(run: &Path) -> serde_json::Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(run.parent().unwrap().join("result.json")).unwrap(),
+    )
+    .unwrap()
+}
+
+/// (step, train_loss) of every metrics line past the base.
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.parent().unwrap().join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["step"].as_u64().unwrap() > 0)
+        .map(|v| {
+            (
+                v["step"].as_u64().unwrap(),
+                v["train_loss"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn assert_same_run(a: &Path, b: &Path, what: &str) {
+    let (la, lb) = (losses(a), losses(b));
+    assert_eq!(la.len(), lb.len(), "{what}: the same steps");
+    for ((sa, xa), (sb, xb)) in la.iter().zip(&lb) {
+        assert_eq!(sa, sb);
+        assert!(
+            (xa - xb).abs() < 1e-5,
+            "{what}: step {sa}: loss {xa} vs {xb}"
+        );
+    }
+    let (ra, rb) = (result(a), result(b));
+    let evals = |r: &serde_json::Value| -> Vec<(f64, f64)> {
+        r["evals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["metrics"]["target_loss"].as_f64().unwrap(),
+                    e["metrics"]["source_loss"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    for (ea, eb) in evals(&ra).iter().zip(evals(&rb).iter()) {
+        assert!(
+            (ea.0 - eb.0).abs() < 1e-5,
+            "{what}: target loss {ea:?} vs {eb:?}"
+        );
+        assert!(
+            (ea.1 - eb.1).abs() < 1e-5,
+            "{what}: source loss {ea:?} vs {eb:?}"
+        );
+    }
+}
+
+/// 2 ranks x micro-batch 2 train as 1 rank does with the same global batch of 4, within 1e-5
+/// after 20 steps: full fine-tuning and LoRA, AdamW and LionW. The 1-rank run accumulates the
+/// same two micro-batches of 2 (the float sums are then the same); 1 rank x micro-batch 4 is
+/// compared too, for AdamW (LionW's sign update turns the last-digit differences of another
+/// micro-batch size, one process or two, into 2e-5 after 20 steps).
+#[test]
+fn two_ranks_train_as_one_process_with_the_same_global_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_corpora(dir.path());
+    for (method, opt) in [
+        ("full", "adamw"),
+        ("lora", "lionw"),
+        ("full", "lionw"),
+        ("lora", "adamw"),
+    ] {
+        let two = run_json(dir.path(), &format!("{method}-{opt}-2"), method, opt, 2, 20);
+        let o = train(dir.path(), &two, &["--nproc", "2"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(result(&two)["status"], "completed");
+        assert_eq!(result(&two)["world"], "2 ranks, gloo");
+        let mut micros = vec![2];
+        if opt == "adamw" {
+            micros.push(4);
+        }
+        for micro in micros {
+            let name = format!("{method}-{opt}-1x{micro}");
+            let one = run_json(dir.path(), &name, method, opt, micro, 20);
+            let o = train(dir.path(), &one, &[]);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let what = format!("{method} {opt}, 1 rank x micro-batch {micro}");
+            assert_same_run(&one, &two, &what);
+        }
+    }
+}
+
+/// A 2-rank run stopped by a signal resumes on 1 rank, and ends where an uninterrupted
+/// 1-rank run does.
+#[test]
+fn a_two_rank_checkpoint_resumes_on_one_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_corpora(dir.path());
+    let whole = run_json(dir.path(), "whole", "lora", "adamw", 2, 20);
+    let split = run_json(dir.path(), "split", "lora", "adamw", 2, 20);
+    let o = train(dir.path(), &whole, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sweep"))
+        .current_dir(dir.path())
+        .args([
+            "train",
+            split.to_str().unwrap(),
+            "--threads",
+            "1",
+            "--nproc",
+            "2",
+        ])
+        .args(["--min-step-ms", "150"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while losses_or_empty(&split).iter().all(|(s, _)| *s < 6) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the 2-rank run trains"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: SIGTERM to the launcher we started; it passes it on to both ranks.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success(), "stopped with a checkpoint");
+    assert!(!split.parent().unwrap().join("result.json").exists());
+    let o = train(dir.path(), &split, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = result(&split);
+    assert_eq!(r["status"], "completed");
+    let from = r["resumed_from"][0].as_u64().unwrap();
+    assert!((6..20).contains(&from), "resumed mid-run: {r:#}");
+    assert_same_run(&whole, &split, "resumed on another world size");
+}
+
+/// A rank killed mid-run stops the run: the launcher ends non-zero within a bounded time,
+/// naming the rank, and leaves no rank behind.
+#[test]
+fn a_killed_rank_stops_the_run_and_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_corpora(dir.path());
+    let run = run_json(dir.path(), "killed", "full", "adamw", 2, 200);
+    let child = Command::new(env!("CARGO_BIN_EXE_sweep"))
+        .current_dir(dir.path())
+        .args([
+            "train",
+            run.to_str().unwrap(),
+            "--threads",
+            "1",
+            "--nproc",
+            "2",
+        ])
+        .args(["--min-step-ms", "100"])
+        .env("SWEEP_DIST_TIMEOUT_S", "20")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while losses_or_empty(&run).iter().all(|(s, _)| *s < 3) {
+        assert!(t0.elapsed() < Duration::from_secs(120), "the run trains");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rank0 = rank_pid(child.id(), 0).expect("rank 0 runs");
+    let rank1 = rank_pid(child.id(), 1).expect("rank 1 runs");
+    // SAFETY: SIGKILL to rank 1, a child of the launcher we started.
+    unsafe { libc::kill(rank1, libc::SIGKILL) };
+    let t1 = Instant::now();
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        t1.elapsed() < Duration::from_secs(60),
+        "bounded: {:?}",
+        t1.elapsed()
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("rank 1 of 2 failed"), "{err}");
+    // The launcher waited for rank 0 (reaped): nothing is left of it.
+    assert!(
+        !Path::new(&format!("/proc/{rank0}")).exists(),
+        "no rank left behind"
+    );
+}
+
+fn losses_or_empty(run: &Path) -> Vec<(u64, f64)> {
+    if run.parent().unwrap().join("metrics.jsonl").exists() {
+        losses(run)
+    } else {
+        Vec::new()
+    }
+}
+
+/// The pid of a child of `parent` whose environment says RANK=`rank`.
+fn rank_pid(parent: u32, rank: usize) -> Option<i32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .find_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let ppid: u32 = stat
+                .rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            let environ = std::fs::read(e.path().join("environ")).ok()?;
+            let has = environ
+                .split(|b| *b == 0)
+                .any(|v| v == format!("RANK={rank}").as_bytes());
+            (ppid == parent && has).then_some(pid)
+        })
+}
