@@ -285,3 +285,48 @@ fn rank_pid(parent: u32, rank: usize) -> Option<i32> {
             (ppid == parent && has).then_some(pid)
         })
 }
+
+/// `sweep run` trains a run that asks for 2 ranks as `sweep train --nproc 2`, and refuses one
+/// that spans 2 nodes, saying where it can run.
+#[test]
+fn sweep_run_starts_the_ranks_a_run_asks_for() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_corpora(dir.path());
+    let spec = |extra: &str| {
+        format!(
+            "name = \"ranks\"\n[model]\nbuiltin = \"tiny\"\ninit = \"random\"\n[data]\nregime = \"cpt\"\ndomain = \"code\"\ntarget = \"code.txt\"\nsource = \"english.txt\"\n[training]\nbatch_size = 4\nseq_len = 32\n{extra}[evaluation]\neval_tokens = 128\nmetrics = [\"target_loss\"]\n[grid]\nmethod = [\"full\"]\ntoken_budget = [256]\nseeds = 1\n[grid.full]\nlearning_rate = [1e-3]\n"
+        )
+    };
+    std::fs::write(dir.path().join("spec.toml"), spec("ranks_per_node = 2\n")).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_sweep"))
+        .current_dir(dir.path())
+        .args(["run", "spec.toml"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let runs = dir.path().join("results/ranks/runs");
+    let run = std::fs::read_dir(&runs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(result(&run.join("run.json"))["world"], "2 ranks, gloo");
+
+    std::fs::write(
+        dir.path().join("spec.toml"),
+        spec("nodes = 2\n").replace("\"ranks\"", "\"nodes\""),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_sweep"))
+        .current_dir(dir.path())
+        .args(["run", "spec.toml"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("spans 2 nodes") && err.contains("--cluster"),
+        "{err}"
+    );
+}

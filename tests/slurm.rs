@@ -1272,3 +1272,78 @@ fn an_install_killed_mid_upload_is_completed_by_the_next() {
     assert_complete_install(&set);
     c.wait_completed(4);
 }
+
+/// The (step, train_loss) lines of a metrics.jsonl past the base evaluation.
+fn train_losses(metrics: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(metrics)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["step"].as_u64().unwrap() > 0)
+        .map(|v| {
+            (
+                v["step"].as_u64().unwrap(),
+                v["train_loss"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// One run over two nodes (n1 and n2, one rank each): the job asks for --nodes=2, srun starts
+/// the ranks, they meet at the first node's address through c10d, and they train as
+/// `sweep train --nproc 2` does on this machine.
+#[test]
+fn a_two_node_run_trains_through_srun_like_two_local_ranks() {
+    let name = "twonode";
+    if !cluster_up("a_two_node_run_trains_through_srun_like_two_local_ranks") {
+        return;
+    }
+    let src = SharedSource::new(name);
+    let c = Case::training(name, "", "10k", 0, &src);
+    let spec = std::fs::read_to_string(c.dir.path().join("spec.toml"))
+        .unwrap()
+        .replace("[training]\n", "[training]\nnodes = 2\n");
+    std::fs::write(c.dir.path().join("spec.toml"), spec).unwrap();
+    let out = c.ok(&["submit", "spec.toml", "--cluster", "dev", "--install"]);
+    assert!(out.contains("submitted 1 of 1"), "{out}");
+    let (id, run) = c.only_run(name);
+    let script = std::fs::read_dir(c.remote_sweep(name).join("batches"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name().to_string_lossy().ends_with(".sbatch"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .unwrap();
+    assert!(script.contains("#SBATCH --nodes=2"), "{script}");
+    c.wait_completed(1);
+    c.ok(&["collect", "spec.toml"]);
+    let remote = c.result(name, &id);
+    assert_eq!(remote["status"], "completed", "{remote:#}");
+    assert_eq!(remote["world"], "2 ranks, gloo", "{remote:#}");
+    let log = std::fs::read_to_string(run.join("train.log")).unwrap_or_default();
+
+    // The same run.json, two ranks on this machine.
+    let here = c.dir.path().join("local");
+    std::fs::create_dir_all(&here).unwrap();
+    std::fs::copy(run.join("run.json"), here.join("run.json")).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_sweep"))
+        .args(["train", here.join("run.json").to_str().unwrap()])
+        .args(["--nproc", "2", "--threads", "1"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let collected = c
+        .results
+        .join(name)
+        .join("runs")
+        .join(&id)
+        .join("metrics.jsonl");
+    let (a, b) = (
+        train_losses(&collected),
+        train_losses(&here.join("metrics.jsonl")),
+    );
+    assert!(!a.is_empty() && a.len() == b.len(), "{a:?} vs {b:?}\n{log}");
+    for ((sa, la), (sb, lb)) in a.iter().zip(&b) {
+        assert_eq!(sa, sb);
+        assert!((la - lb).abs() < 1e-5, "step {sa}: srun {la} vs local {lb}");
+    }
+}

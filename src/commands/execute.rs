@@ -62,11 +62,13 @@ fn stage(
                     .with_context(|| format!("writing {}", run_json.display()))?;
             }
         }
+        let t = &plan.shared.training;
         runs.push(LocalRun {
             id: r.id.clone(),
             dir: run_dir,
             who,
             problem,
+            ranks: (t.nodes, t.ranks_per_node),
         });
     }
     Ok(runs)
@@ -91,7 +93,12 @@ fn execute_locally(
     let threads = threads.unwrap_or(1).max(1);
     let exe = LocalExecutor {
         program: std::env::current_exe().context("locating the sweep binary")?,
-        parallel: jobs.unwrap_or_else(|| default_parallel(threads)).max(1),
+        // A run of N ranks takes N processes of `threads` threads each.
+        parallel: jobs
+            .unwrap_or_else(|| {
+                default_parallel(threads * plan.shared.training.ranks_per_node as usize)
+            })
+            .max(1),
         threads,
         retry_failed,
         retrain_invalid,

@@ -177,6 +177,11 @@ pub fn submit(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
         0
     } else {
         let be = backend(&j);
+        let tc = &plan.shared.training;
+        let resources = crate::executor::slurm::script::Resources {
+            nodes: tc.nodes,
+            ranks_per_node: tc.ranks_per_node,
+        };
         ex::submit_batch(
             t.as_mut(),
             &mut j,
@@ -184,6 +189,7 @@ pub fn submit(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
             &dir,
             &be,
             &binary,
+            resources,
             &lines,
             now().1,
         )?

@@ -24,6 +24,9 @@ pub struct LocalRun {
     pub who: RunIdentity,
     /// Why the folder cannot be trained as it is (its run.json is not the plan's), if so.
     pub problem: Option<String>,
+    /// Nodes and ranks per node the run asks for: more than one rank runs as `sweep train
+    /// --nproc N` here; more than one node cannot run here.
+    pub ranks: (u32, u32),
 }
 
 /// Settings of the local executor.
@@ -257,6 +260,12 @@ impl LocalExecutor {
     }
 
     fn spawn(&self, r: &LocalRun) -> Result<Child, String> {
+        let (nodes, per_node) = r.ranks;
+        if nodes > 1 {
+            return Err(format!(
+                "the run spans {nodes} nodes (training.nodes): submit it to a cluster with `sweep submit SPEC --cluster NAME`, or set nodes = 1 to train its {per_node} ranks here"
+            ));
+        }
         use std::os::unix::process::CommandExt;
         let log_path = r.dir.join("train.log");
         let log = std::fs::OpenOptions::new()
@@ -272,6 +281,11 @@ impl LocalExecutor {
             .arg(r.dir.join("run.json"))
             .arg("--threads")
             .arg(self.threads.to_string())
+            .args(if per_node > 1 {
+                vec!["--nproc".to_string(), per_node.to_string()]
+            } else {
+                vec![]
+            })
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -397,6 +411,7 @@ esac
                     dir: d,
                     who: fake_identity(),
                     problem: None,
+                    ranks: (1, 1),
                 }
             })
             .collect();

@@ -336,7 +336,10 @@ fn resolve_shared(spec: &Spec) -> Result<SharedConfig, Problem> {
             "must be at least 2 tokens",
         ));
     }
-    let micro = t.micro_batch_size.unwrap_or(t.batch_size);
+    let ranks_default = u64::from(t.nodes.max(1)) * u64::from(t.ranks_per_node.max(1));
+    let micro = t
+        .micro_batch_size
+        .unwrap_or((t.batch_size / ranks_default).max(1));
     if micro == 0 || !t.batch_size.is_multiple_of(micro) {
         return Err(problem(
             &["training", "micro_batch_size"],
@@ -344,6 +347,34 @@ fn resolve_shared(spec: &Spec) -> Result<SharedConfig, Problem> {
                 "must divide batch_size ({}) so that gradient accumulation reaches it exactly",
                 t.batch_size
             ),
+        ));
+    }
+    for (key, n) in [("nodes", t.nodes), ("ranks_per_node", t.ranks_per_node)] {
+        if n == 0 {
+            return Err(problem(&["training", key], "must be at least 1"));
+        }
+    }
+    let ranks = u64::from(t.nodes) * u64::from(t.ranks_per_node);
+    if ranks > 1 && !t.batch_size.is_multiple_of(micro * ranks) {
+        let per_rank = t.batch_size / ranks;
+        let fits: Vec<String> = (1..=per_rank.max(1))
+            .filter(|m| t.batch_size.is_multiple_of(m * ranks))
+            .map(|m| m.to_string())
+            .collect();
+        return Err(problem(
+            &["training", "batch_size"],
+            if fits.is_empty() {
+                format!(
+                    "{} does not divide over {ranks} ranks (nodes x ranks_per_node): give a multiple of {ranks}",
+                    t.batch_size
+                )
+            } else {
+                format!(
+                    "{} must be micro_batch_size ({micro}) x {ranks} ranks x accumulation steps; with {ranks} ranks, micro_batch_size can be {}",
+                    t.batch_size,
+                    fits.join(", ")
+                )
+            },
         ));
     }
     if !(t.grad_clip.is_finite() && t.grad_clip >= 0.0) {
@@ -393,6 +424,8 @@ fn resolve_shared(spec: &Spec) -> Result<SharedConfig, Problem> {
         max_loss: t.max_loss,
         checkpoint_every: t.checkpoint_every,
         log_every: t.log_every,
+        nodes: t.nodes,
+        ranks_per_node: t.ranks_per_node,
     };
     let mut evaluation = spec.evaluation.clone();
     evaluation.metrics = Some(

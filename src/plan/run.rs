@@ -79,9 +79,28 @@ pub struct TrainingConfig {
     pub checkpoint_every: u64,
     /// Metrics line interval in optimizer steps.
     pub log_every: u64,
+    /// Nodes one run spans (absent when 1, so that single-node ids do not change).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub nodes: u32,
+    /// Ranks of one run per node (absent when 1).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub ranks_per_node: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 impl TrainingConfig {
+    /// The ranks of one run: nodes x ranks per node.
+    pub fn ranks(&self) -> u32 {
+        self.nodes.max(1) * self.ranks_per_node.max(1)
+    }
+
     /// Tokens in one optimizer step.
     pub fn tokens_per_step(&self) -> u64 {
         self.batch_size * self.seq_len

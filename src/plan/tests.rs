@@ -333,3 +333,39 @@ fn huge_grids_need_force() {
     assert!(e.message.contains("--force"), "{}", e.message);
     assert_eq!(e.dotted(), "grid");
 }
+
+#[test]
+fn ranks_divide_the_batch_and_leave_single_process_ids_alone() {
+    let grid = "[grid]\nmethod=[\"full\"]\nlearning_rate=1e-4\ntoken_budget=\"1k\"\n";
+    let with = |training: &str| {
+        plan(
+            &spec(&format!("{BASE}{grid}").replace("batch_size = 2\n", training)),
+            &PlanOptions::default(),
+        )
+    };
+    let base = with("batch_size = 2\n").unwrap();
+    // Writing the defaults changes no id: they are not serialized.
+    let explicit = with("batch_size = 2\nnodes = 1\nranks_per_node = 1\n").unwrap();
+    assert_eq!(explicit.config_ids, base.config_ids);
+    // Two ranks: micro-batch 1 each by default.
+    let two = with("batch_size = 2\nranks_per_node = 2\n").unwrap();
+    assert_eq!(two.shared.training.ranks(), 2);
+    assert_eq!(two.shared.training.micro_batch_size, 1);
+    // 6 sequences over 2 nodes x 2 ranks do not divide; micro-batch 2 x 4 ranks needs 8k.
+    let e = with("batch_size = 6\nnodes = 2\nranks_per_node = 2\n").unwrap_err();
+    assert_eq!(e.dotted(), "training.batch_size");
+    assert!(
+        e.message.contains("does not divide over 4 ranks"),
+        "{}",
+        e.message
+    );
+    let e = with("batch_size = 8\nmicro_batch_size = 4\nranks_per_node = 4\n").unwrap_err();
+    assert!(
+        e.message
+            .contains("with 4 ranks, micro_batch_size can be 1, 2"),
+        "{}",
+        e.message
+    );
+    let e = with("batch_size = 8\nnodes = 0\n").unwrap_err();
+    assert_eq!(e.dotted(), "training.nodes");
+}

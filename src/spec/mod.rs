@@ -252,6 +252,17 @@ pub struct TrainingSpec {
     /// Write a metrics line every N optimizer steps.
     #[serde(default = "default_log_every")]
     pub log_every: u64,
+    /// Nodes one run spans (data-parallel; on a cluster, `--nodes`).
+    #[serde(default = "default_one")]
+    pub nodes: u32,
+    /// Ranks (processes) of one run per node: one per GPU on a GPU node (with the cluster's
+    /// `gres`), or CPU processes on Gloo.
+    #[serde(default = "default_one")]
+    pub ranks_per_node: u32,
+}
+
+fn default_one() -> u32 {
+    1
 }
 
 fn default_eps() -> f64 {

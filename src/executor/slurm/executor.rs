@@ -365,6 +365,7 @@ pub fn submit_batch(
     dir: &std::path::Path,
     backend: &str,
     binary: &str,
+    resources: script::Resources,
     lines: &[(String, String)],
     now_ms: u128,
 ) -> Result<usize, SlurmError> {
@@ -412,7 +413,7 @@ pub fn submit_batch(
         &join(rd, &format!("batches/{tag}.ids")),
         0o644,
     )?;
-    let text = script::render(&journal.config, binary, &tag);
+    let text = script::render(&journal.config, binary, &tag, resources);
     t.upload(
         text.as_bytes(),
         &join(rd, &format!("batches/{tag}.sbatch")),
@@ -595,6 +596,7 @@ mod tests {
             dir.path(),
             "slurm:a",
             "b",
+            script::Resources::default(),
             &lines(5),
             0xabc,
         )
@@ -635,6 +637,7 @@ mod tests {
             dir.path(),
             "slurm:a",
             "b",
+            script::Resources::default(),
             &lines(3),
             1,
         )

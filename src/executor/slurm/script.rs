@@ -41,12 +41,49 @@ pub fn array_spec(chunk: Chunk, max_concurrent: Option<u32>) -> String {
 /// retry policy resubmits to resume from the checkpoint. EX_TEMPFAIL of sysexits.h.
 pub const CHECKPOINTED_EXIT: u8 = 75;
 
+/// What one run of a batch asks for: data-parallel ranks over nodes (the spec's
+/// `training.nodes` and `training.ranks_per_node`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resources {
+    /// Nodes per run.
+    pub nodes: u32,
+    /// Ranks (srun tasks) per node.
+    pub ranks_per_node: u32,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources {
+            nodes: 1,
+            ranks_per_node: 1,
+        }
+    }
+}
+
+impl Resources {
+    /// More than one rank: the trainer is started by srun, one task per rank.
+    pub fn multi(&self) -> bool {
+        self.nodes * self.ranks_per_node > 1
+    }
+}
+
+/// The rendezvous and the srun prefix of a multi-rank run's trainer line.
+const MULTI_RANK_LAUNCH: &str = r#"first=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+MASTER_ADDR=$(scontrol show node "$first" -o | sed -n 's/.* NodeAddr=\([^ ]*\).*/\1/p')
+export MASTER_ADDR=${MASTER_ADDR:-$first}
+export MASTER_PORT=$((15000 + SLURM_JOB_ID % 10000))
+srun --kill-on-bad-exit=1 bash -c 'export RANK=$SLURM_PROCID WORLD_SIZE=$SLURM_NTASKS LOCAL_RANK=$SLURM_LOCALID; exec "$@"' rank "#;
+
 /// The job script of batch `tag`, run from the remote sweep folder with the chunk offset as $1.
 /// Task i trains line `offset + i + 1` of batches/TAG.jsonl (its run id on the same line of
 /// batches/TAG.ids), records its job ids in jobs.log, and forwards SIGUSR1 (sent
 /// `checkpoint_signal_s` before the time limit) and SIGTERM to the trainer so it checkpoints.
 /// A task stopped by SIGUSR1 without a final result exits [`CHECKPOINTED_EXIT`].
-pub fn render(c: &ClusterConfig, binary: &str, tag: &str) -> String {
+/// A run of several ranks asks for `--nodes` and `--ntasks-per-node` and starts them with srun;
+/// each task gets torchrun's variables from Slurm's (RANK = SLURM_PROCID, WORLD_SIZE =
+/// SLURM_NTASKS, LOCAL_RANK = SLURM_LOCALID) and meets the others at the first node's address
+/// (its NodeAddr) on a port derived from the job id, so jobs sharing a node differ.
+pub fn render(c: &ClusterConfig, binary: &str, tag: &str, res: Resources) -> String {
     let mut s = String::new();
     s.push_str("#!/bin/bash\n");
     s.push_str(&format!(
@@ -72,6 +109,10 @@ pub fn render(c: &ClusterConfig, binary: &str, tag: &str) -> String {
     }
     if let Some(n) = c.cpus_per_task {
         opt("cpus-per-task", &n.to_string());
+    }
+    if res.multi() {
+        opt("nodes", &res.nodes.to_string());
+        opt("ntasks-per-node", &res.ranks_per_node.to_string());
     }
     for l in &c.sbatch_extra {
         s.push_str(&format!("#SBATCH {l}\n"));
@@ -115,7 +156,7 @@ sed -n "${{line}}p" batches/{tag}.jsonl > "$run/.run.json.tmp" && mv "$run/.run.
     echo "sweep: $id got the time-limit warning before training started; exit {checkpointed} (a timeout)" >&2
     exit {checkpointed}
 fi
-{bin} train "$run/run.json"{extra} --threads "${{SLURM_CPUS_PER_TASK:-1}}" >> "$run/train.log" 2>&1 &
+{launch}{bin} train "$run/run.json"{extra} --threads "${{SLURM_CPUS_PER_TASK:-1}}" >> "$run/train.log" 2>&1 &
 child=$!
 [ "$warned" = 0 ] || kill -USR1 "$child" 2>/dev/null
 while true; do
@@ -130,6 +171,7 @@ fi
 exit "$code"
 "#,
         bin = from_home(binary),
+        launch = if res.multi() { MULTI_RANK_LAUNCH } else { "" },
         checkpointed = CHECKPOINTED_EXIT,
         extra = c
             .train_args
@@ -171,8 +213,29 @@ mod tests {
         c.libtorch = Some("/opt/lib torch".into());
         golden(
             "sbatch_full.sh",
-            &render(&c, "/opt/my sweep/bin/sweep", "18c0ffee"),
+            &render(
+                &c,
+                "/opt/my sweep/bin/sweep",
+                "18c0ffee",
+                Resources::default(),
+            ),
         );
+    }
+
+    #[test]
+    fn multi_rank_script_matches_its_golden_file() {
+        let f = ClustersFile::parse(
+            "[clusters.a]\nhost = \"h\"\nuser = \"u\"\nwork_dir = \"w\"\ngres = \"gpu:4\"\n",
+            "c",
+        )
+        .unwrap();
+        let res = Resources {
+            nodes: 2,
+            ranks_per_node: 4,
+        };
+        let text = render(&f.clusters["a"], "w/bin/sweep-0.1.0", "abc123", res);
+        assert!(text.contains("#SBATCH --nodes=2\n#SBATCH --ntasks-per-node=4\n"));
+        golden("sbatch_multi_rank.sh", &text);
     }
 
     #[test]
@@ -184,7 +247,12 @@ mod tests {
         .unwrap();
         golden(
             "sbatch_minimal.sh",
-            &render(&f.clusters["a"], "w/bin/sweep-0.1.0", "abc123"),
+            &render(
+                &f.clusters["a"],
+                "w/bin/sweep-0.1.0",
+                "abc123",
+                Resources::default(),
+            ),
         );
     }
 
