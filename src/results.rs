@@ -247,6 +247,32 @@ pub fn read_result_of(path: &Path, who: &RunIdentity) -> Result<RunResult, Resul
     }
 }
 
+/// What changed, of the files a result was trained from, among those still where it read them
+/// (a file that is gone cannot be checked, and is not counted against the result); None when
+/// nothing did. Fingerprints are computed once per file and process.
+pub fn inputs_changed(r: &RunResult) -> Option<String> {
+    use crate::fingerprint::{changes, of_file};
+    thread_local! {
+        static SEEN: std::cell::RefCell<BTreeMap<String, Option<crate::fingerprint::Fingerprint>>> =
+            const { std::cell::RefCell::new(BTreeMap::new()) };
+    }
+    let (mut then, mut now) = (BTreeMap::new(), BTreeMap::new());
+    for (key, fp) in &r.inputs {
+        let path = key.split_once(':').map_or(key.as_str(), |(_, p)| p);
+        let current = SEEN.with(|seen| {
+            seen.borrow_mut()
+                .entry(path.to_string())
+                .or_insert_with(|| of_file(Path::new(path)).ok())
+                .clone()
+        });
+        if let Some(c) = current {
+            then.insert(key.clone(), fp.clone());
+            now.insert(key.clone(), c);
+        }
+    }
+    changes(&then, &now)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -682,3 +682,24 @@ fn replaced_base_weights_are_refused_by_export_and_a_truncated_cache_is_remade()
         "made again"
     );
 }
+
+/// A run whose data changed after it trained here is invalid in `sweep status` (its result is
+/// not the result of today's data), and counts again when the data is put back.
+#[test]
+fn a_result_of_data_that_changed_since_is_invalid() {
+    let dir = setup("full", 256);
+    let o = sweep(dir.path(), &["run", "spec.toml"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let run = run_dirs(dir.path()).remove(0);
+    let source = dir.path().join("english.txt");
+    let original = std::fs::read(&source).unwrap();
+    std::fs::write(&source, "Other words entirely.\n".repeat(500)).unwrap();
+    let (st, detail) = state_of(dir.path(), &run);
+    assert_eq!(st, "invalid", "{detail}");
+    assert!(
+        detail.contains("english.txt") && detail.contains("changed since"),
+        "{detail}"
+    );
+    std::fs::write(&source, original).unwrap();
+    assert_eq!(state_of(dir.path(), &run).0, "completed");
+}

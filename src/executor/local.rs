@@ -8,7 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::state::{reconcile, result_state, RunRecord, StateError, SweepState};
+use super::state::{
+    local_result_state, reconcile, result_state, RunRecord, StateError, SweepState,
+};
 use super::{Event, EventSink, JobState};
 use crate::results::RunIdentity;
 use crate::run_lock::RunLock;
@@ -89,7 +91,7 @@ impl LocalExecutor {
                 job_id: None,
                 detail: None,
             });
-            let (st, detail) = reconcile(Some(rec), result_state(&r.dir, &r.who));
+            let (st, detail) = reconcile(Some(rec), local_result_state(&r.dir, &r.who));
             rec.state = st;
             rec.detail = detail;
             if let Some(p) = &r.problem {

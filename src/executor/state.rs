@@ -190,6 +190,27 @@ impl SweepState {
     }
 }
 
+/// [`result_state`] for a run trained here: a final result whose base weights or data changed
+/// since it trained (files still in place that differ from its fingerprints) is invalid too.
+pub fn local_result_state(run_dir: &Path, who: &RunIdentity) -> Option<(JobState, Option<String>)> {
+    let found = result_state(run_dir, who)?;
+    if !found.0.is_final() {
+        return Some(found);
+    }
+    let changed = crate::results::read_result(&run_dir.join("result.json"))
+        .ok()
+        .and_then(|r| crate::results::inputs_changed(&r));
+    match changed {
+        Some(what) => Some((
+            JobState::Invalid,
+            Some(format!(
+                "the files it trained from changed since ({what}): its result is not the result of these inputs (kept as it is; `sweep run SPEC --retrain-invalid` trains it again)"
+            )),
+        )),
+        None => Some(found),
+    }
+}
+
 /// A run's state from what was recorded and what its folder holds (see [`result_state`]): a
 /// final or invalid result on disk wins; a run recorded final here whose result.json is gone
 /// is invalid (never counted, never silently retrained); an invalid run stays invalid until
