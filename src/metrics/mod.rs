@@ -3,13 +3,11 @@
 //!
 //! Each metric is a pure scoring function over a [`TextModel`], the one thing it asks of a
 //! model: complete a prompt, or score a continuation. Tests pass fakes; the trainer passes the
-//! Llama behind it (`lm::LlamaText`), through the evaluators in `evaluators`. Texts are bytes
+//! Llama behind it (`lm::LlamaText`), through the trainer's evaluators (`train::evaluators`). Texts are bytes
 //! and tokens are the model's tokenizer's business (`lm::LlamaText`), so prompts and completions
 //! are plain strings here.
 
 pub mod diversity;
-#[cfg(feature = "torch")]
-pub mod evaluators;
 pub mod humaneval;
 #[cfg(feature = "torch")]
 pub mod lm;

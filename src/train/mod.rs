@@ -9,6 +9,7 @@ pub mod base_eval;
 pub mod checkpoint;
 pub mod data;
 pub mod eval;
+pub mod evaluators;
 pub mod export;
 pub mod optim;
 pub mod outputs;
@@ -473,7 +474,7 @@ fn measured(metric: Metric) -> bool {
     matches!(
         metric,
         Metric::TargetLoss | Metric::SourceLoss | Metric::SpectralRank
-    ) || crate::metrics::evaluators::METRICS.contains(&metric)
+    ) || evaluators::METRICS.contains(&metric)
 }
 
 /// A prepared run: model, optimizer, data and evaluators.
@@ -581,7 +582,7 @@ impl<'a> Trainer<'a> {
             .clone()
             .unwrap_or_else(|| vec![Metric::TargetLoss, Metric::SourceLoss]);
         let generation: Vec<Metric> = metrics.iter().copied().filter(|m| measured(*m)).collect();
-        let mut evaluators = crate::metrics::evaluators::build(
+        let mut evaluators = evaluators::build(
             &generation,
             &run.shared.evaluation,
             &opts.data_dir,

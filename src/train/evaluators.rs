@@ -4,19 +4,19 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::diversity::{diversity_scores, sample, text_prompt};
-use super::humaneval::{humaneval_pass_at_1, HumanEvalTask, Outcome, Sandbox};
-use super::lm::LlamaText;
-use super::math::math_accuracy;
-use super::multiple_choice::{multiple_choice_accuracy, read_items, ChoiceItem};
-use super::next_line::{next_line_match, select_cases, NextLineCase};
+use super::data::Example;
+use super::eval::Evaluator;
+use super::TrainError;
 use crate::data::math::MathProblem;
+use crate::metrics::diversity::{diversity_scores, sample, text_prompt};
+use crate::metrics::humaneval::{humaneval_pass_at_1, HumanEvalTask, Outcome, Sandbox};
+use crate::metrics::lm::LlamaText;
+use crate::metrics::math::math_accuracy;
+use crate::metrics::multiple_choice::{multiple_choice_accuracy, read_items, ChoiceItem};
+use crate::metrics::next_line::{next_line_match, select_cases, NextLineCase};
 use crate::model::llama::Llama;
 use crate::model::tokenizer::Tokenizer;
 use crate::spec::{EvaluationSpec, Metric, Regime};
-use crate::train::data::Example;
-use crate::train::eval::Evaluator;
-use crate::train::TrainError;
 
 /// The metrics this module measures.
 pub const METRICS: [Metric; 5] = [
@@ -173,7 +173,7 @@ pub fn build(
     let mut out: Vec<Box<dyn Evaluator>> = Vec::new();
     if metrics.contains(&Metric::MathAccuracy) {
         out.push(Box::new(MathAccuracyEval {
-            problems: super::math::eval_problems(n),
+            problems: crate::metrics::math::eval_problems(n),
         }));
     }
     if metrics.contains(&Metric::NextLine) {
@@ -214,8 +214,8 @@ pub fn build(
         let path = spec
             .humaneval
             .clone()
-            .unwrap_or_else(|| super::humaneval::default_path(data_dir));
-        let mut tasks = super::humaneval::read_tasks(&path)?;
+            .unwrap_or_else(|| crate::metrics::humaneval::default_path(data_dir));
+        let mut tasks = crate::metrics::humaneval::read_tasks(&path)?;
         tasks.truncate(n);
         let sandbox = Sandbox::detect();
         match sandbox.run("pass\n") {
