@@ -120,6 +120,10 @@ pub struct RunResult {
     /// plan before the result is counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_hash: Option<String>,
+    /// The host it trained on: its input fingerprints are checked only there, where its paths
+    /// name the same files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// The processes of a data-parallel run and their collective backend, e.g. `2 ranks, gloo`
     /// (absent for one process).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -247,11 +251,22 @@ pub fn read_result_of(path: &Path, who: &RunIdentity) -> Result<RunResult, Resul
     }
 }
 
+/// This machine's host name, as results record it.
+pub fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
 /// What changed, of the files a result was trained from, among those still where it read them
 /// (a file that is gone cannot be checked, and is not counted against the result); None when
 /// nothing did. Fingerprints are computed once per file and process.
 pub fn inputs_changed(r: &RunResult) -> Option<String> {
     use crate::fingerprint::{changes, of_file};
+    // Elsewhere (a cluster), the same paths may name other files: nothing can be told here.
+    if r.host.as_deref() != Some(this_host().as_str()) {
+        return None;
+    }
     thread_local! {
         static SEEN: std::cell::RefCell<BTreeMap<String, Option<crate::fingerprint::Fingerprint>>> =
             const { std::cell::RefCell::new(BTreeMap::new()) };

@@ -13,7 +13,7 @@ use super::{load_plan, sweep_dir, UsageError};
 use crate::cli::{CancelArgs, GlobalArgs, RunArgs, StatusArgs, SubmitArgs, SweepArg};
 use crate::executor::local::{default_parallel, LocalExecutor, LocalRun, Outcome};
 use crate::executor::render::{JsonLinesRenderer, TextRenderer};
-use crate::executor::state::{local_result_state, reconcile, result_state, SweepLock, SweepState};
+use crate::executor::state::{local_result_state, reconcile, SweepLock, SweepState};
 use crate::executor::{EventSink, JobState};
 use crate::plan::run::run_hash;
 use crate::plan::Plan;
@@ -211,12 +211,8 @@ pub fn status(g: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<()> {
             // A result on disk wins: it may have arrived after the state was written; one that
             // is not this run's is invalid, never completed.
             let run_dir = dir.join("runs").join(&w.id);
-            // A run trained here is also checked against the files it trained from.
-            let on_disk = if rec.is_none_or(|r| r.backend == "local") {
-                local_result_state(&run_dir, w)
-            } else {
-                result_state(&run_dir, w)
-            };
+            // A result trained on this host is also checked against the files it trained from.
+            let on_disk = local_result_state(&run_dir, w);
             let (st, detail) = reconcile(rec, on_disk);
             StatusRow {
                 id: w.id.clone(),

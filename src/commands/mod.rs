@@ -396,6 +396,7 @@ fn noop_train(run: &Path) -> anyhow::Result<()> {
         notes: vec![],
         resumed_from: Vec::new(),
         run_hash: Some(run_hash),
+        host: None,
         world: None,
         inputs: Default::default(),
     };

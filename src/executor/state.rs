@@ -190,8 +190,8 @@ impl SweepState {
     }
 }
 
-/// [`result_state`] for a run trained here: a final result whose base weights or data changed
-/// since it trained (files still in place that differ from its fingerprints) is invalid too.
+/// [`result_state`], with a final result that was trained on this host from files that changed
+/// since (still in place, other than its fingerprints) invalid too.
 pub fn local_result_state(run_dir: &Path, who: &RunIdentity) -> Option<(JobState, Option<String>)> {
     let found = result_state(run_dir, who)?;
     if !found.0.is_final() {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::{ReportInput, RunData};
 use crate::plan::RunFile;
-use crate::results::{read_result_of, ResultError, RunIdentity};
+use crate::results::{inputs_changed, read_result_of, ResultError, RunIdentity};
 
 /// Why a results folder cannot be reported.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +57,14 @@ pub fn load(dir: &Path) -> Result<ReportInput, LoadError> {
             run_hash: rf.hash(),
         };
         match read_result_of(&dir.join("runs").join(&rf.id).join("result.json"), &who) {
+            // Trained from files that changed since: not the result of these inputs.
+            Ok(r) if inputs_changed(&r).is_some() => input.unreadable.push((
+                rf.id.clone(),
+                format!(
+                    "trained from files that changed since ({})",
+                    inputs_changed(&r).unwrap_or_default()
+                ),
+            )),
             Ok(r) => {
                 run.status = Some(r.status);
                 run.evals = r.evals;

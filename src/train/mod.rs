@@ -312,6 +312,7 @@ pub fn train(run_path: &Path, opts: &TrainOptions) -> Result<RunResult, TrainErr
                 notes: Vec::new(),
                 resumed_from: Vec::new(),
                 run_hash: Some(run_hash),
+                host: Some(crate::results::this_host()),
                 world: None,
                 inputs: BTreeMap::new(),
             };
@@ -1004,6 +1005,7 @@ impl<'a> Trainer<'a> {
             notes: self.notes.clone(),
             resumed_from: state.resumed_from,
             run_hash: Some(self.run_hash.clone()),
+            host: Some(crate::results::this_host()),
             world: (self.opts.world.size() > 1)
                 .then(|| format!("{} ranks, gloo", self.opts.world.size())),
             inputs: self.inputs.clone(),
