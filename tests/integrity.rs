@@ -704,7 +704,10 @@ fn a_result_of_data_that_changed_since_is_invalid() {
     let o = sweep(dir.path(), &["report", "spec.toml"]);
     assert!(o.status.success(), "{}", err(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("trained from files that changed since"), "{out}");
+    assert!(
+        out.contains("trained from files that changed since"),
+        "{out}"
+    );
     std::fs::write(&source, original).unwrap();
     assert_eq!(state_of(dir.path(), &run).0, "completed");
 }

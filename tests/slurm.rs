@@ -36,20 +36,34 @@ fn skip(test: &str, why: &str) {
 
 /// Whether the dev cluster runs; says why a test is skipped when not.
 fn cluster_up(test: &str) -> bool {
-    let _no_outage = NODE_OUTAGE.read().unwrap_or_else(|e| e.into_inner());
-    let ok = Command::new(repo().join("scripts/dev-cluster"))
-        .arg("status")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        skip(
-            test,
-            "the dev Slurm cluster is not running (start it with `scripts/dev-cluster start`)",
-        );
+    // A node may be busy completing jobs or coming back from another test's outage for a
+    // moment: only a cluster that stays down for a while is down.
+    let t0 = Instant::now();
+    loop {
+        let status = {
+            let _no_outage = NODE_OUTAGE.read().unwrap_or_else(|e| e.into_inner());
+            Command::new(repo().join("scripts/dev-cluster"))
+                .arg("status")
+                .output()
+        };
+        if status.as_ref().is_ok_and(|o| o.status.success()) {
+            return true;
+        }
+        let missing = status.as_ref().map_or(true, |o| {
+            String::from_utf8_lossy(&o.stdout).contains("not running")
+        });
+        if missing || t0.elapsed() > Duration::from_secs(30) {
+            let said = status
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default();
+            skip(
+                test,
+                &format!("the dev Slurm cluster is not running (start it with `scripts/dev-cluster start`): {said}"),
+            );
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
-    ok
 }
 
 /// How long a test waits for the cluster to reach a state before failing. Generous: it bounds
