@@ -75,18 +75,7 @@ fn result(run: &Path) -> serde_json::Value {
 
 /// (step, train_loss) of every metrics line past the base.
 fn losses(run: &Path) -> Vec<(u64, f64)> {
-    std::fs::read_to_string(run.parent().unwrap().join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["step"].as_u64().unwrap() > 0)
-        .map(|v| {
-            (
-                v["step"].as_u64().unwrap(),
-                v["train_loss"].as_f64().unwrap(),
-            )
-        })
-        .collect()
+    common::train_losses(&run.parent().unwrap().join("metrics.jsonl"))
 }
 
 fn assert_same_run(a: &Path, b: &Path, what: &str) {

@@ -2,6 +2,8 @@
 //! sshd: the real binary submits noop runs (`sweep train --noop`), follows and collects them.
 //! Every test is skipped, with a message saying so, when the cluster is not running.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -1287,22 +1289,6 @@ fn an_install_killed_mid_upload_is_completed_by_the_next() {
     c.wait_completed(4);
 }
 
-/// The (step, train_loss) lines of a metrics.jsonl past the base evaluation.
-fn train_losses(metrics: &Path) -> Vec<(u64, f64)> {
-    std::fs::read_to_string(metrics)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["step"].as_u64().unwrap() > 0)
-        .map(|v| {
-            (
-                v["step"].as_u64().unwrap(),
-                v["train_loss"].as_f64().unwrap(),
-            )
-        })
-        .collect()
-}
-
 /// One run over two nodes (n1 and n2, one rank each): the job asks for --nodes=2, srun starts
 /// the ranks, they meet at the first node's address through c10d, and they train as
 /// `sweep train --nproc 2` does on this machine.
@@ -1352,8 +1338,8 @@ fn a_two_node_run_trains_through_srun_like_two_local_ranks() {
         .join(&id)
         .join("metrics.jsonl");
     let (a, b) = (
-        train_losses(&collected),
-        train_losses(&here.join("metrics.jsonl")),
+        common::train_losses(&collected),
+        common::train_losses(&here.join("metrics.jsonl")),
     );
     assert!(!a.is_empty() && a.len() == b.len(), "{a:?} vs {b:?}\n{log}");
     for ((sa, la), (sb, lb)) in a.iter().zip(&b) {

@@ -1,8 +1,10 @@
-//! What several integration tests share: the small corpora they train on.
+//! What several integration tests share: the small corpora they train on, and reading the
+//! training losses a run wrote.
 
 use std::path::Path;
 
 /// code.txt (a target domain of Python-like lines) and english.txt (a source domain) in `dir`.
+#[allow(dead_code)] // not every test binary that includes this module trains
 pub fn write_corpora(dir: &Path) {
     let code: String = (0..300)
         .map(|i| format!("def f{i}(x):\n    return x * {i} + {}\n\n", i % 7))
@@ -12,4 +14,21 @@ pub fn write_corpora(dir: &Path) {
         .collect();
     std::fs::write(dir.join("code.txt"), code).unwrap();
     std::fs::write(dir.join("english.txt"), english).unwrap();
+}
+
+/// The (step, train_loss) of every line of a metrics.jsonl past the base evaluation.
+#[allow(dead_code)] // not every test binary that includes this module reads losses
+pub fn train_losses(metrics: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(metrics)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["step"].as_u64().unwrap() > 0)
+        .map(|v| {
+            (
+                v["step"].as_u64().unwrap(),
+                v["train_loss"].as_f64().unwrap(),
+            )
+        })
+        .collect()
 }
