@@ -12,7 +12,7 @@ use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
 use super::config::{LlamaConfig, Module};
-use super::lora::{lora_scale, LoraLinear};
+use super::lora::{linear, lora_scale, LoraLinear};
 use super::ModelError;
 use crate::rng::Rng;
 
@@ -67,13 +67,6 @@ impl Proj {
             Proj::Lora(l) => Some(l),
         }
     }
-}
-
-/// x W^T with both cast to `kind`: the mixed-precision matmul. The cast is differentiable, so
-/// gradients reach f32 master weights in f32; a cast to the tensor's own kind is free.
-pub(crate) fn linear(x: &Tensor, w: &Tensor, kind: Kind) -> Result<Tensor, ModelError> {
-    Ok(x.f_to_kind(kind)?
-        .f_linear::<Tensor>(&w.f_to_kind(kind)?, None)?)
 }
 
 /// The token after the last position of `logits` (1, T, V): the argmax at temperature 0, else a

@@ -6,9 +6,16 @@
 
 use tch::{nn, Kind, Tensor};
 
-use super::llama::linear;
 use super::ModelError;
 use crate::rng::Rng;
+
+/// x W^T with both cast to `kind`: the mixed-precision matmul of every projection, dense or
+/// under an adapter. The cast is differentiable, so gradients reach f32 master weights in f32;
+/// a cast to the tensor's own kind is free.
+pub(crate) fn linear(x: &Tensor, w: &Tensor, kind: Kind) -> Result<Tensor, ModelError> {
+    Ok(x.f_to_kind(kind)?
+        .f_linear::<Tensor>(&w.f_to_kind(kind)?, None)?)
+}
 
 /// The scale of a LoRA update: alpha/r, or alpha/sqrt(r) with rsLoRA.
 pub fn lora_scale(alpha: f64, rank: u64, rslora: bool) -> f64 {
