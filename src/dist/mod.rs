@@ -146,6 +146,11 @@ impl World {
         self.size
     }
 
+    /// For result.json: `N ranks, BACKEND`, or None for one process.
+    pub fn describe(&self) -> Option<String> {
+        (self.size > 1).then(|| format!("{} ranks, gloo", self.size))
+    }
+
     /// Whether this rank writes the run's outputs (rank 0).
     pub fn is_main(&self) -> bool {
         self.rank == 0

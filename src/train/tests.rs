@@ -2,8 +2,15 @@
 
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use tch::{Device, Tensor};
+
+use super::outputs::MetricsLine;
 use super::*;
 use crate::model::llama::tests::tiny_cfg;
+use crate::model::llama::{BuildOptions, Llama};
 
 struct Fixture {
     dir: tempfile::TempDir,

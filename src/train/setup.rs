@@ -1,0 +1,369 @@
+//! Preparing a run: its model and tokenizer, its data and held-out splits, its evaluators,
+//! optimizer and schedule, and the fingerprints of every file it reads.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use tch::{Device, Tensor};
+
+use crate::fingerprint::{self, Fingerprint};
+use crate::model::config::{LlamaConfig, BUILTIN_SHAPES};
+use crate::model::gguf::{self, GgufFile};
+use crate::model::llama::{BuildOptions, Llama, LoraOptions};
+use crate::model::tokenizer::Tokenizer;
+use crate::model::ModelError;
+use crate::plan::run::{MethodConfig, ModelSource, RunFile};
+use crate::spec::values::TokenAmount;
+use crate::spec::{Init, Metric};
+
+use super::data::{self, eval_rows, Rows, Sampler};
+use super::eval::LossEval;
+use super::optim::{Optim, OptimConfig};
+use super::schedule::LrSchedule;
+use super::trainer::Trainer;
+use super::{
+    base_eval, compute_kind, evaluators, resolve_device, spectral, TrainError, TrainOptions,
+};
+
+/// Fingerprints of the files a run's model is built from, by `model:path`: an HF folder's
+/// files, a GGUF file, or the pretrained cache of a builtin shape (none for random weights).
+pub fn model_inputs(
+    run: &RunFile,
+    opts: &TrainOptions,
+) -> Result<BTreeMap<String, Fingerprint>, TrainError> {
+    let path = match &run.shared.model {
+        ModelSource::Hf { path } | ModelSource::Gguf { path } => path.clone(),
+        ModelSource::Builtin {
+            shape,
+            init: Init::Pretrained,
+        } => opts
+            .cache_dir
+            .join("pretrained")
+            .join(format!("{shape}.safetensors")),
+        ModelSource::Builtin { .. } => return Ok(BTreeMap::new()),
+    };
+    fingerprint::of_path("model", &path)
+        .map_err(|e| TrainError::Data(format!("fingerprinting the model {}: {e}", path.display())))
+}
+
+/// The adapter settings of a LoRA run.
+pub fn lora_options(run: &RunFile) -> Option<LoraOptions> {
+    match &run.point.method {
+        MethodConfig::Full => None,
+        MethodConfig::Lora {
+            rank,
+            alpha,
+            target_modules,
+            dropout,
+        } => Some(LoraOptions {
+            rank: *rank,
+            alpha: *alpha,
+            targets: target_modules.clone(),
+            dropout: *dropout,
+            rslora: run.shared.training.rslora,
+        }),
+    }
+}
+
+/// The base model's name for exported adapters: the builtin shape or the path.
+fn base_model_name(run: &RunFile) -> String {
+    match &run.shared.model {
+        ModelSource::Builtin { shape, .. } => shape.clone(),
+        ModelSource::Hf { path } | ModelSource::Gguf { path } => path.display().to_string(),
+    }
+}
+
+/// Build the run's model and its tokenizer: a builtin shape (byte tokenizer), randomly
+/// initialised from the run's seed or loaded from `sweep pretrain`'s cache; a Hugging Face folder
+/// (safetensors and tokenizer.json); or a GGUF file (dequantized, with the tokenizer of its
+/// metadata). LoRA runs get adapters.
+pub fn build_model(
+    run: &RunFile,
+    opts: &TrainOptions,
+    device: Device,
+) -> Result<(Llama, Tokenizer), TrainError> {
+    let t = &run.shared.training;
+    let build = BuildOptions {
+        seed: run.seed,
+        lora: lora_options(run),
+        freeze_embeddings_and_norms: t.freeze_embeddings_and_norms,
+    };
+    let (shape, init) = match &run.shared.model {
+        ModelSource::Builtin { shape, init } => (shape.clone(), *init),
+        ModelSource::Hf { path } => {
+            crate::model::config::check_hf_dir(path).map_err(ModelError::Config)?;
+            let tokenizer = Tokenizer::from_hf_dir(path)?;
+            let model = Llama::from_hf_dir(path, &build, device)?;
+            check_vocabulary(&tokenizer, &model.cfg, &path.display().to_string())?;
+            return Ok((model, tokenizer));
+        }
+        ModelSource::Gguf { path } => {
+            let file = GgufFile::open(path).map_err(ModelError::from)?;
+            let tokenizer = Tokenizer::from_gguf(&file)?;
+            let model = gguf::load_llama(&file, &build, device)?;
+            check_vocabulary(&tokenizer, &model.cfg, &path.display().to_string())?;
+            return Ok((model, tokenizer));
+        }
+    };
+    let cfg = match &opts.model_override {
+        Some(c) => c.clone(),
+        None => LlamaConfig::builtin(&shape).ok_or_else(|| {
+            TrainError::Unsupported(format!(
+                "unknown builtin shape `{shape}` (known: {})",
+                BUILTIN_SHAPES.join(", ")
+            ))
+        })?,
+    };
+    let tokenizer = Tokenizer::Byte;
+    if cfg.vocab_size < tokenizer.vocab_size() {
+        return Err(TrainError::Unsupported(format!(
+            "builtin shape `{shape}` has vocabulary {}, but the byte tokenizer needs {}; \
+             only byte-level builtin shapes (tiny, small) can train here (real models load \
+             with model.hf or model.gguf)",
+            cfg.vocab_size,
+            tokenizer.vocab_size()
+        )));
+    }
+    let model = Llama::new(&cfg, &build, device)?;
+    if init == Init::Pretrained {
+        let path = opts
+            .cache_dir
+            .join("pretrained")
+            .join(format!("{shape}.safetensors"));
+        if !path.exists() {
+            return Err(TrainError::Unsupported(format!(
+                "model.init = \"pretrained\" needs {}, which `sweep pretrain` writes; run it \
+                 first, or set init = \"random\" in the spec",
+                path.display()
+            )));
+        }
+        if let Err(why) = crate::model::safetensors::check_complete(&path) {
+            return Err(TrainError::Unsupported(format!(
+                "the pretrained model {} is corrupt ({why}): run `sweep pretrain --shape {shape} --force` to make it again",
+                path.display()
+            )));
+        }
+        let tensors = Tensor::read_safetensors(&path).map_err(|e| ModelError::Load {
+            path: path.display().to_string(),
+            msg: e.to_string(),
+        })?;
+        model.load_named(
+            &tensors.into_iter().collect(),
+            true,
+            &path.display().to_string(),
+        )?;
+    }
+    Ok((model, tokenizer))
+}
+
+/// Refuse a tokenizer that produces ids beyond the model's embedding rows.
+fn check_vocabulary(tok: &Tokenizer, cfg: &LlamaConfig, source: &str) -> Result<(), TrainError> {
+    if tok.vocab_size() > cfg.vocab_size {
+        return Err(ModelError::Load {
+            path: source.to_string(),
+            msg: format!(
+                "the tokenizer has {} tokens but the model's vocabulary is {}",
+                tok.vocab_size(),
+                cfg.vocab_size
+            ),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// The metrics this trainer measures; the others requested are reported as not measured.
+fn measured(metric: Metric) -> bool {
+    matches!(
+        metric,
+        Metric::TargetLoss | Metric::SourceLoss | Metric::SpectralRank
+    ) || evaluators::METRICS.contains(&metric)
+}
+
+impl<'a> Trainer<'a> {
+    pub(super) fn new(
+        run: &'a RunFile,
+        run_hash: &str,
+        dir: &Path,
+        opts: &'a TrainOptions,
+    ) -> Result<Trainer<'a>, TrainError> {
+        let t = &run.shared.training;
+        if let Some(n) = opts.threads {
+            tch::set_num_threads(n.max(1) as i32);
+        }
+        let device = resolve_device(&opts.device)?;
+        if t.batch_size == 0 || t.seq_len == 0 || t.micro_batch_size == 0 {
+            return Err(TrainError::Unsupported(
+                "batch_size, micro_batch_size and seq_len must be positive".into(),
+            ));
+        }
+        if opts.world.size() > 1 && device != Device::Cpu {
+            return Err(TrainError::Unsupported(format!(
+                "{} ranks on {device:?}: data-parallel training on CUDA needs c10d's NCCL backend, which this sweep does not build yet; train the ranks on the CPU (--device cpu) or the run on one GPU",
+                opts.world.size()
+            )));
+        }
+        let ranks = opts.world.size() as u64;
+        if !t.batch_size.is_multiple_of(ranks) {
+            return Err(TrainError::Unsupported(format!(
+                "training.batch_size = {} does not divide over {ranks} ranks: give a multiple of {ranks} (each rank takes an equal slice of every batch)",
+                t.batch_size
+            )));
+        }
+        let (mut model, tokenizer) = build_model(run, opts, device)?;
+        let kind = compute_kind(t.precision, device);
+        model.set_compute_kind(kind);
+        let device_label = format!(
+            "{} {}",
+            match device {
+                Device::Cuda(i) => format!("cuda:{i}"),
+                _ => "cpu".into(),
+            },
+            if kind == tch::Kind::BFloat16 {
+                "bf16"
+            } else {
+                "f32"
+            }
+        );
+        let pad = tokenizer.specials().pad;
+        let seq_len = t.seq_len as usize;
+        let data = &run.shared.data;
+        let eval_tokens = match run.shared.evaluation.eval_tokens.amount() {
+            TokenAmount::Tokens(n) => n,
+            TokenAmount::Epochs(_) => {
+                return Err(TrainError::Unsupported(
+                    "evaluation.eval_tokens in epochs; give a token count".into(),
+                ))
+            }
+        };
+        let micro = t.micro_batch_size as usize;
+
+        let target_path = data::resolve_source(&data.target, &opts.data_dir)?;
+        let docs = data::read_documents(&target_path, data.regime, data, &tokenizer)?;
+        let mut notes = docs.warnings;
+        let mut files_read = vec![target_path];
+        let (train_docs, held_docs) = data::split_heldout(docs.docs, eval_tokens, &tokenizer)?;
+        let train_rows = Rows::new(
+            train_docs,
+            data.regime,
+            seq_len,
+            pad,
+            "target training data",
+        )?;
+        let sampler = Sampler::new(train_rows, run.seed);
+
+        let metrics = run
+            .shared
+            .evaluation
+            .metrics
+            .clone()
+            .unwrap_or_else(|| vec![Metric::TargetLoss, Metric::SourceLoss]);
+        let generation: Vec<Metric> = metrics.iter().copied().filter(|m| measured(*m)).collect();
+        let mut evaluators = evaluators::build(
+            &generation,
+            &run.shared.evaluation,
+            &opts.data_dir,
+            data.regime,
+            &held_docs,
+            run.seed,
+            &tokenizer,
+        )?;
+        if metrics.contains(&Metric::TargetLoss) && !held_docs.is_empty() {
+            let rows = Rows::new(held_docs, data.regime, seq_len, pad, "held-out target data")?;
+            evaluators.push(Box::new(LossEval {
+                name: "target".into(),
+                rows: eval_rows(&rows, eval_tokens),
+                seq_len,
+                micro_batch: micro,
+            }));
+        }
+        if metrics.contains(&Metric::SourceLoss) {
+            let source_path = data::resolve_source(&data.source, &opts.data_dir)?;
+            let docs =
+                data::read_documents(&source_path, crate::spec::Regime::Cpt, data, &tokenizer)?;
+            notes.extend(docs.warnings);
+            files_read.push(source_path);
+            let (_, held) = data::split_heldout(docs.docs, eval_tokens, &tokenizer)?;
+            let rows = Rows::new(
+                held,
+                crate::spec::Regime::Cpt,
+                seq_len,
+                pad,
+                "held-out source data",
+            )?;
+            evaluators.push(Box::new(LossEval {
+                name: "source".into(),
+                rows: eval_rows(&rows, eval_tokens),
+                seq_len,
+                micro_batch: micro,
+            }));
+        }
+        if metrics.contains(&Metric::SpectralRank) {
+            evaluators.push(Box::new(spectral::SpectralRankEval::snapshot(
+                &model,
+                run.shared.evaluation.rank_threshold,
+            )?));
+        }
+        let not_measured = metrics
+            .iter()
+            .filter(|m| !measured(**m))
+            .map(|m| {
+                serde_json::to_value(m)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| format!("{m:?}"))
+            })
+            .collect();
+
+        let optim = Optim::new(
+            model.trainable(),
+            OptimConfig {
+                kind: t.optimizer,
+                betas: t.betas,
+                eps: t.eps,
+                weight_decay: t.weight_decay,
+            },
+        )?;
+        let total_steps = run.point.token_budget.div_ceil(t.tokens_per_step()).max(1);
+        let schedule = LrSchedule::from_config(t, run.point.learning_rate, total_steps);
+        let eval = &run.shared.evaluation;
+        files_read.extend(eval.multiple_choice.clone());
+        if metrics.contains(&Metric::Humaneval) {
+            files_read.push(
+                eval.humaneval
+                    .clone()
+                    .unwrap_or_else(|| crate::metrics::humaneval::default_path(&opts.data_dir)),
+            );
+        }
+        let device_name = format!("{:?}", model.vs.device());
+        let base_cache =
+            base_eval::BaseEvalCaches::new(dir, run, opts, &files_read, &metrics, &device_name);
+        let mut inputs = model_inputs(run, opts)?;
+        for f in &files_read {
+            inputs.extend(
+                fingerprint::of_path("data", f).map_err(|e| {
+                    TrainError::Data(format!("fingerprinting {}: {e}", f.display()))
+                })?,
+            );
+        }
+        Ok(Trainer {
+            adapter: lora_options(run).map(|l| (l, base_model_name(run))),
+            inputs,
+            run,
+            run_hash: run_hash.to_string(),
+            dir: dir.to_path_buf(),
+            opts,
+            model,
+            optim,
+            sampler,
+            evaluators,
+            not_measured,
+            schedule,
+            total_steps,
+            device_label,
+            tokenizer,
+            base_cache,
+            notes,
+        })
+    }
+}

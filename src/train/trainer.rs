@@ -1,0 +1,434 @@
+//! The training loop of one prepared run: resume or evaluate the base, then step, log,
+//! evaluate and checkpoint until the token budget is spent, then write the result.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use crate::fingerprint::{self, Fingerprint};
+use crate::model::llama::Llama;
+use crate::model::tokenizer::Tokenizer;
+use crate::plan::run::RunFile;
+
+use super::checkpoint::{self, TrainState};
+use super::data::{self, batch_of, Sampler};
+use super::eval::{batch_loss_sum, Evaluator};
+use super::optim::Optim;
+use super::outputs::{self, EvalRecord, MetricsLine, RunResult, RunStatus, RESULT_SCHEMA};
+use super::schedule::LrSchedule;
+use super::{base_eval, export, TrainError, TrainOptions};
+
+/// What one optimizer step did.
+enum Stepped {
+    /// The update was applied; the gradient's global norm before clipping.
+    Applied { grad_norm: f64 },
+    /// The loss diverged (why); nothing was applied.
+    Diverged(String),
+}
+
+/// A prepared run: model, optimizer, data and evaluators.
+pub(super) struct Trainer<'a> {
+    pub(super) run: &'a RunFile,
+    /// sha256 of the run.json read, for result.json.
+    pub(super) run_hash: String,
+    pub(super) dir: PathBuf,
+    pub(super) opts: &'a TrainOptions,
+    pub(super) model: Llama,
+    pub(super) optim: Optim,
+    pub(super) sampler: Sampler,
+    pub(super) evaluators: Vec<Box<dyn Evaluator>>,
+    pub(super) not_measured: Vec<String>,
+    pub(super) schedule: LrSchedule,
+    pub(super) total_steps: u64,
+    /// Device and compute kind, e.g. `cuda:0 bf16`, for result.json.
+    pub(super) device_label: String,
+    /// The model's tokenizer, for the generation metrics.
+    pub(super) tokenizer: Tokenizer,
+    /// Where the base model's evaluation is shared with the sweep's other runs.
+    pub(super) base_cache: Option<base_eval::BaseEvalCaches>,
+    /// Warnings and provenance for result.json (skipped data lines, a shared base evaluation).
+    pub(super) notes: Vec<String>,
+    /// A LoRA run's adapter settings and base model name, for the PEFT adapter it writes.
+    pub(super) adapter: Option<(crate::model::llama::LoraOptions, String)>,
+    /// Fingerprints of the files trained from, checked against a checkpoint's on resume.
+    pub(super) inputs: BTreeMap<String, Fingerprint>,
+}
+
+impl<'a> Trainer<'a> {
+    /// Rank 0 evaluates while the other ranks go on to the next step's collective, where they
+    /// wait for it: one evaluation, one writer, and the same numbers as a single process.
+    fn evaluate(&self, step: u64, tokens: u64) -> Result<EvalRecord, TrainError> {
+        let mut metrics = BTreeMap::new();
+        for e in self.evaluators.iter().filter(|_| self.opts.world.is_main()) {
+            metrics.extend(e.evaluate(&self.model, &self.tokenizer)?);
+        }
+        Ok(EvalRecord {
+            step,
+            tokens,
+            metrics,
+        })
+    }
+
+    /// A metrics.jsonl line, written by rank 0 alone.
+    fn append_metrics(&self, path: &Path, line: &MetricsLine) -> Result<(), TrainError> {
+        if self.opts.world.is_main() {
+            outputs::append_metrics(path, line)?;
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&self, state: &TrainState) -> Result<(), TrainError> {
+        if !self.opts.world.is_main() {
+            return Ok(());
+        }
+        checkpoint::save(
+            &self.dir.join("checkpoints"),
+            state,
+            &self.model.trainable(),
+            &self.optim.state_tensors(),
+        )?;
+        Ok(())
+    }
+
+    /// One optimizer step's forward and backward passes over micro-batches; the gradient is that
+    /// of the mean loss over every target token of the batch. Returns that mean loss.
+    fn accumulate(&mut self, position: &mut u64) -> Result<f64, TrainError> {
+        let t = &self.run.shared.training;
+        let batch = t.batch_size as usize;
+        let micro = (t.micro_batch_size as usize).min(batch);
+        let rows = self.sampler.rows_at(*position, batch);
+        *position += batch as u64;
+        let targets: usize = rows
+            .iter()
+            .map(|r| r.1.iter().filter(|&&x| x != data::IGNORE).count())
+            .sum();
+        let denom = targets.max(1) as f64;
+        // Each rank takes its slice of the batch; normalized by the whole batch's target count,
+        // the ranks' gradients sum to the single-process gradient.
+        let world = &self.opts.world;
+        let per_rank = batch / world.size();
+        let mine = &rows[world.rank() * per_rank..(world.rank() + 1) * per_rank];
+        let mut loss_sum = 0.0;
+        for chunk in mine.chunks(micro.max(1)) {
+            let b = batch_of(chunk, t.seq_len as usize)?;
+            let (loss, _) = batch_loss_sum(&self.model, &b, true)?;
+            let loss = loss.f_div_scalar(denom)?;
+            loss.f_backward()?;
+            loss_sum += loss.f_double_value(&[])?;
+        }
+        self.optim.all_reduce_grads(world)?;
+        Ok(world.sum_f64(loss_sum)?)
+    }
+
+    /// Train to the end of the token budget (or a stop), then write the result.
+    pub(super) fn run(mut self, started: Instant) -> Result<RunResult, TrainError> {
+        let t = self.run.shared.training.clone();
+        let mut state = self.resume_or_start()?;
+        let wall_before = state.wall_s;
+        let mut session_steps = 0u64;
+        let mut last_log = (Instant::now(), state.tokens);
+        let mut status = RunStatus::Completed;
+        let mut error = None;
+
+        while state.step < self.total_steps {
+            if self.stop_requested(session_steps)? {
+                status = RunStatus::Interrupted;
+                break;
+            }
+            let step_started = Instant::now();
+            let lr = self.schedule.lr(state.step);
+            let grad_norm = match self.step(&mut state, lr)? {
+                Stepped::Applied { grad_norm } => grad_norm,
+                Stepped::Diverged(why) => {
+                    status = RunStatus::Diverged;
+                    error = Some(why);
+                    break;
+                }
+            };
+            session_steps += 1;
+            if let Some(rest) = self
+                .opts
+                .min_step
+                .and_then(|m| m.checked_sub(step_started.elapsed()))
+            {
+                std::thread::sleep(rest);
+            }
+            self.log_and_evaluate(&mut state, lr, grad_norm, &mut last_log)?;
+            if t.checkpoint_every > 0
+                && state.step % t.checkpoint_every == 0
+                && state.step < self.total_steps
+            {
+                state.wall_s = wall_before + started.elapsed().as_secs_f64();
+                self.checkpoint(&state)?;
+            }
+        }
+        state.wall_s = wall_before + started.elapsed().as_secs_f64();
+        self.finish(state, status, error)
+    }
+
+    fn metrics_path(&self) -> PathBuf {
+        self.dir.join("metrics.jsonl")
+    }
+
+    /// The state to train from: the latest checkpoint's (checked against this run and its
+    /// inputs), or step 0 after evaluating the base model.
+    fn resume_or_start(&mut self) -> Result<TrainState, TrainError> {
+        let metrics_path = self.metrics_path();
+        let Some(loaded) = checkpoint::load_latest(&self.dir.join("checkpoints"))? else {
+            return self.start();
+        };
+        if loaded.state.config_id != self.run.config_id {
+            return Err(TrainError::Checkpoint(format!(
+                "{} belongs to config {}, not {}",
+                loaded.path.display(),
+                loaded.state.config_id,
+                self.run.config_id
+            )));
+        }
+        if !loaded.state.inputs.is_empty() {
+            if let Some(what) = fingerprint::changes(&loaded.state.inputs, &self.inputs) {
+                return Err(TrainError::Checkpoint(format!(
+                    "the files this run trains from changed since its checkpoint {} ({what}); resuming would continue on other inputs: restore them, or `sweep train --force` to start over",
+                    loaded.path.display()
+                )));
+            }
+        }
+        // The checkpoint holds the trainable tensors only (the adapter, for LoRA); the frozen
+        // rest was rebuilt from the seed or the pretrained file.
+        if let Some((name, _)) = self
+            .model
+            .trainable()
+            .into_iter()
+            .find(|(n, _)| !loaded.model.contains_key(n))
+        {
+            return Err(TrainError::Checkpoint(format!(
+                "{} lacks {name}",
+                loaded.path.display()
+            )));
+        }
+        self.model
+            .load_named(&loaded.model, false, &loaded.path.display().to_string())?;
+        self.optim.load_state(&loaded.optim, loaded.state.step)?;
+        if self.opts.world.is_main() {
+            outputs::truncate_metrics(&metrics_path, loaded.state.step)?;
+        }
+        let mut state = loaded.state;
+        if state.step < self.total_steps {
+            state.resumed_from.push(state.step);
+        }
+        Ok(state)
+    }
+
+    /// Step 0: the base model's evaluation (shared with the sweep's other runs where it can be).
+    fn start(&mut self) -> Result<TrainState, TrainError> {
+        let metrics_path = self.metrics_path();
+        let main = self.opts.world.is_main();
+        if main {
+            let _ = std::fs::remove_file(&metrics_path);
+        }
+        let (metrics, note) = if main {
+            base_eval::evaluate(
+                &self.evaluators,
+                &self.model,
+                &self.tokenizer,
+                self.base_cache.as_ref(),
+                &self.run.id,
+            )?
+        } else {
+            (BTreeMap::new(), None)
+        };
+        self.notes.extend(note);
+        let base = EvalRecord {
+            step: 0,
+            tokens: 0,
+            metrics,
+        };
+        self.append_metrics(
+            &metrics_path,
+            &MetricsLine {
+                step: 0,
+                tokens: 0,
+                lr: 0.0,
+                train_loss: None,
+                grad_norm: None,
+                tokens_per_s: None,
+                eval: base.metrics.clone(),
+            },
+        )?;
+        Ok(TrainState {
+            config_id: self.run.config_id.clone(),
+            step: 0,
+            tokens: 0,
+            data_position: 0,
+            seed: self.run.seed,
+            evals: vec![base],
+            wall_s: 0.0,
+            last_train_loss: None,
+            resumed_from: Vec::new(),
+            inputs: self.inputs.clone(),
+        })
+    }
+
+    /// A signal (to any rank: every rank stops after the same step) or `stop_after_steps`.
+    fn stop_requested(&self, session_steps: u64) -> Result<bool, TrainError> {
+        let signalled = self
+            .opts
+            .stop
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::SeqCst));
+        let signalled = if self.opts.world.size() > 1 {
+            self.opts.world.sum_f64(if signalled { 1.0 } else { 0.0 })? > 0.0
+        } else {
+            signalled
+        };
+        Ok(signalled
+            || self
+                .opts
+                .stop_after_steps
+                .is_some_and(|n| session_steps >= n))
+    }
+
+    /// One optimizer step at `lr`: forward and backward over the batch, clip, update, advance
+    /// the state; a diverged loss is logged and the step not applied.
+    fn step(&mut self, state: &mut TrainState, lr: f64) -> Result<Stepped, TrainError> {
+        let t = &self.run.shared.training;
+        let (max_loss, grad_clip, tokens_per_step) = (t.max_loss, t.grad_clip, t.tokens_per_step());
+        self.optim.zero_grad()?;
+        // Dropout draws from libtorch's global generator: seed it per step so that a resumed run
+        // draws what an uninterrupted one would.
+        tch::manual_seed((state.seed.wrapping_mul(1_000_003) ^ state.step) as i64);
+        let mut position = state.data_position;
+        let loss = self.accumulate(&mut position)?;
+        if !loss.is_finite() || max_loss.is_some_and(|m| loss > m) {
+            self.append_metrics(
+                &self.metrics_path(),
+                &MetricsLine {
+                    step: state.step + 1,
+                    tokens: state.tokens + tokens_per_step,
+                    lr,
+                    train_loss: Some(loss),
+                    grad_norm: None,
+                    tokens_per_s: None,
+                    eval: BTreeMap::new(),
+                },
+            )?;
+            state.last_train_loss = Some(loss);
+            return Ok(Stepped::Diverged(format!(
+                "training loss {loss} at step {} (max_loss {max_loss:?})",
+                state.step + 1
+            )));
+        }
+        let grad_norm = self.optim.clip_grad_norm(grad_clip)?;
+        self.optim.step(lr)?;
+        state.step += 1;
+        state.tokens += tokens_per_step;
+        state.data_position = position;
+        state.last_train_loss = Some(loss);
+        Ok(Stepped::Applied { grad_norm })
+    }
+
+    /// After a step: evaluate at the run's token checkpoints (and at the end), and write a
+    /// metrics line when evaluating, every `log_every` steps and at the end.
+    fn log_and_evaluate(
+        &mut self,
+        state: &mut TrainState,
+        lr: f64,
+        grad_norm: f64,
+        last_log: &mut (Instant, u64),
+    ) -> Result<(), TrainError> {
+        let log_every = self.run.shared.training.log_every;
+        let evaluated = state.evals.last().map_or(0, |e| e.tokens);
+        let next_eval = self
+            .run
+            .point
+            .eval_at
+            .iter()
+            .copied()
+            .find(|&b| b > evaluated);
+        let end = state.step == self.total_steps;
+        let eval_now =
+            next_eval.is_some_and(|b| state.tokens >= b) || (end && evaluated < state.tokens);
+        let log_now = log_every > 0 && state.step.is_multiple_of(log_every);
+        if !(eval_now || log_now || end) {
+            return Ok(());
+        }
+        let eval = if eval_now {
+            let rec = self.evaluate(state.step, state.tokens)?;
+            let m = rec.metrics.clone();
+            state.evals.push(rec);
+            m
+        } else {
+            BTreeMap::new()
+        };
+        let secs = last_log.0.elapsed().as_secs_f64();
+        let tps = (secs > 0.0).then(|| (state.tokens - last_log.1) as f64 / secs);
+        self.append_metrics(
+            &self.metrics_path(),
+            &MetricsLine {
+                step: state.step,
+                tokens: state.tokens,
+                lr,
+                train_loss: state.last_train_loss,
+                grad_norm: Some(grad_norm),
+                tokens_per_s: tps,
+                eval,
+            },
+        )?;
+        *last_log = (Instant::now(), state.tokens);
+        Ok(())
+    }
+
+    /// The last checkpoint, the adapter of a completed LoRA run, and result.json (not for an
+    /// interrupted run, which resumes from its checkpoint).
+    fn finish(
+        self,
+        state: TrainState,
+        status: RunStatus,
+        error: Option<String>,
+    ) -> Result<RunResult, TrainError> {
+        if status != RunStatus::Diverged {
+            self.checkpoint(&state)?;
+        }
+        let main = self.opts.world.is_main();
+        if status == RunStatus::Completed && main {
+            if let Some((lora, base)) = &self.adapter {
+                export::write_peft_adapter(
+                    &self.dir.join(crate::results::ADAPTER_DIR),
+                    &self.model,
+                    lora,
+                    base,
+                )?;
+            }
+        }
+        let (trainable, total) = self.model.param_counts();
+        let result = RunResult {
+            schema: RESULT_SCHEMA,
+            id: self.run.id.clone(),
+            config_id: self.run.config_id.clone(),
+            status,
+            step: state.step,
+            tokens: state.tokens,
+            total_steps: self.total_steps,
+            final_train_loss: state.last_train_loss,
+            evals: state.evals,
+            metrics_not_measured: self.not_measured,
+            trainable_params: trainable,
+            total_params: total,
+            wall_s: state.wall_s,
+            peak_rss_kib: outputs::peak_rss_kib(),
+            error,
+            device: Some(self.device_label),
+            notes: self.notes,
+            resumed_from: state.resumed_from,
+            run_hash: Some(self.run_hash),
+            host: Some(crate::results::this_host()),
+            world: self.opts.world.describe(),
+            inputs: self.inputs,
+        };
+        if status != RunStatus::Interrupted && main {
+            outputs::write_result(&self.dir.join("result.json"), &result)?;
+        }
+        Ok(result)
+    }
+}
