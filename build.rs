@@ -11,6 +11,11 @@
 //! libtorch's headers and Gloo's (Debian's libgloo-dev; `SWEEP_GLOO_INCLUDE` for another
 //! folder), and sets `cfg(sweep_c10d)`. Without Gloo's headers (or with SWEEP_NO_C10D=1) the
 //! binary is built without it: it trains in one process and says so when asked for more.
+//!
+//! With SWEEP_CUDA=1 the shim also gets c10d's NCCL backend (`cfg(sweep_nccl)`) when NCCL's and
+//! CUDA's headers are found: in SWEEP_CUDA_INCLUDE (folders separated by `:`), else in the nvidia
+//! wheels beside a torch wheel's `torch/` folder (site-packages/nvidia/*/include), else in
+//! $CUDA_HOME/include or /usr/local/cuda/include. scripts/build-cuda sets all of this up.
 
 use std::env;
 use std::path::PathBuf;
@@ -22,6 +27,9 @@ fn main() {
     println!("cargo:rerun-if-env-changed=SWEEP_GLOO_INCLUDE");
     println!("cargo:rerun-if-env-changed=SWEEP_NO_C10D");
     println!("cargo:rerun-if-env-changed=LIBTORCH_INCLUDE");
+    println!("cargo:rerun-if-env-changed=SWEEP_CUDA_INCLUDE");
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    println!("cargo::rustc-check-cfg=cfg(sweep_nccl)");
     println!("cargo:rerun-if-changed=src/dist/c10d_shim.cpp");
     println!("cargo::rustc-check-cfg=cfg(sweep_c10d)");
     if env::var_os("CARGO_FEATURE_TORCH").is_none() {
@@ -39,19 +47,78 @@ fn main() {
         .map(PathBuf::from)
         .or_else(|| lib.parent().map(|root| root.to_path_buf()))
         .map(|root| root.join("include"));
+    let cuda = env::var("SWEEP_CUDA").as_deref() == Ok("1");
     if let Some(include) = include {
-        build_c10d_shim(&include);
+        let nccl = if cuda { cuda_includes(&lib) } else { None };
+        build_c10d_shim(&include, nccl.as_deref());
     }
-    if env::var("SWEEP_CUDA").as_deref() == Ok("1") {
+    if cuda {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-ltorch_cuda");
         println!("cargo:rustc-link-arg=-ltorch");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
+        // libtorch_cuda's own libraries (cuBLAS, cuDNN, NCCL...) are found by the loader where
+        // it runs; linking needs only the symbols of the libraries named here.
+        println!("cargo:rustc-link-arg=-Wl,--allow-shlib-undefined");
     }
 }
 
-/// Compile the c10d shim when libtorch's c10d headers and Gloo's are both there.
-fn build_c10d_shim(include: &std::path::Path) {
+/// The include folders that hold NCCL's and CUDA's headers (nccl.h, cuda_runtime_api.h and the
+/// cuBLAS, cuSPARSE and cuSOLVER headers that ATen's CUDA context includes), if all are found.
+fn cuda_includes(lib: &std::path::Path) -> Option<Vec<PathBuf>> {
+    let mut candidates: Vec<PathBuf> = match env::var_os("SWEEP_CUDA_INCLUDE") {
+        Some(list) => env::split_paths(&list).collect(),
+        None => Vec::new(),
+    };
+    // A torch wheel's torch/lib: its nvidia wheels are site-packages/nvidia/<name>/include.
+    if let Some(nvidia) = lib
+        .parent()
+        .and_then(|t| t.parent())
+        .map(|sp| sp.join("nvidia"))
+    {
+        if let Ok(rd) = std::fs::read_dir(&nvidia) {
+            let mut found: Vec<PathBuf> = rd
+                .flatten()
+                .map(|e| e.path().join("include"))
+                .filter(|p| p.is_dir())
+                .collect();
+            found.sort();
+            candidates.extend(found);
+        }
+    }
+    if let Some(home) = env::var_os("CUDA_HOME") {
+        candidates.push(PathBuf::from(home).join("include"));
+    }
+    candidates.push(PathBuf::from("/usr/local/cuda/include"));
+    let needed = [
+        "nccl.h",
+        "cuda_runtime_api.h",
+        "cublas_v2.h",
+        "cusparse.h",
+        "cusolverDn.h",
+    ];
+    let mut dirs = Vec::new();
+    for h in needed {
+        match candidates.iter().find(|d| d.join(h).exists()) {
+            Some(d) => {
+                if !dirs.contains(d) {
+                    dirs.push(d.clone());
+                }
+            }
+            None => {
+                println!(
+                    "cargo:warning=building without NCCL: {h} is not in SWEEP_CUDA_INCLUDE, the torch wheel's nvidia folders, CUDA_HOME or /usr/local/cuda (scripts/build-cuda fetches them); ranks on CUDA will reduce through Gloo"
+                );
+                return None;
+            }
+        }
+    }
+    Some(dirs)
+}
+
+/// Compile the c10d shim when libtorch's c10d headers and Gloo's are both there; with NCCL's
+/// backend when `nccl` names the CUDA include folders.
+fn build_c10d_shim(include: &std::path::Path, nccl: Option<&[PathBuf]>) {
     if env::var("SWEEP_NO_C10D").as_deref() == Ok("1") {
         return;
     }
@@ -67,7 +134,8 @@ fn build_c10d_shim(include: &std::path::Path) {
         );
         return;
     }
-    cc::Build::new()
+    let mut build = cc::Build::new();
+    build
         .cpp(true)
         .pic(true)
         .warnings(false)
@@ -77,10 +145,23 @@ fn build_c10d_shim(include: &std::path::Path) {
         .flag("-std=c++17")
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag("-DUSE_C10D_GLOO")
-        .flag("-DGLOG_USE_GLOG_EXPORT")
-        .file("src/dist/c10d_shim.cpp")
-        .compile("sweep_c10d");
+        .flag("-DGLOG_USE_GLOG_EXPORT");
+    if let Some(dirs) = nccl {
+        for d in dirs {
+            build.include(d);
+        }
+        build
+            .define("SWEEP_NCCL", None)
+            .define("USE_C10D_NCCL", None)
+            .define("USE_CUDA", None);
+    }
+    build.file("src/dist/c10d_shim.cpp").compile("sweep_c10d");
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");
+    if nccl.is_some() {
+        println!("cargo:rustc-link-lib=dylib=torch_cuda");
+        println!("cargo:rustc-link-lib=dylib=c10_cuda");
+        println!("cargo:rustc-cfg=sweep_nccl");
+    }
     println!("cargo:rustc-cfg=sweep_c10d");
 }

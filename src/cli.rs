@@ -258,6 +258,11 @@ pub struct RunArgs {
     /// another run's, its result.json gone) again from scratch, clearing their folders first.
     #[arg(long)]
     pub retrain_invalid: bool,
+    /// The GPUs to lend runs, each run of N ranks taking N of its own (CUDA_VISIBLE_DEVICES):
+    /// `auto` (CUDA_VISIBLE_DEVICES, else every GPU libtorch sees), `none`, or ids such as
+    /// `0,1,2,3` (an id twice lets two runs share that GPU).
+    #[arg(long, value_name = "LIST")]
+    pub gpus: Option<String>,
 }
 
 /// `sweep fetch`.

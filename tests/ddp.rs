@@ -149,6 +149,50 @@ fn two_ranks_train_as_one_process_with_the_same_global_batch() {
     }
 }
 
+/// A world of one through a named backend (what scripts/gpu-check does with NCCL on one GPU)
+/// goes through c10d and trains as one plain process; ranks asked to train on a GPU this
+/// CPU-only libtorch cannot see stop at once, naming the libtorch.
+#[test]
+fn a_world_of_one_through_gloo_trains_as_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_corpora(dir.path());
+    let plain = run_json(dir.path(), "plain", "full", "adamw", 2, 6);
+    let one = run_json(dir.path(), "one", "full", "adamw", 2, 6);
+    let o = train(dir.path(), &plain, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let o = Command::new(env!("CARGO_BIN_EXE_sweep"))
+        .current_dir(dir.path())
+        .args(["train", one.to_str().unwrap(), "--threads", "1"])
+        .envs([
+            ("WORLD_SIZE", "1"),
+            ("RANK", "0"),
+            ("MASTER_ADDR", "127.0.0.1"),
+            ("SWEEP_DIST_BACKEND", "gloo"),
+        ])
+        .env("MASTER_PORT", port.to_string())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(result(&one)["world"], "1 rank, gloo");
+    assert_eq!(result(&plain)["world"], serde_json::Value::Null);
+    assert_same_run(&plain, &one, "a world of one through Gloo");
+
+    let gpu = run_json(dir.path(), "gpu", "full", "adamw", 2, 6);
+    let o = train(dir.path(), &gpu, &["--nproc", "2", "--device", "cuda"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("libtorch_cpu.so without libtorch_cuda.so"),
+        "names the CPU-only libtorch: {err}"
+    );
+    assert!(!gpu.parent().unwrap().join("metrics.jsonl").exists());
+}
+
 /// A 2-rank run stopped by a signal resumes on 1 rank, and ends where an uninterrupted
 /// 1-rank run does.
 #[test]

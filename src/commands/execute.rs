@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::{load_plan, sweep_dir, UsageError};
 use crate::cli::{CancelArgs, GlobalArgs, RunArgs, StatusArgs, SubmitArgs, SweepArg};
-use crate::executor::local::{default_parallel, LocalExecutor, LocalRun, Outcome};
+use crate::executor::local::{default_parallel, parse_gpus, LocalExecutor, LocalRun, Outcome};
 use crate::executor::render::{JsonLinesRenderer, TextRenderer};
 use crate::executor::state::{local_result_state, reconcile, SweepLock, SweepState};
 use crate::executor::{EventSink, JobState};
@@ -74,6 +74,29 @@ fn stage(
     Ok(runs)
 }
 
+/// The GPUs a local execution lends its runs: `--gpus LIST|none`; else the ones
+/// CUDA_VISIBLE_DEVICES names; else every GPU libtorch sees. None where SWEEP_DEVICE=cpu.
+fn local_gpus(arg: Option<&str>) -> Result<Vec<String>, UsageError> {
+    let bad = |e: String| UsageError(format!("--gpus: {e}"));
+    if let Some(list) = arg.filter(|a| a.trim() != "auto") {
+        return parse_gpus(list).map_err(bad);
+    }
+    if std::env::var("SWEEP_DEVICE").is_ok_and(|d| d.trim() == "cpu") {
+        return Ok(Vec::new());
+    }
+    if let Ok(v) = std::env::var("CUDA_VISIBLE_DEVICES") {
+        return parse_gpus(&v).map_err(|e| UsageError(format!("CUDA_VISIBLE_DEVICES={v}: {e}")));
+    }
+    #[cfg(feature = "torch")]
+    {
+        Ok((0..tch::Cuda::device_count())
+            .map(|i| i.to_string())
+            .collect())
+    }
+    #[cfg(not(feature = "torch"))]
+    Ok(Vec::new())
+}
+
 /// Plan, stage and execute every run locally; returns the outcome.
 fn execute_locally(
     g: &GlobalArgs,
@@ -82,7 +105,9 @@ fn execute_locally(
     threads: Option<usize>,
     retry_failed: bool,
     retrain_invalid: bool,
+    gpus: Option<&str>,
 ) -> anyhow::Result<(Plan, Outcome)> {
+    let gpus = local_gpus(gpus)?;
     let (src, plan) = load_plan(spec, false)?;
     let dir = sweep_dir(g, &plan.name);
     let _lock = SweepLock::acquire(&dir)?;
@@ -102,6 +127,7 @@ fn execute_locally(
         threads,
         retry_failed,
         retrain_invalid,
+        gpus,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -148,6 +174,7 @@ pub fn run(g: &GlobalArgs, args: &RunArgs) -> anyhow::Result<()> {
         args.threads,
         args.retry_failed,
         args.retrain_invalid,
+        args.gpus.as_deref(),
     )?;
     if !outcome.interrupted {
         // Report what there is, failed runs included (the report lists them).
@@ -169,7 +196,8 @@ pub fn submit(g: &GlobalArgs, args: &SubmitArgs) -> anyhow::Result<()> {
     if args.install {
         return Err(UsageError("--install needs --cluster NAME".into()).into());
     }
-    let (plan, outcome) = execute_locally(g, &args.spec, None, None, args.retry_failed, false)?;
+    let (plan, outcome) =
+        execute_locally(g, &args.spec, None, None, args.retry_failed, false, None)?;
     outcome_error(&plan, &args.spec, g, &outcome)
 }
 

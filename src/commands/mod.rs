@@ -111,13 +111,23 @@ fn train(g: &GlobalArgs, args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
         return launch_ranks(g, args, n);
     }
     let mut opts = crate::train::TrainOptions::from_env(args.threads);
-    if let Some(r) = &rendezvous {
-        opts.world = std::sync::Arc::new(crate::dist::World::connect(r)?);
-    }
-    let main = opts.world.is_main();
     if let Some(device) = &args.device {
         opts.device = device.clone();
     }
+    if let Some(r) = &rendezvous {
+        // Each rank of a node on its own GPU (or the CPU); NCCL on CUDA where it is built in.
+        let device = crate::train::rank_device(&opts.device, r.local_rank)?;
+        let backend = crate::dist::Backend::choose(
+            device.is_cuda(),
+            std::env::var("SWEEP_DIST_BACKEND").ok().as_deref(),
+        )?;
+        opts.device = match device {
+            tch::Device::Cuda(i) => format!("cuda:{i}"),
+            _ => "cpu".into(),
+        };
+        opts.world = std::sync::Arc::new(crate::dist::World::connect(r, backend, device)?);
+    }
+    let main = opts.world.is_main();
     // SWEEP_MIN_STEP_MS reaches trainers that an executor starts (`sweep run`), for drills.
     let min_step_ms = match (args.min_step_ms, std::env::var("SWEEP_MIN_STEP_MS")) {
         (Some(ms), _) => Some(ms),

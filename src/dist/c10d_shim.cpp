@@ -1,8 +1,10 @@
 // The one C++ shim of sweep: what tch does not bind of libtorch, behind a few C functions.
 // Today that is c10d, the engine under torch.distributed: a TCPStore for the rendezvous and a
-// ProcessGroupGloo (CPU tensors) for the collectives. Compiled by build.rs with the cc crate
-// against the same LIBTORCH headers that torch-sys uses (plus Gloo's headers, which the torch
-// wheel lacks: Debian's libgloo-dev), linked against libtorch_cpu, which holds c10d and Gloo.
+// ProcessGroupGloo (CPU tensors) or, in a CUDA build with NCCL's headers (SWEEP_NCCL, set by
+// build.rs), a ProcessGroupNCCL (CUDA tensors) for the collectives. Compiled by build.rs with the
+// cc crate against the same LIBTORCH headers that torch-sys uses (plus Gloo's headers, which the
+// torch wheel lacks: Debian's libgloo-dev), linked against libtorch_cpu, which holds c10d and
+// Gloo, and libtorch_cuda, which holds ProcessGroupNCCL.
 //
 // Every function catches C++ exceptions and returns nonzero (or NULL) with the message's first
 // line in `err`; nothing throws across the C boundary. Tensors are tch's (at::Tensor*).
@@ -10,6 +12,10 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef SWEEP_NCCL
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 
 #include <chrono>
 #include <cstring>
@@ -47,15 +53,23 @@ static int guarded(char* err, size_t n, F f) {
 extern "C" {
 
 // Meet the other ranks at host:port (rank 0 serves the store) and make a process group.
-// backend: "gloo". device_host: the address Gloo binds to ("" for this machine's hostname).
+// backend: "gloo" or "nccl". device_host: the address Gloo binds to ("" for this machine's
+// hostname). gpu: this rank's CUDA device for NCCL (-1 for none).
 SweepPG* sweep_pg_new(const char* backend, const char* host, int port, int rank, int world,
-                      const char* device_host, int timeout_ms, char* err, size_t errlen) {
+                      const char* device_host, int gpu, int timeout_ms, char* err,
+                      size_t errlen) {
   SweepPG* out = nullptr;
   guarded(err, errlen, [&] {
-    if (std::string(backend) != "gloo") {
-      throw std::runtime_error(std::string("backend `") + backend +
-                               "` is not built into this binary (only gloo)");
+    std::string name(backend);
+#ifdef SWEEP_NCCL
+    bool nccl = name == "nccl";
+#else
+    bool nccl = false;
+#endif
+    if (name != "gloo" && !nccl) {
+      throw std::runtime_error("backend `" + name + "` is not built into this binary");
     }
+    if (nccl && gpu < 0) throw std::runtime_error("the nccl backend needs a CUDA device");
     auto timeout = std::chrono::milliseconds(timeout_ms);
     c10d::TCPStoreOptions so;
     so.port = static_cast<std::uint16_t>(port);
@@ -64,6 +78,21 @@ SweepPG* sweep_pg_new(const char* backend, const char* host, int port, int rank,
     so.waitWorkers = true;
     so.timeout = timeout;
     auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), so);
+#ifdef SWEEP_NCCL
+    if (nccl) {
+      c10::cuda::set_device(static_cast<c10::DeviceIndex>(gpu));
+      auto opts = c10d::ProcessGroupNCCL::Options::create();
+      opts->timeout = timeout;
+      auto pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, opts);
+      // Bound to this rank's GPU, and the communicator made now (as torch.distributed does for
+      // init_process_group(device_id=...)): a rank that cannot join fails here, not mid-step.
+      at::Device dev(at::kCUDA, static_cast<c10::DeviceIndex>(gpu));
+      pg->setBoundDeviceId(dev);
+      pg->eagerConnectSingleDevice(dev);
+      out = new SweepPG{store, pg, timeout};
+      return;
+    }
+#endif
     auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
     std::string dh(device_host);
     opts->devices.push_back(dh.empty() ? c10d::ProcessGroupGloo::createDefaultDevice()

@@ -17,6 +17,8 @@ pub struct Rendezvous {
     pub rank: usize,
     /// The number of ranks.
     pub size: usize,
+    /// This process's rank among the ranks of its node (its GPU there), 0..ranks per node.
+    pub local_rank: usize,
     /// The host of rank 0, which serves the TCPStore.
     pub addr: String,
     /// The store's port.
@@ -48,9 +50,56 @@ pub enum DistError {
     },
 }
 
+/// The c10d backend of a world: NCCL for CUDA tensors where it is built in, Gloo for CPU
+/// tensors (and for CUDA tensors otherwise: they are staged through host memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// ProcessGroupGloo.
+    Gloo,
+    /// ProcessGroupNCCL.
+    Nccl,
+}
+
+impl Backend {
+    /// Its name, as c10d and result.json say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Gloo => "gloo",
+            Backend::Nccl => "nccl",
+        }
+    }
+
+    /// Whether NCCL is built into this binary (`cfg(sweep_nccl)`: a CUDA build with NCCL's
+    /// and CUDA's headers, see build.rs).
+    pub fn nccl_built() -> bool {
+        cfg!(sweep_nccl)
+    }
+
+    /// The backend for ranks on `cuda` (or the CPU) and the choice of SWEEP_DIST_BACKEND
+    /// (`auto`, the default: NCCL on CUDA where built, else Gloo).
+    pub fn choose(cuda: bool, choice: Option<&str>) -> Result<Backend, DistError> {
+        match choice.map(str::trim).unwrap_or("auto") {
+            "auto" | "" if cuda && Backend::nccl_built() => Ok(Backend::Nccl),
+            "auto" | "" | "gloo" => Ok(Backend::Gloo),
+            "nccl" if !cuda => Err(DistError::Env(
+                "SWEEP_DIST_BACKEND=nccl: NCCL reduces CUDA tensors, and these ranks train on the CPU; use gloo (or auto)".into(),
+            )),
+            "nccl" if !Backend::nccl_built() => Err(DistError::Env(
+                "SWEEP_DIST_BACKEND=nccl: this binary has no NCCL (build it with scripts/build-cuda, which finds NCCL's and CUDA's headers), or use gloo".into(),
+            )),
+            "nccl" => Ok(Backend::Nccl),
+            other => Err(DistError::Env(format!(
+                "SWEEP_DIST_BACKEND={other}: use auto, gloo or nccl"
+            ))),
+        }
+    }
+}
+
 impl Rendezvous {
-    /// The world described by torchrun's variables (RANK, WORLD_SIZE, MASTER_ADDR,
-    /// MASTER_PORT), from a lookup of the environment; None when WORLD_SIZE is absent or 1.
+    /// The world described by torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+    /// MASTER_PORT), from a lookup of the environment; None when WORLD_SIZE is absent or 1,
+    /// unless SWEEP_DIST_BACKEND names a backend: then WORLD_SIZE=1 is a world of one that
+    /// goes through that backend (to check a backend on one GPU).
     pub fn from_vars(
         var: impl Fn(&str) -> Option<String>,
         timeout: Duration,
@@ -65,7 +114,9 @@ impl Rendezvous {
                 .transpose()
         };
         let size = num("WORLD_SIZE")?.unwrap_or(1);
-        if size <= 1 {
+        let forced = var("WORLD_SIZE").is_some()
+            && var("SWEEP_DIST_BACKEND").is_some_and(|b| b.trim() != "auto");
+        if size == 0 || (size == 1 && !forced) {
             return Ok(None);
         }
         let rank = num("RANK")?
@@ -75,6 +126,7 @@ impl Rendezvous {
                 "RANK={rank} is not below WORLD_SIZE={size}"
             )));
         }
+        let local_rank = num("LOCAL_RANK")?.unwrap_or(rank);
         let addr = var("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into());
         let port = match var("MASTER_PORT") {
             Some(p) => p
@@ -86,6 +138,7 @@ impl Rendezvous {
         Ok(Some(Rendezvous {
             rank,
             size,
+            local_rank,
             addr,
             port,
             timeout,
@@ -98,6 +151,9 @@ impl Rendezvous {
 pub struct World {
     rank: usize,
     size: usize,
+    backend: Backend,
+    /// Where this rank's tensors live (NCCL reduces tensors of this rank's GPU).
+    device: tch::Device,
     #[cfg(sweep_c10d)]
     pg: Option<ffi::ProcessGroup>,
 }
@@ -108,27 +164,40 @@ impl World {
         World {
             rank: 0,
             size: 1,
+            backend: Backend::Gloo,
+            device: tch::Device::Cpu,
             #[cfg(sweep_c10d)]
             pg: None,
         }
     }
 
-    /// Meet the other ranks (Gloo on CPU tensors).
-    pub fn connect(r: &Rendezvous) -> Result<World, DistError> {
+    /// Meet the other ranks through `backend`; this rank trains on `device`.
+    pub fn connect(
+        r: &Rendezvous,
+        backend: Backend,
+        device: tch::Device,
+    ) -> Result<World, DistError> {
         #[cfg(sweep_c10d)]
         {
-            let pg = ffi::ProcessGroup::new(r)?;
+            let pg = ffi::ProcessGroup::new(r, backend, device)?;
             Ok(World {
                 rank: r.rank,
                 size: r.size,
+                backend,
+                device,
                 pg: Some(pg),
             })
         }
         #[cfg(not(sweep_c10d))]
         {
-            let _ = r;
+            let _ = (r, backend, device);
             Err(DistError::NotBuilt)
         }
+    }
+
+    /// The backend of the collectives.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// Whether c10d is built into this binary.
@@ -148,7 +217,10 @@ impl World {
 
     /// For result.json: `N ranks, BACKEND`, or None for one process.
     pub fn describe(&self) -> Option<String> {
-        (self.size > 1).then(|| format!("{} ranks, gloo", self.size))
+        (!self.trivial()).then(|| {
+            let ranks = if self.size == 1 { "rank" } else { "ranks" };
+            format!("{} {ranks}, {}", self.size, self.backend.name())
+        })
     }
 
     /// Whether this rank writes the run's outputs (rank 0).
@@ -160,7 +232,7 @@ impl World {
     pub fn all_reduce_sum(&self, t: &mut Tensor) -> Result<(), DistError> {
         #[cfg(sweep_c10d)]
         if let Some(pg) = &self.pg {
-            return pg.all_reduce_sum(t);
+            return self.on_backend_device(t, "all-reduce", |h| pg.all_reduce_sum(h));
         }
         let _ = t;
         Ok(())
@@ -170,9 +242,27 @@ impl World {
     pub fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<(), DistError> {
         #[cfg(sweep_c10d)]
         if let Some(pg) = &self.pg {
-            return pg.broadcast(t, root);
+            return self.on_backend_device(t, "broadcast", |h| pg.broadcast(h, root));
         }
         let _ = (t, root);
+        Ok(())
+    }
+
+    /// Run a collective on `t` where the backend can: Gloo takes CUDA tensors through a copy in
+    /// host memory (ProcessGroupGloo's own CUDA path is not in every libtorch build).
+    #[cfg(sweep_c10d)]
+    fn on_backend_device(
+        &self,
+        t: &mut Tensor,
+        what: &str,
+        op: impl FnOnce(&mut Tensor) -> Result<(), DistError>,
+    ) -> Result<(), DistError> {
+        if self.backend == Backend::Nccl || t.device() == tch::Device::Cpu {
+            return op(t);
+        }
+        let mut host = t.f_to(tch::Device::Cpu).map_err(|e| self.error(what, e))?;
+        op(&mut host)?;
+        t.f_copy_(&host).map_err(|e| self.error(what, e))?;
         Ok(())
     }
 
@@ -180,17 +270,34 @@ impl World {
     pub fn barrier(&self) -> Result<(), DistError> {
         #[cfg(sweep_c10d)]
         if let Some(pg) = &self.pg {
+            // NCCL's barrier guesses a GPU from the rank; a sum on this rank's GPU is exact.
+            if self.backend == Backend::Nccl {
+                return self.sum_f64(0.0).map(|_| ());
+            }
             return pg.barrier();
         }
         Ok(())
     }
 
+    /// Whether collectives do nothing: one process without a process group.
+    fn trivial(&self) -> bool {
+        #[cfg(sweep_c10d)]
+        return self.pg.is_none();
+        #[cfg(not(sweep_c10d))]
+        true
+    }
+
     /// The sum of a number over the ranks.
     pub fn sum_f64(&self, x: f64) -> Result<f64, DistError> {
-        if self.size == 1 {
+        if self.trivial() {
             return Ok(x);
         }
-        let mut t = Tensor::from_slice(&[x]);
+        // NCCL reduces CUDA tensors only; the number travels on the device of the gradients.
+        let device = match self.backend {
+            Backend::Nccl => self.device,
+            Backend::Gloo => tch::Device::Cpu,
+        };
+        let mut t = Tensor::from_slice(&[x]).to(device);
         self.all_reduce_sum(&mut t)?;
         t.f_double_value(&[0])
             .map_err(|e| self.error("reading a sum", e))
@@ -199,7 +306,7 @@ impl World {
     /// Sum the tensors in place over the ranks with one collective: they are flattened into
     /// one bucket, reduced, and copied back.
     pub fn all_reduce_sum_flat(&self, tensors: &mut [Tensor]) -> Result<(), DistError> {
-        if self.size == 1 || tensors.is_empty() {
+        if self.trivial() || tensors.is_empty() {
             return Ok(());
         }
         let _g = tch::no_grad_guard();
@@ -237,7 +344,7 @@ mod ffi {
 
     use tch::Tensor;
 
-    use super::{DistError, Rendezvous};
+    use super::{Backend, DistError, Rendezvous};
 
     extern "C" {
         #[allow(clippy::too_many_arguments)]
@@ -248,6 +355,7 @@ mod ffi {
             rank: c_int,
             world: c_int,
             device_host: *const c_char,
+            gpu: c_int,
             timeout_ms: c_int,
             err: *mut c_char,
             errlen: usize,
@@ -290,35 +398,54 @@ mod ffi {
     }
 
     impl ProcessGroup {
-        pub fn new(r: &Rendezvous) -> Result<ProcessGroup, DistError> {
+        pub fn new(
+            r: &Rendezvous,
+            backend: Backend,
+            device: tch::Device,
+        ) -> Result<ProcessGroup, DistError> {
             let c =
                 |s: &str| CString::new(s).map_err(|_| DistError::Env(format!("{s:?} holds a NUL")));
-            let (backend, host) = (c("gloo")?, c(&r.addr)?);
+            let (name, host) = (c(backend.name())?, c(&r.addr)?);
+            let gpu = match device {
+                tch::Device::Cuda(i) => i as c_int,
+                _ => -1,
+            };
             // On one machine the ranks meet on loopback; across nodes Gloo binds this host's name.
             let loopback = r.addr == "127.0.0.1" || r.addr == "localhost";
-            let device = c(if loopback { "127.0.0.1" } else { "" })?;
+            let device_host = c(if loopback { "127.0.0.1" } else { "" })?;
             let mut err = vec![0u8; ERR];
             // SAFETY: valid C strings and an error buffer of ERR bytes; the shim catches every
             // C++ exception.
             let ptr = unsafe {
                 sweep_pg_new(
-                    backend.as_ptr(),
+                    name.as_ptr(),
                     host.as_ptr(),
                     c_int::from(r.port),
                     r.rank as c_int,
                     r.size as c_int,
-                    device.as_ptr(),
+                    device_host.as_ptr(),
+                    gpu,
                     r.timeout.as_millis().min(i32::MAX as u128) as c_int,
                     err.as_mut_ptr() as *mut c_char,
                     ERR,
                 )
             };
             if ptr.is_null() {
+                let detail = message(&err);
+                let in_use = detail.contains("EADDRINUSE") || detail.contains("already in use");
+                let what = if in_use && r.rank == 0 {
+                    format!(
+                        "serving the ranks' store on port {} of this host: the port is in use (another job's store or a stray process holds it); free it or set MASTER_PORT to a free port",
+                        r.port
+                    )
+                } else {
+                    format!("meeting the other ranks at {}:{}", r.addr, r.port)
+                };
                 return Err(DistError::Collective {
                     rank: r.rank,
                     size: r.size,
-                    what: format!("meeting the other ranks at {}:{}", r.addr, r.port),
-                    detail: message(&err),
+                    what,
+                    detail,
                 });
             }
             Ok(ProcessGroup {
@@ -421,6 +548,18 @@ mod tests {
             (r.rank, r.size, r.addr.as_str(), r.port),
             (1, 2, "10.0.0.1", 29600)
         );
+        // A world of one through a named backend, to check that backend on one GPU.
+        let one = Rendezvous::from_vars(
+            vars(&[
+                ("WORLD_SIZE", "1"),
+                ("RANK", "0"),
+                ("SWEEP_DIST_BACKEND", "gloo"),
+            ]),
+            t,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((one.size, one.local_rank), (1, 0));
         for bad in [
             vec![("WORLD_SIZE", "2")],
             vec![("WORLD_SIZE", "2"), ("RANK", "2")],
@@ -429,6 +568,28 @@ mod tests {
         ] {
             assert!(Rendezvous::from_vars(vars(&bad), t).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_backend_follows_the_device_and_the_choice() {
+        assert_eq!(Backend::choose(false, None).unwrap(), Backend::Gloo);
+        let cuda_default = if Backend::nccl_built() {
+            Backend::Nccl
+        } else {
+            Backend::Gloo
+        };
+        assert_eq!(Backend::choose(true, None).unwrap(), cuda_default);
+        assert_eq!(Backend::choose(true, Some("gloo")).unwrap(), Backend::Gloo);
+        let e = Backend::choose(false, Some("nccl"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("train on the CPU"), "{e}");
+        if !Backend::nccl_built() {
+            let e = Backend::choose(true, Some("nccl")).unwrap_err().to_string();
+            assert!(e.contains("scripts/build-cuda"), "{e}");
+        }
+        let e = Backend::choose(true, Some("mpi")).unwrap_err().to_string();
+        assert!(e.contains("use auto, gloo or nccl"), "{e}");
     }
 
     /// scripts/test installs Gloo's headers: there, a binary without the shim is a broken
@@ -457,13 +618,18 @@ mod tests {
         let ranks: Vec<_> = (0..2)
             .map(|rank| {
                 std::thread::spawn(move || {
-                    let w = World::connect(&Rendezvous {
-                        rank,
-                        size: 2,
-                        addr: "127.0.0.1".into(),
-                        port,
-                        timeout: Duration::from_secs(30),
-                    })
+                    let w = World::connect(
+                        &Rendezvous {
+                            rank,
+                            size: 2,
+                            local_rank: rank,
+                            addr: "127.0.0.1".into(),
+                            port,
+                            timeout: Duration::from_secs(30),
+                        },
+                        Backend::Gloo,
+                        tch::Device::Cpu,
+                    )
                     .unwrap();
                     let mut t = Tensor::from_slice(&[1.0f32 + rank as f32, 10.0]);
                     w.all_reduce_sum(&mut t).unwrap();
@@ -493,6 +659,35 @@ mod tests {
         }
     }
 
+    /// Rank 0 cannot serve the store on a port another process listens on: it says so at once.
+    #[cfg(sweep_c10d)]
+    #[test]
+    fn a_store_port_in_use_is_named() {
+        let held = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = held.local_addr().unwrap().port();
+        let t0 = std::time::Instant::now();
+        let e = World::connect(
+            &Rendezvous {
+                rank: 0,
+                size: 2,
+                local_rank: 0,
+                addr: "127.0.0.1".into(),
+                port,
+                timeout: Duration::from_secs(20),
+            },
+            Backend::Gloo,
+            tch::Device::Cpu,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(&format!("port {port} of this host: the port is in use")),
+            "{e}"
+        );
+        assert!(e.contains("MASTER_PORT"), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(15), "not a timeout: {e}");
+    }
+
     /// A rank whose peer never comes gives up after its timeout, naming the address.
     #[cfg(sweep_c10d)]
     #[test]
@@ -501,13 +696,18 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let e = World::connect(&Rendezvous {
-            rank: 0,
-            size: 2,
-            addr: "127.0.0.1".into(),
-            port,
-            timeout: Duration::from_secs(2),
-        })
+        let e = World::connect(
+            &Rendezvous {
+                rank: 0,
+                size: 2,
+                local_rank: 0,
+                addr: "127.0.0.1".into(),
+                port,
+                timeout: Duration::from_secs(2),
+            },
+            Backend::Gloo,
+            tch::Device::Cpu,
+        )
         .unwrap_err()
         .to_string();
         assert!(e.contains(&format!("127.0.0.1:{port}")), "{e}");

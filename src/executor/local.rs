@@ -2,6 +2,10 @@
 //! process, N at a time, each in its own process group with its log in its run folder. A stop
 //! request (Ctrl-C) sends SIGTERM to every child (the trainer checkpoints on it) and leaves the
 //! runs resumable; a rerun skips what finished and resumes the rest.
+//!
+//! Where the machine has GPUs, the executor lends them out: a run of N ranks takes N free GPUs
+//! (its CUDA_VISIBLE_DEVICES), and a run waits while too few are free, so two runs never share a
+//! GPU unless the GPU list names one twice.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -45,6 +49,80 @@ pub struct LocalExecutor {
     /// Train runs whose result cannot be counted ([`JobState::Invalid`]) again, from scratch
     /// (else they are reported and left as they are).
     pub retrain_invalid: bool,
+    /// The GPUs lent to runs, one slot each (CUDA ids; an id listed twice is two slots, for runs
+    /// asked to share it). Empty: runs train where their device says, with no GPU assigned.
+    pub gpus: Vec<String>,
+}
+
+/// The GPU list of `sweep run --gpus`: comma-separated CUDA ids ("0,1,2,3"; an id twice lets
+/// two runs share it), or `none`.
+pub fn parse_gpus(list: &str) -> Result<Vec<String>, String> {
+    let list = list.trim();
+    if list == "none" || list.is_empty() {
+        return Ok(Vec::new());
+    }
+    list.split(',')
+        .map(|g| {
+            let g = g.trim();
+            let id = !g.is_empty() && g.chars().all(|c| c.is_ascii_digit());
+            if id || g.starts_with("GPU-") || g.starts_with("MIG-") {
+                Ok(g.to_string())
+            } else {
+                Err(format!(
+                    "GPU `{g}`: give CUDA ids separated by commas (0,1,2,3), GPU-/MIG- UUIDs, or none"
+                ))
+            }
+        })
+        .collect()
+}
+
+/// Which GPU slots are lent out.
+struct GpuPool {
+    ids: Vec<String>,
+    busy: Vec<bool>,
+}
+
+impl GpuPool {
+    /// `n` free slots of distinct GPUs (a run's ranks each need their own), if there are.
+    fn take(&mut self, n: usize) -> Option<Vec<usize>> {
+        let mut got: Vec<usize> = Vec::new();
+        for i in 0..self.ids.len() {
+            if got.len() == n {
+                break;
+            }
+            if !self.busy[i] && !got.iter().any(|&j| self.ids[j] == self.ids[i]) {
+                got.push(i);
+            }
+        }
+        (got.len() == n).then(|| {
+            for &i in &got {
+                self.busy[i] = true;
+            }
+            got
+        })
+    }
+
+    fn give_back(&mut self, slots: &[usize]) {
+        for &i in slots {
+            self.busy[i] = false;
+        }
+    }
+
+    /// Distinct GPUs: the most ranks one run can have.
+    fn distinct(&self) -> usize {
+        let mut ids = self.ids.clone();
+        ids.sort();
+        ids.dedup();
+        ids.len()
+    }
+
+    fn visible(&self, slots: &[usize]) -> String {
+        slots
+            .iter()
+            .map(|&i| self.ids[i].as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 /// How a local execution ended.
@@ -61,6 +139,8 @@ struct Active {
     run: LocalRun,
     child: Child,
     started: Instant,
+    /// Its GPU slots, given back when it ends.
+    gpus: Vec<usize>,
 }
 
 /// Default parallelism: cores / threads per run, at least 1.
@@ -151,6 +231,10 @@ impl LocalExecutor {
         let mut active: Vec<Active> = Vec::new();
         let mut interrupted = false;
         let mut waiting = std::collections::HashSet::new();
+        let mut pool = GpuPool {
+            ids: self.gpus.clone(),
+            busy: vec![false; self.gpus.len()],
+        };
         loop {
             if stop.load(Ordering::SeqCst) && !interrupted {
                 interrupted = true;
@@ -180,6 +264,24 @@ impl LocalExecutor {
                     deferred.push(r);
                     continue;
                 }
+                // Its ranks' GPUs: wait while too few are free; fail if it could never fit.
+                let need = r.ranks.1.max(1) as usize;
+                let slots = if pool.ids.is_empty() || r.ranks.0 > 1 {
+                    Some(Vec::new())
+                } else if need > pool.distinct() {
+                    None
+                } else if let Some(slots) = pool.take(need) {
+                    Some(slots)
+                } else {
+                    if waiting.insert(r.id.clone()) {
+                        sink.emit(&Event::RunWaiting {
+                            id: r.id.clone(),
+                            detail: format!("it waits for {need} free GPU(s)"),
+                        });
+                    }
+                    deferred.push(r);
+                    continue;
+                };
                 let rec = state
                     .runs
                     .get_mut(&r.id)
@@ -188,7 +290,19 @@ impl LocalExecutor {
                 rec.state = JobState::Running;
                 rec.detail = None;
                 let attempt = rec.attempts;
-                match self.spawn(r) {
+                let spawned = match &slots {
+                    Some(slots) => self.spawn(r, &pool.visible(slots)),
+                    None => Err(format!(
+                        "the run has {need} ranks (training.ranks_per_node), each on a GPU of its own, but this machine lends {} GPU(s) ({}): give --gpus more, or fewer ranks",
+                        pool.distinct(),
+                        pool.ids.join(",")
+                    )),
+                };
+                let slots = slots.unwrap_or_default();
+                if spawned.is_err() {
+                    pool.give_back(&slots);
+                }
+                match spawned {
                     Ok(child) => {
                         rec.job_id = Some(format!("pid:{}", child.id()));
                         state.save(sweep_dir)?;
@@ -201,6 +315,7 @@ impl LocalExecutor {
                             run: r.clone(),
                             child,
                             started: Instant::now(),
+                            gpus: slots,
                         });
                     }
                     Err(e) => {
@@ -232,6 +347,7 @@ impl LocalExecutor {
                     continue;
                 };
                 let a = active.swap_remove(i);
+                pool.give_back(&a.gpus);
                 let (st, detail) = classify(&a.run, status);
                 let rec = state
                     .runs
@@ -261,7 +377,9 @@ impl LocalExecutor {
         })
     }
 
-    fn spawn(&self, r: &LocalRun) -> Result<Child, String> {
+    /// Start the run's trainer; `gpus` (CUDA ids, comma-separated) becomes its
+    /// CUDA_VISIBLE_DEVICES unless empty.
+    fn spawn(&self, r: &LocalRun, gpus: &str) -> Result<Child, String> {
         let (nodes, per_node) = r.ranks;
         if nodes > 1 {
             return Err(format!(
@@ -292,6 +410,9 @@ impl LocalExecutor {
             .stdout(log)
             .stderr(log2)
             .process_group(0);
+        if !gpus.is_empty() {
+            cmd.env("CUDA_VISIBLE_DEVICES", gpus);
+        }
         crate::util::stop_with_parent(&mut cmd);
         cmd.spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.program.display()))
@@ -390,6 +511,11 @@ case "$(cat "$run")" in
   *ok*) printf '{"schema":1,"id":"x","config_id":"x","status":"completed","step":1,"tokens":1,"total_steps":1,"final_train_loss":1.0,"evals":[],"metrics_not_measured":[],"trainable_params":1,"total_params":1,"wall_s":0.1,"peak_rss_kib":null,"run_hash":"h"}' > "$d/result.json"; echo trained >> "$d/count" ;;
   *fail*) echo "error: something broke" >&2; exit 1 ;;
   *hang*) trap 'exit 143' TERM; while true; do sleep 0.05; done ;;
+  *gpu*) locks=$(dirname "$0")/gpu-locks; mkdir -p "$locks"; gpus=$(echo "$CUDA_VISIBLE_DEVICES" | tr , ' ')
+    for g in $gpus; do mkdir "$locks/$g" 2>/dev/null || { echo "GPU $g is taken" >&2; exit 1; }; done
+    echo "$CUDA_VISIBLE_DEVICES" > "$d/gpus"; sleep 0.3
+    for g in $gpus; do rmdir "$locks/$g"; done
+    printf '{"schema":1,"id":"x","config_id":"x","status":"completed","step":1,"tokens":1,"total_steps":1,"final_train_loss":1.0,"evals":[],"metrics_not_measured":[],"trainable_params":1,"total_params":1,"wall_s":0.1,"peak_rss_kib":null,"run_hash":"h"}' > "$d/result.json" ;;
 esac
 "#,
         )
@@ -423,8 +549,63 @@ esac
             threads: 1,
             retry_failed: false,
             retrain_invalid: false,
+            gpus: Vec::new(),
         };
         (dir, runs, exe)
+    }
+
+    /// Runs take free GPUs of their own (one per rank) and wait for them; a run with more ranks
+    /// than GPUs fails at once, naming both counts.
+    #[test]
+    fn runs_get_gpus_of_their_own() {
+        let (dir, mut runs, exe) = setup(&["gpu", "gpu", "gpu", "gpu", "gpu", "gpu"]);
+        runs[4].ranks = (1, 2);
+        runs[5].ranks = (1, 3);
+        let exe = LocalExecutor {
+            parallel: 4,
+            gpus: parse_gpus("0,1").unwrap(),
+            ..exe
+        };
+        let mut state = SweepState::new("s");
+        let mut out = Vec::new();
+        exe.run(
+            dir.path(),
+            &mut state,
+            &runs,
+            &mut TextRenderer::new(&mut out, false),
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+        let log = String::from_utf8_lossy(&out).to_string();
+        for r in &runs[..5] {
+            assert_eq!(state.runs[&r.id].state, JobState::Completed, "{log}");
+        }
+        let gpus = |i: usize| std::fs::read_to_string(runs[i].dir.join("gpus")).unwrap();
+        for i in 0..4 {
+            assert!(["0\n", "1\n"].contains(&gpus(i).as_str()), "{}", gpus(i));
+        }
+        assert!(
+            ["0,1\n", "1,0\n"].contains(&gpus(4).as_str()),
+            "{}",
+            gpus(4)
+        );
+        let failed = &state.runs["r5"];
+        assert_eq!(failed.state, JobState::Failed);
+        let why = failed.detail.as_deref().unwrap();
+        assert!(
+            why.contains("3 ranks") && why.contains("lends 2 GPU(s)"),
+            "{why}"
+        );
+        assert!(log.contains("waits for"), "runs waited for GPUs: {log}");
+    }
+
+    #[test]
+    fn gpu_lists_are_ids_or_none() {
+        assert_eq!(parse_gpus("0, 1,1").unwrap(), vec!["0", "1", "1"]);
+        assert!(parse_gpus("none").unwrap().is_empty());
+        assert_eq!(parse_gpus("GPU-abc").unwrap(), vec!["GPU-abc"]);
+        let e = parse_gpus("0,x").unwrap_err();
+        assert!(e.contains("GPU `x`"), "{e}");
     }
 
     #[test]

@@ -112,9 +112,6 @@ impl Optim {
 
     /// Sum every gradient over the ranks of `world` in one flat bucket (a no-op for one rank).
     pub fn all_reduce_grads(&mut self, world: &crate::dist::World) -> Result<(), TrainError> {
-        if world.size() == 1 {
-            return Ok(());
-        }
         let mut grads: Vec<Tensor> = self
             .params
             .iter()

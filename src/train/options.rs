@@ -71,16 +71,22 @@ impl TrainOptions {
 }
 
 /// The libtorch device for `--device`/SWEEP_DEVICE: `auto`, `cpu`, `cuda` or `cuda:N`. Asking
-/// for CUDA where libtorch sees none is an error, never a silent fall back to the CPU.
+/// for CUDA where libtorch sees none is an error naming the libtorch loaded, never a silent fall
+/// back to the CPU.
 pub fn resolve_device(choice: &str) -> Result<Device, TrainError> {
     let cuda = |i: usize| {
-        if tch::Cuda::is_available() && i < tch::Cuda::device_count() as usize {
+        let n = tch::Cuda::device_count() as usize;
+        if tch::Cuda::is_available() && i < n {
             Ok(Device::Cuda(i))
+        } else if n > 0 {
+            Err(TrainError::Device(format!(
+                "device `{choice}`: libtorch sees {n} CUDA device(s) (cuda:0..cuda:{}); use one of those",
+                n - 1
+            )))
         } else {
             Err(TrainError::Device(format!(
-                "device `{choice}`: libtorch sees {} CUDA device(s) (a GPU build needs \
-                 SWEEP_CUDA=1 at build time and libtorch_cuda at run time); use --device cpu",
-                tch::Cuda::device_count()
+                "device `{choice}`: libtorch sees no CUDA device; {}",
+                loaded_libtorch()
             )))
         }
     };
@@ -94,6 +100,53 @@ pub fn resolve_device(choice: &str) -> Result<Device, TrainError> {
                 "device `{other}`: use auto, cpu, cuda or cuda:N"
             ))),
         },
+    }
+}
+
+/// The device of local rank `local_rank` of a multi-process run. `auto` (where libtorch sees a
+/// GPU) and `cuda` give each rank of a node its own GPU, cuda:LOCAL_RANK; an explicit `cuda:N`
+/// puts every rank on GPU N (asked for, e.g. two Gloo ranks on one GPU); `cpu` is the CPU.
+/// More ranks on a node than it has GPUs is an error.
+pub fn rank_device(choice: &str, local_rank: usize) -> Result<Device, TrainError> {
+    match choice.trim() {
+        "auto" | "" if !tch::Cuda::is_available() => Ok(Device::Cpu),
+        "auto" | "" | "cuda" => {
+            let n = tch::Cuda::device_count() as usize;
+            if n == 0 {
+                return resolve_device("cuda");
+            }
+            if local_rank >= n {
+                return Err(TrainError::Device(format!(
+                    "local rank {local_rank} has no GPU of its own: libtorch sees {n} CUDA device(s) on this node; run at most {n} ranks per node (training.ranks_per_node, --nproc), or give --device cuda:K to put every rank on GPU K"
+                )));
+            }
+            Ok(Device::Cuda(local_rank))
+        }
+        other => resolve_device(other),
+    }
+}
+
+/// Which libtorch this process loaded, for an error about a missing GPU: the path of
+/// libtorch_cpu.so and whether libtorch_cuda.so is loaded too (from /proc/self/maps).
+pub fn loaded_libtorch() -> String {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let find = |name: &str| {
+        maps.lines()
+            .filter_map(|l| l.split_whitespace().nth(5))
+            .find(|p| p.ends_with(name))
+            .map(str::to_owned)
+    };
+    let visible = std::env::var("CUDA_VISIBLE_DEVICES")
+        .map(|v| format!(" (CUDA_VISIBLE_DEVICES={v:?})"))
+        .unwrap_or_default();
+    match (find("/libtorch_cpu.so"), find("/libtorch_cuda.so")) {
+        (Some(cpu), None) => format!(
+            "the libtorch loaded is {cpu} without libtorch_cuda.so: a CPU-only build. Build sweep with scripts/build-cuda (SWEEP_CUDA=1 and a CUDA libtorch) and run it where that libtorch is, or use --device cpu"
+        ),
+        (_, Some(cuda)) => format!(
+            "libtorch's CUDA part {cuda} is loaded, but no GPU is visible{visible}: check the node's GPUs (nvidia-smi) and the job's GPU request, or use --device cpu"
+        ),
+        (None, None) => "libtorch's libraries were not found in this process's maps; use --device cpu".into(),
     }
 }
 

@@ -197,12 +197,6 @@ impl<'a> Trainer<'a> {
                 "batch_size, micro_batch_size and seq_len must be positive".into(),
             ));
         }
-        if opts.world.size() > 1 && device != Device::Cpu {
-            return Err(TrainError::Unsupported(format!(
-                "{} ranks on {device:?}: data-parallel training on CUDA needs c10d's NCCL backend, which this sweep does not build yet; train the ranks on the CPU (--device cpu) or the run on one GPU",
-                opts.world.size()
-            )));
-        }
         let ranks = opts.world.size() as u64;
         if !t.batch_size.is_multiple_of(ranks) {
             return Err(TrainError::Unsupported(format!(

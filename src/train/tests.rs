@@ -405,6 +405,15 @@ fn asking_for_a_missing_gpu_is_an_error() {
         e.contains("device `cuda`") && e.contains("--device cpu"),
         "{e}"
     );
+    // It names the libtorch this process loaded, and that it is CPU-only.
+    assert!(
+        e.contains("libtorch_cpu.so without libtorch_cuda.so") && e.contains("scripts/build-cuda"),
+        "{e}"
+    );
+    // Ranks: auto is the CPU here; an explicit GPU is refused the same way.
+    assert_eq!(rank_device("auto", 3).unwrap(), Device::Cpu);
+    let e = rank_device("cuda", 0).unwrap_err().to_string();
+    assert!(e.contains("libtorch_cpu.so"), "{e}");
     opts.device = "tpu".into();
     let e = train(&f.run("tpu", |_| {}), &opts).unwrap_err().to_string();
     assert!(e.contains("use auto, cpu, cuda or cuda:N"), "{e}");
