@@ -9,9 +9,11 @@ use anyhow::Context;
 
 use super::{load_plan, sweep_dir, UsageError};
 use crate::cli::{CollectArgs, GlobalArgs, SubmitArgs};
-use crate::executor::slurm::config::{default_path, ClustersFile};
+use crate::executor::slurm::config::{default_path, ClustersFile, ConfigError};
 use crate::executor::slurm::executor::{self as ex, Probe};
-use crate::executor::slurm::install::{install_files, libtorch_files, InstallReport, LocalFile};
+use crate::executor::slurm::install::{
+    gpu_install_problem, install_files, is_cuda_binary, libtorch_files, InstallReport, LocalFile,
+};
 use crate::executor::slurm::journal::{Journal, JOURNAL_SCHEMA};
 use crate::executor::slurm::quote::join;
 use crate::executor::slurm::transport::Transport;
@@ -152,7 +154,7 @@ pub fn submit(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
     let mut t = connect(&c).map_err(SlurmError::from)?;
     let binary = c.remote_binary();
     let installed = if args.install {
-        install(g, t.as_mut(), &c, &binary)?
+        install(g, t.as_mut(), &c, cluster, &binary)?
     } else {
         Vec::new()
     };
@@ -224,6 +226,7 @@ fn install(
     g: &GlobalArgs,
     t: &mut dyn Transport,
     c: &crate::executor::slurm::config::ClusterConfig,
+    cluster: &str,
     binary: &str,
 ) -> anyhow::Result<Vec<InstallReport>> {
     let mut notify = |m: &str| {
@@ -232,6 +235,23 @@ fn install(
         }
     };
     let mut reports = Vec::new();
+    let exe = match &c.install_binary {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().context("locating the sweep binary")?,
+    };
+    let local_lib = option_env!("SWEEP_LIBTORCH_LIB").map(std::path::PathBuf::from);
+    if c.asks_gpus() {
+        let cuda = is_cuda_binary(&exe).with_context(|| format!("reading {}", exe.display()))?;
+        if let Some(why) = gpu_install_problem(
+            cluster,
+            &exe,
+            cuda,
+            c.libtorch.is_some(),
+            local_lib.as_deref(),
+        ) {
+            return Err(SlurmError::Config(ConfigError::Unfit(why)).into());
+        }
+    }
     if cfg!(feature = "torch") && c.libtorch.is_none() {
         let Some(local) = option_env!("SWEEP_LIBTORCH_LIB").map(std::path::PathBuf::from) else {
             anyhow::bail!("this binary does not know the libtorch it was built against: set `libtorch` in the cluster config to a libtorch on the cluster");
@@ -243,7 +263,6 @@ fn install(
         let lib = join(&c.remote_libtorch(), "lib");
         reports.push(install_files(t, &lib, &files, &mut notify).map_err(SlurmError::from)?);
     }
-    let exe = std::env::current_exe().context("locating the sweep binary")?;
     let (dir, name) = match binary.rsplit_once('/') {
         Some((d, n)) => (if d.is_empty() { "/" } else { d }, n),
         None => (".", binary),

@@ -9,8 +9,8 @@
 #SBATCH --qos=normal
 #SBATCH --time=04:00:00
 #SBATCH --mem=64G
-#SBATCH --gres=gpu:1
 #SBATCH --cpus-per-task=8
+#SBATCH --gpus-per-node=1
 #SBATCH --constraint=a100
 set -u
 child=
@@ -28,6 +28,7 @@ sed -n "${line}p" batches/18c0ffee.jsonl > "$run/.run.json.tmp" && mv "$run/.run
 module load cuda/12.1
 export OMP_NUM_THREADS=8
 export LD_LIBRARY_PATH='/opt/lib torch'/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export SWEEP_DEVICE=cuda
 if [ "$warned" = 1 ]; then
     echo "sweep: $id got the time-limit warning before training started; exit 75 (a timeout)" >&2
     exit 75

@@ -21,6 +21,7 @@ run=runs/$id
 mkdir -p "$run"
 sed -n "${line}p" batches/abc123.jsonl > "$run/.run.json.tmp" && mv "$run/.run.json.tmp" "$run/run.json"
 export LD_LIBRARY_PATH="$HOME"/.cache/sweep/libtorch-2.11.0/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export SWEEP_DEVICE=cuda
 if [ "$warned" = 1 ]; then
     echo "sweep: $id got the time-limit warning before training started; exit 75 (a timeout)" >&2
     exit 75

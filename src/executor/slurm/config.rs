@@ -73,6 +73,10 @@ pub struct ClusterConfig {
     /// The remote `sweep` binary (default: the one `sweep submit --install` puts in WORK/bin/).
     #[serde(default)]
     pub sweep_binary: Option<String>,
+    /// The binary `--install` copies (a path on this machine, e.g. a CUDA build from
+    /// scripts/build-cuda for a GPU cluster); default: the running `sweep`.
+    #[serde(default)]
+    pub install_binary: Option<PathBuf>,
     /// A remote libtorch folder (its lib/ goes on LD_LIBRARY_PATH).
     #[serde(default)]
     pub libtorch: Option<String>,
@@ -101,6 +105,11 @@ pub struct ClusterConfig {
     /// `--gres` (e.g. `gpu:1`).
     #[serde(default)]
     pub gres: Option<String>,
+    /// Every rank trains on a GPU of its own: sbatch asks `--gpus-per-node` = the run's ranks
+    /// per node, the trainer is told CUDA (it fails at start rather than train on the CPU), and
+    /// `--install` refuses a CPU-only libtorch or binary.
+    #[serde(default)]
+    pub gpu: bool,
     /// Extra `#SBATCH` lines, without the `#SBATCH ` prefix (e.g. `--constraint=a100`).
     #[serde(default)]
     pub sbatch_extra: Vec<String>,
@@ -186,6 +195,10 @@ pub enum ConfigError {
         /// Why.
         reason: String,
     },
+    /// The cluster entry cannot serve these runs as it is (e.g. GPUs asked, a CPU build to
+    /// install); the message names the fix.
+    #[error("{0}")]
+    Unfit(String),
 }
 
 /// Where clusters.toml is: `$SWEEP_CLUSTERS`, else `$XDG_CONFIG_HOME/sweep/clusters.toml`, else
@@ -302,7 +315,18 @@ impl ClusterConfig {
         if self.host.is_empty() || self.user.is_empty() {
             return Err(bad("host/user", "is empty"));
         }
+        if self.gpu && self.gres.as_deref().is_some_and(|g| g.contains("gpu")) {
+            return Err(bad(
+                "gres",
+                "asks for GPUs and so does gpu = true (which asks --gpus-per-node for each run's ranks): keep one",
+            ));
+        }
         Ok(())
+    }
+
+    /// Whether the runs train on GPUs: `gpu = true`, or GPUs asked through `gres`.
+    pub fn asks_gpus(&self) -> bool {
+        self.gpu || self.gres.as_deref().is_some_and(|g| g.contains("gpu"))
     }
 
     /// The remote `sweep` binary: the configured one, or WORK/bin/sweep-VERSION.

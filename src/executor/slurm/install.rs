@@ -528,9 +528,100 @@ pub fn libtorch_files(lib: &Path) -> Result<Vec<LocalFile>, InstallError> {
     Ok(files)
 }
 
+/// Whether a binary links libtorch_cuda (its dynamic section names it): a CUDA build.
+pub fn is_cuda_binary(path: &Path) -> std::io::Result<bool> {
+    let bytes = std::fs::read(path)?;
+    let needle = b"libtorch_cuda.so\0";
+    Ok(bytes.windows(needle.len()).any(|w| w == needle))
+}
+
+/// Why `--install` cannot set up a cluster whose runs train on GPUs, if it cannot: the binary to
+/// install must be a CUDA build, and the libtorch to copy (when the cluster names none of its
+/// own) must hold libtorch_cuda and the CUDA libraries it loads (as pytorch.org's libtorch
+/// archives do; a torch wheel's lib/ does not: those come in the nvidia wheels).
+pub fn gpu_install_problem(
+    cluster: &str,
+    binary: &Path,
+    binary_is_cuda: bool,
+    own_libtorch: bool,
+    local_lib: Option<&Path>,
+) -> Option<String> {
+    let head = format!("cluster `{cluster}` trains on GPUs (gpu = true, or a GPU gres)");
+    if !binary_is_cuda {
+        return Some(format!(
+            "{head}, but {} is a CPU build: build one with scripts/build-cuda --release (on Linux, or on the cluster's login node) and name it in the cluster entry as install_binary = \"PATH\" (or set sweep_binary to one on the cluster)",
+            binary.display()
+        ));
+    }
+    if own_libtorch {
+        return None;
+    }
+    let fix = "set `libtorch` in the cluster entry to a CUDA libtorch on the cluster (e.g. the torch/ folder of `python3 -m pip install --target DIR torch==2.11.0` run there)";
+    let Some(lib) = local_lib else {
+        return Some(format!(
+            "{head}, but this binary does not know the libtorch it was built against: {fix}"
+        ));
+    };
+    let names: Vec<String> = std::fs::read_dir(lib)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    if !names.iter().any(|n| n == "libtorch_cuda.so") {
+        return Some(format!(
+            "{head}, but --install would copy {}, a CPU-only libtorch: {fix}",
+            lib.display()
+        ));
+    }
+    let missing: Vec<&str> = ["libcudart", "libcublas", "libcudnn", "libnccl"]
+        .into_iter()
+        .filter(|stem| !names.iter().any(|n| n.starts_with(&format!("{stem}.so"))))
+        .collect();
+    if !missing.is_empty() {
+        return Some(format!(
+            "{head}, but {} has libtorch_cuda.so without the CUDA libraries it loads ({}): a libtorch to build against (like scripts/build-cuda's), not to run: {fix}",
+            lib.display(),
+            missing.join(", ")
+        ));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gpu_cluster_gets_a_cuda_binary_and_a_whole_cuda_libtorch() {
+        let d = tempfile::tempdir().unwrap();
+        let (cpu_bin, cuda_bin) = (d.path().join("cpu"), d.path().join("cuda"));
+        std::fs::write(&cpu_bin, b"\x7fELF libtorch_cpu.so\0").unwrap();
+        std::fs::write(&cuda_bin, b"\x7fELF libtorch_cpu.so\0libtorch_cuda.so\0").unwrap();
+        assert!(!is_cuda_binary(&cpu_bin).unwrap());
+        assert!(is_cuda_binary(&cuda_bin).unwrap());
+        let lib = d.path().join("lib");
+        std::fs::create_dir(&lib).unwrap();
+        std::fs::write(lib.join("libtorch_cpu.so"), "").unwrap();
+        let problem = |cuda: bool, own: bool| {
+            gpu_install_problem("g", &cpu_bin, cuda, own, Some(&lib)).unwrap_or_default()
+        };
+        assert!(problem(false, true).contains("is a CPU build: build one with scripts/build-cuda"));
+        assert!(problem(true, true).is_empty(), "the cluster's own libtorch");
+        assert!(problem(true, false).contains("a CPU-only libtorch: set `libtorch`"));
+        std::fs::write(lib.join("libtorch_cuda.so"), "").unwrap();
+        std::fs::write(lib.join("libcudart.so.13"), "").unwrap();
+        let p = problem(true, false);
+        assert!(p.contains("(libcublas, libcudnn, libnccl)"), "{p}");
+        for l in ["libcublas.so.13", "libcudnn.so.9", "libnccl.so.2"] {
+            std::fs::write(lib.join(l), "").unwrap();
+        }
+        assert!(
+            problem(true, false).is_empty(),
+            "a whole CUDA libtorch is copied"
+        );
+    }
 
     fn file(name: &str, size: u64, mtime_ns: u128) -> LocalFile {
         LocalFile {

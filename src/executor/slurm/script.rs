@@ -114,6 +114,9 @@ pub fn render(c: &ClusterConfig, binary: &str, tag: &str, res: Resources) -> Str
         opt("nodes", &res.nodes.to_string());
         opt("ntasks-per-node", &res.ranks_per_node.to_string());
     }
+    if c.gpu {
+        opt("gpus-per-node", &res.ranks_per_node.to_string());
+    }
     for l in &c.sbatch_extra {
         s.push_str(&format!("#SBATCH {l}\n"));
     }
@@ -149,6 +152,11 @@ sed -n "${{line}}p" batches/{tag}.jsonl > "$run/.run.json.tmp" && mv "$run/.run.
         "export LD_LIBRARY_PATH={}/lib${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}\n",
         from_home(&c.remote_libtorch())
     ));
+    // A run that asked for GPUs trains on them or fails at start, naming the libtorch it loaded;
+    // each rank takes the GPU of its LOCAL_RANK.
+    if c.asks_gpus() {
+        s.push_str("export SWEEP_DEVICE=cuda\n");
+    }
     // Stopped at the warning without a final result (checkpointed and exited 0, or killed by
     // the signal before its handler was installed: 128 + SIGUSR1), the task ends as a timeout.
     s.push_str(&format!(
@@ -236,6 +244,30 @@ mod tests {
         let text = render(&f.clusters["a"], "w/bin/sweep-0.1.0", "abc123", res);
         assert!(text.contains("#SBATCH --nodes=2\n#SBATCH --ntasks-per-node=4\n"));
         golden("sbatch_multi_rank.sh", &text);
+    }
+
+    #[test]
+    fn gpu_script_matches_its_golden_file() {
+        let f = ClustersFile::parse(
+            "[clusters.a]\nhost = \"h\"\nuser = \"u\"\nwork_dir = \"w\"\ngpu = true\nlibtorch = \"/opt/torch\"\n",
+            "c",
+        )
+        .unwrap();
+        let res = Resources {
+            nodes: 2,
+            ranks_per_node: 4,
+        };
+        let text = render(&f.clusters["a"], "w/bin/sweep-0.1.0", "abc123", res);
+        assert!(text.contains("#SBATCH --ntasks-per-node=4\n#SBATCH --gpus-per-node=4\n"));
+        assert!(text.contains("export SWEEP_DEVICE=cuda\n"));
+        golden("sbatch_gpu.sh", &text);
+        let both = ClustersFile::parse(
+            "[clusters.a]\nhost = \"h\"\nuser = \"u\"\nwork_dir = \"w\"\ngpu = true\ngres = \"gpu:4\"\n",
+            "c",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(both.contains("gres") && both.contains("keep one"), "{both}");
     }
 
     #[test]
