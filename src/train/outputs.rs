@@ -27,6 +27,11 @@ pub struct MetricsLine {
     /// Training throughput since the previous line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_per_s: Option<f64>,
+    /// Of a run of several ranks: the mean milliseconds per step spent in collectives (the
+    /// gradient all-reduce and the loss sum, waiting for the slowest rank included) since the
+    /// previous line. They do not overlap the backward pass: tch binds no gradient hooks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm_ms_per_step: Option<f64>,
     /// Evaluation metrics, on evaluation lines.
     #[serde(flatten)]
     pub eval: BTreeMap<String, f64>,
@@ -98,6 +103,7 @@ mod tests {
             train_loss: Some(f64::NAN),
             grad_norm: None,
             tokens_per_s: None,
+            comm_ms_per_step: None,
             eval,
         };
         let json = serde_json::to_string(&line).unwrap();

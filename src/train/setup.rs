@@ -342,6 +342,7 @@ impl<'a> Trainer<'a> {
         }
         Ok(Trainer {
             adapter: lora_options(run).map(|l| (l, base_model_name(run))),
+            comm: Default::default(),
             inputs,
             run,
             run_hash: run_hash.to_string(),

@@ -49,6 +49,8 @@ pub(super) struct Trainer<'a> {
     pub(super) base_cache: Option<base_eval::BaseEvalCaches>,
     /// Warnings and provenance for result.json (skipped data lines, a shared base evaluation).
     pub(super) notes: Vec<String>,
+    /// Time in collectives and the steps it was spent over, since the last metrics line.
+    pub(super) comm: (std::time::Duration, u64),
     /// A LoRA run's adapter settings and base model name, for the PEFT adapter it writes.
     pub(super) adapter: Option<(crate::model::llama::LoraOptions, String)>,
     /// Fingerprints of the files trained from, checked against a checkpoint's on resume.
@@ -117,8 +119,12 @@ impl<'a> Trainer<'a> {
             loss.f_backward()?;
             loss_sum += loss.f_double_value(&[])?;
         }
+        let comm_started = Instant::now();
         self.optim.all_reduce_grads(world)?;
-        Ok(world.sum_f64(loss_sum)?)
+        let loss = world.sum_f64(loss_sum)?;
+        self.comm.0 += comm_started.elapsed();
+        self.comm.1 += 1;
+        Ok(loss)
     }
 
     /// Train to the end of the token budget (or a stop), then write the result.
@@ -253,6 +259,7 @@ impl<'a> Trainer<'a> {
                 train_loss: None,
                 grad_norm: None,
                 tokens_per_s: None,
+                comm_ms_per_step: None,
                 eval: base.metrics.clone(),
             },
         )?;
@@ -310,6 +317,7 @@ impl<'a> Trainer<'a> {
                     train_loss: Some(loss),
                     grad_norm: None,
                     tokens_per_s: None,
+                    comm_ms_per_step: None,
                     eval: BTreeMap::new(),
                 },
             )?;
@@ -361,6 +369,9 @@ impl<'a> Trainer<'a> {
         } else {
             BTreeMap::new()
         };
+        let (comm, steps) = std::mem::take(&mut self.comm);
+        let comm_ms_per_step = (self.opts.world.size() > 1 && steps > 0)
+            .then(|| comm.as_secs_f64() * 1e3 / steps as f64);
         let secs = last_log.0.elapsed().as_secs_f64();
         let tps = (secs > 0.0).then(|| (state.tokens - last_log.1) as f64 / secs);
         self.append_metrics(
@@ -372,6 +383,7 @@ impl<'a> Trainer<'a> {
                 train_loss: state.last_train_loss,
                 grad_norm: Some(grad_norm),
                 tokens_per_s: tps,
+                comm_ms_per_step,
                 eval,
             },
         )?;
