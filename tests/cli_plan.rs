@@ -78,6 +78,44 @@ fn plan_prints_groups_and_writes_plan_jsonl() {
     );
 }
 
+/// A run of several ranks: GPU-hours count every rank, and the plan says the wall time per run.
+#[test]
+fn plan_counts_every_rank_of_a_multi_rank_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir.path().join("one");
+    let four = dir.path().join("four");
+    std::fs::create_dir_all(&one).unwrap();
+    std::fs::create_dir_all(&four).unwrap();
+    write_spec(&one, SPEC);
+    write_spec(
+        &four,
+        &SPEC.replace("batch_size = 4\n", "batch_size = 4\nranks_per_node = 4\n"),
+    );
+    let total = |o: &Output| -> String {
+        let (out, err) = text(o);
+        assert!(o.status.success(), "{err}");
+        out.lines()
+            .find(|l| l.contains("total"))
+            .unwrap()
+            .rsplit('│')
+            .nth(1)
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let (o1, o4) = (
+        sweep(&one, &["plan", "spec.toml"]),
+        sweep(&four, &["plan", "spec.toml"]),
+    );
+    assert_eq!(total(&o1), total(&o4), "the same GPU-hours, over more GPUs");
+    let (out, _) = text(&o4);
+    assert!(
+        out.contains("each run trains on 4 ranks (nodes x ranks_per_node), one GPU each"),
+        "{out}"
+    );
+    assert!(!text(&o1).0.contains("each run trains on"));
+}
+
 #[test]
 fn plan_json_and_csv() {
     let dir = tempfile::tempdir().unwrap();

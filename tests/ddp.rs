@@ -239,6 +239,58 @@ fn a_two_rank_checkpoint_resumes_on_one_rank() {
     assert_same_run(&whole, &split, "resumed on another world size");
 }
 
+/// SIGUSR1 (Slurm's time-limit warning) to one rank alone stops both after the same step with
+/// one checkpoint; the launcher ends as a stop, not a failure, and the run resumes to the end.
+#[test]
+fn a_signal_to_one_rank_stops_every_rank_after_the_same_step() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_corpora(dir.path());
+    let run = run_json(dir.path(), "usr1", "lora", "adamw", 2, 40);
+    let child = Command::new(env!("CARGO_BIN_EXE_sweep"))
+        .current_dir(dir.path())
+        .args([
+            "train",
+            run.to_str().unwrap(),
+            "--threads",
+            "1",
+            "--nproc",
+            "2",
+        ])
+        .args(["--min-step-ms", "150"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while losses_or_empty(&run).iter().all(|(s, _)| *s < 4) {
+        assert!(t0.elapsed() < Duration::from_secs(120), "the run trains");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rank1 = rank_pid(child.id(), 1).expect("rank 1 runs");
+    // SAFETY: SIGUSR1 to rank 1, a child of the launcher we started.
+    unsafe { libc::kill(rank1, libc::SIGUSR1) };
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let d = run.parent().unwrap();
+    assert!(!d.join("result.json").exists(), "stopped, not finished");
+    let steps: Vec<String> = std::fs::read_dir(d.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    let last = losses(&run).last().unwrap().0;
+    assert!(last < 40, "stopped mid-run at step {last}");
+    assert!(
+        steps.contains(&format!("step-{last:08}")),
+        "one checkpoint at the step both ranks stopped after ({last}): {steps:?}"
+    );
+    let o = train(dir.path(), &run, &["--nproc", "2"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = result(&run);
+    assert_eq!(r["status"], "completed");
+    assert_eq!(r["resumed_from"][0].as_u64(), Some(last));
+}
+
 /// A rank killed mid-run stops the run: the launcher ends non-zero within a bounded time,
 /// naming the rank, and leaves no rank behind.
 #[test]

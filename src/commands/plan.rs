@@ -172,6 +172,15 @@ fn fmt_lr(v: f64) -> String {
     format!("{v:.0e}").replace("e-", "e-")
 }
 
+/// Hours as a wall time: seconds, minutes or hours.
+fn fmt_wall(h: f64) -> String {
+    match h * 3600.0 {
+        s if s < 120.0 => format!("{s:.0} s"),
+        s if s < 7200.0 => format!("{:.0} min", s / 60.0),
+        _ => format!("{h:.1} h"),
+    }
+}
+
 fn fmt_hours(h: Option<f64>) -> String {
     match h {
         None => "?".into(),
@@ -247,6 +256,13 @@ pub fn render_text(plan: &Plan, tflops: f64, change: Option<&PlanDiff>, list_run
         fmt_hours(total.gpu_hours),
     ]);
     s.push_str(&format!("{t}\n"));
+    let ranks = plan.shared.training.nodes.max(1) * plan.shared.training.ranks_per_node.max(1);
+    if let (Some(h), true) = (total.gpu_hours, ranks > 1 && total.runs > 0) {
+        s.push_str(&format!(
+            "each run trains on {ranks} ranks (nodes x ranks_per_node), one GPU each: GPU-hours count every rank; a run takes about {} of wall time\n",
+            fmt_wall(h / total.runs as f64 / f64::from(ranks))
+        ));
+    }
     match &plan.shape {
         Some(_) => s.push_str(&format!("GPU-hours assume {tflops} TFLOP/s achieved per GPU (--tflops)\n")),
         None => s.push_str("FLOPs unknown: the model's config.json cannot be read here; set model.shape (e.g. \"llama2-7b\") to estimate them\n"),
