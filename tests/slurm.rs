@@ -1347,3 +1347,66 @@ fn a_two_node_run_trains_through_srun_like_two_local_ranks() {
         assert!((la - lb).abs() < 1e-5, "step {sa}: srun {la} vs local {lb}");
     }
 }
+
+/// A cluster whose runs train on GPUs (`gpu = true`): `--install` of this CPU build is refused
+/// before anything is submitted, naming the fix; a job on the dev cluster's fake GPUs (Slurm
+/// schedules them, CUDA sees none) with a CPU-only libtorch fails at start, naming the libtorch
+/// it loaded, and never trains on the CPU.
+#[test]
+fn a_run_that_asks_for_gpus_never_trains_on_the_cpu() {
+    let name = "gpurun";
+    if !cluster_up("a_run_that_asks_for_gpus_never_trains_on_the_cpu") {
+        return;
+    }
+    let src = SharedSource::new(name);
+    let c = Case::training(name, "train_args = [\"--noop\"]\n", "10k", 0, &src);
+    c.set_cluster_key("gpu", "true");
+    let o = c.run(&["submit", "spec.toml", "--cluster", "dev", "--install"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("trains on GPUs")
+            && err.contains("is a CPU build: build one with scripts/build-cuda"),
+        "{err}"
+    );
+    assert!(
+        !c.remote_sweep(name).join("batches").exists(),
+        "nothing submitted"
+    );
+    // This binary and libtorch on the cluster (a CPU entry, a noop run), then a GPU entry that
+    // names that libtorch as the cluster's own.
+    c.set_cluster_key("gpu", "false");
+    c.ok(&["submit", "spec.toml", "--cluster", "dev", "--install"]);
+    c.wait_completed(1);
+    let gpu_name = "gpurun2";
+    std::fs::write(
+        c.dir.path().join("spec.toml"),
+        training_spec(gpu_name, "10k", 0, &src.file()),
+    )
+    .unwrap();
+    c.set_cluster_key("gpu", "true");
+    c.set_cluster_key("libtorch", "\".cache/sweep/libtorch-2.11.0\"");
+    c.set_cluster_key("train_args", "[]");
+    let out = c.ok(&["submit", "spec.toml", "--cluster", "dev"]);
+    assert!(out.contains("submitted 1 of 1"), "{out}");
+    wait_for(&c, "the GPU run fails at start", |s| {
+        s.values().all(|v| v.0 == "failed")
+    });
+    let (id, run) = c.only_run(gpu_name);
+    let detail = c.detail(&id);
+    assert!(
+        detail.contains("libtorch sees no CUDA device")
+            && detail.contains("libtorch_cpu.so without libtorch_cuda.so"),
+        "{detail}"
+    );
+    assert!(!run.join("metrics.jsonl").exists(), "it never trained");
+    let script = std::fs::read_dir(c.remote_sweep(gpu_name).join("batches"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name().to_string_lossy().ends_with(".sbatch"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .unwrap();
+    assert!(script.contains("#SBATCH --gpus-per-node=1\n"), "{script}");
+    let log = std::fs::read_to_string(run.join("train.log")).unwrap_or_default();
+    assert!(log.contains("libtorch_cpu.so"), "{log}");
+}

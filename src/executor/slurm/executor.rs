@@ -29,6 +29,8 @@ pub struct Probe {
     pub done: Vec<JobRow>,
     /// Run results on the cluster.
     pub results: HashMap<String, JobState>,
+    /// The error of each failed result on the cluster.
+    pub errors: HashMap<String, String>,
     /// Run id and `ARRAY_TASK` job id by raw job id (jobs.log).
     pub jobs_log: HashMap<String, (String, String)>,
 }
@@ -43,7 +45,7 @@ echo @@version; {bin} --version 2>&1 || echo \"cannot run: exit $?\"; \
 echo @@squeue; squeue -h -r -u \"$(id -un)\" -o '{sq}' 2>&1; \
 echo @@acct; case \"$cfg\" in *accounting_storage/slurmdbd*) sacct -n -P -X -u \"$(id -un)\" -S now-{age} -o {sa} 2>&1 ;; \
 *jobcomp/filetxt*) sacct -c -n -P -o {sa} 2>/dev/null ;; *) scontrol show job -o 2>/dev/null ;; esac; \
-echo @@results; for f in runs/*/result.json; do [ -e \"$f\" ] && grep -H -o '\"status\": *\"[a-z_]*\"' \"$f\"; done; \
+echo @@results; for f in runs/*/result.json; do [ -e \"$f\" ] && grep -H -o -E '\"(status\": *\"[a-z_]*|error\": *\"([^\"\\\\]|\\\\.)*)\"' \"$f\"; done; \
 echo @@jobslog; cat jobs.log 2>/dev/null; true; }}",
         bin = from_home(binary),
         sq = parse::SQUEUE_FORMAT,
@@ -90,6 +92,7 @@ pub fn parse_probe(text: &str) -> Probe {
         live: parse::parse_squeue(get("squeue")),
         done,
         results: parse::parse_results(get("results")),
+        errors: parse::parse_result_errors(get("results")),
         jobs_log: parse::parse_jobs_log(get("jobslog")),
     }
 }
@@ -190,6 +193,15 @@ pub fn observe(journal: &Journal, probe: &Probe) -> BTreeMap<String, Observed> {
             _ if o.state == JobState::Completed => {
                 o.state = JobState::Failed;
                 o.detail = Some("the job ended without a result.json; see its train.log".into());
+            }
+            // A failed job with the trainer's own words: say them.
+            _ if o.state == JobState::Failed => {
+                if let Some(e) = probe.errors.get(id) {
+                    o.detail = Some(match &o.detail {
+                        Some(d) => format!("{d}: {e}"),
+                        None => e.clone(),
+                    });
+                }
             }
             _ => {}
         }

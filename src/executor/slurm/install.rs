@@ -528,11 +528,54 @@ pub fn libtorch_files(lib: &Path) -> Result<Vec<LocalFile>, InstallError> {
     Ok(files)
 }
 
-/// Whether a binary links libtorch_cuda (its dynamic section names it): a CUDA build.
+/// Whether a binary links libtorch_cuda (a DT_NEEDED entry of its dynamic section): a CUDA build.
 pub fn is_cuda_binary(path: &Path) -> std::io::Result<bool> {
-    let bytes = std::fs::read(path)?;
-    let needle = b"libtorch_cuda.so\0";
-    Ok(bytes.windows(needle.len()).any(|w| w == needle))
+    Ok(needed_libraries(&std::fs::read(path)?)
+        .ok_or_else(|| {
+            std::io::Error::other(format!(
+                "{} is not a 64-bit little-endian ELF binary (a Linux sweep)",
+                path.display()
+            ))
+        })?
+        .iter()
+        .any(|n| n == "libtorch_cuda.so"))
+}
+
+/// The DT_NEEDED names of a 64-bit little-endian ELF file, or None for another file.
+fn needed_libraries(elf: &[u8]) -> Option<Vec<String>> {
+    let u16_at = |o: usize| Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(elf.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |o: usize| Some(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?));
+    if elf.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let (shoff, shentsize, shnum) = (
+        u64_at(0x28)? as usize,
+        u16_at(0x3A)? as usize,
+        u16_at(0x3C)? as usize,
+    );
+    let section = |i: usize| shoff + i * shentsize;
+    const SHT_DYNAMIC: u32 = 6;
+    const DT_NEEDED: u64 = 1;
+    let dynamic = (0..shnum).find(|&i| u32_at(section(i) + 4) == Some(SHT_DYNAMIC))?;
+    let (off, size) = (
+        u64_at(section(dynamic) + 0x18)? as usize,
+        u64_at(section(dynamic) + 0x20)? as usize,
+    );
+    let strtab = u64_at(section(u32_at(section(dynamic) + 0x28)? as usize) + 0x18)? as usize;
+    let mut names = Vec::new();
+    for e in (off..off + size).step_by(16) {
+        let (tag, val) = (u64_at(e)?, u64_at(e + 8)? as usize);
+        if tag == 0 {
+            break;
+        }
+        if tag == DT_NEEDED {
+            let start = strtab + val;
+            let len = elf.get(start..)?.iter().position(|&b| b == 0)?;
+            names.push(String::from_utf8_lossy(&elf[start..start + len]).into_owned());
+        }
+    }
+    Some(names)
 }
 
 /// Why `--install` cannot set up a cluster whose runs train on GPUs, if it cannot: the binary to
@@ -596,11 +639,31 @@ mod tests {
     #[test]
     fn a_gpu_cluster_gets_a_cuda_binary_and_a_whole_cuda_libtorch() {
         let d = tempfile::tempdir().unwrap();
-        let (cpu_bin, cuda_bin) = (d.path().join("cpu"), d.path().join("cuda"));
-        std::fs::write(&cpu_bin, b"\x7fELF libtorch_cpu.so\0").unwrap();
-        std::fs::write(&cuda_bin, b"\x7fELF libtorch_cpu.so\0libtorch_cuda.so\0").unwrap();
+        // This test's own executable links no libtorch_cuda (its strings may name it).
+        let cpu_bin = std::env::current_exe().unwrap();
         assert!(!is_cuda_binary(&cpu_bin).unwrap());
-        assert!(is_cuda_binary(&cuda_bin).unwrap());
+        let needed = needed_libraries(&std::fs::read(&cpu_bin).unwrap()).unwrap();
+        assert!(
+            needed.iter().any(|n| n.starts_with("libc.so")),
+            "{needed:?}"
+        );
+        let text = d.path().join("not-elf");
+        std::fs::write(&text, "#!/bin/sh\n").unwrap();
+        assert!(is_cuda_binary(&text)
+            .unwrap_err()
+            .to_string()
+            .contains("not a 64-bit"));
+        // scripts/test builds the CUDA binary (scripts/build-cuda) before the tests.
+        let cuda = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/cuda/debug/sweep");
+        if cuda.exists() {
+            assert!(is_cuda_binary(&cuda).unwrap(), "{}", cuda.display());
+        } else {
+            assert!(
+                std::env::var("SWEEP_TESTS_REQUIRE_SETUP").as_deref() != Ok("1"),
+                "{} is missing: scripts/build-cuda",
+                cuda.display()
+            );
+        }
         let lib = d.path().join("lib");
         std::fs::create_dir(&lib).unwrap();
         std::fs::write(lib.join("libtorch_cpu.so"), "").unwrap();

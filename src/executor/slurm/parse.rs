@@ -221,6 +221,7 @@ pub fn parse_results(text: &str) -> HashMap<String, JobState> {
         .filter_map(|l| {
             let rest = l.strip_prefix("runs/")?;
             let (id, rest) = rest.split_once("/result.json:")?;
+            let rest = rest.strip_prefix("\"status\"")?;
             let status = rest.rsplit('"').nth(1)?;
             let state = match status {
                 "completed" => JobState::Completed,
@@ -233,9 +234,36 @@ pub fn parse_results(text: &str) -> HashMap<String, JobState> {
         .collect()
 }
 
+/// The `error` of each failed result.json in the probe's results section (lines
+/// `runs/ID/result.json:"error": "..."`, the JSON string as written).
+pub fn parse_result_errors(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("runs/")?;
+            let (id, rest) = rest.split_once("/result.json:")?;
+            let value = rest.strip_prefix("\"error\"")?.trim_start();
+            let value = value.strip_prefix(':')?.trim_start();
+            let error: String = serde_json::from_str(value).ok()?;
+            Some((id.to_string(), error))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn result_lines_give_states_and_errors() {
+        let text = "runs/a/result.json:\"status\": \"failed\"\nruns/a/result.json:\"error\": \"device `cuda`: it said \\\"no\\\" completed\"\nruns/b/result.json:\"status\":\"completed\"\n";
+        let states = parse_results(text);
+        assert_eq!(states.len(), 2, "an error line is not a state: {states:?}");
+        assert_eq!(states["a"], JobState::Failed);
+        assert_eq!(states["b"], JobState::Completed);
+        let errors = parse_result_errors(text);
+        assert_eq!(errors["a"], "device `cuda`: it said \"no\" completed");
+        assert!(!errors.contains_key("b"));
+    }
 
     #[test]
     fn config_facts() {
