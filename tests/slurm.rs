@@ -712,6 +712,16 @@ impl Case {
             .unwrap_or_default()
     }
 
+    /// The job script of the sweep's (first) batch on the cluster.
+    fn sbatch_script(&self, name: &str) -> String {
+        std::fs::read_dir(self.remote_sweep(name).join("batches"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .find(|e| e.file_name().to_string_lossy().ends_with(".sbatch"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap())
+            .unwrap()
+    }
+
     /// Replace one key of clusters.toml.
     fn set_cluster_key(&self, key: &str, value: &str) {
         let path = self.dir.path().join("clusters.toml");
@@ -1307,12 +1317,7 @@ fn a_two_node_run_trains_through_srun_like_two_local_ranks() {
     let out = c.ok(&["submit", "spec.toml", "--cluster", "dev", "--install"]);
     assert!(out.contains("submitted 1 of 1"), "{out}");
     let (id, run) = c.only_run(name);
-    let script = std::fs::read_dir(c.remote_sweep(name).join("batches"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .find(|e| e.file_name().to_string_lossy().ends_with(".sbatch"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap())
-        .unwrap();
+    let script = c.sbatch_script(name);
     assert!(script.contains("#SBATCH --nodes=2"), "{script}");
     c.wait_completed(1);
     c.ok(&["collect", "spec.toml"]);
@@ -1400,12 +1405,7 @@ fn a_run_that_asks_for_gpus_never_trains_on_the_cpu() {
         "{detail}"
     );
     assert!(!run.join("metrics.jsonl").exists(), "it never trained");
-    let script = std::fs::read_dir(c.remote_sweep(gpu_name).join("batches"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .find(|e| e.file_name().to_string_lossy().ends_with(".sbatch"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap())
-        .unwrap();
+    let script = c.sbatch_script(gpu_name);
     assert!(script.contains("#SBATCH --gpus-per-node=1\n"), "{script}");
     let log = std::fs::read_to_string(run.join("train.log")).unwrap_or_default();
     assert!(log.contains("libtorch_cpu.so"), "{log}");
