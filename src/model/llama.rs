@@ -447,30 +447,107 @@ impl Llama {
                 c.layers = (0..self.blocks.len()).map(|_| None).collect();
             }
         }
-        let eps = self.cfg.rms_norm_eps;
-        let d = self.cfg.hidden_size as i64;
-        let mut x = Tensor::f_embedding(&self.embed, tokens, -1, false, false)?;
-        for (i, blk) in self.blocks.iter().enumerate() {
-            let h = x.f_rms_norm(&[d][..], Some(&blk.input_norm), eps)?;
+        let seeds = self.dropout_seeds(train)?;
+        let mut x = self.embed_forward(tokens)?;
+        for i in 0..self.blocks.len() {
             let layer_cache = match cache.as_deref_mut() {
                 Some(c) => c.layers.get_mut(i),
                 None => None,
             };
-            let a = self.attention(&blk.attn, &h, offset, layer_cache, train)?;
-            x = x.f_add(&a)?;
-            let h = x.f_rms_norm(&[d][..], Some(&blk.post_norm), eps)?;
-            let kind = self.compute;
-            let gate = blk.mlp.gate.forward(&h, train, kind)?.f_silu()?;
-            let up = blk.mlp.up.forward(&h, train, kind)?;
-            let m = blk.mlp.down.forward(&gate.f_mul(&up)?, train, kind)?;
-            x = x.f_add(&m)?;
+            x = self.block_inner(i, &x, offset, layer_cache, train, seeds)?;
         }
+        self.end_dropout(seeds);
         if let Some(c) = cache {
             c.len += tokens.size().get(1).copied().unwrap_or(0);
         }
-        let x = x.f_rms_norm(&[d][..], Some(&self.norm), eps)?;
+        self.head_forward(&x)
+    }
+
+    /// The transformer blocks.
+    pub fn num_blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// The residual stream entering block 0: the token embeddings (B, T, d) of `tokens`.
+    pub fn embed_forward(&self, tokens: &Tensor) -> Result<Tensor, ModelError> {
+        Ok(Tensor::f_embedding(&self.embed, tokens, -1, false, false)?)
+    }
+
+    /// Whether the token embeddings train (full fine-tuning that does not freeze them).
+    pub fn embed_trains(&self) -> bool {
+        self.embed.requires_grad()
+    }
+
+    /// Logits (f32) of the residual stream leaving the last block.
+    pub fn head_forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        let d = self.cfg.hidden_size as i64;
+        let x = x.f_rms_norm(&[d][..], Some(&self.norm), self.cfg.rms_norm_eps)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         Ok(linear(&x, head, self.compute)?.f_to_kind(Kind::Float)?)
+    }
+
+    /// Block `i` on the residual stream `x` (no cache), as [`Llama::forward`] runs it; `seeds`
+    /// are the forward's dropout seeds ([`Llama::dropout_seeds`]), so that a recomputation draws
+    /// the masks the first pass drew.
+    pub fn block_forward(
+        &self,
+        i: usize,
+        x: &Tensor,
+        train: bool,
+        seeds: Option<i64>,
+    ) -> Result<Tensor, ModelError> {
+        self.block_inner(i, x, 0, None, train, seeds)
+    }
+
+    /// Where the adapters' dropout draws its masks in one training forward: with dropout on, a
+    /// base drawn from libtorch's generator, and block `i` draws from a generator seeded with
+    /// base + i. A pass that recomputes blocks out of order (activation checkpointing) draws the
+    /// same masks. None when nothing draws (evaluation, no dropout).
+    pub fn dropout_seeds(&self, train: bool) -> Result<Option<i64>, ModelError> {
+        let draws = train
+            && self.blocks.iter().any(|b| {
+                [&b.attn.q, &b.attn.k, &b.attn.v, &b.attn.o, &b.mlp.gate, &b.mlp.up, &b.mlp.down]
+                    .iter()
+                    .any(|p| p.lora().is_some_and(|l| l.dropout > 0.0))
+            });
+        if !draws {
+            return Ok(None);
+        }
+        Ok(Some(
+            Tensor::f_randint(1 << 40, [1], (Kind::Int64, Device::Cpu))?.f_int64_value(&[0])?,
+        ))
+    }
+
+    /// After a forward (or its recomputation) with dropout: leave libtorch's generator where
+    /// any pass over the blocks leaves it.
+    pub fn end_dropout(&self, seeds: Option<i64>) {
+        if let Some(base) = seeds {
+            tch::manual_seed(base.wrapping_add(self.blocks.len() as i64));
+        }
+    }
+
+    fn block_inner(
+        &self,
+        i: usize,
+        x: &Tensor,
+        offset: i64,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        train: bool,
+        seeds: Option<i64>,
+    ) -> Result<Tensor, ModelError> {
+        let blk = &self.blocks[i];
+        if let Some(base) = seeds {
+            tch::manual_seed(base.wrapping_add(i as i64));
+        }
+        let (eps, d, kind) = (self.cfg.rms_norm_eps, self.cfg.hidden_size as i64, self.compute);
+        let h = x.f_rms_norm(&[d][..], Some(&blk.input_norm), eps)?;
+        let a = self.attention(&blk.attn, &h, offset, cache, train)?;
+        let x = x.f_add(&a)?;
+        let h = x.f_rms_norm(&[d][..], Some(&blk.post_norm), eps)?;
+        let gate = blk.mlp.gate.forward(&h, train, kind)?.f_silu()?;
+        let up = blk.mlp.up.forward(&h, train, kind)?;
+        let m = blk.mlp.down.forward(&gate.f_mul(&up)?, train, kind)?;
+        Ok(x.f_add(&m)?)
     }
 
     fn attention(

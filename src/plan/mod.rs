@@ -426,6 +426,7 @@ fn resolve_shared(spec: &Spec) -> Result<SharedConfig, Problem> {
         log_every: t.log_every,
         nodes: t.nodes,
         ranks_per_node: t.ranks_per_node,
+        activation_checkpointing: t.activation_checkpointing,
     };
     let mut evaluation = spec.evaluation.clone();
     evaluation.metrics = Some(

@@ -85,6 +85,9 @@ pub struct TrainingConfig {
     /// Ranks of one run per node (absent when 1).
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub ranks_per_node: u32,
+    /// Recompute blocks in the backward pass (absent when off).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub activation_checkpointing: bool,
 }
 
 fn one() -> u32 {

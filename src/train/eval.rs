@@ -39,20 +39,26 @@ pub fn batch_loss_sum(
 ) -> Result<(Tensor, f64), TrainError> {
     let device = model.vs.device();
     let logits = model.forward(&batch.inputs.f_to_device(device)?, train)?;
-    let v = logits.size().last().copied().unwrap_or(1);
     let targets = batch.targets.f_to_device(device)?.f_view([-1])?;
-    let loss = logits.f_view([-1, v])?.f_cross_entropy_loss::<Tensor>(
-        &targets,
-        None,
-        Reduction::Sum,
-        IGNORE,
-        0.0,
-    )?;
+    let loss = target_loss_sum(&logits, &targets)?;
     let count = targets
         .f_ne(IGNORE)?
         .f_sum(Kind::Float)?
         .f_double_value(&[])?;
     Ok((loss, count))
+}
+
+/// The summed next-token cross-entropy of logits (B, T, V) against flat targets (B x T), the
+/// IGNORE ones left out.
+pub fn target_loss_sum(logits: &Tensor, targets: &Tensor) -> Result<Tensor, TrainError> {
+    let v = logits.size().last().copied().unwrap_or(1);
+    Ok(logits.f_view([-1, v])?.f_cross_entropy_loss::<Tensor>(
+        targets,
+        None,
+        Reduction::Sum,
+        IGNORE,
+        0.0,
+    )?)
 }
 
 /// Held-out loss on fixed rows, reported as `<name>_loss`.

@@ -15,6 +15,7 @@ pub mod export;
 pub mod optim;
 mod options;
 pub mod outputs;
+mod recompute;
 mod run_file;
 pub mod schedule;
 mod setup;

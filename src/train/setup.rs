@@ -235,6 +235,17 @@ impl<'a> Trainer<'a> {
         let target_path = data::resolve_source(&data.target, &opts.data_dir)?;
         let docs = data::read_documents(&target_path, data.regime, data, &tokenizer)?;
         let mut notes = docs.warnings;
+        if t.activation_checkpointing {
+            if model.num_blocks() == 0 {
+                return Err(TrainError::Unsupported(
+                    "training.activation_checkpointing = true, but the model has no transformer blocks to recompute: set it to false".into(),
+                ));
+            }
+            notes.push(format!(
+                "activation checkpointing: the {} blocks are recomputed in the backward pass",
+                model.num_blocks()
+            ));
+        }
         let mut files_read = vec![target_path];
         let (train_docs, held_docs) = data::split_heldout(docs.docs, eval_tokens, &tokenizer)?;
         let train_rows = Rows::new(

@@ -13,11 +13,11 @@ use crate::plan::run::RunFile;
 
 use super::checkpoint::{self, TrainState};
 use super::data::{self, batch_of, Sampler};
-use super::eval::{batch_loss_sum, Evaluator};
+use super::eval::Evaluator;
 use super::optim::Optim;
 use super::outputs::{self, EvalRecord, MetricsLine, RunResult, RunStatus, RESULT_SCHEMA};
 use super::schedule::LrSchedule;
-use super::{base_eval, export, TrainError, TrainOptions};
+use super::{base_eval, export, recompute, TrainError, TrainOptions};
 
 /// What one optimizer step did.
 enum Stepped {
@@ -114,10 +114,7 @@ impl<'a> Trainer<'a> {
         let mut loss_sum = 0.0;
         for chunk in mine.chunks(micro.max(1)) {
             let b = batch_of(chunk, t.seq_len as usize)?;
-            let (loss, _) = batch_loss_sum(&self.model, &b, true)?;
-            let loss = loss.f_div_scalar(denom)?;
-            loss.f_backward()?;
-            loss_sum += loss.f_double_value(&[])?;
+            loss_sum += recompute::backward(&self.model, &b, denom, t.activation_checkpointing)?;
         }
         let comm_started = Instant::now();
         self.optim.all_reduce_grads(world)?;
