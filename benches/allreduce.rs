@@ -43,14 +43,7 @@ fn main() {
             let sizes = sizes.clone();
             std::thread::spawn(move || {
                 let w = World::connect(
-                    &Rendezvous {
-                        rank,
-                        size: RANKS,
-                        local_rank: rank,
-                        addr: "127.0.0.1".into(),
-                        port,
-                        timeout: Duration::from_secs(60),
-                    },
+                    &Rendezvous::local(rank, RANKS, port, Duration::from_secs(60)),
                     Backend::Gloo,
                     Device::Cpu,
                 )

@@ -70,7 +70,7 @@ def matmul_flops(device, kind, threads, n=1024):
 # ---------------------------------------------------------------- the PyTorch-eager reference
 
 
-def build_reference(shape, method, seed, device):
+def build_reference(shape, method, seed, device, checkpointing=False):
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -145,7 +145,10 @@ def build_reference(shape, method, seed, device):
         def forward(self, tokens):
             x = F.embedding(tokens, self.embed)
             for blk in self.blocks:
-                x = blk(x)
+                if checkpointing and torch.is_grad_enabled():
+                    x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+                else:
+                    x = blk(x)
             x = F.rms_norm(x, (d,), self.norm, 1e-5)
             head = self.embed if self.head is None else self.head
             return F.linear(x, head).float()
@@ -159,7 +162,9 @@ def run_reference(a):
 
     torch.set_num_threads(a.threads)
     shape = SHAPES[a.shape]
-    model = build_reference(shape, a.method, a.seed, a.device)
+    import torch.utils.checkpoint  # noqa: F401
+
+    model = build_reference(shape, a.method, a.seed, a.device, a.checkpointing == "on")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     gen = torch.Generator().manual_seed(a.seed)
@@ -201,7 +206,7 @@ def run_reference(a):
 # ---------------------------------------------------------------- the driver
 
 
-SPEC = """name = "bench-{shape}"
+SPEC = """name = "bench-{shape}-{ckpt}"
 [model]
 builtin = "{shape}"
 init = "random"
@@ -219,6 +224,7 @@ micro_batch_size = {micro}
 seq_len = {seq}
 precision = "{precision}"
 log_every = 1
+activation_checkpointing = {ckpt_on}
 [evaluation]
 metrics = ["target_loss"]
 eval_tokens = {eval_tokens}
@@ -236,14 +242,15 @@ target_modules = ["all"]
 """
 
 
-def ours(a, shape, work):
+def ours(a, shape, ckpt, work):
     """Run both methods of one shape with `sweep run`; per method: tokens/s, params, RSS, flops."""
     budget = a.batch * a.seq * (a.warmup + a.steps)
-    spec = work / f"bench-{shape}.toml"
+    spec = work / f"bench-{shape}-{ckpt}.toml"
     spec.write_text(
         SPEC.format(
             shape=shape, batch=a.batch, micro=a.micro, seq=a.seq, precision=a.precision,
-            eval_tokens=a.seq * 2, budget=budget, rank=LORA_RANK,
+            eval_tokens=a.seq * 2, budget=budget, rank=LORA_RANK, ckpt=ckpt,
+            ckpt_on="true" if ckpt == "on" else "false",
         )
     )
     env = dict(os.environ, SWEEP_DEVICE=a.device)
@@ -259,7 +266,7 @@ def ours(a, shape, work):
         check=True, env=env,
     )
     out = {}
-    for run_dir in sorted((work / f"bench-{shape}" / "runs").iterdir()):
+    for run_dir in sorted((work / f"bench-{shape}-{ckpt}" / "runs").iterdir()):
         run = json.loads((run_dir / "run.json").read_text())
         result = json.loads((run_dir / "result.json").read_text())
         if result["status"] != "completed":
@@ -281,9 +288,9 @@ def ours(a, shape, work):
     return out
 
 
-def reference(a, shape, method):
+def reference(a, shape, method, ckpt):
     cmd = [
-        sys.executable, __file__, "ref", "--shape", shape, "--method", method,
+        sys.executable, __file__, "ref", "--shape", shape, "--method", method, "--checkpointing", ckpt,
         "--batch", str(a.batch), "--micro", str(a.micro), "--seq", str(a.seq),
         "--steps", str(a.steps), "--warmup", str(a.warmup), "--threads", str(a.threads),
         "--device", a.device, "--precision", a.precision,
@@ -306,25 +313,25 @@ def drive(a):
     print(f"device {a.device}, {kind}, {a.threads} threads, batch {a.batch} x {a.seq} tokens "
           f"(micro-batch {a.micro}), {a.steps} timed steps after {a.warmup}")
     print(f"1024^3 matmul: {human(mm, 'FLOP/s')}" + (f"; MFU against {human(H200_BF16_PEAK, 'FLOP/s')} bf16" if a.device.startswith("cuda") else ""))
-    cols = ["shape", "method", "params (train/total)", "sweep tok/s", "torch tok/s", "ratio",
+    cols = ["shape", "method", "ckpt", "params (train/total)", "sweep tok/s", "torch tok/s", "ratio",
             "sweep FLOP/s (% matmul)", "torch FLOP/s (% matmul)", "sweep RSS", "torch RSS"]
     if a.device.startswith("cuda"):
         cols += ["sweep MFU", "torch MFU", "torch GPU mem"]
     records = []
     print("| " + " | ".join(cols) + " |")
     print("|" + "|".join("---" for _ in cols) + "|", flush=True)
-    for shape in a.shapes.split(","):
-        mine = ours(a, shape, work)
+    for shape, ckpt in [(s, c) for s in a.shapes.split(",") for c in a.checkpointing.split(",")]:
+        mine = ours(a, shape, ckpt, work)
         for method in ("full", "lora"):
             m = mine[method]
-            r = reference(a, shape, method)
+            r = reference(a, shape, method, ckpt)
             if (m["trainable_params"], m["total_params"]) != (r["trainable_params"], r["total_params"]):
                 sys.exit(f"{shape} {method}: parameter counts differ: sweep "
                          f"{m['trainable_params']}/{m['total_params']}, reference "
                          f"{r['trainable_params']}/{r['total_params']}; the reference is not the same model")
             f = m["flops_per_token"]
             ms, rs = m["tokens_per_s"] * f, r["tokens_per_s"] * f
-            row = [shape, method, f"{human(m['trainable_params'])}/{human(m['total_params'])}",
+            row = [shape, method, ckpt, f"{human(m['trainable_params'])}/{human(m['total_params'])}",
                    f"{m['tokens_per_s']:.1f}", f"{r['tokens_per_s']:.1f}",
                    f"{m['tokens_per_s'] / r['tokens_per_s']:.2f}x",
                    f"{human(ms)} ({100 * ms / mm:.0f}%)", f"{human(rs)} ({100 * rs / mm:.0f}%)",
@@ -333,7 +340,7 @@ def drive(a):
                 row += [f"{100 * ms / H200_BF16_PEAK:.1f}%", f"{100 * rs / H200_BF16_PEAK:.1f}%",
                         human(r.get("peak_gpu_mib", 0) * 2**20, "B")]
             print("| " + " | ".join(row) + " |", flush=True)
-            records.append({"shape": shape, "method": method, "sweep": m, "torch": r,
+            records.append({"shape": shape, "method": method, "checkpointing": ckpt, "sweep": m, "torch": r,
                             "matmul_flops": mm, "device": a.device, "kind": kind})
             if a.json:
                 Path(a.json).write_text(json.dumps(records, indent=1))
@@ -357,9 +364,12 @@ def main():
             s.add_argument("--sweep", required=True, help="the sweep binary")
             s.add_argument("--shapes", default="small,smollm2-135m")
             s.add_argument("--json", help="also write the measurements here")
+            s.add_argument("--checkpointing", default="off,on",
+                           help="activation checkpointing rows: off, on, or off,on")
         else:
             s.add_argument("--shape", required=True, choices=sorted(SHAPES))
             s.add_argument("--method", required=True, choices=["full", "lora"])
+            s.add_argument("--checkpointing", default="off", choices=["off", "on"])
     a = p.parse_args()
     if a.mode == "ref" and a.precision == "auto":
         a.precision = "bf16" if a.device.startswith("cuda") else "f32"

@@ -162,7 +162,14 @@ fn checkpointed_runs_train_as_plain_ones() {
         std::fs::write(p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
     };
     for method in ["full", "lora"] {
-        let plain = run_json(dir.path(), &format!("{method}-plain"), method, "adamw", 2, 12);
+        let plain = run_json(
+            dir.path(),
+            &format!("{method}-plain"),
+            method,
+            "adamw",
+            2,
+            12,
+        );
         let o = train(dir.path(), &plain, &[]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         for nproc in ["1", "2"] {
@@ -173,7 +180,10 @@ fn checkpointed_runs_train_as_plain_ones() {
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
             assert_same_run(&plain, &ckpt, &name);
             let notes = result(&ckpt)["notes"].to_string();
-            assert!(notes.contains("blocks are recomputed in the backward pass"), "{notes}");
+            assert!(
+                notes.contains("blocks are recomputed in the backward pass"),
+                "{notes}"
+            );
         }
     }
 }

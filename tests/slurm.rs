@@ -1395,7 +1395,7 @@ fn a_run_that_asks_for_gpus_never_trains_on_the_cpu() {
     let out = c.ok(&["submit", "spec.toml", "--cluster", "dev"]);
     assert!(out.contains("submitted 1 of 1"), "{out}");
     wait_for(&c, "the GPU run fails at start", |s| {
-        s.values().all(|v| v.0 == "failed")
+        !s.is_empty() && s.values().all(|v| v.0 == "failed")
     });
     let (id, run) = c.only_run(gpu_name);
     let detail = c.detail(&id);

@@ -98,7 +98,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 fn train(g: &GlobalArgs, args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
     let rendezvous = crate::dist::Rendezvous::from_vars(
         |k| std::env::var(k).ok(),
-        std::time::Duration::from_secs(dist_timeout_s()?),
+        std::time::Duration::from_secs(seconds_var("SWEEP_DIST_TIMEOUT_S", 300)?),
+        std::time::Duration::from_secs(seconds_var("SWEEP_DIST_MAIN_TIMEOUT_S", 3600)?),
     )?;
     if let Some(n) = args.nproc.filter(|&n| n > 1) {
         if rendezvous.is_some() {
@@ -116,9 +117,12 @@ fn train(g: &GlobalArgs, args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
     }
     if let Some(r) = &rendezvous {
         // Each rank of a node on its own GPU (or the CPU); NCCL on CUDA where it is built in.
-        let device = crate::train::rank_device(&opts.device, r.local_rank)?;
+        // A world of one is one rank on its node.
+        let local_size = r.local_size.or((r.size == 1).then_some(1));
+        let device = crate::train::rank_device(&opts.device, r.local_rank, local_size)?;
         let backend = crate::dist::Backend::choose(
             device.is_cuda(),
+            crate::train::shares_gpu(&opts.device, local_size),
             std::env::var("SWEEP_DIST_BACKEND").ok().as_deref(),
         )?;
         opts.device = match device {
@@ -208,20 +212,16 @@ fn train(g: &GlobalArgs, args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
 /// Seconds a rank waits for the others at any rendezvous or collective (SWEEP_DIST_TIMEOUT_S,
 /// default 300) before it gives up naming the rank: nothing hangs until a time limit.
 #[cfg(feature = "torch")]
-fn dist_timeout_s() -> anyhow::Result<u64> {
-    match std::env::var("SWEEP_DIST_TIMEOUT_S") {
+/// Whole seconds from the environment variable `name` (at least 1), else `default`.
+fn seconds_var(name: &str, default: u64) -> anyhow::Result<u64> {
+    match std::env::var(name) {
         Ok(v) => v
             .trim()
             .parse::<u64>()
             .ok()
             .filter(|&s| s > 0)
-            .ok_or_else(|| {
-                UsageError(format!(
-                    "SWEEP_DIST_TIMEOUT_S={v}: give whole seconds, 1 or more"
-                ))
-                .into()
-            }),
-        Err(_) => Ok(300),
+            .ok_or_else(|| UsageError(format!("{name}={v}: give whole seconds, 1 or more")).into()),
+        Err(_) => Ok(default),
     }
 }
 
@@ -273,6 +273,7 @@ fn launch_ranks(g: &GlobalArgs, args: &crate::cli::TrainArgs, n: usize) -> anyho
         }
         cmd.env("RANK", rank.to_string())
             .env("LOCAL_RANK", rank.to_string())
+            .env("LOCAL_WORLD_SIZE", n.to_string())
             .env("WORLD_SIZE", n.to_string())
             .env("MASTER_ADDR", "127.0.0.1")
             .env("MASTER_PORT", port.to_string());

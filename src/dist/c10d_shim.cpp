@@ -139,6 +139,18 @@ int sweep_pg_reduce_scatter_sum(SweepPG* p, at::Tensor* out, at::Tensor* in, cha
   });
 }
 
+// Through the store, CPU-side (no collective pending, so no backend watchdog fires while one rank
+// works alone): rank 0 marks `key` done; the others wait for the mark up to timeout_ms.
+int sweep_pg_store_set(SweepPG* p, const char* key, char* err, size_t n) {
+  return guarded(err, n, [&] { p->store->set(std::string("sweep/") + key, std::string("1")); });
+}
+
+int sweep_pg_store_wait(SweepPG* p, const char* key, int timeout_ms, char* err, size_t n) {
+  return guarded(err, n, [&] {
+    p->store->wait({std::string("sweep/") + key}, std::chrono::milliseconds(timeout_ms));
+  });
+}
+
 int sweep_pg_barrier(SweepPG* p, char* err, size_t n) {
   return guarded(err, n, [&] { p->pg->barrier(c10d::BarrierOptions{})->wait(p->timeout); });
 }

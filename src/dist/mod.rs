@@ -25,6 +25,10 @@ pub struct Rendezvous {
     pub port: u16,
     /// How long any rendezvous or collective may take before the rank gives up.
     pub timeout: Duration,
+    /// How long the other ranks wait for work rank 0 does alone (an evaluation, a checkpoint).
+    pub main_timeout: Duration,
+    /// Ranks on this node (LOCAL_WORLD_SIZE), where the launcher says.
+    pub local_size: Option<usize>,
 }
 
 /// Multi-process failures.
@@ -75,12 +79,16 @@ impl Backend {
         cfg!(sweep_nccl)
     }
 
-    /// The backend for ranks on `cuda` (or the CPU) and the choice of SWEEP_DIST_BACKEND
-    /// (`auto`, the default: NCCL on CUDA where built, else Gloo).
-    pub fn choose(cuda: bool, choice: Option<&str>) -> Result<Backend, DistError> {
+    /// The backend for ranks on `cuda` (or the CPU), `shared` when several ranks of a node use
+    /// one GPU, and the choice of SWEEP_DIST_BACKEND (`auto`, the default: NCCL on CUDA where
+    /// built and each rank has a GPU of its own, else Gloo).
+    pub fn choose(cuda: bool, shared: bool, choice: Option<&str>) -> Result<Backend, DistError> {
         match choice.map(str::trim).unwrap_or("auto") {
-            "auto" | "" if cuda && Backend::nccl_built() => Ok(Backend::Nccl),
+            "auto" | "" if cuda && !shared && Backend::nccl_built() => Ok(Backend::Nccl),
             "auto" | "" | "gloo" => Ok(Backend::Gloo),
+            "nccl" if shared => Err(DistError::Env(
+                "SWEEP_DIST_BACKEND=nccl: NCCL needs each rank on a GPU of its own, and --device cuda:K puts every rank of this node on GPU K; use gloo, or --device cuda (one GPU per rank)".into(),
+            )),
             "nccl" if !cuda => Err(DistError::Env(
                 "SWEEP_DIST_BACKEND=nccl: NCCL reduces CUDA tensors, and these ranks train on the CPU; use gloo (or auto)".into(),
             )),
@@ -96,6 +104,20 @@ impl Backend {
 }
 
 impl Rendezvous {
+    /// Rank `rank` of `size` ranks of this machine meeting on 127.0.0.1:`port`.
+    pub fn local(rank: usize, size: usize, port: u16, timeout: Duration) -> Rendezvous {
+        Rendezvous {
+            rank,
+            size,
+            local_rank: rank,
+            addr: "127.0.0.1".into(),
+            port,
+            timeout,
+            main_timeout: timeout,
+            local_size: Some(size),
+        }
+    }
+
     /// The world described by torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
     /// MASTER_PORT), from a lookup of the environment; None when WORLD_SIZE is absent or 1,
     /// unless SWEEP_DIST_BACKEND names a backend: then WORLD_SIZE=1 is a world of one that
@@ -103,9 +125,11 @@ impl Rendezvous {
     pub fn from_vars(
         var: impl Fn(&str) -> Option<String>,
         timeout: Duration,
+        main_timeout: Duration,
     ) -> Result<Option<Rendezvous>, DistError> {
         let num = |name: &str| -> Result<Option<usize>, DistError> {
             var(name)
+                .filter(|v| !v.trim().is_empty())
                 .map(|v| {
                     v.trim()
                         .parse::<usize>()
@@ -115,7 +139,7 @@ impl Rendezvous {
         };
         let size = num("WORLD_SIZE")?.unwrap_or(1);
         let forced = var("WORLD_SIZE").is_some()
-            && var("SWEEP_DIST_BACKEND").is_some_and(|b| b.trim() != "auto");
+            && var("SWEEP_DIST_BACKEND").is_some_and(|b| !matches!(b.trim(), "auto" | ""));
         if size == 0 || (size == 1 && !forced) {
             return Ok(None);
         }
@@ -127,6 +151,7 @@ impl Rendezvous {
             )));
         }
         let local_rank = num("LOCAL_RANK")?.unwrap_or(rank);
+        let local_size = num("LOCAL_WORLD_SIZE")?;
         let addr = var("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into());
         let port = match var("MASTER_PORT") {
             Some(p) => p
@@ -142,6 +167,8 @@ impl Rendezvous {
             addr,
             port,
             timeout,
+            main_timeout,
+            local_size,
         }))
     }
 }
@@ -154,6 +181,11 @@ pub struct World {
     backend: Backend,
     /// Where this rank's tensors live (NCCL reduces tensors of this rank's GPU).
     device: tch::Device,
+    /// How long the others wait for rank 0's work alone.
+    main_timeout: Duration,
+    /// Calls of [`World::after_main`] so far: every rank makes them in the same order, so the
+    /// count makes each one's store key unique.
+    main_seq: std::sync::atomic::AtomicU64,
     #[cfg(sweep_c10d)]
     pg: Option<ffi::ProcessGroup>,
 }
@@ -166,6 +198,8 @@ impl World {
             size: 1,
             backend: Backend::Gloo,
             device: tch::Device::Cpu,
+            main_timeout: Duration::ZERO,
+            main_seq: Default::default(),
             #[cfg(sweep_c10d)]
             pg: None,
         }
@@ -185,6 +219,8 @@ impl World {
                 size: r.size,
                 backend,
                 device,
+                main_timeout: r.main_timeout,
+                main_seq: Default::default(),
                 pg: Some(pg),
             })
         }
@@ -276,6 +312,43 @@ impl World {
             }
             return pg.barrier();
         }
+        Ok(())
+    }
+
+    /// After work rank 0 does alone (`what`, e.g. `eval/120`, unique in the run): rank 0 says it
+    /// is done and the others wait for that through the store, up to the rank-0 timeout
+    /// (SWEEP_DIST_MAIN_TIMEOUT_S), instead of inside a collective, whose shorter timeout (and
+    /// NCCL's watchdog) would end the run during a long evaluation or checkpoint.
+    pub fn after_main(&self, what: &str) -> Result<(), DistError> {
+        #[cfg(sweep_c10d)]
+        if let Some(pg) = &self.pg {
+            if self.size == 1 {
+                return Ok(());
+            }
+            let n = self
+                .main_seq
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let key = format!("{what}#{n}");
+            if self.is_main() {
+                return pg.store_set(&key);
+            } else {
+                return pg.store_wait(&key, self.main_timeout).map_err(|e| match e {
+                    DistError::Collective {
+                        rank, size, detail, ..
+                    } => DistError::Collective {
+                        rank,
+                        size,
+                        what: format!(
+                            "waiting for rank 0's {what} (SWEEP_DIST_MAIN_TIMEOUT_S = {} s)",
+                            self.main_timeout.as_secs()
+                        ),
+                        detail,
+                    },
+                    e => e,
+                });
+            }
+        }
+        let _ = what;
         Ok(())
     }
 
@@ -375,6 +448,19 @@ mod ffi {
             n: usize,
         ) -> c_int;
         fn sweep_pg_barrier(p: *mut c_void, err: *mut c_char, n: usize) -> c_int;
+        fn sweep_pg_store_set(
+            p: *mut c_void,
+            key: *const c_char,
+            err: *mut c_char,
+            n: usize,
+        ) -> c_int;
+        fn sweep_pg_store_wait(
+            p: *mut c_void,
+            key: *const c_char,
+            timeout_ms: c_int,
+            err: *mut c_char,
+            n: usize,
+        ) -> c_int;
     }
 
     const ERR: usize = 1024;
@@ -496,6 +582,34 @@ mod ffi {
             self.check("broadcast", code, &err)
         }
 
+        pub fn store_set(&self, key: &str) -> Result<(), DistError> {
+            let key =
+                CString::new(key).map_err(|_| DistError::Env(format!("{key:?} holds a NUL")))?;
+            let mut err = vec![0u8; ERR];
+            // SAFETY: a live process group, a C string and an error buffer of ERR bytes.
+            let code = unsafe {
+                sweep_pg_store_set(self.ptr, key.as_ptr(), err.as_mut_ptr() as *mut c_char, ERR)
+            };
+            self.check("marking rank 0's work done", code, &err)
+        }
+
+        pub fn store_wait(&self, key: &str, timeout: std::time::Duration) -> Result<(), DistError> {
+            let key =
+                CString::new(key).map_err(|_| DistError::Env(format!("{key:?} holds a NUL")))?;
+            let mut err = vec![0u8; ERR];
+            // SAFETY: as above.
+            let code = unsafe {
+                sweep_pg_store_wait(
+                    self.ptr,
+                    key.as_ptr(),
+                    timeout.as_millis().min(i32::MAX as u128) as c_int,
+                    err.as_mut_ptr() as *mut c_char,
+                    ERR,
+                )
+            };
+            self.check("waiting for rank 0", code, &err)
+        }
+
         pub fn barrier(&self) -> Result<(), DistError> {
             let mut err = vec![0u8; ERR];
             // SAFETY: a live process group.
@@ -528,20 +642,15 @@ mod tests {
     #[test]
     fn the_world_comes_from_torchruns_variables() {
         let t = Duration::from_secs(5);
-        assert_eq!(Rendezvous::from_vars(vars(&[]), t).unwrap(), None);
-        assert_eq!(
-            Rendezvous::from_vars(vars(&[("WORLD_SIZE", "1")]), t).unwrap(),
-            None
-        );
-        let r = Rendezvous::from_vars(
-            vars(&[
-                ("WORLD_SIZE", "2"),
-                ("RANK", "1"),
-                ("MASTER_ADDR", "10.0.0.1"),
-                ("MASTER_PORT", "29600"),
-            ]),
-            t,
-        )
+        let from_vars = |v| Rendezvous::from_vars(v, t, t);
+        assert_eq!(from_vars(vars(&[])).unwrap(), None);
+        assert_eq!(from_vars(vars(&[("WORLD_SIZE", "1")])).unwrap(), None);
+        let r = from_vars(vars(&[
+            ("WORLD_SIZE", "2"),
+            ("RANK", "1"),
+            ("MASTER_ADDR", "10.0.0.1"),
+            ("MASTER_PORT", "29600"),
+        ]))
         .unwrap()
         .unwrap();
         assert_eq!(
@@ -549,14 +658,11 @@ mod tests {
             (1, 2, "10.0.0.1", 29600)
         );
         // A world of one through a named backend, to check that backend on one GPU.
-        let one = Rendezvous::from_vars(
-            vars(&[
-                ("WORLD_SIZE", "1"),
-                ("RANK", "0"),
-                ("SWEEP_DIST_BACKEND", "gloo"),
-            ]),
-            t,
-        )
+        let one = from_vars(vars(&[
+            ("WORLD_SIZE", "1"),
+            ("RANK", "0"),
+            ("SWEEP_DIST_BACKEND", "gloo"),
+        ]))
         .unwrap()
         .unwrap();
         assert_eq!((one.size, one.local_rank), (1, 0));
@@ -566,29 +672,33 @@ mod tests {
             vec![("WORLD_SIZE", "two")],
             vec![("WORLD_SIZE", "2"), ("RANK", "0"), ("MASTER_PORT", "99999")],
         ] {
-            assert!(Rendezvous::from_vars(vars(&bad), t).is_err(), "{bad:?}");
+            assert!(Rendezvous::from_vars(vars(&bad), t, t).is_err(), "{bad:?}");
         }
     }
 
     #[test]
     fn the_backend_follows_the_device_and_the_choice() {
-        assert_eq!(Backend::choose(false, None).unwrap(), Backend::Gloo);
+        let choose = Backend::choose;
+        assert_eq!(choose(false, false, None).unwrap(), Backend::Gloo);
         let cuda_default = if Backend::nccl_built() {
             Backend::Nccl
         } else {
             Backend::Gloo
         };
-        assert_eq!(Backend::choose(true, None).unwrap(), cuda_default);
-        assert_eq!(Backend::choose(true, Some("gloo")).unwrap(), Backend::Gloo);
-        let e = Backend::choose(false, Some("nccl"))
-            .unwrap_err()
-            .to_string();
+        assert_eq!(choose(true, false, None).unwrap(), cuda_default);
+        assert_eq!(choose(true, false, Some("")).unwrap(), cuda_default);
+        assert_eq!(choose(true, false, Some("gloo")).unwrap(), Backend::Gloo);
+        // Ranks sharing one GPU: NCCL refuses them, so auto takes Gloo.
+        assert_eq!(choose(true, true, None).unwrap(), Backend::Gloo);
+        let e = choose(true, true, Some("nccl")).unwrap_err().to_string();
+        assert!(e.contains("a GPU of its own"), "{e}");
+        let e = choose(false, false, Some("nccl")).unwrap_err().to_string();
         assert!(e.contains("train on the CPU"), "{e}");
         if !Backend::nccl_built() {
-            let e = Backend::choose(true, Some("nccl")).unwrap_err().to_string();
+            let e = choose(true, false, Some("nccl")).unwrap_err().to_string();
             assert!(e.contains("scripts/build-cuda"), "{e}");
         }
-        let e = Backend::choose(true, Some("mpi")).unwrap_err().to_string();
+        let e = choose(true, false, Some("mpi")).unwrap_err().to_string();
         assert!(e.contains("use auto, gloo or nccl"), "{e}");
     }
 
@@ -619,14 +729,7 @@ mod tests {
             .map(|rank| {
                 std::thread::spawn(move || {
                     let w = World::connect(
-                        &Rendezvous {
-                            rank,
-                            size: 2,
-                            local_rank: rank,
-                            addr: "127.0.0.1".into(),
-                            port,
-                            timeout: Duration::from_secs(30),
-                        },
+                        &Rendezvous::local(rank, 2, port, Duration::from_secs(30)),
                         Backend::Gloo,
                         tch::Device::Cpu,
                     )
@@ -659,6 +762,50 @@ mod tests {
         }
     }
 
+    /// Work rank 0 does alone may outlast the collectives' timeout: the others wait for it
+    /// through the store, up to the rank-0 timeout, and past that give up naming what they
+    /// waited for.
+    #[cfg(sweep_c10d)]
+    #[test]
+    fn the_others_wait_for_rank_0_beyond_the_collective_timeout() {
+        for (main_timeout, ok) in [(20, true), (1, false)] {
+            let port = {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                l.local_addr().unwrap().port()
+            };
+            let ranks: Vec<_> = (0..2)
+                .map(|rank| {
+                    std::thread::spawn(move || {
+                        // Collectives give up after 2 s; rank 0 works alone for 5.
+                        let r = Rendezvous::local(rank, 2, port, Duration::from_secs(2));
+                        let w = World::connect(&r, Backend::Gloo, tch::Device::Cpu).unwrap();
+                        let w = World {
+                            main_timeout: Duration::from_secs(main_timeout),
+                            ..w
+                        };
+                        if w.is_main() {
+                            std::thread::sleep(Duration::from_secs(5));
+                        }
+                        let waited = w.after_main("evaluation");
+                        // Rank 0 stays until rank 1 has given up (its store serves rank 1).
+                        w.barrier().ok();
+                        // A collective after the wait, where every rank waited.
+                        waited.map(|_| if ok { w.sum_f64(1.0).unwrap() } else { 0.0 })
+                    })
+                })
+                .collect();
+            let out: Vec<_> = ranks.into_iter().map(|h| h.join().unwrap()).collect();
+            if ok {
+                for o in out {
+                    assert_eq!(o.unwrap(), 2.0);
+                }
+            } else {
+                let e = out[1].as_ref().unwrap_err().to_string();
+                assert!(e.contains("waiting for rank 0's evaluation"), "{e}");
+            }
+        }
+    }
+
     /// Rank 0 cannot serve the store on a port another process listens on: it says so at once.
     #[cfg(sweep_c10d)]
     #[test]
@@ -667,14 +814,7 @@ mod tests {
         let port = held.local_addr().unwrap().port();
         let t0 = std::time::Instant::now();
         let e = World::connect(
-            &Rendezvous {
-                rank: 0,
-                size: 2,
-                local_rank: 0,
-                addr: "127.0.0.1".into(),
-                port,
-                timeout: Duration::from_secs(20),
-            },
+            &Rendezvous::local(0, 2, port, Duration::from_secs(20)),
             Backend::Gloo,
             tch::Device::Cpu,
         )
@@ -697,14 +837,7 @@ mod tests {
             l.local_addr().unwrap().port()
         };
         let e = World::connect(
-            &Rendezvous {
-                rank: 0,
-                size: 2,
-                local_rank: 0,
-                addr: "127.0.0.1".into(),
-                port,
-                timeout: Duration::from_secs(2),
-            },
+            &Rendezvous::local(0, 2, port, Duration::from_secs(2)),
             Backend::Gloo,
             tch::Device::Cpu,
         )

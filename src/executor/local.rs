@@ -411,7 +411,11 @@ impl LocalExecutor {
             .stderr(log2)
             .process_group(0);
         if !gpus.is_empty() {
+            // A run lent GPUs trains on them or fails at start, never on the CPU.
             cmd.env("CUDA_VISIBLE_DEVICES", gpus);
+            if std::env::var_os("SWEEP_DEVICE").is_none() {
+                cmd.env("SWEEP_DEVICE", "cuda");
+            }
         }
         crate::util::stop_with_parent(&mut cmd);
         cmd.spawn()
@@ -513,7 +517,7 @@ case "$(cat "$run")" in
   *hang*) trap 'exit 143' TERM; while true; do sleep 0.05; done ;;
   *gpu*) locks=$(dirname "$0")/gpu-locks; mkdir -p "$locks"; gpus=$(echo "$CUDA_VISIBLE_DEVICES" | tr , ' ')
     for g in $gpus; do mkdir "$locks/$g" 2>/dev/null || { echo "GPU $g is taken" >&2; exit 1; }; done
-    echo "$CUDA_VISIBLE_DEVICES" > "$d/gpus"; sleep 0.3
+    echo "$CUDA_VISIBLE_DEVICES $SWEEP_DEVICE" > "$d/gpus"; sleep 0.3
     for g in $gpus; do rmdir "$locks/$g"; done
     printf '{"schema":1,"id":"x","config_id":"x","status":"completed","step":1,"tokens":1,"total_steps":1,"final_train_loss":1.0,"evals":[],"metrics_not_measured":[],"trainable_params":1,"total_params":1,"wall_s":0.1,"peak_rss_kib":null,"run_hash":"h"}' > "$d/result.json" ;;
 esac
@@ -582,10 +586,14 @@ esac
         }
         let gpus = |i: usize| std::fs::read_to_string(runs[i].dir.join("gpus")).unwrap();
         for i in 0..4 {
-            assert!(["0\n", "1\n"].contains(&gpus(i).as_str()), "{}", gpus(i));
+            assert!(
+                ["0 cuda\n", "1 cuda\n"].contains(&gpus(i).as_str()),
+                "{}",
+                gpus(i)
+            );
         }
         assert!(
-            ["0,1\n", "1,0\n"].contains(&gpus(4).as_str()),
+            ["0,1 cuda\n", "1,0 cuda\n"].contains(&gpus(4).as_str()),
             "{}",
             gpus(4)
         );

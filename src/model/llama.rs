@@ -506,9 +506,17 @@ impl Llama {
     pub fn dropout_seeds(&self, train: bool) -> Result<Option<i64>, ModelError> {
         let draws = train
             && self.blocks.iter().any(|b| {
-                [&b.attn.q, &b.attn.k, &b.attn.v, &b.attn.o, &b.mlp.gate, &b.mlp.up, &b.mlp.down]
-                    .iter()
-                    .any(|p| p.lora().is_some_and(|l| l.dropout > 0.0))
+                [
+                    &b.attn.q,
+                    &b.attn.k,
+                    &b.attn.v,
+                    &b.attn.o,
+                    &b.mlp.gate,
+                    &b.mlp.up,
+                    &b.mlp.down,
+                ]
+                .iter()
+                .any(|p| p.lora().is_some_and(|l| l.dropout > 0.0))
             });
         if !draws {
             return Ok(None);
@@ -539,7 +547,11 @@ impl Llama {
         if let Some(base) = seeds {
             tch::manual_seed(base.wrapping_add(i as i64));
         }
-        let (eps, d, kind) = (self.cfg.rms_norm_eps, self.cfg.hidden_size as i64, self.compute);
+        let (eps, d, kind) = (
+            self.cfg.rms_norm_eps,
+            self.cfg.hidden_size as i64,
+            self.compute,
+        );
         let h = x.f_rms_norm(&[d][..], Some(&blk.input_norm), eps)?;
         let a = self.attention(&blk.attn, &h, offset, cache, train)?;
         let x = x.f_add(&a)?;

@@ -30,7 +30,9 @@ use std::time::Instant;
 use crate::run_lock::RunLock;
 
 pub use error::TrainError;
-pub use options::{compute_kind, loaded_libtorch, rank_device, resolve_device, TrainOptions};
+pub use options::{
+    compute_kind, loaded_libtorch, rank_device, resolve_device, shares_gpu, TrainOptions,
+};
 use outputs::{RunResult, RunStatus, RESULT_SCHEMA};
 use run_file::check_folder;
 pub use run_file::{finished_result, read_run_file, read_run_file_hashed};

@@ -106,8 +106,13 @@ pub fn resolve_device(choice: &str) -> Result<Device, TrainError> {
 /// The device of local rank `local_rank` of a multi-process run. `auto` (where libtorch sees a
 /// GPU) and `cuda` give each rank of a node its own GPU, cuda:LOCAL_RANK; an explicit `cuda:N`
 /// puts every rank on GPU N (asked for, e.g. two Gloo ranks on one GPU); `cpu` is the CPU.
-/// More ranks on a node than it has GPUs is an error.
-pub fn rank_device(choice: &str, local_rank: usize) -> Result<Device, TrainError> {
+/// More ranks on a node than it has GPUs is an error, on every rank of the node where
+/// `local_size` (LOCAL_WORLD_SIZE) says how many there are, so that none waits for the others.
+pub fn rank_device(
+    choice: &str,
+    local_rank: usize,
+    local_size: Option<usize>,
+) -> Result<Device, TrainError> {
     match choice.trim() {
         "auto" | "" if !tch::Cuda::is_available() => Ok(Device::Cpu),
         "auto" | "" | "cuda" => {
@@ -115,15 +120,21 @@ pub fn rank_device(choice: &str, local_rank: usize) -> Result<Device, TrainError
             if n == 0 {
                 return resolve_device("cuda");
             }
-            if local_rank >= n {
+            let ranks = local_size.unwrap_or(0).max(local_rank + 1);
+            if ranks > n {
                 return Err(TrainError::Device(format!(
-                    "local rank {local_rank} has no GPU of its own: libtorch sees {n} CUDA device(s) on this node; run at most {n} ranks per node (training.ranks_per_node, --nproc), or give --device cuda:K to put every rank on GPU K"
+                    "{ranks} ranks on this node, one GPU each, but libtorch sees {n} CUDA device(s) here: run at most {n} ranks per node (training.ranks_per_node, --nproc), or give --device cuda:K to put every rank on GPU K"
                 )));
             }
             Ok(Device::Cuda(local_rank))
         }
         other => resolve_device(other),
     }
+}
+
+/// Whether several ranks of a node share one GPU: an explicit `cuda:K` puts them all there.
+pub fn shares_gpu(choice: &str, local_size: Option<usize>) -> bool {
+    choice.trim().starts_with("cuda:") && local_size.is_none_or(|n| n > 1)
 }
 
 /// Which libtorch this process loaded, for an error about a missing GPU: the path of

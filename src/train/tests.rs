@@ -411,8 +411,8 @@ fn asking_for_a_missing_gpu_is_an_error() {
         "{e}"
     );
     // Ranks: auto is the CPU here; an explicit GPU is refused the same way.
-    assert_eq!(rank_device("auto", 3).unwrap(), Device::Cpu);
-    let e = rank_device("cuda", 0).unwrap_err().to_string();
+    assert_eq!(rank_device("auto", 3, Some(4)).unwrap(), Device::Cpu);
+    let e = rank_device("cuda", 0, Some(2)).unwrap_err().to_string();
     assert!(e.contains("libtorch_cpu.so"), "{e}");
     opts.device = "tpu".into();
     let e = train(&f.run("tpu", |_| {}), &opts).unwrap_err().to_string();

@@ -58,13 +58,15 @@ pub(super) struct Trainer<'a> {
 }
 
 impl<'a> Trainer<'a> {
-    /// Rank 0 evaluates while the other ranks go on to the next step's collective, where they
-    /// wait for it: one evaluation, one writer, and the same numbers as a single process.
+    /// Rank 0 evaluates while the other ranks wait for it (through the store, so that no
+    /// collective times out during a long evaluation): one evaluation, one writer, and the same
+    /// numbers as a single process.
     fn evaluate(&self, step: u64, tokens: u64) -> Result<EvalRecord, TrainError> {
         let mut metrics = BTreeMap::new();
         for e in self.evaluators.iter().filter(|_| self.opts.world.is_main()) {
             metrics.extend(e.evaluate(&self.model, &self.tokenizer)?);
         }
+        self.opts.world.after_main("evaluation")?;
         Ok(EvalRecord {
             step,
             tokens,
@@ -80,16 +82,17 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
+    /// Rank 0 saves; the others wait for it outside any collective.
     fn checkpoint(&self, state: &TrainState) -> Result<(), TrainError> {
-        if !self.opts.world.is_main() {
-            return Ok(());
+        if self.opts.world.is_main() {
+            checkpoint::save(
+                &self.dir.join("checkpoints"),
+                state,
+                &self.model.trainable(),
+                &self.optim.state_tensors(),
+            )?;
         }
-        checkpoint::save(
-            &self.dir.join("checkpoints"),
-            state,
-            &self.model.trainable(),
-            &self.optim.state_tensors(),
-        )?;
+        self.opts.world.after_main("checkpoint")?;
         Ok(())
     }
 
@@ -241,6 +244,7 @@ impl<'a> Trainer<'a> {
         } else {
             (BTreeMap::new(), None)
         };
+        self.opts.world.after_main("base evaluation")?;
         self.notes.extend(note);
         let base = EvalRecord {
             step: 0,

@@ -30,7 +30,7 @@ first=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 MASTER_ADDR=$(scontrol show node "$first" -o | sed -n 's/.* NodeAddr=\([^ ]*\).*/\1/p')
 export MASTER_ADDR=${MASTER_ADDR:-$first}
 export MASTER_PORT=$((15000 + SLURM_JOB_ID % 10000))
-srun --kill-on-bad-exit=1 bash -c 'export RANK=$SLURM_PROCID WORLD_SIZE=$SLURM_NTASKS LOCAL_RANK=$SLURM_LOCALID; exec "$@"' rank "$HOME"/w/bin/sweep-0.1.0 train "$run/run.json" --threads "${SLURM_CPUS_PER_TASK:-1}" >> "$run/train.log" 2>&1 &
+srun --kill-on-bad-exit=1 bash -c 'export RANK=$SLURM_PROCID WORLD_SIZE=$SLURM_NTASKS LOCAL_RANK=$SLURM_LOCALID LOCAL_WORLD_SIZE=${SLURM_NTASKS_PER_NODE:-}; exec "$@"' rank "$HOME"/w/bin/sweep-0.1.0 train "$run/run.json" --threads "${SLURM_CPUS_PER_TASK:-1}" >> "$run/train.log" 2>&1 &
 child=$!
 [ "$warned" = 0 ] || kill -USR1 "$child" 2>/dev/null
 while true; do

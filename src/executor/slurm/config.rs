@@ -315,6 +315,22 @@ impl ClusterConfig {
         if self.host.is_empty() || self.user.is_empty() {
             return Err(bad("host/user", "is empty"));
         }
+        if self
+            .install_binary
+            .as_ref()
+            .is_some_and(|p| !p.is_absolute())
+        {
+            return Err(bad(
+                "install_binary",
+                "is not an absolute path: give the binary's full path on this machine",
+            ));
+        }
+        if self.install_binary.is_some() && self.libtorch.is_none() {
+            return Err(bad(
+                "install_binary",
+                "needs `libtorch`: the libtorch on the cluster that binary runs with (--install copies only this sweep's own libtorch)",
+            ));
+        }
         if self.gpu && self.gres.as_deref().is_some_and(|g| g.contains("gpu")) {
             return Err(bad(
                 "gres",
@@ -324,9 +340,17 @@ impl ClusterConfig {
         Ok(())
     }
 
-    /// Whether the runs train on GPUs: `gpu = true`, or GPUs asked through `gres`.
+    /// Whether the runs train on GPUs: `gpu = true`, or GPUs asked through `gres` or an
+    /// `sbatch_extra` line (--gpus, --gpus-per-node, --gres=gpu...).
     pub fn asks_gpus(&self) -> bool {
-        self.gpu || self.gres.as_deref().is_some_and(|g| g.contains("gpu"))
+        self.gpu
+            || self.gres.as_deref().is_some_and(|g| g.contains("gpu"))
+            || self.sbatch_extra.iter().any(|l| {
+                let flag = l.trim_start().split([' ', '=']).next().unwrap_or("");
+                flag == "-G"
+                    || flag.starts_with("--gpus")
+                    || (flag == "--gres" && l.contains("gpu"))
+            })
     }
 
     /// The remote `sweep` binary: the configured one, or WORK/bin/sweep-VERSION.

@@ -541,36 +541,35 @@ pub fn is_cuda_binary(path: &Path) -> std::io::Result<bool> {
         .any(|n| n == "libtorch_cuda.so"))
 }
 
-/// The DT_NEEDED names of a 64-bit little-endian ELF file, or None for another file.
+/// The DT_NEEDED names of a 64-bit little-endian ELF file, or None for another (or a corrupt)
+/// file. Every offset is checked: a corrupt file gives None, never a panic.
 fn needed_libraries(elf: &[u8]) -> Option<Vec<String>> {
-    let u16_at = |o: usize| Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?));
-    let u32_at = |o: usize| Some(u32::from_le_bytes(elf.get(o..o + 4)?.try_into().ok()?));
-    let u64_at = |o: usize| Some(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?));
+    let bytes = |o: usize, n: usize| elf.get(o..o.checked_add(n)?);
+    let u16_at = |o: usize| Some(u16::from_le_bytes(bytes(o, 2)?.try_into().ok()?) as usize);
+    let u32_at = |o: usize| Some(u32::from_le_bytes(bytes(o, 4)?.try_into().ok()?) as usize);
+    let u64_at = |o: usize| usize::try_from(u64::from_le_bytes(bytes(o, 8)?.try_into().ok()?)).ok();
     if elf.get(..6)? != b"\x7fELF\x02\x01" {
         return None;
     }
-    let (shoff, shentsize, shnum) = (
-        u64_at(0x28)? as usize,
-        u16_at(0x3A)? as usize,
-        u16_at(0x3C)? as usize,
-    );
-    let section = |i: usize| shoff + i * shentsize;
-    const SHT_DYNAMIC: u32 = 6;
-    const DT_NEEDED: u64 = 1;
-    let dynamic = (0..shnum).find(|&i| u32_at(section(i) + 4) == Some(SHT_DYNAMIC))?;
+    let (shoff, shentsize, shnum) = (u64_at(0x28)?, u16_at(0x3A)?, u16_at(0x3C)?);
+    let section = |i: usize| shoff.checked_add(i.checked_mul(shentsize)?);
+    let field = |i: usize, at: usize| section(i)?.checked_add(at);
+    const SHT_DYNAMIC: usize = 6;
+    const DT_NEEDED: usize = 1;
+    let dynamic = (0..shnum).find(|&i| field(i, 4).and_then(u32_at) == Some(SHT_DYNAMIC))?;
     let (off, size) = (
-        u64_at(section(dynamic) + 0x18)? as usize,
-        u64_at(section(dynamic) + 0x20)? as usize,
+        u64_at(field(dynamic, 0x18)?)?,
+        u64_at(field(dynamic, 0x20)?)?,
     );
-    let strtab = u64_at(section(u32_at(section(dynamic) + 0x28)? as usize) + 0x18)? as usize;
+    let strtab = u64_at(field(u32_at(field(dynamic, 0x28)?)?, 0x18)?)?;
     let mut names = Vec::new();
-    for e in (off..off + size).step_by(16) {
-        let (tag, val) = (u64_at(e)?, u64_at(e + 8)? as usize);
+    for e in (off..off.checked_add(size)?).step_by(16) {
+        let (tag, val) = (u64_at(e)?, u64_at(e.checked_add(8)?)?);
         if tag == 0 {
             break;
         }
         if tag == DT_NEEDED {
-            let start = strtab + val;
+            let start = strtab.checked_add(val)?;
             let len = elf.get(start..)?.iter().position(|&b| b == 0)?;
             names.push(String::from_utf8_lossy(&elf[start..start + len]).into_owned());
         }
@@ -618,9 +617,16 @@ pub fn gpu_install_problem(
             lib.display()
         ));
     }
-    let missing: Vec<&str> = ["libcudart", "libcublas", "libcudnn", "libnccl"]
+    // pytorch.org's archives name them with a hash (libcudart-c3a75b33.so.12); NCCL may be
+    // linked into libtorch_cuda itself.
+    let missing: Vec<&str> = ["libcudart", "libcublas", "libcudnn"]
         .into_iter()
-        .filter(|stem| !names.iter().any(|n| n.starts_with(&format!("{stem}.so"))))
+        .filter(|stem| {
+            !names.iter().any(|n| {
+                n.strip_prefix(stem)
+                    .is_some_and(|rest| rest.starts_with(".so") || rest.starts_with('-'))
+            })
+        })
         .collect();
     if !missing.is_empty() {
         return Some(format!(
@@ -647,6 +653,12 @@ mod tests {
             needed.iter().any(|n| n.starts_with("libc.so")),
             "{needed:?}"
         );
+        // A corrupt header (offsets past the end, or that overflow) is no ELF, not a panic.
+        let mut corrupt = std::fs::read(&cpu_bin).unwrap()[..64].to_vec();
+        corrupt[0x28..0x30].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(needed_libraries(&corrupt), None);
+        corrupt[0x28..0x30].copy_from_slice(&40u64.to_le_bytes());
+        assert_eq!(needed_libraries(&corrupt), None);
         let text = d.path().join("not-elf");
         std::fs::write(&text, "#!/bin/sh\n").unwrap();
         assert!(is_cuda_binary(&text)
@@ -676,8 +688,14 @@ mod tests {
         std::fs::write(lib.join("libtorch_cuda.so"), "").unwrap();
         std::fs::write(lib.join("libcudart.so.13"), "").unwrap();
         let p = problem(true, false);
-        assert!(p.contains("(libcublas, libcudnn, libnccl)"), "{p}");
-        for l in ["libcublas.so.13", "libcudnn.so.9", "libnccl.so.2"] {
+        assert!(p.contains("(libcublas, libcudnn)"), "{p}");
+        std::fs::write(lib.join("libcublasLt.so.13"), "").unwrap();
+        assert!(
+            problem(true, false).contains("(libcublas, libcudnn)"),
+            "cublasLt is not cublas"
+        );
+        // Hashed names, as pytorch.org's libtorch archives have them.
+        for l in ["libcublas-5f2b3e11.so.13", "libcudnn.so.9"] {
             std::fs::write(lib.join(l), "").unwrap();
         }
         assert!(

@@ -72,7 +72,7 @@ const MULTI_RANK_LAUNCH: &str = r#"first=$(scontrol show hostnames "$SLURM_JOB_N
 MASTER_ADDR=$(scontrol show node "$first" -o | sed -n 's/.* NodeAddr=\([^ ]*\).*/\1/p')
 export MASTER_ADDR=${MASTER_ADDR:-$first}
 export MASTER_PORT=$((15000 + SLURM_JOB_ID % 10000))
-srun --kill-on-bad-exit=1 bash -c 'export RANK=$SLURM_PROCID WORLD_SIZE=$SLURM_NTASKS LOCAL_RANK=$SLURM_LOCALID; exec "$@"' rank "#;
+srun --kill-on-bad-exit=1 bash -c 'export RANK=$SLURM_PROCID WORLD_SIZE=$SLURM_NTASKS LOCAL_RANK=$SLURM_LOCALID LOCAL_WORLD_SIZE=${SLURM_NTASKS_PER_NODE:-}; exec "$@"' rank "#;
 
 /// The job script of batch `tag`, run from the remote sweep folder with the chunk offset as $1.
 /// Task i trains line `offset + i + 1` of batches/TAG.jsonl (its run id on the same line of
@@ -268,6 +268,32 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(both.contains("gres") && both.contains("keep one"), "{both}");
+        // GPUs asked in sbatch_extra count too; a constraint that names GPUs does not.
+        let extra = |line: &str| {
+            ClustersFile::parse(
+                &format!("[clusters.a]\nhost = \"h\"\nuser = \"u\"\nwork_dir = \"w\"\nsbatch_extra = [\"{line}\"]\n"),
+                "c",
+            )
+            .unwrap()
+            .clusters["a"]
+            .asks_gpus()
+        };
+        assert!(extra("--gpus-per-node=4") && extra("-G 2") && extra("--gres=gpu:a100:2"));
+        assert!(!extra("--constraint=a100-GPU") && !extra("--mem=8G"));
+        let relative = ClustersFile::parse(
+            "[clusters.a]\nhost = \"h\"\nuser = \"u\"\nwork_dir = \"w\"\ninstall_binary = \"target/cuda/release/sweep\"\nlibtorch = \"/t\"\n",
+            "c",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(relative.contains("not an absolute path"), "{relative}");
+        let alone = ClustersFile::parse(
+            "[clusters.a]\nhost = \"h\"\nuser = \"u\"\nwork_dir = \"w\"\ninstall_binary = \"/b/sweep\"\n",
+            "c",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(alone.contains("needs `libtorch`"), "{alone}");
     }
 
     #[test]
