@@ -630,6 +630,13 @@ mod ffi {
 mod tests {
     use super::*;
 
+    /// A port that was free a moment ago.
+    #[cfg(sweep_c10d)]
+    fn free_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
     fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |k| {
             pairs
@@ -721,10 +728,7 @@ mod tests {
     #[cfg(sweep_c10d)]
     #[test]
     fn two_ranks_reduce_and_broadcast_through_gloo() {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        let port = free_port();
         let ranks: Vec<_> = (0..2)
             .map(|rank| {
                 std::thread::spawn(move || {
@@ -769,10 +773,7 @@ mod tests {
     #[test]
     fn the_others_wait_for_rank_0_beyond_the_collective_timeout() {
         for (main_timeout, ok) in [(20, true), (1, false)] {
-            let port = {
-                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-                l.local_addr().unwrap().port()
-            };
+            let port = free_port();
             let ranks: Vec<_> = (0..2)
                 .map(|rank| {
                     std::thread::spawn(move || {
@@ -832,10 +833,7 @@ mod tests {
     #[cfg(sweep_c10d)]
     #[test]
     fn a_missing_peer_times_out_with_the_address() {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        let port = free_port();
         let e = World::connect(
             &Rendezvous::local(0, 2, port, Duration::from_secs(2)),
             Backend::Gloo,
