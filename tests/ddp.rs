@@ -188,6 +188,106 @@ fn checkpointed_runs_train_as_plain_ones() {
     }
 }
 
+fn set_training(p: &Path, key: &str, value: serde_json::Value) {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    v["training"][key] = value;
+    std::fs::write(p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+}
+
+/// ZeRO stage 1: with the optimizer state sharded over 2 ranks, full and LoRA runs (AdamW and
+/// LionW) train as unsharded ones do, rank 0 holds about half the state, and a sharded
+/// checkpoint (one shard file per rank) resumes on 1 rank where an uninterrupted run ends.
+#[test]
+fn a_sharded_optimizer_trains_as_an_unsharded_one() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_corpora(dir.path());
+    for (method, opt, per_param) in [("full", "adamw", 2.0), ("lora", "lionw", 1.0)] {
+        let plain = run_json(dir.path(), &format!("{method}-plain"), method, opt, 2, 12);
+        let sharded = run_json(dir.path(), &format!("{method}-sharded"), method, opt, 2, 12);
+        set_training(&sharded, "shard_optimizer", true.into());
+        for (run, n) in [(&plain, "2"), (&sharded, "2")] {
+            let o = train(dir.path(), run, &["--nproc", n]);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+        assert_same_run(&plain, &sharded, &format!("{method} {opt} sharded"));
+        let r = result(&sharded);
+        let note = r["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|n| n.as_str())
+            .find(|n| n.starts_with("optimizer state sharded over 2 ranks"))
+            .unwrap_or_else(|| panic!("{r:#}"))
+            .to_string();
+        let held: f64 = note
+            .rsplit("holds ")
+            .next()
+            .and_then(|t| t.split(' ').next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        let whole = r["trainable_params"].as_f64().unwrap() * 4.0 * per_param / 1e6;
+        assert!(
+            held > 0.3 * whole && held < 0.7 * whole,
+            "rank 0 holds {held} MB of {whole} MB"
+        );
+    }
+
+    // Stopped mid-run, a sharded 2-rank run resumes on 1 rank.
+    let whole = run_json(dir.path(), "whole", "full", "adamw", 2, 20);
+    let split = run_json(dir.path(), "split", "full", "adamw", 2, 20);
+    set_training(&split, "shard_optimizer", true.into());
+    let o = train(dir.path(), &whole, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let child = Command::new(env!("CARGO_BIN_EXE_sweep"))
+        .current_dir(dir.path())
+        .args([
+            "train",
+            split.to_str().unwrap(),
+            "--threads",
+            "1",
+            "--nproc",
+            "2",
+        ])
+        .args(["--min-step-ms", "150"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while losses_or_empty(&split).iter().all(|(s, _)| *s < 5) {
+        assert!(t0.elapsed() < Duration::from_secs(120), "the run trains");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: SIGTERM to the launcher we started; it passes it on to both ranks.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ckpt = std::fs::read_dir(split.parent().unwrap().join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("step-")
+        })
+        .unwrap();
+    for f in [
+        "optim-0.safetensors",
+        "optim-1.safetensors",
+        "model.safetensors",
+    ] {
+        assert!(ckpt.join(f).exists(), "{} lacks {f}", ckpt.display());
+    }
+    assert!(!ckpt.join("optim.safetensors").exists());
+    let o = train(dir.path(), &split, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(result(&split)["status"], "completed");
+    assert_same_run(&whole, &split, "sharded on 2 ranks, resumed on 1");
+}
+
 /// A world of one through a named backend (what scripts/gpu-check does with NCCL on one GPU)
 /// goes through c10d and trains as one plain process; ranks asked to train on a GPU this
 /// CPU-only libtorch cannot see stop at once, naming the libtorch.

@@ -427,6 +427,7 @@ fn resolve_shared(spec: &Spec) -> Result<SharedConfig, Problem> {
         nodes: t.nodes,
         ranks_per_node: t.ranks_per_node,
         activation_checkpointing: t.activation_checkpointing,
+        shard_optimizer: t.shard_optimizer,
     };
     let mut evaluation = spec.evaluation.clone();
     evaluation.metrics = Some(

@@ -88,6 +88,9 @@ pub struct TrainingConfig {
     /// Recompute blocks in the backward pass (absent when off).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub activation_checkpointing: bool,
+    /// Shard the optimizer state over the ranks (absent when off).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shard_optimizer: bool,
 }
 
 fn one() -> u32 {

@@ -263,6 +263,10 @@ pub struct TrainingSpec {
     /// activations: the same gradients, less memory, about a third more compute.
     #[serde(default)]
     pub activation_checkpointing: bool,
+    /// With several ranks, each keeps the optimizer state of the parameters it owns (ZeRO
+    /// stage 1): the same updates, about 1/N of the state per rank.
+    #[serde(default)]
+    pub shard_optimizer: bool,
 }
 
 fn default_one() -> u32 {

@@ -39,6 +39,14 @@ pub struct TrainState {
     /// `role:path`: a resumed session or an export on other files is refused.
     #[serde(default)]
     pub inputs: std::collections::BTreeMap<String, crate::fingerprint::Fingerprint>,
+    /// Ranks whose optimizer-state shards the checkpoint holds (`optim-R.safetensors`, each by
+    /// parameter name, so that any world size reads them); 0: one `optim.safetensors`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub optim_shards: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn step_dir(dir: &Path, step: u64) -> PathBuf {
@@ -56,32 +64,56 @@ pub fn save(
     model: &[(String, Tensor)],
     optim: &[(String, Tensor)],
 ) -> Result<PathBuf, TrainError> {
+    let tmp = prepare(dir, state.step)?;
+    let written = write_tensors(&tmp.join("optim.safetensors"), optim);
+    finish(dir, &tmp, state, model, written)
+}
+
+/// The temporary folder of the checkpoint of `step`, made empty: rank 0 makes it, and every
+/// rank of a sharded optimizer writes its shard there ([`write_shard`]) before [`finish`].
+pub fn prepare(dir: &Path, step: u64) -> Result<PathBuf, TrainError> {
     std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
-    let tmp = dir.join(format!(".tmp-step-{}-{}", state.step, std::process::id()));
+    let tmp = dir.join(format!(".tmp-step-{step}"));
     let _ = std::fs::remove_dir_all(&tmp);
-    let written = (|| -> Result<(), TrainError> {
-        std::fs::create_dir_all(&tmp).map_err(|e| err(&tmp, e))?;
-        let detach = |v: &[(String, Tensor)]| -> Result<Vec<(String, Tensor)>, TrainError> {
-            v.iter()
-                .map(|(n, t)| Ok((n.clone(), t.f_detach()?.f_to_device(tch::Device::Cpu)?)))
-                .collect()
-        };
-        for (name, tensors) in [("model.safetensors", model), ("optim.safetensors", optim)] {
-            let path = tmp.join(name);
-            Tensor::write_safetensors(&detach(tensors)?, &path).map_err(|e| {
-                // The OS's words (disk full, ...) on one line, not libtorch's whole message.
-                let first = e.to_string();
-                let first = first.lines().next().unwrap_or("").to_string();
-                err(&path, first)
-            })?;
-        }
-        let json = serde_json::to_vec_pretty(state).map_err(|e| err(&tmp, e))?;
+    std::fs::create_dir_all(&tmp).map_err(|e| err(&tmp, e))?;
+    Ok(tmp)
+}
+
+/// This rank's optimizer-state shard, into the folder of [`prepare`].
+pub fn write_shard(tmp: &Path, rank: usize, optim: &[(String, Tensor)]) -> Result<(), TrainError> {
+    write_tensors(&tmp.join(format!("optim-{rank}.safetensors")), optim)
+}
+
+fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), TrainError> {
+    let on_cpu: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), t.f_detach()?.f_to_device(tch::Device::Cpu)?)))
+        .collect::<Result<_, TrainError>>()?;
+    Tensor::write_safetensors(&on_cpu, path).map_err(|e| {
+        // The OS's words (disk full, ...) on one line, not libtorch's whole message.
+        let first = e.to_string();
+        err(path, first.lines().next().unwrap_or(""))
+    })
+}
+
+/// Complete the checkpoint in `tmp` (whose optimizer state was `optim_written`): the trainable
+/// tensors and state.json, then the rename into place; a failure removes the partial folder.
+pub fn finish(
+    dir: &Path,
+    tmp: &Path,
+    state: &TrainState,
+    model: &[(String, Tensor)],
+    optim_written: Result<(), TrainError>,
+) -> Result<PathBuf, TrainError> {
+    let written = optim_written.and_then(|()| {
+        write_tensors(&tmp.join("model.safetensors"), model)?;
+        let json = serde_json::to_vec_pretty(state).map_err(|e| err(tmp, e))?;
         crate::util::write_atomic(&tmp.join("state.json"), |w| w.write_all(&json))
-            .map_err(|e| err(&tmp, e))
-    })();
+            .map_err(|e| err(tmp, e))
+    });
     if let Err(e) = written {
         // A partial checkpoint is never left behind (a later one may still fit).
-        let _ = std::fs::remove_dir_all(&tmp);
+        let _ = std::fs::remove_dir_all(tmp);
         return Err(TrainError::Checkpoint(format!(
             "writing the checkpoint of step {} failed, and the partial one was removed: {}; free space (or fix the folder) and rerun: the run resumes from its last complete checkpoint",
             state.step,
@@ -92,7 +124,7 @@ pub fn save(
     if target.exists() {
         std::fs::remove_dir_all(&target).map_err(|e| err(&target, e))?;
     }
-    std::fs::rename(&tmp, &target).map_err(|e| err(&target, e))?;
+    std::fs::rename(tmp, &target).map_err(|e| err(&target, e))?;
     for old in list(dir)? {
         if old != target {
             let _ = std::fs::remove_dir_all(&old);
@@ -165,7 +197,13 @@ pub fn load_latest(dir: &Path) -> Result<Option<Loaded>, TrainError> {
         .map_err(|e| corrupt(format!("state.json: {e}")))?;
     let state: TrainState =
         serde_json::from_str(&text).map_err(|e| corrupt(format!("state.json: {e}")))?;
-    for name in ["model.safetensors", "optim.safetensors"] {
+    // The optimizer state in one file, or in one shard per rank of the world that wrote it
+    // (read whole here: any world size takes from it the state of the parameters it owns).
+    let optim_files: Vec<String> = match state.optim_shards {
+        0 => vec!["optim.safetensors".into()],
+        n => (0..n).map(|r| format!("optim-{r}.safetensors")).collect(),
+    };
+    for name in std::iter::once("model.safetensors").chain(optim_files.iter().map(String::as_str)) {
         crate::model::safetensors::check_complete(&path.join(name))
             .map_err(|e| corrupt(format!("{name}: {e}")))?;
     }
@@ -175,9 +213,13 @@ pub fn load_latest(dir: &Path) -> Result<Option<Loaded>, TrainError> {
             .into_iter()
             .collect())
     };
+    let mut optim = HashMap::new();
+    for name in &optim_files {
+        optim.extend(read(name)?);
+    }
     Ok(Some(Loaded {
         model: read("model.safetensors")?,
-        optim: read("optim.safetensors")?,
+        optim,
         state,
         path,
     }))

@@ -27,6 +27,8 @@ struct Param {
     name: String,
     tensor: Tensor,
     decay: bool,
+    /// Whether this rank updates it and holds its state (every parameter, unsharded).
+    owned: bool,
     exp_avg: Tensor,
     exp_avg_sq: Option<Tensor>,
 }
@@ -37,21 +39,63 @@ pub struct Optim {
     cfg: OptimConfig,
     params: Vec<Param>,
     steps: u64,
+    /// Sharded over ranks (ZeRO stage 1): each rank holds the state of, and updates, the
+    /// parameters it owns; the updated parameters are then summed over the ranks, the others
+    /// contributing zeros, so that every rank has every parameter (exactly: x + 0 = x).
+    sharded: bool,
+}
+
+/// The owner of each parameter among `ranks`: the largest first, each to the rank that holds
+/// the fewest elements so far (ties to the lowest rank). Deterministic, so every rank agrees.
+pub fn owners(sizes: &[i64], ranks: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..sizes.len()).collect();
+    order.sort_by_key(|&i| (std::cmp::Reverse(sizes[i]), i));
+    let mut load = vec![0i64; ranks.max(1)];
+    let mut owner = vec![0; sizes.len()];
+    for i in order {
+        let r = (0..load.len()).min_by_key(|&r| (load[r], r)).unwrap_or(0);
+        load[r] += sizes[i];
+        owner[i] = r;
+    }
+    owner
 }
 
 impl Optim {
     /// An optimizer over `params` (name, variable); state starts at zero.
     pub fn new(params: Vec<(String, Tensor)>, cfg: OptimConfig) -> Result<Optim, TrainError> {
+        Optim::sharded(params, cfg, &crate::dist::World::single(), false)
+    }
+
+    /// An optimizer whose state is sharded over the ranks of `world` when `shard` (and the
+    /// world has more than one rank): this rank keeps the state of the parameters it owns.
+    pub fn sharded(
+        params: Vec<(String, Tensor)>,
+        cfg: OptimConfig,
+        world: &crate::dist::World,
+        shard: bool,
+    ) -> Result<Optim, TrainError> {
+        let sharded = shard && world.size() > 1;
+        let sizes: Vec<i64> = params.iter().map(|(_, t)| t.numel() as i64).collect();
+        let owner = owners(&sizes, if sharded { world.size() } else { 1 });
         let mut out = Vec::with_capacity(params.len());
-        for (name, tensor) in params {
-            let exp_avg = tensor.f_zeros_like()?;
+        for ((name, tensor), owner) in params.into_iter().zip(owner) {
+            let owned = !sharded || owner == world.rank();
+            let state = || -> Result<Tensor, TrainError> {
+                Ok(if owned {
+                    tensor.f_zeros_like()?
+                } else {
+                    Tensor::f_empty([0], (tch::Kind::Float, tensor.device()))?
+                })
+            };
+            let exp_avg = state()?;
             let exp_avg_sq = match cfg.kind {
-                Optimizer::Adamw => Some(tensor.f_zeros_like()?),
+                Optimizer::Adamw => Some(state()?),
                 Optimizer::Lionw => None,
             };
             out.push(Param {
                 name,
                 decay: tensor.dim() >= 2,
+                owned,
                 tensor,
                 exp_avg,
                 exp_avg_sq,
@@ -61,7 +105,41 @@ impl Optim {
             cfg,
             params: out,
             steps: 0,
+            sharded,
         })
+    }
+
+    /// Bytes of optimizer state this rank holds.
+    pub fn state_bytes(&self) -> u64 {
+        self.params
+            .iter()
+            .flat_map(|p| std::iter::once(&p.exp_avg).chain(p.exp_avg_sq.as_ref()))
+            .map(|t| (t.numel() * t.kind().elt_size_in_bytes()) as u64)
+            .sum()
+    }
+
+    /// Whether the state is sharded over ranks.
+    pub fn is_sharded(&self) -> bool {
+        self.sharded
+    }
+
+    /// After [`Optim::step`] of a sharded optimizer: every rank gets every updated parameter
+    /// (one flat sum in which the parameters a rank does not own are zeros).
+    pub fn share_updates(&mut self, world: &crate::dist::World) -> Result<(), TrainError> {
+        if !self.sharded {
+            return Ok(());
+        }
+        let _g = tch::no_grad_guard();
+        let mut tensors: Vec<Tensor> = Vec::with_capacity(self.params.len());
+        for p in &self.params {
+            let mut t = p.tensor.shallow_clone();
+            if !p.owned {
+                let _ = t.f_zero_()?;
+            }
+            tensors.push(t);
+        }
+        world.all_reduce_sum_flat(&mut tensors)?;
+        Ok(())
     }
 
     /// Optimizer steps taken so far.
@@ -130,7 +208,7 @@ impl Optim {
         let t = self.steps as i32;
         for p in &mut self.params {
             let g = p.tensor.grad();
-            if !g.defined() {
+            if !g.defined() || !p.owned {
                 continue;
             }
             let mut w = p.tensor.shallow_clone();
@@ -167,10 +245,11 @@ impl Optim {
         Ok(())
     }
 
-    /// The state tensors by name (`exp_avg.<param>`, `exp_avg_sq.<param>`), for a checkpoint.
+    /// The state tensors by name (`exp_avg.<param>`, `exp_avg_sq.<param>`), for a checkpoint:
+    /// of the parameters this rank owns (all of them, unsharded).
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
-        for p in &self.params {
+        for p in self.params.iter().filter(|p| p.owned) {
             out.push((format!("exp_avg.{}", p.name), p.exp_avg.shallow_clone()));
             if let Some(v) = &p.exp_avg_sq {
                 out.push((format!("exp_avg_sq.{}", p.name), v.shallow_clone()));
@@ -191,7 +270,7 @@ impl Optim {
                 .get(&key)
                 .ok_or_else(|| TrainError::Checkpoint(format!("optimizer state lacks {key}")))
         };
-        for p in &mut self.params {
+        for p in self.params.iter_mut().filter(|p| p.owned) {
             p.exp_avg.f_copy_(get(format!("exp_avg.{}", p.name))?)?;
             if let Some(v) = p.exp_avg_sq.as_mut() {
                 v.f_copy_(get(format!("exp_avg_sq.{}", p.name))?)?;
@@ -232,6 +311,28 @@ mod tests {
         Tensor::from_slice(&[1.0f32, -2.0])
             .reshape([1, 2])
             .set_requires_grad(true)
+    }
+
+    /// Owners balance the elements over the ranks, the same way on every rank.
+    #[test]
+    fn owners_balance_the_state() {
+        let sizes = [100, 10, 10, 60, 30, 1];
+        let o = owners(&sizes, 2);
+        assert_eq!(o, owners(&sizes, 2), "deterministic");
+        let load = |r: usize| -> i64 { (0..6).filter(|&i| o[i] == r).map(|i| sizes[i]).sum() };
+        assert_eq!((load(0), load(1)), (110, 101));
+        assert_eq!(owners(&sizes, 1), vec![0; 6]);
+        let p = param();
+        let world = crate::dist::World::single();
+        let cfg = OptimConfig {
+            kind: Optimizer::Adamw,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        let one = Optim::sharded(vec![("w".into(), p)], cfg, &world, true).unwrap();
+        assert!(!one.is_sharded(), "one rank: nothing to shard");
+        assert_eq!(one.state_bytes(), 16, "exp_avg and exp_avg_sq of 2 f32");
     }
 
     #[test]

@@ -320,7 +320,7 @@ impl<'a> Trainer<'a> {
             })
             .collect();
 
-        let optim = Optim::new(
+        let optim = Optim::sharded(
             model.trainable(),
             OptimConfig {
                 kind: t.optimizer,
@@ -328,7 +328,20 @@ impl<'a> Trainer<'a> {
                 eps: t.eps,
                 weight_decay: t.weight_decay,
             },
+            &opts.world,
+            t.shard_optimizer,
         )?;
+        if t.shard_optimizer {
+            let mb = optim.state_bytes() as f64 / 1e6;
+            notes.push(if optim.is_sharded() {
+                format!(
+                    "optimizer state sharded over {} ranks: rank 0 holds {mb:.2} MB of it",
+                    opts.world.size()
+                )
+            } else {
+                format!("shard_optimizer with one rank: nothing to shard ({mb:.2} MB of optimizer state)")
+            });
+        }
         let total_steps = run.point.token_budget.div_ceil(t.tokens_per_step()).max(1);
         let schedule = LrSchedule::from_config(t, run.point.learning_rate, total_steps);
         let eval = &run.shared.evaluation;

@@ -82,17 +82,45 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    /// Rank 0 saves; the others wait for it outside any collective.
+    /// Rank 0 saves; the others wait for it outside any collective. With a sharded optimizer
+    /// every rank writes its own shard of the state into rank 0's temporary folder at once.
     fn checkpoint(&self, state: &TrainState) -> Result<(), TrainError> {
-        if self.opts.world.is_main() {
-            checkpoint::save(
-                &self.dir.join("checkpoints"),
-                state,
-                &self.model.trainable(),
-                &self.optim.state_tensors(),
-            )?;
+        let (world, dir) = (&self.opts.world, self.dir.join("checkpoints"));
+        if !self.optim.is_sharded() {
+            if world.is_main() {
+                let optim = self.optim.state_tensors();
+                checkpoint::save(&dir, state, &self.model.trainable(), &optim)?;
+            }
+            world.after_main("checkpoint")?;
+            return Ok(());
         }
-        self.opts.world.after_main("checkpoint")?;
+        let tmp = if world.is_main() {
+            checkpoint::prepare(&dir, state.step)?
+        } else {
+            dir.join(format!(".tmp-step-{}", state.step))
+        };
+        world.after_main("checkpoint folder")?;
+        let mine = checkpoint::write_shard(&tmp, world.rank(), &self.optim.state_tensors());
+        // Every rank says how its shard went: one that failed fails the checkpoint everywhere.
+        let failed = world.sum_f64(if mine.is_err() { 1.0 } else { 0.0 })?;
+        let mine = match (mine, failed > 0.0) {
+            (Err(e), _) => Err(e),
+            (Ok(()), true) => Err(TrainError::Checkpoint(format!(
+                "{failed} rank(s) could not write their optimizer shard of step {}",
+                state.step
+            ))),
+            (Ok(()), false) => Ok(()),
+        };
+        if world.is_main() {
+            let state = TrainState {
+                optim_shards: world.size() as u32,
+                ..state.clone()
+            };
+            checkpoint::finish(&dir, &tmp, &state, &self.model.trainable(), mine)?;
+        } else {
+            mine?;
+        }
+        world.after_main("checkpoint")?;
         Ok(())
     }
 
@@ -275,6 +303,7 @@ impl<'a> Trainer<'a> {
             last_train_loss: None,
             resumed_from: Vec::new(),
             inputs: self.inputs.clone(),
+            optim_shards: 0,
         })
     }
 
@@ -330,6 +359,7 @@ impl<'a> Trainer<'a> {
         }
         let grad_norm = self.optim.clip_grad_norm(grad_clip)?;
         self.optim.step(lr)?;
+        self.optim.share_updates(&self.opts.world)?;
         state.step += 1;
         state.tokens += tokens_per_step;
         state.data_position = position;
