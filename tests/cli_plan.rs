@@ -116,6 +116,74 @@ fn plan_counts_every_rank_of_a_multi_rank_run() {
     assert!(!text(&o1).0.contains("each run trains on"));
 }
 
+/// The plan prints each run shape's memory per GPU; `sweep submit` to a cluster whose GPUs are
+/// too small refuses before connecting, saying what would fit.
+#[test]
+fn memory_is_planned_and_a_run_that_cannot_fit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write_spec(
+        dir.path(),
+        r#"name = "big"
+[model]
+shape = "llama2-7b"
+hf = "/nonexistent"
+[data]
+regime = "cpt"
+domain = "code"
+target = "builtin:python"
+[training]
+batch_size = 192
+micro_batch_size = 8
+seq_len = 4096
+[grid]
+method = ["lora"]
+token_budget = ["1B"]
+[grid.lora]
+learning_rate = [1e-4]
+rank = [16]
+target_modules = ["all"]
+"#,
+    );
+    let o = sweep(dir.path(), &["plan", "spec.toml", "--dry-run"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("memory per rank (GB)") && out.contains("lora r16 all"),
+        "{out}"
+    );
+    std::fs::write(
+        dir.path().join("clusters.toml"),
+        "[clusters.small]\nhost = \"127.0.0.1\"\nport = 1\nuser = \"u\"\nwork_dir = \"w\"\ngpu = true\ngpu_memory_gb = 80\nconnect_timeout_s = 2\n",
+    )
+    .unwrap();
+    let submit = |extra: &[&str]| {
+        let mut args = vec![
+            "submit",
+            "spec.toml",
+            "--cluster",
+            "small",
+            "--clusters",
+            "clusters.toml",
+        ];
+        args.extend_from_slice(extra);
+        sweep(dir.path(), &args)
+    };
+    let o = submit(&[]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("lora runs need about") && err.contains("has 80 GB (gpu_memory_gb)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("training.activation_checkpointing = true ("),
+        "{err}"
+    );
+    // Forced, it goes on to the cluster (unreachable here): no memory refusal.
+    let (_, err) = text(&submit(&["--no-memory-check"]));
+    assert!(!err.contains("gpu_memory_gb"), "{err}");
+}
+
 #[test]
 fn plan_json_and_csv() {
     let dir = tempfile::tempdir().unwrap();

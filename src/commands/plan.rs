@@ -11,6 +11,7 @@ use super::{load_plan, previous_run_ids, sweep_dir};
 use crate::cli::{GlobalArgs, PlanArgs};
 use crate::plan::cost::{cost, flops_per_token, Cost, DEFAULT_TFLOPS};
 use crate::plan::diff::{diff, PlanDiff};
+use crate::plan::memory::{estimate, Memory};
 use crate::plan::{MethodConfig, Plan, Point};
 use crate::spec::values::{format_tokens, module_set_label};
 use crate::util::write_atomic;
@@ -30,6 +31,8 @@ pub struct Group {
     pub token_budgets: Vec<u64>,
     /// Cost of the group.
     pub cost: Cost,
+    /// Memory of one rank of a run of the group (None when the model shape is unknown).
+    pub memory: Option<Memory>,
 }
 
 /// Group key of a point.
@@ -65,6 +68,10 @@ pub fn groups(plan: &Plan, tflops: f64) -> Vec<Group> {
                 flops: plan.shape.as_ref().map(|_| 0.0),
                 ..Cost::default()
             },
+            memory: plan
+                .shape
+                .as_ref()
+                .map(|s| estimate(s, &p.method, &plan.shared.training, true)),
         });
         g.learning_rates.push(p.learning_rate);
         g.token_budgets.push(p.token_budget);
@@ -90,6 +97,8 @@ pub fn groups(plan: &Plan, tflops: f64) -> Vec<Group> {
 #[derive(Serialize)]
 struct PlanJson<'a> {
     sweep: &'a str,
+    /// The process overhead that each group's memory total adds to its parts (bytes).
+    process_bytes: f64,
     description: &'a str,
     seeds: usize,
     total: Cost,
@@ -141,6 +150,7 @@ pub fn run(g: &GlobalArgs, args: &PlanArgs) -> anyhow::Result<()> {
     } else if g.json {
         let j = PlanJson {
             sweep: &plan.name,
+            process_bytes: crate::plan::memory::PROCESS_BYTES,
             description: &plan.description,
             seeds: plan.runs.len() / plan.points.len().max(1),
             total: cost(&plan, tflops, |_| true),
@@ -170,6 +180,60 @@ pub fn run(g: &GlobalArgs, args: &PlanArgs) -> anyhow::Result<()> {
 
 fn fmt_lr(v: f64) -> String {
     format!("{v:.0e}").replace("e-", "e-")
+}
+
+/// The memory of one rank per group (GB), or nothing when the shape is unknown.
+fn memory_table(plan: &Plan, tflops: f64) -> String {
+    let groups: Vec<Group> = groups(plan, tflops)
+        .into_iter()
+        .filter(|g| g.memory.is_some())
+        .collect();
+    if groups.is_empty() {
+        return String::new();
+    }
+    let t = &plan.shared.training;
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header(vec![
+        "memory per rank (GB)",
+        "weights",
+        "gradients",
+        "optimizer",
+        "activations",
+        "total",
+    ]);
+    let gb = |b: f64| format!("{:.2}", b / 1e9);
+    for g in &groups {
+        let m = g.memory.unwrap_or_default();
+        let name = match (&g.rank, &g.target_modules) {
+            (Some(r), Some(mods)) => format!("{} r{r} {mods}", g.method),
+            _ => g.method.clone(),
+        };
+        table.add_row(vec![
+            name,
+            gb(m.weights),
+            gb(m.gradients),
+            gb(m.optimizer),
+            gb(m.activations),
+            gb(m.total()),
+        ]);
+    }
+    format!(
+        "{table}\nmemory: micro-batch {} x {} tokens, {}{}{}, f32 master weights; total includes {:.2} GB of process overhead (an estimate; scripts/bench-memory compares it with measured peaks)\n",
+        t.micro_batch_size,
+        t.seq_len,
+        match t.precision {
+            crate::spec::Precision::F32 => "f32 compute",
+            _ => "bf16 compute (on a GPU)",
+        },
+        if t.activation_checkpointing { ", activation checkpointing" } else { "" },
+        if t.shard_optimizer && t.ranks() > 1 {
+            format!(", optimizer state sharded over {} ranks", t.ranks())
+        } else {
+            String::new()
+        },
+        crate::plan::memory::PROCESS_BYTES / 1e9
+    )
 }
 
 /// Hours as a wall time: seconds, minutes or hours.
@@ -256,6 +320,7 @@ pub fn render_text(plan: &Plan, tflops: f64, change: Option<&PlanDiff>, list_run
         fmt_hours(total.gpu_hours),
     ]);
     s.push_str(&format!("{t}\n"));
+    s.push_str(&memory_table(plan, tflops));
     let ranks = plan.shared.training.nodes.max(1) * plan.shared.training.ranks_per_node.max(1);
     if let (Some(h), true) = (total.gpu_hours, ranks > 1 && total.runs > 0) {
         s.push_str(&format!(

@@ -103,6 +103,9 @@ pub fn submit(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
         .map_err(SlurmError::from)?
         .clone();
     let (src, plan) = load_plan(&args.spec, false)?;
+    if let (Some(gb), false) = (c.gpu_memory_gb, args.no_memory_check) {
+        check_memory(&plan, cluster, gb)?;
+    }
     let dir = sweep_dir(g, &plan.name);
     let _lock = SweepLock::acquire(&dir)?;
     super::guard_replan(&dir, &plan, false)?;
@@ -215,6 +218,43 @@ pub fn submit(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
             ids.len(),
             t0.elapsed().as_secs_f64()
         );
+    }
+    Ok(())
+}
+
+/// Refuse a plan one of whose run shapes needs more memory per GPU than the cluster's
+/// `gpu_memory_gb` (by the estimate `sweep plan` prints), saying what would fit.
+fn check_memory(plan: &Plan, cluster: &str, gb: f64) -> anyhow::Result<()> {
+    use crate::plan::memory::{estimate, what_fits};
+    let Some(shape) = plan.shape.as_ref() else {
+        return Ok(());
+    };
+    let t = &plan.shared.training;
+    let mut seen = std::collections::HashSet::new();
+    for p in &plan.points {
+        let key = serde_json::to_string(&p.method).unwrap_or_default();
+        if !seen.insert(key) {
+            continue;
+        }
+        let need = estimate(shape, &p.method, t, true).total();
+        if need <= gb * 1e9 {
+            continue;
+        }
+        let fits = what_fits(shape, &p.method, t, gb * 1e9, true);
+        let advice = if fits.is_empty() {
+            "nothing in the spec alone fits: more GPUs (training.ranks_per_node, nodes) with shard_optimizer, a shorter seq_len, or LoRA".to_string()
+        } else {
+            fits.iter()
+                .map(|(w, b)| format!("{w} ({:.1} GB)", b / 1e9))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        return Err(UsageError(format!(
+            "{} runs need about {:.1} GB per GPU (sweep plan shows the parts), but cluster `{cluster}` has {gb} GB (gpu_memory_gb): what would fit: {advice}; or --no-memory-check to submit anyway",
+            p.method.method_name(),
+            need / 1e9
+        ))
+        .into());
     }
     Ok(())
 }

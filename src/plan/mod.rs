@@ -3,6 +3,7 @@
 
 pub mod cost;
 pub mod diff;
+pub mod memory;
 pub mod run;
 
 use std::collections::HashSet;

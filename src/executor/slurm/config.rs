@@ -110,6 +110,10 @@ pub struct ClusterConfig {
     /// `--install` refuses a CPU-only libtorch or binary.
     #[serde(default)]
     pub gpu: bool,
+    /// Memory of one GPU in GB: `sweep submit` refuses a run whose estimated memory per rank
+    /// exceeds it (`sweep plan` prints the estimate), and says what would fit.
+    #[serde(default)]
+    pub gpu_memory_gb: Option<f64>,
     /// Extra `#SBATCH` lines, without the `#SBATCH ` prefix (e.g. `--constraint=a100`).
     #[serde(default)]
     pub sbatch_extra: Vec<String>,

@@ -1,0 +1,220 @@
+//! What one rank of a run holds at its peak, before anything runs: weights, gradients, optimizer
+//! state and activations, from the trainer's own layout (f32 master weights; bf16 compute halves
+//! what the matmuls keep for the backward pass), at the run's micro-batch, world size, sharding
+//! and checkpointing. An estimate: `scripts/bench-memory` prints it beside measured peaks.
+
+use super::run::TrainingConfig;
+use super::MethodConfig;
+use crate::model::config::LlamaConfig;
+use crate::spec::{Optimizer, Precision};
+
+/// Bytes a process of the trainer holds besides the model's tensors (libtorch, the data, the
+/// tokenizer), measured on the CPU: the peak RSS of runs minus their tensors.
+pub const PROCESS_BYTES: f64 = 350e6;
+
+/// The per-rank memory of one run shape, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct Memory {
+    /// Every parameter in f32 (the base model and the adapters).
+    pub weights: f64,
+    /// A gradient for every trainable parameter (f32).
+    pub gradients: f64,
+    /// AdamW's two moments or LionW's one, per trainable parameter (f32); 1/N of it per rank
+    /// when sharded.
+    pub optimizer: f64,
+    /// What the forward pass keeps for the backward pass of one micro-batch, the logits and
+    /// their gradient included.
+    pub activations: f64,
+}
+
+impl Memory {
+    /// Everything, the process's own bytes included.
+    pub fn total(&self) -> f64 {
+        self.weights + self.gradients + self.optimizer + self.activations + PROCESS_BYTES
+    }
+}
+
+/// The trainable parameters of a method on a shape.
+pub fn trainable_params(shape: &LlamaConfig, method: &MethodConfig, t: &TrainingConfig) -> u64 {
+    match method {
+        MethodConfig::Full if t.freeze_embeddings_and_norms => {
+            let d = shape.hidden_size as u64;
+            shape.matmul_params() - shape.vocab_size as u64 * d
+        }
+        MethodConfig::Full => shape.total_params(),
+        MethodConfig::Lora {
+            rank,
+            target_modules,
+            ..
+        } => shape.lora_params(target_modules, *rank as usize),
+    }
+}
+
+/// The estimate for one rank of a run of `method` with training settings `t`, on a GPU
+/// (`precision = "auto"` computes in bf16 there) or on the CPU (f32).
+pub fn estimate(
+    shape: &LlamaConfig,
+    method: &MethodConfig,
+    t: &TrainingConfig,
+    on_gpu: bool,
+) -> Memory {
+    let trainable = trainable_params(shape, method, t) as f64;
+    let adapters = match method {
+        MethodConfig::Full => 0.0,
+        MethodConfig::Lora { .. } => trainable,
+    };
+    let states = match t.optimizer {
+        Optimizer::Adamw => 2.0,
+        Optimizer::Lionw => 1.0,
+    };
+    let ranks = f64::from(t.ranks().max(1));
+    let shards = if t.shard_optimizer { ranks } else { 1.0 };
+    // Activations of one micro-batch of T tokens. Per block, what autograd keeps: the residual
+    // stream and the normed inputs, q/k/v and the attention output (about 8 x d per token), and
+    // the MLP's gate, activation, up and product (4 x ff per token), in the compute kind; the
+    // logits, their log-softmax and gradient in f32 (3 x vocab per token).
+    let tokens = (t.micro_batch_size * t.seq_len) as f64;
+    let (d, ff, v) = (
+        shape.hidden_size as f64,
+        shape.intermediate_size as f64,
+        shape.vocab_size as f64,
+    );
+    let bf16 = t.precision == Precision::Bf16 || (on_gpu && t.precision == Precision::Auto);
+    let compute = if bf16 { 2.0 } else { 4.0 };
+    let per_block = tokens * (8.0 * d + 4.0 * ff) * compute;
+    let layers = shape.num_hidden_layers as f64;
+    let blocks = if t.activation_checkpointing {
+        // Each block's input (f32), and one block's activations while it is recomputed.
+        layers * tokens * d * 4.0 + per_block
+    } else {
+        layers * per_block
+    };
+    Memory {
+        weights: (shape.total_params() as f64 + adapters) * 4.0,
+        gradients: trainable * 4.0,
+        optimizer: trainable * 4.0 * states / shards,
+        activations: blocks + 3.0 * tokens * v * 4.0,
+    }
+}
+
+/// What would make a run fit in `limit` bytes per GPU, if it does not: the changes a user can
+/// make, each with its estimate, the most effective first.
+pub fn what_fits(
+    shape: &LlamaConfig,
+    method: &MethodConfig,
+    t: &TrainingConfig,
+    limit: f64,
+    on_gpu: bool,
+) -> Vec<(String, f64)> {
+    let mut options: Vec<(String, TrainingConfig)> = Vec::new();
+    if !t.activation_checkpointing {
+        let mut c = t.clone();
+        c.activation_checkpointing = true;
+        options.push(("training.activation_checkpointing = true".into(), c));
+    }
+    if !t.shard_optimizer && t.ranks() > 1 {
+        let mut c = t.clone();
+        c.shard_optimizer = true;
+        options.push(("training.shard_optimizer = true".into(), c));
+    }
+    let mut micro = t.micro_batch_size / 2;
+    while micro >= 1 {
+        if t.batch_size
+            .is_multiple_of(micro * u64::from(t.ranks().max(1)))
+        {
+            let mut c = t.clone();
+            c.micro_batch_size = micro;
+            options.push((format!("training.micro_batch_size = {micro}"), c));
+            break;
+        }
+        micro /= 2;
+    }
+    let mut both = t.clone();
+    both.activation_checkpointing = true;
+    both.shard_optimizer = t.ranks() > 1;
+    both.micro_batch_size = 1.max(t.micro_batch_size / 2);
+    if both != *t {
+        options.push(("all of these".into(), both));
+    }
+    let mut out: Vec<(String, f64)> = options
+        .into_iter()
+        .map(|(what, c)| (what, estimate(shape, method, &c, on_gpu).total()))
+        .filter(|(_, bytes)| *bytes <= limit)
+        .collect();
+    out.sort_by(|a, b| a.1.total_cmp(&b.1));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::Module;
+
+    fn training(toml_text: &str) -> TrainingConfig {
+        let spec: crate::spec::TrainingSpec = toml::from_str(toml_text).unwrap();
+        TrainingConfig {
+            optimizer: spec.optimizer,
+            betas: [0.9, 0.999],
+            eps: spec.eps,
+            weight_decay: spec.weight_decay,
+            schedule: spec.schedule,
+            warmup_fraction: spec.warmup_fraction,
+            warmup_steps: None,
+            cooldown_fraction: spec.cooldown_fraction,
+            cooldown_steps: None,
+            t_scale: None,
+            final_lr_fraction: spec.final_lr_fraction,
+            batch_size: spec.batch_size,
+            micro_batch_size: spec.micro_batch_size.unwrap_or(spec.batch_size),
+            seq_len: spec.seq_len,
+            grad_clip: spec.grad_clip,
+            precision: spec.precision,
+            rslora: false,
+            freeze_embeddings_and_norms: false,
+            max_loss: None,
+            checkpoint_every: 0,
+            log_every: 10,
+            nodes: spec.nodes,
+            ranks_per_node: spec.ranks_per_node,
+            activation_checkpointing: spec.activation_checkpointing,
+            shard_optimizer: spec.shard_optimizer,
+        }
+    }
+
+    /// Llama-2-7B full fine-tuning with AdamW holds about 107 GB before activations (f32
+    /// weights, gradients and two moments: 16 bytes per parameter); sharding the state over 8
+    /// ranks leaves an eighth of the 54 GB of moments on each; LoRA's state is tiny.
+    #[test]
+    fn the_paper_scale_in_bytes() {
+        let shape = LlamaConfig::builtin("llama2-7b").unwrap();
+        let t = training(
+            "batch_size = 192\nmicro_batch_size = 8\nseq_len = 4096\nprecision = \"bf16\"\n",
+        );
+        let full = estimate(&shape, &MethodConfig::Full, &t, true);
+        let before = full.weights + full.gradients + full.optimizer;
+        assert!((before / 1e9 - 107.8).abs() < 1.0, "{}", before / 1e9);
+        let sharded = training("batch_size = 192\nmicro_batch_size = 8\nseq_len = 4096\nranks_per_node = 8\nshard_optimizer = true\n");
+        let s = estimate(&shape, &MethodConfig::Full, &sharded, true);
+        assert!((s.optimizer / full.optimizer - 0.125).abs() < 1e-9);
+        let lora = MethodConfig::Lora {
+            rank: 16,
+            alpha: 32.0,
+            target_modules: Module::ALL.to_vec(),
+            dropout: 0.0,
+        };
+        let l = estimate(&shape, &lora, &t, true);
+        assert!(l.optimizer < 0.01 * full.optimizer);
+        // Activations of a micro-batch of 8 x 4096 dominate LoRA; checkpointing cuts them.
+        assert!(l.activations > l.weights, "{l:?}");
+        let mut ck = t.clone();
+        ck.activation_checkpointing = true;
+        assert!(estimate(&shape, &lora, &ck, true).activations < 0.25 * l.activations);
+        // What fits in 80 GB: checkpointing is the first thing to try for LoRA.
+        let fits = what_fits(&shape, &lora, &t, 80e9, true);
+        assert!(
+            fits.iter()
+                .any(|(w, _)| w.contains("activation_checkpointing")),
+            "{fits:?}"
+        );
+    }
+}
