@@ -65,7 +65,7 @@ pub fn estimate(
     };
     let states = match t.optimizer {
         Optimizer::Adamw => 2.0,
-        Optimizer::Lionw => 1.0,
+        Optimizer::Lionw | Optimizer::DecoupledLionw => 1.0,
     };
     let ranks = f64::from(t.ranks().max(1));
     let shards = if t.shard_optimizer { ranks } else { 1.0 };

@@ -308,7 +308,7 @@ fn resolve_shared(spec: &Spec) -> Result<SharedConfig, Problem> {
     };
     let betas = t.betas.unwrap_or(match t.optimizer {
         Optimizer::Adamw => [0.9, 0.999],
-        Optimizer::Lionw => [0.9, 0.95],
+        Optimizer::Lionw | Optimizer::DecoupledLionw => [0.9, 0.95],
     });
     for b in betas {
         if !(b.is_finite() && (0.0..1.0).contains(&b)) {

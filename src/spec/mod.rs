@@ -155,8 +155,11 @@ pub enum Optimizer {
     /// AdamW with decoupled weight decay.
     #[default]
     Adamw,
-    /// Lion with decoupled weight decay (the paper's choice).
+    /// Lion with weight decay lr x weight_decay per step (torch-style).
     Lionw,
+    /// LLM Foundry's DecoupledLionW, the paper's optimizer: Lion whose weight decay per step is
+    /// (lr / peak lr) x weight_decay, scaled by the schedule and not by the learning rate.
+    DecoupledLionw,
 }
 
 /// The learning-rate schedule.

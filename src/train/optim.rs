@@ -18,8 +18,11 @@ pub struct OptimConfig {
     pub betas: [f64; 2],
     /// AdamW's epsilon.
     pub eps: f64,
-    /// Decoupled weight decay, multiplied by the learning rate.
+    /// Decoupled weight decay, multiplied by the learning rate (AdamW, LionW) or by the
+    /// schedule's factor lr / peak_lr (DecoupledLionW).
     pub weight_decay: f64,
+    /// The peak learning rate: DecoupledLionW's decay scales with lr / peak_lr.
+    pub peak_lr: f64,
 }
 
 #[derive(Debug)]
@@ -90,7 +93,7 @@ impl Optim {
             let exp_avg = state()?;
             let exp_avg_sq = match cfg.kind {
                 Optimizer::Adamw => Some(state()?),
-                Optimizer::Lionw => None,
+                Optimizer::Lionw | Optimizer::DecoupledLionw => None,
             };
             out.push(Param {
                 name,
@@ -213,7 +216,12 @@ impl Optim {
             }
             let mut w = p.tensor.shallow_clone();
             if p.decay && self.cfg.weight_decay > 0.0 {
-                let _ = w.f_mul_scalar_(1.0 - lr * self.cfg.weight_decay)?;
+                // LLM Foundry's DecoupledLionW: the decay follows the schedule, not the lr.
+                let factor = match self.cfg.kind {
+                    Optimizer::DecoupledLionw if self.cfg.peak_lr > 0.0 => lr / self.cfg.peak_lr,
+                    _ => lr,
+                };
+                let _ = w.f_mul_scalar_(1.0 - factor * self.cfg.weight_decay)?;
             }
             match (self.cfg.kind, p.exp_avg_sq.as_mut()) {
                 (Optimizer::Adamw, Some(v)) => {
@@ -329,6 +337,7 @@ mod tests {
             betas: [0.9, 0.999],
             eps: 1e-8,
             weight_decay: 0.0,
+            peak_lr: 1.0,
         };
         let one = Optim::sharded(vec![("w".into(), p)], cfg, &world, true).unwrap();
         assert!(!one.is_sharded(), "one rank: nothing to shard");
@@ -343,6 +352,7 @@ mod tests {
             betas: [0.9, 0.999],
             eps: 1e-8,
             weight_decay: 0.01,
+            peak_lr: 1.0,
         };
         let mut opt = Optim::new(vec![("p".into(), p.shallow_clone())], cfg).unwrap();
         set_grad(&mut opt, &p, [0.5, -0.1]);
@@ -363,6 +373,39 @@ mod tests {
         );
     }
 
+    /// LLM Foundry's DecoupledLionW: the same sign update as Lion, but the weight decay per step
+    /// is (lr / peak_lr) x wd, the schedule's factor, not lr x wd.
+    #[test]
+    fn decoupled_lionw_decays_by_the_schedule_factor() {
+        let p = param();
+        let cfg = OptimConfig {
+            kind: Optimizer::DecoupledLionw,
+            betas: [0.9, 0.99],
+            eps: 0.0,
+            weight_decay: 0.1,
+            peak_lr: 0.2,
+        };
+        let mut opt = Optim::new(vec![("p".into(), p.shallow_clone())], cfg).unwrap();
+        set_grad(&mut opt, &p, [0.5, -0.1]);
+        // Halfway down the schedule: lr 0.1 of a 0.2 peak decays by 0.5 x 0.1 = 5%.
+        opt.step(0.1).unwrap();
+        close(&values(&p), &[1.0 * 0.95 - 0.1, -2.0 * 0.95 + 0.1]);
+        // At a learning rate of 1e-4 (a peak of 2e-4) the decay is still 0.5 x wd, where
+        // torch-style Lion would decay by 1e-5.
+        let q = param();
+        let mut opt = Optim::new(
+            vec![("q".into(), q.shallow_clone())],
+            OptimConfig {
+                peak_lr: 2e-4,
+                ..opt.cfg.clone()
+            },
+        )
+        .unwrap();
+        set_grad(&mut opt, &q, [0.5, -0.1]);
+        opt.step(1e-4).unwrap();
+        close(&values(&q), &[0.95 - 1e-4, -1.9 + 1e-4]);
+    }
+
     #[test]
     fn lionw_steps_by_hand() {
         let p = param();
@@ -371,6 +414,7 @@ mod tests {
             betas: [0.9, 0.99],
             eps: 0.0,
             weight_decay: 0.1,
+            peak_lr: 1.0,
         };
         let mut opt = Optim::new(vec![("p".into(), p.shallow_clone())], cfg).unwrap();
         set_grad(&mut opt, &p, [0.5, -0.1]);
@@ -396,6 +440,7 @@ mod tests {
             betas: [0.9, 0.99],
             eps: 0.0,
             weight_decay: 0.5,
+            peak_lr: 1.0,
         };
         let mut opt = Optim::new(vec![("n.weight".into(), v.shallow_clone())], cfg).unwrap();
         set_grad(&mut opt, &v, [3.0, 4.0]);

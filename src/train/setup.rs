@@ -327,6 +327,7 @@ impl<'a> Trainer<'a> {
                 betas: t.betas,
                 eps: t.eps,
                 weight_decay: t.weight_decay,
+                peak_lr: run.point.learning_rate,
             },
             &opts.world,
             t.shard_optimizer,
