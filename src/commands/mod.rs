@@ -436,7 +436,7 @@ fn resolve_shape(spec: &spec::Spec, spec_path: &Path) -> Option<LlamaConfig> {
     if let Some(dir) = &spec.model.hf {
         let dir = spec_path.parent().unwrap_or(Path::new(".")).join(dir);
         if let Ok(text) = std::fs::read_to_string(dir.join("config.json")) {
-            if let Ok(cfg) = serde_json::from_str::<LlamaConfig>(&text) {
+            if let Ok(cfg) = crate::model::config::parse_hf_config(&text, "config.json") {
                 return Some(cfg);
             }
         }

@@ -86,7 +86,148 @@ pub fn check_hf_dir(dir: &std::path::Path) -> Result<String, String> {
             ));
         }
     }
+    parse_hf_config(&text, &path.display().to_string())?;
     Ok(text)
+}
+
+/// config.json fields this model code reads and computes exactly (some only at one value,
+/// checked by [`parse_hf_config`]).
+const FORWARD_FIELDS: &[&str] = &[
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "max_position_embeddings",
+    "rms_norm_eps",
+    "rope_theta",
+    "rope_parameters",
+    "rope_scaling",
+    "tie_word_embeddings",
+    "head_dim",
+    "hidden_act",
+    "attention_bias",
+    "mlp_bias",
+    "attention_dropout",
+    "pretraining_tp",
+    "model_type",
+];
+
+/// config.json fields that do not change the forward pass (ids, dtypes, provenance, flags of
+/// the transformers API).
+const NO_FORWARD_FIELDS: &[&str] = &[
+    "architectures",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "torch_dtype",
+    "dtype",
+    "transformers_version",
+    "initializer_range",
+    "use_cache",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+];
+
+/// A Hugging Face config.json as this model code computes it, or the field it does not: every
+/// field either changes the forward and is read (at the values supported), or is listed as not
+/// changing it; anything else is refused with its name. RoPE's base frequency is read from the
+/// top level (transformers 4) or from `rope_parameters` (transformers 5).
+pub fn parse_hf_config(text: &str, path: &str) -> Result<LlamaConfig, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("{path}: not JSON ({e})"))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| format!("{path}: not a JSON object"))?;
+    let refuse = |field: &str, why: String| {
+        Err(format!(
+            "{path}: `{field}` {why}; this model code would compute another model, so it is refused"
+        ))
+    };
+    for k in obj.keys() {
+        if !k.starts_with('_')
+            && !FORWARD_FIELDS.contains(&k.as_str())
+            && !NO_FORWARD_FIELDS.contains(&k.as_str())
+        {
+            return refuse(
+                k,
+                "is not a field this model code knows (it may change the forward pass)".into(),
+            );
+        }
+    }
+    let get = |k: &str| obj.get(k).filter(|x| !x.is_null());
+    if let Some(x) = get("rope_scaling") {
+        return refuse(
+            "rope_scaling",
+            format!("= {x} (RoPE scaling) is not supported yet"),
+        );
+    }
+    let mut theta = get("rope_theta").and_then(|t| t.as_f64());
+    if let Some(rp) = get("rope_parameters") {
+        let kind = rp
+            .get("rope_type")
+            .and_then(|t| t.as_str())
+            .unwrap_or("default");
+        if kind != "default" {
+            return refuse(
+                "rope_parameters",
+                format!("has rope_type `{kind}` (RoPE scaling), which is not supported yet"),
+            );
+        }
+        if let Some(t) = rp.get("rope_theta").and_then(|t| t.as_f64()) {
+            theta = Some(t);
+        }
+    }
+    let flag = |k: &str| get(k).and_then(|x| x.as_bool()).unwrap_or(false);
+    for k in ["attention_bias", "mlp_bias"] {
+        if flag(k) {
+            return refuse(
+                k,
+                "= true (biases on the projections) is not supported yet".into(),
+            );
+        }
+    }
+    if let Some(act) = get("hidden_act")
+        .and_then(|a| a.as_str())
+        .filter(|a| *a != "silu")
+    {
+        return refuse(
+            "hidden_act",
+            format!("= `{act}`: only silu (SwiGLU) is computed"),
+        );
+    }
+    if let Some(p) = get("attention_dropout")
+        .and_then(|p| p.as_f64())
+        .filter(|p| *p != 0.0)
+    {
+        return refuse(
+            "attention_dropout",
+            format!("= {p}: attention dropout is not applied"),
+        );
+    }
+    // A null field is an absent one (transformers writes `"rope_theta": null` in some layouts).
+    let present: serde_json::Map<String, serde_json::Value> = obj
+        .iter()
+        .filter(|(_, x)| !x.is_null())
+        .map(|(k, x)| (k.clone(), x.clone()))
+        .collect();
+    let mut cfg: LlamaConfig = serde_json::from_value(serde_json::Value::Object(present))
+        .map_err(|e| format!("{path}: {e}"))?;
+    if let Some(t) = theta {
+        cfg.rope_theta = t;
+    }
+    if let Some(h) = get("head_dim").and_then(|h| h.as_u64()) {
+        let implied = cfg.hidden_size / cfg.num_attention_heads.max(1);
+        if h as usize != implied {
+            return refuse(
+                "head_dim",
+                format!("= {h} differs from hidden_size / num_attention_heads = {implied}, which is not supported yet"),
+            );
+        }
+    }
+    Ok(cfg)
 }
 
 /// The names of the builtin shapes, for error messages and `--help`.
@@ -276,8 +417,65 @@ mod tests {
             e.contains("model_type `gpt2` is not supported (supported: llama)"),
             "{e}"
         );
-        std::fs::write(dir.path().join("config.json"), r#"{"model_type": "llama"}"#).unwrap();
+        std::fs::write(dir.path().join("config.json"), LLAMA2).unwrap();
         assert!(check_hf_dir(dir.path()).is_ok());
+        std::fs::write(dir.path().join("config.json"), r#"{"model_type": "llama"}"#).unwrap();
+        let e = check_hf_dir(dir.path()).unwrap_err();
+        assert!(e.contains("missing field `vocab_size`"), "{e}");
+    }
+
+    /// A Llama-2-style config.json as transformers 4 writes it (every field it has).
+    const LLAMA2: &str = r#"{"architectures": ["LlamaForCausalLM"], "attention_bias": false,
+        "attention_dropout": 0.0, "bos_token_id": 1, "eos_token_id": 2, "head_dim": 16,
+        "hidden_act": "silu", "hidden_size": 64, "initializer_range": 0.02,
+        "intermediate_size": 128, "max_position_embeddings": 256, "mlp_bias": false,
+        "model_type": "llama", "num_attention_heads": 4, "num_hidden_layers": 2,
+        "num_key_value_heads": 2, "pretraining_tp": 1, "rms_norm_eps": 1e-06,
+        "rope_scaling": null, "rope_theta": 10000.0, "tie_word_embeddings": false,
+        "torch_dtype": "float32", "transformers_version": "4.46.0", "use_cache": true,
+        "vocab_size": 300}"#;
+
+    /// Every field is read, listed as not changing the forward, or refused with its name; the
+    /// RoPE base comes from either layout.
+    #[test]
+    fn nothing_in_a_config_is_silently_ignored() {
+        let cfg = parse_hf_config(LLAMA2, "c").unwrap();
+        assert_eq!((cfg.hidden_size, cfg.rope_theta), (64, 10_000.0));
+        let with = |edit: &str| {
+            let mut v: serde_json::Value = serde_json::from_str(LLAMA2).unwrap();
+            let e: serde_json::Value = serde_json::from_str(edit).unwrap();
+            for (k, x) in e.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            parse_hf_config(&v.to_string(), "c")
+        };
+        // transformers 5: theta inside rope_parameters.
+        let v5 = with(r#"{"rope_theta": null, "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}}"#)
+            .unwrap();
+        assert_eq!(v5.rope_theta, 500_000.0);
+        for (edit, field) in [
+            (
+                r#"{"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}"#,
+                "`rope_scaling`",
+            ),
+            (
+                r#"{"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5}}"#,
+                "`rope_parameters`",
+            ),
+            (r#"{"head_dim": 32}"#, "`head_dim`"),
+            (r#"{"attention_bias": true}"#, "`attention_bias`"),
+            (r#"{"mlp_bias": true}"#, "`mlp_bias`"),
+            (r#"{"hidden_act": "gelu"}"#, "`hidden_act`"),
+            (r#"{"attention_dropout": 0.1}"#, "`attention_dropout`"),
+            (r#"{"sliding_window": 4096}"#, "`sliding_window`"),
+            (
+                r#"{"quantization_config": {"bits": 4}}"#,
+                "`quantization_config`",
+            ),
+        ] {
+            let e = with(edit).unwrap_err();
+            assert!(e.contains(field) && e.contains("refused"), "{edit}: {e}");
+        }
     }
     use super::*;
 

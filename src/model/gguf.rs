@@ -743,6 +743,21 @@ impl GgufFile {
                 )));
             }
         }
+        // Llama 3's RoPE scaling travels as a `rope_freqs` tensor (and scaling metadata): this
+        // model code does not apply it, so such a file is refused rather than mis-computed.
+        if self.tensor("rope_freqs.weight").is_some() {
+            return Err(self.invalid(
+                "it has a rope_freqs tensor (Llama 3 RoPE scaling), which is not supported yet; it would be computed as another model"
+                    .into(),
+            ));
+        }
+        if let Some(kind) = self.get_str("llama.rope.scaling.type")? {
+            if kind != "none" {
+                return Err(self.invalid(format!(
+                    "llama.rope.scaling.type is `{kind}` (RoPE scaling), which is not supported yet"
+                )));
+            }
+        }
         Ok(LlamaConfig {
             vocab_size: vocab,
             hidden_size: hidden,
@@ -1147,6 +1162,28 @@ mod tests {
         w.f32_tensor("output_norm.weight", &[8], &[1.0; 8]);
         w.f32_tensor("blk.0.attn_k.weight", &[4, 8], &[0.5; 32]);
         w
+    }
+
+    /// Llama 3's RoPE scaling (a rope_freqs tensor, or scaling metadata) is refused, never
+    /// computed as plain RoPE.
+    #[test]
+    fn rope_scaling_is_refused() {
+        let mut w = small_file();
+        w.f32_tensor("rope_freqs.weight", &[2], &[1.0, 4.0]);
+        let f = GgufFile::parse(w.bytes(), Path::new("m.gguf")).unwrap();
+        let e = f.llama_config().unwrap_err().to_string();
+        assert!(
+            e.contains("rope_freqs") && e.contains("not supported"),
+            "{e}"
+        );
+        let mut w = small_file();
+        w.kv(
+            "llama.rope.scaling.type",
+            GgufValue::String("linear".into()),
+        );
+        let f = GgufFile::parse(w.bytes(), Path::new("m.gguf")).unwrap();
+        let e = f.llama_config().unwrap_err().to_string();
+        assert!(e.contains("llama.rope.scaling.type is `linear`"), "{e}");
     }
 
     #[test]

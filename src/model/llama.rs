@@ -376,8 +376,9 @@ impl Llama {
             msg,
         };
         let text = super::config::check_hf_dir(dir).map_err(ModelError::Config)?;
-        let cfg: LlamaConfig =
-            serde_json::from_str(&text).map_err(|e| load_err(format!("config.json: {e}")))?;
+        let cfg =
+            super::config::parse_hf_config(&text, &dir.join("config.json").display().to_string())
+                .map_err(ModelError::Config)?;
         let mut files: Vec<_> = std::fs::read_dir(dir)
             .map_err(|e| load_err(e.to_string()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
