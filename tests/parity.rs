@@ -1,0 +1,52 @@
+//! `sweep`'s forward pass against Hugging Face transformers' on the tiny random checkpoints that
+//! scripts/make-parity-fixtures writes (tests/fixtures/parity/): the same logits within 1e-5 for
+//! every config layout the model code reads, and a refusal naming the field for one it does not.
+#![cfg(feature = "torch")]
+
+use std::path::PathBuf;
+
+use sweep::model::llama::{BuildOptions, Llama};
+use tch::{Device, Tensor};
+
+#[test]
+fn logits_match_transformers_or_the_config_is_refused() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .expect("tests/fixtures/parity: run scripts/make-parity-fixtures")
+        .map(|e| e.unwrap().path())
+        .collect();
+    dirs.sort();
+    assert!(dirs.len() >= 4, "{dirs:?}");
+    for dir in dirs {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let expect: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expect.json")).unwrap())
+                .unwrap();
+        let loaded = Llama::from_hf_dir(&dir, &BuildOptions::default(), Device::Cpu);
+        if expect["refused"] == true {
+            let e = loaded.expect_err(&name).to_string();
+            assert!(e.contains("rope") && e.contains("refused"), "{name}: {e}");
+            continue;
+        }
+        let model = loaded.unwrap_or_else(|e| panic!("{name}: {e}"));
+        let reference: std::collections::HashMap<String, Tensor> =
+            Tensor::read_safetensors(dir.join("reference.safetensors"))
+                .unwrap()
+                .into_iter()
+                .collect();
+        let tokens = reference["tokens"].to_kind(tch::Kind::Int64).unsqueeze(0);
+        let logits = {
+            let _g = tch::no_grad_guard();
+            model.forward(&tokens, false).unwrap().squeeze_dim(0)
+        };
+        let want = &reference["logits"];
+        assert_eq!(logits.size(), want.size(), "{name}");
+        let diff = (&logits - want).abs().max().double_value(&[]);
+        let scale = want.abs().max().double_value(&[]);
+        assert!(scale > 0.1, "{name}: logits of a real model");
+        assert!(
+            diff < 1e-5,
+            "{name}: max |sweep - transformers| = {diff} (logits up to {scale})"
+        );
+    }
+}
