@@ -33,6 +33,73 @@ pub struct LlamaConfig {
     /// Whether the output head shares the token embedding's weights.
     #[serde(default)]
     pub tie_word_embeddings: bool,
+    /// RoPE frequency scaling (Llama 3's, or linear), as transformers computes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
+}
+
+/// RoPE frequency scaling: `llama3` (Llama 3.1/3.2: low frequencies divided by `factor`, high
+/// ones kept, a smooth ramp between) or `linear` (every frequency divided by `factor`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RopeScaling {
+    /// `llama3` or `linear`.
+    #[serde(alias = "type")]
+    pub rope_type: String,
+    /// The context extension factor.
+    pub factor: f64,
+    /// llama3: wavelengths above original / low_freq_factor are divided by `factor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_freq_factor: Option<f64>,
+    /// llama3: wavelengths below original / high_freq_factor are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub high_freq_factor: Option<f64>,
+    /// llama3: the context length the model was pretrained at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_max_position_embeddings: Option<usize>,
+}
+
+impl RopeScaling {
+    /// The scaled inverse frequency of one rotary dimension pair (transformers'
+    /// `_compute_llama3_parameters` and linear scaling).
+    pub fn scale(&self, inv_freq: f64) -> f64 {
+        match self.rope_type.as_str() {
+            "llama3" => {
+                let (low, high) = (
+                    self.low_freq_factor.unwrap_or(1.0),
+                    self.high_freq_factor.unwrap_or(4.0),
+                );
+                let old = self.original_max_position_embeddings.unwrap_or(8192) as f64;
+                let wavelen = 2.0 * std::f64::consts::PI / inv_freq;
+                if wavelen < old / high {
+                    inv_freq
+                } else if wavelen > old / low {
+                    inv_freq / self.factor
+                } else {
+                    let smooth = (old / wavelen - low) / (high - low);
+                    (1.0 - smooth) * inv_freq / self.factor + smooth * inv_freq
+                }
+            }
+            _ => inv_freq / self.factor,
+        }
+    }
+
+    /// The scaling of a config's `rope_scaling` (or `rope_parameters`) object, or why it is
+    /// not computed.
+    fn from_json(v: &serde_json::Value) -> Result<RopeScaling, String> {
+        let r: RopeScaling = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+        match r.rope_type.as_str() {
+            "linear" => Ok(r),
+            "llama3"
+                if r.low_freq_factor.is_some()
+                    && r.high_freq_factor.is_some()
+                    && r.original_max_position_embeddings.is_some() =>
+            {
+                Ok(r)
+            }
+            "llama3" => Err("llama3 scaling without low_freq_factor, high_freq_factor and original_max_position_embeddings".into()),
+            other => Err(format!("rope_type `{other}` is not supported yet (llama3 and linear are)")),
+        }
+    }
 }
 
 fn default_max_positions() -> usize {
@@ -158,11 +225,12 @@ pub fn parse_hf_config(text: &str, path: &str) -> Result<LlamaConfig, String> {
         }
     }
     let get = |k: &str| obj.get(k).filter(|x| !x.is_null());
+    let mut scaling = None;
     if let Some(x) = get("rope_scaling") {
-        return refuse(
-            "rope_scaling",
-            format!("= {x} (RoPE scaling) is not supported yet"),
-        );
+        match RopeScaling::from_json(x) {
+            Ok(r) => scaling = Some(r),
+            Err(why) => return refuse("rope_scaling", format!("= {x}: {why}")),
+        }
     }
     let mut theta = get("rope_theta").and_then(|t| t.as_f64());
     if let Some(rp) = get("rope_parameters") {
@@ -171,10 +239,10 @@ pub fn parse_hf_config(text: &str, path: &str) -> Result<LlamaConfig, String> {
             .and_then(|t| t.as_str())
             .unwrap_or("default");
         if kind != "default" {
-            return refuse(
-                "rope_parameters",
-                format!("has rope_type `{kind}` (RoPE scaling), which is not supported yet"),
-            );
+            match RopeScaling::from_json(rp) {
+                Ok(r) => scaling = Some(r),
+                Err(why) => return refuse("rope_parameters", format!("has {why}")),
+            }
         }
         if let Some(t) = rp.get("rope_theta").and_then(|t| t.as_f64()) {
             theta = Some(t);
@@ -218,6 +286,7 @@ pub fn parse_hf_config(text: &str, path: &str) -> Result<LlamaConfig, String> {
     if let Some(t) = theta {
         cfg.rope_theta = t;
     }
+    cfg.rope_scaling = scaling;
     if let Some(h) = get("head_dim").and_then(|h| h.as_u64()) {
         let implied = cfg.hidden_size / cfg.num_attention_heads.max(1);
         if h as usize != implied {
@@ -256,6 +325,7 @@ impl LlamaConfig {
             rms_norm_eps: eps,
             rope_theta: theta,
             tie_word_embeddings: tied,
+            rope_scaling: None,
         })
     }
 

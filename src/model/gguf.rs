@@ -773,6 +773,7 @@ impl GgufFile {
                 .unwrap_or(1e-5),
             rope_theta: self.get_float("llama.rope.freq_base")?.unwrap_or(10_000.0),
             tie_word_embeddings: self.tensor("output.weight").is_none(),
+            rope_scaling: None,
         })
     }
 }

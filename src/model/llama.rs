@@ -97,11 +97,15 @@ impl Rope {
         head_dim: i64,
         max_len: i64,
         theta: f64,
+        scaling: Option<&super::config::RopeScaling>,
         device: Device,
     ) -> Result<Rope, ModelError> {
         let half = head_dim / 2;
         let inv: Vec<f32> = (0..half)
-            .map(|i| (1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)) as f32)
+            .map(|i| {
+                let f = 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64);
+                scaling.map_or(f, |s| s.scale(f)) as f32
+            })
             .collect();
         let inv = Tensor::f_from_slice(&inv)?.f_to_device(device)?;
         let t = Tensor::f_arange(max_len, (Kind::Float, device))?;
@@ -350,6 +354,7 @@ impl Llama {
             cfg.head_dim() as i64,
             cfg.max_position_embeddings as i64,
             cfg.rope_theta,
+            cfg.rope_scaling.as_ref(),
             device,
         )?;
         Ok(Llama {
@@ -806,6 +811,7 @@ pub(crate) mod tests {
             rms_norm_eps: 1e-5,
             rope_theta: 10_000.0,
             tie_word_embeddings: true,
+            rope_scaling: None,
         }
     }
 
@@ -906,7 +912,7 @@ pub(crate) mod tests {
     fn rope_matches_formula() {
         let d = 8;
         let theta = 10_000.0;
-        let rope = Rope::new(d, 16, theta, Device::Cpu).unwrap();
+        let rope = Rope::new(d, 16, theta, None, Device::Cpu).unwrap();
         let x = Tensor::randn([1, 1, 3, d], (Kind::Float, Device::Cpu));
         let offset = 5;
         let y = rope.apply(&x, offset).unwrap();
