@@ -240,26 +240,8 @@ fn a_sharded_optimizer_trains_as_an_unsharded_one() {
     set_training(&split, "shard_optimizer", true.into());
     let o = train(dir.path(), &whole, &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let child = Command::new(env!("CARGO_BIN_EXE_sweep"))
-        .current_dir(dir.path())
-        .args([
-            "train",
-            split.to_str().unwrap(),
-            "--threads",
-            "1",
-            "--nproc",
-            "2",
-        ])
-        .args(["--min-step-ms", "150"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while losses_or_empty(&split).iter().all(|(s, _)| *s < 5) {
-        assert!(t0.elapsed() < Duration::from_secs(120), "the run trains");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let child = start_two_ranks(dir.path(), &split, 150, &[]);
+    wait_for_step(&split, 5);
     // SAFETY: SIGTERM to the launcher we started; it passes it on to both ranks.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let o = child.wait_with_output().unwrap();
@@ -342,32 +324,16 @@ fn a_two_rank_checkpoint_resumes_on_one_rank() {
     let split = run_json(dir.path(), "split", "lora", "adamw", 2, 20);
     let o = train(dir.path(), &whole, &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sweep"))
-        .current_dir(dir.path())
-        .args([
-            "train",
-            split.to_str().unwrap(),
-            "--threads",
-            "1",
-            "--nproc",
-            "2",
-        ])
-        .args(["--min-step-ms", "150"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while losses_or_empty(&split).iter().all(|(s, _)| *s < 6) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "the 2-rank run trains"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let child = start_two_ranks(dir.path(), &split, 150, &[]);
+    wait_for_step(&split, 6);
     // SAFETY: SIGTERM to the launcher we started; it passes it on to both ranks.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success(), "stopped with a checkpoint");
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "stopped with a checkpoint: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(!split.parent().unwrap().join("result.json").exists());
     let o = train(dir.path(), &split, &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -385,26 +351,8 @@ fn a_signal_to_one_rank_stops_every_rank_after_the_same_step() {
     let dir = tempfile::tempdir().unwrap();
     common::write_corpora(dir.path());
     let run = run_json(dir.path(), "usr1", "lora", "adamw", 2, 40);
-    let child = Command::new(env!("CARGO_BIN_EXE_sweep"))
-        .current_dir(dir.path())
-        .args([
-            "train",
-            run.to_str().unwrap(),
-            "--threads",
-            "1",
-            "--nproc",
-            "2",
-        ])
-        .args(["--min-step-ms", "150"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while losses_or_empty(&run).iter().all(|(s, _)| *s < 4) {
-        assert!(t0.elapsed() < Duration::from_secs(120), "the run trains");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let child = start_two_ranks(dir.path(), &run, 150, &[]);
+    wait_for_step(&run, 4);
     let rank1 = rank_pid(child.id(), 1).expect("rank 1 runs");
     // SAFETY: SIGUSR1 to rank 1, a child of the launcher we started.
     unsafe { libc::kill(rank1, libc::SIGUSR1) };
@@ -437,27 +385,8 @@ fn a_killed_rank_stops_the_run_and_is_named() {
     let dir = tempfile::tempdir().unwrap();
     common::write_corpora(dir.path());
     let run = run_json(dir.path(), "killed", "full", "adamw", 2, 200);
-    let child = Command::new(env!("CARGO_BIN_EXE_sweep"))
-        .current_dir(dir.path())
-        .args([
-            "train",
-            run.to_str().unwrap(),
-            "--threads",
-            "1",
-            "--nproc",
-            "2",
-        ])
-        .args(["--min-step-ms", "100"])
-        .env("SWEEP_DIST_TIMEOUT_S", "20")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while losses_or_empty(&run).iter().all(|(s, _)| *s < 3) {
-        assert!(t0.elapsed() < Duration::from_secs(120), "the run trains");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let child = start_two_ranks(dir.path(), &run, 100, &[("SWEEP_DIST_TIMEOUT_S", "20")]);
+    wait_for_step(&run, 3);
     let rank0 = rank_pid(child.id(), 0).expect("rank 0 runs");
     let rank1 = rank_pid(child.id(), 1).expect("rank 1 runs");
     // SAFETY: SIGKILL to rank 1, a child of the launcher we started.
@@ -477,6 +406,40 @@ fn a_killed_rank_stops_the_run_and_is_named() {
         !Path::new(&format!("/proc/{rank0}")).exists(),
         "no rank left behind"
     );
+}
+
+/// `sweep train RUN --nproc 2` in the background, each step paced to `step_ms`, stderr piped.
+fn start_two_ranks(
+    dir: &Path,
+    run: &Path,
+    step_ms: u64,
+    envs: &[(&str, &str)],
+) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_sweep"))
+        .current_dir(dir)
+        .args([
+            "train",
+            run.to_str().unwrap(),
+            "--threads",
+            "1",
+            "--nproc",
+            "2",
+        ])
+        .args(["--min-step-ms", &step_ms.to_string()])
+        .envs(envs.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Wait (at most 120 s) until the run has logged step `step`.
+fn wait_for_step(run: &Path, step: u64) {
+    let t0 = Instant::now();
+    while losses_or_empty(run).iter().all(|(s, _)| *s < step) {
+        assert!(t0.elapsed() < Duration::from_secs(120), "the run trains");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn losses_or_empty(run: &Path) -> Vec<(u64, f64)> {
