@@ -178,6 +178,7 @@ const FORWARD_FIELDS: &[&str] = &[
     "mlp_bias",
     "attention_dropout",
     "pretraining_tp",
+    "rope_interleaved",
     "model_type",
 ];
 
@@ -196,6 +197,8 @@ const NO_FORWARD_FIELDS: &[&str] = &[
     "output_attentions",
     "output_hidden_states",
     "return_dict",
+    "is_llama_config",
+    "transformers.js_config",
 ];
 
 /// A Hugging Face config.json as this model code computes it, or the field it does not: every
@@ -249,6 +252,13 @@ pub fn parse_hf_config(text: &str, path: &str) -> Result<LlamaConfig, String> {
         }
     }
     let flag = |k: &str| get(k).and_then(|x| x.as_bool()).unwrap_or(false);
+    if flag("rope_interleaved") {
+        return refuse(
+            "rope_interleaved",
+            "= true (interleaved RoPE pairs) is not supported: this model code rotates halves"
+                .into(),
+        );
+    }
     for k in ["attention_bias", "mlp_bias"] {
         if flag(k) {
             return refuse(
@@ -511,6 +521,19 @@ mod tests {
     fn nothing_in_a_config_is_silently_ignored() {
         let cfg = parse_hf_config(LLAMA2, "c").unwrap();
         assert_eq!((cfg.hidden_size, cfg.rope_theta), (64, 10_000.0));
+        // SmolLM2's config.json carries a few fields of its own, none of which change the forward.
+        let smol = r#"{"architectures": ["LlamaForCausalLM"], "attention_bias": false,
+            "attention_dropout": 0.0, "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
+            "hidden_size": 576, "initializer_range": 0.041666666666666664,
+            "intermediate_size": 1536, "is_llama_config": true, "max_position_embeddings": 8192,
+            "model_type": "llama", "num_attention_heads": 9, "num_hidden_layers": 30,
+            "num_key_value_heads": 3, "pad_token_id": 2, "pretraining_tp": 1,
+            "rms_norm_eps": 1e-05, "rope_interleaved": false, "rope_scaling": null,
+            "rope_theta": 100000, "tie_word_embeddings": true, "torch_dtype": "bfloat16",
+            "transformers.js_config": {"kv_cache_dtype": {"q4f16": "float16"}},
+            "transformers_version": "4.42.3", "use_cache": true, "vocab_size": 49152}"#;
+        let smol = parse_hf_config(smol, "smol").unwrap();
+        assert_eq!((smol.hidden_size, smol.rope_theta), (576, 100_000.0));
         let with = |edit: &str| {
             let mut v: serde_json::Value = serde_json::from_str(LLAMA2).unwrap();
             let e: serde_json::Value = serde_json::from_str(edit).unwrap();
@@ -537,6 +560,7 @@ mod tests {
             (r#"{"mlp_bias": true}"#, "`mlp_bias`"),
             (r#"{"hidden_act": "gelu"}"#, "`hidden_act`"),
             (r#"{"attention_dropout": 0.1}"#, "`attention_dropout`"),
+            (r#"{"rope_interleaved": true}"#, "`rope_interleaved`"),
             (r#"{"sliding_window": 4096}"#, "`sliding_window`"),
             (
                 r#"{"quantization_config": {"bits": 4}}"#,
