@@ -72,6 +72,11 @@ pub enum Command {
         after_help = "Example:\n  sweep export results/quickstart/runs/1a2b3c4d5e-s0 --out tuned/\n\nThe folder (config.json, model.safetensors and, for models that came with one, tokenizer.json)\nopens with transformers' AutoModelForCausalLM.from_pretrained. LoRA runs also keep their\nPEFT adapter in RUN_DIR/adapter/."
     )]
     Export(ExportArgs),
+    /// Tokenize a sweep's data into the token cache its runs read (runs do it on first use).
+    #[command(
+        after_help = "Example:\n  sweep tokenize sweeps/quickstart.toml\n  SWEEP_CACHE=/shared/sweep-cache sweep tokenize sweeps/paper-code-cpt.toml --threads 32\n\nThe caches go to $SWEEP_CACHE/tokens (default .cache/sweep/tokens), keyed by the data's\nfingerprint, the tokenizer and the reading settings; a changed file or another tokenizer gets\na cache of its own."
+    )]
+    Tokenize(TokenizeArgs),
     /// Pretrain a builtin model on the source domain (Shakespeare); cached and reused.
     #[command(after_help = "Example:\n  sweep pretrain --shape tiny")]
     Pretrain(PretrainArgs),
@@ -224,6 +229,16 @@ pub enum ExportDtype {
     F32,
     /// bfloat16 (half the size).
     Bf16,
+}
+
+/// `sweep tokenize`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenizeArgs {
+    /// The sweep spec (TOML).
+    pub spec: PathBuf,
+    /// Tokenizing threads (default: all cores).
+    #[arg(long, allow_hyphen_values = true, value_parser = at_least_one)]
+    pub threads: Option<usize>,
 }
 
 /// `sweep pretrain`.

@@ -87,6 +87,13 @@ pub fn stop_with_parent(cmd: &mut std::process::Command) {
 /// Read a whole regular file. Anything else (a FIFO, a device, a socket) is refused with an
 /// error naming what it is, since reading one can block forever or never end.
 pub fn read_regular_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    std::io::Read::read_to_end(&mut open_regular_file(path)?, &mut buf)?;
+    Ok(buf)
+}
+
+/// Open a regular file for reading; anything else is refused as [`read_regular_file`] does.
+pub fn open_regular_file(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::FileTypeExt;
     let meta = std::fs::metadata(path)?;
     if !meta.is_file() {
@@ -107,7 +114,7 @@ pub fn read_regular_file(path: &Path) -> std::io::Result<Vec<u8>> {
             format!("it is {what}, not a regular file: give a file"),
         ));
     }
-    std::fs::read(path)
+    std::fs::File::open(path)
 }
 
 /// [`read_regular_file`] as UTF-8 text.

@@ -158,3 +158,46 @@ fn report_without_results_says_what_to_do() {
         err(&o)
     );
 }
+
+#[test]
+fn tokenize_builds_the_caches_runs_read_and_a_second_time_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_corpora(dir.path());
+    std::fs::write(dir.path().join("spec.toml"), SPEC).unwrap();
+    let o = sweep(dir.path(), &["tokenize", "spec.toml", "--json"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let caches: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let caches = caches.as_array().unwrap();
+    assert_eq!(caches.len(), 2);
+    for (c, role) in caches.iter().zip(["target", "source"]) {
+        assert_eq!(c["role"], role);
+        assert!(c["built"]["seconds"].as_f64().is_some(), "built now: {c}");
+        assert!(c["tokens"].as_u64().unwrap() > 10_000, "{c}");
+        let cache = Path::new(c["cache"].as_str().unwrap());
+        assert!(
+            dir.path().join(cache).join("meta.json").is_file() || cache.join("meta.json").is_file(),
+            "{c}"
+        );
+    }
+    // Again: read as it is; the human form says so.
+    let o = sweep(dir.path(), &["tokenize", "spec.toml"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(out.matches(", cached -> ").count(), 2, "{out}");
+    // A run trains from those caches without tokenizing again.
+    let o = sweep(dir.path(), &["run", "spec.toml", "--jobs", "2"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let logs: String = std::fs::read_dir(dir.path().join("results/tinyrun/runs"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path().join("train.log")).unwrap_or_default())
+        .collect();
+    assert!(logs.contains("Completed after"), "the runs' logs are read: {logs}");
+    assert!(!logs.contains("tokenized "), "{logs}");
+    // A data file that is not there: one line naming it.
+    std::fs::remove_file(dir.path().join("english.txt")).unwrap();
+    let o = sweep(dir.path(), &["tokenize", "spec.toml"]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = err(&o);
+    assert!(e.contains("data source english.txt does not exist"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+}

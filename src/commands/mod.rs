@@ -8,6 +8,8 @@ pub mod plan;
 pub mod pretrain;
 pub mod report;
 pub mod slurm;
+#[cfg(feature = "torch")]
+pub mod tokenize;
 
 use std::path::Path;
 
@@ -79,6 +81,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) if args.noop => noop_train(&args.run),
         Command::Train(args) => train(g, &args),
         Command::Export(args) => export(g, &args),
+        #[cfg(feature = "torch")]
+        Command::Tokenize(args) => tokenize::run(g, &args),
+        #[cfg(not(feature = "torch"))]
+        Command::Tokenize(_) => Err(LightBuild {
+            command: "tokenize",
+            what: "tokenize data with a model's tokenizer",
+        }
+        .into()),
         #[cfg(feature = "torch")]
         Command::Pretrain(args) => pretrain::run(g, &args),
         #[cfg(not(feature = "torch"))]

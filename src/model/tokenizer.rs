@@ -115,6 +115,27 @@ impl Tokenizer {
         }
     }
 
+    /// What makes its output what it is, for caches of its tokens: `byte`, or the sha256 of a
+    /// Hugging Face tokenizer's full serialization and its BOS/EOS/PAD. Two tokenizers with one
+    /// identity give the same tokens for every text.
+    pub fn identity(&self) -> String {
+        match self {
+            Tokenizer::Byte => "byte".into(),
+            #[cfg(feature = "torch")]
+            Tokenizer::Hf { inner, specials } => {
+                use sha2::{Digest, Sha256};
+                let mut h = Sha256::new();
+                h.update(inner.to_string(false).unwrap_or_default());
+                h.update(format!(
+                    "{:?}/{}/{}",
+                    specials.bos, specials.eos, specials.pad
+                ));
+                let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+                format!("hf:{}", &hex[..16])
+            }
+        }
+    }
+
     /// One more than the largest id it can produce: the smallest vocabulary a model needs.
     pub fn vocab_size(&self) -> usize {
         match self {
@@ -433,7 +454,7 @@ pub(crate) mod tests {
     }
 
     #[cfg(feature = "torch")]
-    fn tiny_gguf_tokenizer() -> Tokenizer {
+    pub(crate) fn tiny_gguf_tokenizer() -> Tokenizer {
         use crate::model::gguf::{writer::GgufWriter, GgufFile};
         let mut w = GgufWriter::new();
         for (k, v) in tiny_bpe_metadata() {

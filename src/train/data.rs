@@ -12,12 +12,8 @@
 
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-use tch::Tensor;
-
 use super::TrainError;
 use crate::model::tokenizer::Tokenizer;
-use crate::rng::Rng;
 use crate::spec::{BadLine, DataSpec, Regime};
 
 /// Target id that the loss ignores.
@@ -38,7 +34,9 @@ pub enum RawDoc {
 }
 
 impl RawDoc {
-    fn key(&self) -> Vec<u8> {
+    /// The bytes the held-out split hashes: the text (a pair's prompt and response with a NUL
+    /// between), or the ids' little-endian bytes.
+    pub fn key(&self) -> Vec<u8> {
         match self {
             RawDoc::Text(t) => t.as_bytes().to_vec(),
             RawDoc::Pair(p, r) => [p.as_bytes(), b"\0", r.as_bytes()].concat(),
@@ -122,23 +120,53 @@ fn read_shard(path: &Path, tok: &Tokenizer) -> Result<Vec<RawDoc>, TrainError> {
     Ok(docs.into_iter().map(RawDoc::Tokens).collect())
 }
 
+/// Cuts a text, line by line, into pieces of about `max` bytes at line ends; a short tail
+/// joins the previous piece rather than become a tiny document.
+struct Chunker {
+    max: usize,
+    cur: String,
+    /// The last piece cut, held until it is known whether the tail joins it.
+    pending: Option<String>,
+}
+
+impl Chunker {
+    fn new(max: usize) -> Chunker {
+        Chunker {
+            max,
+            cur: String::new(),
+            pending: None,
+        }
+    }
+
+    /// Add one line (with its newline); returns a piece when one is complete.
+    fn line(&mut self, line: &str) -> Option<String> {
+        let mut out = None;
+        if !self.cur.is_empty() && self.cur.len() + line.len() > self.max {
+            out = self.pending.replace(std::mem::take(&mut self.cur));
+        }
+        self.cur.push_str(line);
+        out
+    }
+
+    /// The last pieces.
+    fn finish(self) -> Vec<String> {
+        let cur = self.cur;
+        match (self.pending, cur.trim().is_empty()) {
+            (prev, true) => prev.into_iter().collect(),
+            (Some(prev), false) if cur.len() < self.max / 4 => vec![prev + &cur],
+            (prev, false) => prev.into_iter().chain([cur]).collect(),
+        }
+    }
+}
+
 /// Cut text into pieces of about `max` bytes at line ends.
 pub fn chunk_text(text: &str, max: usize) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    for line in text.split_inclusive('\n') {
-        if !cur.is_empty() && cur.len() + line.len() > max {
-            out.push(std::mem::take(&mut cur));
-        }
-        cur.push_str(line);
-    }
-    if !cur.trim().is_empty() {
-        // A short tail joins the previous piece rather than become a tiny document.
-        match out.last_mut() {
-            Some(prev) if cur.len() < max / 4 => prev.push_str(&cur),
-            _ => out.push(cur),
-        }
-    }
+    let mut c = Chunker::new(max);
+    let mut out: Vec<String> = text
+        .split_inclusive('\n')
+        .filter_map(|l| c.line(l))
+        .collect();
+    out.extend(c.finish());
     out
 }
 
@@ -150,6 +178,54 @@ pub fn read_documents(
     spec: &DataSpec,
     tok: &Tokenizer,
 ) -> Result<Documents, TrainError> {
+    let mut docs = Vec::new();
+    let warnings = for_each_document(path, regime, spec, tok, &mut |d| {
+        docs.push(d);
+        Ok(())
+    })?;
+    Ok(Documents { docs, warnings })
+}
+
+/// The lines of a file, newline included, read as they are needed; the text must be UTF-8.
+fn for_each_line(
+    path: &Path,
+    f: &mut dyn FnMut(&str) -> Result<(), TrainError>,
+) -> Result<(), TrainError> {
+    use std::io::BufRead;
+    let io = |e: std::io::Error| TrainError::Data(format!("reading {}: {e}", path.display()));
+    let mut r = std::io::BufReader::with_capacity(
+        1 << 20,
+        crate::util::open_regular_file(path).map_err(io)?,
+    );
+    let mut buf = Vec::new();
+    let mut at = 0u64;
+    loop {
+        buf.clear();
+        if r.read_until(b'\n', &mut buf).map_err(io)? == 0 {
+            return Ok(());
+        }
+        let line = std::str::from_utf8(&buf).map_err(|e| {
+            TrainError::Data(format!(
+                "reading {}: it is not UTF-8 text (invalid byte at offset {})",
+                path.display(),
+                at + e.valid_up_to() as u64
+            ))
+        })?;
+        f(line)?;
+        at += buf.len() as u64;
+    }
+}
+
+/// Hand each document of a source to `f`, in the source's order, reading no more of the source
+/// at a time than one file of a folder, one line of a JSONL file or one piece of a text file;
+/// returns the warnings about what was left out. Token shards are checked against `tok`.
+pub fn for_each_document(
+    path: &Path,
+    regime: Regime,
+    spec: &DataSpec,
+    tok: &Tokenizer,
+    f: &mut dyn FnMut(RawDoc) -> Result<(), TrainError>,
+) -> Result<Vec<String>, TrainError> {
     let io = |e: std::io::Error| TrainError::Data(format!("reading {}: {e}", path.display()));
     let ift_needs_jsonl = || {
         TrainError::Data(format!(
@@ -159,9 +235,10 @@ pub fn read_documents(
             spec.response_field
         ))
     };
-    let docs = |docs| Documents {
-        docs,
-        warnings: Vec::new(),
+    let mut n = 0usize;
+    let mut count = |d: RawDoc| {
+        n += 1;
+        f(d)
     };
     if path.is_dir() {
         if regime == Regime::Ift {
@@ -170,53 +247,63 @@ pub fn read_documents(
         let mut files = Vec::new();
         collect_files(path, &mut files).map_err(io)?;
         files.sort();
-        let mut out = Vec::new();
-        for f in files {
-            if is_token_shard(&f) {
-                out.extend(read_shard(&f, tok)?);
+        for file in files {
+            if is_token_shard(&file) {
+                for d in read_shard(&file, tok)? {
+                    count(d)?;
+                }
                 continue;
             }
-            let bytes = crate::util::read_regular_file(&f)
-                .map_err(|e| TrainError::Data(format!("reading {}: {e}", f.display())))?;
+            let bytes = crate::util::read_regular_file(&file)
+                .map_err(|e| TrainError::Data(format!("reading {}: {e}", file.display())))?;
             let text = String::from_utf8_lossy(&bytes).into_owned();
             if !text.trim().is_empty() {
-                out.push(RawDoc::Text(text));
+                count(RawDoc::Text(text))?;
             }
         }
-        if out.is_empty() {
+        if n == 0 {
             return Err(TrainError::Data(format!(
                 "{} holds no .txt, .md, .py or .npy files with content",
                 path.display()
             )));
         }
-        return Ok(docs(out));
+        return Ok(Vec::new());
     }
     if is_token_shard(path) {
         if regime == Regime::Ift {
             return Err(ift_needs_jsonl());
         }
-        let out = read_shard(path, tok)?;
-        if out.is_empty() {
+        for d in read_shard(path, tok)? {
+            count(d)?;
+        }
+        if n == 0 {
             return Err(TrainError::Data(format!(
                 "{} holds no tokens",
                 path.display()
             )));
         }
-        return Ok(docs(out));
+        return Ok(Vec::new());
     }
-    let text = crate::util::read_regular_text(path).map_err(io)?;
     if path.extension().and_then(|e| e.to_str()) == Some("jsonl") {
-        return parse_jsonl(&text, path, regime, spec);
+        let mut lines = JsonlLines::new(path, regime, spec);
+        for_each_line(path, &mut |line| match lines.line(line)? {
+            Some(d) => count(d),
+            None => Ok(()),
+        })?;
+        return lines.finish(n);
     }
     if regime == Regime::Ift {
         return Err(ift_needs_jsonl());
     }
-    Ok(docs(
-        chunk_text(&text, CHUNK_BYTES)
-            .into_iter()
-            .map(RawDoc::Text)
-            .collect(),
-    ))
+    let mut chunker = Chunker::new(CHUNK_BYTES);
+    for_each_line(path, &mut |line| match chunker.line(line) {
+        Some(piece) => count(RawDoc::Text(piece)),
+        None => Ok(()),
+    })?;
+    for piece in chunker.finish() {
+        count(RawDoc::Text(piece))?;
+    }
+    Ok(Vec::new())
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -256,66 +343,108 @@ fn parse_jsonl_line(line: &str, regime: Regime, spec: &DataSpec) -> Result<RawDo
 /// Line numbers a skip warning lists before "...".
 const SKIPPED_SHOWN: usize = 5;
 
-/// Parse JSONL documents: `text_field` for CPT, `prompt_field`/`response_field` for IFT. A
-/// malformed line is an error naming the file and line (`data.on_bad_line = "fail"`), or is left
-/// out with one warning for all of them (`"skip"`).
+/// JSONL documents line by line: `text_field` for CPT, `prompt_field`/`response_field` for IFT.
+/// A malformed line is an error naming the file and line (`data.on_bad_line = "fail"`), or is
+/// left out with one warning for all of them (`"skip"`).
+struct JsonlLines<'a> {
+    path: &'a Path,
+    regime: Regime,
+    spec: &'a DataSpec,
+    line_no: usize,
+    /// The first skipped lines (number, what was wrong), and how many were skipped.
+    skipped: Vec<(usize, String)>,
+    skipped_count: usize,
+}
+
+impl<'a> JsonlLines<'a> {
+    fn new(path: &'a Path, regime: Regime, spec: &'a DataSpec) -> JsonlLines<'a> {
+        JsonlLines {
+            path,
+            regime,
+            spec,
+            line_no: 0,
+            skipped: Vec::new(),
+            skipped_count: 0,
+        }
+    }
+
+    /// The document of the next line (newline included), if it is not blank or skipped.
+    fn line(&mut self, line: &str) -> Result<Option<RawDoc>, TrainError> {
+        self.line_no += 1;
+        let line = line.strip_suffix('\n').unwrap_or(line);
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.trim().is_empty() {
+            return Ok(None);
+        }
+        match parse_jsonl_line(line, self.regime, self.spec) {
+            Ok(d) => Ok(Some(d)),
+            Err(what) => match self.spec.on_bad_line {
+                BadLine::Fail => Err(TrainError::Data(format!(
+                    "{}:{}: {what} (fix the line, or set data.on_bad_line = \"skip\" to \
+                     leave malformed lines out)",
+                    self.path.display(),
+                    self.line_no
+                ))),
+                BadLine::Skip => {
+                    self.skipped_count += 1;
+                    if self.skipped.len() <= SKIPPED_SHOWN {
+                        self.skipped.push((self.line_no, what));
+                    }
+                    Ok(None)
+                }
+            },
+        }
+    }
+
+    /// The warnings, once `docs` documents were read; no document at all is an error.
+    fn finish(self, docs: usize) -> Result<Vec<String>, TrainError> {
+        let skipped = self.skipped_count;
+        if docs == 0 {
+            return Err(TrainError::Data(format!(
+                "{} has no records{}",
+                self.path.display(),
+                if skipped == 0 {
+                    String::new()
+                } else {
+                    format!(" ({skipped} malformed lines skipped)")
+                }
+            )));
+        }
+        let Some((first_line, first_what)) = self.skipped.first() else {
+            return Ok(Vec::new());
+        };
+        let mut lines: Vec<String> = self
+            .skipped
+            .iter()
+            .take(SKIPPED_SHOWN)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        if skipped > SKIPPED_SHOWN {
+            lines.push("...".into());
+        }
+        Ok(vec![format!(
+            "{}: skipped {skipped} malformed line{} of {} (lines {}; line {first_line}: {first_what})",
+            self.path.display(),
+            if skipped == 1 { "" } else { "s" },
+            docs + skipped,
+            lines.join(", ")
+        )])
+    }
+}
+
+/// Parse JSONL documents held in memory (see [`JsonlLines`]).
 pub fn parse_jsonl(
     text: &str,
     path: &Path,
     regime: Regime,
     spec: &DataSpec,
 ) -> Result<Documents, TrainError> {
+    let mut lines = JsonlLines::new(path, regime, spec);
     let mut docs = Vec::new();
-    let mut skipped: Vec<(usize, String)> = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        match parse_jsonl_line(line, regime, spec) {
-            Ok(d) => docs.push(d),
-            Err(what) => match spec.on_bad_line {
-                BadLine::Fail => {
-                    return Err(TrainError::Data(format!(
-                        "{}:{}: {what} (fix the line, or set data.on_bad_line = \"skip\" to \
-                         leave malformed lines out)",
-                        path.display(),
-                        i + 1
-                    )))
-                }
-                BadLine::Skip => skipped.push((i + 1, what)),
-            },
-        }
+    for line in text.split_inclusive('\n') {
+        docs.extend(lines.line(line)?);
     }
-    let mut warnings = Vec::new();
-    if let Some((first_line, first_what)) = skipped.first() {
-        let mut lines: Vec<String> = skipped
-            .iter()
-            .take(SKIPPED_SHOWN)
-            .map(|(n, _)| n.to_string())
-            .collect();
-        if skipped.len() > SKIPPED_SHOWN {
-            lines.push("...".into());
-        }
-        warnings.push(format!(
-            "{}: skipped {} malformed line{} of {} (lines {}; line {first_line}: {first_what})",
-            path.display(),
-            skipped.len(),
-            if skipped.len() == 1 { "" } else { "s" },
-            docs.len() + skipped.len(),
-            lines.join(", ")
-        ));
-    }
-    if docs.is_empty() {
-        return Err(TrainError::Data(format!(
-            "{} has no records{}",
-            path.display(),
-            if skipped.is_empty() {
-                String::new()
-            } else {
-                format!(" ({} malformed lines skipped)", skipped.len())
-            }
-        )));
-    }
+    let warnings = lines.finish(docs.len())?;
     Ok(Documents { docs, warnings })
 }
 
@@ -351,232 +480,14 @@ pub fn tokenize(doc: &RawDoc, tok: &Tokenizer) -> Result<Example, TrainError> {
     Ok(Example { tokens, prompt_len })
 }
 
-/// Split documents into (train, held out): documents ordered by the hash of their text are held
-/// out until they hold `eval_tokens` tokens, but never more than half of them (and none when
-/// there is a single document). Training documents keep their order.
-pub fn split_heldout(
-    docs: Vec<RawDoc>,
-    eval_tokens: u64,
-    tok: &Tokenizer,
-) -> Result<(Vec<Example>, Vec<Example>), TrainError> {
-    let examples = docs
-        .iter()
-        .map(|d| tokenize(d, tok))
-        .collect::<Result<Vec<Example>, TrainError>>()?;
-    let mut order: Vec<(Vec<u8>, usize)> = docs
-        .iter()
-        .enumerate()
-        .map(|(i, d)| (Sha256::digest(d.key()).to_vec(), i))
-        .collect();
-    order.sort();
-    let mut held = vec![false; docs.len()];
-    let mut tokens = 0u64;
-    for (_, i) in order.iter().take(docs.len() / 2) {
-        if tokens >= eval_tokens {
-            break;
-        }
-        held[*i] = true;
-        tokens += examples[*i].tokens.len() as u64;
-    }
-    let mut train = Vec::new();
-    let mut heldout = Vec::new();
-    for (ex, h) in examples.into_iter().zip(held) {
-        if h {
-            heldout.push(ex);
-        } else {
-            train.push(ex);
-        }
-    }
-    Ok((train, heldout))
-}
-
-/// Rows of a batch: inputs and targets (IGNORE where no loss), each (rows, seq_len).
-#[derive(Debug)]
-pub struct Batch {
-    /// Input ids.
-    pub inputs: Tensor,
-    /// Target ids, IGNORE where there is no loss.
-    pub targets: Tensor,
-    /// Rows.
-    pub rows: usize,
-}
-
-/// One row: `seq_len` inputs and targets.
-pub type Row = (Vec<i64>, Vec<i64>);
-
-/// Make a batch from rows.
-pub fn batch_of(rows: &[Row], seq_len: usize) -> Result<Batch, TrainError> {
-    let n = rows.len() as i64;
-    let t = seq_len as i64;
-    let inputs: Vec<i64> = rows.iter().flat_map(|r| r.0.iter().copied()).collect();
-    let targets: Vec<i64> = rows.iter().flat_map(|r| r.1.iter().copied()).collect();
-    Ok(Batch {
-        inputs: Tensor::f_from_slice(&inputs)?.f_reshape([n, t])?,
-        targets: Tensor::f_from_slice(&targets)?.f_reshape([n, t])?,
-        rows: rows.len(),
-    })
-}
-
-/// The rows of a data set in a deterministic order that depends on the seed and the epoch.
-#[derive(Debug)]
-pub enum Rows {
-    /// CPT: one token stream, cut into non-overlapping windows of seq_len + 1.
-    Packed {
-        /// The stream.
-        stream: Vec<i64>,
-        /// Sequence length.
-        seq_len: usize,
-    },
-    /// IFT: one example per row, truncated and padded.
-    Examples {
-        /// The examples.
-        examples: Vec<Example>,
-        /// Sequence length.
-        seq_len: usize,
-        /// The padding id of the tokenizer.
-        pad: i64,
-    },
-}
-
-impl Rows {
-    /// Rows for a regime, instruction rows padded with `pad`; fails when there is not a single
-    /// full row.
-    pub fn new(
-        examples: Vec<Example>,
-        regime: Regime,
-        seq_len: usize,
-        pad: i64,
-        what: &str,
-    ) -> Result<Rows, TrainError> {
-        let rows = match regime {
-            Regime::Cpt => Rows::Packed {
-                stream: examples.into_iter().flat_map(|e| e.tokens).collect(),
-                seq_len,
-            },
-            // An example whose response starts beyond the window has nothing to learn from.
-            Regime::Ift => Rows::Examples {
-                examples: examples
-                    .into_iter()
-                    .filter(|e| e.prompt_len.max(1) <= seq_len && e.tokens.len() > e.prompt_len)
-                    .collect(),
-                seq_len,
-                pad,
-            },
-        };
-        if rows.is_empty() {
-            return Err(TrainError::Data(format!(
-                "{what} has too little data for one sequence of {seq_len} tokens"
-            )));
-        }
-        Ok(rows)
-    }
-
-    /// Number of distinct rows (one epoch).
-    pub fn len(&self) -> usize {
-        match self {
-            Rows::Packed { stream, seq_len } => stream.len().saturating_sub(1) / (*seq_len).max(1),
-            Rows::Examples { examples, .. } => examples.len(),
-        }
-    }
-
-    /// Whether there are no rows.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Row `i` of the underlying order (no shuffling).
-    pub fn row(&self, i: usize) -> Row {
-        match self {
-            Rows::Packed { stream, seq_len } => {
-                let s = i * seq_len;
-                let w = &stream[s..s + seq_len + 1];
-                (w[..*seq_len].to_vec(), w[1..].to_vec())
-            }
-            Rows::Examples {
-                examples,
-                seq_len,
-                pad,
-            } => {
-                let ex = &examples[i];
-                let mut inputs = vec![*pad; *seq_len];
-                let mut targets = vec![IGNORE; *seq_len];
-                let n = ex.tokens.len().saturating_sub(1).min(*seq_len);
-                for j in 0..n {
-                    inputs[j] = ex.tokens[j];
-                    // Token j + 1 is a target when it belongs to the response.
-                    if j + 1 >= ex.prompt_len {
-                        targets[j] = ex.tokens[j + 1];
-                    }
-                }
-                (inputs, targets)
-            }
-        }
-    }
-
-    /// Tokens that are targets in row `i`.
-    pub fn target_tokens(&self, i: usize) -> usize {
-        self.row(i).1.iter().filter(|&&t| t != IGNORE).count()
-    }
-}
-
-/// Training rows in a seeded order, reshuffled every epoch; the position is the count of rows
-/// consumed, so a resumed run continues exactly where it stopped.
-#[derive(Debug)]
-pub struct Sampler {
-    rows: Rows,
-    seed: u64,
-    epoch: Option<(u64, Vec<usize>)>,
-}
-
-impl Sampler {
-    /// A sampler over rows.
-    pub fn new(rows: Rows, seed: u64) -> Sampler {
-        Sampler {
-            rows,
-            seed,
-            epoch: None,
-        }
-    }
-
-    /// The rows at positions `pos..pos + n`.
-    pub fn rows_at(&mut self, pos: u64, n: usize) -> Vec<Row> {
-        let len = self.rows.len().max(1) as u64;
-        (0..n as u64)
-            .map(|k| {
-                let p = pos + k;
-                let (epoch, idx) = (p / len, (p % len) as usize);
-                if self.epoch.as_ref().map(|e| e.0) != Some(epoch) {
-                    let mut perm: Vec<usize> = (0..len as usize).collect();
-                    Rng::new(self.seed, 1000 + epoch).shuffle(&mut perm);
-                    self.epoch = Some((epoch, perm));
-                }
-                let i = self.epoch.as_ref().map_or(idx, |e| e.1[idx]);
-                self.rows.row(i)
-            })
-            .collect()
-    }
-}
-
-/// Evaluation rows: the first rows of held-out data that hold `max_tokens` target tokens.
-pub fn eval_rows(rows: &Rows, max_tokens: u64) -> Vec<Row> {
-    let mut out = Vec::new();
-    let mut tokens = 0u64;
-    for i in 0..rows.len() {
-        if tokens >= max_tokens {
-            break;
-        }
-        tokens += rows.target_tokens(i) as u64;
-        out.push(rows.row(i));
-    }
-    out
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::model::tokenizer::{BOS, EOS, PAD};
+    use crate::model::tokenizer::{EOS, PAD};
+    use crate::rng::Rng;
+    use crate::train::rows::Rows;
 
-    fn spec() -> DataSpec {
+    pub(crate) fn spec() -> DataSpec {
         serde_json::from_str(
             r#"{"regime":"ift","domain":"math","target":"x","source":"y","text_field":"text",
             "prompt_field":"prompt","response_field":"response","epoch_tokens":null}"#,
@@ -585,59 +496,37 @@ mod tests {
     }
 
     #[test]
-    fn ift_rows_mask_the_prompt() {
-        let docs = parse_jsonl(
-            r#"{"prompt":"ab","response":"cd"}"#,
-            Path::new("x.jsonl"),
-            Regime::Ift,
-            &spec(),
-        )
-        .unwrap()
-        .docs;
-        let ex = tokenize(&docs[0], &Tokenizer::Byte).unwrap();
-        assert_eq!(ex.tokens, vec![BOS, 97, 98, 99, 100, EOS]);
-        assert_eq!(ex.prompt_len, 3);
-        let rows = Rows::new(vec![ex], Regime::Ift, 8, PAD, "t").unwrap();
-        let (x, y) = rows.row(0);
-        assert_eq!(x, vec![BOS, 97, 98, 99, 100, PAD, PAD, PAD]);
-        // Predicting c (after b), d, EOS only.
-        assert_eq!(
-            y,
-            vec![IGNORE, IGNORE, 99, 100, EOS, IGNORE, IGNORE, IGNORE]
-        );
-    }
-
-    #[test]
-    fn cpt_windows_and_sampler_are_deterministic() {
-        let ex = Example {
-            tokens: (0..21).collect(),
-            prompt_len: 0,
-        };
-        let rows = Rows::new(vec![ex], Regime::Cpt, 4, PAD, "t").unwrap();
-        assert_eq!(rows.len(), 5);
-        assert_eq!(rows.row(1), (vec![4, 5, 6, 7], vec![5, 6, 7, 8]));
-        let mut a = Sampler::new(rows, 3);
-        let first: Vec<Row> = a.rows_at(0, 7);
-        let again = a.rows_at(3, 2);
-        assert_eq!(&first[3..5], &again[..]);
-        // An epoch visits every row once.
-        let mut starts: Vec<i64> = first[..5].iter().map(|r| r.0[0]).collect();
-        starts.sort();
-        assert_eq!(starts, vec![0, 4, 8, 12, 16]);
-    }
-
-    #[test]
-    fn heldout_split_is_by_document_and_stable() {
-        let docs: Vec<RawDoc> = (0..10)
-            .map(|i| RawDoc::Text(format!("doc {i} ").repeat(10)))
-            .collect();
-        let (train, held) = split_heldout(docs.clone(), 100, &Tokenizer::Byte).unwrap();
-        assert_eq!(train.len() + held.len(), 10);
-        assert!(!held.is_empty() && held.len() <= 5);
-        let (train2, held2) = split_heldout(docs, 100, &Tokenizer::Byte).unwrap();
-        assert_eq!((train, held), (train2, held2));
+    fn text_is_cut_at_line_ends_with_a_short_tail_joined() {
         assert_eq!(chunk_text("a\nb\nc\n", 4), vec!["a\nb\n", "c\n"]);
         assert_eq!(chunk_text("aaaaaaaaaaa\nb\n", 12), vec!["aaaaaaaaaaa\nb\n"]);
+        assert_eq!(chunk_text("aaaa\nbbbb\n  \n", 5), vec!["aaaa\n", "bbbb\n"]);
+        assert_eq!(chunk_text("", 5), Vec::<String>::new());
+        // The line-by-line chunker cuts as the whole-text one it replaced did.
+        fn whole(text: &str, max: usize) -> Vec<String> {
+            let mut out = Vec::new();
+            let mut cur = String::new();
+            for line in text.split_inclusive('\n') {
+                if !cur.is_empty() && cur.len() + line.len() > max {
+                    out.push(std::mem::take(&mut cur));
+                }
+                cur.push_str(line);
+            }
+            if !cur.trim().is_empty() {
+                match out.last_mut() {
+                    Some(prev) if cur.len() < max / 4 => prev.push_str(&cur),
+                    _ => out.push(cur),
+                }
+            }
+            out
+        }
+        let mut rng = Rng::new(7, 0);
+        for _ in 0..300 {
+            let text: String = (0..rng.below(40))
+                .map(|_| ["a", "bb", " ", "\n", "cccccc", "\n\n"][rng.below(6) as usize])
+                .collect();
+            let max = 1 + rng.below(16) as usize;
+            assert_eq!(chunk_text(&text, max), whole(&text, max), "{text:?} {max}");
+        }
     }
 
     const BAD: &str = "{\"prompt\":\"a\",\"response\":\"b\"}\nnot json\n\n{\"prompt\":\"c\"}\n\
@@ -750,7 +639,10 @@ mod tests {
             "t",
         )
         .unwrap();
-        assert_eq!(rows.row(0), (vec![104, 105, EOS], vec![105, EOS, 111]));
+        assert_eq!(
+            rows.row(0).unwrap(),
+            (vec![104, 105, EOS], vec![105, EOS, 111])
+        );
         // A single shard file; ids beyond the tokenizer's vocabulary; instruction tuning.
         let one = shards.join("a.npy");
         assert_eq!(

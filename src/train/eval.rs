@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use tch::{Kind, Reduction, Tensor};
 
-use super::data::{batch_of, Batch, Row, IGNORE};
+use super::data::IGNORE;
+use super::rows::{batch_of, Batch, Row};
 use super::TrainError;
 use crate::model::llama::Llama;
 use crate::model::tokenizer::Tokenizer;

@@ -16,11 +16,13 @@ pub mod optim;
 mod options;
 pub mod outputs;
 mod recompute;
+pub mod rows;
 mod run_file;
 pub mod schedule;
 mod setup;
 pub mod shards;
 pub mod spectral;
+pub mod token_cache;
 mod trainer;
 
 use std::collections::BTreeMap;
@@ -36,7 +38,7 @@ pub use options::{
 use outputs::{RunResult, RunStatus, RESULT_SCHEMA};
 use run_file::check_folder;
 pub use run_file::{finished_result, read_run_file, read_run_file_hashed};
-pub use setup::{build_model, lora_options, model_inputs};
+pub use setup::{build_model, load_tokenizer, lora_options, model_inputs, tokens_of};
 use trainer::Trainer;
 
 /// Train the run of `run_path`; its folder receives the outputs. One trainer per run: the

@@ -11,8 +11,8 @@
 
 use tch::{Kind, Tensor};
 
-use super::data::Batch;
 use super::eval::{batch_loss_sum, target_loss_sum};
+use super::rows::Batch;
 use super::TrainError;
 use crate::model::llama::Llama;
 
@@ -96,7 +96,7 @@ mod tests {
                 (ids[..16].to_vec(), ids[1..].to_vec())
             })
             .collect();
-        let batch = crate::train::data::batch_of(&rows, 16).unwrap();
+        let batch = crate::train::rows::batch_of(&rows, 16).unwrap();
         let lora = LoraOptions {
             rank: 4,
             alpha: 8.0,

@@ -16,10 +16,12 @@ use crate::plan::run::{MethodConfig, ModelSource, RunFile};
 use crate::spec::values::TokenAmount;
 use crate::spec::{Init, Metric};
 
-use super::data::{self, eval_rows, Rows, Sampler};
+use super::data::{self, Example};
 use super::eval::LossEval;
 use super::optim::{Optim, OptimConfig};
+use super::rows::{eval_rows, Rows, Sampler};
 use super::schedule::LrSchedule;
+use super::token_cache::{self, TokenCache};
 use super::trainer::Trainer;
 use super::{
     base_eval, compute_kind, evaluators, resolve_device, spectral, TrainError, TrainOptions,
@@ -44,6 +46,72 @@ pub fn model_inputs(
     };
     fingerprint::of_path("model", &path)
         .map_err(|e| TrainError::Data(format!("fingerprinting the model {}: {e}", path.display())))
+}
+
+/// The tokenizer of a run's model, without loading its weights: the byte tokenizer of the
+/// builtin shapes, an HF folder's tokenizer.json, a GGUF file's vocabulary.
+pub fn load_tokenizer(run: &RunFile) -> Result<Tokenizer, TrainError> {
+    Ok(match &run.shared.model {
+        ModelSource::Builtin { .. } => Tokenizer::Byte,
+        ModelSource::Hf { path } => Tokenizer::from_hf_dir(path)?,
+        ModelSource::Gguf { path } => {
+            Tokenizer::from_gguf(&GgufFile::open(path).map_err(ModelError::from)?)?
+        }
+    })
+}
+
+/// The token cache of a data source under `cache_dir`: built on first use on `threads` threads,
+/// read as it is after that; with how the build went when it was built now.
+pub fn tokens_of(
+    path: &Path,
+    regime: crate::spec::Regime,
+    spec: &crate::spec::DataSpec,
+    tokenizer: &Tokenizer,
+    cache_dir: &Path,
+    threads: usize,
+) -> Result<(std::sync::Arc<TokenCache>, Option<token_cache::BuildStats>), TrainError> {
+    let (cache, built) = token_cache::prepare(
+        path,
+        regime,
+        spec,
+        tokenizer,
+        cache_dir,
+        threads,
+        token_cache::Layout::default(),
+    )?;
+    Ok((cache, built))
+}
+
+/// The cache of a run's data source, and on stderr how its build went when it was built now.
+fn run_tokens(
+    path: &Path,
+    regime: crate::spec::Regime,
+    spec: &crate::spec::DataSpec,
+    tokenizer: &Tokenizer,
+    cache_dir: &Path,
+) -> Result<std::sync::Arc<TokenCache>, TrainError> {
+    // Every core of the machine tokenizes (once: later runs and resumes read the cache).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (cache, built) = tokens_of(path, regime, spec, tokenizer, cache_dir, cores)?;
+    if let Some(b) = &built {
+        let m = cache.meta();
+        eprintln!(
+            "tokenized {}: {} documents, {} tokens in {:.1} s ({:.1} MB/s per thread, {} threads) into {}",
+            path.display(),
+            m.docs,
+            m.tokens,
+            b.seconds,
+            b.mb_per_s_per_thread(),
+            b.threads,
+            cache.dir().display()
+        );
+    }
+    Ok(cache)
+}
+
+/// The documents `which` of a cache as examples.
+fn examples(cache: &TokenCache, which: &[u32]) -> Result<Vec<Example>, TrainError> {
+    which.iter().map(|&i| cache.example(i as usize)).collect()
 }
 
 /// The adapter settings of a LoRA run.
@@ -233,8 +301,8 @@ impl<'a> Trainer<'a> {
         let micro = t.micro_batch_size as usize;
 
         let target_path = data::resolve_source(&data.target, &opts.data_dir)?;
-        let docs = data::read_documents(&target_path, data.regime, data, &tokenizer)?;
-        let mut notes = docs.warnings;
+        let target = run_tokens(&target_path, data.regime, data, &tokenizer, &opts.cache_dir)?;
+        let mut notes = target.meta().warnings.clone();
         if t.activation_checkpointing {
             if model.num_blocks() == 0 {
                 return Err(TrainError::Unsupported(
@@ -247,9 +315,11 @@ impl<'a> Trainer<'a> {
             ));
         }
         let mut files_read = vec![target_path];
-        let (train_docs, held_docs) = data::split_heldout(docs.docs, eval_tokens, &tokenizer)?;
-        let train_rows = Rows::new(
-            train_docs,
+        let held = target.held_out(eval_tokens)?;
+        let held_docs = examples(&target, &held)?;
+        let train_rows = Rows::cached(
+            target,
+            &held,
             data.regime,
             seq_len,
             pad,
@@ -277,20 +347,24 @@ impl<'a> Trainer<'a> {
             let rows = Rows::new(held_docs, data.regime, seq_len, pad, "held-out target data")?;
             evaluators.push(Box::new(LossEval {
                 name: "target".into(),
-                rows: eval_rows(&rows, eval_tokens),
+                rows: eval_rows(&rows, eval_tokens)?,
                 seq_len,
                 micro_batch: micro,
             }));
         }
         if metrics.contains(&Metric::SourceLoss) {
             let source_path = data::resolve_source(&data.source, &opts.data_dir)?;
-            let docs =
-                data::read_documents(&source_path, crate::spec::Regime::Cpt, data, &tokenizer)?;
-            notes.extend(docs.warnings);
+            let source = run_tokens(
+                &source_path,
+                crate::spec::Regime::Cpt,
+                data,
+                &tokenizer,
+                &opts.cache_dir,
+            )?;
+            notes.extend(source.meta().warnings.iter().cloned());
             files_read.push(source_path);
-            let (_, held) = data::split_heldout(docs.docs, eval_tokens, &tokenizer)?;
             let rows = Rows::new(
-                held,
+                examples(&source, &source.held_out(eval_tokens)?)?,
                 crate::spec::Regime::Cpt,
                 seq_len,
                 pad,
@@ -298,7 +372,7 @@ impl<'a> Trainer<'a> {
             )?;
             evaluators.push(Box::new(LossEval {
                 name: "source".into(),
-                rows: eval_rows(&rows, eval_tokens),
+                rows: eval_rows(&rows, eval_tokens)?,
                 seq_len,
                 micro_batch: micro,
             }));

@@ -12,10 +12,10 @@ use crate::model::tokenizer::Tokenizer;
 use crate::plan::run::RunFile;
 
 use super::checkpoint::{self, TrainState};
-use super::data::{self, batch_of, Sampler};
 use super::eval::Evaluator;
 use super::optim::Optim;
 use super::outputs::{self, EvalRecord, MetricsLine, RunResult, RunStatus, RESULT_SCHEMA};
+use super::rows::{batch_of, Sampler};
 use super::schedule::LrSchedule;
 use super::{base_eval, export, recompute, TrainError, TrainOptions};
 
@@ -130,18 +130,14 @@ impl<'a> Trainer<'a> {
         let t = &self.run.shared.training;
         let batch = t.batch_size as usize;
         let micro = (t.micro_batch_size as usize).min(batch);
-        let rows = self.sampler.rows_at(*position, batch);
-        *position += batch as u64;
-        let targets: usize = rows
-            .iter()
-            .map(|r| r.1.iter().filter(|&&x| x != data::IGNORE).count())
-            .sum();
-        let denom = targets.max(1) as f64;
-        // Each rank takes its slice of the batch; normalized by the whole batch's target count,
+        // Each rank reads its slice of the batch; normalized by the whole batch's target count,
         // the ranks' gradients sum to the single-process gradient.
         let world = &self.opts.world;
-        let per_rank = batch / world.size();
-        let mine = &rows[world.rank() * per_rank..(world.rank() + 1) * per_rank];
+        let (mine, targets) = self
+            .sampler
+            .batch(*position, batch, world.rank(), world.size())?;
+        *position += batch as u64;
+        let denom = targets.max(1) as f64;
         let mut loss_sum = 0.0;
         for chunk in mine.chunks(micro.max(1)) {
             let b = batch_of(chunk, t.seq_len as usize)?;
