@@ -7,10 +7,11 @@
 //! `SWEEP_CUDA=1` is the opt-in switch for a binary that is to see CUDA: it links libtorch.so with
 //! `--no-as-needed`, so that libtorch_cuda.so is loaded (such a binary needs it to start).
 //!
-//! It also compiles the c10d shim (src/dist/c10d_shim.cpp, multi-process training) against
-//! libtorch's headers and Gloo's (Debian's libgloo-dev; `SWEEP_GLOO_INCLUDE` for another
-//! folder), and sets `cfg(sweep_c10d)`. Without Gloo's headers (or with SWEEP_NO_C10D=1) the
-//! binary is built without it: it trains in one process and says so when asked for more.
+//! It also compiles the C++ shim (src/shim/) against libtorch's headers: always its optimizer
+//! kernels (kernels.cpp), and its c10d part (c10d.cpp, multi-process training) where Gloo's
+//! headers are too (Debian's libgloo-dev; `SWEEP_GLOO_INCLUDE` for another folder), setting
+//! `cfg(sweep_c10d)`. Without Gloo's headers (or with SWEEP_NO_C10D=1) the binary is built
+//! without c10d: it trains in one process and says so when asked for more.
 //!
 //! With SWEEP_CUDA=1 the shim also gets c10d's NCCL backend (`cfg(sweep_nccl)`) when NCCL's and
 //! CUDA's headers are found: in SWEEP_CUDA_INCLUDE (folders separated by `:`), else in the nvidia
@@ -30,7 +31,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=SWEEP_CUDA_INCLUDE");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     println!("cargo::rustc-check-cfg=cfg(sweep_nccl)");
-    println!("cargo:rerun-if-changed=src/dist/c10d_shim.cpp");
+    println!("cargo:rerun-if-changed=src/shim");
     println!("cargo::rustc-check-cfg=cfg(sweep_c10d)");
     if env::var_os("CARGO_FEATURE_TORCH").is_none() {
         return;
@@ -50,7 +51,7 @@ fn main() {
     let cuda = env::var("SWEEP_CUDA").as_deref() == Ok("1");
     if let Some(include) = include {
         let nccl = if cuda { cuda_includes(&lib) } else { None };
-        build_c10d_shim(&include, nccl.as_deref());
+        build_shim(&include, nccl.as_deref());
     }
     if cuda {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
@@ -116,11 +117,55 @@ fn cuda_includes(lib: &std::path::Path) -> Option<Vec<PathBuf>> {
     Some(dirs)
 }
 
-/// Compile the c10d shim when libtorch's c10d headers and Gloo's are both there; with NCCL's
-/// backend when `nccl` names the CUDA include folders.
-fn build_c10d_shim(include: &std::path::Path, nccl: Option<&[PathBuf]>) {
-    if env::var("SWEEP_NO_C10D").as_deref() == Ok("1") {
+/// Compile the shim: its kernels always, its c10d part when libtorch's c10d headers and Gloo's
+/// are both there; with NCCL's backend when `nccl` names the CUDA include folders.
+fn build_shim(include: &std::path::Path, nccl: Option<&[PathBuf]>) {
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .file("src/shim/kernels.cpp");
+    let c10d = c10d_includes(include);
+    if let Some(gloo) = &c10d {
+        build
+            .include(gloo)
+            .flag("-DUSE_C10D_GLOO")
+            .file("src/shim/c10d.cpp");
+        if let Some(dirs) = nccl {
+            for d in dirs {
+                build.include(d);
+            }
+            build
+                .define("SWEEP_NCCL", None)
+                .define("USE_C10D_NCCL", None)
+                .define("USE_CUDA", None);
+        }
+    }
+    build.compile("sweep_shim");
+    println!("cargo:rustc-link-lib=dylib=torch_cpu");
+    println!("cargo:rustc-link-lib=dylib=c10");
+    if c10d.is_none() {
         return;
+    }
+    if nccl.is_some() {
+        println!("cargo:rustc-link-lib=dylib=torch_cuda");
+        println!("cargo:rustc-link-lib=dylib=c10_cuda");
+        println!("cargo:rustc-cfg=sweep_nccl");
+    }
+    println!("cargo:rustc-cfg=sweep_c10d");
+}
+
+/// Gloo's include folder, when multi-process training can be built: libtorch's c10d headers and
+/// Gloo's are there, and SWEEP_NO_C10D is not 1.
+fn c10d_includes(include: &std::path::Path) -> Option<PathBuf> {
+    if env::var("SWEEP_NO_C10D").as_deref() == Ok("1") {
+        return None;
     }
     let gloo = env::var_os("SWEEP_GLOO_INCLUDE")
         .map(PathBuf::from)
@@ -132,36 +177,7 @@ fn build_c10d_shim(include: &std::path::Path, nccl: Option<&[PathBuf]>) {
             c10d.display(),
             gloo.join("gloo/config.h").display()
         );
-        return;
+        return None;
     }
-    let mut build = cc::Build::new();
-    build
-        .cpp(true)
-        .pic(true)
-        .warnings(false)
-        .include(include)
-        .include(include.join("torch/csrc/api/include"))
-        .include(&gloo)
-        .flag("-std=c++17")
-        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
-        .flag("-DUSE_C10D_GLOO")
-        .flag("-DGLOG_USE_GLOG_EXPORT");
-    if let Some(dirs) = nccl {
-        for d in dirs {
-            build.include(d);
-        }
-        build
-            .define("SWEEP_NCCL", None)
-            .define("USE_C10D_NCCL", None)
-            .define("USE_CUDA", None);
-    }
-    build.file("src/dist/c10d_shim.cpp").compile("sweep_c10d");
-    println!("cargo:rustc-link-lib=dylib=torch_cpu");
-    println!("cargo:rustc-link-lib=dylib=c10");
-    if nccl.is_some() {
-        println!("cargo:rustc-link-lib=dylib=torch_cuda");
-        println!("cargo:rustc-link-lib=dylib=c10_cuda");
-        println!("cargo:rustc-cfg=sweep_nccl");
-    }
-    println!("cargo:rustc-cfg=sweep_c10d");
+    Some(gloo)
 }

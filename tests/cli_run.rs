@@ -191,7 +191,10 @@ fn tokenize_builds_the_caches_runs_read_and_a_second_time_reads_them() {
         .unwrap()
         .map(|e| std::fs::read_to_string(e.unwrap().path().join("train.log")).unwrap_or_default())
         .collect();
-    assert!(logs.contains("Completed after"), "the runs' logs are read: {logs}");
+    assert!(
+        logs.contains("Completed after"),
+        "the runs' logs are read: {logs}"
+    );
     assert!(!logs.contains("tokenized "), "{logs}");
     // A data file that is not there: one line naming it.
     std::fs::remove_file(dir.path().join("english.txt")).unwrap();

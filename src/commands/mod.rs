@@ -49,7 +49,12 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
     let config = config
         || err
             .downcast_ref::<crate::train::TrainError>()
-            .is_some_and(|e| matches!(e, crate::train::TrainError::Device(_)));
+            .is_some_and(|e| {
+                matches!(
+                    e,
+                    crate::train::TrainError::Device(_) | crate::train::TrainError::Setting(_)
+                )
+            });
     if config
         || err.downcast_ref::<SpecError>().is_some()
         || err.downcast_ref::<UsageError>().is_some()
@@ -122,6 +127,9 @@ fn train(g: &GlobalArgs, args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
         return launch_ranks(g, args, n);
     }
     let mut opts = crate::train::TrainOptions::from_env(args.threads);
+    opts.kernels = crate::train::kernels::Kernels::from_env(
+        std::env::var("SWEEP_OPTIMIZER_KERNELS").ok().as_deref(),
+    )?;
     if let Some(device) = &args.device {
         opts.device = device.clone();
     }

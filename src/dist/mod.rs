@@ -1,5 +1,5 @@
 //! One run over many processes: the world a rank lives in (its rank, the world size, and the
-//! collectives of libtorch's c10d, reached through the C++ shim `c10d_shim.cpp`). A
+//! collectives of libtorch's c10d, reached through the C++ shim's `src/shim/c10d.cpp`). A
 //! single-process run lives in the world of one, whose collectives do nothing, so the training
 //! loop has one path.
 //!
@@ -411,7 +411,7 @@ impl World {
 
 #[cfg(sweep_c10d)]
 mod ffi {
-    //! The C functions of c10d_shim.cpp.
+    //! The C functions of src/shim/c10d.cpp.
 
     use std::ffi::{c_char, c_int, c_void, CStr, CString};
 

@@ -202,6 +202,10 @@ mod tests {
             .unwrap();
         // At most 64 new tokens: characters, since a sampled byte that is not UTF-8 decodes to
         // U+FFFD, three bytes long.
-        assert!(out.chars().count() <= 64, "{} characters", out.chars().count());
+        assert!(
+            out.chars().count() <= 64,
+            "{} characters",
+            out.chars().count()
+        );
     }
 }

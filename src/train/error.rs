@@ -43,6 +43,9 @@ pub enum TrainError {
     /// The requested device is not available.
     #[error("{0}")]
     Device(String),
+    /// A setting of how the trainer runs (an environment variable, a flag) is not valid.
+    #[error("{0}")]
+    Setting(String),
     /// Another trainer holds the run.
     #[error("{0}")]
     Busy(String),

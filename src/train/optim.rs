@@ -1,5 +1,7 @@
-//! AdamW and LionW on tch tensors, by hand: decoupled weight decay (none on 1-D parameters such as
-//! norms and biases), global gradient-norm clipping, and state that checkpoints can save.
+//! AdamW and LionW on tch tensors: decoupled weight decay (none on 1-D parameters such as norms
+//! and biases), global gradient-norm clipping, and state that checkpoints can save. The updates
+//! run through libtorch's fused and multi-tensor kernels ([`super::kernels`]) by default; the
+//! hand-written per-tensor path is their reference.
 
 use std::collections::HashMap;
 
@@ -7,6 +9,7 @@ use tch::Tensor;
 
 use crate::spec::Optimizer;
 
+use super::kernels::{self, Kernels};
 use super::TrainError;
 
 /// Optimizer hyperparameters (the learning rate comes per step from the schedule).
@@ -46,6 +49,10 @@ pub struct Optim {
     /// parameters it owns; the updated parameters are then summed over the ranks, the others
     /// contributing zeros, so that every rank has every parameter (exactly: x + 0 = x).
     sharded: bool,
+    /// Fused kernels or the per-tensor reference.
+    kernels: Kernels,
+    /// The step count as fused AdamW reads it: an f32 scalar on the parameters' device.
+    step_tensor: Option<Tensor>,
 }
 
 /// The owner of each parameter among `ranks`: the largest first, each to the rank that holds
@@ -109,7 +116,24 @@ impl Optim {
             params: out,
             steps: 0,
             sharded,
+            kernels: Kernels::Fused,
+            step_tensor: None,
         })
+    }
+
+    /// The same optimizer with other kernels.
+    pub fn with_kernels(mut self, kernels: Kernels) -> Optim {
+        self.kernels = kernels;
+        self
+    }
+
+    /// The gradients that are defined, with their parameters.
+    fn grads(&self) -> Vec<(&Param, Tensor)> {
+        self.params
+            .iter()
+            .map(|p| (p, p.tensor.grad()))
+            .filter(|(_, g)| g.defined())
+            .collect()
     }
 
     /// Bytes of optimizer state this rank holds.
@@ -152,6 +176,10 @@ impl Optim {
 
     /// Zero every gradient.
     pub fn zero_grad(&mut self) -> Result<(), TrainError> {
+        if self.kernels == Kernels::Fused {
+            let grads: Vec<Tensor> = self.grads().into_iter().map(|(_, g)| g).collect();
+            return kernels::foreach_zero(&grads.iter().collect::<Vec<_>>());
+        }
         for p in &self.params {
             let mut g = p.tensor.grad();
             if g.defined() {
@@ -166,6 +194,18 @@ impl Optim {
     /// down to it. Returns the norm before clipping.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> Result<f64, TrainError> {
         let _g = tch::no_grad_guard();
+        if self.kernels == Kernels::Fused {
+            let grads: Vec<Tensor> = self.grads().into_iter().map(|(_, g)| g).collect();
+            if grads.is_empty() {
+                return Ok(0.0);
+            }
+            let refs: Vec<&Tensor> = grads.iter().collect();
+            let norm = kernels::foreach_norm(&refs)?;
+            if max_norm > 0.0 && norm > max_norm {
+                kernels::foreach_mul(&refs, max_norm / (norm + 1e-6))?;
+            }
+            return Ok(norm);
+        }
         // One device sync for the whole model, not one per parameter: the per-tensor norms stay
         // on the device until their norm is read.
         let norms: Vec<Tensor> = self
@@ -207,6 +247,9 @@ impl Optim {
     pub fn step(&mut self, lr: f64) -> Result<(), TrainError> {
         let _g = tch::no_grad_guard();
         self.steps += 1;
+        if self.kernels == Kernels::Fused {
+            return self.step_fused(lr);
+        }
         let [b1, b2] = self.cfg.betas;
         let t = self.steps as i32;
         for p in &mut self.params {
@@ -250,6 +293,66 @@ impl Optim {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// [`Optim::step`] through the fused and multi-tensor kernels: one call for the parameters
+    /// that decay and one for those that do not.
+    fn step_fused(&mut self, lr: f64) -> Result<(), TrainError> {
+        let cfg = self.cfg.clone();
+        let steps = self.steps as f64;
+        let held_step = self.step_tensor.take();
+        let mine: Vec<(&Param, Tensor)> =
+            self.grads().into_iter().filter(|(p, _)| p.owned).collect();
+        let Some((first, _)) = mine.first() else {
+            return Ok(());
+        };
+        let device = first.tensor.device();
+        let step_tensor = match held_step {
+            Some(t) if t.device() == device => t,
+            _ => Tensor::f_zeros([], (tch::Kind::Float, device))?,
+        };
+        let _ = step_tensor.shallow_clone().f_fill_(steps)?;
+        for decay in [true, false] {
+            let group: Vec<&(&Param, Tensor)> =
+                mine.iter().filter(|(p, _)| p.decay == decay).collect();
+            if group.is_empty() {
+                continue;
+            }
+            let params: Vec<&Tensor> = group.iter().map(|(p, _)| &p.tensor).collect();
+            let grads: Vec<&Tensor> = group.iter().map(|(_, g)| g).collect();
+            let m: Vec<&Tensor> = group.iter().map(|(p, _)| &p.exp_avg).collect();
+            let wd = if decay { cfg.weight_decay } else { 0.0 };
+            match cfg.kind {
+                Optimizer::Adamw => {
+                    let v: Vec<&Tensor> = group
+                        .iter()
+                        .filter_map(|(p, _)| p.exp_avg_sq.as_ref())
+                        .collect();
+                    kernels::fused_adamw(
+                        &params,
+                        &grads,
+                        &m,
+                        &v,
+                        &step_tensor,
+                        lr,
+                        cfg.betas,
+                        wd,
+                        cfg.eps,
+                    )?;
+                }
+                Optimizer::Lionw | Optimizer::DecoupledLionw => {
+                    // LLM Foundry's DecoupledLionW: the decay follows the schedule, not the lr.
+                    let factor = match cfg.kind {
+                        Optimizer::DecoupledLionw if cfg.peak_lr > 0.0 => lr / cfg.peak_lr,
+                        _ => lr,
+                    };
+                    kernels::foreach_lion(&params, &grads, &m, lr, cfg.betas, 1.0 - factor * wd)?;
+                }
+            }
+        }
+        drop(mine);
+        self.step_tensor = Some(step_tensor);
         Ok(())
     }
 
@@ -449,5 +552,90 @@ mod tests {
         close(&values(&v.grad()), &[0.6, 0.8]);
         opt.step(0.1).unwrap();
         close(&values(&v), &[2.9, 3.9]);
+    }
+
+    /// libtorch's fused AdamW and multi-tensor LionW make the updates of the hand-written
+    /// reference: parameters that decay and those that do not, several steps, clipping, state.
+    #[test]
+    fn fused_kernels_update_as_the_reference_does() {
+        let shapes: [&[i64]; 4] = [&[8, 16], &[16], &[3, 5, 7], &[32]];
+        for kind in [
+            Optimizer::Adamw,
+            Optimizer::Lionw,
+            Optimizer::DecoupledLionw,
+        ] {
+            let run = |kernels: Kernels| -> (Vec<Vec<f64>>, Vec<Vec<f64>>, Vec<f64>) {
+                tch::manual_seed(3);
+                let params: Vec<(String, Tensor)> = shapes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| {
+                        (
+                            format!("p{i}"),
+                            Tensor::randn(*s, (tch::Kind::Float, tch::Device::Cpu))
+                                .set_requires_grad(true),
+                        )
+                    })
+                    .collect();
+                let cfg = OptimConfig {
+                    kind,
+                    betas: [0.9, 0.95],
+                    eps: 1e-8,
+                    weight_decay: 0.1,
+                    peak_lr: 2e-2,
+                };
+                let shallow = params
+                    .iter()
+                    .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                    .collect();
+                let mut opt = Optim::new(shallow, cfg).unwrap().with_kernels(kernels);
+                let start = values(&params[0].1);
+                let mut norms = Vec::new();
+                for step in 0..5 {
+                    opt.zero_grad().unwrap();
+                    let loss: Tensor = params
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (_, p))| {
+                            (p * p * (i as f64 + 1.0) + p.sin()).sum(tch::Kind::Float)
+                        })
+                        .fold(Tensor::from(0.0f32), |a, b| a + b);
+                    loss.backward();
+                    norms.push(
+                        opt.clip_grad_norm(if step % 2 == 0 { 1.0 } else { 0.0 })
+                            .unwrap(),
+                    );
+                    opt.step(2e-2 * (1.0 - 0.1 * step as f64)).unwrap();
+                }
+                let moved = values(&params[0].1)
+                    .iter()
+                    .zip(&start)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f64::max);
+                assert!(
+                    moved > 1e-2,
+                    "{kind:?} with {kernels:?} moved the parameters by {moved}"
+                );
+                let state = opt.state_tensors().iter().map(|(_, t)| values(t)).collect();
+                (
+                    params.iter().map(|(_, p)| values(p)).collect(),
+                    state,
+                    norms,
+                )
+            };
+            let (p_ref, s_ref, n_ref) = run(Kernels::Reference);
+            let (p_fused, s_fused, n_fused) = run(Kernels::Fused);
+            for (a, b) in p_ref.iter().zip(&p_fused).chain(s_ref.iter().zip(&s_fused)) {
+                for (x, y) in a.iter().zip(b) {
+                    assert!(
+                        (x - y).abs() <= 1e-5 * (1.0 + x.abs()),
+                        "{kind:?}: {x} vs {y}"
+                    );
+                }
+            }
+            for (x, y) in n_ref.iter().zip(&n_fused) {
+                assert!((x - y).abs() <= 1e-5 * x.abs(), "{kind:?} norm: {x} vs {y}");
+            }
+        }
     }
 }

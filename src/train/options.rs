@@ -40,6 +40,8 @@ pub struct TrainOptions {
     /// The ranks of this run (one process: the world of one). Every rank reads its slice of
     /// each global batch; gradients are summed over ranks; rank 0 alone evaluates and writes.
     pub world: Arc<World>,
+    /// The optimizer's kernels (SWEEP_OPTIMIZER_KERNELS, read by the command).
+    pub kernels: super::kernels::Kernels,
 }
 
 impl TrainOptions {
@@ -66,6 +68,7 @@ impl TrainOptions {
             min_step: None,
             retrain: false,
             world: Arc::new(World::single()),
+            kernels: super::kernels::Kernels::Fused,
         }
     }
 }

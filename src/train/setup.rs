@@ -406,6 +406,10 @@ impl<'a> Trainer<'a> {
             &opts.world,
             t.shard_optimizer,
         )?;
+        let optim = optim.with_kernels(opts.kernels);
+        if opts.kernels == super::kernels::Kernels::Reference {
+            notes.push("optimizer: the hand-written per-tensor reference kernels (SWEEP_OPTIMIZER_KERNELS=reference), not libtorch's fused ones".into());
+        }
         if t.shard_optimizer {
             let mb = optim.state_bytes() as f64 / 1e6;
             notes.push(if optim.is_sharded() {

@@ -72,6 +72,7 @@ impl Fixture {
             min_step: None,
             retrain: false,
             world: Arc::new(crate::dist::World::single()),
+            kernels: crate::train::kernels::Kernels::Fused,
         }
     }
 }

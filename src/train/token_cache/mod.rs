@@ -15,6 +15,9 @@
 //!   [`Meta::block_tokens`] tokens of each shard (checked the first time a block is read), and
 //!   the warnings of the reading.
 //!
+//! Pages of the shards that were read are handed back to the kernel's page cache at once, so a
+//! run's resident memory does not grow with what it has read.
+//!
 //! It is built into `KEY.partial/` under an flock on `KEY.lock` (ranks and runs that need the
 //! same cache wait for one builder), then renamed into place: a cache is complete or absent.
 
@@ -53,7 +56,7 @@ impl Default for Layout {
     fn default() -> Layout {
         Layout {
             shard_tokens: 1 << 28,
-            block_tokens: 1 << 20,
+            block_tokens: 1 << 16,
         }
     }
 }
@@ -173,6 +176,21 @@ fn corrupt(dir: &Path, what: String) -> TrainError {
         "token cache {}: {what}: remove that folder and run again (it is rebuilt from the source)",
         dir.display()
     ))
+}
+
+/// Drop the pages of `map` that cover bytes `lo..hi` from this process's memory: they stay in
+/// the kernel's page cache and fault back in from it when read again, so that what training has
+/// read does not pile up in its resident memory however long it runs.
+fn release(map: &memmap2::Mmap, lo: usize, hi: usize) {
+    const PAGE: usize = 4096;
+    let lo = lo / PAGE * PAGE;
+    let hi = hi.div_ceil(PAGE).saturating_mul(PAGE).min(map.len());
+    if hi > lo {
+        // SAFETY: a read-only shared mapping of a file that is never written: dropped pages are
+        // read back from the file unchanged (MADV_DONTNEED loses nothing here).
+        let _ =
+            unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, lo, hi - lo) };
+    }
 }
 
 fn map(file: &std::fs::File) -> std::io::Result<Option<memmap2::Mmap>> {
@@ -330,7 +348,8 @@ impl TokenCache {
             self.check_blocks(s, from, to)?;
             let bytes = s.map.as_deref().unwrap_or(&[]);
             let w = self.meta.token_bytes;
-            let raw = &bytes[from as usize * w..to as usize * w];
+            let (lo, hi) = (from as usize * w, to as usize * w);
+            let raw = &bytes[lo..hi];
             if w == 2 {
                 out.extend(
                     raw.chunks_exact(2)
@@ -341,6 +360,9 @@ impl TokenCache {
                     raw.chunks_exact(4)
                         .map(|c| i64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
                 );
+            }
+            if let Some(m) = &s.map {
+                release(m, lo, hi);
             }
             at = s.start + to;
             k += 1;
@@ -359,7 +381,11 @@ impl TokenCache {
             let lo = b * bt * w;
             let hi = ((b + 1) * bt).min(s.tokens) * w;
             let bytes = &s.map.as_deref().unwrap_or(&[])[lo as usize..hi as usize];
-            if crc32fast::hash(bytes) != s.crc[b as usize] {
+            let ok = crc32fast::hash(bytes) == s.crc[b as usize];
+            if let Some(m) = &s.map {
+                release(m, lo as usize, hi as usize);
+            }
+            if !ok {
                 return Err(corrupt(
                     &self.dir,
                     format!(

@@ -1,13 +1,11 @@
-// The one C++ shim of sweep: what tch does not bind of libtorch, behind a few C functions.
-// Today that is c10d, the engine under torch.distributed: a TCPStore for the rendezvous and a
-// ProcessGroupGloo (CPU tensors) or, in a CUDA build with NCCL's headers (SWEEP_NCCL, set by
-// build.rs), a ProcessGroupNCCL (CUDA tensors) for the collectives. Compiled by build.rs with the
-// cc crate against the same LIBTORCH headers that torch-sys uses (plus Gloo's headers, which the
-// torch wheel lacks: Debian's libgloo-dev), linked against libtorch_cpu, which holds c10d and
-// Gloo, and libtorch_cuda, which holds ProcessGroupNCCL.
-//
-// Every function catches C++ exceptions and returns nonzero (or NULL) with the message's first
-// line in `err`; nothing throws across the C boundary. Tensors are tch's (at::Tensor*).
+// c10d, the engine under torch.distributed, for multi-process training: a TCPStore for the
+// rendezvous and a ProcessGroupGloo (CPU tensors) or, in a CUDA build with NCCL's headers
+// (SWEEP_NCCL, set by build.rs), a ProcessGroupNCCL (CUDA tensors) for the collectives. Part of
+// sweep's one C++ shim (shim.h); compiled only where Gloo's headers are (Debian's libgloo-dev,
+// which the torch wheel lacks), linked against libtorch_cpu, which holds c10d and Gloo, and
+// libtorch_cuda, which holds ProcessGroupNCCL.
+
+#include "shim.h"
 
 #include <ATen/ATen.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -28,27 +26,6 @@ struct SweepPG {
   c10::intrusive_ptr<c10d::Backend> pg;
   std::chrono::milliseconds timeout;
 };
-
-static void set_err(char* err, size_t n, const std::string& msg) {
-  if (err == nullptr || n == 0) return;
-  // libtorch messages carry a C++ backtrace after the first line.
-  std::string first = msg.substr(0, msg.find('\n'));
-  std::strncpy(err, first.c_str(), n - 1);
-  err[n - 1] = 0;
-}
-
-template <typename F>
-static int guarded(char* err, size_t n, F f) {
-  try {
-    f();
-    return 0;
-  } catch (const std::exception& e) {
-    set_err(err, n, e.what());
-  } catch (...) {
-    set_err(err, n, "unknown C++ exception");
-  }
-  return 1;
-}
 
 extern "C" {
 
