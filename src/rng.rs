@@ -83,6 +83,26 @@ impl Rng {
     }
 }
 
+/// Run the body of test `name` (its full path) alone, in a child process of the test binary:
+/// for tests that seed libtorch's global generator and compare what two computations draw from
+/// it, which tests on other threads of the same binary would otherwise draw from in between.
+#[cfg(test)]
+pub(crate) fn alone(name: &str, body: impl FnOnce()) {
+    if std::env::var_os("SWEEP_TEST_ALONE").is_some() {
+        body();
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args([name, "--exact", "--test-threads=1"])
+        .env("SWEEP_TEST_ALONE", "1")
+        .output()
+        .expect("the test binary runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{name}, alone:\n{text}");
+    assert!(text.contains("1 passed"), "{name} ran alone: {text}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -183,9 +183,16 @@ pub fn submit(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
     } else {
         let be = backend(&j);
         let tc = &plan.shared.training;
+        let checkpoint_bytes = plan.shape.as_ref().map_or(0.0, |shape| {
+            plan.points
+                .iter()
+                .map(|p| crate::plan::memory::checkpoint_bytes(shape, &p.method, tc))
+                .fold(0.0, f64::max)
+        });
         let resources = crate::executor::slurm::script::Resources {
             nodes: tc.nodes,
             ranks_per_node: tc.ranks_per_node,
+            checkpoint_bytes,
         };
         ex::submit_batch(
             t.as_mut(),

@@ -1,6 +1,8 @@
 //! A Llama and its tokenizer as a [`TextModel`]: a KV cache for decoding, and left truncation
 //! of whatever does not fit the model's positions.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tch::{Kind, Tensor};
 
 use super::{Completion, MetricsError, TextModel};
@@ -48,6 +50,9 @@ pub struct LlamaText<'a> {
     pub model: &'a Llama,
     /// Its tokenizer.
     pub tok: &'a Tokenizer,
+    /// When set, every later completion or score fails with [`MetricsError::Interrupted`]: an
+    /// evaluation stops within one item of a stop signal.
+    pub stop: Option<&'a AtomicBool>,
 }
 
 impl From<crate::model::tokenizer::TokenizerError> for MetricsError {
@@ -56,14 +61,27 @@ impl From<crate::model::tokenizer::TokenizerError> for MetricsError {
     }
 }
 
-impl LlamaText<'_> {
+impl<'a> LlamaText<'a> {
+    /// The model as text, stopping at `stop`.
+    pub fn new(model: &'a Llama, tok: &'a Tokenizer, stop: Option<&'a AtomicBool>) -> Self {
+        LlamaText { model, tok, stop }
+    }
+
     fn max_len(&self) -> usize {
         self.model.cfg.max_position_embeddings.max(2)
+    }
+
+    fn check_stop(&self) -> Result<(), MetricsError> {
+        match self.stop {
+            Some(f) if f.load(Ordering::SeqCst) => Err(MetricsError::Interrupted),
+            _ => Ok(()),
+        }
     }
 }
 
 impl TextModel for LlamaText<'_> {
     fn complete(&mut self, prompt: &str, how: &Completion) -> Result<String, MetricsError> {
+        self.check_stop()?;
         let _g = tch::no_grad_guard();
         let device = self.model.vs.device();
         let specials = self.tok.specials();
@@ -98,6 +116,7 @@ impl TextModel for LlamaText<'_> {
     }
 
     fn loglikelihood(&mut self, context: &str, continuation: &str) -> Result<f64, MetricsError> {
+        self.check_stop()?;
         let _g = tch::no_grad_guard();
         let device = self.model.vs.device();
         let mut tokens: Vec<i64> = self.tok.specials().bos.into_iter().collect();
@@ -166,6 +185,7 @@ mod tests {
     fn greedy_completion_matches_the_models_generate_and_loglikelihood_chains() {
         let model = Llama::new(&tiny_cfg(), &BuildOptions::default(), Device::Cpu).unwrap();
         let mut lm = LlamaText {
+            stop: None,
             model: &model,
             tok: &Tokenizer::Byte,
         };

@@ -23,6 +23,9 @@ pub enum MetricsError {
     /// The model failed to generate or score.
     #[error("model: {0}")]
     Model(String),
+    /// A stop was asked for (a signal: the run checkpoints and ends) between two items.
+    #[error("the evaluation was stopped between two items by a stop signal")]
+    Interrupted,
     /// An evaluation file has a malformed line.
     #[error("{path}:{line}: {msg}")]
     Parse {

@@ -134,6 +134,8 @@ pub fn evaluate(
     let mut metrics = BTreeMap::new();
     let mut read = Vec::new();
     let mut failed = Vec::new();
+    // The base evaluation runs to its end (a stop signal is honoured after it): before it there
+    // is no state to checkpoint.
     for sampled in [false, true] {
         let group: Vec<&dyn Evaluator> = evaluators
             .iter()
@@ -151,7 +153,7 @@ pub fn evaluate(
         }
         let mut shared = BTreeMap::new();
         for e in group {
-            shared.extend(e.evaluate(model, tok)?);
+            shared.extend(e.evaluate(model, tok, None)?);
         }
         if let Some(c) = cache {
             // The values as a later run reads them back (serde_json's default float parsing may
@@ -168,7 +170,7 @@ pub fn evaluate(
         metrics.extend(shared);
     }
     for e in evaluators.iter().filter(|e| !e.of_outputs_only()) {
-        metrics.extend(e.evaluate(model, tok)?);
+        metrics.extend(e.evaluate(model, tok, None)?);
     }
     let note = if !failed.is_empty() {
         Some(format!(

@@ -84,13 +84,11 @@ pub fn write_shard(tmp: &Path, rank: usize, optim: &[(String, Tensor)]) -> Resul
     write_tensors(&tmp.join(format!("optim-{rank}.safetensors")), optim)
 }
 
+/// Tensors to one safetensors file, streamed off their device one at a time (the host never
+/// holds a whole model's copy).
 fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), TrainError> {
-    let on_cpu: Vec<(String, Tensor)> = tensors
-        .iter()
-        .map(|(n, t)| Ok((n.clone(), t.f_detach()?.f_to_device(tch::Device::Cpu)?)))
-        .collect::<Result<_, TrainError>>()?;
-    Tensor::write_safetensors(&on_cpu, path).map_err(|e| {
-        // The OS's words (disk full, ...) on one line, not libtorch's whole message.
+    crate::model::safetensors::write_streamed(path, tensors).map_err(|e| {
+        // The OS's words (disk full, ...) on one line.
         let first = e.to_string();
         err(path, first.lines().next().unwrap_or(""))
     })
@@ -207,9 +205,10 @@ pub fn load_latest(dir: &Path) -> Result<Option<Loaded>, TrainError> {
         crate::model::safetensors::check_complete(&path.join(name))
             .map_err(|e| corrupt(format!("{name}: {e}")))?;
     }
+    // Through a map, tensor by tensor: a resume holds the checkpoint once, not twice.
     let read = |name: &str| -> Result<HashMap<String, Tensor>, TrainError> {
-        Ok(Tensor::read_safetensors(path.join(name))
-            .map_err(|e| err(&path, e))?
+        Ok(crate::model::safetensors::read_streamed(&path.join(name))
+            .map_err(|e| corrupt(format!("{name}: {e}")))?
             .into_iter()
             .collect())
     };

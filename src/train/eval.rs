@@ -2,6 +2,7 @@
 //! metrics; a new metric is one more implementation, and the training loop does not change.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tch::{Kind, Reduction, Tensor};
 
@@ -11,11 +12,27 @@ use super::TrainError;
 use crate::model::llama::Llama;
 use crate::model::tokenizer::Tokenizer;
 
+/// A stop flag an evaluation checks between its items (set by a stop signal); None: never.
+pub type Stop<'a> = Option<&'a AtomicBool>;
+
+/// Whether an error is an evaluation stopped by [`Stop`].
+pub fn interrupted(e: &TrainError) -> bool {
+    matches!(
+        e,
+        TrainError::Metrics(crate::metrics::MetricsError::Interrupted)
+    )
+}
+
 /// Something measured on the model at an evaluation point.
 pub trait Evaluator {
-    /// Metric names to values.
-    fn evaluate(&self, model: &Llama, tok: &Tokenizer)
-        -> Result<BTreeMap<String, f64>, TrainError>;
+    /// Metric names to values; fails with [`crate::metrics::MetricsError::Interrupted`] within
+    /// one item (a batch, a problem, a task) of `stop` being set.
+    fn evaluate(
+        &self,
+        model: &Llama,
+        tok: &Tokenizer,
+        stop: Stop<'_>,
+    ) -> Result<BTreeMap<String, f64>, TrainError>;
 
     /// Whether the metrics depend on the model's outputs only, so that their value on the
     /// untrained model is the same for every method (LoRA at init computes what the base does)
@@ -76,11 +93,19 @@ pub struct LossEval {
 }
 
 impl Evaluator for LossEval {
-    fn evaluate(&self, model: &Llama, _: &Tokenizer) -> Result<BTreeMap<String, f64>, TrainError> {
+    fn evaluate(
+        &self,
+        model: &Llama,
+        _: &Tokenizer,
+        stop: Stop<'_>,
+    ) -> Result<BTreeMap<String, f64>, TrainError> {
         let _g = tch::no_grad_guard();
         let mut sum = 0.0;
         let mut count = 0.0;
         for chunk in self.rows.chunks(self.micro_batch.max(1)) {
+            if stop.is_some_and(|f| f.load(Ordering::SeqCst)) {
+                return Err(crate::metrics::MetricsError::Interrupted.into());
+            }
             let b = batch_of(chunk, self.seq_len)?;
             let (loss, n) = batch_loss_sum(model, &b, false)?;
             sum += loss.f_double_value(&[])?;

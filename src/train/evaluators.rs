@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::data::Example;
-use super::eval::Evaluator;
+use super::eval::{Evaluator, Stop};
 use super::TrainError;
 use crate::data::math::MathProblem;
 use crate::metrics::diversity::{diversity_scores, sample, text_prompt};
@@ -39,8 +39,9 @@ impl Evaluator for MathAccuracyEval {
         &self,
         model: &Llama,
         tok: &Tokenizer,
+        stop: Stop<'_>,
     ) -> Result<BTreeMap<String, f64>, TrainError> {
-        let acc = math_accuracy(&self.problems, &mut LlamaText { model, tok })?;
+        let acc = math_accuracy(&self.problems, &mut LlamaText::new(model, tok, stop))?;
         Ok(acc
             .map(|a| ("math_accuracy".to_string(), a))
             .into_iter()
@@ -60,8 +61,9 @@ impl Evaluator for NextLineEval {
         &self,
         model: &Llama,
         tok: &Tokenizer,
+        stop: Stop<'_>,
     ) -> Result<BTreeMap<String, f64>, TrainError> {
-        let m = next_line_match(&self.cases, &mut LlamaText { model, tok })?;
+        let m = next_line_match(&self.cases, &mut LlamaText::new(model, tok, stop))?;
         Ok(m.map(|a| ("next_line_match".to_string(), a))
             .into_iter()
             .collect())
@@ -90,13 +92,14 @@ impl Evaluator for DiversityEval {
         &self,
         model: &Llama,
         tok: &Tokenizer,
+        stop: Stop<'_>,
     ) -> Result<BTreeMap<String, f64>, TrainError> {
         tch::manual_seed(self.seed as i64);
         let groups = sample(
             &self.prompts,
             self.samples,
             self.temperature,
-            &mut LlamaText { model, tok },
+            &mut LlamaText::new(model, tok, stop),
         )?;
         Ok(diversity_scores(&groups)
             .map(|s| s.named())
@@ -116,8 +119,9 @@ impl Evaluator for MultipleChoiceEval {
         &self,
         model: &Llama,
         tok: &Tokenizer,
+        stop: Stop<'_>,
     ) -> Result<BTreeMap<String, f64>, TrainError> {
-        let acc = multiple_choice_accuracy(&self.items, &mut LlamaText { model, tok })?;
+        let acc = multiple_choice_accuracy(&self.items, &mut LlamaText::new(model, tok, stop))?;
         Ok(acc
             .map(|a| ("multiple_choice_accuracy".to_string(), a))
             .into_iter()
@@ -139,8 +143,13 @@ impl Evaluator for HumanEvalEval {
         &self,
         model: &Llama,
         tok: &Tokenizer,
+        stop: Stop<'_>,
     ) -> Result<BTreeMap<String, f64>, TrainError> {
-        let p = humaneval_pass_at_1(&self.tasks, &mut LlamaText { model, tok }, &self.sandbox)?;
+        let p = humaneval_pass_at_1(
+            &self.tasks,
+            &mut LlamaText::new(model, tok, stop),
+            &self.sandbox,
+        )?;
         Ok(p.map(|a| ("humaneval_pass@1".to_string(), a))
             .into_iter()
             .collect())

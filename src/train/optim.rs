@@ -565,16 +565,16 @@ mod tests {
             Optimizer::DecoupledLionw,
         ] {
             let run = |kernels: Kernels| -> (Vec<Vec<f64>>, Vec<Vec<f64>>, Vec<f64>) {
-                tch::manual_seed(3);
+                // Values from the project's own generator: libtorch's global one is shared with
+                // tests on other threads.
                 let params: Vec<(String, Tensor)> = shapes
                     .iter()
                     .enumerate()
                     .map(|(i, s)| {
-                        (
-                            format!("p{i}"),
-                            Tensor::randn(*s, (tch::Kind::Float, tch::Device::Cpu))
-                                .set_requires_grad(true),
-                        )
+                        let n = s.iter().product::<i64>() as usize;
+                        let v = crate::rng::Rng::new(3, i as u64).normal_vec(n, 0.0, 1.0);
+                        let t = Tensor::from_slice(&v).reshape(*s);
+                        (format!("p{i}"), t.set_requires_grad(true))
                     })
                     .collect();
                 let cfg = OptimConfig {

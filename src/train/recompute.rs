@@ -90,6 +90,13 @@ mod tests {
     /// embedding's gradient comes from both ends) and LoRA with dropout, whose masks must repeat.
     #[test]
     fn checkpointing_gives_the_same_loss_and_gradients() {
+        crate::rng::alone(
+            "train::recompute::tests::checkpointing_gives_the_same_loss_and_gradients",
+            same_loss_and_gradients,
+        );
+    }
+
+    fn same_loss_and_gradients() {
         let rows: Vec<_> = (0..3)
             .map(|r| {
                 let ids: Vec<i64> = (0..17).map(|i| (i * 7 + r * 13) % 250 + 3).collect();

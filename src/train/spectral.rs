@@ -115,7 +115,12 @@ impl Evaluator for SpectralRankEval {
         false
     }
 
-    fn evaluate(&self, model: &Llama, _: &Tokenizer) -> Result<BTreeMap<String, f64>, TrainError> {
+    fn evaluate(
+        &self,
+        model: &Llama,
+        _: &Tokenizer,
+        _: super::eval::Stop<'_>,
+    ) -> Result<BTreeMap<String, f64>, TrainError> {
         let _g = tch::no_grad_guard();
         let mut per_module: BTreeMap<&'static str, Vec<usize>> = BTreeMap::new();
         for (name, lora) in model.adapters() {

@@ -807,3 +807,115 @@ fn token_shards_train_a_cpt_run() {
     );
     assert!(last < first, "target loss {first} -> {last}");
 }
+
+/// Sets a stop flag on its `at`-th call: a signal that arrives during an evaluation.
+struct SignalDuringEval {
+    flag: Arc<AtomicBool>,
+    calls: std::cell::Cell<usize>,
+    at: usize,
+}
+
+impl super::eval::Evaluator for SignalDuringEval {
+    fn evaluate(
+        &self,
+        _: &Llama,
+        _: &crate::model::tokenizer::Tokenizer,
+        _: super::eval::Stop<'_>,
+    ) -> Result<std::collections::BTreeMap<String, f64>, TrainError> {
+        self.calls.set(self.calls.get() + 1);
+        if self.calls.get() == self.at {
+            self.flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(Default::default())
+    }
+
+    fn of_outputs_only(&self) -> bool {
+        false
+    }
+}
+
+#[test]
+fn a_stop_during_an_evaluation_ends_it_and_the_resumed_run_evaluates_first() {
+    let f = Fixture::new();
+    let edit = |v: &mut serde_json::Value| {
+        v["token_budget"] = 640.into();
+        v["eval_at"] = serde_json::json!([320, 640]);
+        v["evaluation"]["metrics"] = serde_json::json!(["target_loss", "source_loss"]);
+    };
+    let whole = train(&f.run("whole", edit), &f.opts()).unwrap();
+    let run = f.run("cut", edit);
+    let flag = Arc::new(AtomicBool::new(false));
+    let mut opts = f.opts();
+    opts.stop = Some(flag.clone());
+    let (file, hash) = read_run_file_hashed(&run).unwrap();
+    let dir = run.parent().unwrap();
+    let mut t = super::trainer::Trainer::new(&file, &hash, dir, &opts).unwrap();
+    // Call 1 is the base evaluation; call 2 begins the evaluation at 320 tokens (step 5), and
+    // the loss evaluations after it stop at their first batch.
+    t.evaluators.insert(
+        0,
+        Box::new(SignalDuringEval {
+            flag,
+            calls: Default::default(),
+            at: 2,
+        }),
+    );
+    let r = t.run(std::time::Instant::now()).unwrap();
+    assert_eq!((r.status, r.step), (RunStatus::Interrupted, 5));
+    assert_eq!(
+        r.evals.iter().map(|e| e.tokens).collect::<Vec<_>>(),
+        vec![0]
+    );
+    assert!(!dir.join("result.json").exists());
+    let ckpts = checkpoint::list(&dir.join("checkpoints")).unwrap();
+    assert_eq!(ckpts.len(), 1);
+    assert!(ckpts[0].ends_with("step-00000005"), "{ckpts:?}");
+    // Resumed: the cut evaluation first, then the rest; the same numbers as the whole run.
+    let r = train(&run, &f.opts()).unwrap();
+    assert_eq!((r.status, r.step), (RunStatus::Completed, 10));
+    assert_eq!(r.evals.len(), 3);
+    for (a, b) in whole.evals.iter().zip(&r.evals) {
+        assert_eq!((a.step, a.tokens), (b.step, b.tokens));
+        for (k, x) in &a.metrics {
+            assert!(
+                (x - b.metrics[k]).abs() < 1e-5,
+                "{k} at {}: {x} vs {}",
+                a.tokens,
+                b.metrics[k]
+            );
+        }
+    }
+    let lines = read_lines(&dir.join("metrics.jsonl"));
+    let steps: Vec<u64> = lines.iter().map(|l| l.step).collect();
+    assert_eq!(steps, vec![0, 5, 10], "one line per evaluation, none twice");
+    assert!(lines[1].eval.contains_key("target_loss"));
+}
+
+#[test]
+fn a_loss_evaluation_stops_at_its_first_batch_once_asked() {
+    let rows: Vec<super::rows::Row> = (0..4).map(|_| (vec![1; 8], vec![2; 8])).collect();
+    let e = super::eval::LossEval {
+        name: "target".into(),
+        rows,
+        seq_len: 8,
+        micro_batch: 1,
+    };
+    let model = Llama::new(&tiny_cfg(), &BuildOptions::default(), Device::Cpu).unwrap();
+    let tok = crate::model::tokenizer::Tokenizer::Byte;
+    use super::eval::Evaluator;
+    let flag = AtomicBool::new(false);
+    assert!(e
+        .evaluate(&model, &tok, Some(&flag))
+        .unwrap()
+        .contains_key("target_loss"));
+    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = e.evaluate(&model, &tok, Some(&flag)).unwrap_err();
+    assert!(super::eval::interrupted(&err), "{err}");
+    // The generation metrics stop at their next completion or score.
+    let mut lm = crate::metrics::lm::LlamaText::new(&model, &tok, Some(&flag));
+    use crate::metrics::TextModel;
+    assert!(matches!(
+        lm.loglikelihood("a", "b"),
+        Err(crate::metrics::MetricsError::Interrupted)
+    ));
+}

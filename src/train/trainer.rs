@@ -12,7 +12,7 @@ use crate::model::tokenizer::Tokenizer;
 use crate::plan::run::RunFile;
 
 use super::checkpoint::{self, TrainState};
-use super::eval::Evaluator;
+use super::eval::{self, Evaluator};
 use super::optim::Optim;
 use super::outputs::{self, EvalRecord, MetricsLine, RunResult, RunStatus, RESULT_SCHEMA};
 use super::rows::{batch_of, Sampler};
@@ -60,18 +60,50 @@ pub(super) struct Trainer<'a> {
 impl<'a> Trainer<'a> {
     /// Rank 0 evaluates while the other ranks wait for it (through the store, so that no
     /// collective times out during a long evaluation): one evaluation, one writer, and the same
-    /// numbers as a single process.
+    /// numbers as a single process. A stop signal ends the evaluation within one item (an
+    /// [`eval::interrupted`] error; the others are released all the same).
     fn evaluate(&self, step: u64, tokens: u64) -> Result<EvalRecord, TrainError> {
         let mut metrics = BTreeMap::new();
+        let stop = self.opts.stop.as_deref();
+        let mut outcome = Ok(());
         for e in self.evaluators.iter().filter(|_| self.opts.world.is_main()) {
-            metrics.extend(e.evaluate(&self.model, &self.tokenizer)?);
+            match e.evaluate(&self.model, &self.tokenizer, stop) {
+                Ok(m) => metrics.extend(m),
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
         }
         self.opts.world.after_main("evaluation")?;
+        // Every rank learns that rank 0's evaluation was stopped, and records none either.
+        let world = &self.opts.world;
+        let stopped = outcome.as_ref().err().is_some_and(eval::interrupted);
+        if world.size() > 1 && world.sum_f64(if stopped { 1.0 } else { 0.0 })? > 0.0 {
+            outcome?;
+            return Err(crate::metrics::MetricsError::Interrupted.into());
+        }
+        outcome?;
         Ok(EvalRecord {
             step,
             tokens,
             metrics,
         })
+    }
+
+    /// Whether the state is due an evaluation it has not had: a token checkpoint passed, or
+    /// the end reached unevaluated.
+    fn eval_due(&self, state: &TrainState) -> bool {
+        let evaluated = state.evals.last().map_or(0, |e| e.tokens);
+        let next_eval = self
+            .run
+            .point
+            .eval_at
+            .iter()
+            .copied()
+            .find(|&b| b > evaluated);
+        next_eval.is_some_and(|b| state.tokens >= b)
+            || (state.step == self.total_steps && evaluated < state.tokens)
     }
 
     /// A metrics.jsonl line, written by rank 0 alone.
@@ -160,6 +192,11 @@ impl<'a> Trainer<'a> {
         let mut last_log = (Instant::now(), state.tokens);
         let mut status = RunStatus::Completed;
         let mut error = None;
+        // An evaluation that a stop cut short is done first.
+        if state.step > 0 && self.eval_due(&state) {
+            let lr = self.schedule.lr(state.step - 1);
+            self.log_and_evaluate(&mut state, lr, None, &mut last_log)?;
+        }
 
         while state.step < self.total_steps {
             if self.stop_requested(session_steps)? {
@@ -184,7 +221,7 @@ impl<'a> Trainer<'a> {
             {
                 std::thread::sleep(rest);
             }
-            self.log_and_evaluate(&mut state, lr, grad_norm, &mut last_log)?;
+            self.log_and_evaluate(&mut state, lr, Some(grad_norm), &mut last_log)?;
             if t.checkpoint_every > 0
                 && state.step % t.checkpoint_every == 0
                 && state.step < self.total_steps
@@ -192,6 +229,10 @@ impl<'a> Trainer<'a> {
                 state.wall_s = wall_before + started.elapsed().as_secs_f64();
                 self.checkpoint(&state)?;
             }
+        }
+        // The last evaluation stopped by a signal: not complete yet (it resumes to evaluate).
+        if status == RunStatus::Completed && self.eval_due(&state) {
+            status = RunStatus::Interrupted;
         }
         state.wall_s = wall_before + started.elapsed().as_secs_f64();
         self.finish(state, status, error)
@@ -369,27 +410,23 @@ impl<'a> Trainer<'a> {
         &mut self,
         state: &mut TrainState,
         lr: f64,
-        grad_norm: f64,
+        grad_norm: Option<f64>,
         last_log: &mut (Instant, u64),
     ) -> Result<(), TrainError> {
         let log_every = self.run.shared.training.log_every;
-        let evaluated = state.evals.last().map_or(0, |e| e.tokens);
-        let next_eval = self
-            .run
-            .point
-            .eval_at
-            .iter()
-            .copied()
-            .find(|&b| b > evaluated);
         let end = state.step == self.total_steps;
-        let eval_now =
-            next_eval.is_some_and(|b| state.tokens >= b) || (end && evaluated < state.tokens);
+        let eval_now = self.eval_due(state);
         let log_now = log_every > 0 && state.step.is_multiple_of(log_every);
         if !(eval_now || log_now || end) {
             return Ok(());
         }
         let eval = if eval_now {
-            let rec = self.evaluate(state.step, state.tokens)?;
+            let rec = match self.evaluate(state.step, state.tokens) {
+                // Stopped by a signal: nothing of it is recorded; the stop check before the next
+                // step ends the run with a checkpoint, and the resumed run evaluates first.
+                Err(e) if eval::interrupted(&e) => return Ok(()),
+                other => other?,
+            };
             let m = rec.metrics.clone();
             state.evals.push(rec);
             m
@@ -408,7 +445,7 @@ impl<'a> Trainer<'a> {
                 tokens: state.tokens,
                 lr,
                 train_loss: state.last_train_loss,
-                grad_norm: Some(grad_norm),
+                grad_norm,
                 tokens_per_s: tps,
                 comm_ms_per_step,
                 eval,

@@ -129,9 +129,10 @@ pub struct ClusterConfig {
     /// The shortest time between two polls of the scheduler, seconds.
     #[serde(default = "default_poll_floor")]
     pub poll_floor_s: u64,
-    /// Seconds before the time limit at which the trainer is told to checkpoint (SIGUSR1).
-    #[serde(default = "default_signal_s")]
-    pub checkpoint_signal_s: u64,
+    /// Seconds before the time limit at which the trainer is told to checkpoint (SIGUSR1); by
+    /// default enough to write the sweep's largest checkpoint ([`default_signal_s`]).
+    #[serde(default)]
+    pub checkpoint_signal_s: Option<u64>,
     /// Retries by fault class.
     #[serde(default)]
     pub retry: RetryPolicy,
@@ -149,8 +150,17 @@ fn default_command_timeout() -> u64 {
 fn default_poll_floor() -> u64 {
     30
 }
-fn default_signal_s() -> u64 {
-    120
+/// The write speed the default warning time assumes for the cluster's shared filesystem, in
+/// bytes per second: modest, since one file server serves many jobs.
+pub const CHECKPOINT_WRITE_BPS: f64 = 250e6;
+
+/// The default warning before the time limit for runs whose checkpoint is `bytes` large: a
+/// minute to finish the step under way, plus the checkpoint's writing at
+/// [`CHECKPOINT_WRITE_BPS`], at least 120 s, in whole tens of seconds. An evaluation under way
+/// stops within one item of the warning.
+pub fn default_signal_s(bytes: f64) -> u64 {
+    let s = 60.0 + bytes.max(0.0) / CHECKPOINT_WRITE_BPS;
+    ((s / 10.0).ceil() as u64 * 10).max(120)
 }
 
 /// clusters.toml.

@@ -43,12 +43,15 @@ pub const CHECKPOINTED_EXIT: u8 = 75;
 
 /// What one run of a batch asks for: data-parallel ranks over nodes (the spec's
 /// `training.nodes` and `training.ranks_per_node`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Resources {
     /// Nodes per run.
     pub nodes: u32,
     /// Ranks (srun tasks) per node.
     pub ranks_per_node: u32,
+    /// The largest checkpoint of the batch's runs, in bytes (the time-limit warning's default
+    /// leaves time to write it).
+    pub checkpoint_bytes: f64,
 }
 
 impl Default for Resources {
@@ -56,6 +59,7 @@ impl Default for Resources {
         Resources {
             nodes: 1,
             ranks_per_node: 1,
+            checkpoint_bytes: 0.0,
         }
     }
 }
@@ -94,7 +98,10 @@ pub fn render(c: &ClusterConfig, binary: &str, tag: &str, res: Resources) -> Str
     opt("open-mode", "append");
     s.push_str("#SBATCH --requeue\n");
     let mut opt = |k: &str, v: &str| s.push_str(&format!("#SBATCH --{k}={v}\n"));
-    opt("signal", &format!("B:USR1@{}", c.checkpoint_signal_s));
+    let warning = c
+        .checkpoint_signal_s
+        .unwrap_or_else(|| super::config::default_signal_s(res.checkpoint_bytes));
+    opt("signal", &format!("B:USR1@{warning}"));
     for (k, v) in [
         ("partition", &c.partition),
         ("account", &c.account),
@@ -230,6 +237,33 @@ mod tests {
         );
     }
 
+    /// The time-limit warning leaves time to write the sweep's largest checkpoint, unless the
+    /// cluster entry says how long.
+    #[test]
+    fn the_warning_covers_the_checkpoint() {
+        let f = ClustersFile::parse(
+            "[clusters.a]\nhost = \"h\"\nuser = \"u\"\nwork_dir = \"w\"\n[clusters.b]\nhost = \"h\"\nuser = \"u\"\nwork_dir = \"w\"\ncheckpoint_signal_s = 90\n",
+            "c",
+        )
+        .unwrap();
+        // Llama-2-7B full fine-tuning with AdamW (plan::memory's tests): 81 GB.
+        let res = Resources {
+            checkpoint_bytes: 81e9,
+            ..Resources::default()
+        };
+        let warning = |c: &str, res: Resources| {
+            let text = render(&f.clusters[c], "w/bin/sweep", "t", res);
+            text.lines()
+                .find_map(|l| l.strip_prefix("#SBATCH --signal=B:USR1@"))
+                .unwrap()
+                .to_string()
+        };
+        // 60 s and 81 GB at 250 MB/s: 384 s, in tens.
+        assert_eq!(warning("a", res), "390");
+        assert_eq!(warning("a", Resources::default()), "120");
+        assert_eq!(warning("b", res), "90");
+    }
+
     #[test]
     fn multi_rank_script_matches_its_golden_file() {
         let f = ClustersFile::parse(
@@ -240,6 +274,7 @@ mod tests {
         let res = Resources {
             nodes: 2,
             ranks_per_node: 4,
+            ..Resources::default()
         };
         let text = render(&f.clusters["a"], "w/bin/sweep-0.1.0", "abc123", res);
         assert!(text.contains("#SBATCH --nodes=2\n#SBATCH --ntasks-per-node=4\n"));
@@ -256,6 +291,7 @@ mod tests {
         let res = Resources {
             nodes: 2,
             ranks_per_node: 4,
+            ..Resources::default()
         };
         let text = render(&f.clusters["a"], "w/bin/sweep-0.1.0", "abc123", res);
         assert!(text.contains("#SBATCH --ntasks-per-node=4\n#SBATCH --gpus-per-node=4\n"));

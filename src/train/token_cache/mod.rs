@@ -178,21 +178,6 @@ fn corrupt(dir: &Path, what: String) -> TrainError {
     ))
 }
 
-/// Drop the pages of `map` that cover bytes `lo..hi` from this process's memory: they stay in
-/// the kernel's page cache and fault back in from it when read again, so that what training has
-/// read does not pile up in its resident memory however long it runs.
-fn release(map: &memmap2::Mmap, lo: usize, hi: usize) {
-    const PAGE: usize = 4096;
-    let lo = lo / PAGE * PAGE;
-    let hi = hi.div_ceil(PAGE).saturating_mul(PAGE).min(map.len());
-    if hi > lo {
-        // SAFETY: a read-only shared mapping of a file that is never written: dropped pages are
-        // read back from the file unchanged (MADV_DONTNEED loses nothing here).
-        let _ =
-            unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, lo, hi - lo) };
-    }
-}
-
 fn map(file: &std::fs::File) -> std::io::Result<Option<memmap2::Mmap>> {
     if file.metadata()?.len() == 0 {
         return Ok(None);
@@ -362,7 +347,7 @@ impl TokenCache {
                 );
             }
             if let Some(m) = &s.map {
-                release(m, lo, hi);
+                crate::util::release_pages(m, lo, hi);
             }
             at = s.start + to;
             k += 1;
@@ -383,7 +368,7 @@ impl TokenCache {
             let bytes = &s.map.as_deref().unwrap_or(&[])[lo as usize..hi as usize];
             let ok = crc32fast::hash(bytes) == s.crc[b as usize];
             if let Some(m) = &s.map {
-                release(m, lo as usize, hi as usize);
+                crate::util::release_pages(m, lo as usize, hi as usize);
             }
             if !ok {
                 return Err(corrupt(
