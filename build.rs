@@ -131,31 +131,38 @@ fn build_shim(include: &std::path::Path, nccl: Option<&[PathBuf]>) {
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("src/shim/kernels.cpp");
+    if let Some(dirs) = nccl {
+        // The CUDA headers: the allocator's statistics (and, with c10d, NCCL).
+        for d in dirs {
+            build.include(d);
+        }
+        build
+            .define("SWEEP_CUDA_STATS", None)
+            .define("USE_CUDA", None);
+    }
     let c10d = c10d_includes(include);
     if let Some(gloo) = &c10d {
         build
             .include(gloo)
             .flag("-DUSE_C10D_GLOO")
             .file("src/shim/c10d.cpp");
-        if let Some(dirs) = nccl {
-            for d in dirs {
-                build.include(d);
-            }
+        if nccl.is_some() {
             build
                 .define("SWEEP_NCCL", None)
-                .define("USE_C10D_NCCL", None)
-                .define("USE_CUDA", None);
+                .define("USE_C10D_NCCL", None);
         }
     }
     build.compile("sweep_shim");
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");
+    if nccl.is_some() {
+        println!("cargo:rustc-link-lib=dylib=torch_cuda");
+        println!("cargo:rustc-link-lib=dylib=c10_cuda");
+    }
     if c10d.is_none() {
         return;
     }
     if nccl.is_some() {
-        println!("cargo:rustc-link-lib=dylib=torch_cuda");
-        println!("cargo:rustc-link-lib=dylib=c10_cuda");
         println!("cargo:rustc-cfg=sweep_nccl");
     }
     println!("cargo:rustc-cfg=sweep_c10d");

@@ -103,6 +103,10 @@ pub struct RunResult {
     pub wall_s: f64,
     /// Peak resident memory of the last session in KiB (VmHWM), where the OS reports it.
     pub peak_rss_kib: Option<u64>,
+    /// On a GPU: the peak of the bytes libtorch's CUDA allocator handed out in the last session
+    /// (rank 0's), what `sweep plan`'s memory estimate is checked against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_gpu_bytes: Option<u64>,
     /// The error, for failed runs; the divergence, for diverged ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

@@ -420,6 +420,7 @@ fn noop_train(run: &Path) -> anyhow::Result<()> {
         total_params: 0,
         wall_s: 0.0,
         peak_rss_kib: None,
+        peak_gpu_bytes: None,
         error: None,
         device: None,
         notes: vec![],

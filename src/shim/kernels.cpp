@@ -1,11 +1,15 @@
 // libtorch's fused and multi-tensor optimizer kernels, which tch does not bind (it binds no
 // function that takes a list of tensors): at::_fused_adamw_ (one pass over each parameter, on
 // the CPU and on CUDA) and the _foreach_ family (one launch per op for a whole list of tensors)
-// for LionW, gradient norms and scaling. Part of sweep's one C++ shim (shim.h).
+// for LionW, gradient norms and scaling; and, in CUDA builds (SWEEP_CUDA_STATS), the CUDA
+// caching allocator's peak, which tch does not expose. Part of sweep's one C++ shim (shim.h).
 
 #include "shim.h"
 
 #include <ATen/ATen.h>
+#ifdef SWEEP_CUDA_STATS
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
 
 #include <vector>
 
@@ -63,6 +67,27 @@ int sweep_foreach_mul(at::Tensor** ts, size_t n, double factor, char* err, size_
 // In place: each of n tensors = 0.
 int sweep_foreach_zero(at::Tensor** ts, size_t n, char* err, size_t errlen) {
   return guarded(err, errlen, [&] { at::_foreach_zero_(list(ts, n)); });
+}
+
+// The peak of the bytes libtorch's CUDA caching allocator has handed out on `device` since the
+// process started (or the last reset, with reset != 0, which also starts a new peak); -1 in a
+// build without CUDA or where the device has no allocator state.
+int64_t sweep_cuda_peak_allocated(int device, int reset) {
+#ifdef SWEEP_CUDA_STATS
+  try {
+    auto d = static_cast<c10::DeviceIndex>(device);
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(d);
+    auto peak = stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
+    if (reset) c10::cuda::CUDACachingAllocator::resetPeakStats(d);
+    return peak;
+  } catch (...) {
+    return -1;
+  }
+#else
+  (void)device;
+  (void)reset;
+  return -1;
+#endif
 }
 
 }  // extern "C"

@@ -83,6 +83,15 @@ extern "C" {
         err: *mut c_char,
         errlen: usize,
     ) -> c_int;
+    fn sweep_cuda_peak_allocated(device: c_int, reset: c_int) -> i64;
+}
+
+/// The peak of the bytes libtorch's CUDA caching allocator has handed out on GPU `device` (tch
+/// has no allocator statistics); None in a build without CUDA. With `reset`, a new peak starts.
+pub fn cuda_peak_allocated(device: usize, reset: bool) -> Option<u64> {
+    // SAFETY: a plain C call; the shim catches every C++ exception.
+    let peak = unsafe { sweep_cuda_peak_allocated(device as c_int, c_int::from(reset)) };
+    u64::try_from(peak).ok()
 }
 
 const ERR: usize = 1024;

@@ -99,6 +99,7 @@ pub fn train(run_path: &Path, opts: &TrainOptions) -> Result<RunResult, TrainErr
                 total_params: 0,
                 wall_s: started.elapsed().as_secs_f64(),
                 peak_rss_kib: outputs::peak_rss_kib(),
+                peak_gpu_bytes: None,
                 error: Some(e.to_string()),
                 device: None,
                 notes: Vec::new(),

@@ -493,6 +493,10 @@ impl<'a> Trainer<'a> {
             total_params: total,
             wall_s: state.wall_s,
             peak_rss_kib: outputs::peak_rss_kib(),
+            peak_gpu_bytes: match self.model.vs.device() {
+                tch::Device::Cuda(i) => super::kernels::cuda_peak_allocated(i, false),
+                _ => None,
+            },
             error,
             device: Some(self.device_label),
             notes: self.notes,
