@@ -16,6 +16,7 @@ pub mod fingerprint;
 pub mod metrics;
 pub mod model;
 pub mod plan;
+pub mod progress;
 pub mod report;
 pub mod results;
 pub mod rng;

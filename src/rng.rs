@@ -86,7 +86,7 @@ impl Rng {
 /// Run the body of test `name` (its full path) alone, in a child process of the test binary:
 /// for tests that seed libtorch's global generator and compare what two computations draw from
 /// it, which tests on other threads of the same binary would otherwise draw from in between.
-#[cfg(test)]
+#[cfg(all(test, feature = "torch"))]
 pub(crate) fn alone(name: &str, body: impl FnOnce()) {
     if std::env::var_os("SWEEP_TEST_ALONE").is_some() {
         body();

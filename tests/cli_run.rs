@@ -204,3 +204,53 @@ fn tokenize_builds_the_caches_runs_read_and_a_second_time_reads_them() {
     assert!(e.contains("data source english.txt does not exist"), "{e}");
     assert_eq!(e.trim().lines().count(), 1, "{e}");
 }
+
+#[test]
+fn status_and_the_log_say_how_far_a_running_run_has_got() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_corpora(dir.path());
+    // One run of 16 paced steps (0.4 s each), logging every step.
+    let spec = SPEC
+        .replace("method = [\"full\", \"lora\"]", "method = [\"full\"]")
+        .replace("token_budget = [128, 256]", "token_budget = [1024]")
+        .replace("seeds = 2", "seeds = 1")
+        .replace("learning_rate = [1e-3, 3e-3]", "learning_rate = [1e-3]");
+    let spec = &spec[..spec.find("[grid.lora]").unwrap()];
+    std::fs::write(dir.path().join("spec.toml"), spec).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sweep"))
+        .args(["run", "spec.toml", "--jobs", "1"])
+        .current_dir(dir.path())
+        .env("SWEEP_MIN_STEP_MS", "400")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seen = None;
+    let started = std::time::Instant::now();
+    while seen.is_none() && started.elapsed() < std::time::Duration::from_secs(120) {
+        let o = sweep(dir.path(), &["status", "spec.toml"]);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        if let Some(line) = out.lines().find(|l| l.contains("running: step ")) {
+            seen = Some(line.to_string());
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    let line = seen.expect("status showed the running run's progress");
+    assert!(line.contains("/16 ("), "{line}");
+    assert!(line.contains(", loss "), "{line}");
+    // The trainer's log grew a line per logged step, the last at 16 of 16.
+    let run = std::fs::read_dir(dir.path().join("results/tinyrun/runs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let log = std::fs::read_to_string(run.join("train.log")).unwrap();
+    assert!(log.matches(": step ").count() >= 16, "{log}");
+    assert!(log.contains("step 16/16 (100%)"), "{log}");
+}

@@ -234,14 +234,33 @@ pub fn status(g: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<()> {
     };
     let rows: Vec<StatusRow> = who
         .iter()
-        .map(|w| {
+        .zip(&plan.runs)
+        .map(|(w, run)| {
             let rec = state.runs.get(&w.id);
             // A result on disk wins: it may have arrived after the state was written; one that
             // is not this run's is invalid, never completed.
             let run_dir = dir.join("runs").join(&w.id);
             // A result trained on this host is also checked against the files it trained from.
             let on_disk = local_result_state(&run_dir, w);
-            let (st, detail) = reconcile(rec, on_disk);
+            let (mut st, mut detail) = reconcile(rec, on_disk);
+            // A local run whose trainer is alive (it holds the run's lock) is running; one whose
+            // executor died is pending (it resumes). A run training here says how far it has
+            // got, from its own metrics.jsonl.
+            let local_running =
+                rec.is_some_and(|r| r.state == JobState::Running && r.backend == "local");
+            if st == JobState::Pending
+                && local_running
+                && crate::run_lock::RunLock::holder(&run_dir).is_some()
+            {
+                st = JobState::Running;
+            }
+            if st == JobState::Running && detail.is_none() {
+                let budget = plan.points[run.point].token_budget;
+                let per_step = plan.shared.training.tokens_per_step();
+                detail =
+                    crate::progress::Progress::of_run(&run_dir, budget.div_ceil(per_step).max(1))
+                        .map(|p| p.describe(per_step));
+            }
             StatusRow {
                 id: w.id.clone(),
                 state: st,

@@ -127,6 +127,7 @@ fn train(g: &GlobalArgs, args: &crate::cli::TrainArgs) -> anyhow::Result<()> {
         return launch_ranks(g, args, n);
     }
     let mut opts = crate::train::TrainOptions::from_env(args.threads);
+    opts.progress = !g.quiet;
     opts.kernels = crate::train::kernels::Kernels::from_env(
         std::env::var("SWEEP_OPTIMIZER_KERNELS").ok().as_deref(),
     )?;

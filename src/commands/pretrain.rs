@@ -105,7 +105,9 @@ pub fn run(g: &GlobalArgs, args: &PretrainArgs) -> anyhow::Result<()> {
             .into())
         }
     };
-    let opts = crate::train::TrainOptions::from_env(args.threads);
+    let mut opts = crate::train::TrainOptions::from_env(args.threads);
+    // Minutes of training: say how far it has got as it goes.
+    opts.progress = !g.quiet;
     let spec: crate::spec::Spec =
         toml::from_str(&recipe(&args.shape, tokens)).context("the pretraining recipe")?;
     let p = plan(&spec, &PlanOptions::default()).map_err(|e| {

@@ -42,6 +42,9 @@ pub struct TrainOptions {
     pub world: Arc<World>,
     /// The optimizer's kernels (SWEEP_OPTIMIZER_KERNELS, read by the command).
     pub kernels: super::kernels::Kernels,
+    /// Print a progress line (step of all, loss, speed, time left, evaluations) on stderr at
+    /// every metrics line.
+    pub progress: bool,
 }
 
 impl TrainOptions {
@@ -69,6 +72,7 @@ impl TrainOptions {
             retrain: false,
             world: Arc::new(World::single()),
             kernels: super::kernels::Kernels::Fused,
+            progress: false,
         }
     }
 }

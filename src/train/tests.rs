@@ -73,6 +73,7 @@ impl Fixture {
             retrain: false,
             world: Arc::new(crate::dist::World::single()),
             kernels: crate::train::kernels::Kernels::Fused,
+            progress: false,
         }
     }
 }

@@ -452,6 +452,28 @@ impl<'a> Trainer<'a> {
             },
         )?;
         *last_log = (Instant::now(), state.tokens);
+        if self.opts.progress && self.opts.world.is_main() {
+            let p = crate::progress::Progress {
+                step: state.step,
+                total_steps: self.total_steps,
+                tokens: state.tokens,
+                train_loss: state.last_train_loss,
+                tokens_per_s: tps,
+            };
+            let evals: String = state
+                .evals
+                .last()
+                .filter(|e| e.step == state.step)
+                .map(|e| {
+                    e.metrics
+                        .iter()
+                        .map(|(k, v)| format!(", {k} {v:.4}"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let per_step = self.run.shared.training.tokens_per_step();
+            eprintln!("{}: {}{evals}", self.run.id, p.describe(per_step));
+        }
         Ok(())
     }
 
