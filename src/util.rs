@@ -123,14 +123,16 @@ pub fn read_regular_text(path: &Path) -> std::io::Result<String> {
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()))
 }
 
-/// Drop the pages of `map` that cover bytes `lo..hi` from this process's memory: they stay in
-/// the kernel's page cache and fault back in from it when read again, so that what was read
-/// through a map does not pile up in the process's resident memory.
+/// Drop the pages of `map` around bytes `lo..hi` from this process's memory: they stay in the
+/// kernel's page cache and fault back in from it when read again, so that what was read through
+/// a map does not pile up in the process's resident memory. Whole 2 MiB-aligned spans go: a
+/// page fault maps the cached pages around the faulting one too (fault-around, large folios),
+/// so dropping only the bytes read would leave their neighbours mapped.
 #[cfg(feature = "torch")]
 pub fn release_pages(map: &memmap2::Mmap, lo: usize, hi: usize) {
-    const PAGE: usize = 4096;
-    let lo = lo / PAGE * PAGE;
-    let hi = hi.div_ceil(PAGE).saturating_mul(PAGE).min(map.len());
+    const SPAN: usize = 2 << 20;
+    let lo = lo / SPAN * SPAN;
+    let hi = hi.div_ceil(SPAN).saturating_mul(SPAN).min(map.len());
     if hi > lo {
         // SAFETY: a read-only shared mapping: dropped pages are read back from the file
         // unchanged (MADV_DONTNEED loses nothing of a mapping that is never written).

@@ -258,3 +258,56 @@ fn a_bad_line_fails_the_build_and_leaves_no_cache() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Resident bytes of the mappings of files whose path contains `part`, from /proc/self/smaps.
+fn resident_of(part: &str) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut total = 0;
+    let mut ours = false;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            ours = line.contains(part);
+        } else if ours && line.starts_with("Rss:") {
+            total += line
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                * 1024;
+        }
+    }
+    total
+}
+
+#[test]
+fn reading_every_window_leaves_little_of_the_shards_resident() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("c");
+    let src = dir.path().join("big.txt");
+    let line = "the quick brown fox jumps over the lazy dog, again and again\n";
+    std::fs::write(&src, line.repeat(300_000)).unwrap(); // 18 MB
+    let sp = spec(Regime::Cpt);
+    let (cache, _) = prepare(
+        &src,
+        Regime::Cpt,
+        &sp,
+        &Tokenizer::Byte,
+        &root,
+        2,
+        Layout::default(),
+    )
+    .unwrap();
+    let rows = Rows::cached(cache.clone(), &[], Regime::Cpt, 256, PAD, "t").unwrap();
+    let mapped = cache.meta().tokens * 2;
+    assert!(mapped > 30 << 20, "{mapped}");
+    for i in 0..rows.len() {
+        rows.row(i).unwrap();
+    }
+    let resident = resident_of(cache.dir().to_str().unwrap());
+    assert!(
+        resident < 1 << 20,
+        "{resident} of {mapped} bytes resident after reading them all"
+    );
+}
