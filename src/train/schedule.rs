@@ -1,10 +1,16 @@
 //! Learning-rate schedules as pure functions of the optimizer step.
 //!
-//! Every schedule starts with a linear warmup to the peak over `warmup_steps` (step s of the
-//! warmup uses peak * (s + 1) / warmup). Then: `cosine` decays to `final_fraction * peak` at the
-//! last step; `inverse_sqrt` decays as peak / sqrt(1 + (s - warmup) / t_scale) and, over the last
-//! `cooldown_steps`, falls linearly from its value at the cooldown's start towards zero;
-//! `constant` holds the peak.
+//! Every schedule starts with a linear warmup to the peak over `warmup_steps`. Then: `cosine`
+//! decays to `final_fraction * peak` at the last step; `inverse_sqrt` decays as
+//! peak / sqrt(1 + (s - warmup) / t_scale) and, over the last `cooldown_steps`, falls linearly
+//! from its value at the cooldown's start towards zero; `constant` holds the peak.
+//!
+//! `inverse_sqrt` is LLM Foundry's InverseSquareRootWithWarmupScheduler (the paper's CPT schedule)
+//! step for step, with its defaults alpha_f_decay = alpha_f_cooldown = 0: at step s (the batches
+//! done before it) the factor is s / warmup during the warmup (0 at the first step), then
+//! 1 / sqrt((s - warmup + t_scale) / t_scale), then from the cooldown's start c (at least the
+//! warmup's end) alpha_c * (1 - (s - c) / cooldown). The other schedules' warmups reach the peak
+//! at the warmup's last step: step s uses peak * (s + 1) / warmup.
 
 use crate::plan::run::TrainingConfig;
 use crate::spec::Schedule;
@@ -53,7 +59,11 @@ impl LrSchedule {
     /// The learning rate of optimizer step `step` (0-based).
     pub fn lr(&self, step: u64) -> f64 {
         if step < self.warmup_steps {
-            return self.peak * (step + 1) as f64 / self.warmup_steps as f64;
+            let done = match self.kind {
+                Schedule::InverseSqrt => step,
+                _ => step + 1,
+            };
+            return self.peak * done as f64 / self.warmup_steps as f64;
         }
         match self.kind {
             Schedule::Constant => self.peak,
@@ -128,18 +138,40 @@ mod tests {
         close(s.lr(8), 0.1);
     }
 
+    /// LLM Foundry's InverseSquareRootWithWarmupScheduler, computed by hand from its definition
+    /// (alpha_f_decay = alpha_f_cooldown = 0): t / t_warmup while t < t_warmup; then
+    /// 1 / sqrt((t - t_warmup + t_scale) / t_scale) until t_cooldown_start = max(t_warmup,
+    /// t_max - t_cooldown); then alpha_i + (t - t_cooldown_start) / t_cooldown * (0 - alpha_i).
     #[test]
     fn inverse_sqrt_with_cooldown_by_hand() {
         // warmup 4, t_scale 4, 20 steps, cooldown over the last 4 (steps 16..20).
         let s = sched(Schedule::InverseSqrt, 20, 4);
-        close(s.lr(3), 1.0);
+        close(s.lr(0), 0.0);
+        close(s.lr(1), 0.25);
+        close(s.lr(3), 0.75);
         close(s.lr(4), 1.0);
         close(s.lr(8), 1.0 / 2f64.sqrt());
         close(s.lr(16), 1.0 / 4f64.sqrt());
         close(s.lr(15), 1.0 / (1.0 + 11.0 / 4.0f64).sqrt());
         // cooldown: value at 16 is 0.5, falling linearly: step 16 -> 0.5 * 4/4, 18 -> 0.5 * 2/4
+        close(s.lr(16), 0.5);
+        close(s.lr(17), 0.375);
         close(s.lr(18), 0.25);
         close(s.lr(19), 0.125);
+        // The paper's steps: t_scale 1000, warmup 1000, cooldown 5086, here 20,000 steps.
+        let p = LrSchedule {
+            t_scale: 1000,
+            cooldown_steps: 5086,
+            ..sched(Schedule::InverseSqrt, 20_000, 1000)
+        };
+        close(p.lr(500), 0.5);
+        close(p.lr(1000), 1.0);
+        close(p.lr(4000), 1.0 / 4f64.sqrt());
+        let c = 20_000 - 5086;
+        let alpha_i = 1.0 / ((c as f64 - 1000.0 + 1000.0) / 1000.0).sqrt();
+        close(p.lr(c), alpha_i);
+        close(p.lr(c + 2543), alpha_i * 0.5);
+        close(p.lr(19_999), alpha_i / 5086.0);
     }
 
     #[test]
