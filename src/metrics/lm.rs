@@ -67,8 +67,12 @@ impl<'a> LlamaText<'a> {
         LlamaText { model, tok, stop }
     }
 
+    /// The longest sequence the model computes exactly: its positions, and its sliding window.
     fn max_len(&self) -> usize {
-        self.model.cfg.max_position_embeddings.max(2)
+        let cfg = &self.model.cfg;
+        cfg.max_position_embeddings
+            .min(cfg.sliding_window.unwrap_or(usize::MAX))
+            .max(2)
     }
 
     fn check_stop(&self) -> Result<(), MetricsError> {

@@ -36,6 +36,11 @@ pub struct LlamaConfig {
     /// RoPE frequency scaling (Llama 3's, or linear), as transformers computes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<RopeScaling>,
+    /// Mistral's sliding attention window: each position attends to at most this many. This
+    /// model code attends to every earlier position, which is the same while a sequence is no
+    /// longer than the window; a longer one is refused (see [`LlamaConfig::check_window`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
 }
 
 /// RoPE frequency scaling: `llama3` (Llama 3.1/3.2: low frequencies divided by `factor`, high
@@ -113,7 +118,9 @@ fn default_rope_theta() -> f64 {
 }
 
 /// The `model_type`s of config.json that this model code computes exactly.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama"];
+/// Mistral is Llama's architecture with a sliding attention window (honoured while sequences fit
+/// it, refused beyond).
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral"];
 
 /// Check a Hugging Face model folder before anything is loaded from it, so that each problem
 /// is named as what it is: a missing folder, a config.json that is missing or not JSON, or a
@@ -179,6 +186,7 @@ const FORWARD_FIELDS: &[&str] = &[
     "attention_dropout",
     "pretraining_tp",
     "rope_interleaved",
+    "sliding_window",
     "model_type",
 ];
 
@@ -336,7 +344,19 @@ impl LlamaConfig {
             rope_theta: theta,
             tie_word_embeddings: tied,
             rope_scaling: None,
+            sliding_window: None,
         })
+    }
+
+    /// That a sequence of `len` positions is computed exactly: within the sliding window, when
+    /// the model has one.
+    pub fn check_window(&self, len: usize) -> Result<(), String> {
+        match self.sliding_window {
+            Some(w) if len > w => Err(format!(
+                "a sequence of {len} positions is longer than the model's sliding_window of {w} (config.json), and this model code attends to every earlier position, not to a window: keep sequences (training.seq_len, prompts) within {w} positions"
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Key/value heads, defaulting to the query heads as Hugging Face does.
@@ -494,7 +514,7 @@ mod tests {
         std::fs::write(dir.path().join("config.json"), r#"{"model_type": "gpt2"}"#).unwrap();
         let e = check_hf_dir(dir.path()).unwrap_err();
         assert!(
-            e.contains("model_type `gpt2` is not supported (supported: llama)"),
+            e.contains("model_type `gpt2` is not supported (supported: llama, mistral)"),
             "{e}"
         );
         std::fs::write(dir.path().join("config.json"), LLAMA2).unwrap();
@@ -561,7 +581,6 @@ mod tests {
             (r#"{"hidden_act": "gelu"}"#, "`hidden_act`"),
             (r#"{"attention_dropout": 0.1}"#, "`attention_dropout`"),
             (r#"{"rope_interleaved": true}"#, "`rope_interleaved`"),
-            (r#"{"sliding_window": 4096}"#, "`sliding_window`"),
             (
                 r#"{"quantization_config": {"bits": 4}}"#,
                 "`quantization_config`",
@@ -612,6 +631,35 @@ mod tests {
                 ..LlamaConfig::builtin("smollm2-135m").unwrap()
             }
         );
+    }
+
+    /// Mistral: Llama's architecture and config fields with a sliding window, honoured while a
+    /// sequence fits it and refused beyond (naming the field), never computed otherwise.
+    #[test]
+    fn mistral_configs_load_with_their_window() {
+        let text = r#"{"architectures": ["MistralForCausalLM"], "model_type": "mistral",
+            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 128,
+            "max_position_embeddings": 64, "rope_theta": 1000000.0, "sliding_window": 8,
+            "head_dim": 8, "hidden_act": "silu", "attention_dropout": 0.0}"#;
+        let cfg = parse_hf_config(text, "config.json").unwrap();
+        assert_eq!(cfg.sliding_window, Some(8));
+        assert!(cfg.check_window(8).is_ok());
+        let e = cfg.check_window(9).unwrap_err();
+        assert!(
+            e.contains("sliding_window of 8") && e.contains("within 8"),
+            "{e}"
+        );
+        // Mistral v0.2 and later: no window.
+        let open = parse_hf_config(
+            &text.replace("\"sliding_window\": 8", "\"sliding_window\": null"),
+            "c",
+        )
+        .unwrap();
+        assert!(open.check_window(4096).is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), text).unwrap();
+        check_hf_dir(dir.path()).unwrap();
     }
 
     #[test]

@@ -774,6 +774,7 @@ impl GgufFile {
             rope_theta: self.get_float("llama.rope.freq_base")?.unwrap_or(10_000.0),
             tie_word_embeddings: self.tensor("output.weight").is_none(),
             rope_scaling: None,
+            sliding_window: None,
         })
     }
 }

@@ -448,6 +448,8 @@ impl Llama {
         train: bool,
     ) -> Result<Tensor, ModelError> {
         let offset = cache.as_ref().map_or(0, |c| c.len);
+        let len = (offset + tokens.size().get(1).copied().unwrap_or(0)).max(0) as usize;
+        self.cfg.check_window(len).map_err(ModelError::Input)?;
         if let Some(c) = cache.as_deref_mut() {
             if c.layers.len() != self.blocks.len() {
                 c.layers = (0..self.blocks.len()).map(|_| None).collect();
@@ -812,6 +814,7 @@ pub(crate) mod tests {
             rope_theta: 10_000.0,
             tie_word_embeddings: true,
             rope_scaling: None,
+            sliding_window: None,
         }
     }
 

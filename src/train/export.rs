@@ -92,11 +92,13 @@ pub fn write_hf_model(
     let specials = tokenizer.specials();
     let mut config = serde_json::to_value(&model.cfg).map_err(|e| err(e.to_string()))?;
     if let Some(c) = config.as_object_mut() {
-        c.insert(
-            "architectures".into(),
-            serde_json::json!(["LlamaForCausalLM"]),
-        );
-        c.insert("model_type".into(), "llama".into());
+        // A sliding window is Mistral's (its weights are named as Llama's).
+        let (arch, model_type) = match model.cfg.sliding_window {
+            Some(_) => ("MistralForCausalLM", "mistral"),
+            None => ("LlamaForCausalLM", "llama"),
+        };
+        c.insert("architectures".into(), serde_json::json!([arch]));
+        c.insert("model_type".into(), model_type.into());
         c.insert("hidden_act".into(), "silu".into());
         c.insert("bos_token_id".into(), specials.bos.into());
         c.insert("eos_token_id".into(), specials.eos.into());

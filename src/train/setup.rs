@@ -273,6 +273,10 @@ impl<'a> Trainer<'a> {
             )));
         }
         let (mut model, tokenizer) = build_model(run, opts, device)?;
+        // Training windows beyond a sliding window would not be computed as the model does.
+        model.cfg.check_window(t.seq_len as usize).map_err(|e| {
+            TrainError::Unsupported(format!("training.seq_len = {}: {e}", t.seq_len))
+        })?;
         let kind = compute_kind(t.precision, device);
         model.set_compute_kind(kind);
         let device_label = format!(
