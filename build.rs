@@ -33,6 +33,7 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(sweep_nccl)");
     println!("cargo:rerun-if-changed=src/shim");
     println!("cargo::rustc-check-cfg=cfg(sweep_c10d)");
+    println!("cargo::rustc-check-cfg=cfg(sweep_shim)");
     if env::var_os("CARGO_FEATURE_TORCH").is_none() {
         return;
     }
@@ -153,6 +154,7 @@ fn build_shim(include: &std::path::Path, nccl: Option<&[PathBuf]>) {
         }
     }
     build.compile("sweep_shim");
+    println!("cargo:rustc-cfg=sweep_shim");
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");
     if nccl.is_some() {

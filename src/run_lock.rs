@@ -60,7 +60,17 @@ impl RunLock {
     /// Take the lock of the run folder `dir` (which must exist), or say who holds it.
     pub fn acquire(dir: &Path) -> Result<RunLock, RunLockError> {
         let mut file = open(dir)?;
-        if file.try_lock().is_err() {
+        // `holder` probes by taking the lock for an instant (`sweep status`): a trainer that
+        // starts in that instant tries again before it calls the run held.
+        let mut held = file.try_lock().is_err();
+        for _ in 0..10 {
+            if !held {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            held = file.try_lock().is_err();
+        }
+        if held {
             return Err(RunLockError::Held {
                 dir: dir.display().to_string(),
                 pid: pid_in(&mut file).map_or(String::new(), |p| format!(" (pid {p})")),

@@ -183,12 +183,24 @@ pub fn submit(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
     } else {
         let be = backend(&j);
         let tc = &plan.shared.training;
-        let checkpoint_bytes = plan.shape.as_ref().map_or(0.0, |shape| {
-            plan.points
+        let checkpoint_bytes = match plan.shape.as_ref() {
+            Some(shape) => plan
+                .points
                 .iter()
                 .map(|p| crate::plan::memory::checkpoint_bytes(shape, &p.method, tc))
-                .fold(0.0, f64::max)
-        });
+                .fold(0.0, f64::max),
+            None => {
+                let bytes = crate::executor::slurm::config::UNKNOWN_CHECKPOINT_BYTES;
+                if c.checkpoint_signal_s.is_none() && !g.quiet {
+                    eprintln!(
+                        "sweep: the model's size is not known here (its config.json or GGUF is not on this machine): jobs are warned {} s before their time limit, time for a {:.0} GB checkpoint; set checkpoint_signal_s in the cluster's entry to choose",
+                        crate::executor::slurm::config::default_signal_s(bytes),
+                        bytes / 1e9
+                    );
+                }
+                bytes
+            }
+        };
         let resources = crate::executor::slurm::script::Resources {
             nodes: tc.nodes,
             ranks_per_node: tc.ranks_per_node,

@@ -153,10 +153,14 @@ pub fn read_streamed(path: &Path) -> std::io::Result<Vec<(String, tch::Tensor)>>
     for (name, info) in header.iter().filter(|(k, _)| k.as_str() != "__metadata__") {
         let dtype = info["dtype"].as_str().unwrap_or("");
         let kind = kind_of(dtype).ok_or_else(|| bad(format!("{name}: dtype {dtype:?}")))?;
-        let shape: Vec<i64> = info["shape"]
+        let dims = info["shape"]
             .as_array()
-            .map(|a| a.iter().filter_map(|d| d.as_i64()).collect())
-            .unwrap_or_default();
+            .ok_or_else(|| bad(format!("{name}: no shape")))?;
+        let shape: Vec<i64> = dims
+            .iter()
+            .map(|d| d.as_i64().filter(|d| *d >= 0))
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad(format!("{name}: shape {dims:?} is not a list of sizes")))?;
         let range = info["data_offsets"]
             .as_array()
             .and_then(|a| Some((a.first()?.as_u64()?, a.get(1)?.as_u64()?)));
@@ -167,6 +171,18 @@ pub fn read_streamed(path: &Path) -> std::io::Result<Vec<(String, tch::Tensor)>>
                 "{name}: bytes {lo}..{hi} lie beyond the file's end"
             ))
         })?;
+        // The bytes must be exactly what the shape holds: libtorch copies numel x size bytes.
+        let need = shape
+            .iter()
+            .try_fold(kind.elt_size_in_bytes() as u64, |n, &d| {
+                n.checked_mul(d as u64)
+            });
+        if need != Some(bytes.len() as u64) {
+            return Err(bad(format!(
+                "{name}: its shape {shape:?} of {dtype} needs {need:?} bytes, its data_offsets give {}",
+                bytes.len()
+            )));
+        }
         let t = tch::Tensor::f_from_data_size(bytes, &shape, kind)
             .map_err(|e| bad(format!("{name}: {e}")))?;
         crate::util::release_pages(&map, lo, hi);
@@ -224,7 +240,19 @@ mod tests {
             }
         }
         let len = std::fs::metadata(&p).unwrap().len();
-        std::fs::write(&p, &std::fs::read(&p).unwrap()[..len as usize - 1]).unwrap();
+        // A header whose shape claims more than its bytes is refused, not read past its data.
+        let whole = std::fs::read(&p).unwrap();
+        let at = whole
+            .windows(13)
+            .position(|w| w == b"\"shape\":[3,5]")
+            .unwrap();
+        let mut lying = whole.clone();
+        lying[at + 9] = b'9';
+        let q = dir.path().join("lying.safetensors");
+        std::fs::write(&q, &lying).unwrap();
+        let e = read_streamed(&q).unwrap_err().to_string();
+        assert!(e.contains("w: its shape [9, 5]"), "{e}");
+        std::fs::write(&p, &whole[..len as usize - 1]).unwrap();
         assert!(check_complete(&p).unwrap_err().contains("truncated"));
     }
 

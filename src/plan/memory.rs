@@ -97,11 +97,16 @@ pub fn estimate(
     }
 }
 
-/// The bytes rank 0 writes per checkpoint of a run: the trainable tensors (f32) and its share
-/// of the optimizer state (all of it, unsharded).
+/// The bytes a checkpoint of a run writes: the trainable tensors (f32) and the whole optimizer
+/// state (a sharded run's ranks write their shards at once, to the same filesystem).
 pub fn checkpoint_bytes(shape: &LlamaConfig, method: &MethodConfig, t: &TrainingConfig) -> f64 {
     let m = estimate(shape, method, t, true);
-    m.gradients + m.optimizer
+    let shards = if t.shard_optimizer {
+        f64::from(t.ranks().max(1))
+    } else {
+        1.0
+    };
+    m.gradients + m.optimizer * shards
 }
 
 /// What would make a run fit in `limit` bytes per GPU, if it does not: the changes a user can
@@ -189,8 +194,8 @@ mod tests {
     }
 
     /// A checkpoint holds the trainable tensors and the optimizer state: 12 bytes a parameter
-    /// for full fine-tuning of Llama-2-7B with AdamW (81 GB), an eighth of the moments per rank
-    /// when sharded over 8, little for LoRA.
+    /// for full fine-tuning of Llama-2-7B with AdamW (81 GB), sharded or not (the shards are
+    /// written at once), little for LoRA.
     #[test]
     fn checkpoint_bytes_are_the_trainable_tensors_and_the_state() {
         let shape = LlamaConfig::builtin("llama2-7b").unwrap();
@@ -198,10 +203,10 @@ mod tests {
         let full = checkpoint_bytes(&shape, &MethodConfig::Full, &t);
         assert!((full / 1e9 - 80.9).abs() < 0.5, "{full}");
         let sharded = training("ranks_per_node = 8\nshard_optimizer = true\nbatch_size = 64");
-        let per_rank = checkpoint_bytes(&shape, &MethodConfig::Full, &sharded);
+        let all_ranks = checkpoint_bytes(&shape, &MethodConfig::Full, &sharded);
         assert!(
-            (per_rank - (full / 3.0 + full * 2.0 / 3.0 / 8.0)).abs() < 1e6,
-            "{per_rank}"
+            (all_ranks - full).abs() < 1e6,
+            "{all_ranks}: the shards together"
         );
         let lora = MethodConfig::Lora {
             rank: 16,

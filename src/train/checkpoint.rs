@@ -119,10 +119,15 @@ pub fn finish(
         )));
     }
     let target = step_dir(dir, state.step);
+    // A checkpoint of the same step is replaced by renames: moved aside first, so that a
+    // complete checkpoint of the step exists at every moment.
+    let aside = dir.join(format!(".old-step-{}", state.step));
     if target.exists() {
-        std::fs::remove_dir_all(&target).map_err(|e| err(&target, e))?;
+        let _ = std::fs::remove_dir_all(&aside);
+        std::fs::rename(&target, &aside).map_err(|e| err(&target, e))?;
     }
     std::fs::rename(tmp, &target).map_err(|e| err(&target, e))?;
+    let _ = std::fs::remove_dir_all(&aside);
     for old in list(dir)? {
         if old != target {
             let _ = std::fs::remove_dir_all(&old);

@@ -2,7 +2,8 @@
 //! `at::_fused_adamw_` (one pass over each parameter instead of eight) and the `_foreach_` family
 //! (one call for a whole list of tensors) for LionW, gradient norms, scaling and zeroing. The
 //! hand-written per-tensor path of [`super::optim`] is their reference (`Kernels::Reference`).
-//! An empty list is a no-op (libtorch refuses one).
+//! An empty list is a no-op (libtorch refuses one). A build without the shim (libtorch found
+//! through LIBTORCH_USE_PYTORCH, whose headers build.rs does not locate) runs the reference.
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 
@@ -24,6 +25,10 @@ impl Kernels {
     /// SWEEP_OPTIMIZER_KERNELS: `fused` (default) or `reference`.
     pub fn from_env(value: Option<&str>) -> Result<Kernels, TrainError> {
         match value.map(str::trim) {
+            None | Some("") if !cfg!(sweep_shim) => Ok(Kernels::Reference),
+            Some("fused") if !cfg!(sweep_shim) => Err(TrainError::Setting(
+                "SWEEP_OPTIMIZER_KERNELS=fused: this build has no C++ shim (build.rs compiles it where LIBTORCH or LIBTORCH_LIB names libtorch): rebuild so, or use reference".into(),
+            )),
             None | Some("") | Some("fused") => Ok(Kernels::Fused),
             Some("reference") => Ok(Kernels::Reference),
             Some(other) => Err(TrainError::Setting(format!(
@@ -230,4 +235,97 @@ pub fn foreach_zero(ts: &[&Tensor]) -> Result<(), TrainError> {
     call("multi-tensor zeroing", |err, len| unsafe {
         sweep_foreach_zero(p.as_ptr(), p.len(), err, len)
     })
+}
+
+/// The shim's functions where build.rs did not compile it: each fails, saying so (the default
+/// kernels are then the reference, which never calls them).
+#[cfg(not(sweep_shim))]
+mod no_shim {
+    use std::ffi::{c_char, c_int, c_void};
+
+    fn fail(err: *mut c_char, n: usize) -> c_int {
+        let msg =
+            b"this build has no C++ shim (build.rs compiles it where LIBTORCH names libtorch)\0";
+        if !err.is_null() && n > 0 {
+            let len = msg.len().min(n);
+            // SAFETY: the caller's buffer of n bytes; the copy ends with a NUL.
+            unsafe {
+                std::ptr::copy_nonoverlapping(msg.as_ptr() as *const c_char, err, len);
+                *err.add(len - 1) = 0;
+            }
+        }
+        1
+    }
+
+    #[no_mangle]
+    extern "C" fn sweep_fused_adamw(
+        _: *const *mut c_void,
+        _: *const *mut c_void,
+        _: *const *mut c_void,
+        _: *const *mut c_void,
+        _: *const *mut c_void,
+        _: usize,
+        _: f64,
+        _: f64,
+        _: f64,
+        _: f64,
+        _: f64,
+        err: *mut c_char,
+        n: usize,
+    ) -> c_int {
+        fail(err, n)
+    }
+
+    #[no_mangle]
+    extern "C" fn sweep_foreach_lion(
+        _: *const *mut c_void,
+        _: *const *mut c_void,
+        _: *const *mut c_void,
+        _: usize,
+        _: f64,
+        _: f64,
+        _: f64,
+        _: f64,
+        err: *mut c_char,
+        n: usize,
+    ) -> c_int {
+        fail(err, n)
+    }
+
+    #[no_mangle]
+    extern "C" fn sweep_foreach_norm(
+        _: *const *mut c_void,
+        _: usize,
+        _: *mut f64,
+        err: *mut c_char,
+        n: usize,
+    ) -> c_int {
+        fail(err, n)
+    }
+
+    #[no_mangle]
+    extern "C" fn sweep_foreach_mul(
+        _: *const *mut c_void,
+        _: usize,
+        _: f64,
+        err: *mut c_char,
+        n: usize,
+    ) -> c_int {
+        fail(err, n)
+    }
+
+    #[no_mangle]
+    extern "C" fn sweep_foreach_zero(
+        _: *const *mut c_void,
+        _: usize,
+        err: *mut c_char,
+        n: usize,
+    ) -> c_int {
+        fail(err, n)
+    }
+
+    #[no_mangle]
+    extern "C" fn sweep_cuda_peak_allocated(_: c_int, _: c_int) -> i64 {
+        -1
+    }
 }

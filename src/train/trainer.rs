@@ -76,14 +76,29 @@ impl<'a> Trainer<'a> {
             }
         }
         self.opts.world.after_main("evaluation")?;
-        // Every rank learns that rank 0's evaluation was stopped, and records none either.
+        // Every rank learns how rank 0's evaluation went (1: stopped, 2: failed): a stopped one
+        // is recorded by none, a failed one fails every rank at once (not at the next
+        // collective's timeout).
         let world = &self.opts.world;
-        let stopped = outcome.as_ref().err().is_some_and(eval::interrupted);
-        if world.size() > 1 && world.sum_f64(if stopped { 1.0 } else { 0.0 })? > 0.0 {
-            outcome?;
+        let code = match &outcome {
+            Ok(()) => 0.0,
+            Err(e) if eval::interrupted(e) => 1.0,
+            Err(_) => 2.0,
+        };
+        let code = if world.size() > 1 {
+            world.sum_f64(code)?
+        } else {
+            code
+        };
+        outcome?;
+        if code >= 2.0 {
+            return Err(TrainError::Output(
+                "rank 0's evaluation failed (its log says why)".into(),
+            ));
+        }
+        if code >= 1.0 {
             return Err(crate::metrics::MetricsError::Interrupted.into());
         }
-        outcome?;
         Ok(EvalRecord {
             step,
             tokens,
@@ -192,6 +207,8 @@ impl<'a> Trainer<'a> {
         let mut last_log = (Instant::now(), state.tokens);
         let mut status = RunStatus::Completed;
         let mut error = None;
+        // The step of the last checkpoint this session wrote.
+        let mut checkpointed = None;
         // An evaluation that a stop cut short is done first.
         if state.step > 0 && self.eval_due(&state) {
             let lr = self.schedule.lr(state.step - 1);
@@ -228,6 +245,7 @@ impl<'a> Trainer<'a> {
             {
                 state.wall_s = wall_before + started.elapsed().as_secs_f64();
                 self.checkpoint(&state)?;
+                checkpointed = Some(state.step);
             }
         }
         // The last evaluation stopped by a signal: not complete yet (it resumes to evaluate).
@@ -235,7 +253,7 @@ impl<'a> Trainer<'a> {
             status = RunStatus::Interrupted;
         }
         state.wall_s = wall_before + started.elapsed().as_secs_f64();
-        self.finish(state, status, error)
+        self.finish(state, status, error, checkpointed)
     }
 
     fn metrics_path(&self) -> PathBuf {
@@ -484,8 +502,11 @@ impl<'a> Trainer<'a> {
         state: TrainState,
         status: RunStatus,
         error: Option<String>,
+        checkpointed: Option<u64>,
     ) -> Result<RunResult, TrainError> {
-        if status != RunStatus::Diverged {
+        // Not twice for one step (a stop right after a periodic checkpoint): the warning before
+        // a time limit leaves time for one.
+        if status != RunStatus::Diverged && checkpointed != Some(state.step) {
             self.checkpoint(&state)?;
         }
         let main = self.opts.world.is_main();

@@ -154,6 +154,11 @@ fn default_poll_floor() -> u64 {
 /// bytes per second: modest, since one file server serves many jobs.
 pub const CHECKPOINT_WRITE_BPS: f64 = 250e6;
 
+/// The checkpoint size assumed where the model's shape is not known on the submitting machine
+/// (its config.json or GGUF is on the cluster only): 135 GB, a 7B full fine-tuning with AdamW
+/// and room to spare, so that the default warning is 600 s.
+pub const UNKNOWN_CHECKPOINT_BYTES: f64 = 135e9;
+
 /// The default warning before the time limit for runs whose checkpoint is `bytes` large: a
 /// minute to finish the step under way, plus the checkpoint's writing at
 /// [`CHECKPOINT_WRITE_BPS`], at least 120 s, in whole tens of seconds. An evaluation under way

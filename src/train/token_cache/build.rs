@@ -57,7 +57,7 @@ pub(super) fn lock(path: &Path) -> Result<File, TrainError> {
     // SAFETY: flock on a descriptor we own; blocks until the lock is ours.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
         return Err(TrainError::Data(format!(
-            "{}: cannot lock the token cache: {}",
+            "{}: cannot lock the token cache ({}): put SWEEP_CACHE on a filesystem with flock, or build the caches first with `sweep tokenize SPEC` (runs then only read them, without the lock)",
             path.display(),
             std::io::Error::last_os_error()
         )));
@@ -82,7 +82,16 @@ fn worker(jobs: Jobs, done: SyncSender<(u64, Tokenized)>, tok: &Tokenizer) {
             Err(_) => return,
         };
         let Ok((seq, docs)) = job else { return };
-        if done.send((seq, tokenize_batch(docs, tok))).is_err() {
+        // A tokenizer that panics fails the build at once, naming it, instead of leaving a gap
+        // that the writer would wait on to the end of the source.
+        let out =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tokenize_batch(docs, tok)))
+                .unwrap_or_else(|_| {
+                    Err(TrainError::Data(
+                        "the tokenizer panicked on a document of this source".into(),
+                    ))
+                });
+        if done.send((seq, out)).is_err() {
             return;
         }
     }
@@ -126,6 +135,7 @@ impl<'a> Writer<'a> {
     fn close_shard(&mut self) -> Result<(), TrainError> {
         if let Some(mut out) = self.out.take() {
             out.flush().map_err(|e| write_err(self.dir, e))?;
+            sync(out.get_ref(), self.dir)?;
             let shard = self.shards.last_mut().expect("a shard is open");
             if !self.in_shard.is_multiple_of(self.layout.block_tokens) {
                 shard
@@ -178,7 +188,14 @@ impl<'a> Writer<'a> {
             let room = (bt - self.in_shard % bt) as usize;
             let (now, later) = rest.split_at(room.min(rest.len()));
             self.buf.clear();
+            let limit = 1i64 << (8 * self.token_bytes);
             for &t in now {
+                if !(0..limit).contains(&t) {
+                    return Err(TrainError::Data(format!(
+                        "token id {t} does not fit the token cache's {}-byte ids (the tokenizer's vocabulary size puts its ids below {limit}): the tokenizer is inconsistent",
+                        self.token_bytes
+                    )));
+                }
                 if self.token_bytes == 2 {
                     self.buf.extend_from_slice(&(t as u16).to_le_bytes());
                 } else {
@@ -229,22 +246,58 @@ pub(super) fn build(
     key: &str,
     threads: usize,
     layout: Layout,
+    valid: &dyn Fn(&Path) -> bool,
 ) -> Result<BuildStats, TrainError> {
-    let partial = dir.with_extension("partial");
+    // A folder of this builder's own (host and pid), so that builders on two nodes whose shared
+    // filesystem does not honour the lock never write into or delete each other's.
+    let me = format!(
+        "{}-{}",
+        crate::results::this_host().replace(['/', ' '], "_"),
+        std::process::id()
+    );
+    let partial = dir.with_file_name(format!("{key}.partial-{me}"));
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial).map_err(|e| write_err(&partial, e))?;
-    let built = build_into(source, regime, spec, tok, &partial, key, threads, layout);
-    let built = built.and_then(|stats| {
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(|e| write_err(dir, e))?;
-        }
-        std::fs::rename(&partial, dir).map_err(|e| write_err(dir, e))?;
-        Ok(stats)
-    });
+    let built = build_into(source, regime, spec, tok, &partial, key, threads, layout)
+        .and_then(|stats| publish(&partial, dir, &me, valid).map(|()| stats));
     if built.is_err() {
         let _ = std::fs::remove_dir_all(&partial);
     }
     built
+}
+
+/// Rename a complete build into place. A valid cache already there was published by another
+/// builder: it is kept, and this one discarded. An invalid one (another format or tokenizer
+/// under the key) is first moved aside, so that no reader ever sees a half-replaced folder.
+fn publish(
+    partial: &Path,
+    dir: &Path,
+    me: &str,
+    valid: &dyn Fn(&Path) -> bool,
+) -> Result<(), TrainError> {
+    if dir.exists() {
+        if valid(dir) {
+            let _ = std::fs::remove_dir_all(partial);
+            return Ok(());
+        }
+        let aside = dir.with_extension(format!("stale-{me}"));
+        std::fs::rename(dir, &aside).map_err(|e| write_err(dir, e))?;
+        let _ = std::fs::remove_dir_all(&aside);
+    }
+    match std::fs::rename(partial, dir) {
+        Ok(()) => Ok(()),
+        // Another builder published between the check and the rename.
+        Err(_) if valid(dir) => {
+            let _ = std::fs::remove_dir_all(partial);
+            Ok(())
+        }
+        Err(e) => Err(write_err(dir, e)),
+    }
+}
+
+/// Flush a file's data to the disk: a published cache is whole even after a crash.
+fn sync(file: &File, dir: &Path) -> Result<(), TrainError> {
+    file.sync_all().map_err(|e| write_err(dir, e))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -288,6 +341,11 @@ fn build_into(
                     next += 1;
                 }
             }
+            if !waiting.is_empty() {
+                return Err(TrainError::Data(format!(
+                    "token cache build: batch {next} of the source was never tokenized"
+                )));
+            }
             writer.close_shard()
         });
         let mut seq = 0u64;
@@ -330,6 +388,7 @@ fn build_into(
         (Ok(w), Ok(())) => w,
     };
     writer.docs.flush().map_err(|e| write_err(partial, e))?;
+    sync(writer.docs.get_ref(), partial)?;
     let stats = BuildStats {
         seconds: started.elapsed().as_secs_f64(),
         threads,
@@ -350,6 +409,13 @@ fn build_into(
         built: stats.clone(),
     };
     let json = serde_json::to_vec_pretty(&meta).unwrap_or_default();
-    std::fs::write(partial.join("meta.json"), json).map_err(|e| write_err(partial, e))?;
+    let mut meta_file = create(&partial.join("meta.json"))?;
+    meta_file
+        .write_all(&json)
+        .map_err(|e| write_err(partial, e))?;
+    sync(&meta_file, partial)?;
+    if let Ok(d) = File::open(partial) {
+        let _ = d.sync_all();
+    }
     Ok(stats)
 }

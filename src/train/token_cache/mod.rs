@@ -446,6 +446,9 @@ struct KeyInputs<'a> {
     format: u32,
     source: String,
     data: std::collections::BTreeMap<String, crate::fingerprint::Fingerprint>,
+    /// Each file's modification time (ns): the fingerprint samples a large file, so an edit
+    /// in place that keeps its size could fall between the samples.
+    modified: std::collections::BTreeMap<String, u128>,
     tokenizer: String,
     regime: Regime,
     text_field: &'a str,
@@ -470,10 +473,23 @@ pub fn prepare(
     let canonical = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
     let data = crate::fingerprint::of_path("data", &canonical)
         .map_err(|e| TrainError::Data(format!("fingerprinting {}: {e}", source.display())))?;
+    let modified = data
+        .keys()
+        .map(|k| {
+            let path = k.split_once(':').map_or(k.as_str(), |(_, p)| p);
+            let ns = std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            (k.clone(), ns)
+        })
+        .collect();
     let inputs = KeyInputs {
         format: FORMAT,
         source: canonical.display().to_string(),
         data,
+        modified,
         tokenizer: tok.identity(),
         regime,
         text_field: &spec.text_field,
@@ -516,6 +532,7 @@ pub fn prepare(
         &key,
         threads.max(1),
         layout,
+        &|d| read_meta(d).filter(expect).is_some(),
     )?;
     let meta = read_meta(&dir).ok_or_else(|| {
         corrupt(
