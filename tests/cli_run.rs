@@ -244,12 +244,7 @@ fn status_and_the_log_say_how_far_a_running_run_has_got() {
     assert!(line.contains("/16 ("), "{line}");
     assert!(line.contains(", loss "), "{line}");
     // The trainer's log grew a line per logged step, the last at 16 of 16.
-    let run = std::fs::read_dir(dir.path().join("results/tinyrun/runs"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let run = common::first_run_dir(&dir.path().join("results/tinyrun/runs"));
     let log = std::fs::read_to_string(run.join("train.log")).unwrap();
     assert!(log.matches(": step ").count() >= 16, "{log}");
     assert!(log.contains("step 16/16 (100%)"), "{log}");

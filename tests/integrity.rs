@@ -523,12 +523,7 @@ fn a_full_disk_is_one_line_and_leaves_no_partial_checkpoint() {
         &["--results", fs.0.to_str().unwrap(), "run", "spec.toml"],
     );
     assert!(!o.status.success());
-    let run = std::fs::read_dir(fs.0.join("integrity/runs"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let run = common::first_run_dir(&fs.0.join("integrity/runs"));
     let log = std::fs::read_to_string(run.join("train.log")).unwrap();
     let error: Vec<&str> = log.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(error.len(), 1, "one error line: {log}");

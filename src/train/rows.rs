@@ -120,13 +120,17 @@ pub enum Rows {
     },
 }
 
-fn too_little(what: &str, seq_len: usize) -> TrainError {
-    TrainError::Data(format!(
-        "{what} has too little data for one sequence of {seq_len} tokens"
-    ))
-}
-
 impl Rows {
+    /// These rows, unless there is not a single one.
+    fn at_least_one(self, what: &str, seq_len: usize) -> Result<Rows, TrainError> {
+        if self.is_empty() {
+            return Err(TrainError::Data(format!(
+                "{what} has too little data for one sequence of {seq_len} tokens"
+            )));
+        }
+        Ok(self)
+    }
+
     /// Rows for a regime from examples in memory, instruction rows padded with `pad`; fails
     /// when there is not a single full row.
     pub fn new(
@@ -150,10 +154,7 @@ impl Rows {
                 pad,
             },
         };
-        if rows.is_empty() {
-            return Err(too_little(what, seq_len));
-        }
-        Ok(rows)
+        rows.at_least_one(what, seq_len)
     }
 
     /// Rows of every document of `cache` but those in `held` (sorted indices), read from the
@@ -216,10 +217,7 @@ impl Rows {
                 }
             }
         };
-        if rows.is_empty() {
-            return Err(too_little(what, seq_len));
-        }
-        Ok(rows)
+        rows.at_least_one(what, seq_len)
     }
 
     /// Number of distinct rows (one epoch).

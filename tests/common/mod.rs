@@ -32,3 +32,14 @@ pub fn train_losses(metrics: &Path) -> Vec<(u64, f64)> {
         })
         .collect()
 }
+
+/// The folder of the first run under a sweep's `runs/`.
+#[allow(dead_code)] // not every test binary that includes this module reads run folders
+pub fn first_run_dir(runs: &Path) -> std::path::PathBuf {
+    std::fs::read_dir(runs)
+        .unwrap()
+        .next()
+        .expect("a run folder")
+        .unwrap()
+        .path()
+}
