@@ -15,14 +15,8 @@ use sweep::train::checkpoint::{self, TrainState};
 use tch::{Device, Tensor};
 
 fn peak_rss_gb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1e6)
+    // VmHWM in KiB, over 1e6, as the README's table was measured.
+    sweep::train::outputs::peak_rss_kib().map_or(0.0, |kib| kib as f64 / 1e6)
 }
 
 fn dir_bytes(dir: &std::path::Path) -> u64 {
