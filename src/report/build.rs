@@ -2,11 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use super::stats::{log_fit, pareto_front, summarize, welch, Summary};
-use super::{Finding, Plot, Report, ReportInput, RunData, Series, TableData, Verdict};
-use crate::plan::MethodConfig;
+use super::grid::{better, fmt_lr, fmt_summary, metric_at, Cell, Grid, SeriesKey};
+use super::stats::{log_fit, pareto_front, summarize, Summary};
+use super::{Plot, Report, ReportInput, RunData, Series, TableData};
 use crate::results::RunStatus;
-use crate::spec::values::{format_tokens, module_set_label};
+use crate::spec::values::format_tokens;
 
 /// Learning metrics in order of preference: a task metric when one was measured, else the loss.
 const LEARNING_METRICS: &[&str] = &[
@@ -25,110 +25,6 @@ pub fn higher_is_better(metric: &str) -> bool {
         || metric.contains("perplexity")
         || metric.ends_with("_increase")
         || metric.ends_with("_drop"))
-}
-
-/// What a series of runs shares: everything but the seed and the budget.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-struct SeriesKey {
-    method: String,
-    rank: Option<u64>,
-    modules: Option<String>,
-    alpha_bits: u64,
-    dropout_bits: u64,
-    lr_bits: u64,
-}
-
-impl SeriesKey {
-    fn of(run: &RunData) -> SeriesKey {
-        let (rank, modules, alpha, dropout) = match &run.point.method {
-            MethodConfig::Full => (None, None, 0.0, 0.0),
-            MethodConfig::Lora {
-                rank,
-                alpha,
-                target_modules,
-                dropout,
-            } => (
-                Some(*rank),
-                Some(module_set_label(target_modules)),
-                *alpha,
-                *dropout,
-            ),
-        };
-        SeriesKey {
-            method: run.point.method.method_name().to_string(),
-            rank,
-            modules,
-            alpha_bits: f64::to_bits(alpha),
-            dropout_bits: f64::to_bits(dropout),
-            lr_bits: run.point.learning_rate.to_bits(),
-        }
-    }
-    fn lr(&self) -> f64 {
-        f64::from_bits(self.lr_bits)
-    }
-    fn group(&self) -> String {
-        match (&self.rank, &self.modules) {
-            (Some(r), Some(m)) => format!("lora r{r} {m}"),
-            _ => self.method.clone(),
-        }
-    }
-    fn describe(&self) -> String {
-        format!("{} lr={}", self.group(), fmt_lr(self.lr()))
-    }
-}
-
-fn fmt_lr(v: f64) -> String {
-    format!("{v:.0e}")
-}
-
-/// A cell: one series at one budget, over seeds.
-#[derive(Debug, Clone, Default)]
-struct Cell {
-    learn: Vec<f64>,
-    forget: Vec<f64>,
-}
-
-fn fmt_summary(s: Option<Summary>) -> String {
-    match s {
-        None => "-".into(),
-        Some(s) => match s.ci95 {
-            Some(ci) => format!("{:.4} ± {:.4} (n={})", s.mean, ci, s.n),
-            None => format!("{:.4} (n=1, no interval)", s.mean),
-        },
-    }
-}
-
-/// A metric at a budget: the first evaluation at or after it (the trainer evaluates at the end
-/// of the step that reaches the budget, so 16k tokens in steps of 1,024 is evaluated at 16,384).
-fn metric_at(run: &RunData, metric: &str, tokens: u64) -> Option<f64> {
-    run.evals
-        .iter()
-        .filter(|e| e.tokens >= tokens && (tokens > 0 || e.tokens == 0))
-        .min_by_key(|e| e.tokens)
-        .and_then(|e| e.metrics.get(metric))
-        .copied()
-        .filter(|v| v.is_finite())
-}
-
-/// The forgetting measure of a run at a budget: the rise of the source-domain loss over the base
-/// model's, or the fall of a multiple-choice accuracy. Lower is less forgetting.
-fn forgetting_at(run: &RunData, metric: &str, tokens: u64) -> Option<f64> {
-    let base = metric_at(run, metric, 0)?;
-    let now = metric_at(run, metric, tokens)?;
-    Some(if higher_is_better(metric) {
-        base - now
-    } else {
-        now - base
-    })
-}
-
-/// Better of two values under a metric's direction.
-fn better(a: f64, b: f64, higher: bool) -> bool {
-    if higher {
-        a > b
-    } else {
-        a < b
-    }
 }
 
 /// Build the report.
@@ -214,7 +110,7 @@ pub fn build(input: &ReportInput) -> Report {
             learning_metric: None,
             forgetting_metric: forgetting,
             tables,
-            findings: not_enough_findings(),
+            findings: super::findings::not_enough("no results yet"),
             plots: vec![],
             notes,
         };
@@ -228,33 +124,8 @@ pub fn build(input: &ReportInput) -> Report {
         }
     });
 
-    // Cells: series x budget, over seeds.
-    let mut cells: BTreeMap<(SeriesKey, u64), Cell> = BTreeMap::new();
-    let mut diverged: BTreeMap<SeriesKey, usize> = BTreeMap::new();
-    for r in &input.runs {
-        let key = SeriesKey::of(r);
-        if matches!(r.status, Some(RunStatus::Diverged)) {
-            *diverged.entry(key.clone()).or_default() += 1;
-        }
-        if !matches!(r.status, Some(RunStatus::Completed | RunStatus::Diverged)) {
-            continue;
-        }
-        for &b in &r.point.eval_at {
-            if let Some(v) = metric_at(r, &learn, b) {
-                let c = cells.entry((key.clone(), b)).or_default();
-                c.learn.push(v);
-                if let Some(f) = forgetting.as_deref().and_then(|f| forgetting_at(r, f, b)) {
-                    c.forget.push(f);
-                }
-            }
-        }
-    }
-    let budgets: Vec<u64> = {
-        let mut b: Vec<u64> = cells.keys().map(|k| k.1).collect();
-        b.sort_unstable();
-        b.dedup();
-        b
-    };
+    let grid = Grid::new(input, &learn, forgetting.as_deref());
+    let (cells, diverged, budgets) = (&grid.cells, &grid.diverged, &grid.budgets);
     let Some(&top) = budgets.last() else {
         notes.push(format!("no completed run has a {learn} evaluation yet"));
         return Report {
@@ -262,31 +133,13 @@ pub fn build(input: &ReportInput) -> Report {
             learning_metric: Some(learn),
             forgetting_metric: forget_name,
             tables,
-            findings: not_enough_findings(),
+            findings: super::findings::not_enough("no results yet"),
             plots: vec![],
             notes,
         };
     };
     let mean = |v: &[f64]| summarize(v).map(|s| s.mean);
-    let best_in = |filter: &dyn Fn(&SeriesKey) -> bool, b: u64| -> Option<(SeriesKey, Cell)> {
-        cells
-            .iter()
-            .filter(|((k, bb), c)| *bb == b && filter(k) && !c.learn.is_empty())
-            .max_by(|a, c| {
-                let (x, y) = (
-                    mean(&a.1.learn).unwrap_or(f64::NAN),
-                    mean(&c.1.learn).unwrap_or(f64::NAN),
-                );
-                if better(x, y, higher) {
-                    std::cmp::Ordering::Greater
-                } else if better(y, x, higher) {
-                    std::cmp::Ordering::Less
-                } else {
-                    std::cmp::Ordering::Equal
-                }
-            })
-            .map(|((k, _), c)| (k.clone(), c.clone()))
-    };
+    let best_in = |filter: &dyn Fn(&SeriesKey) -> bool, b: u64| grid.best_in(filter, b);
     let methods: Vec<String> = {
         let mut m: Vec<String> = cells.keys().map(|k| k.0.method.clone()).collect();
         m.dedup();
@@ -303,7 +156,7 @@ pub fn build(input: &ReportInput) -> Report {
         g.dedup();
         g
     };
-    for &b in &budgets {
+    for &b in budgets {
         for g in &groups {
             if let Some((k, c)) = best_in(&|k: &SeriesKey| &k.group() == g, b) {
                 rows.push(vec![
@@ -340,7 +193,6 @@ pub fn build(input: &ReportInput) -> Report {
     // Table 3: learning-rate sensitivity at the top budget.
     let mut rows = Vec::new();
     let mut lr_plot = Vec::new();
-    let mut best_lr: BTreeMap<String, f64> = BTreeMap::new();
     for g in &groups {
         let mut series: Vec<(f64, Cell, usize)> = cells
             .iter()
@@ -348,7 +200,7 @@ pub fn build(input: &ReportInput) -> Report {
             .map(|((k, _), c)| (k.lr(), c.clone(), diverged.get(k).copied().unwrap_or(0)))
             .collect();
         // Learning rates whose runs all diverged have no cell; they still count.
-        for (k, n) in &diverged {
+        for (k, n) in diverged {
             if &k.group() == g && !series.iter().any(|s| s.0 == k.lr()) {
                 series.push((k.lr(), Cell::default(), *n));
             }
@@ -372,9 +224,6 @@ pub fn build(input: &ReportInput) -> Report {
                 .collect(),
             None => vec![],
         };
-        if let Some((lr, _)) = best {
-            best_lr.insert(g.clone(), lr);
-        }
         let width = match (near.first(), near.last()) {
             (Some(a), Some(b)) => format!("{:.1}", (b / a).log10()),
             _ => "-".into(),
@@ -448,7 +297,6 @@ pub fn build(input: &ReportInput) -> Report {
     // Table 5: data scaling of each method's best series, with a fit a + b ln(tokens).
     let mut rows = Vec::new();
     let mut scaling_lines = Vec::new();
-    let mut slopes: BTreeMap<String, super::stats::LogFit> = BTreeMap::new();
     for m in &methods {
         let Some((k, _)) = best_in(&|k: &SeriesKey| &k.method == m, top) else {
             continue;
@@ -484,7 +332,6 @@ pub fn build(input: &ReportInput) -> Report {
             dashed: false,
         });
         if let Some(f) = fit {
-            slopes.insert(m.clone(), f);
             let xs: Vec<f64> = pts.iter().map(|p| p.0).collect();
             scaling_lines.push(Series {
                 label: format!("{m} fit"),
@@ -513,7 +360,7 @@ pub fn build(input: &ReportInput) -> Report {
     let mut pts = Vec::new();
     let mut labels = Vec::new();
     if forgetting.is_some() {
-        for ((k, b), c) in &cells {
+        for ((k, b), c) in cells {
             if let (Some(l), Some(f)) = (mean(&c.learn), mean(&c.forget)) {
                 // The frontier maximises learning: flip losses so that larger is better.
                 pts.push((if higher { l } else { -l }, f));
@@ -599,128 +446,10 @@ pub fn build(input: &ReportInput) -> Report {
         ));
     }
 
-    // Findings.
-    let best_full = best_in(&|k: &SeriesKey| k.method == "full", top);
-    let best_lora = best_in(&|k: &SeriesKey| k.method == "lora", top);
-    let mut findings = Vec::new();
-    findings.push(match (&best_full, &best_lora) {
-        (Some((kf, cf)), Some((kl, cl))) => {
-            let (mf, ml) = (mean(&cf.learn).unwrap_or(f64::NAN), mean(&cl.learn).unwrap_or(f64::NAN));
-            let test = welch(&cf.learn, &cl.learn).map(|w| format!(", Welch p = {:.3}, d = {:.2}", w.p, w.cohens_d)).unwrap_or_else(|| {
-                if cf.learn.len() < 2 || cl.learn.len() < 2 {
-                    ", no test (fewer than 2 seeds)".into()
-                } else {
-                    ", no test (no variance between seeds)".into()
-                }
-            });
-            Finding {
-                number: 1,
-                claim: "LoRA learns less: at equal tokens, full fine-tuning reaches a better target metric".into(),
-                verdict: if better(mf, ml, higher) { Verdict::Supported } else { Verdict::NotSupported },
-                evidence: format!("at {} tokens, {learn}: best full ({}) {mf:.4} vs best LoRA ({}) {ml:.4}{test}", format_tokens(top), kf.describe(), kl.describe()),
-            }
-        }
-        _ => nef(1, "LoRA learns less", "needs both methods at the same budget"),
-    });
-    let forget_of = |m: &str| -> Vec<f64> {
-        cells
-            .iter()
-            .filter(|((k, b), _)| *b == top && k.method == m)
-            .flat_map(|(_, c)| c.forget.clone())
-            .collect()
-    };
-    let (ff, fl) = (forget_of("full"), forget_of("lora"));
-    findings.push(if forgetting.is_some() && !ff.is_empty() && !fl.is_empty() {
-        let (mf, ml) = (mean(&ff).unwrap_or(f64::NAN), mean(&fl).unwrap_or(f64::NAN));
-        let test = welch(&ff, &fl).map(|w| format!(", Welch p = {:.3}", w.p)).unwrap_or_default();
-        Finding {
-            number: 2,
-            claim: "LoRA forgets less: the source-domain metric drops less".into(),
-            verdict: if fl.is_empty() || ml < mf { Verdict::Supported } else { Verdict::NotSupported },
-            evidence: format!("mean {} at {} tokens over all runs: full {mf:.4} (n={}), LoRA {ml:.4} (n={}){test}", forget_name.clone().unwrap_or_default(), format_tokens(top), ff.len(), fl.len()),
-        }
-    } else {
-        nef(2, "LoRA forgets less", "needs a source-domain metric for both methods")
-    });
-    findings.push(if !front.is_empty() && methods.len() >= 2 {
-        let (nf, nl) = (on_front("full"), on_front("lora"));
-        Finding {
-            number: 3,
-            claim: "Both methods lie on one learning-forgetting frontier".into(),
-            verdict: if nf > 0 && nl > 0 {
-                Verdict::Supported
-            } else {
-                Verdict::NotSupported
-            },
-            evidence: format!(
-                "frontier points: {nf} full, {nl} LoRA of {} points",
-                labels.len()
-            ),
-        }
-    } else {
-        nef(
-            3,
-            "Both lie on one frontier",
-            "needs learning and forgetting for both methods",
-        )
-    });
-    findings.push(spectral_finding(input, top));
-    findings.push(
-        match (
-            best_lr.get("full"),
-            groups
-                .iter()
-                .filter(|g| g.starts_with("lora"))
-                .filter_map(|g| best_lr.get(g).map(|lr| (g, *lr)))
-                .max_by(|a, b| a.1.total_cmp(&b.1)),
-        ) {
-            (Some(&f), Some((g, l))) => Finding {
-                number: 5,
-                claim: "LoRA's best learning rate is higher than full fine-tuning's".into(),
-                verdict: if l > f {
-                    Verdict::Supported
-                } else {
-                    Verdict::NotSupported
-                },
-                evidence: format!(
-                    "best lr at {} tokens: full {}, {g} {} ({:.1}x)",
-                    format_tokens(top),
-                    fmt_lr(f),
-                    fmt_lr(l),
-                    l / f
-                ),
-            },
-            _ => nef(
-                5,
-                "LoRA's best LR is higher",
-                "needs an LR sweep of both methods",
-            ),
-        },
-    );
-    findings.push(match (slopes.get("full"), slopes.get("lora")) {
-        (Some(f), Some(l)) => {
-            let sign = if higher { 1.0 } else { -1.0 };
-            let (gf, gl) = (sign * f.b, sign * l.b);
-            Finding {
-                number: 6,
-                claim: "More tokens help full fine-tuning more than LoRA".into(),
-                verdict: if gf > gl {
-                    Verdict::Supported
-                } else {
-                    Verdict::NotSupported
-                },
-                evidence: format!(
-                    "improvement per ln(tokens) of {learn}: full {gf:.4}, LoRA {gl:.4}"
-                ),
-            }
-        }
-        _ => nef(
-            6,
-            "More tokens help full fine-tuning more",
-            "needs at least two budgets for both methods",
-        ),
-    });
-    tables.push(TableData {
+    // Findings, each decided by its test.
+    let findings = super::findings::findings(&grid, input, forget_name.as_deref());
+    // The findings lead, right after the overview.
+    tables.insert(1, TableData {
         key: "findings".into(),
         title: "Findings of the paper, tested on this sweep".into(),
         header: vec![
@@ -740,7 +469,10 @@ pub fn build(input: &ReportInput) -> Report {
                 ]
             })
             .collect(),
-        note: None,
+        note: Some(format!(
+            "each finding's effect is signed so that > 0 is the paper's direction, with its 95% interval; supported or contradicted when its p-value, Holm-corrected over the findings tested, is below {}",
+            super::findings::ALPHA
+        )),
     });
 
     let mut plots = vec![
@@ -786,72 +518,6 @@ pub fn build(input: &ReportInput) -> Report {
         findings,
         plots,
         notes,
-    }
-}
-
-fn nef(n: u8, claim: &str, why: &str) -> Finding {
-    Finding {
-        number: n,
-        claim: claim.into(),
-        verdict: Verdict::NotEnoughData,
-        evidence: why.into(),
-    }
-}
-
-fn not_enough_findings() -> Vec<Finding> {
-    [
-        (1, "LoRA learns less"),
-        (2, "LoRA forgets less"),
-        (3, "Both lie on one frontier"),
-        (4, "Full fine-tuning's weight change is high rank"),
-        (5, "LoRA's best LR is higher"),
-        (6, "More tokens help full fine-tuning more"),
-    ]
-    .iter()
-    .map(|(n, c)| nef(*n, c, "no results yet"))
-    .collect()
-}
-
-fn spectral_finding(input: &ReportInput, top: u64) -> Finding {
-    let vals = |m: &str| -> Vec<f64> {
-        input
-            .runs
-            .iter()
-            .filter(|r| r.point.method.method_name() == m)
-            .filter_map(|r| metric_at(r, "spectral_rank", top))
-            .collect()
-    };
-    let (f, l) = (vals("full"), vals("lora"));
-    match (summarize(&f), summarize(&l)) {
-        (Some(sf), Some(sl)) => Finding {
-            number: 4,
-            claim: "Full fine-tuning's weight change is high rank; LoRA's is at most r".into(),
-            verdict: if sf.mean > sl.mean {
-                Verdict::Supported
-            } else {
-                Verdict::NotSupported
-            },
-            evidence: format!(
-                "mean rank for 90% of the variance: full {:.1}, LoRA {:.1}{}",
-                sf.mean,
-                sl.mean,
-                summarize(
-                    &input
-                        .runs
-                        .iter()
-                        .filter(|r| r.point.method.method_name() == "full")
-                        .filter_map(|r| metric_at(r, "spectral_rank_random", top))
-                        .collect::<Vec<_>>()
-                )
-                .map(|s| format!(", a Gaussian matrix of the same shapes {:.1}", s.mean))
-                .unwrap_or_default()
-            ),
-        },
-        _ => nef(
-            4,
-            "Full fine-tuning's weight change is high rank",
-            "no run measured spectral_rank",
-        ),
     }
 }
 

@@ -3,6 +3,8 @@
 //! [`render`] and [`svg`] turn a [`Report`] into terminal, Markdown, CSV, JSON and HTML.
 
 pub mod build;
+pub mod findings;
+pub mod grid;
 pub mod load;
 pub mod render;
 pub mod stats;
@@ -67,15 +69,17 @@ pub struct TableData {
     pub note: Option<String>,
 }
 
-/// The verdict on one of the paper's findings.
+/// The verdict on one of the paper's findings ([`findings`] says how each is decided).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
-    /// The sweep's numbers agree with the finding.
+    /// Its test, after Holm's correction, excludes no effect, in the paper's direction.
     Supported,
-    /// They disagree.
-    NotSupported,
-    /// The sweep cannot tell.
+    /// Its test excludes no effect in the other direction.
+    Contradicted,
+    /// Tested (or testable with more seeds), but undecided.
+    NotEnoughEvidence,
+    /// The sweep lacks what the comparison needs (a method, a metric, budgets).
     NotEnoughData,
 }
 
@@ -84,10 +88,34 @@ impl Verdict {
     pub fn words(self) -> &'static str {
         match self {
             Verdict::Supported => "supported",
-            Verdict::NotSupported => "not supported",
+            Verdict::Contradicted => "contradicted",
+            Verdict::NotEnoughEvidence => "not enough evidence",
             Verdict::NotEnoughData => "not enough data",
         }
     }
+}
+
+/// The test behind a verdict, as numbers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TestResult {
+    /// The test.
+    pub name: String,
+    /// Its unit of replication.
+    pub unit: String,
+    /// What the effect measures (positive: the paper's direction).
+    pub effect: String,
+    /// The effect, its standard error, 95% interval and two-sided p-value.
+    pub estimate: stats::Estimate,
+    /// The p-value that decides (for an equivalence test, of being inside or outside the margin).
+    pub p: f64,
+    /// That p-value after Holm's correction over the findings tested.
+    pub p_holm: f64,
+    /// For an equivalence test, its margin.
+    pub equivalence_margin: Option<f64>,
+    /// Seeds per configuration behind it (the smallest group's).
+    pub seeds: usize,
+    /// Seeds per configuration that would decide it, when undecided.
+    pub seeds_needed: Option<usize>,
 }
 
 /// One finding of the paper tested on this sweep.
@@ -101,6 +129,8 @@ pub struct Finding {
     pub verdict: Verdict,
     /// The numbers behind it.
     pub evidence: String,
+    /// The test that decided it, if it could be tested.
+    pub test: Option<TestResult>,
 }
 
 /// A series of points for a line plot, with optional interval half-widths.

@@ -1,7 +1,8 @@
-//! Statistics for the report: summaries with Student-t intervals, Welch's t-test, a least-squares
-//! fit of metric = a + b ln(tokens), and the Pareto frontier. Pure functions.
+//! Statistics for the report: summaries with Student-t intervals, Welch's t-test and its
+//! interval, Holm's correction, a seeded bootstrap, least squares (metric = a + b ln(tokens), and
+//! any few-regressor fit), the seeds a test would need, and the Pareto frontier. Pure functions.
 
-use statrs::distribution::{ContinuousCDF, StudentsT};
+use statrs::distribution::{ContinuousCDF, Normal, StudentsT};
 
 /// Mean, standard deviation and a 95% confidence interval over seeds.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -89,6 +90,204 @@ pub fn welch(a: &[f64], b: &[f64]) -> Option<Welch> {
             f64::NAN
         },
     })
+}
+
+/// An effect with its standard error, a 95% interval and a two-sided p-value against no effect.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Estimate {
+    /// The effect.
+    pub effect: f64,
+    /// Its standard error.
+    pub se: f64,
+    /// Degrees of freedom of its t distribution (infinite for a bootstrap).
+    pub df: f64,
+    /// Lower end of the 95% interval.
+    pub ci_low: f64,
+    /// Upper end of the 95% interval.
+    pub ci_high: f64,
+    /// Two-sided p-value of "no effect".
+    pub p: f64,
+}
+
+impl Estimate {
+    /// An estimate whose effect / se follows Student's t with `df` degrees of freedom; None
+    /// without variance (an se at rounding level of the effect: the values are deterministic).
+    pub fn from_t(effect: f64, se: f64, df: f64) -> Option<Estimate> {
+        let usable = se > 1e-9 * effect.abs() && se.is_finite() && effect.is_finite() && df > 0.0;
+        if !usable {
+            return None;
+        }
+        let dist = StudentsT::new(0.0, 1.0, df).ok()?;
+        let q = dist.inverse_cdf(0.975);
+        Some(Estimate {
+            effect,
+            se,
+            df,
+            ci_low: effect - q * se,
+            ci_high: effect + q * se,
+            p: (2.0 * (1.0 - dist.cdf((effect / se).abs()))).min(1.0),
+        })
+    }
+}
+
+/// Welch's estimate of mean(a) - mean(b) with its interval; None as for [`welch`].
+pub fn welch_estimate(a: &[f64], b: &[f64]) -> Option<Estimate> {
+    let w = welch(a, b)?;
+    Estimate::from_t(w.diff, w.diff / w.t, w.df)
+}
+
+/// The difference of two independent estimates, a - b, with Welch-Satterthwaite degrees of
+/// freedom.
+pub fn difference(a: &Estimate, b: &Estimate) -> Option<Estimate> {
+    let (va, vb) = (a.se.powi(2), b.se.powi(2));
+    let df = (va + vb).powi(2) / (va.powi(2) / a.df + vb.powi(2) / b.df);
+    Estimate::from_t(a.effect - b.effect, (va + vb).sqrt(), df)
+}
+
+/// Holm's step-down adjusted p-values, in the order given (each at most 1, never below the one
+/// of a smaller raw p-value).
+pub fn holm(p: &[f64]) -> Vec<f64> {
+    let m = p.len();
+    let mut order: Vec<usize> = (0..m).collect();
+    order.sort_by(|&i, &j| p[i].total_cmp(&p[j]));
+    let mut out = vec![0.0; m];
+    let mut running: f64 = 0.0;
+    for (k, &i) in order.iter().enumerate() {
+        running = running.max(((m - k) as f64 * p[i]).min(1.0));
+        out[i] = running;
+    }
+    out
+}
+
+/// The p-quantile of the standard normal distribution.
+pub fn normal_quantile(p: f64) -> f64 {
+    Normal::new(0.0, 1.0)
+        .map(|d| d.inverse_cdf(p))
+        .unwrap_or(f64::NAN)
+}
+
+/// Seeds per configuration a two-sided test at level `alpha` would need to detect `distance`
+/// with 80% power, when `seeds` gave standard error `se` (which falls as 1/sqrt(seeds)); None
+/// when nothing was measured or the distance is zero.
+pub fn seeds_needed(seeds: usize, se: f64, distance: f64, alpha: f64) -> Option<usize> {
+    if seeds == 0
+        || se.is_nan()
+        || se <= 0.0
+        || !se.is_finite()
+        || distance.is_nan()
+        || distance == 0.0
+    {
+        return None;
+    }
+    let z = normal_quantile(1.0 - alpha / 2.0) + normal_quantile(0.8);
+    let n = seeds as f64 * (z * se / distance.abs()).powi(2);
+    Some((n.ceil() as usize).max(2))
+}
+
+/// A small deterministic generator (SplitMix64) for seeded bootstraps: the same seed gives the
+/// same report on every machine.
+#[derive(Debug, Clone)]
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// A uniform index below `n` (n > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+    /// A resample of `values` with replacement, of the same length.
+    pub fn resample(&mut self, values: &[f64]) -> Vec<f64> {
+        (0..values.len())
+            .map(|_| values[self.below(values.len())])
+            .collect()
+    }
+}
+
+/// A bootstrap estimate from replicate statistics around the point estimate `effect`: the
+/// percentile interval, the replicates' standard deviation as se, and the two-sided p-value
+/// 2 min(P(r <= 0), P(r >= 0)). None with fewer than 2 finite replicates.
+pub fn bootstrap_estimate(effect: f64, replicates: &[f64]) -> Option<Estimate> {
+    let mut r: Vec<f64> = replicates
+        .iter()
+        .copied()
+        .filter(|x| x.is_finite())
+        .collect();
+    if r.len() < 2 || !effect.is_finite() {
+        return None;
+    }
+    r.sort_by(f64::total_cmp);
+    let n = r.len() as f64;
+    let at = |q: f64| r[((q * (n - 1.0)).round() as usize).min(r.len() - 1)];
+    let mean = r.iter().sum::<f64>() / n;
+    let se = (r.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+    let le = r.iter().filter(|&&x| x <= 0.0).count() as f64 / n;
+    let ge = r.iter().filter(|&&x| x >= 0.0).count() as f64 / n;
+    Some(Estimate {
+        effect,
+        se,
+        df: f64::INFINITY,
+        ci_low: at(0.025),
+        ci_high: at(0.975),
+        p: (2.0 * le.min(ge)).min(1.0),
+    })
+}
+
+/// Ordinary least squares of y on the columns of `x` (each row one observation, a column of 1s
+/// included by the caller): coefficients, their standard errors and the residual degrees of
+/// freedom. None when the design is singular or has no residual degrees of freedom.
+pub fn ols(x: &[Vec<f64>], y: &[f64]) -> Option<(Vec<f64>, Vec<f64>, f64)> {
+    let (n, k) = (y.len(), x.first()?.len());
+    if n <= k || x.len() != n {
+        return None;
+    }
+    // Normal equations, inverted by Gauss-Jordan elimination with partial pivoting.
+    let mut a = vec![vec![0.0; 2 * k]; k];
+    for (i, row) in a.iter_mut().enumerate() {
+        for j in 0..k {
+            row[j] = x.iter().map(|r| r[i] * r[j]).sum();
+        }
+        row[k + i] = 1.0;
+    }
+    for c in 0..k {
+        let piv = (c..k).max_by(|&i, &j| a[i][c].abs().total_cmp(&a[j][c].abs()))?;
+        if a[piv][c].abs() < 1e-12 {
+            return None;
+        }
+        a.swap(c, piv);
+        let d = a[c][c];
+        a[c].iter_mut().for_each(|v| *v /= d);
+        for r in 0..k {
+            if r != c {
+                let f = a[r][c];
+                let pivot_row = a[c].clone();
+                a[r].iter_mut()
+                    .zip(&pivot_row)
+                    .for_each(|(v, p)| *v -= f * p);
+            }
+        }
+    }
+    let xty: Vec<f64> = (0..k)
+        .map(|i| x.iter().zip(y).map(|(r, yy)| r[i] * yy).sum())
+        .collect();
+    let beta: Vec<f64> = (0..k)
+        .map(|i| (0..k).map(|j| a[i][k + j] * xty[j]).sum())
+        .collect();
+    let rss: f64 = x
+        .iter()
+        .zip(y)
+        .map(|(r, yy)| (yy - r.iter().zip(&beta).map(|(a, b)| a * b).sum::<f64>()).powi(2))
+        .sum();
+    let df = (n - k) as f64;
+    let s2 = rss / df;
+    let se = (0..k).map(|i| (s2 * a[i][k + i]).max(0.0).sqrt()).collect();
+    Some((beta, se, df))
 }
 
 /// A least-squares fit y = a + b ln(x).
@@ -205,6 +404,103 @@ mod tests {
         assert!((w.df - 4.411765).abs() < 1e-5);
         assert!(w.p > 0.1 && w.p < 0.2, "{}", w.p);
         assert!(welch(&[1.0], &[2.0, 3.0]).is_none());
+    }
+
+    #[test]
+    fn welch_interval_matches_hand_computation() {
+        // The example above: diff -2.5, se 1.443376, df 4.411765; t(0.975, 4.411765) = 2.677174
+        // (scipy.stats.t.ppf), so the interval is -2.5 -+ 3.864167; p = 0.1515 (scipy's
+        // ttest_ind(equal_var=False)).
+        let e = welch_estimate(&[1.0, 2.0, 3.0, 4.0], &[2.0, 4.0, 6.0, 8.0]).unwrap();
+        assert!((e.se - 1.443376).abs() < 1e-5);
+        assert!((e.ci_low + 2.5 + 3.864167).abs() < 1e-4, "{e:?}");
+        assert!((e.ci_high + 2.5 - 3.864167).abs() < 1e-4, "{e:?}");
+        assert!((e.p - 0.151581).abs() < 1e-5, "{}", e.p);
+    }
+
+    #[test]
+    fn holm_matches_hand_computation() {
+        // Sorted 0.01, 0.02, 0.03, 0.04 times 4, 3, 2, 1 = 0.04, 0.06, 0.06 (kept monotone), 0.06.
+        let adj = holm(&[0.03, 0.01, 0.04, 0.02]);
+        let want = [0.06, 0.04, 0.06, 0.06];
+        for (a, w) in adj.iter().zip(want) {
+            assert!((a - w).abs() < 1e-12, "{adj:?}");
+        }
+        assert_eq!(holm(&[0.9, 0.6]), vec![1.0, 1.0]);
+        assert!(holm(&[]).is_empty());
+    }
+
+    #[test]
+    fn seeds_needed_follows_the_normal_approximation() {
+        // z(0.975) + z(0.8) = 1.959964 + 0.841621 = 2.801585; 3 seeds with se 0.1 for an effect
+        // of 0.1: 3 x 2.801585^2 = 23.55 -> 24.
+        assert_eq!(seeds_needed(3, 0.1, 0.1, 0.05), Some(24));
+        assert_eq!(seeds_needed(3, 0.1, -0.1, 0.05), Some(24));
+        assert_eq!(seeds_needed(3, 0.0, 0.1, 0.05), None);
+        assert_eq!(seeds_needed(2, 0.001, 1.0, 0.05), Some(2), "never below 2");
+    }
+
+    #[test]
+    fn the_bootstrap_is_seeded_and_its_p_counts_both_tails() {
+        let v = [1.0, 2.0, 3.0, 4.0, 5.0];
+        let draw = |seed| {
+            let mut g = SplitMix(seed);
+            (0..200)
+                .map(|_| g.resample(&v).iter().sum::<f64>() / 5.0)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(7), draw(7), "same seed, same replicates");
+        assert_ne!(draw(7), draw(8));
+        let e = bootstrap_estimate(3.0, &draw(7)).unwrap();
+        assert!(e.ci_low >= 1.0 && e.ci_low < 3.0 && e.ci_high > 3.0 && e.ci_high <= 5.0);
+        assert_eq!(e.p, 0.0, "no replicate at or below zero");
+        // Replicates -1, 0, 1, 2: P(<= 0) = 0.5, P(>= 0) = 0.75, p = 1.
+        let e = bootstrap_estimate(0.5, &[-1.0, 0.0, 1.0, 2.0]).unwrap();
+        assert_eq!(e.p, 1.0);
+        let e = bootstrap_estimate(1.0, &[1.0, 2.0, 3.0, -1.0]).unwrap();
+        assert_eq!(e.p, 0.5);
+        assert!(bootstrap_estimate(1.0, &[1.0]).is_none());
+    }
+
+    #[test]
+    fn ols_matches_hand_computation() {
+        // y = 1 + 2 x + 3 g exactly, then one residual: coefficients from numpy.linalg.lstsq
+        // of the perturbed data, se from sigma^2 (X'X)^-1.
+        let x: Vec<Vec<f64>> = [
+            (0.0, 0.0),
+            (1.0, 0.0),
+            (2.0, 0.0),
+            (0.0, 1.0),
+            (1.0, 1.0),
+            (2.0, 1.0),
+        ]
+        .iter()
+        .map(|&(a, g)| vec![1.0, a, g])
+        .collect();
+        let exact: Vec<f64> = x.iter().map(|r| 1.0 + 2.0 * r[1] + 3.0 * r[2]).collect();
+        let (b, se, df) = ols(&x, &exact).unwrap();
+        assert!(
+            (b[0] - 1.0).abs() < 1e-9 && (b[1] - 2.0).abs() < 1e-9 && (b[2] - 3.0).abs() < 1e-9
+        );
+        assert!(se.iter().all(|s| *s < 1e-6) && df == 3.0);
+        let mut y = exact.clone();
+        y[0] += 0.6;
+        let (b, se, _) = ols(&x, &y).unwrap();
+        // numpy.linalg.lstsq: beta = [1.35, 1.85, 2.8]; rss = 0.15, sigma^2 = 0.05;
+        // (X'X)^-1 diagonal = [7/12, 1/4, 2/3].
+        assert!(
+            (b[0] - 1.35).abs() < 1e-9 && (b[1] - 1.85).abs() < 1e-9 && (b[2] - 2.8).abs() < 1e-9,
+            "{b:?}"
+        );
+        assert!((se[1] - (0.05f64 * 0.25).sqrt()).abs() < 1e-9, "{se:?}");
+        assert!(
+            (se[2] - (0.05f64 * 2.0 / 3.0).sqrt()).abs() < 1e-9,
+            "{se:?}"
+        );
+        assert!(
+            ols(&x[..3], &y[..3]).is_none(),
+            "no residual degrees of freedom"
+        );
     }
 
     #[test]

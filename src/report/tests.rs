@@ -18,9 +18,49 @@ fn ev(tokens: u64, pairs: &[(&str, f64)]) -> EvalRecord {
     }
 }
 
-/// A run whose target loss falls with tokens (faster for full) and whose source loss rises
-/// (faster for full): the paper's picture.
-fn run(method: &str, lr: f64, seed: u64, status: RunStatus) -> RunData {
+/// A synthetic world: how fast each method learns (per ln token) at its best learning rate,
+/// how forgetting follows learning, and how noisy a seed is.
+#[derive(Clone, Copy)]
+struct World {
+    full_rate: f64,
+    lora_rate: f64,
+    best_full: f64,
+    best_lora: f64,
+    /// Source-loss rise per unit of learning progress (one frontier for both methods).
+    forget_per_learn: f64,
+    /// LoRA's extra source-loss rise at matched learning (0: one frontier).
+    lora_offset: f64,
+    /// Standard deviation of a seed's noise on each trained evaluation.
+    noise: f64,
+}
+
+/// The paper's picture: full learns faster and forgets more along the same frontier; LoRA's
+/// best learning rate is 10x full's.
+const PAPER: World = World {
+    full_rate: 0.12,
+    lora_rate: 0.08,
+    best_full: 1e-4,
+    best_lora: 1e-3,
+    forget_per_learn: 0.4,
+    lora_offset: 0.0,
+    noise: 0.01,
+};
+
+/// A standard normal draw fixed by the inputs (Box-Muller over SplitMix).
+fn gauss(key: &str) -> f64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in key.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    let mut g = stats::SplitMix(h);
+    let u1 = (g.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    let u2 = (g.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    (-2.0 * (u1.max(1e-300)).ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// A run of `world`: target loss 3 - progress, source loss 2 + forget_per_learn x progress (+
+/// LoRA's offset), progress = rate x ln(tokens + 1), lower away from the best learning rate.
+fn run_in(world: &World, method: &str, lr: f64, seed: u64, status: RunStatus) -> RunData {
     let m = if method == "full" {
         MethodConfig::Full
     } else {
@@ -32,20 +72,38 @@ fn run(method: &str, lr: f64, seed: u64, status: RunStatus) -> RunData {
         }
     };
     let full = method == "full";
-    // Best lr: 1e-4 for full, 1e-3 for LoRA.
-    let best = if full { 1e-4 } else { 1e-3 };
-    let lr_pen = (lr / best).log10().abs() * 0.3;
-    let noise = seed as f64 * 0.01;
+    let (rate, best) = if full {
+        (world.full_rate, world.best_full)
+    } else {
+        (world.lora_rate, world.best_lora)
+    };
+    let at_lr = 1.0 / (1.0 + 0.5 * (lr / best).log10().powi(2));
     let evals = [0u64, 1000, 4000, 16000]
         .iter()
         .map(|&t| {
-            let x = (t as f64 + 1.0).ln();
-            let (learn, forget) = if full { (0.12, 0.05) } else { (0.08, 0.02) };
+            let progress = rate * at_lr * (t as f64 + 1.0).ln();
+            let (n1, n2) = if t == 0 {
+                (0.0, 0.0)
+            } else {
+                let key = format!("{method}/{lr}/{seed}/{t}");
+                (
+                    world.noise * gauss(&format!("{key}/l")),
+                    world.noise * gauss(&format!("{key}/f")),
+                )
+            };
+            let offset = if full || t == 0 {
+                0.0
+            } else {
+                world.lora_offset
+            };
             ev(
                 t,
                 &[
-                    ("target_loss", 3.0 - learn * x + lr_pen + noise),
-                    ("source_loss", 2.0 + forget * x + noise),
+                    ("target_loss", 3.0 - progress + n1),
+                    (
+                        "source_loss",
+                        2.0 + world.forget_per_learn * progress + offset + n2,
+                    ),
                 ],
             )
         })
@@ -69,13 +127,17 @@ fn run(method: &str, lr: f64, seed: u64, status: RunStatus) -> RunData {
 }
 
 fn sweep(seeds: u64) -> ReportInput {
+    sweep_in(&PAPER, seeds)
+}
+
+fn sweep_in(world: &World, seeds: u64) -> ReportInput {
     let mut runs = Vec::new();
     for s in 0..seeds {
         for lr in [1e-5, 1e-4, 1e-3] {
-            runs.push(run("full", lr, s, RunStatus::Completed));
+            runs.push(run_in(world, "full", lr, s, RunStatus::Completed));
         }
         for lr in [1e-4, 1e-3, 1e-2] {
-            runs.push(run("lora", lr, s, RunStatus::Completed));
+            runs.push(run_in(world, "lora", lr, s, RunStatus::Completed));
         }
     }
     ReportInput {
@@ -87,23 +149,35 @@ fn sweep(seeds: u64) -> ReportInput {
     }
 }
 
+fn verdicts(r: &Report) -> Vec<Verdict> {
+    r.findings.iter().map(|f| f.verdict).collect()
+}
+
 #[test]
 fn findings_match_a_sweep_built_to_show_them() {
     let r = build(&sweep(3));
-    let v: Vec<Verdict> = r.findings.iter().map(|f| f.verdict).collect();
+    let v = verdicts(&r);
     assert_eq!(r.learning_metric.as_deref(), Some("target_loss"));
     assert_eq!(r.forgetting_metric.as_deref(), Some("source_loss_increase"));
-    assert_eq!(v[0], Verdict::Supported, "{:?}", r.findings[0]);
-    assert_eq!(v[1], Verdict::Supported, "{:?}", r.findings[1]);
-    assert_eq!(v[2], Verdict::Supported, "{:?}", r.findings[2]);
+    for i in [0, 1, 2, 4, 5] {
+        assert_eq!(v[i], Verdict::Supported, "{:?}", r.findings[i]);
+        let t = r.findings[i].test.as_ref().unwrap();
+        assert!(
+            t.p_holm < 0.05 && t.estimate.effect > 0.0 || i == 2,
+            "{t:?}"
+        );
+    }
     assert_eq!(v[3], Verdict::NotEnoughData, "no spectral rank measured");
-    assert_eq!(v[4], Verdict::Supported, "{:?}", r.findings[4]);
     assert!(
         r.findings[4].evidence.contains("(10.0x)"),
         "{}",
         r.findings[4].evidence
     );
-    assert_eq!(v[5], Verdict::Supported, "{:?}", r.findings[5]);
+    let f5 = r.findings[4].test.as_ref().unwrap();
+    assert!(
+        (f5.estimate.effect - 1.0).abs() < 1e-12,
+        "log10 of 10x: {f5:?}"
+    );
     assert!(r
         .notes
         .iter()
@@ -118,6 +192,79 @@ fn findings_match_a_sweep_built_to_show_them() {
     assert_eq!(best, vec![("full", "1e-4"), ("lora r8 all", "1e-3")]);
 }
 
+/// The opposite world: LoRA learns more and forgets more than at matched learning, its best
+/// learning rate is lower, and tokens help it more. Every tested finding is contradicted.
+#[test]
+fn findings_are_contradicted_by_a_sweep_built_against_them() {
+    let world = World {
+        full_rate: 0.08,
+        lora_rate: 0.12,
+        best_full: 1e-3,
+        best_lora: 1e-4,
+        lora_offset: 0.2,
+        ..PAPER
+    };
+    let r = build(&sweep_in(&world, 3));
+    let v = verdicts(&r);
+    for i in [0, 1, 2, 4, 5] {
+        assert_eq!(v[i], Verdict::Contradicted, "{:?}", r.findings[i]);
+    }
+}
+
+/// A noisy world with two seeds: nothing can be decided, and each finding says how many seeds
+/// would decide it.
+#[test]
+fn noisy_seeds_leave_the_findings_undecided_with_the_seeds_needed() {
+    let world = World {
+        full_rate: 0.085,
+        noise: 0.3,
+        ..PAPER
+    };
+    let r = build(&sweep_in(&world, 2));
+    for i in [0, 1, 5] {
+        let f = &r.findings[i];
+        assert_eq!(f.verdict, Verdict::NotEnoughEvidence, "{f:?}");
+        let t = f.test.as_ref().unwrap();
+        assert!(t.p_holm >= 0.05, "{t:?}");
+        let n = t.seeds_needed.unwrap();
+        assert!(n > 2, "{t:?}");
+        assert!(
+            f.evidence
+                .contains(&format!("about {n} seeds per configuration")),
+            "{}",
+            f.evidence
+        );
+    }
+}
+
+/// Two budgets are too few for the scaling finding, whatever the seeds say.
+#[test]
+fn data_scaling_needs_three_budgets() {
+    let mut input = sweep(3);
+    for r in &mut input.runs {
+        r.point.eval_at.retain(|&b| b != 4000);
+    }
+    let f = &build(&input).findings[5];
+    assert_eq!(f.verdict, Verdict::NotEnoughData);
+    assert!(
+        f.evidence.contains("needs at least 3 (this sweep has 2)"),
+        "{}",
+        f.evidence
+    );
+}
+
+/// The same sweep gives the same report, bootstrap included: verdicts are reproducible.
+#[test]
+fn the_report_is_deterministic() {
+    let world = World {
+        noise: 0.05,
+        ..PAPER
+    };
+    let a = build(&sweep_in(&world, 3));
+    let b = build(&sweep_in(&world, 3));
+    assert_eq!(a, b);
+}
+
 #[test]
 fn one_seed_has_no_interval_never_zero_width() {
     let r = build(&sweep(1));
@@ -129,9 +276,14 @@ fn one_seed_has_no_interval_never_zero_width() {
         "{:?}",
         best.rows
     );
-    assert!(r.findings[0]
-        .evidence
-        .contains("no test (fewer than 2 seeds)"));
+    assert_eq!(r.findings[0].verdict, Verdict::NotEnoughEvidence);
+    assert!(
+        r.findings[0]
+            .evidence
+            .contains("no test: needs at least 2 seeds of each configuration"),
+        "{}",
+        r.findings[0].evidence
+    );
 }
 
 #[test]

@@ -1,0 +1,237 @@
+//! The sweep as a grid of cells: each series of runs (everything but the seed and the budget)
+//! at each budget, holding its seeds' values of the learning metric and of forgetting. The tables
+//! and the findings read the same grid.
+
+use std::collections::BTreeMap;
+
+use super::build::higher_is_better;
+use super::stats::{summarize, Summary};
+use super::{ReportInput, RunData};
+use crate::plan::MethodConfig;
+use crate::results::RunStatus;
+use crate::spec::values::module_set_label;
+
+/// What a series of runs shares: everything but the seed and the budget.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SeriesKey {
+    /// `full` or `lora`.
+    pub method: String,
+    /// LoRA's rank.
+    pub rank: Option<u64>,
+    /// LoRA's target modules, as a label.
+    pub modules: Option<String>,
+    alpha_bits: u64,
+    dropout_bits: u64,
+    lr_bits: u64,
+}
+
+impl SeriesKey {
+    /// The series of a run.
+    pub fn of(run: &RunData) -> SeriesKey {
+        let (rank, modules, alpha, dropout) = match &run.point.method {
+            MethodConfig::Full => (None, None, 0.0, 0.0),
+            MethodConfig::Lora {
+                rank,
+                alpha,
+                target_modules,
+                dropout,
+            } => (
+                Some(*rank),
+                Some(module_set_label(target_modules)),
+                *alpha,
+                *dropout,
+            ),
+        };
+        SeriesKey {
+            method: run.point.method.method_name().to_string(),
+            rank,
+            modules,
+            alpha_bits: f64::to_bits(alpha),
+            dropout_bits: f64::to_bits(dropout),
+            lr_bits: run.point.learning_rate.to_bits(),
+        }
+    }
+    /// Its learning rate.
+    pub fn lr(&self) -> f64 {
+        f64::from_bits(self.lr_bits)
+    }
+    /// Its group: the method, or LoRA with its rank and modules (every learning rate).
+    pub fn group(&self) -> String {
+        match (&self.rank, &self.modules) {
+            (Some(r), Some(m)) => format!("lora r{r} {m}"),
+            _ => self.method.clone(),
+        }
+    }
+    /// Group and learning rate, for tables.
+    pub fn describe(&self) -> String {
+        format!("{} lr={}", self.group(), fmt_lr(self.lr()))
+    }
+}
+
+/// A learning rate as 1e-4.
+pub fn fmt_lr(v: f64) -> String {
+    format!("{v:.0e}")
+}
+
+/// A cell: one series at one budget, over seeds.
+#[derive(Debug, Clone, Default)]
+pub struct Cell {
+    /// The learning metric of each seed's run, in run order.
+    pub learn: Vec<f64>,
+    /// The seed of each value in `learn`.
+    pub seeds: Vec<u64>,
+    /// The forgetting measure of each run that has one.
+    pub forget: Vec<f64>,
+}
+
+/// A summary as mean ± 95% half-width (n).
+pub fn fmt_summary(s: Option<Summary>) -> String {
+    match s {
+        None => "-".into(),
+        Some(s) => match s.ci95 {
+            Some(ci) => format!("{:.4} ± {:.4} (n={})", s.mean, ci, s.n),
+            None => format!("{:.4} (n=1, no interval)", s.mean),
+        },
+    }
+}
+
+/// A metric at a budget: the first evaluation at or after it (the trainer evaluates at the end
+/// of the step that reaches the budget, so 16k tokens in steps of 1,024 is evaluated at 16,384).
+pub fn metric_at(run: &RunData, metric: &str, tokens: u64) -> Option<f64> {
+    run.evals
+        .iter()
+        .filter(|e| e.tokens >= tokens && (tokens > 0 || e.tokens == 0))
+        .min_by_key(|e| e.tokens)
+        .and_then(|e| e.metrics.get(metric))
+        .copied()
+        .filter(|v| v.is_finite())
+}
+
+/// The forgetting measure of a run at a budget: the rise of the source-domain loss over the base
+/// model's, or the fall of a multiple-choice accuracy. Lower is less forgetting.
+pub fn forgetting_at(run: &RunData, metric: &str, tokens: u64) -> Option<f64> {
+    let base = metric_at(run, metric, 0)?;
+    let now = metric_at(run, metric, tokens)?;
+    Some(if higher_is_better(metric) {
+        base - now
+    } else {
+        now - base
+    })
+}
+
+/// Better of two values under a metric's direction.
+pub fn better(a: f64, b: f64, higher: bool) -> bool {
+    if higher {
+        a > b
+    } else {
+        a < b
+    }
+}
+
+/// The grid of a sweep under one learning metric and one forgetting metric.
+#[derive(Debug, Clone)]
+pub struct Grid {
+    /// The learning metric.
+    pub learn: String,
+    /// Whether larger values of it are better.
+    pub higher: bool,
+    /// The source-domain metric forgetting is measured on, if any run has one.
+    pub forgetting: Option<String>,
+    /// Series x budget.
+    pub cells: BTreeMap<(SeriesKey, u64), Cell>,
+    /// Diverged runs per series.
+    pub diverged: BTreeMap<SeriesKey, usize>,
+    /// Budgets with at least one value, ascending.
+    pub budgets: Vec<u64>,
+}
+
+impl Grid {
+    /// The grid of the completed and diverged runs.
+    pub fn new(input: &ReportInput, learn: &str, forgetting: Option<&str>) -> Grid {
+        let mut cells: BTreeMap<(SeriesKey, u64), Cell> = BTreeMap::new();
+        let mut diverged: BTreeMap<SeriesKey, usize> = BTreeMap::new();
+        for r in &input.runs {
+            let key = SeriesKey::of(r);
+            if matches!(r.status, Some(RunStatus::Diverged)) {
+                *diverged.entry(key.clone()).or_default() += 1;
+            }
+            if !matches!(r.status, Some(RunStatus::Completed | RunStatus::Diverged)) {
+                continue;
+            }
+            for &b in &r.point.eval_at {
+                if let Some(v) = metric_at(r, learn, b) {
+                    let c = cells.entry((key.clone(), b)).or_default();
+                    c.learn.push(v);
+                    c.seeds.push(r.seed);
+                    if let Some(f) = forgetting.and_then(|f| forgetting_at(r, f, b)) {
+                        c.forget.push(f);
+                    }
+                }
+            }
+        }
+        let mut budgets: Vec<u64> = cells.keys().map(|k| k.1).collect();
+        budgets.sort_unstable();
+        budgets.dedup();
+        Grid {
+            learn: learn.to_string(),
+            higher: higher_is_better(learn),
+            forgetting: forgetting.map(str::to_string),
+            cells,
+            diverged,
+            budgets,
+        }
+    }
+
+    /// The largest budget, if any.
+    pub fn top(&self) -> Option<u64> {
+        self.budgets.last().copied()
+    }
+
+    /// The series with the best mean learning at budget `b` among those `filter` keeps (the
+    /// first of equals in key order: the lowest learning rate, the tie rule of every table).
+    pub fn best_in(
+        &self,
+        filter: &dyn Fn(&SeriesKey) -> bool,
+        b: u64,
+    ) -> Option<(SeriesKey, Cell)> {
+        let mean = |v: &[f64]| summarize(v).map(|s| s.mean).unwrap_or(f64::NAN);
+        self.cells
+            .iter()
+            .filter(|((k, bb), c)| *bb == b && filter(k) && !c.learn.is_empty())
+            .min_by(|a, c| {
+                let (x, y) = (mean(&a.1.learn), mean(&c.1.learn));
+                if better(x, y, self.higher) {
+                    std::cmp::Ordering::Less
+                } else if better(y, x, self.higher) {
+                    std::cmp::Ordering::Greater
+                } else {
+                    std::cmp::Ordering::Equal
+                }
+            })
+            .map(|((k, _), c)| (k.clone(), c.clone()))
+    }
+
+    /// The learning rate with the best mean of `values(cell)` among the series of `group` at
+    /// budget `b`: the lowest of equals. Learning rates with no value are passed over.
+    pub fn best_lr_by(
+        &self,
+        group: &str,
+        b: u64,
+        values: &dyn Fn(&SeriesKey, &Cell) -> Vec<f64>,
+    ) -> Option<f64> {
+        let mut series: Vec<(f64, f64)> = self
+            .cells
+            .iter()
+            .filter(|((k, bb), _)| *bb == b && k.group() == group)
+            .filter_map(|((k, _), c)| summarize(&values(k, c)).map(|s| (k.lr(), s.mean)))
+            .collect();
+        series.sort_by(|a, b| a.0.total_cmp(&b.0));
+        series
+            .into_iter()
+            .fold(None::<(f64, f64)>, |acc, x| match acc {
+                Some(a) if !better(x.1, a.1, self.higher) => Some(a),
+                _ => Some(x),
+            })
+            .map(|(lr, _)| lr)
+    }
+}
