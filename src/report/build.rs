@@ -27,6 +27,33 @@ pub fn higher_is_better(metric: &str) -> bool {
         || metric.ends_with("_drop"))
 }
 
+/// Task metrics that are proportions of items answered right.
+const PROPORTIONS: &[&str] = &["math_accuracy", "humaneval_pass@1", "next_line_match"];
+
+/// Why a proportion metric has too few items to rank configurations, if it has: the binomial
+/// noise of one evaluation, sqrt(p (1 - p) / n) at its mean p over trained evaluations and its
+/// n items, exceeds the standard deviation of the configurations' means at the largest budget
+/// (the differences it would rank are its own noise).
+fn too_few_items(input: &ReportInput, metric: &str) -> Option<String> {
+    let n = input.items.filter(|_| PROPORTIONS.contains(&metric))? as f64;
+    let grid = Grid::new(input, metric, None);
+    let top = grid.top()?;
+    let means: Vec<f64> = grid
+        .cells
+        .iter()
+        .filter(|((_, b), _)| *b == top)
+        .filter_map(|(_, c)| summarize(&c.learn).map(|s| s.mean))
+        .collect();
+    let spread = summarize(&means).and_then(|s| s.sd)?;
+    let p = summarize(&means)?.mean.clamp(0.0, 1.0);
+    let noise = (p * (1.0 - p) / n).sqrt();
+    (noise > spread).then(|| {
+        format!(
+            "with {n} items per evaluation its noise is ±{noise:.3} (binomial, at its mean {p:.3}), more than the {spread:.3} that separates the configurations' means"
+        )
+    })
+}
+
 /// Build the report.
 pub fn build(input: &ReportInput) -> Report {
     let mut notes = Vec::new();
@@ -50,13 +77,22 @@ pub fn build(input: &ReportInput) -> Report {
             None => false,
         }
     };
+    let coarse = |m: &str| too_few_items(input, m);
     let learning = LEARNING_METRICS
         .iter()
-        .find(|m| all_metrics.contains(**m) && informative(m))
+        .find(|m| all_metrics.contains(**m) && informative(m) && coarse(m).is_none())
         .map(|m| m.to_string());
     for m in LEARNING_METRICS {
-        if all_metrics.contains(*m) && !informative(m) && learning.as_deref() != Some(*m) {
-            notes.push(format!("{m} was measured but is the same for every run, so it cannot rank configurations; the tables use {}", learning.as_deref().unwrap_or("no learning metric")));
+        if !all_metrics.contains(*m) || learning.as_deref() == Some(*m) {
+            continue;
+        }
+        let next = learning.as_deref().unwrap_or("no learning metric");
+        if !informative(m) {
+            notes.push(format!("{m} was measured but is the same for every run, so it cannot rank configurations; the tables use {next}"));
+        } else if let Some(why) = coarse(m) {
+            notes.push(format!(
+                "{m} cannot separate the configurations: {why}; the tables use {next}"
+            ));
         }
     }
     let forgetting = ["source_loss", "multiple_choice_accuracy"]

@@ -38,6 +38,7 @@ pub fn load(dir: &Path) -> Result<ReportInput, LoadError> {
         if input.sweep.is_empty() {
             input.sweep = rf.sweep.clone();
             input.domain = rf.shared.data.domain.clone();
+            input.items = Some(rf.shared.evaluation.problems);
         }
         planned.insert(rf.id.clone());
         let mut run = RunData {

@@ -52,6 +52,9 @@ pub struct ReportInput {
     pub unreadable: Vec<(String, String)>,
     /// Run folders that are not in the current plan (another version of the spec).
     pub foreign: Vec<String>,
+    /// Items per evaluation of the task metrics (`evaluation.problems`: an upper bound, a
+    /// data set with fewer has fewer); None when unknown.
+    pub items: Option<u64>,
 }
 
 /// A table, already formatted: every renderer shows the same rows.

@@ -146,6 +146,7 @@ fn sweep_in(world: &World, seeds: u64) -> ReportInput {
         runs,
         unreadable: vec![],
         foreign: vec![],
+        items: None,
     }
 }
 
@@ -399,5 +400,36 @@ fn a_task_metric_that_never_varies_falls_back_to_the_loss() {
     assert_eq!(
         build(&input).learning_metric.as_deref(),
         Some("next_line_match")
+    );
+}
+
+/// Accuracy on a handful of problems is noise: with 4 items it is not chosen to rank anything,
+/// and the report says why; with 1,000 items the same spread is signal.
+#[test]
+fn a_proportion_with_too_few_items_is_not_the_learning_metric() {
+    let mut input = sweep(2);
+    for (i, r) in input.runs.iter_mut().enumerate() {
+        for e in &mut r.evals {
+            // Per configuration (6 per seed): means 0.05 to 0.3, a spread of 0.09.
+            e.metrics.insert(
+                "math_accuracy".into(),
+                [0.1, 0.3, 0.2, 0.05, 0.15, 0.25][i % 6],
+            );
+        }
+    }
+    input.items = Some(4);
+    let r = build(&input);
+    assert_eq!(r.learning_metric.as_deref(), Some("target_loss"));
+    assert!(
+        r.notes.iter().any(|n| n.contains(
+            "math_accuracy cannot separate the configurations: with 4 items per evaluation"
+        )),
+        "{:?}",
+        r.notes
+    );
+    input.items = Some(1000);
+    assert_eq!(
+        build(&input).learning_metric.as_deref(),
+        Some("math_accuracy")
     );
 }
