@@ -424,3 +424,70 @@ fn readme_commands_work_or_say_they_are_not_built() {
         "sweep pretrain wrote the model"
     );
 }
+
+/// Rows of a Markdown table whose first cell is a finding's number: (number, cells).
+fn finding_rows(md: &str) -> Vec<(u8, Vec<String>)> {
+    md.lines()
+        .filter_map(|l| {
+            let cells: Vec<String> = l
+                .trim()
+                .strip_prefix('|')?
+                .strip_suffix('|')?
+                .split('|')
+                .map(|c| c.trim().to_string())
+                .collect();
+            let n: u8 = cells.first()?.parse().ok()?;
+            (1..=6).contains(&n).then_some((n, cells))
+        })
+        .collect()
+}
+
+/// The decimal numbers in a text, with the decimals each was written with.
+fn numbers(s: &str) -> Vec<(f64, usize)> {
+    s.split(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+        .map(|w| w.trim_matches(|c| c == '.' || c == '-'))
+        .filter(|w| w.contains('.') && !w.is_empty())
+        .filter_map(|w| Some((w.parse().ok()?, w.len() - w.find('.')? - 1)))
+        .collect()
+}
+
+/// The README's table of what the demo finds is the committed reference report's: the same
+/// verdict for every finding, and every number it quotes is one of that finding's numbers in
+/// the report, rounded as the README writes it. Regenerating the reports (scripts/demo)
+/// without updating the README fails here.
+#[test]
+fn the_readme_quotes_the_committed_report() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let section = readme
+        .split("## What the demo finds")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("the README has a 'What the demo finds' section");
+    let report =
+        std::fs::read_to_string(repo().join("results/quickstart/report/report.md")).unwrap();
+    let (quoted, reported) = (finding_rows(section), finding_rows(&report));
+    assert_eq!(quoted.len(), 6, "the README's table has six findings");
+    for (n, cells) in &quoted {
+        let (_, row) = reported
+            .iter()
+            .find(|(m, _)| m == n)
+            .unwrap_or_else(|| panic!("finding {n} is in the committed report"));
+        assert!(
+            cells[2].starts_with(&row[2]),
+            "finding {n}: the README says '{}', the committed report '{}'",
+            cells[2],
+            row[2]
+        );
+        let theirs = numbers(&row[3]);
+        for (x, places) in numbers(&cells[3..].join(" ")) {
+            let scale = 10f64.powi(places as i32);
+            assert!(
+                theirs
+                    .iter()
+                    .any(|(y, _)| ((y * scale).round() - x * scale).abs() < 0.5 + 1e-9),
+                "finding {n}: the README's {x} is not among the report's numbers {:?}",
+                theirs
+            );
+        }
+    }
+}
