@@ -141,6 +141,18 @@ pub fn release_pages(map: &memmap2::Mmap, lo: usize, hi: usize) {
     }
 }
 
+/// Hand the heap's free memory back to the kernel (glibc's malloc_trim): libtorch frees a
+/// step's activations into malloc's heap, where, in blocks below the mmap threshold (which glibc
+/// raises up to 32 MiB as large blocks are freed), they stay resident and fragment. A no-op
+/// elsewhere than glibc.
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -441,7 +441,23 @@ impl Llama {
         self.forward_inner(tokens, Some(cache), false)
     }
 
+    /// The residual stream (B, T, d) leaving the last block for tokens (B, T): [`Llama::forward`]
+    /// without the head, so that a caller can run the head in chunks.
+    pub fn body_forward(&self, tokens: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        self.body_inner(tokens, None, train)
+    }
+
     fn forward_inner(
+        &self,
+        tokens: &Tensor,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Result<Tensor, ModelError> {
+        let x = self.body_inner(tokens, cache, train)?;
+        self.head_forward(&x)
+    }
+
+    fn body_inner(
         &self,
         tokens: &Tensor,
         mut cache: Option<&mut KvCache>,
@@ -468,7 +484,7 @@ impl Llama {
         if let Some(c) = cache {
             c.len += tokens.size().get(1).copied().unwrap_or(0);
         }
-        self.head_forward(&x)
+        Ok(x)
     }
 
     /// The transformer blocks.
