@@ -81,6 +81,7 @@ fn synthetic(n: usize) -> ReportInput {
         runs,
         unreadable: vec![],
         foreign: vec![],
+        dir: None,
         items: None,
     }
 }

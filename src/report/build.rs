@@ -147,6 +147,7 @@ pub fn build(input: &ReportInput) -> Report {
             forgetting_metric: forgetting,
             tables,
             findings: super::findings::not_enough("no results yet"),
+            cells: vec![],
             plots: vec![],
             notes,
         };
@@ -170,6 +171,7 @@ pub fn build(input: &ReportInput) -> Report {
             forgetting_metric: forget_name,
             tables,
             findings: super::findings::not_enough("no results yet"),
+            cells: vec![],
             plots: vec![],
             notes,
         };
@@ -511,6 +513,8 @@ pub fn build(input: &ReportInput) -> Report {
         )),
     });
 
+    tables.insert(2, winners(input, &grid, top, forget_name.as_deref()));
+
     let mut plots = vec![
         Plot {
             key: "lr_sensitivity".into(),
@@ -552,6 +556,7 @@ pub fn build(input: &ReportInput) -> Report {
         forgetting_metric: forget_name,
         tables,
         findings,
+        cells: grid.numbers(),
         plots,
         notes,
     }
@@ -597,6 +602,63 @@ fn metric_table(
         header,
         rows,
         note: None,
+    }
+}
+
+/// The best configuration of each method at the largest budget, with its best seed's run and
+/// the command that exports it.
+fn winners(input: &ReportInput, grid: &Grid, top: u64, forget_name: Option<&str>) -> TableData {
+    let mut rows = Vec::new();
+    let mut commands = Vec::new();
+    for method in ["full", "lora"] {
+        let Some((k, c)) = grid.best_in(&|k: &SeriesKey| k.method == method, top) else {
+            continue;
+        };
+        // The seed whose run learned most: the one to export.
+        let best = (0..c.learn.len()).fold(None::<usize>, |acc, i| match acc {
+            Some(a) if !better(c.learn[i], c.learn[a], grid.higher) => Some(a),
+            _ => Some(i),
+        });
+        let Some(b) = best else { continue };
+        let run = &c.ids[b];
+        let hyper = match (&k.rank, &k.modules) {
+            (Some(r), Some(m)) => format!("lr {}, rank {r}, modules {m}", fmt_lr(k.lr())),
+            _ => format!("lr {}", fmt_lr(k.lr())),
+        };
+        rows.push(vec![
+            method.into(),
+            c.config_id.clone(),
+            hyper,
+            fmt_summary(summarize(&c.learn)),
+            fmt_summary(summarize(&c.forget)),
+            run.clone(),
+        ]);
+        let dir = input.dir.as_deref().unwrap_or("results/NAME");
+        commands.push(format!(
+            "{method}: sweep export {dir}/runs/{run} --out {run}-export"
+        ));
+    }
+    TableData {
+        key: "winners".into(),
+        title: format!(
+            "Best configuration per method at {} tokens",
+            format_tokens(top)
+        ),
+        header: vec![
+            "method".into(),
+            "config".into(),
+            "hyperparameters".into(),
+            grid.learn.clone(),
+            forget_name.unwrap_or("forgetting").to_string(),
+            "best seed's run".into(),
+        ],
+        rows,
+        note: (!commands.is_empty()).then(|| {
+            format!(
+                "export the best run as a Hugging Face folder (LoRA merged): {}",
+                commands.join("; ")
+            )
+        }),
     }
 }
 

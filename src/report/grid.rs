@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use super::build::higher_is_better;
 use super::stats::{summarize, Summary};
-use super::{ReportInput, RunData};
+use super::{CellNumbers, Interval, ReportInput, RunData};
 use crate::plan::MethodConfig;
 use crate::results::RunStatus;
 use crate::spec::values::module_set_label;
@@ -80,6 +80,10 @@ pub struct Cell {
     pub learn: Vec<f64>,
     /// The seed of each value in `learn`.
     pub seeds: Vec<u64>,
+    /// The run id of each value in `learn`.
+    pub ids: Vec<String>,
+    /// The config id of the series (the same for every seed).
+    pub config_id: String,
     /// The forgetting measure of each run that has one.
     pub forget: Vec<f64>,
 }
@@ -163,6 +167,8 @@ impl Grid {
                     let c = cells.entry((key.clone(), b)).or_default();
                     c.learn.push(v);
                     c.seeds.push(r.seed);
+                    c.ids.push(r.id.clone());
+                    c.config_id.clone_from(&r.config_id);
                     if let Some(f) = forgetting.and_then(|f| forgetting_at(r, f, b)) {
                         c.forget.push(f);
                     }
@@ -180,6 +186,25 @@ impl Grid {
             diverged,
             budgets,
         }
+    }
+
+    /// Every cell as numbers, in key order.
+    pub fn numbers(&self) -> Vec<CellNumbers> {
+        self.cells
+            .iter()
+            .map(|((k, b), c)| CellNumbers {
+                config_id: c.config_id.clone(),
+                method: k.method.clone(),
+                group: k.group(),
+                learning_rate: k.lr(),
+                rank: k.rank,
+                modules: k.modules.clone(),
+                budget_tokens: *b,
+                learning: summarize(&c.learn).map(Interval::of),
+                forgetting: summarize(&c.forget).map(Interval::of),
+                diverged: self.diverged.get(k).copied().unwrap_or(0),
+            })
+            .collect()
     }
 
     /// The largest budget, if any.

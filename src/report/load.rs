@@ -26,7 +26,10 @@ pub fn load(dir: &Path) -> Result<ReportInput, LoadError> {
         std::io::ErrorKind::NotFound => LoadError::NoPlan(dir.display().to_string()),
         _ => LoadError::Io(format!("{}: {e}", plan_path.display())),
     })?;
-    let mut input = ReportInput::default();
+    let mut input = ReportInput {
+        dir: Some(dir.display().to_string()),
+        ..ReportInput::default()
+    };
     let mut planned = HashSet::new();
     for (i, line) in text
         .lines()

@@ -52,6 +52,8 @@ pub struct ReportInput {
     pub unreadable: Vec<(String, String)>,
     /// Run folders that are not in the current plan (another version of the spec).
     pub foreign: Vec<String>,
+    /// The results folder, as the user named it (for the commands the report suggests).
+    pub dir: Option<String>,
     /// Items per evaluation of the task metrics (`evaluation.problems`: an upper bound, a
     /// data set with fewer has fewer); None when unknown.
     pub items: Option<u64>,
@@ -166,6 +168,56 @@ pub struct Plot {
     pub scatter: Vec<Series>,
 }
 
+/// Mean and 95% Student-t interval over seeds, as numbers (no interval from one seed).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Interval {
+    /// Mean.
+    pub mean: f64,
+    /// Lower end of the interval.
+    pub ci_low: Option<f64>,
+    /// Upper end of the interval.
+    pub ci_high: Option<f64>,
+    /// Seeds.
+    pub n: usize,
+}
+
+impl Interval {
+    /// The interval of a [`stats::Summary`].
+    pub fn of(s: stats::Summary) -> Interval {
+        Interval {
+            mean: s.mean,
+            ci_low: s.ci95.map(|c| s.mean - c),
+            ci_high: s.ci95.map(|c| s.mean + c),
+            n: s.n,
+        }
+    }
+}
+
+/// One configuration at one budget, as numbers: what the tables show, for programs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CellNumbers {
+    /// Config id (shared by the seeds).
+    pub config_id: String,
+    /// `full` or `lora`.
+    pub method: String,
+    /// The method, or LoRA with its rank and modules.
+    pub group: String,
+    /// Learning rate.
+    pub learning_rate: f64,
+    /// LoRA's rank.
+    pub rank: Option<u64>,
+    /// LoRA's target modules.
+    pub modules: Option<String>,
+    /// Tokens trained at this evaluation.
+    pub budget_tokens: u64,
+    /// The learning metric over seeds.
+    pub learning: Option<Interval>,
+    /// Forgetting over seeds.
+    pub forgetting: Option<Interval>,
+    /// Runs of the configuration that diverged.
+    pub diverged: usize,
+}
+
 /// The whole report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
@@ -179,6 +231,8 @@ pub struct Report {
     pub tables: Vec<TableData>,
     /// Findings 1-6.
     pub findings: Vec<Finding>,
+    /// Every configuration at every budget, as numbers.
+    pub cells: Vec<CellNumbers>,
     /// Plots.
     pub plots: Vec<Plot>,
     /// Notes: runs not reported and why, metrics nobody measured.

@@ -90,18 +90,70 @@ pub fn markdown(r: &Report) -> String {
 
 /// One CSV text per table: (key, csv).
 pub fn csv_tables(r: &Report) -> Vec<(String, String)> {
-    r.tables
+    let csv_of = |header: &[String], rows: &[Vec<String>]| {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        let _ = w.write_record(header);
+        for row in rows {
+            let _ = w.write_record(row);
+        }
+        let bytes = w.into_inner().unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    let mut out: Vec<(String, String)> = r
+        .tables
         .iter()
-        .map(|t| {
-            let mut w = csv::Writer::from_writer(Vec::new());
-            let _ = w.write_record(&t.header);
-            for row in &t.rows {
-                let _ = w.write_record(row);
+        .map(|t| (t.key.clone(), csv_of(&t.header, &t.rows)))
+        .collect();
+    // The tables as numbers, one row per configuration and budget.
+    let num = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
+    let header: Vec<String> = [
+        "config_id",
+        "method",
+        "group",
+        "learning_rate",
+        "rank",
+        "modules",
+        "budget_tokens",
+        "learning_mean",
+        "learning_ci_low",
+        "learning_ci_high",
+        "learning_n",
+        "forgetting_mean",
+        "forgetting_ci_low",
+        "forgetting_ci_high",
+        "forgetting_n",
+        "diverged",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let rows: Vec<Vec<String>> = r
+        .cells
+        .iter()
+        .map(|c| {
+            let mut row = vec![
+                c.config_id.clone(),
+                c.method.clone(),
+                c.group.clone(),
+                c.learning_rate.to_string(),
+                c.rank.map(|x| x.to_string()).unwrap_or_default(),
+                c.modules.clone().unwrap_or_default(),
+                c.budget_tokens.to_string(),
+            ];
+            for i in [c.learning, c.forgetting] {
+                row.extend([
+                    num(i.map(|i| i.mean)),
+                    num(i.and_then(|i| i.ci_low)),
+                    num(i.and_then(|i| i.ci_high)),
+                    i.map(|i| i.n.to_string()).unwrap_or_default(),
+                ]);
             }
-            let bytes = w.into_inner().unwrap_or_default();
-            (t.key.clone(), String::from_utf8_lossy(&bytes).into_owned())
+            row.push(c.diverged.to_string());
+            row
         })
-        .collect()
+        .collect();
+    out.push(("cells".into(), csv_of(&header, &rows)));
+    out
 }
 
 fn esc(s: &str) -> String {

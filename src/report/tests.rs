@@ -146,6 +146,7 @@ fn sweep_in(world: &World, seeds: u64) -> ReportInput {
         runs,
         unreadable: vec![],
         foreign: vec![],
+        dir: Some("results/synthetic".into()),
         items: None,
     }
 }
@@ -191,6 +192,25 @@ fn findings_match_a_sweep_built_to_show_them() {
         .map(|row| (row[0].as_str(), row[1].as_str()))
         .collect();
     assert_eq!(best, vec![("full", "1e-4"), ("lora r8 all", "1e-3")]);
+    // The report names the winners, with the command that exports each.
+    let w = r.tables.iter().find(|t| t.key == "winners").unwrap();
+    assert_eq!(w.rows.len(), 2, "{w:?}");
+    assert_eq!(
+        (w.rows[0][1].as_str(), w.rows[0][2].as_str()),
+        ("full-0.0001", "lr 1e-4")
+    );
+    assert_eq!(w.rows[1][2], "lr 1e-3, rank 8, modules all");
+    let note = w.note.as_deref().unwrap();
+    for row in &w.rows {
+        assert!(
+            note.contains(&format!(
+                "sweep export results/synthetic/runs/{} --out",
+                row[5]
+            )),
+            "{note}"
+        );
+    }
+    assert_eq!(r.tables[1].key, "findings", "the findings lead");
 }
 
 /// The opposite world: LoRA learns more and forgets more than at matched learning, its best
@@ -354,7 +374,22 @@ fn markdown_and_html_render_every_table_and_plot() {
         );
     }
     let csvs = render::csv_tables(&r);
-    assert_eq!(csvs.len(), r.tables.len());
+    assert_eq!(
+        csvs.len(),
+        r.tables.len() + 1,
+        "every table, and the cells as numbers"
+    );
+    let (_, cells) = csvs.iter().find(|(k, _)| k == "cells").unwrap();
+    let mut lines = cells.lines();
+    assert!(lines
+        .next()
+        .unwrap()
+        .starts_with("config_id,method,group,learning_rate"));
+    let first: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let c = &r.cells[0];
+    assert_eq!(first[0], c.config_id);
+    assert_eq!(first[7].parse::<f64>().unwrap(), c.learning.unwrap().mean);
+    assert_eq!(r.cells.len(), 18, "6 configurations x 3 budgets");
 }
 
 /// The Markdown of a fixed synthetic sweep, checked against tests/golden/report.md
