@@ -445,7 +445,12 @@ fn finding_rows(md: &str) -> Vec<(u8, Vec<String>)> {
 /// The decimal numbers in a text, with the decimals each was written with.
 fn numbers(s: &str) -> Vec<(f64, usize)> {
     s.split(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
-        .map(|w| w.trim_matches(|c| c == '.' || c == '-'))
+        // A sign stays with its number; a trailing period or dash is punctuation.
+        .map(|w| {
+            w.trim_end_matches(['.', '-'])
+                .trim_start_matches('.')
+                .trim_start_matches("--")
+        })
         .filter(|w| w.contains('.') && !w.is_empty())
         .filter_map(|w| Some((w.parse().ok()?, w.len() - w.find('.')? - 1)))
         .collect()

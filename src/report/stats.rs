@@ -133,7 +133,20 @@ impl Estimate {
 /// Welch's estimate of mean(a) - mean(b) with its interval; None as for [`welch`].
 pub fn welch_estimate(a: &[f64], b: &[f64]) -> Option<Estimate> {
     let w = welch(a, b)?;
-    Estimate::from_t(w.diff, w.diff / w.t, w.df)
+    let (sa, sb) = (summarize(a)?, summarize(b)?);
+    let se = (sa.sd?.powi(2) / sa.n as f64 + sb.sd?.powi(2) / sb.n as f64).sqrt();
+    // Equal means still have an interval (diff / t would be 0 / 0).
+    if w.diff == 0.0 {
+        let e = Estimate::from_t(1.0, se, w.df)?;
+        return Some(Estimate {
+            effect: 0.0,
+            ci_low: e.ci_low - 1.0,
+            ci_high: e.ci_high - 1.0,
+            p: 1.0,
+            ..e
+        });
+    }
+    Estimate::from_t(w.diff, se, w.df)
 }
 
 /// The difference of two independent estimates, a - b, with Welch-Satterthwaite degrees of
@@ -212,7 +225,9 @@ impl SplitMix {
 
 /// A bootstrap estimate from replicate statistics around the point estimate `effect`: the
 /// percentile interval, the replicates' standard deviation as se, and the two-sided p-value
-/// 2 min(P(r <= 0), P(r >= 0)). None with fewer than 2 finite replicates.
+/// 2 min(P(r <= 0), P(r >= 0)), each proportion counted as (count + 1) / (B + 1) so that it is
+/// never 0 (with B replicates all on one side, p = 2 / (B + 1)). None with fewer than 2 finite
+/// replicates.
 pub fn bootstrap_estimate(effect: f64, replicates: &[f64]) -> Option<Estimate> {
     let mut r: Vec<f64> = replicates
         .iter()
@@ -227,8 +242,8 @@ pub fn bootstrap_estimate(effect: f64, replicates: &[f64]) -> Option<Estimate> {
     let at = |q: f64| r[((q * (n - 1.0)).round() as usize).min(r.len() - 1)];
     let mean = r.iter().sum::<f64>() / n;
     let se = (r.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
-    let le = r.iter().filter(|&&x| x <= 0.0).count() as f64 / n;
-    let ge = r.iter().filter(|&&x| x >= 0.0).count() as f64 / n;
+    let le = (r.iter().filter(|&&x| x <= 0.0).count() as f64 + 1.0) / (n + 1.0);
+    let ge = (r.iter().filter(|&&x| x >= 0.0).count() as f64 + 1.0) / (n + 1.0);
     Some(Estimate {
         effect,
         se,
@@ -404,6 +419,13 @@ mod tests {
         assert!((w.df - 4.411765).abs() < 1e-5);
         assert!(w.p > 0.1 && w.p < 0.2, "{}", w.p);
         assert!(welch(&[1.0], &[2.0, 3.0]).is_none());
+        // Equal means with variance: effect 0, p 1, a symmetric interval (not "no variance").
+        let e = welch_estimate(&[1.0, 3.0], &[0.0, 4.0]).unwrap();
+        assert_eq!((e.effect, e.p), (0.0, 1.0));
+        assert!(
+            e.ci_low < 0.0 && (e.ci_low + e.ci_high).abs() < 1e-9,
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -453,13 +475,22 @@ mod tests {
         assert_ne!(draw(7), draw(8));
         let e = bootstrap_estimate(3.0, &draw(7)).unwrap();
         assert!(e.ci_low >= 1.0 && e.ci_low < 3.0 && e.ci_high > 3.0 && e.ci_high <= 5.0);
-        assert_eq!(e.p, 0.0, "no replicate at or below zero");
-        // Replicates -1, 0, 1, 2: P(<= 0) = 0.5, P(>= 0) = 0.75, p = 1.
+        assert!(
+            (e.p - 2.0 / 201.0).abs() < 1e-12,
+            "none at or below zero: 2 x 1/201"
+        );
+        // Replicates -1, 0, 1, 2: P(<= 0) = 3/5, P(>= 0) = 4/5, p = 1.
         let e = bootstrap_estimate(0.5, &[-1.0, 0.0, 1.0, 2.0]).unwrap();
         assert_eq!(e.p, 1.0);
+        // 1, 2, 3, -1: P(<= 0) = 2/5, p = 0.8.
         let e = bootstrap_estimate(1.0, &[1.0, 2.0, 3.0, -1.0]).unwrap();
-        assert_eq!(e.p, 0.5);
+        assert!((e.p - 0.8).abs() < 1e-12, "{}", e.p);
         assert!(bootstrap_estimate(1.0, &[1.0]).is_none());
+        let e = bootstrap_estimate(1.0, &[1.0; 50]).unwrap();
+        assert!(
+            (e.p - 2.0 / 51.0).abs() < 1e-12,
+            "all on one side: 2 / (B + 1), never 0"
+        );
     }
 
     #[test]

@@ -32,6 +32,9 @@ struct World {
     lora_offset: f64,
     /// Standard deviation of a seed's noise on each trained evaluation.
     noise: f64,
+    /// The learning rates swept for full fine-tuning and for LoRA.
+    full_lrs: [f64; 3],
+    lora_lrs: [f64; 3],
 }
 
 /// The paper's picture: full learns faster and forgets more along the same frontier; LoRA's
@@ -44,6 +47,8 @@ const PAPER: World = World {
     forget_per_learn: 0.4,
     lora_offset: 0.0,
     noise: 0.01,
+    full_lrs: [1e-5, 1e-4, 1e-3],
+    lora_lrs: [1e-4, 1e-3, 1e-2],
 };
 
 /// A standard normal draw fixed by the inputs (Box-Muller over SplitMix).
@@ -133,10 +138,10 @@ fn sweep(seeds: u64) -> ReportInput {
 fn sweep_in(world: &World, seeds: u64) -> ReportInput {
     let mut runs = Vec::new();
     for s in 0..seeds {
-        for lr in [1e-5, 1e-4, 1e-3] {
+        for lr in world.full_lrs {
             runs.push(run_in(world, "full", lr, s, RunStatus::Completed));
         }
-        for lr in [1e-4, 1e-3, 1e-2] {
+        for lr in world.lora_lrs {
             runs.push(run_in(world, "lora", lr, s, RunStatus::Completed));
         }
     }
@@ -157,17 +162,23 @@ fn verdicts(r: &Report) -> Vec<Verdict> {
 
 #[test]
 fn findings_match_a_sweep_built_to_show_them() {
-    let r = build(&sweep(3));
+    // Five seeds: the learning-rate bootstrap needs them.
+    let r = build(&sweep(5));
     let v = verdicts(&r);
     assert_eq!(r.learning_metric.as_deref(), Some("target_loss"));
     assert_eq!(r.forgetting_metric.as_deref(), Some("source_loss_increase"));
     for i in [0, 1, 2, 4, 5] {
         assert_eq!(v[i], Verdict::Supported, "{:?}", r.findings[i]);
         let t = r.findings[i].test.as_ref().unwrap();
-        assert!(
-            t.p_holm < 0.05 && t.estimate.effect > 0.0 || i == 2,
-            "{t:?}"
-        );
+        assert!(t.p_holm < 0.05, "{t:?}");
+        match t.equivalence_margin {
+            // One frontier: LoRA's offset shown to be within the margin.
+            Some(m) => assert!(
+                i == 2 && t.estimate.ci_low > -m && t.estimate.ci_high < m,
+                "{t:?}"
+            ),
+            None => assert!(t.estimate.effect > 0.0, "{t:?}"),
+        }
     }
     assert_eq!(v[3], Verdict::NotEnoughData, "no spectral rank measured");
     assert!(
@@ -223,9 +234,11 @@ fn findings_are_contradicted_by_a_sweep_built_against_them() {
         best_full: 1e-3,
         best_lora: 1e-4,
         lora_offset: 0.2,
+        full_lrs: [1e-4, 1e-3, 1e-2],
+        lora_lrs: [1e-5, 1e-4, 1e-3],
         ..PAPER
     };
-    let r = build(&sweep_in(&world, 3));
+    let r = build(&sweep_in(&world, 5));
     let v = verdicts(&r);
     for i in [0, 1, 2, 4, 5] {
         assert_eq!(v[i], Verdict::Contradicted, "{:?}", r.findings[i]);
@@ -242,7 +255,7 @@ fn noisy_seeds_leave_the_findings_undecided_with_the_seeds_needed() {
         ..PAPER
     };
     let r = build(&sweep_in(&world, 2));
-    for i in [0, 1, 5] {
+    for i in [0, 1, 2, 5] {
         let f = &r.findings[i];
         assert_eq!(f.verdict, Verdict::NotEnoughEvidence, "{f:?}");
         let t = f.test.as_ref().unwrap();
@@ -256,6 +269,51 @@ fn noisy_seeds_leave_the_findings_undecided_with_the_seeds_needed() {
             f.evidence
         );
     }
+    // Two seeds are too few for the bootstrap (or, here, noise put a best learning rate at the
+    // end of its grid): never a verdict from three distinct means.
+    let f5 = &r.findings[4];
+    assert!(f5.test.is_none(), "{f5:?}");
+    assert!(
+        f5.evidence.contains("needs at least 5 seeds")
+            || f5.evidence.contains("at the end of its grid"),
+        "{}",
+        f5.evidence
+    );
+    let two = &build(&sweep(2)).findings[4];
+    assert_eq!(two.verdict, Verdict::NotEnoughEvidence, "{two:?}");
+    assert!(
+        two.evidence.contains("needs at least 5 seeds"),
+        "{}",
+        two.evidence
+    );
+}
+
+/// A best learning rate at the end of its grid decides nothing: the grid may not bracket it.
+#[test]
+fn a_best_learning_rate_at_the_grid_edge_is_not_enough_data() {
+    let world = World {
+        full_lrs: [1e-6, 1e-5, 1e-4],
+        ..PAPER
+    };
+    let f = &build(&sweep_in(&world, 5)).findings[4];
+    assert_eq!(f.verdict, Verdict::NotEnoughData, "{f:?}");
+    assert!(
+        f.evidence.contains("at the end of its grid"),
+        "{}",
+        f.evidence
+    );
+}
+
+/// One seed per configuration: the frontier test would only measure lack of fit.
+#[test]
+fn the_frontier_test_needs_two_seeds() {
+    let f = &build(&sweep(1)).findings[2];
+    assert_eq!(f.verdict, Verdict::NotEnoughEvidence, "{f:?}");
+    assert!(
+        f.evidence.contains("needs at least 2 seeds"),
+        "{}",
+        f.evidence
+    );
 }
 
 /// Two budgets are too few for the scaling finding, whatever the seeds say.

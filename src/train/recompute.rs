@@ -64,9 +64,8 @@ fn backward_in_chunks(
         // The blocks with their graph; the head in chunks from a leaf, whose gradient then
         // flows back through the blocks.
         let last = model.body_forward(&tokens, true)?;
-        let h = last.f_detach()?.f_set_requires_grad(true)?;
-        let value = head_backward(model, &h, &targets, denom, chunk_rows)?;
-        last.f_mul(&h.f_grad()?)?.f_sum(Kind::Float)?.f_backward()?;
+        let (value, g) = head_backward(model, &last, &targets, denom, chunk_rows)?;
+        last.f_mul(&g)?.f_sum(Kind::Float)?.f_backward()?;
         return Ok(value);
     }
     let seeds = model.dropout_seeds(true)?;
@@ -82,9 +81,7 @@ fn backward_in_chunks(
         }
         x
     };
-    let h = last.f_detach()?.f_set_requires_grad(true)?;
-    let value = head_backward(model, &h, &targets, denom, chunk_rows)?;
-    let mut g = h.f_grad()?;
+    let (value, mut g) = head_backward(model, &last, &targets, denom, chunk_rows)?;
     for i in (0..n).rev() {
         let x = inputs
             .pop()
@@ -103,31 +100,41 @@ fn backward_in_chunks(
     Ok(value)
 }
 
-/// Back-propagate the head's loss sum / `denom` on `h` (B, T, d; a leaf) against the flat
-/// targets into the head's gradients and h's, `chunk_rows` rows at a time, and return that loss.
+/// Back-propagate the head's loss sum / `denom` on the last block's output `last` (B, T, d)
+/// against the flat targets into the head's gradients, `chunk_rows` rows at a time; return that
+/// loss and the gradient that reached `last`. Each chunk is a leaf of its own whose gradient is
+/// copied into place (back-propagating through a narrow view of one leaf would add a whole
+/// tokens x d gradient per chunk).
 fn head_backward(
     model: &Llama,
-    h: &Tensor,
+    last: &Tensor,
     targets: &Tensor,
     denom: f64,
     chunk_rows: usize,
-) -> Result<f64, TrainError> {
-    let d = h.size().last().copied().unwrap_or(1);
-    let flat = h.f_view([-1, d])?;
+) -> Result<(f64, Tensor), TrainError> {
+    let d = last.size().last().copied().unwrap_or(1);
+    let flat = last.f_detach()?.f_view([-1, d])?;
     let rows = flat.size()[0];
+    let grad = flat.f_zeros_like()?;
     let chunk = chunk_rows.max(1) as i64;
     let mut value = 0.0;
     let mut start = 0;
     while start < rows {
         let len = chunk.min(rows - start);
-        let logits = model.head_forward(&flat.f_narrow(0, start, len)?)?;
+        let h = flat
+            .f_narrow(0, start, len)?
+            .f_detach()?
+            .f_set_requires_grad(true)?;
+        let logits = model.head_forward(&h)?;
         let loss =
             target_loss_sum(&logits, &targets.f_narrow(0, start, len)?)?.f_div_scalar(denom)?;
         loss.f_backward()?;
         value += loss.f_double_value(&[])?;
+        let _g = tch::no_grad_guard();
+        grad.f_narrow(0, start, len)?.f_copy_(&h.f_grad()?)?;
         start += len;
     }
-    Ok(value)
+    Ok((value, grad.f_view(last.size().as_slice())?))
 }
 
 #[cfg(test)]

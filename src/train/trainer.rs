@@ -189,7 +189,9 @@ impl<'a> Trainer<'a> {
         for chunk in mine.chunks(micro.max(1)) {
             let b = batch_of(chunk, t.seq_len as usize)?;
             loss_sum += recompute::backward(&self.model, &b, denom, t.activation_checkpointing)?;
-            crate::util::trim_heap();
+            if self.model.vs.device() == tch::Device::Cpu {
+                crate::util::trim_heap();
+            }
         }
         let comm_started = Instant::now();
         self.optim.all_reduce_grads(world)?;
