@@ -566,7 +566,7 @@ fn lr_ratio(grid: &Grid, top: u64) -> Tested {
             // the same on every machine.
             let mut resampled = std::collections::BTreeMap::new();
             for (key, c) in &grid.cells {
-                if key.1 == top {
+                if key.1 == top && (key.0.group() == "full" || key.0.group() == group) {
                     resampled.insert(key.0.clone(), rng.resample(&c.learn));
                 }
             }
