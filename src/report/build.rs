@@ -455,7 +455,7 @@ pub fn build(input: &ReportInput) -> Report {
     // Tables 7 and 8: spectral rank and diversity, when measured.
     let spectral: Vec<&String> = all_metrics
         .iter()
-        .filter(|m| m.starts_with("spectral_rank"))
+        .filter(|m| m.starts_with("spectral_rank") || m.starts_with("intruder_dimensions"))
         .collect();
     if spectral.is_empty() {
         notes.push("spectral rank: no run measured it, table left out".into());
@@ -463,7 +463,7 @@ pub fn build(input: &ReportInput) -> Report {
         tables.push(metric_table(
             input,
             "spectral_rank",
-            "Spectral rank of the weight change (rank for 90% of the variance)",
+            "Spectral rank of the weight change (rank for 90% of the variance) and intruder dimensions",
             &spectral,
             top,
         ));

@@ -326,6 +326,9 @@ pub enum Metric {
     MultipleChoice,
     /// Rank of the weight change needed to explain a share of its variance.
     SpectralRank,
+    /// Intruder dimensions (Shuttleworth et al., 2024): top singular vectors of a tuned matrix
+    /// that no singular vector of the base matrix resembles.
+    IntruderDimensions,
     /// Diversity of sampled generations.
     Diversity,
 }
@@ -357,6 +360,14 @@ pub struct EvaluationSpec {
     /// Share of the squared singular values the spectral rank must explain.
     #[serde(default = "default_rank_threshold")]
     pub rank_threshold: f64,
+    /// Intruder dimensions: how many top singular vectors of each tuned matrix are examined
+    /// (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intruder_k: Option<u64>,
+    /// Intruder dimensions: a top singular vector is an intruder when its largest |cosine| with
+    /// any singular vector of the base matrix is below this (default 0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intruder_epsilon: Option<f64>,
     /// A multiple-choice JSONL (context, choices, label) for the `multiple_choice` metric.
     #[serde(default)]
     pub multiple_choice: Option<PathBuf>,

@@ -12,6 +12,7 @@ mod error;
 pub mod eval;
 pub mod evaluators;
 pub mod export;
+pub mod intruders;
 pub mod kernels;
 pub mod optim;
 mod options;

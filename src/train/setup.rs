@@ -244,7 +244,7 @@ fn check_vocabulary(tok: &Tokenizer, cfg: &LlamaConfig, source: &str) -> Result<
 fn measured(metric: Metric) -> bool {
     matches!(
         metric,
-        Metric::TargetLoss | Metric::SourceLoss | Metric::SpectralRank
+        Metric::TargetLoss | Metric::SourceLoss | Metric::SpectralRank | Metric::IntruderDimensions
     ) || evaluators::METRICS.contains(&metric)
 }
 
@@ -385,6 +385,15 @@ impl<'a> Trainer<'a> {
             evaluators.push(Box::new(spectral::SpectralRankEval::snapshot(
                 &model,
                 run.shared.evaluation.rank_threshold,
+            )?));
+        }
+        if metrics.contains(&Metric::IntruderDimensions) {
+            let e = &run.shared.evaluation;
+            evaluators.push(Box::new(super::intruders::IntruderEval::snapshot(
+                &model,
+                e.intruder_k.unwrap_or(super::intruders::DEFAULT_K as u64) as usize,
+                e.intruder_epsilon
+                    .unwrap_or(super::intruders::DEFAULT_EPSILON),
             )?));
         }
         let not_measured = metrics

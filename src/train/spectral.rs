@@ -97,7 +97,7 @@ impl SpectralRankEval {
 }
 
 /// The module of a projection weight's name (`...self_attn.q_proj.weight` -> Q).
-fn module_of(name: &str) -> Option<Module> {
+pub(super) fn module_of(name: &str) -> Option<Module> {
     let stem = name.strip_suffix(".weight").unwrap_or(name);
     Module::ALL
         .into_iter()
