@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+pub use super::grid::higher_is_better;
 use super::grid::{better, fmt_lr, fmt_summary, metric_at, Cell, Grid, SeriesKey};
 use super::stats::{log_fit, pareto_front, summarize, Summary};
 use super::{Plot, Report, ReportInput, RunData, Series, TableData};
@@ -18,14 +19,6 @@ const LEARNING_METRICS: &[&str] = &[
 
 /// Margin that defines the near-best learning-rate range: within 2% of the best value.
 pub const LR_MARGIN: f64 = 0.02;
-
-/// Whether larger values of a metric are better (losses and perplexities are not).
-pub fn higher_is_better(metric: &str) -> bool {
-    !(metric.ends_with("_loss")
-        || metric.contains("perplexity")
-        || metric.ends_with("_increase")
-        || metric.ends_with("_drop"))
-}
 
 /// Task metrics that are proportions of items answered right.
 const PROPORTIONS: &[&str] = &["math_accuracy", "humaneval_pass@1", "next_line_match"];

@@ -4,12 +4,19 @@
 
 use std::collections::BTreeMap;
 
-use super::build::higher_is_better;
 use super::stats::{summarize, Summary};
 use super::{CellNumbers, Interval, ReportInput, RunData};
 use crate::plan::MethodConfig;
 use crate::results::RunStatus;
 use crate::spec::values::module_set_label;
+
+/// Whether larger values of a metric are better (losses and perplexities are not).
+pub fn higher_is_better(metric: &str) -> bool {
+    !(metric.ends_with("_loss")
+        || metric.contains("perplexity")
+        || metric.ends_with("_increase")
+        || metric.ends_with("_drop"))
+}
 
 /// What a series of runs shares: everything but the seed and the budget.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
