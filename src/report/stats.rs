@@ -180,8 +180,11 @@ pub fn normal_quantile(p: f64) -> f64 {
 }
 
 /// Seeds per configuration a two-sided test at level `alpha` would need to detect `distance`
-/// with 80% power, when `seeds` gave standard error `se` (which falls as 1/sqrt(seeds)); None
-/// when nothing was measured or the distance is zero.
+/// with 80% power, when `seeds` gave standard error `se` (which falls as 1/sqrt(seeds)): the
+/// smallest n with (t(1 - alpha/2, df) + t(0.8, df)) se sqrt(seeds / n) <= |distance|, df =
+/// 2 (n - 1) as for two groups of n (Student's t, not the normal: with few seeds its tails
+/// decide). At least 2; None when nothing was measured, the distance is zero, or more than
+/// 100,000 would be needed.
 pub fn seeds_needed(seeds: usize, se: f64, distance: f64, alpha: f64) -> Option<usize> {
     if seeds == 0
         || se.is_nan()
@@ -192,9 +195,13 @@ pub fn seeds_needed(seeds: usize, se: f64, distance: f64, alpha: f64) -> Option<
     {
         return None;
     }
-    let z = normal_quantile(1.0 - alpha / 2.0) + normal_quantile(0.8);
-    let n = seeds as f64 * (z * se / distance.abs()).powi(2);
-    Some((n.ceil() as usize).max(2))
+    (2..=100_000usize).find(|&n| {
+        let df = 2.0 * (n as f64 - 1.0);
+        match (t_quantile(1.0 - alpha / 2.0, df), t_quantile(0.8, df)) {
+            (Some(a), Some(b)) => (a + b) * se * (seeds as f64 / n as f64).sqrt() <= distance.abs(),
+            _ => false,
+        }
+    })
 }
 
 /// A small deterministic generator (SplitMix64) for seeded bootstraps: the same seed gives the
@@ -454,12 +461,16 @@ mod tests {
 
     #[test]
     fn seeds_needed_follows_the_normal_approximation() {
-        // z(0.975) + z(0.8) = 1.959964 + 0.841621 = 2.801585; 3 seeds with se 0.1 for an effect
-        // of 0.1: 3 x 2.801585^2 = 23.55 -> 24.
-        assert_eq!(seeds_needed(3, 0.1, 0.1, 0.05), Some(24));
-        assert_eq!(seeds_needed(3, 0.1, -0.1, 0.05), Some(24));
+        // 3 seeds with se 0.1 for an effect of 0.1: n = 25 is the first with
+        // (t(0.975, 48) + t(0.8, 48)) x 0.1 x sqrt(3/25) <= 0.1 (scipy: (2.010635 + 0.849174)
+        // x 0.034641 = 0.099067; n = 24 gives (2.012896 + 0.849505) x 0.035355 = 0.101201).
+        assert_eq!(seeds_needed(3, 0.1, 0.1, 0.05), Some(25));
+        assert_eq!(seeds_needed(3, 0.1, -0.1, 0.05), Some(25));
         assert_eq!(seeds_needed(3, 0.0, 0.1, 0.05), None);
         assert_eq!(seeds_needed(2, 0.001, 1.0, 0.05), Some(2), "never below 2");
+        // Two seeds that did not decide need more than two: t's tails at df 2 are wide.
+        // se 0.17 for 0.53 (the demo's math finding 1 at alpha 0.05/5): more than 2.
+        assert!(seeds_needed(2, 0.17, 0.53, 0.01).unwrap() > 2);
     }
 
     #[test]
