@@ -187,3 +187,61 @@ fn sweep_train_reports_bad_lines_and_shares_the_base_evaluation() {
     let second = read(&other.parent().unwrap().join("result.json"));
     assert_eq!(first["evals"][0], second["evals"][0]);
 }
+
+/// GSM8K from a local file the test writes (lm-evaluation-harness's format and scoring) and
+/// intruder dimensions are measured at every evaluation, and result.json says how GSM8K was
+/// prompted and scored. Without `evaluation.gsm8k` the run fails at once, naming the key.
+#[test]
+fn gsm8k_and_intruder_dimensions_are_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    write_data(dir.path());
+    let file = dir.path().join("gsm8k.jsonl");
+    let items: String = (1..=3)
+        .map(|i| {
+            format!(
+                "{{\"question\": \"What is {i} + {i}?\", \"answer\": \"{i} + {i} = {}.\\n#### {}\"}}\n",
+                2 * i,
+                2 * i
+            )
+        })
+        .collect();
+    std::fs::write(&file, items).unwrap();
+    let run = run_json(dir.path(), 1e-3, None);
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&run).unwrap()).unwrap();
+    v["evaluation"]["metrics"] = serde_json::json!(["target_loss", "gsm8k", "intruder_dimensions"]);
+    v["evaluation"]["problems"] = 2.into();
+    v["evaluation"]["gsm8k_shots"] = 1.into();
+    std::fs::write(&run, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    let out = sweep_train(dir.path(), &run);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "no evaluation.gsm8k: {err}");
+    assert!(err.contains("evaluation.gsm8k"), "{err}");
+
+    v["evaluation"]["gsm8k"] = file.display().to_string().into();
+    std::fs::write(&run, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    let out = sweep_train(dir.path(), &run);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.parent().unwrap().join("result.json")).unwrap(),
+    )
+    .unwrap();
+    for e in result["evals"].as_array().unwrap() {
+        for m in ["gsm8k_strict", "gsm8k_flexible"] {
+            let x = e["metrics"][m].as_f64().unwrap_or(-1.0);
+            // Two items: 0, 0.5 or 1.
+            assert!([0.0, 0.5, 1.0].contains(&x), "{m} = {x} in {e}");
+        }
+        let i = e["metrics"]["intruder_dimensions"].as_f64().unwrap();
+        assert!((0.0..=10.0).contains(&i), "{e}");
+    }
+    let notes = result["notes"].to_string();
+    assert!(
+        notes.contains("1-shot (the first 1 of") && notes.contains("2 items of"),
+        "{notes}"
+    );
+}

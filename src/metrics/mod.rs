@@ -8,6 +8,7 @@
 //! are plain strings here.
 
 pub mod diversity;
+pub mod gsm8k;
 pub mod humaneval;
 #[cfg(feature = "torch")]
 pub mod lm;
@@ -55,6 +56,8 @@ pub enum StopRule {
     Newline,
     /// At the newline that ends the line holding `####` (the GSM8K answer line).
     AnswerLine,
+    /// Before GSM8K's stop sequences ("Question:", "</s>", "<|im_end|>"), which are not kept.
+    Gsm8k,
     /// At the start of a new top-level statement (HumanEval's stop sequences).
     FunctionEnd,
 }
@@ -76,6 +79,10 @@ impl StopRule {
                 let mark = text.find("####")?;
                 text[mark..].find('\n').map(|i| mark + i + 1)
             }
+            StopRule::Gsm8k => gsm8k::STOP_SEQUENCES
+                .iter()
+                .filter_map(|s| text.find(s))
+                .min(),
             StopRule::FunctionEnd => humaneval::STOP_SEQUENCES
                 .iter()
                 .filter_map(|s| text.find(s).map(|i| i + s.len()))
@@ -125,5 +132,11 @@ mod tests {
         assert_eq!(StopRule::AnswerLine.cut("a\nb\n"), None);
         assert_eq!(StopRule::FunctionEnd.cut("  x\ndef f\n#"), Some(7));
         assert_eq!(StopRule::Eos.cut("a\n"), None);
+        assert_eq!(
+            StopRule::Gsm8k.cut("#### 5\n\nQuestion: x"),
+            Some(8),
+            "not kept"
+        );
+        assert_eq!(StopRule::Gsm8k.cut("#### 5\n"), None);
     }
 }

@@ -11,6 +11,7 @@ use crate::spec::values::format_tokens;
 
 /// Learning metrics in order of preference: a task metric when one was measured, else the loss.
 const LEARNING_METRICS: &[&str] = &[
+    "gsm8k_strict",
     "math_accuracy",
     "humaneval_pass@1",
     "next_line_match",
@@ -21,7 +22,13 @@ const LEARNING_METRICS: &[&str] = &[
 pub const LR_MARGIN: f64 = 0.02;
 
 /// Task metrics that are proportions of items answered right.
-const PROPORTIONS: &[&str] = &["math_accuracy", "humaneval_pass@1", "next_line_match"];
+const PROPORTIONS: &[&str] = &[
+    "gsm8k_strict",
+    "gsm8k_flexible",
+    "math_accuracy",
+    "humaneval_pass@1",
+    "next_line_match",
+];
 
 /// Why a proportion metric has too few items to rank configurations, if it has: the binomial
 /// noise of one evaluation, sqrt(p (1 - p) / n) at its mean p over trained evaluations and its

@@ -324,6 +324,9 @@ pub enum Metric {
     NextLine,
     /// Multiple-choice accuracy by log-likelihood on a user's HellaSwag/ARC/WinoGrande-style JSONL.
     MultipleChoice,
+    /// GSM8K accuracy as lm-evaluation-harness scores it (strict-match and flexible-extract),
+    /// from a local JSONL of {"question", "answer"}.
+    Gsm8k,
     /// Rank of the weight change needed to explain a share of its variance.
     SpectralRank,
     /// Intruder dimensions (Shuttleworth et al., 2024): top singular vectors of a tuned matrix
@@ -371,6 +374,17 @@ pub struct EvaluationSpec {
     /// A multiple-choice JSONL (context, choices, label) for the `multiple_choice` metric.
     #[serde(default)]
     pub multiple_choice: Option<PathBuf>,
+    /// GSM8K test JSONL ({"question", "answer"} lines, answers ending in "#### N") for the
+    /// `gsm8k` metric.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gsm8k: Option<PathBuf>,
+    /// GSM8K train JSONL the few-shot examples come from (its first `gsm8k_shots`); without
+    /// one, they are the test file's first, which are then not scored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gsm8k_train: Option<PathBuf>,
+    /// Few-shot examples per GSM8K prompt (default 5, the harness's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gsm8k_shots: Option<u64>,
     /// HumanEval JSONL(.gz) for the `humaneval` metric (default: the one scripts/setup-data fetches).
     #[serde(default)]
     pub humaneval: Option<PathBuf>,

@@ -19,12 +19,13 @@ use crate::model::tokenizer::Tokenizer;
 use crate::spec::{EvaluationSpec, Metric, Regime};
 
 /// The metrics this module measures.
-pub const METRICS: [Metric; 5] = [
+pub const METRICS: [Metric; 6] = [
     Metric::MathAccuracy,
     Metric::Humaneval,
     Metric::NextLine,
     Metric::Diversity,
     Metric::MultipleChoice,
+    Metric::Gsm8k,
 ];
 
 /// `math_accuracy` on fixed held-out problems.
@@ -127,6 +128,91 @@ impl Evaluator for MultipleChoiceEval {
             .into_iter()
             .collect())
     }
+}
+
+/// `gsm8k_strict` and `gsm8k_flexible` (lm-evaluation-harness's strict-match and
+/// flexible-extract) on the first items of a GSM8K file.
+#[derive(Debug)]
+pub struct Gsm8kEval {
+    /// The few-shot examples.
+    pub shots: Vec<crate::metrics::gsm8k::Gsm8kItem>,
+    /// The items scored.
+    pub items: Vec<crate::metrics::gsm8k::Gsm8kItem>,
+}
+
+impl Evaluator for Gsm8kEval {
+    fn evaluate(
+        &self,
+        model: &Llama,
+        tok: &Tokenizer,
+        stop: Stop<'_>,
+    ) -> Result<BTreeMap<String, f64>, TrainError> {
+        let acc = crate::metrics::gsm8k::gsm8k_accuracy(
+            &self.shots,
+            &self.items,
+            &mut LlamaText::new(model, tok, stop),
+        )?;
+        Ok(acc
+            .map(|(strict, flexible)| {
+                [
+                    ("gsm8k_strict".to_string(), strict),
+                    ("gsm8k_flexible".to_string(), flexible),
+                ]
+            })
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+}
+
+/// What the GSM8K evaluation of `spec` scores and how, for result.json's notes; the evaluator.
+pub fn gsm8k(spec: &EvaluationSpec, n: usize) -> Result<(Gsm8kEval, String), TrainError> {
+    use crate::metrics::gsm8k::read_items;
+    let path = spec.gsm8k.as_ref().ok_or_else(|| {
+        TrainError::Data(
+            "the gsm8k metric needs evaluation.gsm8k, a JSONL of {\"question\", \"answer\"} \
+             (GSM8K's test split; answers end in \"#### N\")"
+                .into(),
+        )
+    })?;
+    let shots_n = spec.gsm8k_shots.unwrap_or(5) as usize;
+    let mut items = read_items(path)?;
+    let (shots, from) = match &spec.gsm8k_train {
+        Some(train) => {
+            let mut t = read_items(train)?;
+            t.truncate(shots_n);
+            (t, format!("the first {shots_n} of {}", train.display()))
+        }
+        None => {
+            let rest = items.split_off(shots_n.min(items.len()));
+            (
+                std::mem::replace(&mut items, rest),
+                format!("the first {shots_n} of {} (not scored)", path.display()),
+            )
+        }
+    };
+    if shots.len() < shots_n {
+        return Err(TrainError::Data(format!(
+            "evaluation.gsm8k_shots = {shots_n}, but only {} examples are there for it",
+            shots.len()
+        )));
+    }
+    items.truncate(n);
+    if items.is_empty() {
+        return Err(TrainError::Data(format!(
+            "{}: no GSM8K items left to score after the few-shot examples",
+            path.display()
+        )));
+    }
+    let note = format!(
+        "gsm8k: lm-evaluation-harness's gsm8k (v3) format and scoring: {shots_n}-shot ({from}), \
+         \"Question: ...\\nAnswer:\", greedy to \"Question:\"/</s>/<|im_end|> (at most {} tokens), \
+         strict-match (gsm8k_strict) and flexible-extract (gsm8k_flexible), {} items of {}",
+        crate::metrics::gsm8k::MAX_NEW_TOKENS,
+        items.len(),
+        path.display()
+    );
+    Ok((Gsm8kEval { shots, items }, note))
 }
 
 /// `humaneval_pass@1` on the first tasks of a HumanEval file.

@@ -347,6 +347,14 @@ impl<'a> Trainer<'a> {
             run.seed,
             &tokenizer,
         )?;
+        if metrics.contains(&Metric::Gsm8k) {
+            let (eval, note) = evaluators::gsm8k(
+                &run.shared.evaluation,
+                run.shared.evaluation.problems as usize,
+            )?;
+            evaluators.push(Box::new(eval));
+            notes.push(note);
+        }
         if metrics.contains(&Metric::TargetLoss) && !held_docs.is_empty() {
             let rows = Rows::new(held_docs, data.regime, seq_len, pad, "held-out target data")?;
             evaluators.push(Box::new(LossEval {
@@ -438,6 +446,8 @@ impl<'a> Trainer<'a> {
         let schedule = LrSchedule::from_config(t, run.point.learning_rate, total_steps);
         let eval = &run.shared.evaluation;
         files_read.extend(eval.multiple_choice.clone());
+        files_read.extend(eval.gsm8k.clone());
+        files_read.extend(eval.gsm8k_train.clone());
         if metrics.contains(&Metric::Humaneval) {
             files_read.push(
                 eval.humaneval
