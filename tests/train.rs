@@ -188,11 +188,12 @@ fn sweep_train_reports_bad_lines_and_shares_the_base_evaluation() {
     assert_eq!(first["evals"][0], second["evals"][0]);
 }
 
-/// GSM8K from a local file the test writes (lm-evaluation-harness's format and scoring) and
-/// intruder dimensions are measured at every evaluation, and result.json says how GSM8K was
-/// prompted and scored. Without `evaluation.gsm8k` the run fails at once, naming the key.
+/// GSM8K and the three forgetting benchmarks from local files the test writes (in
+/// lm-evaluation-harness's layouts and scoring) and intruder dimensions are measured at every
+/// evaluation, with the forgetting score the mean of the three, and result.json says how they
+/// were prompted and scored. Without `evaluation.gsm8k` the run fails at once, naming the key.
 #[test]
-fn gsm8k_and_intruder_dimensions_are_measured() {
+fn benchmarks_and_intruder_dimensions_are_measured() {
     let dir = tempfile::tempdir().unwrap();
     write_data(dir.path());
     let file = dir.path().join("gsm8k.jsonl");
@@ -209,7 +210,24 @@ fn gsm8k_and_intruder_dimensions_are_measured() {
     let run = run_json(dir.path(), 1e-3, None);
     let mut v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&run).unwrap()).unwrap();
-    v["evaluation"]["metrics"] = serde_json::json!(["target_loss", "gsm8k", "intruder_dimensions"]);
+    let tasks = [
+        ("hellaswag", "{\"activity_label\": \"Cooking\", \"ctx_a\": \"A man cuts onions.\", \"ctx_b\": \"he\", \"endings\": [\"cries.\", \"sings [title] loudly.\"], \"label\": \"0\"}"),
+        ("arc_challenge", "{\"question\": \"What is 1 + 1?\", \"answerKey\": \"B\", \"choices\": {\"text\": [\"1\", \"2\"], \"label\": [\"A\", \"B\"]}}"),
+        ("winogrande", "{\"sentence\": \"The cup fit in the box because the _ was small.\", \"option1\": \"cup\", \"option2\": \"box\", \"answer\": \"1\"}"),
+    ];
+    for (task, line) in tasks {
+        let p = dir.path().join(format!("{task}.jsonl"));
+        std::fs::write(&p, format!("{line}\n{line}\n")).unwrap();
+        v["evaluation"][task] = p.display().to_string().into();
+    }
+    v["evaluation"]["metrics"] = serde_json::json!([
+        "target_loss",
+        "gsm8k",
+        "intruder_dimensions",
+        "hellaswag",
+        "arc_challenge",
+        "winogrande"
+    ]);
     v["evaluation"]["problems"] = 2.into();
     v["evaluation"]["gsm8k_shots"] = 1.into();
     std::fs::write(&run, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
@@ -238,10 +256,26 @@ fn gsm8k_and_intruder_dimensions_are_measured() {
         }
         let i = e["metrics"]["intruder_dimensions"].as_f64().unwrap();
         assert!((0.0..=10.0).contains(&i), "{e}");
+        let m = |k: &str| {
+            e["metrics"][k]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{k} in {e}"))
+        };
+        let mean =
+            (m("hellaswag_acc_norm") + m("arc_challenge_acc_norm") + m("winogrande_acc")) / 3.0;
+        assert!((m("forgetting_score") - mean).abs() < 1e-12, "{e}");
+        assert!(
+            e["metrics"].get("winogrande_acc_norm").is_none(),
+            "WinoGrande reports acc only"
+        );
     }
     let notes = result["notes"].to_string();
     assert!(
         notes.contains("1-shot (the first 1 of") && notes.contains("2 items of"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("winogrande (2 items of") && notes.contains("forgetting_score = their mean"),
         "{notes}"
     );
 }

@@ -15,6 +15,7 @@ pub mod lm;
 pub mod math;
 pub mod multiple_choice;
 pub mod next_line;
+pub mod tasks;
 
 use std::path::PathBuf;
 

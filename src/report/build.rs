@@ -21,8 +21,17 @@ const LEARNING_METRICS: &[&str] = &[
 /// Margin that defines the near-best learning-rate range: within 2% of the best value.
 pub const LR_MARGIN: f64 = 0.02;
 
+/// Forgetting metrics in order of preference.
+const FORGETTING_METRICS: &[&str] = &[
+    "forgetting_score",
+    "source_loss",
+    "multiple_choice_accuracy",
+];
+
 /// Task metrics that are proportions of items answered right.
 const PROPORTIONS: &[&str] = &[
+    "forgetting_score",
+    "multiple_choice_accuracy",
     "gsm8k_strict",
     "gsm8k_flexible",
     "math_accuracy",
@@ -95,10 +104,22 @@ pub fn build(input: &ReportInput) -> Report {
             ));
         }
     }
-    let forgetting = ["source_loss", "multiple_choice_accuracy"]
+    // The paper's forgetting score (the mean of the three benchmarks) when it has the items to
+    // rank configurations, else the source-domain loss.
+    let forgetting = FORGETTING_METRICS
         .iter()
-        .find(|m| all_metrics.contains(**m))
+        .find(|m| all_metrics.contains(**m) && coarse(m).is_none())
         .map(|m| m.to_string());
+    for m in FORGETTING_METRICS {
+        if all_metrics.contains(*m) && forgetting.as_deref() != Some(*m) {
+            if let Some(why) = coarse(m) {
+                notes.push(format!(
+                    "{m} cannot separate the configurations: {why}; forgetting is measured by {}",
+                    forgetting.as_deref().unwrap_or("nothing")
+                ));
+            }
+        }
+    }
 
     tables.push(overview(input));
     for (id, why) in &input.unreadable {

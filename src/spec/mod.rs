@@ -327,6 +327,13 @@ pub enum Metric {
     /// GSM8K accuracy as lm-evaluation-harness scores it (strict-match and flexible-extract),
     /// from a local JSONL of {"question", "answer"}.
     Gsm8k,
+    /// HellaSwag acc and acc_norm as lm-evaluation-harness scores them (`evaluation.hellaswag`).
+    Hellaswag,
+    /// ARC-Challenge acc and acc_norm as lm-evaluation-harness scores them
+    /// (`evaluation.arc_challenge`).
+    ArcChallenge,
+    /// WinoGrande acc by partial scoring, as lm-evaluation-harness (`evaluation.winogrande`).
+    Winogrande,
     /// Rank of the weight change needed to explain a share of its variance.
     SpectralRank,
     /// Intruder dimensions (Shuttleworth et al., 2024): top singular vectors of a tuned matrix
@@ -385,6 +392,15 @@ pub struct EvaluationSpec {
     /// Few-shot examples per GSM8K prompt (default 5, the harness's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gsm8k_shots: Option<u64>,
+    /// HellaSwag JSONL (the validation split's lines) for the `hellaswag` metric.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hellaswag: Option<PathBuf>,
+    /// ARC-Challenge JSONL (the test split's lines) for the `arc_challenge` metric.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arc_challenge: Option<PathBuf>,
+    /// WinoGrande JSONL (the validation split's lines) for the `winogrande` metric.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub winogrande: Option<PathBuf>,
     /// HumanEval JSONL(.gz) for the `humaneval` metric (default: the one scripts/setup-data fetches).
     #[serde(default)]
     pub humaneval: Option<PathBuf>,

@@ -14,18 +14,22 @@ use crate::metrics::lm::LlamaText;
 use crate::metrics::math::math_accuracy;
 use crate::metrics::multiple_choice::{multiple_choice_accuracy, read_items, ChoiceItem};
 use crate::metrics::next_line::{next_line_match, select_cases, NextLineCase};
+use crate::metrics::tasks::{Task, TaskItem};
 use crate::model::llama::Llama;
 use crate::model::tokenizer::Tokenizer;
 use crate::spec::{EvaluationSpec, Metric, Regime};
 
 /// The metrics this module measures.
-pub const METRICS: [Metric; 6] = [
+pub const METRICS: [Metric; 9] = [
     Metric::MathAccuracy,
     Metric::Humaneval,
     Metric::NextLine,
     Metric::Diversity,
     Metric::MultipleChoice,
     Metric::Gsm8k,
+    Metric::Hellaswag,
+    Metric::ArcChallenge,
+    Metric::Winogrande,
 ];
 
 /// `math_accuracy` on fixed held-out problems.
@@ -213,6 +217,111 @@ pub fn gsm8k(spec: &EvaluationSpec, n: usize) -> Result<(Gsm8kEval, String), Tra
         path.display()
     );
     Ok((Gsm8kEval { shots, items }, note))
+}
+
+/// The forgetting benchmarks (lm-evaluation-harness's formats): `<task>_acc`, `<task>_acc_norm`
+/// (not WinoGrande) and, when all three are measured, `forgetting_score`: the mean of
+/// HellaSwag's and ARC-Challenge's acc_norm and WinoGrande's acc, the paper's forgetting score.
+#[derive(Debug)]
+pub struct SourceTasksEval {
+    /// Each task with its first items.
+    pub tasks: Vec<(Task, Vec<TaskItem>)>,
+}
+
+impl Evaluator for SourceTasksEval {
+    fn evaluate(
+        &self,
+        model: &Llama,
+        tok: &Tokenizer,
+        stop: Stop<'_>,
+    ) -> Result<BTreeMap<String, f64>, TrainError> {
+        let mut out = BTreeMap::new();
+        let mut reported = Vec::new();
+        for (task, items) in &self.tasks {
+            let Some((acc, norm)) =
+                crate::metrics::tasks::score(items, &mut LlamaText::new(model, tok, stop))?
+            else {
+                continue;
+            };
+            out.insert(format!("{}_acc", task.name()), acc);
+            if *task != Task::Winogrande {
+                out.insert(format!("{}_acc_norm", task.name()), norm);
+            }
+            reported.push(if task.reported() == "acc" { acc } else { norm });
+        }
+        if reported.len() == 3 {
+            out.insert(
+                "forgetting_score".into(),
+                reported.iter().sum::<f64>() / 3.0,
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// The forgetting benchmarks asked for in `metrics`, each read from its file (first `n` items),
+/// and a note of how they are scored; None when none is asked for.
+pub fn source_tasks(
+    metrics: &[Metric],
+    spec: &EvaluationSpec,
+    n: usize,
+) -> Result<Option<(SourceTasksEval, String)>, TrainError> {
+    let wanted = [
+        (
+            Metric::Hellaswag,
+            Task::Hellaswag,
+            &spec.hellaswag,
+            "hellaswag",
+        ),
+        (
+            Metric::ArcChallenge,
+            Task::ArcChallenge,
+            &spec.arc_challenge,
+            "arc_challenge",
+        ),
+        (
+            Metric::Winogrande,
+            Task::Winogrande,
+            &spec.winogrande,
+            "winogrande",
+        ),
+    ];
+    let mut tasks = Vec::new();
+    let mut said = Vec::new();
+    for (metric, task, path, key) in wanted {
+        if !metrics.contains(&metric) {
+            continue;
+        }
+        let path = path.as_ref().ok_or_else(|| {
+            TrainError::Data(format!(
+                "the {key} metric needs evaluation.{key}, the path of a JSONL of its Hugging Face \
+                 dataset's lines"
+            ))
+        })?;
+        let mut items = crate::metrics::tasks::read_task(task, path)?;
+        items.truncate(n);
+        said.push(format!(
+            "{key} ({} items of {}, reports {})",
+            items.len(),
+            path.display(),
+            task.reported()
+        ));
+        tasks.push((task, items));
+    }
+    if tasks.is_empty() {
+        return Ok(None);
+    }
+    let note = format!(
+        "forgetting benchmarks in lm-evaluation-harness's formats (log-likelihood of \" \" + choice; \
+         acc_norm per character; WinoGrande by partial scoring): {}{}",
+        said.join(", "),
+        if tasks.len() == 3 {
+            "; forgetting_score = their mean"
+        } else {
+            "; forgetting_score needs all three"
+        }
+    );
+    Ok(Some((SourceTasksEval { tasks }, note)))
 }
 
 /// `humaneval_pass@1` on the first tasks of a HumanEval file.

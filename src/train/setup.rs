@@ -347,6 +347,14 @@ impl<'a> Trainer<'a> {
             run.seed,
             &tokenizer,
         )?;
+        if let Some((eval, note)) = evaluators::source_tasks(
+            &metrics,
+            &run.shared.evaluation,
+            run.shared.evaluation.problems as usize,
+        )? {
+            evaluators.push(Box::new(eval));
+            notes.push(note);
+        }
         if metrics.contains(&Metric::Gsm8k) {
             let (eval, note) = evaluators::gsm8k(
                 &run.shared.evaluation,
@@ -448,6 +456,9 @@ impl<'a> Trainer<'a> {
         files_read.extend(eval.multiple_choice.clone());
         files_read.extend(eval.gsm8k.clone());
         files_read.extend(eval.gsm8k_train.clone());
+        files_read.extend(eval.hellaswag.clone());
+        files_read.extend(eval.arc_challenge.clone());
+        files_read.extend(eval.winogrande.clone());
         if metrics.contains(&Metric::Humaneval) {
             files_read.push(
                 eval.humaneval
