@@ -345,7 +345,10 @@ mod tests {
         let mut m = Table(HashMap::new(), vec![]);
         m.0.insert(("Q".into(), " ab".into()), -4.0); // -2 per character
         m.0.insert(("Q".into(), " abcdefgh".into()), -3.0); // -0.375 per character
-        assert_eq!(score(&[it.clone()], &mut m).unwrap(), Some((0.0, 0.0)));
+        assert_eq!(
+            score(std::slice::from_ref(&it), &mut m).unwrap(),
+            Some((0.0, 0.0))
+        );
         let gold1 = TaskItem {
             gold: 1,
             ..it.clone()
