@@ -363,6 +363,42 @@ pub fn humaneval_pass_at_1(
     Ok(Some(sum / tasks.len() as f64))
 }
 
+/// pass@k for each k in `ks` (k <= n) from `n` samples per task at `temperature` (drawn from
+/// libtorch's global generator: seed it first), with the unbiased estimator
+/// 1 - C(n - c, k) / C(n, k) per task, averaged over tasks (None for no tasks or n = 0).
+pub fn humaneval_pass_at_k_sampled(
+    tasks: &[HumanEvalTask],
+    n: u64,
+    temperature: f64,
+    ks: &[u64],
+    model: &mut dyn TextModel,
+    sandbox: &Sandbox,
+) -> Result<Option<Vec<(u64, f64)>>, MetricsError> {
+    if tasks.is_empty() || n == 0 {
+        return Ok(None);
+    }
+    let how = Completion {
+        temperature,
+        ..DECODING
+    };
+    let ks: Vec<u64> = ks.iter().copied().filter(|&k| k >= 1 && k <= n).collect();
+    let mut sums = vec![0.0; ks.len()];
+    for t in tasks {
+        let mut passed = 0u64;
+        for _ in 0..n {
+            let completion = model.complete(&t.prompt, &how)?;
+            passed += u64::from(sandbox.run(&program(t, &completion))? == Outcome::Passed);
+        }
+        for (sum, &k) in sums.iter_mut().zip(&ks) {
+            *sum += pass_at_k(n, passed, k).unwrap_or(0.0);
+        }
+    }
+    let m = tasks.len() as f64;
+    Ok(Some(
+        ks.into_iter().zip(sums).map(|(k, s)| (k, s / m)).collect(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -506,6 +542,42 @@ mod tests {
         let s = sandbox();
         let got = humaneval_pass_at_1(&tasks, &mut Body("    return a + b\n"), &s).unwrap();
         assert_eq!(got, Some(0.5));
+    }
+
+    /// Completions in turn, recording the temperature asked for.
+    struct Cycle(Vec<&'static str>, usize, Vec<f64>);
+
+    impl TextModel for Cycle {
+        fn complete(&mut self, _: &str, how: &Completion) -> Result<String, MetricsError> {
+            self.2.push(how.temperature);
+            self.1 += 1;
+            Ok(self.0[(self.1 - 1) % self.0.len()].to_string())
+        }
+        fn loglikelihood(&mut self, _: &str, _: &str) -> Result<f64, MetricsError> {
+            unreachable!()
+        }
+    }
+
+    /// n samples per task at the temperature asked for, scored by the unbiased estimator: one
+    /// right of every two gives pass@1 = 0.5 and, with n = 4, pass@2 = 1 - C(2,2)/C(4,2) = 5/6;
+    /// k above n is left out.
+    #[test]
+    fn sampled_pass_at_k_uses_the_unbiased_estimator() {
+        let s = sandbox();
+        let mut m = Cycle(vec!["    return a + b\n", "    return a - b\n"], 0, vec![]);
+        let got = humaneval_pass_at_k_sampled(&[task()], 4, 0.8, &[1, 2, 10], &mut m, &s)
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0], (1, 0.5));
+        assert_eq!(got[1].0, 2);
+        assert!((got[1].1 - 5.0 / 6.0).abs() < 1e-12, "{got:?}");
+        assert_eq!(m.2, vec![0.8; 4]);
+        assert!(
+            humaneval_pass_at_k_sampled(&[task()], 0, 0.8, &[1], &mut m, &s)
+                .unwrap()
+                .is_none()
+        );
     }
 
     /// The real tasks' canonical solutions pass in the sandbox and an empty body fails: the

@@ -357,8 +357,9 @@ pub struct EvaluationSpec {
     /// Held-out tokens per loss evaluation.
     #[serde(default = "default_eval_tokens")]
     pub eval_tokens: TokenCount,
-    /// Per evaluation: math problems, next-line cases, diversity prompts, HumanEval tasks and
-    /// multiple-choice items (the file's first ones) each.
+    /// Per evaluation: math problems, next-line cases, diversity prompts, multiple-choice,
+    /// GSM8K and forgetting-benchmark items (the file's first ones) each; HumanEval takes
+    /// `humaneval_tasks`.
     #[serde(default = "default_eval_problems")]
     pub problems: u64,
     /// Samples per prompt for diversity.
@@ -401,6 +402,16 @@ pub struct EvaluationSpec {
     /// WinoGrande JSONL (the validation split's lines) for the `winogrande` metric.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub winogrande: Option<PathBuf>,
+    /// HumanEval: tasks per evaluation (default: every task of the file, 164 for HumanEval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub humaneval_tasks: Option<u64>,
+    /// HumanEval: samples per task for pass@k at `humaneval_temperature`, beside greedy pass@1
+    /// (default 0: greedy only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub humaneval_samples: Option<u64>,
+    /// HumanEval: the sampling temperature (default 0.2, Codex's for pass@1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub humaneval_temperature: Option<f64>,
     /// HumanEval JSONL(.gz) for the `humaneval` metric (default: the one scripts/setup-data fetches).
     #[serde(default)]
     pub humaneval: Option<PathBuf>,

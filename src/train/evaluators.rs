@@ -331,6 +331,12 @@ pub struct HumanEvalEval {
     pub tasks: Vec<HumanEvalTask>,
     /// Where their programs run.
     pub sandbox: Sandbox,
+    /// Samples per task for pass@k (0: greedy only), their temperature, and the run's seed.
+    pub samples: u64,
+    /// The sampling temperature.
+    pub temperature: f64,
+    /// The seed the samples are drawn with.
+    pub seed: u64,
 }
 
 impl Evaluator for HumanEvalEval {
@@ -345,9 +351,29 @@ impl Evaluator for HumanEvalEval {
             &mut LlamaText::new(model, tok, stop),
             &self.sandbox,
         )?;
-        Ok(p.map(|a| ("humaneval_pass@1".to_string(), a))
+        let mut out: BTreeMap<String, f64> = p
+            .map(|a| ("humaneval_pass@1".to_string(), a))
             .into_iter()
-            .collect())
+            .collect();
+        if self.samples > 0 {
+            tch::manual_seed(self.seed as i64);
+            let sampled = crate::metrics::humaneval::humaneval_pass_at_k_sampled(
+                &self.tasks,
+                self.samples,
+                self.temperature,
+                &[1, 10, 100],
+                &mut LlamaText::new(model, tok, stop),
+                &self.sandbox,
+            )?;
+            for (k, v) in sampled.unwrap_or_default() {
+                out.insert(format!("humaneval_pass@{k}_sampled"), v);
+            }
+        }
+        Ok(out)
+    }
+
+    fn samples(&self) -> bool {
+        self.samples > 0
     }
 }
 
@@ -420,7 +446,9 @@ pub fn build(
             .clone()
             .unwrap_or_else(|| crate::metrics::humaneval::default_path(data_dir));
         let mut tasks = crate::metrics::humaneval::read_tasks(&path)?;
-        tasks.truncate(n);
+        if let Some(m) = spec.humaneval_tasks {
+            tasks.truncate(m as usize);
+        }
         let sandbox = Sandbox::detect();
         match sandbox.run("pass\n") {
             Ok(Outcome::Passed) => {}
@@ -431,7 +459,13 @@ pub fn build(
                 )))
             }
         }
-        out.push(Box::new(HumanEvalEval { tasks, sandbox }));
+        out.push(Box::new(HumanEvalEval {
+            tasks,
+            sandbox,
+            samples: spec.humaneval_samples.unwrap_or(0),
+            temperature: spec.humaneval_temperature.unwrap_or(0.2),
+            seed,
+        }));
     }
     Ok(out)
 }

@@ -528,6 +528,7 @@ fn generation_and_choice_metrics_are_measured_at_every_eval() {
         v["evaluation"]["diversity_samples"] = 2.into();
         v["evaluation"]["multiple_choice"] = mc.to_str().unwrap().into();
         v["evaluation"]["humaneval"] = he.to_str().unwrap().into();
+        v["evaluation"]["humaneval_samples"] = 2.into();
         v["eval_at"] = serde_json::json!([1920]);
     });
     let mut opts = f.opts();
@@ -548,6 +549,7 @@ fn generation_and_choice_metrics_are_measured_at_every_eval() {
             "diversity_similarity",
             "multiple_choice_accuracy",
             "humaneval_pass@1",
+            "humaneval_pass@1_sampled",
         ] {
             let v = e.metrics[name];
             assert!((0.0..=1.0).contains(&v), "{name} = {v}");
