@@ -535,6 +535,10 @@ pub fn build(input: &ReportInput) -> Report {
     });
 
     tables.insert(2, winners(input, &grid, top, forget_name.as_deref()));
+    tables.insert(3, super::findings::by_budget(&grid, forget_name.as_deref()));
+    if let Some(t) = super::findings::lr_ratios(&grid) {
+        tables.insert(4, t);
+    }
 
     let mut plots = vec![
         Plot {

@@ -12,7 +12,7 @@ use super::stats::{
     bootstrap_estimate, holm, log_fit, ols, seeds_needed, summarize, welch_estimate, Estimate,
     SplitMix,
 };
-use super::{Finding, ReportInput, TestResult, Verdict};
+use super::{Finding, ReportInput, TableData, TestResult, Verdict};
 use crate::spec::values::format_tokens;
 
 /// The level every finding is tested at, after Holm's correction.
@@ -559,28 +559,7 @@ fn lr_ratio(grid: &Grid, top: u64) -> Tested {
             missing: Missing::Seeds,
         };
     }
-    let mut rng = SplitMix(BOOTSTRAP_SEED);
-    let replicates: Vec<f64> = (0..BOOTSTRAP_REPLICATES)
-        .map(|_| {
-            // The cells in key order, each resampled once per replicate, so that the draw is
-            // the same on every machine.
-            let mut resampled = std::collections::BTreeMap::new();
-            for (key, c) in &grid.cells {
-                if key.1 == top && (key.0.group() == "full" || key.0.group() == group) {
-                    resampled.insert(key.0.clone(), rng.resample(&c.learn));
-                }
-            }
-            let pick = |k: &SeriesKey, _: &Cell| resampled.get(k).cloned().unwrap_or_default();
-            match (
-                grid.best_lr_by("full", top, &pick),
-                grid.best_lr_by(&group, top, &pick),
-            ) {
-                (Some(f), Some(l)) => (l / f).log10(),
-                _ => f64::NAN,
-            }
-        })
-        .collect();
-    match bootstrap_estimate((l / f).log10(), &replicates) {
+    match ratio_bootstrap(grid, &group, top, (l / f).log10()) {
         Some(estimate) => Tested {
             number: 5,
             claim: LR_RATIO,
@@ -605,6 +584,133 @@ fn lr_ratio(grid: &Grid, top: u64) -> Tested {
             missing: Missing::Seeds,
         },
     }
+}
+
+/// The seed bootstrap of log10(best lr of `group` / best lr of full) at budget `top` around the
+/// point estimate `point`: every configuration of the two groups resampled, both best learning
+/// rates chosen again, in key order with a fixed seed (the same on every machine).
+fn ratio_bootstrap(grid: &Grid, group: &str, top: u64, point: f64) -> Option<Estimate> {
+    let mut rng = SplitMix(BOOTSTRAP_SEED);
+    let replicates: Vec<f64> = (0..BOOTSTRAP_REPLICATES)
+        .map(|_| {
+            let mut resampled = std::collections::BTreeMap::new();
+            for (key, c) in &grid.cells {
+                if key.1 == top && (key.0.group() == "full" || key.0.group() == group) {
+                    resampled.insert(key.0.clone(), rng.resample(&c.learn));
+                }
+            }
+            let pick = |k: &SeriesKey, _: &Cell| resampled.get(k).cloned().unwrap_or_default();
+            match (
+                grid.best_lr_by("full", top, &pick),
+                grid.best_lr_by(group, top, &pick),
+            ) {
+                (Some(f), Some(l)) => (l / f).log10(),
+                _ => f64::NAN,
+            }
+        })
+        .collect();
+    bootstrap_estimate(point, &replicates)
+}
+
+/// The LoRA/full best-learning-rate ratio of every LoRA group at the largest budget, with its
+/// seed-bootstrap interval (5 seeds or more), and how the best learning rate moves with the rank
+/// (slope of log10 best lr against log10 rank over the groups of the same modules and alpha
+/// rule, with its interval, from 3 ranks).
+pub fn lr_ratios(grid: &Grid) -> Option<TableData> {
+    let top = grid.top()?;
+    let all = |_: &SeriesKey, c: &Cell| c.learn.clone();
+    let full = grid.best_lr_by("full", top, &all)?;
+    let mut groups: std::collections::BTreeMap<String, (Option<u64>, Option<String>)> =
+        Default::default();
+    for (k, b) in grid.cells.keys() {
+        if *b == top && k.method == "lora" {
+            groups.insert(k.group(), (k.rank, k.modules.clone()));
+        }
+    }
+    if groups.is_empty() {
+        return None;
+    }
+    let mut rows = Vec::new();
+    let mut by_modules: std::collections::BTreeMap<String, Vec<(f64, f64)>> = Default::default();
+    for (g, (rank, modules)) in &groups {
+        let Some(l) = grid.best_lr_by(g, top, &all) else {
+            continue;
+        };
+        let seeds = grid
+            .cells
+            .iter()
+            .filter(|((k, b), _)| *b == top && (k.group() == *g || k.group() == "full"))
+            .map(|(_, c)| c.learn.len())
+            .min()
+            .unwrap_or(0);
+        let interval = if seeds >= MIN_BOOTSTRAP_SEEDS {
+            ratio_bootstrap(grid, g, top, (l / full).log10())
+                .map(|e| {
+                    format!(
+                        "{:.2}x [{:.2}x, {:.2}x]",
+                        l / full,
+                        10f64.powf(e.ci_low),
+                        10f64.powf(e.ci_high)
+                    )
+                })
+                .unwrap_or_else(|| "-".into())
+        } else {
+            format!("no interval ({seeds} seeds; {MIN_BOOTSTRAP_SEEDS} needed)")
+        };
+        rows.push(vec![
+            g.clone(),
+            fmt_lr(l),
+            format!("{:.2}x", l / full),
+            interval,
+        ]);
+        if let (Some(r), Some(m)) = (rank, modules) {
+            by_modules
+                .entry(m.clone())
+                .or_default()
+                .push(((*r as f64).log10(), l.log10()));
+        }
+    }
+    let mut slopes = Vec::new();
+    for (m, pts) in &by_modules {
+        let x: Vec<Vec<f64>> = pts.iter().map(|p| vec![1.0, p.0]).collect();
+        let y: Vec<f64> = pts.iter().map(|p| p.1).collect();
+        slopes.push(match ols(&x, &y) {
+            Some((b, se, df)) if pts.len() >= 3 => match Estimate::from_t(b[1], se[1], df) {
+                Some(e) => format!(
+                    "{m}: slope of log best lr on log rank {:.2} [{:.2}, {:.2}] over {} ranks",
+                    e.effect,
+                    e.ci_low,
+                    e.ci_high,
+                    pts.len()
+                ),
+                None => format!(
+                    "{m}: slope {:.2} over {} ranks (no residual variance)",
+                    b[1],
+                    pts.len()
+                ),
+            },
+            _ => format!("{m}: {} rank(s), needs 3 for a slope", pts.len()),
+        });
+    }
+    Some(TableData {
+        key: "lr_ratio".into(),
+        title: format!(
+            "LoRA's best learning rate over full fine-tuning's ({}), per LoRA group at {} tokens",
+            fmt_lr(full),
+            format_tokens(top)
+        ),
+        header: vec![
+            "LoRA group".into(),
+            "best lr".into(),
+            "ratio".into(),
+            "95% seed-bootstrap interval".into(),
+        ],
+        rows,
+        note: Some(format!(
+            "a learning rate at the end of its grid may not be the best; rank dependence: {}",
+            slopes.join("; ")
+        )),
+    })
 }
 
 const DATA_SCALING: &str = "More tokens help full fine-tuning more than LoRA";
@@ -669,6 +775,52 @@ fn data_scaling(grid: &Grid) -> Tested {
         "full's slope minus LoRA's".into(),
         "seeds (one slope per seed) of each method's best configuration".into(),
     )
+}
+
+/// Findings 1 and 2 tested at every budget (uncorrected p-values: the findings table decides
+/// at the largest budget).
+pub fn by_budget(grid: &Grid, forget_name: Option<&str>) -> TableData {
+    let cell = |t: &Tested| match &t.test {
+        Some(p) => {
+            let e = &p.estimate;
+            format!(
+                "{:.4} [{:.4}, {:.4}], p = {}",
+                e.effect,
+                e.ci_low,
+                e.ci_high,
+                fmt_p(p.p_and_direction().0)
+            )
+        }
+        None => "-".into(),
+    };
+    let rows = grid
+        .budgets
+        .iter()
+        .map(|&b| {
+            vec![
+                format_tokens(b),
+                cell(&learns_less(grid, b)),
+                cell(&forgets_less(grid, b, forget_name)),
+            ]
+        })
+        .collect();
+    TableData {
+        key: "findings_by_budget".into(),
+        title: "Findings 1 and 2 at every budget (each method's best configuration there)".into(),
+        header: vec![
+            "budget".into(),
+            format!("1: full's {} advantage", grid.learn),
+            format!(
+                "2: LoRA's {} advantage",
+                forget_name.unwrap_or("forgetting")
+            ),
+        ],
+        rows,
+        note: Some(
+            "Welch's t-test over seeds; effect > 0 is the paper's direction; p-values uncorrected"
+                .into(),
+        ),
+    }
 }
 
 /// Every finding "not enough data", for `why`.

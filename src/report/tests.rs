@@ -186,6 +186,19 @@ fn findings_match_a_sweep_built_to_show_them() {
         "{}",
         r.findings[4].evidence
     );
+    // The ratio per LoRA group, with its interval at five seeds.
+    let ratio = r.tables.iter().find(|t| t.key == "lr_ratio").unwrap();
+    assert_eq!(ratio.rows.len(), 1, "{ratio:?}");
+    assert_eq!(ratio.rows[0][2], "10.00x");
+    assert!(ratio.rows[0][3].starts_with("10.00x ["), "{ratio:?}");
+    assert!(
+        ratio
+            .note
+            .as_deref()
+            .unwrap()
+            .contains("all: 1 rank(s), needs 3 for a slope"),
+        "{ratio:?}"
+    );
     let f5 = r.findings[4].test.as_ref().unwrap();
     assert!(
         (f5.estimate.effect - 1.0).abs() < 1e-12,
@@ -222,6 +235,19 @@ fn findings_match_a_sweep_built_to_show_them() {
         );
     }
     assert_eq!(r.tables[1].key, "findings", "the findings lead");
+    // Findings 1 and 2 at each of the 3 budgets, each with its interval and p.
+    let by = r
+        .tables
+        .iter()
+        .find(|t| t.key == "findings_by_budget")
+        .unwrap();
+    assert_eq!(by.rows.len(), 3);
+    assert!(
+        by.rows
+            .iter()
+            .all(|row| row[1].contains("p = ") && row[2].contains("p = ")),
+        "{by:?}"
+    );
 }
 
 /// The opposite world: LoRA learns more and forgets more than at matched learning, its best
@@ -524,5 +550,39 @@ fn a_proportion_with_too_few_items_is_not_the_learning_metric() {
     assert_eq!(
         build(&input).learning_metric.as_deref(),
         Some("math_accuracy")
+    );
+}
+
+/// Three ranks on the same modules give the rank dependence of the best learning rate: here
+/// every rank's best is 1e-3, a slope of 0.
+#[test]
+fn the_best_lr_ratio_is_given_per_rank_with_its_rank_slope() {
+    let mut input = sweep(2);
+    let lora: Vec<RunData> = input
+        .runs
+        .iter()
+        .filter(|r| r.point.method.method_name() == "lora")
+        .cloned()
+        .collect();
+    for rank in [4u64, 16] {
+        for r in &lora {
+            let mut r = r.clone();
+            if let MethodConfig::Lora { rank: k, .. } = &mut r.point.method {
+                *k = rank;
+            }
+            r.id = format!("{}-r{rank}", r.id);
+            r.config_id = format!("{}-r{rank}", r.config_id);
+            input.runs.push(r);
+        }
+    }
+    let r = build(&input);
+    let t = r.tables.iter().find(|t| t.key == "lr_ratio").unwrap();
+    assert_eq!(t.rows.len(), 3, "{t:?}");
+    assert!(t.rows.iter().all(|row| row[2] == "10.00x"), "{t:?}");
+    assert!(t.rows[0][3].contains("2 seeds; 5 needed"), "{t:?}");
+    let note = t.note.as_deref().unwrap();
+    assert!(
+        note.contains("all: slope") && note.contains(" 0.00") && note.contains("over 3 ranks"),
+        "{note}"
     );
 }
