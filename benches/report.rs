@@ -73,6 +73,7 @@ fn synthetic(n: usize) -> ReportInput {
             tokens: 64_000,
             wall_s: 1.0,
             error: None,
+            trainable_params: None,
         });
     }
     ReportInput {

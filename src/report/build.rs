@@ -321,10 +321,17 @@ pub fn build(input: &ReportInput) -> Report {
         note: Some(format!("near: within {}% of the best value; diverged: runs whose loss became NaN/inf or exceeded max_loss", LR_MARGIN * 100.0)),
     });
 
-    // Table 4: rank and target modules, each at its best learning rate.
+    // Table 4: rank and target modules, each at its best learning rate, with its capacity:
+    // trainable parameters against the tokens it trained on.
+    let params: BTreeMap<&str, i64> = input
+        .runs
+        .iter()
+        .filter_map(|r| r.trainable_params.map(|p| (r.config_id.as_str(), p)))
+        .collect();
     let mut rows = Vec::new();
     for g in &groups {
         if let Some((k, c)) = best_in(&|k: &SeriesKey| &k.group() == g, top) {
+            let p = params.get(c.config_id.as_str()).copied();
             rows.push(vec![
                 k.method.clone(),
                 k.rank.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
@@ -332,6 +339,10 @@ pub fn build(input: &ReportInput) -> Report {
                 fmt_lr(k.lr()),
                 fmt_summary(summarize(&c.learn)),
                 fmt_summary(summarize(&c.forget)),
+                p.map(|p| format_tokens(p as u64))
+                    .unwrap_or_else(|| "-".into()),
+                p.map(|p| format!("{:.3}", p as f64 / top as f64))
+                    .unwrap_or_else(|| "-".into()),
             ]);
         }
     }
@@ -348,9 +359,11 @@ pub fn build(input: &ReportInput) -> Report {
             "lr".into(),
             learn.clone(),
             forget_name.clone().unwrap_or_else(|| "forgetting".into()),
+            "trainable params".into(),
+            "params per token".into(),
         ],
         rows,
-        note: None,
+        note: Some("capacity: LoRA works about as well as full fine-tuning while its trainable parameters exceed what the data must teach it (Thinking Machines, 2025); params per token = trainable parameters / tokens trained".into()),
     });
 
     // Table 5: data scaling of each method's best series, with a fit a + b ln(tokens).

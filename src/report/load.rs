@@ -54,6 +54,7 @@ pub fn load(dir: &Path) -> Result<ReportInput, LoadError> {
             tokens: 0,
             wall_s: 0.0,
             error: None,
+            trainable_params: None,
         };
         let who = RunIdentity {
             id: rf.id.clone(),
@@ -75,6 +76,7 @@ pub fn load(dir: &Path) -> Result<ReportInput, LoadError> {
                 run.tokens = r.tokens;
                 run.wall_s = r.wall_s;
                 run.error = r.error;
+                run.trainable_params = Some(r.trainable_params);
             }
             Err(ResultError::Missing(_)) => {}
             Err(ResultError::Corrupt { reason, .. }) => {

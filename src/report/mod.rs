@@ -37,6 +37,8 @@ pub struct RunData {
     pub wall_s: f64,
     /// The error or divergence.
     pub error: Option<String>,
+    /// Parameters the run trained (its result.json's), if known.
+    pub trainable_params: Option<i64>,
 }
 
 /// Everything the report is built from.

@@ -128,6 +128,7 @@ fn run_in(world: &World, method: &str, lr: f64, seed: u64, status: RunStatus) ->
         tokens: 16000,
         wall_s: 10.0,
         error: None,
+        trainable_params: Some(if full { 1_000_000 } else { 20_000 }),
     }
 }
 
