@@ -552,6 +552,7 @@ pub fn build(input: &ReportInput) -> Report {
     if let Some(t) = super::findings::lr_ratios(&grid) {
         tables.insert(4, t);
     }
+    tables.extend(super::importance::importance(&grid));
 
     let mut plots = vec![
         Plot {

@@ -5,6 +5,7 @@
 pub mod build;
 pub mod findings;
 pub mod grid;
+pub mod importance;
 pub mod load;
 pub mod render;
 pub mod stats;

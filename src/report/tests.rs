@@ -236,6 +236,18 @@ fn findings_match_a_sweep_built_to_show_them() {
         );
     }
     assert_eq!(r.tables[1].key, "findings", "the findings lead");
+    // The paper's world: the learning rate moves learning, seeds barely (noise 0.01).
+    let imp = r.tables.iter().find(|t| t.key == "importance").unwrap();
+    for row in &imp.rows {
+        let lr: f64 = row[2]
+            .strip_prefix("learning rate ")
+            .and_then(|x| x.strip_suffix('%'))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let noise: f64 = row[4].strip_suffix('%').unwrap().parse().unwrap();
+        assert!(lr > 90.0 && noise < 5.0, "{row:?}");
+    }
     // Findings 1 and 2 at each of the 3 budgets, each with its interval and p.
     let by = r
         .tables
