@@ -13,6 +13,19 @@ use super::stats::summarize;
 use super::TableData;
 use crate::spec::values::format_tokens;
 
+/// An axis of the grid: its name and the level of a series on it.
+type Axis = (&'static str, fn(&SeriesKey) -> String);
+
+fn lr_level(k: &SeriesKey) -> String {
+    fmt_lr(k.lr())
+}
+fn rank_level(k: &SeriesKey) -> String {
+    format!("{:?}", k.rank)
+}
+fn modules_level(k: &SeriesKey) -> String {
+    format!("{:?}", k.modules)
+}
+
 /// Population variance of values with weights (None when empty).
 fn weighted_var(pts: &[(f64, f64)]) -> Option<f64> {
     let w: f64 = pts.iter().map(|p| p.1).sum();
@@ -61,7 +74,7 @@ pub fn importance(grid: &Grid) -> Option<TableData> {
         let mut main = 0.0;
         let mut shares = Vec::new();
         let mut levels_product = 1usize;
-        for (name, level) in &axes {
+        for (name, level) in axes {
             let mut by: BTreeMap<String, Vec<f64>> = BTreeMap::new();
             for c in &cells {
                 by.entry(level(c.0)).or_default().push(c.1);
