@@ -60,15 +60,12 @@ pub fn importance(grid: &Grid) -> Option<TableData> {
         if total <= 0.0 {
             continue;
         }
-        let axes: Vec<(&str, Box<dyn Fn(&SeriesKey) -> String>)> = match method {
-            "full" => vec![("learning rate", Box::new(|k: &SeriesKey| fmt_lr(k.lr())))],
-            _ => vec![
-                ("learning rate", Box::new(|k: &SeriesKey| fmt_lr(k.lr()))),
-                ("rank", Box::new(|k: &SeriesKey| format!("{:?}", k.rank))),
-                (
-                    "modules",
-                    Box::new(|k: &SeriesKey| format!("{:?}", k.modules)),
-                ),
+        let axes: &[Axis] = match method {
+            "full" => &[("learning rate", lr_level)],
+            _ => &[
+                ("learning rate", lr_level),
+                ("rank", rank_level),
+                ("modules", modules_level),
             ],
         };
         let mut main = 0.0;
