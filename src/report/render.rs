@@ -1,17 +1,41 @@
 //! Renderers of a [`Report`]: terminal tables, Markdown, CSV, JSON and a self-contained HTML
 //! page. Each is a pure function of the report.
 
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
 
 use super::{Report, TableData};
 
-/// The report as terminal tables.
+/// Columns the terminal tables fit in: long cells wrap.
+pub const TERMINAL_WIDTH: u16 = 100;
+
+/// Wrap `text` at spaces into lines of at most `width` characters.
+fn wrap(text: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut line = 0usize;
+    for word in text.split(' ') {
+        let w = word.chars().count();
+        if line > 0 && line + 1 + w > width {
+            out.push('\n');
+            line = 0;
+        } else if line > 0 {
+            out.push(' ');
+            line += 1;
+        }
+        out.push_str(word);
+        line += w;
+    }
+    out
+}
+
+/// The report as terminal tables, each within [`TERMINAL_WIDTH`] columns (cells wrap).
 pub fn terminal(r: &Report) -> String {
     let mut s = String::new();
     for t in &r.tables {
-        s.push_str(&format!("\n{}\n", t.title));
+        s.push_str(&format!("\n{}\n", wrap(&t.title, TERMINAL_WIDTH as usize)));
         let mut tt = Table::new();
         tt.load_preset(UTF8_FULL_CONDENSED);
+        tt.set_content_arrangement(ContentArrangement::Dynamic);
+        tt.set_width(TERMINAL_WIDTH);
         if t.header.iter().any(|h| !h.is_empty()) {
             tt.set_header(t.header.clone());
         }
@@ -20,7 +44,7 @@ pub fn terminal(r: &Report) -> String {
         }
         s.push_str(&format!("{tt}\n"));
         if let Some(n) = &t.note {
-            s.push_str(&format!("{n}\n"));
+            s.push_str(&format!("{}\n", wrap(n, TERMINAL_WIDTH as usize)));
         }
     }
     notes(r, &mut s);
@@ -31,7 +55,10 @@ fn notes(r: &Report, s: &mut String) {
     if !r.notes.is_empty() {
         s.push_str("\nNotes:\n");
         for n in &r.notes {
-            s.push_str(&format!("- {n}\n"));
+            s.push_str(&format!(
+                "- {}\n",
+                wrap(n, TERMINAL_WIDTH as usize - 2).replace('\n', "\n  ")
+            ));
         }
     }
 }

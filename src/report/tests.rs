@@ -445,6 +445,15 @@ fn an_empty_sweep_reports_not_enough_data() {
     assert!(render::markdown(&r).contains("no run measured a learning metric yet"));
 }
 
+/// The terminal report fits 100 columns: long cells, titles and notes wrap.
+#[test]
+fn the_terminal_report_fits_100_columns() {
+    let t = render::terminal(&build(&sweep(5)));
+    let widest = t.lines().map(|l| l.chars().count()).max().unwrap();
+    assert!(widest <= 100, "a line of {widest} columns");
+    assert!(t.contains("Welch's t-test"), "the findings are all there");
+}
+
 #[test]
 fn markdown_and_html_render_every_table_and_plot() {
     let r = build(&sweep(2));
