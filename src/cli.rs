@@ -138,6 +138,12 @@ pub struct SubmitArgs {
     /// Submit even where the memory estimate exceeds the cluster's gpu_memory_gb.
     #[arg(long)]
     pub no_memory_check: bool,
+    /// Keep the sweep moving until every run is final: poll at the cluster's poll_floor_s,
+    /// resubmit what the retry policy allows, collect results as runs finish and rebuild the
+    /// report; exits non-zero when a run ended without completing. Safe to kill and restart
+    /// (nohup or tmux on a login node).
+    #[arg(long)]
+    pub follow: bool,
 }
 
 /// `sweep cancel`.

@@ -476,6 +476,72 @@ fn a_failed_run_is_kept_until_retry_failed_reruns_it() {
     assert_eq!(s.values().filter(|v| v.1 == 2).count(), 1, "{s:?}");
 }
 
+/// `sweep submit --follow` keeps a sweep moving to its end with no other command: it exits
+/// non-zero naming the run that failed (failures are not retried by default), and with
+/// `--retry-failed` reruns it and exits 0 once every run is final, with every result collected
+/// here and the report written.
+#[test]
+fn follow_runs_the_sweep_to_its_end_and_names_what_failed() {
+    if !cluster_up("follow_runs_the_sweep_to_its_end_and_names_what_failed") {
+        return;
+    }
+    let c = case(
+        "follow",
+        &unique("follow"),
+        "setup = [\"if mkdir fail-once 2>/dev/null; then echo failing on purpose >&2; exit 3; fi\"]\n",
+    );
+    let follow = |extra: &[&str]| -> Output {
+        let mut args = vec!["submit", "spec.toml", "--cluster", "dev", "--follow"];
+        args.extend_from_slice(extra);
+        let mut child = c
+            .cmd(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if t0.elapsed() > Duration::from_secs(WAIT_S) {
+                let _ = child.kill();
+                panic!("sweep {args:?} still following after {WAIT_S} s");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        child.wait_with_output().unwrap()
+    };
+    let o = follow(&["--install"]);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    );
+    assert!(!o.status.success(), "one run failed: {out}\n{err}");
+    assert!(
+        err.contains("1 of 4 runs ended without completing"),
+        "{err}"
+    );
+    assert!(err.contains("--retry-failed --follow"), "{err}");
+    let o = follow(&["--retry-failed"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("every run is final"), "{out}");
+    let runs = c.results.join("follow/runs");
+    let collected = std::fs::read_dir(&runs)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().join("result.json").exists())
+        .count();
+    assert_eq!(
+        collected,
+        4,
+        "every result collected into {}",
+        runs.display()
+    );
+    assert!(c.results.join("follow/report/report.md").exists());
+}
+
 #[test]
 fn cancel_one_run_then_submit_resumes_it() {
     if !cluster_up("cancel_one_run_then_submit_resumes_it") {

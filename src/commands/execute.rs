@@ -191,6 +191,9 @@ pub fn run(g: &GlobalArgs, args: &RunArgs) -> anyhow::Result<()> {
 /// `sweep submit SPEC`: without a cluster, the local executor in the foreground.
 pub fn submit(g: &GlobalArgs, args: &SubmitArgs) -> anyhow::Result<()> {
     if let Some(cluster) = &args.cluster {
+        if args.follow {
+            return super::slurm::follow(g, args, cluster);
+        }
         return super::slurm::submit(g, args, cluster);
     }
     if args.install {

@@ -241,6 +241,119 @@ pub fn submit(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
     Ok(())
 }
 
+/// `sweep submit --cluster NAME --follow`: submit, then until every run is final (completed,
+/// diverged, or failed with no retry left): refresh, resubmit what the retry policy allows,
+/// collect what finished, rebuild the report when something changed, and wait the cluster's
+/// poll_floor_s. Each round is a whole `submit` and `collect`, which the journal and the sweep
+/// lock make safe to kill and start again: nothing is lost and nothing sent twice. Ends with a
+/// summary; fails when a run ended without completing.
+pub fn follow(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Result<()> {
+    let quiet = GlobalArgs {
+        quiet: true,
+        json: false,
+        ..g.clone()
+    };
+    let mut round = 0u64;
+    let mut last: Option<(usize, usize)> = None;
+    loop {
+        // --install and --retry-failed act once, in the first round.
+        let submit_args = SubmitArgs {
+            install: args.install && round == 0,
+            retry_failed: args.retry_failed && round == 0,
+            follow: false,
+            ..args.clone()
+        };
+        submit(if round == 0 { g } else { &quiet }, &submit_args, cluster)?;
+        let collect_args = CollectArgs {
+            spec: args.spec.clone(),
+            adapters: false,
+        };
+        if let Err(e) = collect(&quiet, &collect_args) {
+            // An incomplete result on the cluster is said and looked at again next round.
+            if !g.quiet {
+                eprintln!("sweep: {e:#}");
+            }
+        }
+        let (_, plan) = load_plan(&args.spec, false)?;
+        let dir = sweep_dir(g, &plan.name);
+        let state =
+            SweepState::load(&dir, &plan.name)?.unwrap_or_else(|| SweepState::new(&plan.name));
+        let Some(policy) = Journal::load(&dir)?.map(|j| j.config) else {
+            anyhow::bail!(
+                "sweep {}: submitted, but {} has no slurm.json",
+                plan.name,
+                dir.display()
+            );
+        };
+        // Settled: no longer queued or running, and not something the next submit resends.
+        let settled = |id: &str| {
+            state.runs.get(id).is_some_and(|r| {
+                !matches!(r.state, JobState::Pending | JobState::Running)
+                    && !crate::executor::slurm::retry::resubmit(
+                        r.state,
+                        r.attempts,
+                        &policy.retry,
+                        false,
+                    )
+            })
+        };
+        let ids: Vec<&str> = plan.runs.iter().map(|r| r.id.as_str()).collect();
+        let done = ids.iter().filter(|id| settled(id)).count();
+        let completed =
+            ids.iter()
+                .filter(|id| {
+                    state.runs.get(**id).is_some_and(|r| {
+                        matches!(r.state, JobState::Completed | JobState::Diverged)
+                    })
+                })
+                .count();
+        if last != Some((done, completed)) {
+            last = Some((done, completed));
+            let input = crate::report::load::load(&dir)?;
+            super::report::write_report(&crate::report::build(&input), &dir.join("report"))?;
+            if !g.quiet {
+                println!(
+                    "sweep {}: {done} of {} runs ended ({completed} completed or diverged); report in {}",
+                    plan.name,
+                    ids.len(),
+                    dir.join("report").display()
+                );
+            }
+        }
+        if done == ids.len() {
+            let failed: Vec<&str> = ids
+                .iter()
+                .copied()
+                .filter(|id| {
+                    state.runs.get(*id).is_some_and(|r| {
+                        !matches!(r.state, JobState::Completed | JobState::Diverged)
+                    })
+                })
+                .collect();
+            if failed.is_empty() {
+                if !g.quiet {
+                    println!(
+                        "sweep {}: every run is final; followed for {round} rounds",
+                        plan.name
+                    );
+                }
+                return Ok(());
+            }
+            anyhow::bail!(
+                "sweep {}: {} of {} runs ended without completing ({}): `sweep status {}` shows why; `sweep submit {} --cluster {cluster} --retry-failed --follow` reruns them",
+                plan.name,
+                failed.len(),
+                ids.len(),
+                failed.join(", "),
+                args.spec.display(),
+                args.spec.display()
+            );
+        }
+        round += 1;
+        std::thread::sleep(std::time::Duration::from_secs(policy.poll_floor_s.max(1)));
+    }
+}
+
 /// Refuse a plan one of whose run shapes needs more memory per GPU than the cluster's
 /// `gpu_memory_gb` (by the estimate `sweep plan` prints), saying what would fit.
 fn check_memory(plan: &Plan, cluster: &str, gb: f64) -> anyhow::Result<()> {
