@@ -144,6 +144,9 @@ pub struct SubmitArgs {
     /// (nohup or tmux on a login node).
     #[arg(long)]
     pub follow: bool,
+    /// Leave cancelled runs cancelled (follow's later rounds: a user's cancel wins).
+    #[arg(skip)]
+    pub leave_cancelled: bool,
 }
 
 /// `sweep cancel`.

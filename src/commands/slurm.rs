@@ -172,7 +172,15 @@ pub fn submit(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
         }
     }
     let ids: Vec<String> = plan.runs.iter().map(|r| r.id.clone()).collect();
-    let chosen = ex::to_submit(&ids, &state, &c, args.retry_failed);
+    let mut chosen = ex::to_submit(&ids, &state, &c, args.retry_failed);
+    if args.leave_cancelled {
+        chosen.retain(|id| {
+            state
+                .runs
+                .get(id)
+                .is_none_or(|r| r.state != JobState::Cancelled)
+        });
+    }
     let chosen_set: std::collections::HashSet<&String> = chosen.iter().collect();
     let mut lines = Vec::with_capacity(chosen.len());
     for r in plan.runs.iter().filter(|r| chosen_set.contains(&r.id)) {
@@ -254,16 +262,34 @@ pub fn follow(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
         ..g.clone()
     };
     let mut round = 0u64;
+    let mut failures = 0u64;
     let mut last: Option<(usize, usize)> = None;
     loop {
-        // --install and --retry-failed act once, in the first round.
+        // --install and --retry-failed act once, in the first round; later rounds leave a run
+        // that was cancelled meanwhile cancelled (the user's cancel wins).
         let submit_args = SubmitArgs {
             install: args.install && round == 0,
             retry_failed: args.retry_failed && round == 0,
             follow: false,
+            leave_cancelled: round > 0,
             ..args.clone()
         };
-        submit(if round == 0 { g } else { &quiet }, &submit_args, cluster)?;
+        if round == 0 {
+            submit(g, &submit_args, cluster)?;
+        } else if let Err(e) = submit(&quiet, &submit_args, cluster) {
+            // A later round's failure (an SSH hiccup, a held lock) is said and tried again,
+            // up to a limit.
+            failures += 1;
+            if failures >= MAX_FOLLOW_FAILURES {
+                return Err(e.context(format!(
+                    "sweep: {failures} follow rounds in a row failed; the last"
+                )));
+            }
+            eprintln!("sweep: this round failed ({e:#}); trying again");
+            std::thread::sleep(std::time::Duration::from_secs((10 * failures).max(1)));
+            continue;
+        }
+        failures = 0;
         let collect_args = CollectArgs {
             spec: args.spec.clone(),
             adapters: false,
@@ -285,20 +311,27 @@ pub fn follow(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
                 dir.display()
             );
         };
-        // Settled: no longer queued or running, and not something the next submit resends.
-        let settled = |id: &str| {
-            state.runs.get(id).is_some_and(|r| {
-                !matches!(r.state, JobState::Pending | JobState::Running)
-                    && !crate::executor::slurm::retry::resubmit(
-                        r.state,
-                        r.attempts,
-                        &policy.retry,
-                        false,
-                    )
+        // Settled: no longer queued or running, not something the next submit resends (a run
+        // cancelled meanwhile stays cancelled), and, when it completed, its result collected.
+        let collected = |r: &crate::plan::PlannedRun| {
+            result_state(&dir.join("runs").join(&r.id), &RunIdentity::of(&plan, r))
+                .is_some_and(|(s, _)| s.is_final())
+        };
+        let settled = |r: &crate::plan::PlannedRun| {
+            state.runs.get(&r.id).is_some_and(|s| {
+                !matches!(s.state, JobState::Pending | JobState::Running)
+                    && (s.state == JobState::Cancelled
+                        || !crate::executor::slurm::retry::resubmit(
+                            s.state,
+                            s.attempts,
+                            &policy.retry,
+                            false,
+                        ))
+                    && (!s.state.is_final() || collected(r))
             })
         };
         let ids: Vec<&str> = plan.runs.iter().map(|r| r.id.as_str()).collect();
-        let done = ids.iter().filter(|id| settled(id)).count();
+        let done = plan.runs.iter().filter(|r| settled(r)).count();
         let completed =
             ids.iter()
                 .filter(|id| {
@@ -333,8 +366,9 @@ pub fn follow(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
             if failed.is_empty() {
                 if !g.quiet {
                     println!(
-                        "sweep {}: every run is final; followed for {round} rounds",
-                        plan.name
+                        "sweep {}: every run is final; followed for {} rounds",
+                        plan.name,
+                        round + 1
                     );
                 }
                 return Ok(());
@@ -353,6 +387,9 @@ pub fn follow(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
         std::thread::sleep(std::time::Duration::from_secs(policy.poll_floor_s.max(1)));
     }
 }
+
+/// Follow rounds in a row that may fail before `--follow` gives up.
+const MAX_FOLLOW_FAILURES: u64 = 10;
 
 /// Refuse a plan one of whose run shapes needs more memory per GPU than the cluster's
 /// `gpu_memory_gb` (by the estimate `sweep plan` prints), saying what would fit.
@@ -592,6 +629,11 @@ pub fn collect(g: &GlobalArgs, args: &CollectArgs) -> anyhow::Result<()> {
         );
         for b in &bad {
             println!("  {b}");
+        }
+    } else {
+        // Even quiet (`--follow` collects quietly), what cannot be collected is said.
+        for b in &bad {
+            eprintln!("sweep: {b}");
         }
     }
     if !bad.is_empty() {

@@ -337,23 +337,24 @@ mod tests {
         assert_eq!(m.1.len(), 2);
     }
 
-    /// acc and acc_norm differ when a longer choice has the larger total but the smaller
+    /// acc and acc_norm differ when the shorter choice has the larger total but the smaller
     /// per-character log-likelihood; a tie goes to the first choice.
     #[test]
     fn acc_norm_divides_by_characters() {
         let it = one_context("Q".into(), vec!["ab".into(), "abcdefgh".into()], 0);
         let mut m = Table(HashMap::new(), vec![]);
-        m.0.insert(("Q".into(), " ab".into()), -4.0); // -2 per character
+        m.0.insert(("Q".into(), " ab".into()), -2.0); // the larger total; -1 per character
         m.0.insert(("Q".into(), " abcdefgh".into()), -3.0); // -0.375 per character
         assert_eq!(
             score(std::slice::from_ref(&it), &mut m).unwrap(),
-            Some((0.0, 0.0))
+            Some((1.0, 0.0)),
+            "acc picks the total, acc_norm the per-character"
         );
         let gold1 = TaskItem {
             gold: 1,
             ..it.clone()
         };
-        assert_eq!(score(&[gold1], &mut m).unwrap(), Some((1.0, 1.0)));
+        assert_eq!(score(&[gold1], &mut m).unwrap(), Some((0.0, 1.0)));
         let mut tie = Table(HashMap::new(), vec![]);
         tie.0.insert(("Q".into(), " ab".into()), -1.0);
         tie.0.insert(("Q".into(), " abcdefgh".into()), -1.0);

@@ -42,21 +42,23 @@ pub fn importance(grid: &Grid) -> Option<TableData> {
     let mut rows = Vec::new();
     let mut unbalanced = false;
     for method in ["full", "lora"] {
-        let cells: Vec<(&SeriesKey, f64, f64)> = grid
+        let cells: Vec<(&SeriesKey, f64, Option<f64>)> = grid
             .cells
             .iter()
             .filter(|((k, b), _)| *b == top && k.method == method)
             .filter_map(|((k, _), c)| {
                 let s = summarize(&c.learn)?;
-                Some((k, s.mean, s.sd.map_or(0.0, |x| x * x)))
+                Some((k, s.mean, s.sd.map(|x| x * x)))
             })
             .collect();
         if cells.len() < 2 {
             continue;
         }
         let between = weighted_var(&cells.iter().map(|c| (c.1, 1.0)).collect::<Vec<_>>())?;
-        let noise = cells.iter().map(|c| c.2).sum::<f64>() / cells.len() as f64;
-        let total = between + noise;
+        // Seed noise from the configurations with 2 seeds or more; unmeasured without any.
+        let noisy: Vec<f64> = cells.iter().filter_map(|c| c.2).collect();
+        let noise = (!noisy.is_empty()).then(|| noisy.iter().sum::<f64>() / noisy.len() as f64);
+        let total = between + noise.unwrap_or(0.0);
         if total <= 0.0 {
             continue;
         }
@@ -93,7 +95,10 @@ pub fn importance(grid: &Grid) -> Option<TableData> {
             cells.len().to_string(),
             shares.join(", "),
             format!("{:.0}%", 100.0 * (between - main).max(0.0) / total),
-            format!("{:.0}%", 100.0 * noise / total),
+            noise.map_or_else(
+                || "not measured (1 seed)".into(),
+                |n| format!("{:.0}%", 100.0 * n / total),
+            ),
         ]);
     }
     if rows.is_empty() {

@@ -460,7 +460,7 @@ mod tests {
     }
 
     #[test]
-    fn seeds_needed_follows_the_normal_approximation() {
+    fn seeds_needed_follows_students_t() {
         // 3 seeds with se 0.1 for an effect of 0.1: n = 25 is the first with
         // (t(0.975, 48) + t(0.8, 48)) x 0.1 x sqrt(3/25) <= 0.1 (scipy: (2.010635 + 0.849174)
         // x 0.034641 = 0.099067; n = 24 gives (2.012896 + 0.849505) x 0.035355 = 0.101201).

@@ -6,7 +6,8 @@
 //! The base's singular vectors are taken once, when the run starts: from each adapter's frozen
 //! weight (LoRA: the adapted matrices) or from each projection weight that trains (full
 //! fine-tuning). Reported as `intruder_dimensions` (the mean count over matrices) and
-//! `intruder_dimensions_<module>` (the mean over layers).
+//! `intruder_dimensions_<module>` (the mean over layers). LoRA measures its adapted modules and
+//! full fine-tuning every projection, so compare the methods module by module.
 
 use std::collections::BTreeMap;
 
@@ -23,10 +24,11 @@ pub const DEFAULT_K: usize = 10;
 /// The cosine below which a singular vector is an intruder, as in the paper.
 pub const DEFAULT_EPSILON: f64 = 0.5;
 
-/// Left singular vectors of `w` (columns, by decreasing singular value), in f64.
+/// Left singular vectors of `w` (columns, by decreasing singular value), computed in f64 and
+/// kept in f32 on the CPU (a 7B model's bases would otherwise hold tens of GB on the GPU).
 fn left_singular(w: &Tensor) -> Result<Tensor, TrainError> {
     let (u, _, _) = w.f_to_kind(Kind::Double)?.f_svd(true, true)?;
-    Ok(u)
+    Ok(u.f_to_kind(Kind::Float)?.f_to_device(tch::Device::Cpu)?)
 }
 
 /// How many of the top `k` left singular vectors of `tuned` have a largest |cosine| below
