@@ -41,6 +41,29 @@ pub struct LlamaConfig {
     /// longer than the window; a longer one is refused (see [`LlamaConfig::check_window`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sliding_window: Option<usize>,
+    /// config.json's `model_type`: `llama` (also when absent), `mistral`, `qwen2` or `qwen3`;
+    /// it decides which projections have biases and whether queries and keys are normed
+    /// ([`LlamaConfig::qkv_bias`], [`LlamaConfig::qk_norm`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_type: Option<String>,
+    /// The width of one attention head when it is not hidden_size / num_attention_heads
+    /// (Qwen3's, some Llama 3.2 and Mistral variants).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
+    /// Llama's and Qwen3's biases on the q, k, v and o projections.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub attention_bias: bool,
+    /// Llama's biases on the gate, up and down projections.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub mlp_bias: bool,
+    /// The config.json this shape was read from, as it was: `sweep export` writes it back with
+    /// only the fields it must change (none when the shape is a builtin or comes from a GGUF).
+    #[serde(skip)]
+    pub source: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// RoPE frequency scaling: `llama3` (Llama 3.1/3.2: low frequencies divided by `factor`, high
@@ -120,7 +143,8 @@ fn default_rope_theta() -> f64 {
 /// The `model_type`s of config.json that this model code computes exactly.
 /// Mistral is Llama's architecture with a sliding attention window (honoured while sequences fit
 /// it, refused beyond).
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral"];
+/// Qwen2 (Qwen2.5) adds biases to q, k and v; Qwen3 norms each head of q and k before RoPE.
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
 
 /// Check a Hugging Face model folder before anything is loaded from it, so that each problem
 /// is named as what it is: a missing folder, a config.json that is missing or not JSON, or a
@@ -187,6 +211,9 @@ const FORWARD_FIELDS: &[&str] = &[
     "pretraining_tp",
     "rope_interleaved",
     "sliding_window",
+    "use_sliding_window",
+    "max_window_layers",
+    "layer_types",
     "model_type",
 ];
 
@@ -267,11 +294,21 @@ pub fn parse_hf_config(text: &str, path: &str) -> Result<LlamaConfig, String> {
                 .into(),
         );
     }
+    let model_type = get("model_type")
+        .and_then(|t| t.as_str())
+        .unwrap_or("llama");
+    // Where the family's transformers code has no such bias, a `true` there would be read as a
+    // different model by another tool: refused rather than guessed.
+    let biases_read: &[&str] = match model_type {
+        "llama" => &["attention_bias", "mlp_bias"],
+        "qwen3" => &["attention_bias"],
+        _ => &[],
+    };
     for k in ["attention_bias", "mlp_bias"] {
-        if flag(k) {
+        if flag(k) && !biases_read.contains(&k) {
             return refuse(
                 k,
-                "= true (biases on the projections) is not supported yet".into(),
+                format!("= true is not a field of {model_type}'s architecture, whose projections have fixed biases"),
             );
         }
     }
@@ -305,16 +342,85 @@ pub fn parse_hf_config(text: &str, path: &str) -> Result<LlamaConfig, String> {
         cfg.rope_theta = t;
     }
     cfg.rope_scaling = scaling;
-    if let Some(h) = get("head_dim").and_then(|h| h.as_u64()) {
-        let implied = cfg.hidden_size / cfg.num_attention_heads.max(1);
-        if h as usize != implied {
-            return refuse(
-                "head_dim",
-                format!("= {h} differs from hidden_size / num_attention_heads = {implied}, which is not supported yet"),
-            );
+    if cfg.head_dim == Some(0) || !cfg.head_dim().is_multiple_of(2) {
+        return refuse(
+            "head_dim",
+            format!(
+                "= {}: RoPE rotates halves of a head, so its width must be even and positive",
+                cfg.head_dim()
+            ),
+        );
+    }
+    match window_of(model_type, obj, cfg.num_hidden_layers) {
+        Ok(w) => cfg.sliding_window = w,
+        Err((field, why)) => return refuse(field, why),
+    }
+    cfg.source = Some(obj.clone());
+    Ok(cfg)
+}
+
+/// The sliding window a config's layers attend within, as the family's transformers code reads
+/// it: Mistral's `sliding_window` holds in every layer; Qwen's only with `use_sliding_window`,
+/// in the layers `layer_types` marks `sliding_attention` (by default those from
+/// `max_window_layers` on). Llama has none. Err names a field whose value is not understood.
+fn window_of(
+    model_type: &str,
+    obj: &serde_json::Map<String, serde_json::Value>,
+    layers: usize,
+) -> Result<Option<usize>, (&'static str, String)> {
+    let get = |k: &str| obj.get(k).filter(|x| !x.is_null());
+    let window = get("sliding_window")
+        .and_then(|w| w.as_u64())
+        .map(|w| w as usize);
+    let kinds: Option<Vec<&str>> = match get("layer_types") {
+        None => None,
+        Some(v) => Some(
+            v.as_array()
+                .and_then(|a| a.iter().map(|x| x.as_str()).collect::<Option<Vec<_>>>())
+                .ok_or(("layer_types", format!("= {v}: not a list of strings")))?,
+        ),
+    };
+    if let Some(k) = kinds.as_ref() {
+        if let Some(bad) = k
+            .iter()
+            .find(|k| !["full_attention", "sliding_attention"].contains(k))
+        {
+            return Err((
+                "layer_types",
+                format!("has `{bad}` (full_attention and sliding_attention are computed)"),
+            ));
+        }
+        if k.len() != layers {
+            return Err((
+                "layer_types",
+                format!("lists {} layers, the model has {layers}", k.len()),
+            ));
         }
     }
-    Ok(cfg)
+    let any_sliding = |default: bool| {
+        kinds
+            .as_ref()
+            .map_or(default, |k| k.contains(&"sliding_attention"))
+    };
+    Ok(match model_type {
+        "mistral" => window,
+        "qwen2" | "qwen3" => {
+            let on = get("use_sliding_window")
+                .and_then(|x| x.as_bool())
+                .unwrap_or(false);
+            let from = get("max_window_layers")
+                .and_then(|x| x.as_u64())
+                .unwrap_or(28) as usize;
+            window.filter(|_| on && any_sliding(layers > from))
+        }
+        _ if window.is_some() || any_sliding(false) => {
+            return Err((
+                "sliding_window",
+                format!("is set, but {model_type}'s architecture has no sliding window"),
+            ))
+        }
+        _ => None,
+    })
 }
 
 /// The names of the builtin shapes, for error messages and `--help`.
@@ -345,7 +451,41 @@ impl LlamaConfig {
             tie_word_embeddings: tied,
             rope_scaling: None,
             sliding_window: None,
+            model_type: None,
+            head_dim: None,
+            attention_bias: false,
+            mlp_bias: false,
+            source: None,
         })
+    }
+
+    /// The family this config describes (`llama` when config.json names none).
+    pub fn family(&self) -> &str {
+        self.model_type.as_deref().unwrap_or("llama")
+    }
+
+    /// Whether q, k and v have biases (Qwen2's always; Llama's and Qwen3's with attention_bias).
+    pub fn qkv_bias(&self) -> bool {
+        self.family() == "qwen2" || self.attention_bias
+    }
+
+    /// Whether o has a bias.
+    pub fn o_bias(&self) -> bool {
+        self.family() != "qwen2" && self.attention_bias
+    }
+
+    /// Whether each head of q and k is RMS-normed before RoPE (Qwen3).
+    pub fn qk_norm(&self) -> bool {
+        self.family() == "qwen3"
+    }
+
+    /// Whether a projection has a bias.
+    pub fn has_bias(&self, module: Module) -> bool {
+        match module {
+            Module::Q | Module::K | Module::V => self.qkv_bias(),
+            Module::O => self.o_bias(),
+            Module::Gate | Module::Up | Module::Down => self.mlp_bias,
+        }
     }
 
     /// That a sequence of `len` positions is computed exactly: within the sliding window, when
@@ -364,18 +504,21 @@ impl LlamaConfig {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
 
-    /// Width of one attention head.
+    /// Width of one attention head: config.json's head_dim, else hidden_size / heads.
     pub fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_attention_heads.max(1)
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
     /// The (out, in) shape of a projection matrix in one block.
     pub fn module_shape(&self, module: Module) -> (usize, usize) {
         let d = self.hidden_size;
+        let q = self.num_attention_heads * self.head_dim();
         let kv = self.kv_heads() * self.head_dim();
         let ff = self.intermediate_size;
         match module {
-            Module::Q | Module::O => (d, d),
+            Module::Q => (q, d),
+            Module::O => (d, q),
             Module::K | Module::V => (kv, d),
             Module::Gate | Module::Up => (ff, d),
             Module::Down => (d, ff),
@@ -404,7 +547,17 @@ impl LlamaConfig {
             self.vocab_size * d
         };
         let norms = (2 * self.num_hidden_layers + 1) * d;
-        self.matmul_params() + (head + norms) as u64
+        let per_block: usize = Module::ALL
+            .iter()
+            .filter(|&&m| self.has_bias(m))
+            .map(|&m| self.module_shape(m).0)
+            .sum::<usize>()
+            + if self.qk_norm() {
+                2 * self.head_dim()
+            } else {
+                0
+            };
+        self.matmul_params() + (head + norms + per_block * self.num_hidden_layers) as u64
     }
 
     /// Parameters of a LoRA adapter of rank `rank` on the given modules of every block.
@@ -514,7 +667,9 @@ mod tests {
         std::fs::write(dir.path().join("config.json"), r#"{"model_type": "gpt2"}"#).unwrap();
         let e = check_hf_dir(dir.path()).unwrap_err();
         assert!(
-            e.contains("model_type `gpt2` is not supported (supported: llama, mistral)"),
+            e.contains(
+                "model_type `gpt2` is not supported (supported: llama, mistral, qwen2, qwen3)"
+            ),
             "{e}"
         );
         std::fs::write(dir.path().join("config.json"), LLAMA2).unwrap();
@@ -575,9 +730,18 @@ mod tests {
                 r#"{"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5}}"#,
                 "`rope_parameters`",
             ),
-            (r#"{"head_dim": 32}"#, "`head_dim`"),
-            (r#"{"attention_bias": true}"#, "`attention_bias`"),
-            (r#"{"mlp_bias": true}"#, "`mlp_bias`"),
+            (r#"{"head_dim": 7}"#, "`head_dim`"),
+            (
+                r#"{"model_type": "mistral", "attention_bias": true}"#,
+                "`attention_bias`",
+            ),
+            (r#"{"model_type": "qwen3", "mlp_bias": true}"#, "`mlp_bias`"),
+            (r#"{"sliding_window": 8}"#, "`sliding_window`"),
+            (
+                r#"{"layer_types": ["full_attention", "chunked_attention"]}"#,
+                "`layer_types`",
+            ),
+            (r#"{"layer_types": ["full_attention"]}"#, "`layer_types`"),
             (r#"{"hidden_act": "gelu"}"#, "`hidden_act`"),
             (r#"{"attention_dropout": 0.1}"#, "`attention_dropout`"),
             (r#"{"rope_interleaved": true}"#, "`rope_interleaved`"),
@@ -589,6 +753,65 @@ mod tests {
             let e = with(edit).unwrap_err();
             assert!(e.contains(field) && e.contains("refused"), "{edit}: {e}");
         }
+        // An explicit head width and Llama's biases change the shapes the model is built with.
+        let wide = with(r#"{"head_dim": 32, "attention_bias": true, "mlp_bias": true}"#).unwrap();
+        assert_eq!(wide.module_shape(Module::Q), (128, 64));
+        assert_eq!(wide.module_shape(Module::O), (64, 128));
+        assert_eq!(wide.module_shape(Module::K), (64, 64));
+        assert!(Module::ALL.iter().all(|&m| wide.has_bias(m)));
+        let plain = parse_hf_config(LLAMA2, "c").unwrap();
+        let biases = 2 * (128 + 64 + 64 + 64 + 128 + 128 + 64) as u64;
+        let extra_q_o = 2 * 2 * 64 * (128 - 64) as u64;
+        assert_eq!(wide.head_dim(), 32);
+        assert_eq!(
+            wide.total_params(),
+            plain.total_params() + biases + extra_q_o + 2 * 2 * 64 * 32
+        );
+    }
+
+    /// Qwen2 has q/k/v biases and no o bias; Qwen3 norms q and k per head and has biases only
+    /// with attention_bias; their sliding window holds only with use_sliding_window, in the
+    /// layers it marks.
+    #[test]
+    fn qwen_configs_read_as_their_transformers_code_does() {
+        let qwen = |model_type: &str, edit: &str| {
+            let mut v: serde_json::Value = serde_json::from_str(LLAMA2).unwrap();
+            v["model_type"] = model_type.into();
+            for k in ["attention_bias", "mlp_bias", "pretraining_tp"] {
+                v.as_object_mut().unwrap().remove(k);
+            }
+            let e: serde_json::Value = serde_json::from_str(edit).unwrap();
+            for (k, x) in e.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            parse_hf_config(&v.to_string(), "c")
+        };
+        let q2 = qwen("qwen2", "{}").unwrap();
+        assert_eq!(
+            Module::ALL.map(|m| q2.has_bias(m)),
+            [true, true, true, false, false, false, false]
+        );
+        assert!(!q2.qk_norm());
+        let q3 = qwen("qwen3", "{}").unwrap();
+        assert!(q3.qk_norm() && !Module::ALL.iter().any(|&m| q3.has_bias(m)));
+        let q3b = qwen("qwen3", r#"{"attention_bias": true}"#).unwrap();
+        assert!(Module::ATTENTION.iter().all(|&m| q3b.has_bias(m)) && !q3b.mlp_bias);
+        assert_eq!(
+            q3b.total_params(),
+            q3.total_params() + 2 * (64 + 32 + 32 + 64)
+        );
+        // Qwen2.5's configs carry a window that is off.
+        let off =
+            r#"{"sliding_window": 4096, "use_sliding_window": false, "max_window_layers": 0}"#;
+        assert_eq!(qwen("qwen2", off).unwrap().sliding_window, None);
+        let on = r#"{"sliding_window": 8, "use_sliding_window": true, "max_window_layers": 1}"#;
+        assert_eq!(qwen("qwen2", on).unwrap().sliding_window, Some(8));
+        // Every layer below max_window_layers attends fully: no window to keep within.
+        let below = r#"{"sliding_window": 8, "use_sliding_window": true, "max_window_layers": 2}"#;
+        assert_eq!(qwen("qwen3", below).unwrap().sliding_window, None);
+        let marked = r#"{"sliding_window": 8, "use_sliding_window": true,
+            "layer_types": ["full_attention", "sliding_attention"]}"#;
+        assert_eq!(qwen("qwen3", marked).unwrap().sliding_window, Some(8));
     }
     use super::*;
 

@@ -775,6 +775,11 @@ impl GgufFile {
             tie_word_embeddings: self.tensor("output.weight").is_none(),
             rope_scaling: None,
             sliding_window: None,
+            model_type: None,
+            head_dim: None,
+            attention_bias: false,
+            mlp_bias: false,
+            source: None,
         })
     }
 }

@@ -69,6 +69,25 @@ impl Proj {
     }
 }
 
+/// A projection with the bias some families put on it (Qwen2's q, k, v; Llama's with
+/// attention_bias or mlp_bias). The bias trains with the base weights (full fine-tuning) and is
+/// frozen with them under an adapter, as PEFT leaves a base layer's bias.
+#[derive(Debug)]
+struct Linear {
+    proj: Proj,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor, train: bool, kind: Kind) -> Result<Tensor, ModelError> {
+        let y = self.proj.forward(x, train, kind)?;
+        Ok(match &self.bias {
+            Some(b) => y.f_add(&b.f_to_kind(kind)?)?,
+            None => y,
+        })
+    }
+}
+
 /// The token after the last position of `logits` (1, T, V): the argmax at temperature 0, else a
 /// draw from softmax(logits / temperature) with libtorch's global generator.
 pub fn next_token(logits: &Tensor, temperature: f64) -> Result<i64, ModelError> {
@@ -140,10 +159,13 @@ impl Rope {
 
 #[derive(Debug)]
 struct Attention {
-    q: Proj,
-    k: Proj,
-    v: Proj,
-    o: Proj,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    /// Qwen3's RMSNorm over each head of q and of k, before RoPE.
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
     heads: i64,
     kv_heads: i64,
     head_dim: i64,
@@ -151,9 +173,9 @@ struct Attention {
 
 #[derive(Debug)]
 struct Mlp {
-    gate: Proj,
-    up: Proj,
-    down: Proj,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
 }
 
 #[derive(Debug)]
@@ -236,11 +258,33 @@ impl Builder<'_> {
         Ok(p.add(name, t, train))
     }
 
-    fn proj(&mut self, block: &nn::Path, cfg: &LlamaConfig, m: Module) -> Result<Proj, ModelError> {
+    fn zeros(&self, p: &nn::Path, name: &str, dim: i64, train: bool) -> Result<Tensor, ModelError> {
+        let t = Tensor::f_zeros([dim], (Kind::Float, self.device))?;
+        Ok(p.add(name, t, train))
+    }
+
+    fn linear(
+        &mut self,
+        block: &nn::Path,
+        cfg: &LlamaConfig,
+        m: Module,
+    ) -> Result<Linear, ModelError> {
         let mut p = block.clone();
         for part in m.hf_path().split('.') {
             p = p.sub(part);
         }
+        let proj = self.proj(&p, cfg, m)?;
+        let bias = if cfg.has_bias(m) {
+            let out = cfg.module_shape(m).0 as i64;
+            Some(self.zeros(&p, "bias", out, self.opts.lora.is_none())?)
+        } else {
+            None
+        };
+        Ok(Linear { proj, bias })
+    }
+
+    fn proj(&mut self, p: &nn::Path, cfg: &LlamaConfig, m: Module) -> Result<Proj, ModelError> {
+        let p = p.clone();
         let (o, i) = cfg.module_shape(m);
         match &self.opts.lora {
             None => {
@@ -290,16 +334,18 @@ impl Llama {
         random_base: bool,
     ) -> Result<Llama, ModelError> {
         if cfg.num_attention_heads == 0
-            || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
+            || (cfg.head_dim.is_none() && !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads))
             || !cfg
                 .num_attention_heads
                 .is_multiple_of(cfg.kv_heads().max(1))
+            || cfg.head_dim() == 0
             || !cfg.head_dim().is_multiple_of(2)
         {
             return Err(ModelError::Config(format!(
-                "hidden_size {} with {} heads and {} kv heads is not a valid Llama shape",
+                "hidden_size {} with {} heads of width {} and {} kv heads is not a valid Llama shape",
                 cfg.hidden_size,
                 cfg.num_attention_heads,
+                cfg.head_dim(),
                 cfg.kv_heads()
             )));
         }
@@ -321,19 +367,28 @@ impl Llama {
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let bp = &model / "layers" / i;
+            let hd = cfg.head_dim() as i64;
+            let qk_norm = |name: &str| -> Result<Option<Tensor>, ModelError> {
+                cfg.qk_norm()
+                    .then(|| b.ones(&(&bp / "self_attn" / name), "weight", hd, emb_trains))
+                    .transpose()
+            };
+            let (q_norm, k_norm) = (qk_norm("q_norm")?, qk_norm("k_norm")?);
             let attn = Attention {
-                q: b.proj(&bp, cfg, Module::Q)?,
-                k: b.proj(&bp, cfg, Module::K)?,
-                v: b.proj(&bp, cfg, Module::V)?,
-                o: b.proj(&bp, cfg, Module::O)?,
+                q: b.linear(&bp, cfg, Module::Q)?,
+                k: b.linear(&bp, cfg, Module::K)?,
+                v: b.linear(&bp, cfg, Module::V)?,
+                o: b.linear(&bp, cfg, Module::O)?,
+                q_norm,
+                k_norm,
                 heads: cfg.num_attention_heads as i64,
                 kv_heads: cfg.kv_heads() as i64,
                 head_dim: cfg.head_dim() as i64,
             };
             let mlp = Mlp {
-                gate: b.proj(&bp, cfg, Module::Gate)?,
-                up: b.proj(&bp, cfg, Module::Up)?,
-                down: b.proj(&bp, cfg, Module::Down)?,
+                gate: b.linear(&bp, cfg, Module::Gate)?,
+                up: b.linear(&bp, cfg, Module::Up)?,
+                down: b.linear(&bp, cfg, Module::Down)?,
             };
             let input_norm = b.ones(&(&bp / "input_layernorm"), "weight", d, emb_trains)?;
             let post_norm = b.ones(&(&bp / "post_attention_layernorm"), "weight", d, emb_trains)?;
@@ -540,7 +595,7 @@ impl Llama {
                     &b.mlp.down,
                 ]
                 .iter()
-                .any(|p| p.lora().is_some_and(|l| l.dropout > 0.0))
+                .any(|p| p.proj.lora().is_some_and(|l| l.dropout > 0.0))
             });
         if !draws {
             return Ok(None);
@@ -603,21 +658,28 @@ impl Llama {
             }
         };
         let kind = self.compute;
-        let heads = |p: &Proj, n: i64| -> Result<Tensor, ModelError> {
-            Ok(p.forward(x, train, kind)?
-                .f_view([bsz, t, n, a.head_dim])?
-                .f_transpose(1, 2)?)
+        let eps = self.cfg.rms_norm_eps;
+        // (B, T, n, D) -> (B, n, T, D); Qwen3's per-head norm (in f32) over D first.
+        let heads = |p: &Linear, n: i64, norm: Option<&Tensor>| -> Result<Tensor, ModelError> {
+            let h = p.forward(x, train, kind)?.f_view([bsz, t, n, a.head_dim])?;
+            let h = match norm {
+                Some(w) => h
+                    .f_to_kind(Kind::Float)?
+                    .f_rms_norm(&[a.head_dim][..], Some(w), eps)?,
+                None => h,
+            };
+            Ok(h.f_transpose(1, 2)?)
         };
         // RoPE computes in f32; attention takes q, k, v in the compute kind.
         let q = self
             .rope
-            .apply(&heads(&a.q, a.heads)?, offset)?
+            .apply(&heads(&a.q, a.heads, a.q_norm.as_ref())?, offset)?
             .f_to_kind(kind)?;
         let mut k = self
             .rope
-            .apply(&heads(&a.k, a.kv_heads)?, offset)?
+            .apply(&heads(&a.k, a.kv_heads, a.k_norm.as_ref())?, offset)?
             .f_to_kind(kind)?;
-        let mut v = heads(&a.v, a.kv_heads)?;
+        let mut v = heads(&a.v, a.kv_heads, None)?;
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.as_ref() {
                 k = Tensor::f_cat(&[pk, &k], 2)?;
@@ -785,7 +847,7 @@ impl Llama {
                 (Module::Down, &b.mlp.down),
             ];
             for (m, p) in projs {
-                if let Some(l) = p.lora() {
+                if let Some(l) = p.proj.lora() {
                     out.insert(format!("model.layers.{i}.{}", m.hf_path()), l);
                 }
             }
@@ -831,6 +893,11 @@ pub(crate) mod tests {
             tie_word_embeddings: true,
             rope_scaling: None,
             sliding_window: None,
+            model_type: None,
+            head_dim: None,
+            attention_bias: false,
+            mlp_bias: false,
+            source: None,
         }
     }
 

@@ -1,6 +1,6 @@
 //! Exports: a trained LoRA adapter in PEFT's layout (`adapter_model.safetensors` and
 //! `adapter_config.json`), loadable by `PeftModel.from_pretrained` on the base model; and a run's
-//! model (LoRA merged, or fully tuned) as a Hugging Face LlamaForCausalLM folder.
+//! model (LoRA merged, or fully tuned) as a Hugging Face folder of its family (LlamaForCausalLM, Qwen2ForCausalLM, ...).
 
 use std::io::Write;
 use std::path::Path;
@@ -90,25 +90,13 @@ pub fn write_hf_model(
         .collect::<Result<Vec<_>, TrainError>>()?;
 
     let specials = tokenizer.specials();
-    let mut config = serde_json::to_value(&model.cfg).map_err(|e| err(e.to_string()))?;
-    if let Some(c) = config.as_object_mut() {
-        // A sliding window is Mistral's (its weights are named as Llama's).
-        let (arch, model_type) = match model.cfg.sliding_window {
-            Some(_) => ("MistralForCausalLM", "mistral"),
-            None => ("LlamaForCausalLM", "llama"),
-        };
-        c.insert("architectures".into(), serde_json::json!([arch]));
-        c.insert("model_type".into(), model_type.into());
-        c.insert("hidden_act".into(), "silu".into());
-        c.insert("bos_token_id".into(), specials.bos.into());
-        c.insert("eos_token_id".into(), specials.eos.into());
-        let dtype = if kind == Kind::BFloat16 {
-            "bfloat16"
-        } else {
-            "float32"
-        };
-        c.insert("torch_dtype".into(), dtype.into());
-    }
+    let dtype = if kind == Kind::BFloat16 {
+        "bfloat16"
+    } else {
+        "float32"
+    };
+    let config = export_config(&model.cfg, specials.bos, specials.eos, dtype)
+        .map_err(|e| err(e.to_string()))?;
     let text = serde_json::to_vec_pretty(&config).map_err(|e| err(e.to_string()))?;
     let wrote_tokenizer = matches!(tokenizer, Tokenizer::Hf { .. });
     crate::util::write_dir_atomic(
@@ -148,6 +136,50 @@ pub fn write_hf_model(
 /// PEFT's tensor names: the model's, under `base_model.model.`.
 pub fn peft_name(name: &str) -> String {
     format!("base_model.model.{name}")
+}
+
+/// The config.json of an exported model: the one the model was read from, as it was, with only
+/// the weights' dtype changed (merging adapters changes no field); for a builtin shape or a GGUF,
+/// the shape's fields with the architecture, activation and special tokens a loader needs.
+fn export_config(
+    cfg: &crate::model::config::LlamaConfig,
+    bos: Option<i64>,
+    eos: i64,
+    dtype: &str,
+) -> Result<serde_json::Value, serde_json::Error> {
+    if let Some(source) = &cfg.source {
+        let mut c = source.clone();
+        // transformers 5 names the field `dtype`, 4 `torch_dtype`; keep the one it had.
+        let key = if c.contains_key("dtype") && !c.contains_key("torch_dtype") {
+            "dtype"
+        } else {
+            "torch_dtype"
+        };
+        c.insert(key.into(), dtype.into());
+        return Ok(serde_json::Value::Object(c));
+    }
+    let mut config = serde_json::to_value(cfg)?;
+    if let Some(c) = config.as_object_mut() {
+        let model_type = match (cfg.model_type.as_deref(), cfg.sliding_window) {
+            (Some(t), _) => t,
+            // A sliding window is Mistral's (its weights are named as Llama's).
+            (None, Some(_)) => "mistral",
+            (None, None) => "llama",
+        };
+        let arch = match model_type {
+            "mistral" => "MistralForCausalLM",
+            "qwen2" => "Qwen2ForCausalLM",
+            "qwen3" => "Qwen3ForCausalLM",
+            _ => "LlamaForCausalLM",
+        };
+        c.insert("architectures".into(), serde_json::json!([arch]));
+        c.insert("model_type".into(), model_type.into());
+        c.insert("hidden_act".into(), "silu".into());
+        c.insert("bos_token_id".into(), bos.into());
+        c.insert("eos_token_id".into(), eos.into());
+        c.insert("torch_dtype".into(), dtype.into());
+    }
+    Ok(config)
 }
 
 /// The adapter_config.json of an adapter.

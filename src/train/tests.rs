@@ -671,6 +671,107 @@ fn gguf_and_hf_models_train_with_their_tokenizers() {
     assert!(e.contains("nowhere/x.gguf"), "{e}");
 }
 
+/// A Qwen3 checkpoint (per-head q/k norms, a head wider than hidden/heads, attention biases)
+/// trains with full fine-tuning (its biases and norms train) and with LoRA, and `sweep export`
+/// writes back the config.json it read, field for field, with only the dtype changed; the
+/// exported folder computes the trained model.
+#[test]
+fn qwen_checkpoints_train_and_export_the_config_they_were_read_from() {
+    let f = Fixture::new();
+    let hf = f.dir.path().join("qwen3");
+    std::fs::create_dir_all(&hf).unwrap();
+    let mut c = serde_json::to_value(tiny_cfg()).unwrap();
+    for (k, v) in serde_json::json!({
+        "model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "head_dim": 16,
+        "attention_bias": true, "tie_word_embeddings": false, "use_sliding_window": false,
+        "sliding_window": null, "max_window_layers": 28, "dtype": "bfloat16",
+        "layer_types": ["full_attention", "full_attention"], "eos_token_id": 262,
+    })
+    .as_object()
+    .unwrap()
+    {
+        c[k] = v.clone();
+    }
+    let text = serde_json::to_string(&c).unwrap();
+    std::fs::write(hf.join("config.json"), &text).unwrap();
+    let cfg = crate::model::config::parse_hf_config(&text, "config.json").unwrap();
+    let m = Llama::new(
+        &cfg,
+        &BuildOptions {
+            seed: 2,
+            ..Default::default()
+        },
+        Device::Cpu,
+    )
+    .unwrap();
+    let names: Vec<String> = m.variables().into_iter().map(|(n, _)| n).collect();
+    for want in [
+        "model.layers.0.self_attn.q_norm.weight",
+        "model.layers.1.self_attn.k_norm.weight",
+        "model.layers.0.self_attn.o_proj.bias",
+        "model.layers.1.self_attn.v_proj.bias",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+    }
+    Tensor::write_safetensors(&m.variables(), hf.join("model.safetensors")).unwrap();
+    let crate::model::tokenizer::Tokenizer::Hf { inner, .. } =
+        crate::model::tokenizer::tests::tiny_gguf_tokenizer()
+    else {
+        panic!("the test tokenizer is a BPE one")
+    };
+    inner.save(hf.join("tokenizer.json"), false).unwrap();
+    let opts = TrainOptions {
+        model_override: None,
+        ..f.opts()
+    };
+    for (name, edit) in [
+        ("full", (|_: &mut serde_json::Value| {}) as fn(&mut _)),
+        ("lora", lora),
+    ] {
+        let run = f.run(name, |v| {
+            v["model"] = serde_json::json!({"kind": "hf", "path": hf});
+            edit(v);
+        });
+        let r = train(&run, &opts).unwrap();
+        assert_eq!(r.status, RunStatus::Completed, "{name}: {:?}", r.error);
+        let (first, last) = (
+            r.evals.first().unwrap().metrics["target_loss"],
+            r.evals.last().unwrap().metrics["target_loss"],
+        );
+        assert!(last < first, "{name}: target loss {first} -> {last}");
+        let dir = run.parent().unwrap();
+        let out = f.dir.path().join(format!("{name}-exported"));
+        export::write_hf_model(dir, &out, &opts, tch::Kind::Float).unwrap();
+        let written: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        let mut want = c.clone();
+        want["dtype"] = "float32".into();
+        assert_eq!(written, want, "{name}: config.json written back as read");
+        let (trained, _) = build_model(&read_run_file(&run).unwrap(), &opts, Device::Cpu).unwrap();
+        let ck = checkpoint::load_latest(&dir.join("checkpoints"))
+            .unwrap()
+            .unwrap();
+        trained.load_named(&ck.model, false, "checkpoint").unwrap();
+        if name == "full" {
+            let bias = |m: &Llama| {
+                m.variables()
+                    .into_iter()
+                    .find(|(n, _)| n == "model.layers.0.self_attn.q_proj.bias")
+                    .unwrap()
+                    .1
+            };
+            let moved = (bias(&trained) - bias(&m)).abs().max().double_value(&[]);
+            assert!(moved > 0.0, "full fine-tuning trains the biases");
+        }
+        let exported = Llama::from_hf_dir(&out, &BuildOptions::default(), Device::Cpu).unwrap();
+        let x = Tensor::from_slice(&[116i64, 104, 101, 32, 113, 117]).unsqueeze(0);
+        let a = trained.forward(&x, false).unwrap();
+        let b = exported.forward(&x, false).unwrap();
+        let diff = (&a - &b).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "{name}: exported logits differ by {diff}");
+    }
+}
+
 /// The base model is evaluated once per sweep: the second run (another learning rate, LoRA
 /// instead of full) reads the first run's step-0 metrics from results/NAME/base_evals/ instead
 /// of evaluating, and still records them as its own step 0.
