@@ -1,5 +1,5 @@
 //! GGUF files, llama.cpp's format: header, metadata, tensor infos and data; dequantization of
-//! F32, F16, BF16, Q8_0, Q4_0 and Q4_1; and the mapping of a Llama GGUF onto Hugging Face names,
+//! F32, F16, BF16, Q8_0, Q4_0, Q4_1 and the K-quants Q2_K to Q6_K; and the mapping of a Llama GGUF onto Hugging Face names,
 //! shapes and configuration (undoing llama.cpp's Q/K row permutation).
 //!
 //! Parsing and dequantization are pure functions over bytes; [`GgufFile::open`] reads the file
@@ -63,7 +63,7 @@ pub enum GgufError {
     /// A tensor's quantization type cannot be dequantized here.
     #[error(
         "{path}: tensor {tensor} has quantization type {ty}, which is not supported \
-         (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)"
+         (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)"
     )]
     UnsupportedType {
         /// The file.
@@ -191,6 +191,16 @@ impl GgmlType {
     pub const Q8_0: GgmlType = GgmlType(8);
     /// bfloat16.
     pub const BF16: GgmlType = GgmlType(30);
+    /// 2-bit super-blocks of 256: 16 sub-blocks with 4-bit scales and minimums.
+    pub const Q2_K: GgmlType = GgmlType(10);
+    /// 3-bit super-blocks of 256: 16 sub-blocks with 6-bit signed scales, no minimum.
+    pub const Q3_K: GgmlType = GgmlType(11);
+    /// 4-bit super-blocks of 256: 8 sub-blocks with 6-bit scales and minimums.
+    pub const Q4_K: GgmlType = GgmlType(12);
+    /// 5-bit super-blocks of 256: Q4_K's layout plus one high bit per element.
+    pub const Q5_K: GgmlType = GgmlType(13);
+    /// 6-bit super-blocks of 256: 16 sub-blocks with 8-bit signed scales.
+    pub const Q6_K: GgmlType = GgmlType(14);
 
     /// ggml's name for the type (`Q4_K`, ...), or `type N` for an id unknown here.
     pub fn name(self) -> String {
@@ -267,7 +277,7 @@ impl GgmlType {
 
     /// Whether [`dequantize`] handles the type.
     pub fn is_supported(self) -> bool {
-        matches!(self.0, 0 | 1 | 2 | 3 | 8 | 30)
+        matches!(self.0, 0 | 1 | 2 | 3 | 8 | 10..=14 | 30)
     }
 }
 
@@ -335,9 +345,127 @@ pub fn dequantize(ty: GgmlType, data: &[u8]) -> Option<Vec<f32>> {
             }
             out
         }
+        GgmlType::Q2_K => k_quant(data, 84, dequantize_q2_k),
+        GgmlType::Q3_K => k_quant(data, 110, dequantize_q3_k),
+        GgmlType::Q4_K => k_quant(data, 144, |b, out| dequantize_q45_k(b, false, out)),
+        GgmlType::Q5_K => k_quant(data, 176, |b, out| dequantize_q45_k(b, true, out)),
+        GgmlType::Q6_K => k_quant(data, 210, dequantize_q6_k),
         _ => return None,
     };
     Some(out)
+}
+
+/// Elements in a K-quant super-block.
+const QK_K: usize = 256;
+
+fn f16_le(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// Every whole super-block of `size` bytes in `data`, each dequantized into 256 floats.
+fn k_quant(data: &[u8], size: usize, block: impl Fn(&[u8], &mut [f32])) -> Vec<f32> {
+    let mut out = vec![0f32; data.len() / size * QK_K];
+    for (b, o) in data.chunks_exact(size).zip(out.chunks_exact_mut(QK_K)) {
+        block(b, o);
+    }
+    out
+}
+
+/// Q2_K: scales[16] (low nibble the scale, high the minimum), qs[64], d, dmin. Each half of
+/// 128 elements reads 32 bytes of qs four times, two bits at a time; each 16 elements have a
+/// sub-block of their own.
+fn dequantize_q2_k(b: &[u8], out: &mut [f32]) {
+    let (scales, qs) = (&b[..16], &b[16..80]);
+    let (d, dmin) = (f16_le(b, 80), f16_le(b, 82));
+    for (i, y) in out.iter_mut().enumerate() {
+        let (half, within) = (i / 128, i % 128);
+        let (shift, l) = (2 * (within / 32), within % 32);
+        let sc = scales[i / 16];
+        let q = (qs[32 * half + l] >> shift) & 3;
+        *y = d * f32::from(sc & 0x0f) * f32::from(q) - dmin * f32::from(sc >> 4);
+    }
+}
+
+/// Q3_K: hmask[32] (the third bit, one bit-plane per 32 elements), qs[64] (the low two bits,
+/// laid out as Q2_K's), scales[12] (sixteen 6-bit scales, offset by 32), d. An element whose
+/// high bit is clear is 4 lower.
+fn dequantize_q3_k(b: &[u8], out: &mut [f32]) {
+    let (hmask, qs, packed) = (&b[..32], &b[32..96], &b[96..108]);
+    let d = f16_le(b, 108);
+    // Scale j: its low four bits from byte j % 8 (low nibble for j < 8, high above), its top two
+    // from byte 8 + j % 4, at bit 2 * (j / 4).
+    let scale = |j: usize| -> f32 {
+        let low = if j < 8 {
+            packed[j] & 0x0f
+        } else {
+            packed[j - 8] >> 4
+        };
+        let high = (packed[8 + j % 4] >> (2 * (j / 4))) & 3;
+        f32::from((low | (high << 4)) as i8 - 32)
+    };
+    for (i, y) in out.iter_mut().enumerate() {
+        let (half, within) = (i / 128, i % 128);
+        let (shift, l) = (2 * (within / 32), within % 32);
+        let low = (qs[32 * half + l] >> shift) & 3;
+        let plane = i / 32;
+        let high = hmask[l] >> plane & 1;
+        let q = f32::from(low) - if high == 1 { 0.0 } else { 4.0 };
+        *y = d * scale(i / 16) * q;
+    }
+}
+
+/// The 6-bit scale and minimum of sub-block `j` (0..8) of Q4_K and Q5_K, packed in 12 bytes:
+/// sub-blocks 0-3 in the low six bits of bytes 0-3 (scales) and 4-7 (minimums); 4-7 in the
+/// nibbles of bytes 8-11, with their top two bits in the top bits of bytes 0-7.
+fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
+    let (sc, m) = if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    };
+    (f32::from(sc), f32::from(m))
+}
+
+/// Q4_K: d, dmin, scales[12], qs[128]; Q5_K has qh[32] before qs, one high bit per element (bit
+/// j of qh[l] for sub-block j). Each 64 elements read 32 bytes of qs: low nibbles for the first
+/// sub-block of 32, high for the second. y = d * scale * q - dmin * min.
+fn dequantize_q45_k(b: &[u8], five: bool, out: &mut [f32]) {
+    let (d, dmin, scales) = (f16_le(b, 0), f16_le(b, 2), &b[4..16]);
+    let (qh, qs) = if five {
+        (&b[16..48], &b[48..176])
+    } else {
+        (&b[0..0], &b[16..144])
+    };
+    for (i, y) in out.iter_mut().enumerate() {
+        let (sub, l) = (i / 32, i % 32);
+        let byte = qs[32 * (sub / 2) + l];
+        let mut q = if sub % 2 == 0 { byte & 0x0f } else { byte >> 4 };
+        if five {
+            q |= ((qh[l] >> sub) & 1) << 4;
+        }
+        let (sc, m) = scale_min_k4(sub, scales);
+        *y = d * sc * f32::from(q) - dmin * m;
+    }
+}
+
+/// Q6_K: ql[128] (low four bits), qh[64] (high two), scales[16] (signed, one per 16 elements),
+/// d. Each half of 128 elements reads 64 bytes of ql and 32 of qh: quarter k of it takes the
+/// low (k even) or high nibble of ql[l + 32 * (k % 2)] and bits 2k..2k+2 of qh[l].
+fn dequantize_q6_k(b: &[u8], out: &mut [f32]) {
+    let (ql, qh, scales) = (&b[..128], &b[128..192], &b[192..208]);
+    let d = f16_le(b, 208);
+    for (i, y) in out.iter_mut().enumerate() {
+        let (half, within) = (i / 128, i % 128);
+        let (k, l) = (within / 32, within % 32);
+        let byte = ql[64 * half + l + 32 * (k % 2)];
+        let low = if k < 2 { byte & 0x0f } else { byte >> 4 };
+        let high = (qh[32 * half + l] >> (2 * k)) & 3;
+        let q = i32::from(low | (high << 4)) - 32;
+        *y = d * f32::from(scales[i / 16] as i8) * q as f32;
+    }
 }
 
 /// Reads little-endian values from the bytes of a file, reporting truncation by name.
@@ -1046,6 +1174,80 @@ mod tests {
         f16::from_f32(x).to_le_bytes()
     }
 
+    /// Q4_K by hand: d = 1, dmin = 0.5; sub-block 0 has scale 2 and minimum 1 (low six bits of
+    /// bytes 0 and 4), sub-block 5 scale 3 + 16 and minimum 4 + 32 (nibbles of byte 9, top bits
+    /// of bytes 1 and 5); element 0 is the low nibble 7 of qs[0], element 32 (sub-block 1) its
+    /// high nibble 9, element 160 + 3 (sub-block 5) the high nibble of qs[64 + 3].
+    #[test]
+    fn q4_k_block_by_hand() {
+        let mut b = vec![0u8; 144];
+        b[..2].copy_from_slice(&h(1.0));
+        b[2..4].copy_from_slice(&h(0.5));
+        let sc = &mut b[4..16];
+        sc[0] = 2;
+        sc[4] = 1;
+        sc[1] = 1 << 6; // sub-block 5's scale, bit 4
+        sc[5] = 2 << 6; // sub-block 5's minimum, bit 5
+        sc[9] = 3 | (4 << 4);
+        b[16] = 7 | (9 << 4);
+        b[16 + 64 + 3] = 0x50;
+        let v = dequantize(GgmlType::Q4_K, &b).unwrap();
+        assert_eq!(v.len(), 256);
+        assert_eq!(v[0], 2.0 * 7.0 - 0.5);
+        // Sub-block 1: scale and minimum 0.
+        assert_eq!(v[32], 0.0);
+        assert_eq!(v[160 + 3], 19.0 * 5.0 - 0.5 * 36.0);
+        assert_eq!(v[160 + 4], -0.5 * 36.0);
+    }
+
+    /// Each K-quant against the gguf Python package's dequantization of the same random blocks
+    /// (scripts/make-parity-fixtures writes them).
+    #[test]
+    fn k_quants_match_the_gguf_package() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/gguf-kquants.json"
+        );
+        let fixture: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        for (name, ty) in [
+            ("Q2_K", GgmlType::Q2_K),
+            ("Q3_K", GgmlType::Q3_K),
+            ("Q4_K", GgmlType::Q4_K),
+            ("Q5_K", GgmlType::Q5_K),
+            ("Q6_K", GgmlType::Q6_K),
+        ] {
+            assert_eq!(ty.name(), name);
+            assert!(ty.is_supported(), "{name}");
+            let hex = fixture[name]["bytes"].as_str().unwrap();
+            let bytes: Vec<u8> = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                .collect();
+            let want: Vec<f64> = fixture[name]["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            let got = dequantize(ty, &bytes).unwrap();
+            assert_eq!(got.len(), want.len(), "{name}");
+            assert_eq!(
+                Some(bytes.len() as u64),
+                ty.byte_size(got.len() as u64),
+                "{name}"
+            );
+            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+            assert!(scale > 0.01, "{name}: a fixture of real values");
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (f64::from(*g) - w).abs() <= 1e-6 * scale,
+                    "{name}[{i}]: {g} against the gguf package's {w}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn q8_0_block() {
         let mut b = h(0.5).to_vec();
@@ -1102,7 +1304,8 @@ mod tests {
         assert_eq!(v, vec![1.5, -2.0]);
         let v = dequantize(GgmlType::BF16, &bf16::from_f32(3.0).to_le_bytes()).unwrap();
         assert_eq!(v, vec![3.0]);
-        assert!(dequantize(GgmlType(12), &[0; 144]).is_none());
+        assert!(dequantize(GgmlType(16), &[0; 66]).is_none());
+        assert_eq!(GgmlType(16).name(), "IQ2_XXS");
         assert_eq!(GgmlType(12).name(), "Q4_K");
         assert_eq!(GgmlType(12).byte_size(512), Some(288));
     }
@@ -1262,15 +1465,18 @@ mod tests {
         assert!(e.contains("truncated file"), "{e}");
 
         let mut w = small_file();
-        w.tensors[1].2 = GgmlType(12);
-        w.tensors[1].1 = vec![256, 1];
-        w.tensors[1].3 = vec![0; 144];
+        w.tensors[1].2 = GgmlType(6);
+        w.tensors[1].1 = vec![32, 1];
+        w.tensors[1].3 = vec![0; 22];
         let f = GgufFile::parse(w.bytes(), p).unwrap();
         let e = f
             .tensor_f32(f.tensor("blk.0.attn_k.weight").unwrap())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("Q4_K") && e.contains("not supported"), "{e}");
+        assert!(
+            e.contains("Q5_0") && e.contains("not supported") && e.contains("Q6_K"),
+            "named, with the types that are: {e}"
+        );
 
         let mut w = small_file();
         w.kv[0].1 = GgufValue::String("gpt2".into());
