@@ -224,26 +224,10 @@ mod hf {
         };
         let meta = |e: GgufError| bad(e.to_string());
         let model = file.get_str("tokenizer.ggml.model").map_err(meta)?;
-        if model != Some("gpt2") {
-            return Err(bad(format!(
-                "tokenizer.ggml.model is {model:?}; only \"gpt2\" (byte-level BPE) is supported"
-            )));
-        }
         let tokens = file
             .get_str_array("tokenizer.ggml.tokens")
             .map_err(meta)?
             .ok_or_else(|| bad("tokenizer.ggml.tokens is missing".into()))?;
-        let merges = file
-            .get_str_array("tokenizer.ggml.merges")
-            .map_err(meta)?
-            .ok_or_else(|| bad("tokenizer.ggml.merges is missing".into()))?
-            .into_iter()
-            .map(|m| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| bad(format!("merge {m:?} is not two tokens")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
         let types: Vec<i64> = match file.get("tokenizer.ggml.token_type") {
             Some(v) => v
                 .as_array()
@@ -251,40 +235,175 @@ mod hf {
                 .unwrap_or_default(),
             None => Vec::new(),
         };
-        let vocab: Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.to_string(), i as u32))
-            .collect();
+        let mut inner = match model {
+            Some("gpt2") => byte_level_bpe(file, &tokens).map_err(bad)?,
+            Some("llama") => sentencepiece_bpe(file, &tokens, &types).map_err(bad)?,
+            other => {
+                return Err(bad(format!(
+                    "tokenizer.ggml.model is {other:?}; supported: \"gpt2\" (byte-level BPE) and \"llama\" (SentencePiece BPE)"
+                )))
+            }
+        };
+        add_special_tokens(&mut inner, &tokens, &types);
+        specials(file, inner, tokens.len())
+    }
+
+    /// A byte-level BPE (GGUF model `gpt2`): the file's merges, and the pre-tokenizer named by
+    /// `tokenizer.ggml.pre`.
+    fn byte_level_bpe(file: &GgufFile, tokens: &[&str]) -> Result<tokenizers::Tokenizer, String> {
+        let meta = |e: GgufError| e.to_string();
+        let merges = file
+            .get_str_array("tokenizer.ggml.merges")
+            .map_err(meta)?
+            .ok_or_else(|| "tokenizer.ggml.merges is missing".to_string())?
+            .into_iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| format!("merge {m:?} is not two tokens"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
+            .vocab_and_merges(vocab_of(tokens), merges)
             .build()
-            .map_err(|e| bad(format!("building BPE: {e}")))?;
+            .map_err(|e| format!("building BPE: {e}"))?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
         let pre = file
             .get_str("tokenizer.ggml.pre")
             .map_err(meta)?
             .unwrap_or("default");
-        inner.with_pre_tokenizer(Some(pre_tokenizer(pre).map_err(bad)?));
+        inner.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
         inner.with_decoder(Some(ByteLevel::default()));
-        // Control tokens (type 3) are special; user-defined ones (type 4) are added tokens.
+        Ok(inner)
+    }
+
+    fn vocab_of(tokens: &[&str]) -> Vocab {
+        tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.to_string(), i as u32))
+            .collect()
+    }
+
+    /// GGUF's token types: normal, unknown, control, user-defined, unused, byte.
+    const NORMAL: i64 = 1;
+    const UNKNOWN: i64 = 2;
+    const CONTROL: i64 = 3;
+    const USER_DEFINED: i64 = 4;
+
+    /// SentencePiece's BPE (GGUF model `llama`: Llama 2, TinyLlama, Mistral v0.1) from the
+    /// file's pieces and scores: SentencePiece merges the adjacent pair whose union is the
+    /// highest-scoring piece, so each piece that splits into two pieces becomes a merge, ranked
+    /// by its score (ties by the ids of its parts, the order Hugging Face's converter uses). Text
+    /// has spaces written as U+2581 and one prefixed (`tokenizer.ggml.add_space_prefix`, default
+    /// on); characters outside the vocabulary fall back to the `<0xNN>` byte pieces.
+    fn sentencepiece_bpe(
+        file: &GgufFile,
+        tokens: &[&str],
+        types: &[i64],
+    ) -> Result<tokenizers::Tokenizer, String> {
+        use tokenizers::decoders::byte_fallback::ByteFallback;
+        use tokenizers::decoders::fuse::Fuse;
+        use tokenizers::decoders::sequence::Sequence as Decoders;
+        use tokenizers::decoders::strip::Strip;
+        use tokenizers::normalizers::{Prepend, Replace, Sequence as Normalizers};
+        use tokenizers::DecoderWrapper;
+
+        let scores: Vec<f64> = file
+            .get("tokenizer.ggml.scores")
+            .and_then(|v| v.as_array())
+            .ok_or("tokenizer.ggml.scores is missing (a SentencePiece vocabulary ranks by it)")?
+            .iter()
+            .map(|x| x.as_f64().ok_or("tokenizer.ggml.scores holds a non-number"))
+            .collect::<Result<_, _>>()?;
+        if scores.len() != tokens.len() {
+            return Err(format!(
+                "tokenizer.ggml.scores has {} entries for {} tokens",
+                scores.len(),
+                tokens.len()
+            ));
+        }
+        let ty = |i: usize| types.get(i).copied().unwrap_or(NORMAL);
+        let vocab = vocab_of(tokens);
+        // (score, left id, right id, left, right), one per split of a normal piece.
+        let mut merges: Vec<(f64, u32, u32, &str, &str)> = Vec::new();
+        for (i, piece) in tokens.iter().enumerate() {
+            if ty(i) != NORMAL && ty(i) != USER_DEFINED {
+                continue;
+            }
+            for (at, _) in piece.char_indices().skip(1) {
+                let (l, r) = piece.split_at(at);
+                if let (Some(&a), Some(&b)) = (vocab.get(l), vocab.get(r)) {
+                    merges.push((scores[i], a, b, l, r));
+                }
+            }
+        }
+        merges.sort_by(|x, y| y.0.total_cmp(&x.0).then((x.1, x.2).cmp(&(y.1, y.2))));
+        let merges = merges
+            .into_iter()
+            .map(|(_, _, _, l, r)| (l.to_string(), r.to_string()))
+            .collect();
+        let mut builder = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .byte_fallback(true)
+            .fuse_unk(true);
+        if let Some(unk) = (0..tokens.len()).find(|&i| ty(i) == UNKNOWN) {
+            builder = builder.unk_token(tokens[unk].to_string());
+        }
+        let bpe = builder.build().map_err(|e| format!("building BPE: {e}"))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        let prefix = file
+            .get("tokenizer.ggml.add_space_prefix")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(true);
+        let space = Replace::new(" ", "\u{2581}").map_err(|e| e.to_string())?;
+        let mut normalizers = vec![space.into()];
+        let mut decoders: Vec<DecoderWrapper> = vec![
+            Replace::new("\u{2581}", " ")
+                .map_err(|e| e.to_string())?
+                .into(),
+            ByteFallback::new().into(),
+            Fuse::new().into(),
+        ];
+        if prefix {
+            normalizers.insert(0, Prepend::new("\u{2581}".into()).into());
+            decoders.push(Strip::new(' ', 1, 0).into());
+        }
+        inner.with_normalizer(Some(Normalizers::new(normalizers)));
+        inner.with_decoder(Some(Decoders::new(decoders)));
+        Ok(inner)
+    }
+
+    /// Control tokens (type 3) are special; user-defined ones (type 4) are added tokens.
+    fn add_special_tokens(inner: &mut tokenizers::Tokenizer, tokens: &[&str], types: &[i64]) {
         let added = |ty: i64, special: bool| -> Vec<AddedToken> {
             tokens
                 .iter()
-                .zip(&types)
+                .zip(types)
                 .filter(|(_, &t)| t == ty)
                 .map(|(s, _)| AddedToken::from(s.to_string(), special))
                 .collect()
         };
-        inner.add_special_tokens(&added(3, true));
-        inner.add_tokens(&added(4, false));
+        inner.add_special_tokens(&added(CONTROL, true));
+        inner.add_tokens(&added(USER_DEFINED, false));
+    }
 
+    /// BOS (when the file adds one), EOS and PAD from the file's `tokenizer.ggml.*_token_id`.
+    fn specials(
+        file: &GgufFile,
+        inner: tokenizers::Tokenizer,
+        n_tokens: usize,
+    ) -> Result<Tokenizer, TokenizerError> {
+        let bad = |msg: String| TokenizerError::Build {
+            source_name: shown(&file.path),
+            msg,
+        };
+        let meta = |e: GgufError| bad(e.to_string());
         let id = |key: &str| -> Result<Option<i64>, TokenizerError> {
             let v = file.get_int(key).map_err(meta)?;
             match v {
-                Some(i) if i < 0 || i as usize >= tokens.len() => Err(bad(format!(
-                    "{key} {i} is outside the vocabulary of {}",
-                    tokens.len()
+                Some(i) if i < 0 || i as usize >= n_tokens => Err(bad(format!(
+                    "{key} {i} is outside the vocabulary of {n_tokens}"
                 ))),
                 v => Ok(v),
             }
@@ -479,6 +598,62 @@ pub(crate) mod tests {
         let s = t.specials();
         assert_eq!((s.bos, s.eos, s.pad), (None, 262, 263));
         assert_eq!(t.vocab_size(), 264);
+    }
+
+    /// A SentencePiece vocabulary in a GGUF (Llama 2's kind: pieces and scores, no merges)
+    /// encodes as sentencepiece itself does, byte fallback included, and decodes back
+    /// (tests/fixtures/spm, written by scripts/make-parity-fixtures with the sentencepiece
+    /// package).
+    #[cfg(feature = "torch")]
+    #[test]
+    fn sentencepiece_gguf_vocabularies_encode_as_sentencepiece_does() {
+        use crate::model::gguf::GgufFile;
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spm");
+        let t = Tokenizer::from_gguf(&GgufFile::open(&dir.join("tiny-spm.gguf")).unwrap()).unwrap();
+        let expected: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
+                .unwrap();
+        let cases = expected["cases"].as_array().unwrap();
+        assert!(cases.len() >= 8);
+        let mut byte_fallbacks = 0;
+        for case in cases {
+            let text = case["text"].as_str().unwrap();
+            let want: Vec<i64> = case["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i.as_i64().unwrap())
+                .collect();
+            let ids = t.encode(text).unwrap();
+            assert_eq!(ids, want, "{text:?}");
+            byte_fallbacks += ids.iter().filter(|&&i| (3..259).contains(&i)).count();
+            assert_eq!(
+                t.decode(&ids).unwrap(),
+                case["decoded"].as_str().unwrap(),
+                "{text:?}"
+            );
+        }
+        assert!(byte_fallbacks > 0, "the fixture exercises byte fallback");
+        let s = t.specials();
+        assert_eq!((s.bos, s.eos), (Some(1), 2));
+        assert_eq!(t.vocab_size(), 400);
+
+        // Another tokenizer model is refused by name, with the ones that are read.
+        use crate::model::gguf::{writer::GgufWriter, GgufValue};
+        let mut w = GgufWriter::new();
+        for (k, v) in tiny_bpe_metadata() {
+            let v = match k.as_str() {
+                "tokenizer.ggml.model" => GgufValue::String("bert".into()),
+                _ => v,
+            };
+            w.kv(&k, v);
+        }
+        let f = GgufFile::parse(w.bytes(), Path::new("t.gguf")).unwrap();
+        let e = Tokenizer::from_gguf(&f).unwrap_err().to_string();
+        assert!(
+            e.contains("t.gguf") && e.contains("\"bert\"") && e.contains("\"llama\""),
+            "{e}"
+        );
     }
 
     #[cfg(feature = "torch")]
