@@ -1,10 +1,13 @@
 //! `sweep`'s forward pass against Hugging Face transformers' on the tiny random checkpoints that
 //! scripts/make-parity-fixtures writes (tests/fixtures/parity/): the same logits within 1e-5 for
-//! every config layout the model code reads, and a refusal naming the field for one it does not.
+//! every config layout the model code reads, and a refusal naming the field for one it does not;
+//! and the Qwen fixtures' GGUFs (written by the gguf package as llama.cpp's converter names them)
+//! to the same logits.
 #![cfg(feature = "torch")]
 
 use std::path::PathBuf;
 
+use sweep::model::gguf::{load_llama, GgufFile};
 use sweep::model::llama::{BuildOptions, Llama};
 use tch::{Device, Tensor};
 
@@ -17,6 +20,7 @@ fn logits_match_transformers_or_the_config_is_refused() {
         .collect();
     dirs.sort();
     assert!(dirs.len() >= 14, "{dirs:?}");
+    let mut ggufs = 0;
     for dir in dirs {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         let expect: serde_json::Value =
@@ -56,5 +60,23 @@ fn logits_match_transformers_or_the_config_is_refused() {
             diff < 1e-5,
             "{name}: max |sweep - transformers| = {diff} (logits up to {scale})"
         );
+        // The same model as llama.cpp's converter writes its GGUF (Qwen's fixtures have one).
+        let gguf = dir.join("model.gguf");
+        if gguf.exists() {
+            let file = GgufFile::open(&gguf).unwrap();
+            let model = load_llama(&file, &BuildOptions::default(), Device::Cpu)
+                .unwrap_or_else(|e| panic!("{name}/model.gguf: {e}"));
+            let logits = {
+                let _g = tch::no_grad_guard();
+                model.forward(&tokens, false).unwrap().squeeze_dim(0)
+            };
+            let diff = (&logits - want).abs().max().double_value(&[]);
+            assert!(
+                diff < 1e-5,
+                "{name}/model.gguf: max |sweep - transformers| = {diff}"
+            );
+            ggufs += 1;
+        }
     }
+    assert!(ggufs >= 3, "the Qwen GGUFs were compared ({ggufs})");
 }

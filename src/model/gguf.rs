@@ -827,17 +827,21 @@ impl GgufFile {
         Ok(values)
     }
 
-    /// The Llama configuration from `llama.*` metadata (vocabulary from the token list, tied
-    /// embeddings when there is no `output.weight`).
+    /// The model's configuration from its `ARCH.*` metadata (ARCH = `general.architecture`:
+    /// llama, qwen2 or qwen3; vocabulary from the token list, tied embeddings when there is no
+    /// `output.weight`, the head width from `ARCH.attention.key_length` where it is given,
+    /// biases and Qwen3's q/k norms from the tensors present).
     pub fn llama_config(&self) -> Result<LlamaConfig, GgufError> {
         let arch = self.get_str("general.architecture")?.unwrap_or("");
-        if arch != "llama" {
+        if !GGUF_ARCHITECTURES.contains(&arch) {
             return Err(self.invalid(format!(
-                "general.architecture is {arch:?}; only \"llama\" models load"
+                "general.architecture is {arch:?}; supported: {}",
+                GGUF_ARCHITECTURES.join(", ")
             )));
         }
-        let required = |key: &str| -> Result<usize, GgufError> {
-            let full = format!("llama.{key}");
+        let key = |k: &str| format!("{arch}.{k}");
+        let required = |k: &str| -> Result<usize, GgufError> {
+            let full = key(k);
             match self.get_int(&full)? {
                 Some(v) if v > 0 => Ok(v as usize),
                 Some(v) => Err(self.invalid(format!("{full} is {v}"))),
@@ -846,28 +850,38 @@ impl GgufFile {
         };
         let hidden = required("embedding_length")?;
         let heads = required("attention.head_count")?;
-        let kv = match self.get_int("llama.attention.head_count_kv")? {
+        let kv = match self.get_int(&key("attention.head_count_kv"))? {
             Some(v) if v > 0 => v as usize,
             _ => heads,
         };
         let vocab = match self.get_str_array("tokenizer.ggml.tokens")? {
             Some(t) => t.len(),
-            None => match self.get_int("llama.vocab_size")? {
+            None => match self.get_int(&key("vocab_size"))? {
                 Some(v) if v > 0 => v as usize,
                 _ => {
-                    return Err(self.invalid(
-                        "no tokenizer.ggml.tokens or llama.vocab_size to size the vocabulary"
-                            .into(),
-                    ))
+                    return Err(self.invalid(format!(
+                        "no tokenizer.ggml.tokens or {arch}.vocab_size to size the vocabulary"
+                    )))
                 }
             },
         };
-        if let Some(rot) = self.get_int("llama.rope.dimension_count")? {
-            if rot as usize != hidden / heads {
+        let head_dim = match self.get_int(&key("attention.key_length"))? {
+            Some(k) if k > 0 && k as usize != hidden / heads => Some(k as usize),
+            _ => None,
+        };
+        let width = head_dim.unwrap_or(hidden / heads);
+        if let Some(v) = self.get_int(&key("attention.value_length"))? {
+            if v as usize != width {
                 return Err(self.invalid(format!(
-                    "llama.rope.dimension_count {rot} differs from the head width {}; partial \
-                     rotary embeddings are not supported",
-                    hidden / heads
+                    "{arch}.attention.value_length {v} differs from the key width {width}, which is not supported"
+                )));
+            }
+        }
+        if let Some(rot) = self.get_int(&key("rope.dimension_count"))? {
+            if rot as usize != width {
+                return Err(self.invalid(format!(
+                    "{arch}.rope.dimension_count {rot} differs from the head width {width}; partial \
+                     rotary embeddings are not supported"
                 )));
             }
         }
@@ -879,13 +893,44 @@ impl GgufFile {
                     .into(),
             ));
         }
-        if let Some(kind) = self.get_str("llama.rope.scaling.type")? {
+        if let Some(kind) = self.get_str(&key("rope.scaling.type"))? {
             if kind != "none" {
                 return Err(self.invalid(format!(
-                    "llama.rope.scaling.type is `{kind}` (RoPE scaling), which is not supported yet"
+                    "{arch}.rope.scaling.type is `{kind}` (RoPE scaling), which is not supported yet"
                 )));
             }
         }
+        let has = |t: &str| self.tensor(&format!("blk.0.{t}")).is_some();
+        let attention_bias = match arch {
+            // Qwen2's q/k/v biases are its architecture's; Qwen3 has them all or none.
+            "qwen3" => has("attn_output.bias"),
+            "qwen2" => false,
+            _ if ["attn_q.bias", "attn_k.bias", "attn_v.bias", "attn_output.bias", "ffn_up.bias"]
+                .iter()
+                .any(|t| has(t)) =>
+            {
+                return Err(self.invalid(
+                    "its llama blocks have bias tensors, which this model code does not read from a GGUF (llama.cpp's converter does not permute them with Q and K)"
+                        .into(),
+                ))
+            }
+            _ => false,
+        };
+        if arch != "qwen3" && (has("attn_q_norm.weight") || has("attn_k_norm.weight")) {
+            return Err(self.invalid(format!(
+                "it has q/k norm tensors, which {arch} models do not have"
+            )));
+        }
+        let sliding = self.get_int(&key("attention.sliding_window"))?;
+        if let Some(w) = sliding.filter(|w| *w > 0) {
+            return Err(self.invalid(format!(
+                "{arch}.attention.sliding_window is {w}: a sliding window from a GGUF is not supported yet"
+            )));
+        }
+        let get = |k: &str| self.get_int(&key(k));
+        let context = get("context_length")?;
+        let eps = self.get_float(&key("attention.layer_norm_rms_epsilon"))?;
+        let theta = self.get_float(&key("rope.freq_base"))?;
         Ok(LlamaConfig {
             vocab_size: vocab,
             hidden_size: hidden,
@@ -893,24 +938,24 @@ impl GgufFile {
             num_hidden_layers: required("block_count")?,
             num_attention_heads: heads,
             num_key_value_heads: Some(kv),
-            max_position_embeddings: self
-                .get_int("llama.context_length")?
-                .map_or(2048, |v| v.max(1) as usize),
-            rms_norm_eps: self
-                .get_float("llama.attention.layer_norm_rms_epsilon")?
-                .unwrap_or(1e-5),
-            rope_theta: self.get_float("llama.rope.freq_base")?.unwrap_or(10_000.0),
+            max_position_embeddings: context.map_or(2048, |v| v.max(1) as usize),
+            rms_norm_eps: eps.unwrap_or(1e-5),
+            rope_theta: theta.unwrap_or(10_000.0),
             tie_word_embeddings: self.tensor("output.weight").is_none(),
             rope_scaling: None,
             sliding_window: None,
-            model_type: None,
-            head_dim: None,
-            attention_bias: false,
+            model_type: (arch != "llama").then(|| arch.to_string()),
+            head_dim,
+            attention_bias,
             mlp_bias: false,
             source: None,
         })
     }
 }
+
+/// The `general.architecture`s whose GGUFs load: Llama's, and Qwen2's and Qwen3's (Hugging Face
+/// names; Q and K are not permuted by llama.cpp's converter for Qwen).
+pub const GGUF_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3"];
 
 /// The Hugging Face name of a llama.cpp tensor name, or None for one the model does not use.
 pub fn hf_name(gguf: &str) -> Option<String> {
@@ -931,6 +976,12 @@ pub fn hf_name(gguf: &str) -> Option<String> {
         "ffn_gate.weight" => "mlp.gate_proj.weight",
         "ffn_up.weight" => "mlp.up_proj.weight",
         "ffn_down.weight" => "mlp.down_proj.weight",
+        "attn_q.bias" => "self_attn.q_proj.bias",
+        "attn_k.bias" => "self_attn.k_proj.bias",
+        "attn_v.bias" => "self_attn.v_proj.bias",
+        "attn_output.bias" => "self_attn.o_proj.bias",
+        "attn_q_norm.weight" => "self_attn.q_norm.weight",
+        "attn_k_norm.weight" => "self_attn.k_norm.weight",
         "attn_norm.weight" => "input_layernorm.weight",
         "ffn_norm.weight" => "post_attention_layernorm.weight",
         _ => return None,
@@ -1005,7 +1056,10 @@ pub fn hf_tensors(
         };
         let shape = t.torch_shape();
         let mut values = file.tensor_f32(t)?;
-        let heads = if name.ends_with("q_proj.weight") {
+        // llama.cpp's converter permutes Llama's Q and K rows only.
+        let heads = if cfg.model_type.is_some() {
+            None
+        } else if name.ends_with("q_proj.weight") {
             Some(cfg.num_attention_heads)
         } else if name.ends_with("k_proj.weight") {
             Some(cfg.kv_heads())
@@ -1482,7 +1536,7 @@ mod tests {
         w.kv[0].1 = GgufValue::String("gpt2".into());
         let f = GgufFile::parse(w.bytes(), p).unwrap();
         let e = f.llama_config().unwrap_err().to_string();
-        assert!(e.contains("only \"llama\""), "{e}");
+        assert!(e.contains("supported: llama, qwen2, qwen3"), "{e}");
     }
 }
 

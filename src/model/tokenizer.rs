@@ -191,6 +191,10 @@ mod hf {
     /// Llama 3's pre-tokenizer pattern (`tokenizer.ggml.pre = "llama-bpe"`).
     const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+    /// Qwen2's (and Qwen2.5's, Qwen3's) pattern (`tokenizer.ggml.pre = "qwen2"`): Llama 3's with
+    /// single digits.
+    const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
     /// The pre-tokenizers of the `tokenizer.ggml.pre` names handled here.
     pub(super) fn pre_tokenizer(name: &str) -> Result<PreTokenizerWrapper, String> {
         let byte_level = |regex: bool| ByteLevel::new(false, true, regex);
@@ -199,9 +203,14 @@ mod hf {
             "smollm" => {
                 Sequence::new(vec![Digits::new(true).into(), byte_level(true).into()]).into()
             }
-            "llama-bpe" | "llama3" => {
+            "llama-bpe" | "llama3" | "qwen2" => {
+                let pattern = if name == "qwen2" {
+                    QWEN2_SPLIT
+                } else {
+                    LLAMA3_SPLIT
+                };
                 let split = Split::new(
-                    SplitPattern::Regex(LLAMA3_SPLIT.into()),
+                    SplitPattern::Regex(pattern.into()),
                     SplitDelimiterBehavior::Isolated,
                     false,
                 )
@@ -211,7 +220,7 @@ mod hf {
             other => {
                 return Err(format!(
                     "pre-tokenizer {other:?} (tokenizer.ggml.pre) is not supported; known: \
-                     default, gpt2, smollm, llama-bpe"
+                     default, gpt2, smollm, llama-bpe, qwen2"
                 ))
             }
         })
@@ -676,9 +685,14 @@ pub(crate) mod tests {
         );
         assert_eq!(pieces("smollm", "a 12"), vec!["a", "Ġ", "1", "2"]);
         assert_eq!(pieces("gpt2", "a 12"), vec!["a", "Ġ12"]);
-        let e = hf::pre_tokenizer("qwen2").unwrap_err();
+        // Qwen2's splits every digit.
+        assert_eq!(
+            pieces("qwen2", "Hi 12345!"),
+            vec!["Hi", "Ġ", "1", "2", "3", "4", "5", "!"]
+        );
+        let e = hf::pre_tokenizer("deepseek-llm").unwrap_err();
         assert!(
-            e.contains("\"qwen2\"") && e.contains("not supported"),
+            e.contains("\"deepseek-llm\"") && e.contains("not supported") && e.contains("qwen2"),
             "{e}"
         );
     }
