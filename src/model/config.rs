@@ -67,7 +67,9 @@ fn is_false(b: &bool) -> bool {
 }
 
 /// RoPE frequency scaling: `llama3` (Llama 3.1/3.2: low frequencies divided by `factor`, high
-/// ones kept, a smooth ramp between) or `linear` (every frequency divided by `factor`).
+/// ones kept, a smooth ramp between), `linear` (every frequency divided by `factor`), or
+/// `freq_factors` (a GGUF's `rope_freqs` tensor: frequency i divided by `freq_factors[i]`, which
+/// is how llama.cpp carries Llama 3's scaling; never read from a config.json).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RopeScaling {
     /// `llama3` or `linear`.
@@ -84,13 +86,25 @@ pub struct RopeScaling {
     /// llama3: the context length the model was pretrained at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original_max_position_embeddings: Option<usize>,
+    /// freq_factors: the divisor of each rotary frequency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freq_factors: Option<Vec<f64>>,
 }
 
 impl RopeScaling {
     /// The scaled inverse frequency of one rotary dimension pair (transformers'
     /// `_compute_llama3_parameters` and linear scaling).
-    pub fn scale(&self, inv_freq: f64) -> f64 {
+    pub fn scale(&self, i: usize, inv_freq: f64) -> f64 {
         match self.rope_type.as_str() {
+            "freq_factors" => {
+                inv_freq
+                    / self
+                        .freq_factors
+                        .as_ref()
+                        .and_then(|f| f.get(i))
+                        .copied()
+                        .unwrap_or(1.0)
+            }
             "llama3" => {
                 let (low, high) = (
                     self.low_freq_factor.unwrap_or(1.0),

@@ -885,14 +885,28 @@ impl GgufFile {
                 )));
             }
         }
-        // Llama 3's RoPE scaling travels as a `rope_freqs` tensor (and scaling metadata): this
-        // model code does not apply it, so such a file is refused rather than mis-computed.
-        if self.tensor("rope_freqs.weight").is_some() {
-            return Err(self.invalid(
-                "it has a rope_freqs tensor (Llama 3 RoPE scaling), which is not supported yet; it would be computed as another model"
-                    .into(),
-            ));
-        }
+        // Llama 3's RoPE scaling travels as a `rope_freqs` tensor: one divisor per rotary pair.
+        let rope_scaling = match self.tensor("rope_freqs.weight") {
+            None => None,
+            Some(t) => {
+                let factors = self.tensor_f32(t)?;
+                if factors.len() != width / 2 || factors.iter().any(|f| f.is_nan() || *f <= 0.0) {
+                    return Err(self.invalid(format!(
+                        "rope_freqs has {} values; a head of width {width} needs {} positive ones",
+                        factors.len(),
+                        width / 2
+                    )));
+                }
+                Some(crate::model::config::RopeScaling {
+                    rope_type: "freq_factors".into(),
+                    factor: 1.0,
+                    low_freq_factor: None,
+                    high_freq_factor: None,
+                    original_max_position_embeddings: None,
+                    freq_factors: Some(factors.iter().map(|&f| f64::from(f)).collect()),
+                })
+            }
+        };
         if let Some(kind) = self.get_str(&key("rope.scaling.type"))? {
             if kind != "none" {
                 return Err(self.invalid(format!(
@@ -942,7 +956,7 @@ impl GgufFile {
             rms_norm_eps: eps.unwrap_or(1e-5),
             rope_theta: theta.unwrap_or(10_000.0),
             tie_word_embeddings: self.tensor("output.weight").is_none(),
-            rope_scaling: None,
+            rope_scaling,
             sliding_window: None,
             model_type: (arch != "llama").then(|| arch.to_string()),
             head_dim,
@@ -1428,18 +1442,24 @@ mod tests {
         w
     }
 
-    /// Llama 3's RoPE scaling (a rope_freqs tensor, or scaling metadata) is refused, never
-    /// computed as plain RoPE.
+    /// Llama 3's RoPE scaling as llama.cpp carries it (a rope_freqs tensor: one divisor per
+    /// rotary pair) is read; one of the wrong length or not positive is refused, and so is
+    /// scaling metadata, never computed as plain RoPE.
     #[test]
-    fn rope_scaling_is_refused() {
+    fn rope_scaling_from_gguf() {
         let mut w = small_file();
         w.f32_tensor("rope_freqs.weight", &[2], &[1.0, 4.0]);
         let f = GgufFile::parse(w.bytes(), Path::new("m.gguf")).unwrap();
-        let e = f.llama_config().unwrap_err().to_string();
-        assert!(
-            e.contains("rope_freqs") && e.contains("not supported"),
-            "{e}"
-        );
+        let s = f.llama_config().unwrap().rope_scaling.unwrap();
+        assert_eq!(s.freq_factors, Some(vec![1.0, 4.0]));
+        assert_eq!((s.scale(0, 0.5), s.scale(1, 0.5)), (0.5, 0.125));
+        for bad in [&[1.0, 4.0, 2.0][..], &[1.0, 0.0]] {
+            let mut w = small_file();
+            w.f32_tensor("rope_freqs.weight", &[bad.len() as i64], bad);
+            let f = GgufFile::parse(w.bytes(), Path::new("m.gguf")).unwrap();
+            let e = f.llama_config().unwrap_err().to_string();
+            assert!(e.contains("m.gguf") && e.contains("rope_freqs has"), "{e}");
+        }
         let mut w = small_file();
         w.kv(
             "llama.rope.scaling.type",

@@ -123,7 +123,7 @@ impl Rope {
         let inv: Vec<f32> = (0..half)
             .map(|i| {
                 let f = 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64);
-                scaling.map_or(f, |s| s.scale(f)) as f32
+                scaling.map_or(f, |s| s.scale(i as usize, f)) as f32
             })
             .collect();
         let inv = Tensor::f_from_slice(&inv)?.f_to_device(device)?;

@@ -95,8 +95,7 @@ pub fn write_hf_model(
     } else {
         "float32"
     };
-    let config = export_config(&model.cfg, specials.bos, specials.eos, dtype)
-        .map_err(|e| err(e.to_string()))?;
+    let config = export_config(&model.cfg, specials.bos, specials.eos, dtype).map_err(err)?;
     let text = serde_json::to_vec_pretty(&config).map_err(|e| err(e.to_string()))?;
     let wrote_tokenizer = matches!(tokenizer, Tokenizer::Hf { .. });
     crate::util::write_dir_atomic(
@@ -146,7 +145,7 @@ fn export_config(
     bos: Option<i64>,
     eos: i64,
     dtype: &str,
-) -> Result<serde_json::Value, serde_json::Error> {
+) -> Result<serde_json::Value, String> {
     if let Some(source) = &cfg.source {
         let mut c = source.clone();
         // transformers 5 names the field `dtype`, 4 `torch_dtype`; keep the one it had.
@@ -158,7 +157,17 @@ fn export_config(
         c.insert(key.into(), dtype.into());
         return Ok(serde_json::Value::Object(c));
     }
-    let mut config = serde_json::to_value(cfg)?;
+    if cfg
+        .rope_scaling
+        .as_ref()
+        .is_some_and(|s| s.freq_factors.is_some())
+    {
+        return Err(
+            "the model's RoPE scaling came from a GGUF's rope_freqs tensor, which a config.json cannot express; export a run of the Hugging Face checkpoint instead (its rope_scaling is written back as read)"
+                .into(),
+        );
+    }
+    let mut config = serde_json::to_value(cfg).map_err(|e| e.to_string())?;
     if let Some(c) = config.as_object_mut() {
         let model_type = match (cfg.model_type.as_deref(), cfg.sliding_window) {
             (Some(t), _) => t,
@@ -239,6 +248,31 @@ pub fn write_peft_adapter(
 mod tests {
     use super::*;
     use crate::model::config::Module;
+
+    /// A shape from a GGUF gets its family's architecture name; RoPE scaling that only a
+    /// GGUF's rope_freqs carries is refused, not written as plain RoPE.
+    #[test]
+    fn exported_configs_name_the_family_or_refuse() {
+        use crate::model::config::{LlamaConfig, RopeScaling};
+        let mut cfg = LlamaConfig::builtin("tiny").unwrap();
+        cfg.model_type = Some("qwen2".into());
+        let c = export_config(&cfg, None, 2, "float32").unwrap();
+        assert_eq!(c["architectures"][0], "Qwen2ForCausalLM");
+        assert_eq!(
+            (c["model_type"].as_str(), c["eos_token_id"].as_i64()),
+            (Some("qwen2"), Some(2))
+        );
+        cfg.rope_scaling = Some(RopeScaling {
+            rope_type: "freq_factors".into(),
+            factor: 1.0,
+            low_freq_factor: None,
+            high_freq_factor: None,
+            original_max_position_embeddings: None,
+            freq_factors: Some(vec![1.0; 16]),
+        });
+        let e = export_config(&cfg, None, 2, "float32").unwrap_err();
+        assert!(e.contains("rope_freqs"), "{e}");
+    }
 
     #[test]
     fn peft_config_names_hf_modules() {
