@@ -67,10 +67,13 @@ fn is_false(b: &bool) -> bool {
 }
 
 /// RoPE frequency scaling: `llama3` (Llama 3.1/3.2: low frequencies divided by `factor`, high
-/// ones kept, a smooth ramp between), `linear` (every frequency divided by `factor`), or
+/// ones kept, a smooth ramp between), `linear` (every frequency divided by `factor`), `yarn`
+/// (YaRN: high frequencies kept, low ones divided by `factor`, a linear ramp between the
+/// correction dimensions of `beta_fast` and `beta_slow`, and cos/sin multiplied by an attention
+/// factor), or
 /// `freq_factors` (a GGUF's `rope_freqs` tensor: frequency i divided by `freq_factors[i]`, which
 /// is how llama.cpp carries Llama 3's scaling; never read from a config.json).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RopeScaling {
     /// `llama3` or `linear`.
     #[serde(alias = "type")]
@@ -89,6 +92,58 @@ pub struct RopeScaling {
     /// freq_factors: the divisor of each rotary frequency.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub freq_factors: Option<Vec<f64>>,
+    /// yarn: the factor on cos and sin (default from `factor`, `mscale` and `mscale_all_dim`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_factor: Option<f64>,
+    /// yarn: rotations bounding the ramp (defaults 32 and 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta_fast: Option<f64>,
+    /// yarn: see `beta_fast`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta_slow: Option<f64>,
+    /// yarn: DeepSeek's scalars on log(factor) in the attention factor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mscale: Option<f64>,
+    /// yarn: see `mscale`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mscale_all_dim: Option<f64>,
+    /// yarn: round the ramp's bounds to whole dimensions (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncate: Option<bool>,
+}
+
+/// The keys of a `rope_scaling` / `rope_parameters` object that are read (any other is refused:
+/// it would change the rotation).
+const ROPE_KEYS: &[&str] = &[
+    "rope_type",
+    "type",
+    "rope_theta",
+    "factor",
+    "low_freq_factor",
+    "high_freq_factor",
+    "original_max_position_embeddings",
+    "attention_factor",
+    "beta_fast",
+    "beta_slow",
+    "mscale",
+    "mscale_all_dim",
+    "truncate",
+];
+
+/// The inverse frequencies of RoPE for heads of width `head_dim` with base `theta`, scaled as
+/// transformers computes them (one per rotary pair), and the factor on cos and sin.
+pub fn rope_frequencies(
+    head_dim: usize,
+    theta: f64,
+    scaling: Option<&RopeScaling>,
+) -> (Vec<f64>, f64) {
+    let plain = |i: usize| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64);
+    let half = head_dim / 2;
+    match scaling {
+        None => ((0..half).map(plain).collect(), 1.0),
+        Some(s) if s.rope_type == "yarn" => s.yarn(head_dim, theta),
+        Some(s) => ((0..half).map(|i| s.scale(i, plain(i))).collect(), 1.0),
+    }
 }
 
 impl RopeScaling {
@@ -125,12 +180,66 @@ impl RopeScaling {
         }
     }
 
+    /// YaRN's frequencies and attention factor (transformers' `_compute_yarn_parameters`).
+    fn yarn(&self, dim: usize, base: f64) -> (Vec<f64>, f64) {
+        let factor = self.factor;
+        let mscale = |scale: f64, m: f64| {
+            if scale <= 1.0 {
+                1.0
+            } else {
+                0.1 * m * scale.ln() + 1.0
+            }
+        };
+        let attention = self
+            .attention_factor
+            .unwrap_or(match (self.mscale, self.mscale_all_dim) {
+                (Some(m), Some(all)) if m != 0.0 && all != 0.0 => {
+                    mscale(factor, m) / mscale(factor, all)
+                }
+                _ => mscale(factor, 1.0),
+            });
+        let original = self.original_max_position_embeddings.unwrap_or(0) as f64;
+        let d = dim as f64;
+        // The dimension at which a frequency turns `rotations` times over the original context.
+        let correction = |rotations: f64| {
+            d * (original / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln())
+        };
+        let (mut low, mut high) = (
+            correction(self.beta_fast.unwrap_or(32.0)),
+            correction(self.beta_slow.unwrap_or(1.0)),
+        );
+        if self.truncate.unwrap_or(true) {
+            (low, high) = (low.floor(), high.ceil());
+        }
+        let (low, mut high) = (low.max(0.0), high.min(d - 1.0));
+        if low == high {
+            high += 0.001;
+        }
+        let freqs = (0..dim / 2)
+            .map(|i| {
+                let pos = base.powf(2.0 * i as f64 / d);
+                let ramp = ((i as f64 - low) / (high - low)).clamp(0.0, 1.0);
+                let extrapolation = 1.0 - ramp;
+                (1.0 / (factor * pos)) * (1.0 - extrapolation) + (1.0 / pos) * extrapolation
+            })
+            .collect();
+        (freqs, attention)
+    }
+
     /// The scaling of a config's `rope_scaling` (or `rope_parameters`) object, or why it is
     /// not computed.
     fn from_json(v: &serde_json::Value) -> Result<RopeScaling, String> {
+        if let Some(k) = v
+            .as_object()
+            .and_then(|o| o.keys().find(|k| !ROPE_KEYS.contains(&k.as_str())))
+        {
+            return Err(format!("the key `{k}`, which is not read"));
+        }
         let r: RopeScaling = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
         match r.rope_type.as_str() {
             "linear" => Ok(r),
+            "yarn" if r.original_max_position_embeddings.is_some() => Ok(r),
+            "yarn" => Err("yarn scaling without original_max_position_embeddings".into()),
             "llama3"
                 if r.low_freq_factor.is_some()
                     && r.high_freq_factor.is_some()
@@ -139,7 +248,7 @@ impl RopeScaling {
                 Ok(r)
             }
             "llama3" => Err("llama3 scaling without low_freq_factor, high_freq_factor and original_max_position_embeddings".into()),
-            other => Err(format!("rope_type `{other}` is not supported yet (llama3 and linear are)")),
+            other => Err(format!("rope_type `{other}` is not supported yet (llama3, linear and yarn are)")),
         }
     }
 }
@@ -745,6 +854,14 @@ mod tests {
                 "`rope_parameters`",
             ),
             (r#"{"head_dim": 7}"#, "`head_dim`"),
+            (
+                r#"{"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4, "partial_rotary_factor": 0.5}}"#,
+                "`partial_rotary_factor`",
+            ),
+            (
+                r#"{"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}"#,
+                "original_max_position_embeddings",
+            ),
             (
                 r#"{"model_type": "mistral", "attention_bias": true}"#,
                 "`attention_bias`",

@@ -900,10 +900,8 @@ impl GgufFile {
                 Some(crate::model::config::RopeScaling {
                     rope_type: "freq_factors".into(),
                     factor: 1.0,
-                    low_freq_factor: None,
-                    high_freq_factor: None,
-                    original_max_position_embeddings: None,
                     freq_factors: Some(factors.iter().map(|&f| f64::from(f)).collect()),
+                    ..Default::default()
                 })
             }
         };

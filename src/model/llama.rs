@@ -119,20 +119,15 @@ impl Rope {
         scaling: Option<&super::config::RopeScaling>,
         device: Device,
     ) -> Result<Rope, ModelError> {
-        let half = head_dim / 2;
-        let inv: Vec<f32> = (0..half)
-            .map(|i| {
-                let f = 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64);
-                scaling.map_or(f, |s| s.scale(i as usize, f)) as f32
-            })
-            .collect();
+        let (inv, attention) = super::config::rope_frequencies(head_dim as usize, theta, scaling);
+        let inv: Vec<f32> = inv.into_iter().map(|f| f as f32).collect();
         let inv = Tensor::f_from_slice(&inv)?.f_to_device(device)?;
         let t = Tensor::f_arange(max_len, (Kind::Float, device))?;
         let freqs = t.f_outer(&inv)?;
         let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?;
         Ok(Rope {
-            cos: emb.f_cos()?,
-            sin: emb.f_sin()?,
+            cos: emb.f_cos()?.f_mul_scalar(attention)?,
+            sin: emb.f_sin()?.f_mul_scalar(attention)?,
             max_len,
         })
     }

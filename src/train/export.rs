@@ -265,10 +265,8 @@ mod tests {
         cfg.rope_scaling = Some(RopeScaling {
             rope_type: "freq_factors".into(),
             factor: 1.0,
-            low_freq_factor: None,
-            high_freq_factor: None,
-            original_max_position_embeddings: None,
             freq_factors: Some(vec![1.0; 16]),
+            ..Default::default()
         });
         let e = export_config(&cfg, None, 2, "float32").unwrap_err();
         assert!(e.contains("rope_freqs"), "{e}");
