@@ -70,7 +70,8 @@ fn is_false(b: &bool) -> bool {
 /// ones kept, a smooth ramp between), `linear` (every frequency divided by `factor`), `yarn`
 /// (YaRN: high frequencies kept, low ones divided by `factor`, a linear ramp between the
 /// correction dimensions of `beta_fast` and `beta_slow`, and cos/sin multiplied by an attention
-/// factor), or
+/// factor), `dynamic` (dynamic NTK: plain RoPE up to max_position_embeddings, the only positions
+/// this model code computes: it refuses longer sequences), or
 /// `freq_factors` (a GGUF's `rope_freqs` tensor: frequency i divided by `freq_factors[i]`, which
 /// is how llama.cpp carries Llama 3's scaling; never read from a config.json).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -176,6 +177,8 @@ impl RopeScaling {
                     (1.0 - smooth) * inv_freq / self.factor + smooth * inv_freq
                 }
             }
+            // Dynamic NTK rescales only past max_position_embeddings, which Rope refuses.
+            "dynamic" => inv_freq,
             _ => inv_freq / self.factor,
         }
     }
@@ -237,7 +240,7 @@ impl RopeScaling {
         }
         let r: RopeScaling = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
         match r.rope_type.as_str() {
-            "linear" => Ok(r),
+            "linear" | "dynamic" => Ok(r),
             "yarn" if r.original_max_position_embeddings.is_some() => Ok(r),
             "yarn" => Err("yarn scaling without original_max_position_embeddings".into()),
             "llama3"
@@ -248,7 +251,7 @@ impl RopeScaling {
                 Ok(r)
             }
             "llama3" => Err("llama3 scaling without low_freq_factor, high_freq_factor and original_max_position_embeddings".into()),
-            other => Err(format!("rope_type `{other}` is not supported yet (llama3, linear and yarn are)")),
+            other => Err(format!("rope_type `{other}` is not supported yet (llama3, linear, yarn and dynamic are)")),
         }
     }
 }
