@@ -1,6 +1,8 @@
 //! Llama-architecture models: shapes (always available) and, with the `torch` feature, the
 //! libtorch implementation.
 
+#[cfg(feature = "torch")]
+pub mod chat;
 pub mod config;
 pub mod gguf;
 #[cfg(feature = "torch")]

@@ -70,6 +70,8 @@ pub enum Tokenizer {
         inner: Box<tokenizers::Tokenizer>,
         /// Its document framing.
         specials: SpecialIds,
+        /// The chat template instruction pairs are framed with (`data.chat_template`), if any.
+        chat: Option<std::sync::Arc<super::chat::ChatTemplate>>,
     },
 }
 
@@ -122,7 +124,11 @@ impl Tokenizer {
         match self {
             Tokenizer::Byte => "byte".into(),
             #[cfg(feature = "torch")]
-            Tokenizer::Hf { inner, specials } => {
+            Tokenizer::Hf {
+                inner,
+                specials,
+                chat,
+            } => {
                 use sha2::{Digest, Sha256};
                 let mut h = Sha256::new();
                 h.update(inner.to_string(false).unwrap_or_default());
@@ -130,9 +136,54 @@ impl Tokenizer {
                     "{:?}/{}/{}",
                     specials.bos, specials.eos, specials.pad
                 ));
+                if let Some(c) = chat {
+                    h.update(format!("chat:{}", c.source));
+                }
                 let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
                 format!("hf:{}", &hex[..16])
             }
+        }
+    }
+
+    /// The same tokenizer, framing instruction pairs with `template`: the byte tokenizer has no
+    /// special tokens for one to use.
+    #[cfg(feature = "torch")]
+    pub fn with_chat_template(
+        self,
+        template: super::chat::ChatTemplate,
+    ) -> Result<Tokenizer, TokenizerError> {
+        match self {
+            Tokenizer::Byte => Err(TokenizerError::Build {
+                source_name: "data.chat_template".into(),
+                msg: "the builtin byte tokenizer has no chat template; use a Hugging Face or GGUF model, or leave data.chat_template out".into(),
+            }),
+            Tokenizer::Hf {
+                inner, specials, ..
+            } => Ok(Tokenizer::Hf {
+                inner,
+                specials,
+                chat: Some(std::sync::Arc::new(template)),
+            }),
+        }
+    }
+
+    /// The text of a token id (its vocabulary entry), if it has one.
+    #[cfg(feature = "torch")]
+    pub fn token_text(&self, id: i64) -> Option<String> {
+        match self {
+            Tokenizer::Byte => None,
+            Tokenizer::Hf { inner, .. } => {
+                u32::try_from(id).ok().and_then(|i| inner.id_to_token(i))
+            }
+        }
+    }
+
+    /// The chat template instruction pairs are framed with, if any.
+    #[cfg(feature = "torch")]
+    pub fn chat(&self) -> Option<&super::chat::ChatTemplate> {
+        match self {
+            Tokenizer::Byte => None,
+            Tokenizer::Hf { chat, .. } => chat.as_deref(),
         }
     }
 
@@ -141,7 +192,9 @@ impl Tokenizer {
         match self {
             Tokenizer::Byte => ByteTokenizer::VOCAB,
             #[cfg(feature = "torch")]
-            Tokenizer::Hf { inner, specials } => {
+            Tokenizer::Hf {
+                inner, specials, ..
+            } => {
                 let n = inner.get_vocab_size(true);
                 let top = [specials.bos.unwrap_or(0), specials.eos, specials.pad]
                     .into_iter()
@@ -434,6 +487,7 @@ mod hf {
         Ok(Tokenizer::Hf {
             inner: Box::new(inner),
             specials: SpecialIds { bos, eos, pad },
+            chat: None,
         })
     }
 
@@ -508,6 +562,7 @@ mod hf {
         Ok(Tokenizer::Hf {
             inner: Box::new(inner),
             specials: SpecialIds { bos, eos, pad },
+            chat: None,
         })
     }
 }

@@ -288,6 +288,21 @@ fn resolve_shared(spec: &Spec) -> Result<SharedConfig, Problem> {
             "name the target data: builtin:python, builtin:math or a path",
         ));
     }
+    // A template's path may name a file on the cluster only: it is read when the run starts.
+    if spec.data.chat_template.is_some() {
+        if spec.data.regime != crate::spec::Regime::Ift {
+            return Err(problem(
+                &["data", "chat_template"],
+                "a chat template frames instruction pairs: set data.regime = \"ift\" or leave it out",
+            ));
+        }
+        if matches!(model, ModelSource::Builtin { .. }) {
+            return Err(problem(
+                &["data", "chat_template"],
+                "the builtin byte-level models have no chat template: use model.hf or model.gguf, or leave it out",
+            ));
+        }
+    }
     let t = &spec.training;
     let positive = |v: f64, name: &str, what: &str| -> Result<(), Problem> {
         if v.is_finite() && v > 0.0 {

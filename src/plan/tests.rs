@@ -369,3 +369,32 @@ fn ranks_divide_the_batch_and_leave_single_process_ids_alone() {
     let e = with("batch_size = 8\nnodes = 0\n").unwrap_err();
     assert_eq!(e.dotted(), "training.nodes");
 }
+
+/// A chat template frames instruction pairs of a model that has a tokenizer: refused, naming
+/// the key, for CPT and for the byte-level builtin models; left out, run ids are unchanged.
+#[test]
+fn chat_templates_need_ift_and_a_real_tokenizer() {
+    let g = "[grid]\nmethod=[\"full\"]\nlearning_rate=1e-4\ntoken_budget=\"1k\"\n";
+    let with = |regime: &str| {
+        let text = format!("{BASE}{g}")
+            .replace("regime = \"cpt\"", &format!("regime = \"{regime}\""))
+            .replace(
+                "target = \"builtin:python\"",
+                "target = \"builtin:python\"\nchat_template = \"model\"",
+            );
+        plan(&spec(&text), &PlanOptions::default()).unwrap_err()
+    };
+    let e = with("cpt");
+    assert_eq!(e.dotted(), "data.chat_template");
+    assert!(e.message.contains("regime = \"ift\""), "{}", e.message);
+    let e = with("ift");
+    assert_eq!(e.dotted(), "data.chat_template");
+    assert!(
+        e.message.contains("model.hf or model.gguf"),
+        "{}",
+        e.message
+    );
+    let plain = ok(g);
+    let json = serde_json::to_string(&plain.shared).unwrap();
+    assert!(!json.contains("chat_template"), "{json}");
+}

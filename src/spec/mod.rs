@@ -115,6 +115,11 @@ pub struct DataSpec {
     /// Left out of run.json when `fail`, so that config ids stay what they were.
     #[serde(default, skip_serializing_if = "BadLine::is_fail")]
     pub on_bad_line: BadLine,
+    /// IFT: frame each pair with a chat template: `model` (the model's own, from its
+    /// tokenizer_config.json or its GGUF's tokenizer.chat_template) or a path to a Jinja file.
+    /// Left out: the prompt and response are concatenated as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
 }
 
 /// What a malformed JSONL line (not JSON, or without the configured string fields) does.

@@ -449,8 +449,14 @@ pub fn parse_jsonl(
 }
 
 /// Tokenize a document with the model's tokenizer: BOS (when the tokenizer uses one), text,
-/// EOS; a pair's prompt is not a target.
+/// EOS; a pair's prompt is not a target. With a chat template, a pair is the template's
+/// rendering of a user turn and an assistant turn (BOS, EOS and turn markers as the template
+/// writes them), and the prompt is everything up to the assistant's content.
 pub fn tokenize(doc: &RawDoc, tok: &Tokenizer) -> Result<Example, TrainError> {
+    #[cfg(feature = "torch")]
+    if let (RawDoc::Pair(p, r), Some(chat)) = (doc, tok.chat()) {
+        return chat_example(p, r, tok, chat);
+    }
     let specials = tok.specials();
     let mut tokens: Vec<i64> = specials.bos.into_iter().collect();
     let prompt_len = match doc {
@@ -478,6 +484,39 @@ pub fn tokenize(doc: &RawDoc, tok: &Tokenizer) -> Result<Example, TrainError> {
     };
     tokens.push(specials.eos);
     Ok(Example { tokens, prompt_len })
+}
+
+/// An instruction pair framed by a chat template: the prompt is the rendering of the user turn
+/// with the generation prompt, which must begin the rendering of the whole exchange, in text
+/// and in tokens (else the template cannot mark where the response starts: an error).
+#[cfg(feature = "torch")]
+fn chat_example(
+    prompt: &str,
+    response: &str,
+    tok: &Tokenizer,
+    chat: &crate::model::chat::ChatTemplate,
+) -> Result<Example, TrainError> {
+    let bad = |why: String| TrainError::Data(format!("data.chat_template: {why}"));
+    let head = chat.render(&[("user", prompt)], true).map_err(bad)?;
+    let whole = chat
+        .render(&[("user", prompt), ("assistant", response)], false)
+        .map_err(bad)?;
+    if !whole.starts_with(&head) {
+        return Err(bad(format!(
+            "the rendering of a user turn with add_generation_prompt ({head:?}) does not begin the rendering of the exchange, so the response's start cannot be marked; use another template"
+        )));
+    }
+    let prompt_tokens = tok.encode(&head)?;
+    let tokens = tok.encode(&whole)?;
+    if !tokens.starts_with(&prompt_tokens) {
+        return Err(bad(format!(
+            "the prompt {head:?} tokenizes differently alone and before its response, so the response's start cannot be marked"
+        )));
+    }
+    Ok(Example {
+        prompt_len: prompt_tokens.len(),
+        tokens,
+    })
 }
 
 #[cfg(test)]
@@ -682,5 +721,52 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("scripts/setup-data"), "{err}");
+    }
+
+    /// With a chat template, a pair is the template's rendering of the exchange, and the
+    /// targets start where the assistant's content does; a template whose generation prompt
+    /// does not begin the exchange is an error naming the setting.
+    #[cfg(feature = "torch")]
+    #[test]
+    fn chat_templates_frame_pairs_and_mark_the_response() {
+        use crate::model::chat::ChatTemplate;
+        let tok = crate::model::tokenizer::tests::tiny_gguf_tokenizer();
+        let chml = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}<|endoftext|>{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}";
+        let framed = tok
+            .clone()
+            .with_chat_template(ChatTemplate::new(chml, "", "<|endoftext|>").unwrap())
+            .unwrap();
+        assert_ne!(framed.identity(), tok.identity(), "caches tell them apart");
+        let ex = tokenize(&RawDoc::Pair("the q".into(), "the a".into()), &framed).unwrap();
+        assert_eq!(
+            framed.decode(&ex.tokens).unwrap(),
+            "<user>the q<assistant>the a"
+        );
+        let eot = tok.specials().eos;
+        assert_eq!(ex.tokens.iter().filter(|&&t| t == eot).count(), 2);
+        assert_eq!(ex.tokens.last(), Some(&eot), "the turn's end closes it");
+        assert_eq!(
+            framed.decode(&ex.tokens[..ex.prompt_len]).unwrap(),
+            "<user>the q<assistant>"
+        );
+        let plain = tokenize(&RawDoc::Pair("the q".into(), "the a".into()), &tok).unwrap();
+        assert_ne!(plain, ex);
+        // Text documents are not framed.
+        let text = RawDoc::Text("the q".into());
+        assert_eq!(
+            tokenize(&text, &framed).unwrap(),
+            tokenize(&text, &tok).unwrap()
+        );
+        let odd = "{% if add_generation_prompt %}<go>{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}";
+        let framed = tok
+            .with_chat_template(ChatTemplate::new(odd, "", "").unwrap())
+            .unwrap();
+        let e = tokenize(&RawDoc::Pair("q".into(), "a".into()), &framed)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("data.chat_template") && e.contains("does not begin"),
+            "{e}"
+        );
     }
 }

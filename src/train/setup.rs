@@ -51,13 +51,74 @@ pub fn model_inputs(
 /// The tokenizer of a run's model, without loading its weights: the byte tokenizer of the
 /// builtin shapes, an HF folder's tokenizer.json, a GGUF file's vocabulary.
 pub fn load_tokenizer(run: &RunFile) -> Result<Tokenizer, TrainError> {
-    Ok(match &run.shared.model {
-        ModelSource::Builtin { .. } => Tokenizer::Byte,
-        ModelSource::Hf { path } => Tokenizer::from_hf_dir(path)?,
+    match &run.shared.model {
+        ModelSource::Builtin { .. } => framed(Tokenizer::Byte, run, None),
+        ModelSource::Hf { path } => framed(Tokenizer::from_hf_dir(path)?, run, None),
         ModelSource::Gguf { path } => {
-            Tokenizer::from_gguf(&GgufFile::open(path).map_err(ModelError::from)?)?
+            let file = GgufFile::open(path).map_err(ModelError::from)?;
+            framed(Tokenizer::from_gguf(&file)?, run, Some(&file))
         }
-    })
+    }
+}
+
+/// The tokenizer with the chat template `data.chat_template` names, if it names one: `model`
+/// (an HF folder's tokenizer_config.json `chat_template`, or `default` of its list; a GGUF's
+/// `tokenizer.chat_template`) or a Jinja file.
+fn framed(tok: Tokenizer, run: &RunFile, gguf: Option<&GgufFile>) -> Result<Tokenizer, TrainError> {
+    let Some(which) = &run.shared.data.chat_template else {
+        return Ok(tok);
+    };
+    let bad = |msg: String| TrainError::Data(format!("data.chat_template: {msg}"));
+    let source = match (which.as_str(), &run.shared.model) {
+        ("model", ModelSource::Hf { path }) => {
+            let file = path.join("tokenizer_config.json");
+            let v: serde_json::Value = std::fs::read_to_string(&file)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .ok_or_else(|| bad(format!("{}: missing or not JSON", file.display())))?;
+            let t = &v["chat_template"];
+            let named_default = t.as_array().and_then(|list| {
+                list.iter()
+                    .find(|e| e["name"] == "default")
+                    .and_then(|e| e["template"].as_str())
+            });
+            t.as_str()
+                .or(named_default)
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "{} has no chat_template; give a Jinja file instead",
+                        file.display()
+                    ))
+                })?
+        }
+        ("model", ModelSource::Gguf { path }) => gguf
+            .and_then(|f| f.get_str("tokenizer.chat_template").ok().flatten())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                bad(format!(
+                    "{} has no tokenizer.chat_template; give a Jinja file instead",
+                    path.display()
+                ))
+            })?,
+        ("model", ModelSource::Builtin { .. }) => {
+            return Err(bad("the builtin models have no chat template".into()))
+        }
+        (file, _) => std::fs::read_to_string(file).map_err(|e| {
+            bad(format!(
+                "{file}: {e}; give `model` or a path to a Jinja file"
+            ))
+        })?,
+    };
+    let specials = tok.specials();
+    let text = |id: Option<i64>| id.and_then(|i| tok.token_text(i)).unwrap_or_default();
+    let template = crate::model::chat::ChatTemplate::new(
+        &source,
+        &text(specials.bos),
+        &text(Some(specials.eos)),
+    )
+    .map_err(bad)?;
+    Ok(tok.with_chat_template(template)?)
 }
 
 /// The token cache of a data source under `cache_dir`: built on first use on `threads` threads,
@@ -160,14 +221,14 @@ pub fn build_model(
         ModelSource::Builtin { shape, init } => (shape.clone(), *init),
         ModelSource::Hf { path } => {
             crate::model::config::check_hf_dir(path).map_err(ModelError::Config)?;
-            let tokenizer = Tokenizer::from_hf_dir(path)?;
+            let tokenizer = framed(Tokenizer::from_hf_dir(path)?, run, None)?;
             let model = Llama::from_hf_dir(path, &build, device)?;
             check_vocabulary(&tokenizer, &model.cfg, &path.display().to_string())?;
             return Ok((model, tokenizer));
         }
         ModelSource::Gguf { path } => {
             let file = GgufFile::open(path).map_err(ModelError::from)?;
-            let tokenizer = Tokenizer::from_gguf(&file)?;
+            let tokenizer = framed(Tokenizer::from_gguf(&file)?, run, Some(&file))?;
             let model = gguf::load_llama(&file, &build, device)?;
             check_vocabulary(&tokenizer, &model.cfg, &path.display().to_string())?;
             return Ok((model, tokenizer));

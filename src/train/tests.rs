@@ -770,6 +770,58 @@ fn qwen_checkpoints_train_and_export_the_config_they_were_read_from() {
         let diff = (&a - &b).abs().max().double_value(&[]);
         assert!(diff < 1e-5, "{name}: exported logits differ by {diff}");
     }
+
+    // Instruction tuning with the model's own chat template (tokenizer_config.json).
+    let mut jsonl = String::new();
+    for i in 0..30 {
+        jsonl.push_str(&format!(
+            "{{\"prompt\":\"the {i}\",\"response\":\"the {}\"}}\n",
+            i + 1
+        ));
+    }
+    std::fs::write(f.dir.path().join("pairs.jsonl"), jsonl).unwrap();
+    let ift = |name: &str, template: &str| {
+        f.run(name, |v| {
+            v["model"] = serde_json::json!({"kind": "hf", "path": hf});
+            v["data"]["regime"] = "ift".into();
+            v["data"]["target"] = serde_json::json!(f.dir.path().join("pairs.jsonl"));
+            v["data"]["chat_template"] = template.into();
+            v["training"]["seq_len"] = 64.into();
+            v["token_budget"] = 1280.into();
+            v["eval_at"] = serde_json::json!([1280]);
+            lora(v);
+        })
+    };
+    let e = train(&ift("no-template", "model"), &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("data.chat_template") && e.contains("tokenizer_config.json"),
+        "{e}"
+    );
+    std::fs::write(
+        hf.join("tokenizer_config.json"),
+        serde_json::json!({"chat_template": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|endoftext|>{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"})
+            .to_string(),
+    )
+    .unwrap();
+    let run = ift("chat", "model");
+    let tok = crate::train::load_tokenizer(&read_run_file(&run).unwrap()).unwrap();
+    let ex = crate::train::data::tokenize(
+        &crate::train::data::RawDoc::Pair("the 1".into(), "the 2".into()),
+        &tok,
+    )
+    .unwrap();
+    assert_eq!(
+        tok.decode(&ex.tokens[..ex.prompt_len]).unwrap(),
+        "<|im_start|>user\nthe 1<|im_start|>assistant\n"
+    );
+    let r = train(&run, &opts).unwrap();
+    assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
+    let e = train(&ift("missing", "nowhere/chat.jinja"), &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nowhere/chat.jinja"), "{e}");
 }
 
 /// The base model is evaluated once per sweep: the second run (another learning rate, LoRA
