@@ -208,8 +208,9 @@ impl RopeScaling {
             d * (original / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln())
         };
         let (mut low, mut high) = (
-            correction(self.beta_fast.unwrap_or(32.0)),
-            correction(self.beta_slow.unwrap_or(1.0)),
+            // transformers reads `beta or default`: a 0 is the default.
+            correction(self.beta_fast.filter(|b| *b != 0.0).unwrap_or(32.0)),
+            correction(self.beta_slow.filter(|b| *b != 0.0).unwrap_or(1.0)),
         );
         if self.truncate.unwrap_or(true) {
             (low, high) = (low.floor(), high.ceil());
@@ -400,8 +401,18 @@ pub fn parse_hf_config(text: &str, path: &str) -> Result<LlamaConfig, String> {
     if let Some(rp) = get("rope_parameters") {
         let kind = rp
             .get("rope_type")
+            .or_else(|| rp.get("type"))
             .and_then(|t| t.as_str())
             .unwrap_or("default");
+        if let Some(k) = rp
+            .as_object()
+            .and_then(|o| o.keys().find(|k| !ROPE_KEYS.contains(&k.as_str())))
+        {
+            return refuse(
+                "rope_parameters",
+                format!("has the key `{k}`, which is not read"),
+            );
+        }
         if kind != "default" {
             match RopeScaling::from_json(rp) {
                 Ok(r) => scaling = Some(r),
@@ -467,6 +478,21 @@ pub fn parse_hf_config(text: &str, path: &str) -> Result<LlamaConfig, String> {
     if let Some(t) = theta {
         cfg.rope_theta = t;
     }
+    // Keys left out take the family's defaults, as its transformers config class has them.
+    let absent = |k: &str| !obj.contains_key(k);
+    if matches!(model_type, "mistral" | "qwen2" | "qwen3") && absent("rms_norm_eps") {
+        cfg.rms_norm_eps = 1e-6;
+    }
+    if absent("num_key_value_heads") {
+        match model_type {
+            "mistral" => cfg.num_key_value_heads = Some(8),
+            "qwen2" | "qwen3" => cfg.num_key_value_heads = Some(32),
+            _ => {}
+        }
+    }
+    if model_type == "qwen3" && absent("head_dim") {
+        cfg.head_dim = Some(128);
+    }
     cfg.rope_scaling = scaling;
     if cfg.head_dim == Some(0) || !cfg.head_dim().is_multiple_of(2) {
         return refuse(
@@ -495,9 +521,14 @@ fn window_of(
     layers: usize,
 ) -> Result<Option<usize>, (&'static str, String)> {
     let get = |k: &str| obj.get(k).filter(|x| !x.is_null());
-    let window = get("sliding_window")
-        .and_then(|w| w.as_u64())
-        .map(|w| w as usize);
+    // Mistral's and Qwen's configs default to a window of 4096 when the key is left out (null
+    // is no window).
+    let window = match obj.get("sliding_window") {
+        None if model_type != "llama" => Some(4096),
+        _ => get("sliding_window")
+            .and_then(|w| w.as_u64())
+            .map(|w| w as usize),
+    };
     let kinds: Option<Vec<&str>> = match get("layer_types") {
         None => None,
         Some(v) => Some(
@@ -847,6 +878,10 @@ mod tests {
         let v5 = with(r#"{"rope_theta": null, "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}}"#)
             .unwrap();
         assert_eq!(v5.rope_theta, 500_000.0);
+        // `type` names the scaling where `rope_type` is missing, as transformers reads it.
+        let typed = with(r#"{"rope_theta": null, "rope_parameters": {"type": "linear", "factor": 4.0, "rope_theta": 1e4}}"#)
+            .unwrap();
+        assert_eq!(typed.rope_scaling.map(|s| s.factor), Some(4.0));
         for (edit, field) in [
             (
                 r#"{"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}"#,
@@ -864,6 +899,10 @@ mod tests {
             (
                 r#"{"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}"#,
                 "original_max_position_embeddings",
+            ),
+            (
+                r#"{"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}}"#,
+                "`partial_rotary_factor`",
             ),
             (
                 r#"{"model_type": "mistral", "attention_bias": true}"#,
@@ -946,6 +985,37 @@ mod tests {
         let marked = r#"{"sliding_window": 8, "use_sliding_window": true,
             "layer_types": ["full_attention", "sliding_attention"]}"#;
         assert_eq!(qwen("qwen3", marked).unwrap().sliding_window, Some(8));
+        // Keys left out take the family's transformers defaults.
+        let v: serde_json::Value = serde_json::from_str(LLAMA2).unwrap();
+        let mut o = v.as_object().unwrap().clone();
+        for k in [
+            "head_dim",
+            "rms_norm_eps",
+            "num_key_value_heads",
+            "attention_bias",
+            "mlp_bias",
+        ] {
+            o.remove(k);
+        }
+        o.insert("model_type".into(), "qwen3".into());
+        let text =
+            |o: &serde_json::Map<String, serde_json::Value>| serde_json::to_string(o).unwrap();
+        let q3 = parse_hf_config(&text(&o), "c").unwrap();
+        assert_eq!(
+            (q3.head_dim(), q3.rms_norm_eps, q3.kv_heads()),
+            (128, 1e-6, 32)
+        );
+        o.insert("model_type".into(), "mistral".into());
+        let m = parse_hf_config(&text(&o), "c").unwrap();
+        assert_eq!(
+            (m.sliding_window, m.kv_heads(), m.head_dim()),
+            (Some(4096), 8, 16)
+        );
+        o.insert("sliding_window".into(), serde_json::Value::Null);
+        assert_eq!(
+            parse_hf_config(&v.to_string(), "c").unwrap().sliding_window,
+            None
+        );
     }
     use super::*;
 

@@ -610,7 +610,30 @@ impl GgufFile {
             f.seek(SeekFrom::Start(0)).map_err(io)?;
             (&mut f).take(want).read_to_end(&mut buf).map_err(io)?;
             match GgufFile::parse_checked(buf, path, false) {
-                Ok(header) => return header.llama_config(),
+                Ok(header) => {
+                    // Llama 3's rope_freqs lies among the weights, past the header: read it alone.
+                    let freqs = match header.tensor("rope_freqs.weight") {
+                        None => None,
+                        Some(t) => {
+                            let size = t.ty.byte_size(t.n_elements()).unwrap_or(0);
+                            let mut bytes = Vec::new();
+                            f.seek(SeekFrom::Start(header.data_start.saturating_add(t.offset)))
+                                .map_err(io)?;
+                            (&mut f).take(size).read_to_end(&mut bytes).map_err(io)?;
+                            let values = dequantize(t.ty, &bytes).filter(|v| {
+                                bytes.len() as u64 == size && v.len() as u64 == t.n_elements()
+                            });
+                            Some(values.ok_or_else(|| {
+                                header.invalid(format!(
+                                    "rope_freqs ({} x {:?}) cannot be read",
+                                    t.ty.name(),
+                                    t.dims
+                                ))
+                            })?)
+                        }
+                    };
+                    return header.config_with(freqs);
+                }
                 Err(GgufError::Truncated { .. }) if want < len => want = want.saturating_mul(4),
                 Err(e) => return Err(e),
             }
@@ -832,6 +855,12 @@ impl GgufFile {
     /// `output.weight`, the head width from `ARCH.attention.key_length` where it is given,
     /// biases and Qwen3's q/k norms from the tensors present).
     pub fn llama_config(&self) -> Result<LlamaConfig, GgufError> {
+        self.config_with(None)
+    }
+
+    /// [`GgufFile::llama_config`] with the rope_freqs values read already (by a reader that
+    /// holds only the header), or read here.
+    fn config_with(&self, rope_freqs: Option<Vec<f32>>) -> Result<LlamaConfig, GgufError> {
         let arch = self.get_str("general.architecture")?.unwrap_or("");
         if !GGUF_ARCHITECTURES.contains(&arch) {
             return Err(self.invalid(format!(
@@ -889,7 +918,10 @@ impl GgufFile {
         let rope_scaling = match self.tensor("rope_freqs.weight") {
             None => None,
             Some(t) => {
-                let factors = self.tensor_f32(t)?;
+                let factors = match rope_freqs {
+                    Some(v) => v,
+                    None => self.tensor_f32(t)?,
+                };
                 if factors.len() != width / 2 || factors.iter().any(|f| f.is_nan() || *f <= 0.0) {
                     return Err(self.invalid(format!(
                         "rope_freqs has {} values; a head of width {width} needs {} positive ones",
@@ -909,6 +941,14 @@ impl GgufFile {
             if kind != "none" {
                 return Err(self.invalid(format!(
                     "{arch}.rope.scaling.type is `{kind}` (RoPE scaling), which is not supported yet"
+                )));
+            }
+        }
+        // llama.cpp applies a scaling factor with no type as linear scaling: not computed here.
+        for k in ["rope.scaling.factor", "rope.scale_linear"] {
+            if let Some(x) = self.get_float(&key(k))?.filter(|x| *x != 0.0 && *x != 1.0) {
+                return Err(self.invalid(format!(
+                    "{arch}.{k} is {x} (linear RoPE scaling), which is not supported from a GGUF yet"
                 )));
             }
         }
@@ -957,7 +997,8 @@ impl GgufFile {
             rope_scaling,
             sliding_window: None,
             model_type: (arch != "llama").then(|| arch.to_string()),
-            head_dim,
+            // Qwen3's config defaults head_dim to 128: an export must say it.
+            head_dim: head_dim.or((arch == "qwen3").then_some(width)),
             attention_bias,
             mlp_bias: false,
             source: None,
@@ -1451,6 +1492,20 @@ mod tests {
         let s = f.llama_config().unwrap().rope_scaling.unwrap();
         assert_eq!(s.freq_factors, Some(vec![1.0, 4.0]));
         assert_eq!((s.scale(0, 0.5), s.scale(1, 0.5)), (0.5, 0.125));
+        // The planner's reader, which holds only the header, reads rope_freqs too.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        std::fs::write(&path, w.bytes()).unwrap();
+        let s = GgufFile::read_llama_config(&path)
+            .unwrap()
+            .rope_scaling
+            .unwrap();
+        assert_eq!(s.freq_factors, Some(vec![1.0, 4.0]));
+        let mut w = small_file();
+        w.kv("llama.rope.scale_linear", GgufValue::F32(2.0));
+        let f = GgufFile::parse(w.bytes(), Path::new("m.gguf")).unwrap();
+        let e = f.llama_config().unwrap_err().to_string();
+        assert!(e.contains("llama.rope.scale_linear is 2"), "{e}");
         for bad in [&[1.0, 4.0, 2.0][..], &[1.0, 0.0]] {
             let mut w = small_file();
             w.f32_tensor("rope_freqs.weight", &[bad.len() as i64], bad);

@@ -307,7 +307,9 @@ mod hf {
             }
         };
         add_special_tokens(&mut inner, &tokens, &types);
-        specials(file, inner, tokens.len())
+        // llama.cpp (and transformers' GGUF loader) add BOS to SentencePiece vocabularies unless
+        // the file says not to; older Llama 2 and Mistral files have no add_bos_token key.
+        specials(file, inner, tokens.len(), model == Some("llama"))
     }
 
     /// A byte-level BPE (GGUF model `gpt2`): the file's merges, and the pre-tokenizer named by
@@ -356,7 +358,8 @@ mod hf {
     /// SentencePiece's BPE (GGUF model `llama`: Llama 2, TinyLlama, Mistral v0.1) from the
     /// file's pieces and scores: SentencePiece merges the adjacent pair whose union is the
     /// highest-scoring piece, so each piece that splits into two pieces becomes a merge, ranked
-    /// by its score (ties by the ids of its parts, the order Hugging Face's converter uses). Text
+    /// by its score. Equal scores (user-defined pieces score 0) are ranked by the ids of the
+    /// parts, where sentencepiece takes the leftmost pair: the two can differ only there. Text
     /// has spaces written as U+2581 and one prefixed (`tokenizer.ggml.add_space_prefix`, default
     /// on); characters outside the vocabulary fall back to the `<0xNN>` byte pieces.
     fn sentencepiece_bpe(
@@ -455,6 +458,7 @@ mod hf {
         file: &GgufFile,
         inner: tokenizers::Tokenizer,
         n_tokens: usize,
+        bos_by_default: bool,
     ) -> Result<Tokenizer, TokenizerError> {
         let bad = |msg: String| TokenizerError::Build {
             source_name: shown(&file.path),
@@ -475,8 +479,10 @@ mod hf {
         let add_bos = file
             .get("tokenizer.ggml.add_bos_token")
             .and_then(|v| v.as_bool())
-            .unwrap_or(false);
-        let bos = if add_bos {
+            .unwrap_or(bos_by_default);
+        let bos = if add_bos && bos_by_default {
+            Some(id("tokenizer.ggml.bos_token_id")?.unwrap_or(1))
+        } else if add_bos {
             Some(id("tokenizer.ggml.bos_token_id")?.ok_or_else(|| {
                 bad("add_bos_token is set but tokenizer.ggml.bos_token_id is missing".into())
             })?)
@@ -701,6 +707,10 @@ pub(crate) mod tests {
         let s = t.specials();
         assert_eq!((s.bos, s.eos), (Some(1), 2));
         assert_eq!(t.vocab_size(), 400);
+        // A file without add_bos_token (older Llama 2 GGUFs) adds BOS, as llama.cpp does.
+        let mut f = GgufFile::open(&dir.join("tiny-spm.gguf")).unwrap();
+        f.metadata.remove("tokenizer.ggml.add_bos_token");
+        assert_eq!(Tokenizer::from_gguf(&f).unwrap().specials().bos, Some(1));
 
         // Another tokenizer model is refused by name, with the ones that are read.
         use crate::model::gguf::{writer::GgufWriter, GgufValue};

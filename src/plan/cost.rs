@@ -9,11 +9,13 @@ pub const DEFAULT_TFLOPS: f64 = 125.0;
 
 /// Training FLOPs per token of a point: 6N for full fine-tuning (forward 2N, backward 4N); for
 /// LoRA the frozen weights need no weight gradients, so 4N plus 6 per adapter parameter. Both
-/// add the attention score and value products, 6 x layers x seq_len x d (causal, fwd+bwd).
+/// add the attention score and value products, 6 x layers x seq_len x heads x head_dim (causal,
+/// fwd+bwd).
 pub fn flops_per_token(shape: &LlamaConfig, point: &Point, seq_len: u64) -> f64 {
     let n = shape.matmul_params() as f64;
-    let attention =
-        6.0 * shape.num_hidden_layers as f64 * seq_len as f64 * shape.hidden_size as f64;
+    // The width attention computes in: heads x head_dim (Qwen3's differs from hidden_size).
+    let width = (shape.num_attention_heads * shape.head_dim()) as f64;
+    let attention = 6.0 * shape.num_hidden_layers as f64 * seq_len as f64 * width;
     match &point.method {
         MethodConfig::Full => 6.0 * n + attention,
         MethodConfig::Lora {

@@ -148,13 +148,19 @@ fn export_config(
 ) -> Result<serde_json::Value, String> {
     if let Some(source) = &cfg.source {
         let mut c = source.clone();
-        // transformers 5 names the field `dtype`, 4 `torch_dtype`; keep the one it had.
-        let key = if c.contains_key("dtype") && !c.contains_key("torch_dtype") {
-            "dtype"
+        // transformers 5 names the field `dtype`, 4 `torch_dtype`: each one it has is set (the
+        // latter when it has neither).
+        let keys: Vec<&str> = ["dtype", "torch_dtype"]
+            .into_iter()
+            .filter(|k| c.contains_key(*k))
+            .collect();
+        for k in if keys.is_empty() {
+            vec!["torch_dtype"]
         } else {
-            "torch_dtype"
-        };
-        c.insert(key.into(), dtype.into());
+            keys
+        } {
+            c.insert(k.into(), dtype.into());
+        }
         return Ok(serde_json::Value::Object(c));
     }
     if cfg
