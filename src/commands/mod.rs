@@ -308,22 +308,24 @@ fn launch_ranks(g: &GlobalArgs, args: &crate::cli::TrainArgs, n: usize) -> anyho
             unsafe { libc::kill(c.id() as i32, sig) };
         }
     };
-    let (mut forwarded, mut failed) = (false, None::<(usize, String)>);
+    let (mut forwarded, mut failed) = (false, Vec::<(usize, std::process::ExitStatus)>::new());
     loop {
         if stop.load(Ordering::SeqCst) && !forwarded {
             signal_all(&ranks, libc::SIGTERM);
             forwarded = true;
         }
+        // The ranks that failed in the first pass that saw any failure, before any was stopped.
+        let first_failure = failed.is_empty() && !forwarded;
         for (rank, slot) in ranks.iter_mut().enumerate() {
             let Some(child) = slot else { continue };
             if let Some(status) = child.try_wait()? {
                 *slot = None;
-                if !status.success() && failed.is_none() {
-                    failed = Some((rank, status.to_string()));
+                if !status.success() && first_failure {
+                    failed.push((rank, status));
                 }
             }
         }
-        if failed.is_some() && !forwarded {
+        if !failed.is_empty() && !forwarded {
             signal_all(&ranks, libc::SIGTERM);
             forwarded = true;
         }
@@ -332,12 +334,38 @@ fn launch_ranks(g: &GlobalArgs, args: &crate::cli::TrainArgs, n: usize) -> anyho
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    match failed {
-        Some((rank, status)) => anyhow::bail!(
-            "rank {rank} of {n} failed ({status}); the other ranks were stopped (their errors are above)"
-        ),
+    match first_cause(&failed) {
+        Some((rank, status)) => {
+            let also: Vec<String> = failed
+                .iter()
+                .filter(|(r, _)| *r != rank)
+                .map(|(r, s)| format!("rank {r} ({s})"))
+                .collect();
+            let also = if also.is_empty() {
+                String::new()
+            } else {
+                format!("; at the same time {}", also.join(", "))
+            };
+            anyhow::bail!(
+                "rank {rank} of {n} failed ({status}){also}; the other ranks were stopped (their errors are above)"
+            )
+        }
         None => Ok(()),
     }
+}
+
+/// Of ranks seen failing at the same moment, the one that failed first by its own cause: a
+/// rank killed by a signal (the launcher had sent none yet) before ranks that exited with an
+/// error, which is what a rank does when a collective loses its peer; then the lowest rank.
+#[cfg(feature = "torch")]
+fn first_cause(
+    failed: &[(usize, std::process::ExitStatus)],
+) -> Option<(usize, std::process::ExitStatus)> {
+    use std::os::unix::process::ExitStatusExt;
+    failed
+        .iter()
+        .min_by_key(|(rank, status)| (status.signal().is_none(), *rank))
+        .copied()
 }
 
 /// `sweep export RUN_DIR --out DIR`: the run's latest checkpoint as a Hugging Face folder.
@@ -533,4 +561,20 @@ pub fn guard_replan(dir: &Path, plan: &Plan, force: bool) -> anyhow::Result<()> 
         .into());
     }
     Ok(())
+}
+
+#[cfg(all(test, feature = "torch"))]
+mod tests {
+    use super::first_cause;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
+    #[test]
+    fn the_rank_killed_by_a_signal_is_the_cause_not_the_peer_that_lost_it() {
+        let exited = ExitStatus::from_raw(1 << 8);
+        let killed = ExitStatus::from_raw(libc::SIGKILL);
+        assert_eq!(first_cause(&[(0, exited), (1, killed)]), Some((1, killed)));
+        assert_eq!(first_cause(&[(2, exited), (1, exited)]), Some((1, exited)));
+        assert_eq!(first_cause(&[]), None);
+    }
 }

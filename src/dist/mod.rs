@@ -213,6 +213,13 @@ impl World {
     ) -> Result<World, DistError> {
         #[cfg(sweep_c10d)]
         {
+            // A peer that dies must surface as a collective's error on this rank, named by the
+            // launcher as a consequence, not kill this rank too: Gloo writes to its sockets
+            // without MSG_NOSIGNAL, and the binary restores SIGPIPE's default for pipes.
+            // SAFETY: signal(2) changes a process-wide disposition; no memory effects.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+            }
             let pg = ffi::ProcessGroup::new(r, backend, device)?;
             Ok(World {
                 rank: r.rank,
