@@ -42,6 +42,41 @@ pub fn fit_window(
     (tokens, new)
 }
 
+/// How a prompt becomes the tokens the model sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// BOS (when the tokenizer has one), then the text: a document's start.
+    Plain,
+    /// The tokenizer's chat template's rendering of the text as a user turn with the generation
+    /// prompt (BOS and turn markers as the template writes them): an instruction pair's prompt.
+    Chat,
+    /// The text as it is, its special tokens written out (from [`Tokenizer::decode_verbatim`]
+    /// of tokens that were framed already), no BOS added.
+    Verbatim,
+}
+
+/// The tokens of a prompt framed as `framing` says, and the BOS that goes before them (only
+/// plain ones have one).
+pub fn frame(
+    prompt: &str,
+    framing: Framing,
+    tok: &Tokenizer,
+) -> Result<(Vec<i64>, Option<i64>), MetricsError> {
+    Ok(match framing {
+        Framing::Plain => (tok.encode(prompt)?, tok.specials().bos),
+        Framing::Verbatim => (tok.encode(prompt)?, None),
+        Framing::Chat => {
+            let chat = tok.chat().ok_or_else(|| {
+                MetricsError::Model("chat framing without a chat template".into())
+            })?;
+            let text = chat
+                .render(&[("user", prompt)], true)
+                .map_err(|e| MetricsError::Model(format!("data.chat_template: {e}")))?;
+            (tok.encode(&text)?, None)
+        }
+    })
+}
+
 /// A Llama seen as text in, text or log-likelihood out, through its tokenizer. Sampling draws
 /// from libtorch's global generator: seed it (`tch::manual_seed`) for repeatable samples.
 #[derive(Debug)]
@@ -53,6 +88,8 @@ pub struct LlamaText<'a> {
     /// When set, every later completion or score fails with [`MetricsError::Interrupted`]: an
     /// evaluation stops within one item of a stop signal.
     pub stop: Option<&'a AtomicBool>,
+    /// How prompts and contexts are framed.
+    pub framing: Framing,
 }
 
 impl From<crate::model::tokenizer::TokenizerError> for MetricsError {
@@ -62,9 +99,29 @@ impl From<crate::model::tokenizer::TokenizerError> for MetricsError {
 }
 
 impl<'a> LlamaText<'a> {
-    /// The model as text, stopping at `stop`.
+    /// The model as text, stopping at `stop`; prompts are framed as chat turns when the
+    /// tokenizer has a chat template, else plain.
     pub fn new(model: &'a Llama, tok: &'a Tokenizer, stop: Option<&'a AtomicBool>) -> Self {
-        LlamaText { model, tok, stop }
+        let framing = if tok.chat().is_some() {
+            Framing::Chat
+        } else {
+            Framing::Plain
+        };
+        LlamaText {
+            model,
+            tok,
+            stop,
+            framing,
+        }
+    }
+
+    /// The same, framing prompts as `framing` says.
+    pub fn framed(self, framing: Framing) -> Self {
+        LlamaText { framing, ..self }
+    }
+
+    fn prompt_tokens(&self, prompt: &str) -> Result<(Vec<i64>, Option<i64>), MetricsError> {
+        frame(prompt, self.framing, self.tok)
     }
 
     /// The longest sequence the model computes exactly: its positions, and its sliding window.
@@ -89,12 +146,8 @@ impl TextModel for LlamaText<'_> {
         let _g = tch::no_grad_guard();
         let device = self.model.vs.device();
         let specials = self.tok.specials();
-        let (tokens, max_new) = fit_window(
-            &self.tok.encode(prompt)?,
-            how.max_new,
-            self.max_len(),
-            specials.bos,
-        );
+        let (prompt, bos) = self.prompt_tokens(prompt)?;
+        let (tokens, max_new) = fit_window(&prompt, how.max_new, self.max_len(), bos);
         let mut cache = KvCache::default();
         let mut input = Tensor::f_from_slice(&tokens)?
             .f_to_device(device)?
@@ -123,8 +176,9 @@ impl TextModel for LlamaText<'_> {
         self.check_stop()?;
         let _g = tch::no_grad_guard();
         let device = self.model.vs.device();
-        let mut tokens: Vec<i64> = self.tok.specials().bos.into_iter().collect();
-        tokens.extend(self.tok.encode(context)?);
+        let (context, bos) = self.prompt_tokens(context)?;
+        let mut tokens: Vec<i64> = bos.into_iter().collect();
+        tokens.extend(context);
         let cont_start = tokens.len();
         tokens.extend(self.tok.encode(continuation)?);
         // Keep the window's end: the continuation's tokens, and as much context as fits.
@@ -188,11 +242,7 @@ mod tests {
     #[test]
     fn greedy_completion_matches_the_models_generate_and_loglikelihood_chains() {
         let model = Llama::new(&tiny_cfg(), &BuildOptions::default(), Device::Cpu).unwrap();
-        let mut lm = LlamaText {
-            stop: None,
-            model: &model,
-            tok: &Tokenizer::Byte,
-        };
+        let mut lm = LlamaText::new(&model, &Tokenizer::Byte, None);
         let how = Completion {
             max_new: 12,
             temperature: 0.0,

@@ -167,6 +167,36 @@ impl Tokenizer {
         }
     }
 
+    /// The same tokenizer with no chat template.
+    #[cfg(feature = "torch")]
+    pub fn without_chat(&self) -> Tokenizer {
+        match self {
+            Tokenizer::Byte => Tokenizer::Byte,
+            Tokenizer::Hf {
+                inner, specials, ..
+            } => Tokenizer::Hf {
+                inner: inner.clone(),
+                specials: *specials,
+                chat: None,
+            },
+        }
+    }
+
+    /// The text of token ids with their special tokens written out (`<|im_start|>`, BOS): the
+    /// text that encodes to the same ids again, where [`Tokenizer::decode`] leaves them out.
+    pub fn decode_verbatim(&self, ids: &[i64]) -> Result<String, TokenizerError> {
+        match self {
+            Tokenizer::Byte => Ok(ByteTokenizer.decode(ids)),
+            #[cfg(feature = "torch")]
+            Tokenizer::Hf { inner, .. } => {
+                let ids: Vec<u32> = ids.iter().filter_map(|&i| u32::try_from(i).ok()).collect();
+                inner
+                    .decode(&ids, false)
+                    .map_err(|e| TokenizerError::Run(e.to_string()))
+            }
+        }
+    }
+
     /// The text of a token id (its vocabulary entry), if it has one.
     #[cfg(feature = "torch")]
     pub fn token_text(&self, id: i64) -> Option<String> {

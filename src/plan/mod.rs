@@ -303,6 +303,12 @@ fn resolve_shared(spec: &Spec) -> Result<SharedConfig, Problem> {
             ));
         }
     }
+    if spec.evaluation.apply_chat_template == Some(true) && spec.data.chat_template.is_none() {
+        return Err(problem(
+            &["evaluation", "apply_chat_template"],
+            "evaluation prompts are framed by data.chat_template: set it (\"model\" or a Jinja file) or leave apply_chat_template out",
+        ));
+    }
     let t = &spec.training;
     let positive = |v: f64, name: &str, what: &str| -> Result<(), Problem> {
         if v.is_finite() && v > 0.0 {

@@ -397,4 +397,9 @@ fn chat_templates_need_ift_and_a_real_tokenizer() {
     let plain = ok(g);
     let json = serde_json::to_string(&plain.shared).unwrap();
     assert!(!json.contains("chat_template"), "{json}");
+    // Evaluation prompts framed by a template the data does not name: refused, naming the key.
+    let text = format!("{BASE}{g}[evaluation]\napply_chat_template = true\n");
+    let e = plan(&spec(&text), &PlanOptions::default()).unwrap_err();
+    assert_eq!(e.dotted(), "evaluation.apply_chat_template");
+    assert!(e.message.contains("data.chat_template"), "{}", e.message);
 }

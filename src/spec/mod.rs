@@ -420,6 +420,21 @@ pub struct EvaluationSpec {
     /// HumanEval JSONL(.gz) for the `humaneval` metric (default: the one scripts/setup-data fetches).
     #[serde(default)]
     pub humaneval: Option<PathBuf>,
+    /// Frame each evaluation question (math_accuracy, gsm8k, humaneval, multiple choice and the
+    /// forgetting benchmarks) as a user turn of `data.chat_template`, opened for the assistant's
+    /// answer, as lm-evaluation-harness's `--apply_chat_template` does (few-shot examples stay
+    /// in the one user turn). Default: true when `data.chat_template` is set; it needs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply_chat_template: Option<bool>,
+}
+
+impl EvaluationSpec {
+    /// Whether evaluation questions are framed by the chat template (`apply_chat_template`,
+    /// else whether the data has one).
+    pub fn chat_framed(&self, data: &DataSpec) -> bool {
+        self.apply_chat_template
+            .unwrap_or(data.chat_template.is_some())
+    }
 }
 
 fn default_eval_tokens() -> TokenCount {

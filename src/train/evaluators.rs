@@ -10,7 +10,7 @@ use super::TrainError;
 use crate::data::math::MathProblem;
 use crate::metrics::diversity::{diversity_scores, sample, text_prompt};
 use crate::metrics::humaneval::{humaneval_pass_at_1, HumanEvalTask, Outcome, Sandbox};
-use crate::metrics::lm::LlamaText;
+use crate::metrics::lm::{Framing, LlamaText};
 use crate::metrics::math::math_accuracy;
 use crate::metrics::multiple_choice::{multiple_choice_accuracy, read_items, ChoiceItem};
 use crate::metrics::next_line::{next_line_match, select_cases, NextLineCase};
@@ -59,6 +59,8 @@ impl Evaluator for MathAccuracyEval {
 pub struct NextLineEval {
     /// The lines and their contexts.
     pub cases: Vec<NextLineCase>,
+    /// How the contexts are framed: plain, or verbatim where they hold a chat template's markup.
+    pub framing: Framing,
 }
 
 impl Evaluator for NextLineEval {
@@ -68,7 +70,8 @@ impl Evaluator for NextLineEval {
         tok: &Tokenizer,
         stop: Stop<'_>,
     ) -> Result<BTreeMap<String, f64>, TrainError> {
-        let m = next_line_match(&self.cases, &mut LlamaText::new(model, tok, stop))?;
+        let mut lm = LlamaText::new(model, tok, stop).framed(self.framing);
+        let m = next_line_match(&self.cases, &mut lm)?;
         Ok(m.map(|a| ("next_line_match".to_string(), a))
             .into_iter()
             .collect())
@@ -86,6 +89,8 @@ pub struct DiversityEval {
     pub temperature: f64,
     /// Seed of the sampler, the same at every evaluation.
     pub seed: u64,
+    /// How the prompts are framed: plain, or verbatim where they hold a chat template's markup.
+    pub framing: Framing,
 }
 
 impl Evaluator for DiversityEval {
@@ -104,7 +109,7 @@ impl Evaluator for DiversityEval {
             &self.prompts,
             self.samples,
             self.temperature,
-            &mut LlamaText::new(model, tok, stop),
+            &mut LlamaText::new(model, tok, stop).framed(self.framing),
         )?;
         Ok(diversity_scores(&groups)
             .map(|s| s.named())
@@ -378,12 +383,33 @@ impl Evaluator for HumanEvalEval {
 }
 
 /// The prompt of a held-out example: an instruction pair's prompt, or a plain document's start.
+/// Examples framed by a chat template keep its markup (special tokens written out): see
+/// [`document_framing`].
 pub fn prompt_of(example: &Example, regime: Regime, tok: &Tokenizer) -> Result<String, TrainError> {
     Ok(match regime {
-        Regime::Ift => {
-            tok.decode(&example.tokens[..example.prompt_len.min(example.tokens.len())])?
-        }
-        Regime::Cpt => text_prompt(&tok.decode(&example.tokens)?),
+        Regime::Ift => document_text(
+            &example.tokens[..example.prompt_len.min(example.tokens.len())],
+            tok,
+        )?,
+        Regime::Cpt => text_prompt(&document_text(&example.tokens, tok)?),
+    })
+}
+
+/// The framing of prompts taken from the run's own tokenized examples: verbatim where a chat
+/// template framed them (BOS and turn markers are in their tokens), else plain.
+pub fn document_framing(tok: &Tokenizer) -> Framing {
+    if tok.chat().is_some() {
+        Framing::Verbatim
+    } else {
+        Framing::Plain
+    }
+}
+
+/// The text of an example's tokens, as [`document_framing`] reads it back.
+fn document_text(tokens: &[i64], tok: &Tokenizer) -> Result<String, TrainError> {
+    Ok(match document_framing(tok) {
+        Framing::Verbatim => tok.decode_verbatim(tokens)?,
+        _ => tok.decode(tokens)?,
     })
 }
 
@@ -409,10 +435,11 @@ pub fn build(
     if metrics.contains(&Metric::NextLine) {
         let docs: Vec<String> = held
             .iter()
-            .map(|e| tok.decode(&e.tokens))
+            .map(|e| document_text(&e.tokens, tok))
             .collect::<Result<_, _>>()?;
         out.push(Box::new(NextLineEval {
             cases: select_cases(&docs, n),
+            framing: document_framing(tok),
         }));
     }
     if metrics.contains(&Metric::Diversity) {
@@ -426,6 +453,7 @@ pub fn build(
             samples: spec.diversity_samples as usize,
             temperature: spec.temperature,
             seed,
+            framing: document_framing(tok),
         }));
     }
     if metrics.contains(&Metric::MultipleChoice) {
@@ -502,5 +530,44 @@ mod tests {
             prompt_of(&text, Regime::Cpt, &Tokenizer::Byte).unwrap(),
             text_prompt(&doc)
         );
+    }
+
+    /// With a chat template, a math question is framed as the training pairs were (the
+    /// template's user turn opened for the answer, no BOS of the tokenizer's own), and a
+    /// held-out example's prompt is read back with its special tokens, the same tokens again.
+    #[test]
+    fn chat_framed_prompts_are_what_training_shows() {
+        use crate::metrics::lm::frame;
+        use crate::model::chat::ChatTemplate;
+        let template = ChatTemplate::new(
+            "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}<|endoftext|>{% endfor %}\
+             {% if add_generation_prompt %}assistant: {% endif %}",
+            "",
+            "<|endoftext|>",
+        )
+        .unwrap();
+        let tok = crate::model::tokenizer::tests::tiny_gguf_tokenizer()
+            .with_chat_template(template)
+            .unwrap();
+        let p = &crate::metrics::math::eval_problems(1)[0];
+        let ex = tokenize(&RawDoc::Pair(p.prompt.clone(), p.response.clone()), &tok).unwrap();
+        let (prompt, bos) = frame(crate::metrics::math::prompt_of(p), Framing::Chat, &tok).unwrap();
+        assert_eq!(bos, None);
+        assert_eq!(prompt, ex.tokens[..ex.prompt_len]);
+        assert!(
+            prompt.contains(&262),
+            "the template's <|endoftext|>: {prompt:?}"
+        );
+        // Unframed, the same question is other tokens: the framing is not a no-op.
+        let (plain, _) = frame(crate::metrics::math::prompt_of(p), Framing::Plain, &tok).unwrap();
+        assert_ne!(plain, prompt);
+        // Diversity and next-line read the run's own examples back verbatim.
+        assert_eq!(document_framing(&tok), Framing::Verbatim);
+        let text = prompt_of(&ex, Regime::Ift, &tok).unwrap();
+        assert!(text.contains("<|endoftext|>assistant: "), "{text:?}");
+        let (again, bos) = frame(&text, Framing::Verbatim, &tok).unwrap();
+        assert_eq!((again.as_slice(), bos), (&ex.tokens[..ex.prompt_len], None));
+        // Without a template, examples are plain as before.
+        assert_eq!(document_framing(&tok.without_chat()), Framing::Plain);
     }
 }

@@ -285,6 +285,30 @@ pub fn build_model(
     Ok((model, tokenizer))
 }
 
+/// The tokenizer the evaluators see: with the data's chat template when evaluation questions are
+/// framed by it (`evaluation.apply_chat_template`, said in the notes), else without.
+fn evaluation_tokenizer(tokenizer: Tokenizer, run: &RunFile, notes: &mut Vec<String>) -> Tokenizer {
+    if tokenizer.chat().is_none() {
+        return tokenizer;
+    }
+    if run.shared.evaluation.chat_framed(&run.shared.data) {
+        notes.push(
+            "evaluation: each question (math_accuracy, gsm8k, humaneval, multiple choice, the \
+             forgetting benchmarks) is framed by data.chat_template as a user turn opened for \
+             the answer (evaluation.apply_chat_template)"
+                .into(),
+        );
+        tokenizer
+    } else {
+        notes.push(
+            "evaluation: questions are plain text (evaluation.apply_chat_template = false), \
+             though training pairs are framed by data.chat_template"
+                .into(),
+        );
+        tokenizer.without_chat()
+    }
+}
+
 /// Refuse a tokenizer that produces ids beyond the model's embedding rows.
 fn check_vocabulary(tok: &Tokenizer, cfg: &LlamaConfig, source: &str) -> Result<(), TrainError> {
     if tok.vocab_size() > cfg.vocab_size {
@@ -554,7 +578,7 @@ impl<'a> Trainer<'a> {
             schedule,
             total_steps,
             device_label,
-            tokenizer,
+            tokenizer: evaluation_tokenizer(tokenizer, run, &mut notes),
             base_cache,
             notes,
         })

@@ -780,7 +780,7 @@ fn qwen_checkpoints_train_and_export_the_config_they_were_read_from() {
         ));
     }
     std::fs::write(f.dir.path().join("pairs.jsonl"), jsonl).unwrap();
-    let ift = |name: &str, template: &str| {
+    let ift_with = |name: &str, template: &str, apply: Option<bool>| {
         f.run(name, |v| {
             v["model"] = serde_json::json!({"kind": "hf", "path": hf});
             v["data"]["regime"] = "ift".into();
@@ -789,9 +789,16 @@ fn qwen_checkpoints_train_and_export_the_config_they_were_read_from() {
             v["training"]["seq_len"] = 64.into();
             v["token_budget"] = 1280.into();
             v["eval_at"] = serde_json::json!([1280]);
+            v["evaluation"]["metrics"] =
+                serde_json::json!(["target_loss", "math_accuracy", "diversity"]);
+            v["evaluation"]["diversity_samples"] = 1.into();
+            if let Some(a) = apply {
+                v["evaluation"]["apply_chat_template"] = a.into();
+            }
             lora(v);
         })
     };
+    let ift = |name: &str, template: &str| ift_with(name, template, None);
     let e = train(&ift("no-template", "model"), &opts)
         .unwrap_err()
         .to_string();
@@ -818,6 +825,25 @@ fn qwen_checkpoints_train_and_export_the_config_they_were_read_from() {
     );
     let r = train(&run, &opts).unwrap();
     assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
+    // Questions are framed by the template by default, plain when the spec says so.
+    let framed = |r: &crate::results::RunResult, what: &str| {
+        assert!(
+            r.evals
+                .iter()
+                .all(|e| e.metrics.contains_key("math_accuracy")),
+            "{:?}",
+            r.evals
+        );
+        r.notes.iter().any(|n| n.contains(what))
+    };
+    assert!(
+        framed(&r, "framed by data.chat_template as a user turn"),
+        "{:?}",
+        r.notes
+    );
+    let r = train(&ift_with("chat-plain-eval", "model", Some(false)), &opts).unwrap();
+    assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
+    assert!(framed(&r, "questions are plain text"), "{:?}", r.notes);
     let e = train(&ift("missing", "nowhere/chat.jinja"), &opts)
         .unwrap_err()
         .to_string();
