@@ -92,13 +92,19 @@ impl Tokenizer {
 
     /// The text of token ids, special tokens left out.
     pub fn decode(&self, ids: &[i64]) -> Result<String, TokenizerError> {
+        self.decode_skipping(ids, true)
+    }
+
+    // Bytes have no special tokens to skip or keep: only the Hugging Face tokenizers read it.
+    #[cfg_attr(not(feature = "torch"), allow(unused_variables))]
+    fn decode_skipping(&self, ids: &[i64], skip_special: bool) -> Result<String, TokenizerError> {
         match self {
             Tokenizer::Byte => Ok(ByteTokenizer.decode(ids)),
             #[cfg(feature = "torch")]
             Tokenizer::Hf { inner, .. } => {
                 let ids: Vec<u32> = ids.iter().filter_map(|&i| u32::try_from(i).ok()).collect();
                 inner
-                    .decode(&ids, true)
+                    .decode(&ids, skip_special)
                     .map_err(|e| TokenizerError::Run(e.to_string()))
             }
         }
@@ -185,16 +191,7 @@ impl Tokenizer {
     /// The text of token ids with their special tokens written out (`<|im_start|>`, BOS): the
     /// text that encodes to the same ids again, where [`Tokenizer::decode`] leaves them out.
     pub fn decode_verbatim(&self, ids: &[i64]) -> Result<String, TokenizerError> {
-        match self {
-            Tokenizer::Byte => Ok(ByteTokenizer.decode(ids)),
-            #[cfg(feature = "torch")]
-            Tokenizer::Hf { inner, .. } => {
-                let ids: Vec<u32> = ids.iter().filter_map(|&i| u32::try_from(i).ok()).collect();
-                inner
-                    .decode(&ids, false)
-                    .map_err(|e| TokenizerError::Run(e.to_string()))
-            }
-        }
+        self.decode_skipping(ids, false)
     }
 
     /// The text of a token id (its vocabulary entry), if it has one.
