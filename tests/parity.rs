@@ -80,3 +80,75 @@ fn logits_match_transformers_or_the_config_is_refused() {
     }
     assert!(ggufs >= 5, "the GGUFs were compared ({ggufs})");
 }
+
+/// Each family's tokenizer folder (tests/fixtures/tokenizers, written by
+/// scripts/make-parity-fixtures in the layout its hub folders have) encodes every text as its
+/// tokenizer.json's own pipeline does, BOS included; as transformers 5 does for every family but
+/// Llama 2's transformers-4 layout, where the file (and `sweep`) is sentencepiece's Llama 2
+/// (a dummy prefix before a leading space) and transformers 5 rebuilds it without one; EOS is
+/// config.json's first, and transformers' end of turn stops generation; each conversation renders
+/// through the folder's chat template to transformers' text and tokens.
+#[test]
+fn tokenizers_match_transformers_and_their_files() {
+    use sweep::model::chat::ChatTemplate;
+    use sweep::model::tokenizer::Tokenizer;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizers");
+    let ids = |v: &serde_json::Value| -> Vec<i64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap())
+            .collect()
+    };
+    let mut families = Vec::new();
+    for family in ["llama2", "llama3", "mistral", "qwen2", "smollm2"] {
+        let dir = root.join(family);
+        let expect: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
+                .unwrap();
+        let tok = Tokenizer::from_hf_dir(&dir).unwrap();
+        let specials = tok.specials();
+        let mut sp_checked = 0;
+        for case in expect["cases"].as_array().unwrap() {
+            let text = case["text"].as_str().unwrap();
+            let mut got: Vec<i64> = specials.bos.into_iter().collect();
+            got.extend(tok.encode(text).unwrap());
+            assert_eq!(got, ids(&case["file"]), "{family}: {text:?} (the file's pipeline)");
+            if family != "llama2" {
+                assert_eq!(got, ids(&case["transformers"]), "{family}: {text:?}");
+            }
+            if let Some(sp) = case.get("sentencepiece").filter(|_| family == "llama2") {
+                assert_eq!(got, ids(sp), "{family}: {text:?} (sentencepiece)");
+                sp_checked += 1;
+            }
+        }
+        assert!(family != "llama2" || sp_checked >= 8, "{family}: {sp_checked}");
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        let first_eos = config["eos_token_id"]
+            .as_i64()
+            .or_else(|| config["eos_token_id"][0].as_i64())
+            .unwrap();
+        assert_eq!(specials.eos, first_eos, "{family}: EOS");
+        let hf_eos = expect["eos"].as_i64().unwrap();
+        assert!(tok.is_end(hf_eos), "{family}: transformers' EOS {hf_eos} ends a turn");
+        assert!(!tok.is_end(ids(&expect["cases"][0]["file"])[1]), "{family}");
+        let template = ChatTemplate::from_hf_dir(&dir, &tok).unwrap();
+        for chat in expect["chats"].as_array().unwrap() {
+            let messages: Vec<(&str, &str)> = chat["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| (m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+                .collect();
+            let text = template
+                .render(&messages, chat["add_generation_prompt"].as_bool().unwrap())
+                .unwrap();
+            assert_eq!(text, chat["text"].as_str().unwrap(), "{family}");
+            assert_eq!(tok.encode(&text).unwrap(), ids(&chat["ids"]), "{family}: {text:?}");
+        }
+        families.push(family);
+    }
+    assert_eq!(families.len(), 5);
+}

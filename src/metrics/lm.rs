@@ -145,7 +145,6 @@ impl TextModel for LlamaText<'_> {
         self.check_stop()?;
         let _g = tch::no_grad_guard();
         let device = self.model.vs.device();
-        let specials = self.tok.specials();
         let (prompt, bos) = self.prompt_tokens(prompt)?;
         let (tokens, max_new) = fit_window(&prompt, how.max_new, self.max_len(), bos);
         let mut cache = KvCache::default();
@@ -156,7 +155,7 @@ impl TextModel for LlamaText<'_> {
         for _ in 0..max_new {
             let logits = self.model.forward_cached(&input, &mut cache)?;
             let next = next_token(&logits, how.temperature)?;
-            if next == specials.eos {
+            if self.tok.is_end(next) {
                 break;
             }
             // Special tokens decode to nothing; they still condition what follows.

@@ -46,6 +46,45 @@ impl ChatTemplate {
         })
     }
 
+    /// The chat template of a Hugging Face folder, as transformers reads it: tokenizer_config.json's
+    /// `chat_template` (or the one named `default` of a list), with the `bos_token` and
+    /// `eos_token` strings that file gives (a null one renders as nothing), else the ones of
+    /// `tok`'s BOS and EOS.
+    pub fn from_hf_dir(
+        dir: &std::path::Path,
+        tok: &super::tokenizer::Tokenizer,
+    ) -> Result<ChatTemplate, String> {
+        let file = dir.join("tokenizer_config.json");
+        let v: serde_json::Value = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .ok_or_else(|| format!("{}: missing or not JSON", file.display()))?;
+        let t = &v["chat_template"];
+        let named_default = t.as_array().and_then(|list| {
+            list.iter()
+                .find(|e| e["name"] == "default")
+                .and_then(|e| e["template"].as_str())
+        });
+        let source = t.as_str().or(named_default).ok_or_else(|| {
+            format!(
+                "{} has no chat_template; give a Jinja file instead",
+                file.display()
+            )
+        })?;
+        let specials = tok.specials();
+        let token = |key: &str, id: Option<i64>| match v.get(key) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(serde_json::Value::Null) => String::new(),
+            Some(o) => o["content"].as_str().unwrap_or_default().to_string(),
+            None => id.and_then(|i| tok.token_text(i)).unwrap_or_default(),
+        };
+        ChatTemplate::new(
+            source,
+            &token("bos_token", specials.bos),
+            &token("eos_token", Some(specials.eos)),
+        )
+    }
+
     /// The text of a conversation of (role, content) messages; with `add_generation_prompt`,
     /// followed by what opens the assistant's turn.
     pub fn render(

@@ -72,6 +72,10 @@ pub enum Tokenizer {
         specials: SpecialIds,
         /// The chat template instruction pairs are framed with (`data.chat_template`), if any.
         chat: Option<std::sync::Arc<super::chat::ChatTemplate>>,
+        /// Other ids that end a generated turn besides EOS (Llama 3's `<|eot_id|>`): the rest of
+        /// config.json's and generation_config.json's `eos_token_id` lists and
+        /// tokenizer_config.json's `eos_token`, or a GGUF's EOT and EOM tokens.
+        ends: Vec<i64>,
     },
 }
 
@@ -134,6 +138,7 @@ impl Tokenizer {
                 inner,
                 specials,
                 chat,
+                ..
             } => {
                 use sha2::{Digest, Sha256};
                 let mut h = Sha256::new();
@@ -164,11 +169,15 @@ impl Tokenizer {
                 msg: "the builtin byte tokenizer has no chat template; use a Hugging Face or GGUF model, or leave data.chat_template out".into(),
             }),
             Tokenizer::Hf {
-                inner, specials, ..
+                inner,
+                specials,
+                ends,
+                ..
             } => Ok(Tokenizer::Hf {
                 inner,
                 specials,
                 chat: Some(std::sync::Arc::new(template)),
+                ends,
             }),
         }
     }
@@ -179,12 +188,25 @@ impl Tokenizer {
         match self {
             Tokenizer::Byte => Tokenizer::Byte,
             Tokenizer::Hf {
-                inner, specials, ..
+                inner,
+                specials,
+                ends,
+                ..
             } => Tokenizer::Hf {
                 inner: inner.clone(),
                 specials: *specials,
                 chat: None,
+                ends: ends.clone(),
             },
+        }
+    }
+
+    /// Whether a generated token ends the turn: EOS, or another end the model's files name.
+    pub fn is_end(&self, id: i64) -> bool {
+        match self {
+            Tokenizer::Byte => id == EOS,
+            #[cfg(feature = "torch")]
+            Tokenizer::Hf { specials, ends, .. } => id == specials.eos || ends.contains(&id),
         }
     }
 
@@ -517,10 +539,15 @@ mod hf {
             None
         };
         let pad = id("tokenizer.ggml.padding_token_id")?.unwrap_or(eos);
+        let mut ends = Vec::new();
+        for key in ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
+            ends.extend(id(key)?.filter(|&i| i != eos && !ends.contains(&i)));
+        }
         Ok(Tokenizer::Hf {
             inner: Box::new(inner),
             specials: SpecialIds { bos, eos, pad },
             chat: None,
+            ends,
         })
     }
 
@@ -539,12 +566,16 @@ mod hf {
 
     /// An id given in config.json, as a number or a list (the first).
     fn config_id(v: Option<&serde_json::Value>) -> Option<i64> {
-        let v = v?;
-        v.as_i64().or_else(|| {
-            v.as_array()
-                .and_then(|a| a.first())
-                .and_then(|x| x.as_i64())
-        })
+        config_ids(v).first().copied()
+    }
+
+    /// The ids given in config.json, as a number or a list.
+    fn config_ids(v: Option<&serde_json::Value>) -> Vec<i64> {
+        match v {
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_i64()).collect(),
+            Some(v) => v.as_i64().into_iter().collect(),
+            None => Vec::new(),
+        }
     }
 
     pub(super) fn from_hf_dir(dir: &Path) -> Result<Tokenizer, TokenizerError> {
@@ -592,10 +623,23 @@ mod hf {
         let pad = by_config("pad_token_id")
             .or_else(|| by_text("pad_token"))
             .unwrap_or(eos);
+        // Every other end of a turn the folder names: the rest of the eos_token_id lists, and
+        // tokenizer_config.json's eos_token (an instruct model's end of turn).
+        let generation = read_json(&dir.join("generation_config.json"));
+        let mut ends = Vec::new();
+        let listed = [&config, &generation]
+            .into_iter()
+            .flat_map(|c| config_ids(c.as_ref().and_then(|c| c.get("eos_token_id"))));
+        for id in listed.chain(by_text("eos_token")) {
+            if id != eos && !ends.contains(&id) {
+                ends.push(id);
+            }
+        }
         Ok(Tokenizer::Hf {
             inner: Box::new(inner),
             specials: SpecialIds { bos, eos, pad },
             chat: None,
+            ends,
         })
     }
 }
@@ -678,6 +722,23 @@ pub(crate) mod tests {
         }
         let f = GgufFile::parse(w.bytes(), Path::new("t.gguf")).unwrap();
         Tokenizer::from_gguf(&f).unwrap()
+    }
+
+    /// A GGUF's end-of-turn token (Llama 3's <|eot_id|>) ends a generated turn beside EOS.
+    #[cfg(feature = "torch")]
+    #[test]
+    fn gguf_end_of_turn_tokens_end_generation() {
+        use crate::model::gguf::{writer::GgufWriter, GgufFile, GgufValue};
+        assert!(!tiny_gguf_tokenizer().is_end(263));
+        let mut w = GgufWriter::new();
+        for (k, v) in tiny_bpe_metadata() {
+            w.kv(&k, v);
+        }
+        w.kv("tokenizer.ggml.eot_token_id", GgufValue::U32(263));
+        let t = Tokenizer::from_gguf(&GgufFile::parse(w.bytes(), Path::new("t.gguf")).unwrap())
+            .unwrap();
+        assert!(t.is_end(262) && t.is_end(263) && !t.is_end(258));
+        assert_eq!(t.specials().eos, 262);
     }
 
     #[cfg(feature = "torch")]

@@ -7,6 +7,7 @@ use std::path::Path;
 use tch::{Device, Tensor};
 
 use crate::fingerprint::{self, Fingerprint};
+use crate::model::chat::ChatTemplate;
 use crate::model::config::{LlamaConfig, BUILTIN_SHAPES};
 use crate::model::gguf::{self, GgufFile};
 use crate::model::llama::{BuildOptions, Llama, LoraOptions};
@@ -69,55 +70,32 @@ fn framed(tok: Tokenizer, run: &RunFile, gguf: Option<&GgufFile>) -> Result<Toke
         return Ok(tok);
     };
     let bad = |msg: String| TrainError::Data(format!("data.chat_template: {msg}"));
-    let source = match (which.as_str(), &run.shared.model) {
+    let specials = tok.specials();
+    let text = |id: Option<i64>| id.and_then(|i| tok.token_text(i)).unwrap_or_default();
+    let (bos, eos) = (text(specials.bos), text(Some(specials.eos)));
+    let compile = |source: &str| ChatTemplate::new(source, &bos, &eos).map_err(bad);
+    let template = match (which.as_str(), &run.shared.model) {
         ("model", ModelSource::Hf { path }) => {
-            let file = path.join("tokenizer_config.json");
-            let v: serde_json::Value = std::fs::read_to_string(&file)
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok())
-                .ok_or_else(|| bad(format!("{}: missing or not JSON", file.display())))?;
-            let t = &v["chat_template"];
-            let named_default = t.as_array().and_then(|list| {
-                list.iter()
-                    .find(|e| e["name"] == "default")
-                    .and_then(|e| e["template"].as_str())
-            });
-            t.as_str()
-                .or(named_default)
-                .map(str::to_string)
+            ChatTemplate::from_hf_dir(path, &tok).map_err(bad)?
+        }
+        ("model", ModelSource::Gguf { path }) => compile(
+            gguf.and_then(|f| f.get_str("tokenizer.chat_template").ok().flatten())
                 .ok_or_else(|| {
                     bad(format!(
-                        "{} has no chat_template; give a Jinja file instead",
-                        file.display()
+                        "{} has no tokenizer.chat_template; give a Jinja file instead",
+                        path.display()
                     ))
-                })?
-        }
-        ("model", ModelSource::Gguf { path }) => gguf
-            .and_then(|f| f.get_str("tokenizer.chat_template").ok().flatten())
-            .map(str::to_string)
-            .ok_or_else(|| {
-                bad(format!(
-                    "{} has no tokenizer.chat_template; give a Jinja file instead",
-                    path.display()
-                ))
-            })?,
+                })?,
+        )?,
         ("model", ModelSource::Builtin { .. }) => {
             return Err(bad("the builtin models have no chat template".into()))
         }
-        (file, _) => std::fs::read_to_string(file).map_err(|e| {
+        (file, _) => compile(&std::fs::read_to_string(file).map_err(|e| {
             bad(format!(
                 "{file}: {e}; give `model` or a path to a Jinja file"
             ))
-        })?,
+        })?)?,
     };
-    let specials = tok.specials();
-    let text = |id: Option<i64>| id.and_then(|i| tok.token_text(i)).unwrap_or_default();
-    let template = crate::model::chat::ChatTemplate::new(
-        &source,
-        &text(specials.bos),
-        &text(Some(specials.eos)),
-    )
-    .map_err(bad)?;
     Ok(tok.with_chat_template(template)?)
 }
 
