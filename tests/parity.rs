@@ -11,6 +11,17 @@ use sweep::model::gguf::{load_llama, GgufFile};
 use sweep::model::llama::{BuildOptions, Llama};
 use tch::{Device, Tensor};
 
+/// A fixture's token sequence (a batch of one) and transformers' logits for it.
+fn reference(dir: &std::path::Path) -> (Tensor, Tensor) {
+    let mut r: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(dir.join("reference.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    let tokens = r["tokens"].to_kind(tch::Kind::Int64).unsqueeze(0);
+    (tokens, r.remove("logits").unwrap())
+}
+
 #[test]
 fn logits_match_transformers_or_the_config_is_refused() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity");
@@ -34,12 +45,8 @@ fn logits_match_transformers_or_the_config_is_refused() {
             continue;
         }
         let model = loaded.unwrap_or_else(|e| panic!("{name}: {e}"));
-        let reference: std::collections::HashMap<String, Tensor> =
-            Tensor::read_safetensors(dir.join("reference.safetensors"))
-                .unwrap()
-                .into_iter()
-                .collect();
-        let tokens = reference["tokens"].to_kind(tch::Kind::Int64).unsqueeze(0);
+        let (tokens, want) = reference(&dir);
+        let want = &want;
         let logits = {
             let _g = tch::no_grad_guard();
             model.forward(&tokens, false)
@@ -51,7 +58,6 @@ fn logits_match_transformers_or_the_config_is_refused() {
             continue;
         }
         let logits = logits.unwrap().squeeze_dim(0);
-        let want = &reference["logits"];
         assert_eq!(logits.size(), want.size(), "{name}");
         let diff = (&logits - want).abs().max().double_value(&[]);
         let scale = want.abs().max().double_value(&[]);
@@ -113,7 +119,11 @@ fn tokenizers_match_transformers_and_their_files() {
             let text = case["text"].as_str().unwrap();
             let mut got: Vec<i64> = specials.bos.into_iter().collect();
             got.extend(tok.encode(text).unwrap());
-            assert_eq!(got, ids(&case["file"]), "{family}: {text:?} (the file's pipeline)");
+            assert_eq!(
+                got,
+                ids(&case["file"]),
+                "{family}: {text:?} (the file's pipeline)"
+            );
             if family != "llama2" {
                 assert_eq!(got, ids(&case["transformers"]), "{family}: {text:?}");
             }
@@ -122,7 +132,10 @@ fn tokenizers_match_transformers_and_their_files() {
                 sp_checked += 1;
             }
         }
-        assert!(family != "llama2" || sp_checked >= 8, "{family}: {sp_checked}");
+        assert!(
+            family != "llama2" || sp_checked >= 8,
+            "{family}: {sp_checked}"
+        );
         let config: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
                 .unwrap();
@@ -132,7 +145,10 @@ fn tokenizers_match_transformers_and_their_files() {
             .unwrap();
         assert_eq!(specials.eos, first_eos, "{family}: EOS");
         let hf_eos = expect["eos"].as_i64().unwrap();
-        assert!(tok.is_end(hf_eos), "{family}: transformers' EOS {hf_eos} ends a turn");
+        assert!(
+            tok.is_end(hf_eos),
+            "{family}: transformers' EOS {hf_eos} ends a turn"
+        );
         assert!(!tok.is_end(ids(&expect["cases"][0]["file"])[1]), "{family}");
         let template = ChatTemplate::from_hf_dir(&dir, &tok).unwrap();
         for chat in expect["chats"].as_array().unwrap() {
@@ -146,9 +162,44 @@ fn tokenizers_match_transformers_and_their_files() {
                 .render(&messages, chat["add_generation_prompt"].as_bool().unwrap())
                 .unwrap();
             assert_eq!(text, chat["text"].as_str().unwrap(), "{family}");
-            assert_eq!(tok.encode(&text).unwrap(), ids(&chat["ids"]), "{family}: {text:?}");
+            assert_eq!(
+                tok.encode(&text).unwrap(),
+                ids(&chat["ids"]),
+                "{family}: {text:?}"
+            );
         }
         families.push(family);
     }
     assert_eq!(families.len(), 5);
+}
+
+/// A Llama GGUF with each matrix in another quantization (tests/fixtures/gguf-quantized: the
+/// K-quants, Q4_1, Q5_0, Q5_1 and Q8_0, written by the gguf package) computes transformers'
+/// logits for the gguf package's dequantization of its tensors, within 1e-5.
+#[test]
+fn a_quantized_gguf_computes_the_logits_of_its_dequantized_weights() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf-quantized");
+    let file = GgufFile::open(&dir.join("model.gguf")).unwrap();
+    let types: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("types.json")).unwrap()).unwrap();
+    for (name, ty) in &types {
+        assert_eq!(&file.tensor(name).unwrap().ty.name(), ty, "{name}");
+    }
+    let mut distinct: Vec<&String> = types.values().collect();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 9, "{distinct:?}");
+    let model = load_llama(&file, &BuildOptions::default(), Device::Cpu).unwrap();
+    let (tokens, want) = reference(&dir);
+    let logits = {
+        let _g = tch::no_grad_guard();
+        model.forward(&tokens, false).unwrap().squeeze_dim(0)
+    };
+    let diff = (&logits - &want).abs().max().double_value(&[]);
+    let scale = want.abs().max().double_value(&[]);
+    assert!(scale > 0.1, "logits of a real model: {scale}");
+    assert!(
+        diff < 1e-5,
+        "max |sweep - transformers| = {diff} (logits up to {scale})"
+    );
 }

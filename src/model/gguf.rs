@@ -1,5 +1,5 @@
 //! GGUF files, llama.cpp's format: header, metadata, tensor infos and data; dequantization of
-//! F32, F16, BF16, Q8_0, Q4_0, Q4_1 and the K-quants Q2_K to Q6_K; and the mapping of a Llama GGUF onto Hugging Face names,
+//! F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the K-quants Q2_K to Q6_K; and the mapping of a Llama GGUF onto Hugging Face names,
 //! shapes and configuration (undoing llama.cpp's Q/K row permutation).
 //!
 //! Parsing and dequantization are pure functions over bytes; [`GgufFile::open`] reads the file
@@ -63,7 +63,7 @@ pub enum GgufError {
     /// A tensor's quantization type cannot be dequantized here.
     #[error(
         "{path}: tensor {tensor} has quantization type {ty}, which is not supported \
-         (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)"
+         (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)"
     )]
     UnsupportedType {
         /// The file.
@@ -187,6 +187,10 @@ impl GgmlType {
     pub const Q4_0: GgmlType = GgmlType(2);
     /// 4-bit blocks of 32 with a scale and a minimum: q * d + m.
     pub const Q4_1: GgmlType = GgmlType(3);
+    /// 5-bit blocks of 32 with a scale: (q - 16) * d, the fifth bits in a 32-bit word.
+    pub const Q5_0: GgmlType = GgmlType(6);
+    /// 5-bit blocks of 32 with a scale and a minimum: q * d + m.
+    pub const Q5_1: GgmlType = GgmlType(7);
     /// 8-bit blocks of 32 with a scale: q * d.
     pub const Q8_0: GgmlType = GgmlType(8);
     /// bfloat16.
@@ -277,7 +281,7 @@ impl GgmlType {
 
     /// Whether [`dequantize`] handles the type.
     pub fn is_supported(self) -> bool {
-        matches!(self.0, 0 | 1 | 2 | 3 | 8 | 10..=14 | 30)
+        matches!(self.0, 0..=3 | 6..=8 | 10..=14 | 30)
     }
 }
 
@@ -342,6 +346,28 @@ pub fn dequantize(ty: GgmlType, data: &[u8]) -> Option<Vec<f32>> {
                 // Low nibbles are elements 0..16 of the block, high nibbles 16..32.
                 out.extend(qs.iter().map(|&q| (f32::from(q & 0x0f) - shift) * d + m));
                 out.extend(qs.iter().map(|&q| (f32::from(q >> 4) - shift) * d + m));
+            }
+            out
+        }
+        GgmlType::Q5_0 | GgmlType::Q5_1 => {
+            let with_min = ty == GgmlType::Q5_1;
+            let size = if with_min { 24 } else { 22 };
+            let mut out = vec![0f32; data.len() / size * 32];
+            for (b, o) in data.chunks_exact(size).zip(out.chunks_exact_mut(32)) {
+                let d = f16_at(b, 0);
+                let (m, at, shift) = if with_min {
+                    (f16_at(b, 2), 4, 0.0)
+                } else {
+                    (0.0, 2, 16.0)
+                };
+                // Bit j of qh is element j's fifth bit, bit j + 16 element j + 16's.
+                let qh = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+                for (j, &q) in b[at + 4..at + 20].iter().enumerate() {
+                    let lo = u32::from(q & 0x0f) | (((qh >> j) & 1) << 4);
+                    let hi = u32::from(q >> 4) | (((qh >> (j + 16)) & 1) << 4);
+                    o[j] = (lo as f32 - shift) * d + m;
+                    o[j + 16] = (hi as f32 - shift) * d + m;
+                }
             }
             out
         }
@@ -1307,13 +1333,13 @@ mod tests {
         assert_eq!(v[160 + 4], -0.5 * 36.0);
     }
 
-    /// Each K-quant against the gguf Python package's dequantization of the same random blocks
-    /// (scripts/make-parity-fixtures writes them).
+    /// Each quantization against the gguf Python package's dequantization of the same blocks
+    /// (random K-quant super-blocks; blocks of 32 it quantized; scripts/make-parity-fixtures).
     #[test]
-    fn k_quants_match_the_gguf_package() {
+    fn quantized_blocks_match_the_gguf_package() {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/gguf-kquants.json"
+            "/tests/fixtures/gguf-quants.json"
         );
         let fixture: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
@@ -1323,6 +1349,11 @@ mod tests {
             ("Q4_K", GgmlType::Q4_K),
             ("Q5_K", GgmlType::Q5_K),
             ("Q6_K", GgmlType::Q6_K),
+            ("Q4_0", GgmlType::Q4_0),
+            ("Q4_1", GgmlType::Q4_1),
+            ("Q5_0", GgmlType::Q5_0),
+            ("Q5_1", GgmlType::Q5_1),
+            ("Q8_0", GgmlType::Q8_0),
         ] {
             assert_eq!(ty.name(), name);
             assert!(ty.is_supported(), "{name}");
@@ -1592,16 +1623,16 @@ mod tests {
         assert!(e.contains("truncated file"), "{e}");
 
         let mut w = small_file();
-        w.tensors[1].2 = GgmlType(6);
+        w.tensors[1].2 = GgmlType(9);
         w.tensors[1].1 = vec![32, 1];
-        w.tensors[1].3 = vec![0; 22];
+        w.tensors[1].3 = vec![0; 36];
         let f = GgufFile::parse(w.bytes(), p).unwrap();
         let e = f
             .tensor_f32(f.tensor("blk.0.attn_k.weight").unwrap())
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("Q5_0") && e.contains("not supported") && e.contains("Q6_K"),
+            e.contains("Q8_1") && e.contains("not supported") && e.contains("Q5_1"),
             "named, with the types that are: {e}"
         );
 
