@@ -46,6 +46,12 @@ pub enum Command {
         after_help = "Example:\n  sweep submit sweeps/paper-math-ift.toml --cluster mycluster"
     )]
     Submit(SubmitArgs),
+    /// Attach to a sweep submitted to a cluster and keep it moving until every run is final
+    /// (what `submit --follow` does after its first round); safe to kill and start again.
+    #[command(
+        after_help = "Example:\n  nohup sweep follow sweeps/paper-math-ift.toml > follow.log 2>&1 &\n\nThe cluster is the one the sweep was submitted to (results/NAME/slurm.json). Each round\nresubmits what the retry policy allows, collects finished results and rebuilds the report;\nthe exit code says whether every run completed. A run cancelled by `sweep cancel` stays\ncancelled."
+    )]
+    Follow(FollowArgs),
     /// Show the state of a sweep's runs.
     #[command(after_help = "Example:\n  sweep status sweeps/quickstart.toml")]
     Status(StatusArgs),
@@ -147,6 +153,19 @@ pub struct SubmitArgs {
     /// Leave cancelled runs cancelled (follow's later rounds: a user's cancel wins).
     #[arg(skip)]
     pub leave_cancelled: bool,
+}
+
+/// `sweep follow`.
+#[derive(Debug, Clone, Args)]
+pub struct FollowArgs {
+    /// The sweep spec (TOML).
+    pub spec: PathBuf,
+    /// Resubmit runs that failed, once, in the first round.
+    #[arg(long)]
+    pub retry_failed: bool,
+    /// The clusters file (default: $SWEEP_CLUSTERS, else ~/.config/sweep/clusters.toml).
+    #[arg(long, value_name = "FILE")]
+    pub clusters: Option<PathBuf>,
 }
 
 /// `sweep cancel`.

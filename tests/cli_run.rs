@@ -146,6 +146,19 @@ fn a_second_process_on_the_same_sweep_is_refused() {
     assert!(err(&o).contains("another sweep process"), "{}", err(&o));
 }
 
+/// `sweep follow` of a sweep never sent to a cluster: a usage error that says what to run.
+#[test]
+fn follow_of_a_sweep_never_submitted_says_what_to_run() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("spec.toml"), SPEC).unwrap();
+    let o = sweep(dir.path(), &["follow", "spec.toml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    let e = err(&o);
+    assert!(e.contains("was never submitted to a cluster"), "{e}");
+    assert!(e.contains("sweep submit spec.toml --cluster NAME --follow"), "{e}");
+    assert!(e.contains("sweep run spec.toml"), "{e}");
+}
+
 #[test]
 fn report_without_results_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();

@@ -490,11 +490,9 @@ fn follow_runs_the_sweep_to_its_end_and_names_what_failed() {
         &unique("follow"),
         "setup = [\"if mkdir fail-once 2>/dev/null; then echo failing on purpose >&2; exit 3; fi\"]\n",
     );
-    let follow = |extra: &[&str]| -> Output {
-        let mut args = vec!["submit", "spec.toml", "--cluster", "dev", "--follow"];
-        args.extend_from_slice(extra);
+    let follow = |args: &[&str]| -> Output {
         let mut child = c
-            .cmd(&args)
+            .cmd(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -509,7 +507,14 @@ fn follow_runs_the_sweep_to_its_end_and_names_what_failed() {
         }
         child.wait_with_output().unwrap()
     };
-    let o = follow(&["--install"]);
+    let o = follow(&[
+        "submit",
+        "spec.toml",
+        "--cluster",
+        "dev",
+        "--follow",
+        "--install",
+    ]);
     let (out, err) = (
         String::from_utf8_lossy(&o.stdout).into_owned(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
@@ -520,7 +525,8 @@ fn follow_runs_the_sweep_to_its_end_and_names_what_failed() {
         "{err}"
     );
     assert!(err.contains("--retry-failed --follow"), "{err}");
-    let o = follow(&["--retry-failed"]);
+    // Attached later by `sweep follow`, which finds the cluster in the sweep's slurm.json.
+    let o = follow(&["follow", "spec.toml", "--retry-failed"]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(
         o.status.success(),
@@ -905,7 +911,7 @@ fn a_timeout_is_classified_and_resubmitted_and_resumes_from_its_checkpoint() {
     // least 300 ms each (187 s): on any machine the warning comes mid-run.
     let c = Case::training(
         name,
-        "time_limit = \"00:02:00\"\ncheckpoint_signal_s = 60\ntrain_args = [\"--min-step-ms\", \"300\"]\n",
+        "time_limit = \"00:02:00\"\ncheckpoint_signal_s = 60\ntrain_args = [\"--min-step-ms\", \"300\"]\nretry = { max_attempts = 1 }\n",
         "160k",
         0,
         &src,
@@ -927,7 +933,8 @@ fn a_timeout_is_classified_and_resubmitted_and_resumes_from_its_checkpoint() {
     let log = std::fs::read_to_string(run.join("train.log")).unwrap();
     assert!(log.contains("stopped by a signal after step"), "{log}");
     assert!(has_checkpoint(&run), "checkpointed before the limit");
-    // Timeouts are retried by default; this attempt gets the time it needs, unpaced.
+    // Timeouts are retried by default, and one that checkpointed further is a continuation,
+    // sent again though max_attempts = 1; this attempt gets the time it needs, unpaced.
     c.set_cluster_key("time_limit", "\"00:10:00\"");
     c.set_cluster_key("train_args", "[]");
     let out = c.ok(&["submit", "spec.toml", "--cluster", "dev"]);
@@ -940,6 +947,9 @@ fn a_timeout_is_classified_and_resubmitted_and_resumes_from_its_checkpoint() {
         "{from}: {log}"
     );
     assert_eq!(states(&c)[&id].1, 2, "two attempts");
+    let v: serde_json::Value =
+        serde_json::from_str(&c.ok(&["--json", "status", "spec.toml"])).unwrap();
+    assert_eq!(v[0]["continuations"], 1, "the second a continuation: {v}");
     let s = starts(&c, name, &id);
     assert_eq!(s.len(), 2, "{s:?}");
     assert_ne!(s[0].0, s[1].0, "two jobs: {s:?}");

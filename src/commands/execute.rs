@@ -209,6 +209,8 @@ struct StatusRow {
     id: String,
     state: JobState,
     attempts: u32,
+    /// Attempts that went on after a time limit, not counted against max_attempts.
+    continuations: u32,
     detail: Option<String>,
 }
 
@@ -268,6 +270,7 @@ pub fn status(g: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<()> {
                 id: w.id.clone(),
                 state: st,
                 attempts: rec.map_or(0, |r| r.attempts),
+                continuations: rec.map_or(0, |r| r.progress.continuations),
                 detail,
             }
         })

@@ -79,6 +79,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Submit(args) => execute::submit(g, &args),
+        Command::Follow(args) => slurm::attach(g, &args),
         Command::Status(args) => execute::status(g, &args),
         Command::Cancel(args) => execute::cancel(g, &args),
         Command::Collect(args) => slurm::collect(g, &args),

@@ -60,6 +60,7 @@ fn local_results(dir: &Path, plan: &Plan, state: &mut SweepState, j: &Journal) {
                     backend: backend(j),
                     job_id: None,
                     detail: None,
+                    progress: Default::default(),
                 }
             });
             rec.state = s;
@@ -271,7 +272,7 @@ pub fn follow(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
             install: args.install && round == 0,
             retry_failed: args.retry_failed && round == 0,
             follow: false,
-            leave_cancelled: round > 0,
+            leave_cancelled: args.leave_cancelled || round > 0,
             ..args.clone()
         };
         if round == 0 {
@@ -321,12 +322,7 @@ pub fn follow(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
             state.runs.get(&r.id).is_some_and(|s| {
                 !matches!(s.state, JobState::Pending | JobState::Running)
                     && (s.state == JobState::Cancelled
-                        || !crate::executor::slurm::retry::resubmit(
-                            s.state,
-                            s.attempts,
-                            &policy.retry,
-                            false,
-                        ))
+                        || !crate::executor::slurm::retry::resubmit_record(s, &policy.retry, false))
                     && (!s.state.is_final() || collected(r))
             })
         };
@@ -386,6 +382,34 @@ pub fn follow(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
         round += 1;
         std::thread::sleep(std::time::Duration::from_secs(policy.poll_floor_s.max(1)));
     }
+}
+
+/// `sweep follow SPEC`: [`follow`] the sweep on the cluster it was submitted to, leaving
+/// cancelled runs cancelled from the first round.
+pub fn attach(g: &GlobalArgs, args: &crate::cli::FollowArgs) -> anyhow::Result<()> {
+    let (_, plan) = load_plan(&args.spec, false)?;
+    let dir = sweep_dir(g, &plan.name);
+    let Some(j) = submitted(&dir)? else {
+        return Err(UsageError(format!(
+            "sweep {} was never submitted to a cluster ({} has no slurm.json with jobs): `sweep submit {} --cluster NAME --follow` submits and follows it; a local sweep resumes with `sweep run {}`",
+            plan.name,
+            dir.display(),
+            args.spec.display(),
+            args.spec.display()
+        ))
+        .into());
+    };
+    let submit = SubmitArgs {
+        spec: args.spec.clone(),
+        cluster: Some(j.cluster.clone()),
+        retry_failed: args.retry_failed,
+        install: false,
+        clusters: args.clusters.clone(),
+        no_memory_check: false,
+        follow: true,
+        leave_cancelled: true,
+    };
+    follow(g, &submit, &j.cluster)
 }
 
 /// Follow rounds in a row that may fail before `--follow` gives up.

@@ -170,6 +170,7 @@ impl LocalExecutor {
                 backend: "local".into(),
                 job_id: None,
                 detail: None,
+                progress: Default::default(),
             });
             let (st, detail) = reconcile(Some(rec), local_result_state(&r.dir, &r.who));
             rec.state = st;

@@ -30,6 +30,45 @@ pub struct RunRecord {
     /// The last error or divergence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// How far it got on a cluster, for telling a time-limit continuation from a failure.
+    #[serde(default, skip_serializing_if = "Progress::is_empty")]
+    pub progress: Progress,
+}
+
+/// Of a run on a cluster: the attempts that went on from a further checkpoint after a time
+/// limit, and the checkpoint steps that tell them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Attempts that continued a run that timed out after checkpointing further than it had
+    /// been sent from: not counted against the retry policy's max_attempts.
+    #[serde(default)]
+    pub continuations: u32,
+    /// Its latest checkpoint step seen on the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_step: Option<u64>,
+    /// The latest checkpoint step when it was last sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_step: Option<u64>,
+}
+
+impl Progress {
+    fn is_empty(&self) -> bool {
+        *self == Progress::default()
+    }
+}
+
+impl RunRecord {
+    /// Whether it timed out after checkpointing further than it had been sent from: sending it
+    /// again goes on from there.
+    pub fn continues(&self) -> bool {
+        self.state == JobState::Timeout
+            && self.progress.checkpoint_step > self.progress.submitted_step
+    }
+
+    /// Attempts that count against the retry policy: all but continuations.
+    pub fn counted_attempts(&self) -> u32 {
+        self.attempts.saturating_sub(self.progress.continuations)
+    }
 }
 
 /// state.json.
@@ -183,6 +222,7 @@ impl SweepState {
                     backend: "local".into(),
                     job_id: None,
                     detail,
+                    progress: Default::default(),
                 },
             );
         }
@@ -286,6 +326,7 @@ mod tests {
             backend: backend.into(),
             job_id: None,
             detail: None,
+            progress: Progress::default(),
         }
     }
 
@@ -357,6 +398,7 @@ mod tests {
                 backend: "local".into(),
                 job_id: None,
                 detail: None,
+                progress: Default::default(),
             },
         );
         s.save(dir.path()).unwrap();

@@ -9,7 +9,7 @@ use super::config::ClusterConfig;
 use super::journal::{Batch, ChunkRecord, Journal};
 use super::parse::{self, Accounting, ClusterFacts, JobRow};
 use super::quote::{from_home, join, sh_quote};
-use super::retry::resubmit;
+use super::retry::resubmit_record;
 use super::script;
 use super::transport::{Transport, TransportError};
 use super::SlurmError;
@@ -33,6 +33,8 @@ pub struct Probe {
     pub errors: HashMap<String, String>,
     /// Run id and `ARRAY_TASK` job id by raw job id (jobs.log).
     pub jobs_log: HashMap<String, (String, String)>,
+    /// The step of each run's latest checkpoint on the cluster.
+    pub checkpoints: HashMap<String, u64>,
 }
 
 /// The probe command (pure): everything status and submit need, in one remote call.
@@ -46,7 +48,8 @@ echo @@squeue; squeue -h -r -u \"$(id -un)\" -o '{sq}' 2>&1; \
 echo @@acct; case \"$cfg\" in *accounting_storage/slurmdbd*) sacct -n -P -X -u \"$(id -un)\" -S now-{age} -o {sa} 2>&1 ;; \
 *jobcomp/filetxt*) sacct -c -n -P -o {sa} 2>/dev/null ;; *) scontrol show job -o 2>/dev/null ;; esac; \
 echo @@results; for f in runs/*/result.json; do [ -e \"$f\" ] && grep -H -o -E '\"(status\": *\"[a-z_]*|error\": *\"([^\"\\\\]|\\\\.)*)\"' \"$f\"; done; \
-echo @@jobslog; cat jobs.log 2>/dev/null; true; }}",
+echo @@jobslog; cat jobs.log 2>/dev/null; \
+echo @@checkpoints; for c in runs/*/checkpoints/step-*; do [ -d \"$c\" ] && echo \"$c\"; done; true; }}",
         bin = from_home(binary),
         sq = parse::SQUEUE_FORMAT,
         sa = parse::SACCT_FIELDS,
@@ -67,9 +70,20 @@ pub fn parse_probe(text: &str) -> Probe {
                 "acct" => "acct",
                 "results" => "results",
                 "jobslog" => "jobslog",
+                "checkpoints" => "checkpoints",
                 _ => cur,
             };
-            if ["config", "version", "squeue", "acct", "results", "jobslog"].contains(&name) {
+            if [
+                "config",
+                "version",
+                "squeue",
+                "acct",
+                "results",
+                "jobslog",
+                "checkpoints",
+            ]
+            .contains(&name)
+            {
                 continue;
             }
         }
@@ -94,6 +108,7 @@ pub fn parse_probe(text: &str) -> Probe {
         results: parse::parse_results(get("results")),
         errors: parse::parse_result_errors(get("results")),
         jobs_log: parse::parse_jobs_log(get("jobslog")),
+        checkpoints: parse::parse_checkpoints(get("checkpoints")),
     }
 }
 
@@ -106,6 +121,8 @@ pub struct Observed {
     pub job_id: Option<String>,
     /// Slurm's words.
     pub detail: Option<String>,
+    /// The step of its latest checkpoint on the cluster.
+    pub checkpoint_step: Option<u64>,
 }
 
 /// Join the probe with the journal (pure): run id -> what the cluster says. Finished-job records
@@ -151,6 +168,7 @@ pub fn observe(journal: &Journal, probe: &Probe) -> BTreeMap<String, Observed> {
                 state: row.state,
                 job_id: Some(job),
                 detail: Some(row.detail.clone()),
+                checkpoint_step: None,
             },
         );
     }
@@ -181,6 +199,7 @@ pub fn observe(journal: &Journal, probe: &Probe) -> BTreeMap<String, Observed> {
                 state: row.state,
                 job_id: Some(job),
                 detail,
+                checkpoint_step: None,
             },
         );
     }
@@ -212,8 +231,12 @@ pub fn observe(journal: &Journal, probe: &Probe) -> BTreeMap<String, Observed> {
                 state: *s,
                 job_id: None,
                 detail: None,
+                checkpoint_step: None,
             });
         }
+    }
+    for (id, o) in out.iter_mut() {
+        o.checkpoint_step = probe.checkpoints.get(id).copied();
     }
     out
 }
@@ -271,7 +294,14 @@ pub fn record_chunk(state: &mut SweepState, backend: &str, b: &Batch, c: &ChunkR
             backend: backend.to_string(),
             job_id: None,
             detail: None,
+            progress: Default::default(),
         });
+        // A run that timed out after checkpointing further than it had been sent from goes
+        // on from there: a continuation, which the retry policy does not count as a failure.
+        if rec.continues() {
+            rec.progress.continuations += 1;
+        }
+        rec.progress.submitted_step = rec.progress.checkpoint_step;
         rec.attempts += 1;
         rec.state = JobState::Pending;
         rec.backend = backend.to_string();
@@ -289,6 +319,7 @@ pub fn apply(state: &mut SweepState, backend: &str, obs: &BTreeMap<String, Obser
             backend: backend.to_string(),
             job_id: None,
             detail: None,
+            progress: Default::default(),
         });
         // Only observations of the run's current job (or a result) change it.
         if o.job_id.is_none()
@@ -301,6 +332,9 @@ pub fn apply(state: &mut SweepState, backend: &str, obs: &BTreeMap<String, Obser
             if o.job_id.is_some() {
                 rec.job_id = o.job_id.clone();
             }
+        }
+        if o.checkpoint_step.is_some() {
+            rec.progress.checkpoint_step = rec.progress.checkpoint_step.max(o.checkpoint_step);
         }
     }
 }
@@ -340,7 +374,7 @@ pub fn to_submit(
             None => true,
             Some(r) if r.job_id.is_none() && r.state == JobState::Pending => true,
             Some(r) if r.attempts == 0 && !r.state.is_final() => true,
-            Some(r) => resubmit(r.state, r.attempts, &c.retry, retry_failed),
+            Some(r) => resubmit_record(r, &c.retry, retry_failed),
         })
         .cloned()
         .collect()
@@ -733,6 +767,44 @@ mod tests {
         assert_eq!(observe(&j, &dbd)["a"].detail, None);
     }
 
+    /// The probe lists each run's checkpoints; a timed-out run that checkpointed further than
+    /// it was sent from is sent again as a continuation, and one sent again from the same
+    /// checkpoint is an attempt.
+    #[test]
+    fn a_timeout_after_progress_is_a_continuation() {
+        let (j, p) = journal_with_job_9(&["a"]);
+        let probe = |steps: &str| {
+            parse_probe(&format!(
+                "@@config\nJobCompType = jobcomp/filetxt\n@@acct\n9|9|{p}t-0|TIMEOUT|0:0\n@@jobslog\n9 9_0 a\n@@checkpoints\n{steps}"
+            ))
+        };
+        let obs = observe(
+            &j,
+            &probe("runs/a/checkpoints/step-00000040\nruns/a/checkpoints/step-00000120\n"),
+        );
+        assert_eq!(obs["a"].state, JobState::Timeout);
+        assert_eq!(obs["a"].checkpoint_step, Some(120));
+        let mut st = SweepState::new("s");
+        let batch = &j.batches[0];
+        record_chunk(&mut st, "slurm:a", batch, &batch.chunks[0]);
+        apply(&mut st, "slurm:a", &obs);
+        assert!(st.runs["a"].continues());
+        let again = ChunkRecord {
+            job_id: Some("20".into()),
+            ..batch.chunks[0].clone()
+        };
+        record_chunk(&mut st, "slurm:a", batch, &again);
+        let r = &st.runs["a"];
+        assert_eq!((r.attempts, r.progress.continuations), (2, 1));
+        assert_eq!(r.progress.submitted_step, Some(120));
+        // Timed out again without a newer checkpoint: not a continuation.
+        let mut stalled = obs.clone();
+        stalled.get_mut("a").unwrap().job_id = Some("20_0".into());
+        apply(&mut st, "slurm:a", &stalled);
+        assert!(!st.runs["a"].continues());
+        assert_eq!(st.runs["a"].counted_attempts(), 1);
+    }
+
     #[test]
     fn choosing_runs_follows_the_retry_policy() {
         let j = journal();
@@ -743,6 +815,7 @@ mod tests {
             backend: "slurm:a".into(),
             job_id: job.map(str::to_string),
             detail: None,
+            progress: Default::default(),
         };
         st.runs
             .insert("done".into(), rec(JobState::Completed, 1, Some("1_0")));

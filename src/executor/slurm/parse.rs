@@ -234,6 +234,24 @@ pub fn parse_results(text: &str) -> HashMap<String, JobState> {
         .collect()
 }
 
+/// The latest checkpoint step of each run, from the probe's `runs/ID/checkpoints/step-N` lines.
+pub fn parse_checkpoints(text: &str) -> HashMap<String, u64> {
+    let mut out: HashMap<String, u64> = HashMap::new();
+    for l in text.lines() {
+        let Some((id, step)) = l
+            .strip_prefix("runs/")
+            .and_then(|r| r.split_once("/checkpoints/step-"))
+        else {
+            continue;
+        };
+        if let Ok(step) = step.trim().parse::<u64>() {
+            let e = out.entry(id.to_string()).or_insert(step);
+            *e = (*e).max(step);
+        }
+    }
+    out
+}
+
 /// The `error` of each failed result.json in the probe's results section (lines
 /// `runs/ID/result.json:"error": "..."`, the JSON string as written).
 pub fn parse_result_errors(text: &str) -> HashMap<String, String> {

@@ -1,6 +1,7 @@
 //! The retry policy by fault class: which ended runs `sweep submit` sends again.
 
 use super::config::RetryPolicy;
+use crate::executor::state::RunRecord;
 use crate::executor::JobState;
 
 /// Whether a run that ended in `state` after `attempts` attempts is submitted again.
@@ -25,6 +26,16 @@ pub fn resubmit(state: JobState, attempts: u32, policy: &RetryPolicy, retry_fail
     }
 }
 
+/// Whether a run is submitted again, by its record: a run that timed out after checkpointing
+/// further than it was sent from goes on (a time-limit continuation, however many it needs,
+/// while the policy retries timeouts); otherwise [`resubmit`] with the attempts that count.
+pub fn resubmit_record(rec: &RunRecord, policy: &RetryPolicy, retry_failed: bool) -> bool {
+    if rec.continues() && policy.retry_on.contains(&JobState::Timeout) {
+        return true;
+    }
+    resubmit(rec.state, rec.counted_attempts(), policy, retry_failed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -43,6 +54,57 @@ mod tests {
         assert!(!resubmit(JobState::Completed, 1, &p, true));
         assert!(!resubmit(JobState::Running, 1, &p, true));
         assert!(resubmit(JobState::Cancelled, 1, &p, false));
+    }
+
+    /// A run that timed out after checkpointing further than it was sent from is sent again
+    /// however many time slots it has used; one that made no progress counts as an attempt.
+    #[test]
+    fn continuations_are_not_failures() {
+        use crate::executor::state::Progress;
+        let p = RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        };
+        let rec = |attempts, continuations, at: Option<u64>, sent: Option<u64>| RunRecord {
+            state: JobState::Timeout,
+            attempts,
+            backend: "slurm:x".into(),
+            job_id: None,
+            detail: None,
+            progress: Progress {
+                continuations,
+                checkpoint_step: at,
+                submitted_step: sent,
+            },
+        };
+        assert!(resubmit_record(&rec(1, 0, Some(100), None), &p, false));
+        assert!(resubmit_record(&rec(9, 8, Some(900), Some(800)), &p, false));
+        assert!(
+            !resubmit_record(&rec(1, 0, None, None), &p, false),
+            "no checkpoint"
+        );
+        assert!(
+            !resubmit_record(&rec(9, 8, Some(800), Some(800)), &p, false),
+            "no progress"
+        );
+        // Two counted attempts of three: a stalled timeout still gets its third.
+        let three = RetryPolicy::default();
+        assert!(resubmit_record(
+            &rec(4, 2, Some(800), Some(800)),
+            &three,
+            false
+        ));
+        assert!(!resubmit_record(
+            &rec(5, 2, Some(800), Some(800)),
+            &three,
+            false
+        ));
+        // Timeouts not retried by the policy: not even a continuation.
+        let none = RetryPolicy {
+            retry_on: vec![],
+            ..RetryPolicy::default()
+        };
+        assert!(!resubmit_record(&rec(1, 0, Some(100), None), &none, false));
     }
 
     #[test]
