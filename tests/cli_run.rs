@@ -155,7 +155,10 @@ fn follow_of_a_sweep_never_submitted_says_what_to_run() {
     assert_eq!(o.status.code(), Some(2), "{}", err(&o));
     let e = err(&o);
     assert!(e.contains("was never submitted to a cluster"), "{e}");
-    assert!(e.contains("sweep submit spec.toml --cluster NAME --follow"), "{e}");
+    assert!(
+        e.contains("sweep submit spec.toml --cluster NAME --follow"),
+        "{e}"
+    );
     assert!(e.contains("sweep run spec.toml"), "{e}");
 }
 

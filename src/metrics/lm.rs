@@ -1,6 +1,7 @@
 //! A Llama and its tokenizer as a [`TextModel`]: a KV cache for decoding, and left truncation
 //! of whatever does not fit the model's positions.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tch::{Kind, Tensor};
@@ -50,21 +51,29 @@ pub enum Framing {
     /// The tokenizer's chat template's rendering of the text as a user turn with the generation
     /// prompt (BOS and turn markers as the template writes them): an instruction pair's prompt.
     Chat,
-    /// The text as it is, its special tokens written out (from [`Tokenizer::decode_verbatim`]
-    /// of tokens that were framed already), no BOS added.
-    Verbatim,
+    /// The run's own tokenized examples: each prompt is looked up in the texts whose tokens
+    /// are known ([`LlamaText::with_known`]), and those tokens are the prompt, as they are (a
+    /// chat template's BOS and markup in them). Decoding and encoding again would not always
+    /// give them back (SentencePiece's dummy prefix after a special token).
+    Known,
 }
 
 /// The tokens of a prompt framed as `framing` says, and the BOS that goes before them (only
-/// plain ones have one).
+/// plain ones have one); `known` holds the tokens of [`Framing::Known`] prompts.
 pub fn frame(
     prompt: &str,
     framing: Framing,
     tok: &Tokenizer,
+    known: Option<&HashMap<String, Vec<i64>>>,
 ) -> Result<(Vec<i64>, Option<i64>), MetricsError> {
     Ok(match framing {
         Framing::Plain => (tok.encode(prompt)?, tok.specials().bos),
-        Framing::Verbatim => (tok.encode(prompt)?, None),
+        Framing::Known => {
+            let ids = known.and_then(|k| k.get(prompt)).ok_or_else(|| {
+                MetricsError::Model(format!("no tokens known for the prompt {prompt:?}"))
+            })?;
+            (ids.clone(), None)
+        }
         Framing::Chat => {
             let chat = tok.chat().ok_or_else(|| {
                 MetricsError::Model("chat framing without a chat template".into())
@@ -90,6 +99,8 @@ pub struct LlamaText<'a> {
     pub stop: Option<&'a AtomicBool>,
     /// How prompts and contexts are framed.
     pub framing: Framing,
+    /// The tokens of [`Framing::Known`] prompts, by their text.
+    pub known: Option<&'a HashMap<String, Vec<i64>>>,
 }
 
 impl From<crate::model::tokenizer::TokenizerError> for MetricsError {
@@ -112,6 +123,7 @@ impl<'a> LlamaText<'a> {
             tok,
             stop,
             framing,
+            known: None,
         }
     }
 
@@ -120,8 +132,16 @@ impl<'a> LlamaText<'a> {
         LlamaText { framing, ..self }
     }
 
+    /// The same, with the tokens of [`Framing::Known`] prompts.
+    pub fn with_known(self, known: &'a HashMap<String, Vec<i64>>) -> Self {
+        LlamaText {
+            known: Some(known),
+            ..self
+        }
+    }
+
     fn prompt_tokens(&self, prompt: &str) -> Result<(Vec<i64>, Option<i64>), MetricsError> {
-        frame(prompt, self.framing, self.tok)
+        frame(prompt, self.framing, self.tok, self.known)
     }
 
     /// The longest sequence the model computes exactly: its positions, and its sliding window.
@@ -176,6 +196,12 @@ impl TextModel for LlamaText<'_> {
         let _g = tch::no_grad_guard();
         let device = self.model.vs.device();
         let (context, bos) = self.prompt_tokens(context)?;
+        // A framed question's answer opens the assistant's turn: no space between them, as
+        // lm-evaluation-harness sets target_delimiter to "" with a chat template.
+        let continuation = match self.framing {
+            Framing::Chat => continuation.strip_prefix(' ').unwrap_or(continuation),
+            _ => continuation,
+        };
         let mut tokens: Vec<i64> = bos.into_iter().collect();
         tokens.extend(context);
         let cont_start = tokens.len();

@@ -58,6 +58,24 @@ pub struct SpecialIds {
     pub pad: i64,
 }
 
+/// The special token a chat template writes right after an assistant's content (ChatML's
+/// `<|im_end|>`, Llama 3's `<|eot_id|>`), if it writes one: what a model tuned on its pairs
+/// ends a turn with.
+#[cfg(feature = "torch")]
+fn turn_end(inner: &tokenizers::Tokenizer, template: &super::chat::ChatTemplate) -> Option<i64> {
+    const MARK: &str = "sweep-response-mark";
+    let text = template
+        .render(&[("user", "q"), ("assistant", MARK)], false)
+        .ok()?;
+    let after = &text[text.find(MARK)? + MARK.len()..];
+    let first = *inner.encode_fast(after, false).ok()?.get_ids().first()?;
+    inner
+        .get_added_tokens_decoder()
+        .get(&first)
+        .filter(|t| t.special)
+        .map(|_| i64::from(first))
+}
+
 /// A tokenizer of some model.
 #[derive(Debug, Clone)]
 pub enum Tokenizer {
@@ -171,14 +189,22 @@ impl Tokenizer {
             Tokenizer::Hf {
                 inner,
                 specials,
-                ends,
+                mut ends,
                 ..
-            } => Ok(Tokenizer::Hf {
-                inner,
-                specials,
-                chat: Some(std::sync::Arc::new(template)),
-                ends,
-            }),
+            } => {
+                // A base model's files name no end of turn, but its template writes one.
+                if let Some(id) = turn_end(&inner, &template) {
+                    if id != specials.eos && !ends.contains(&id) {
+                        ends.push(id);
+                    }
+                }
+                Ok(Tokenizer::Hf {
+                    inner,
+                    specials,
+                    chat: Some(std::sync::Arc::new(template)),
+                    ends,
+                })
+            }
         }
     }
 
@@ -722,6 +748,32 @@ pub(crate) mod tests {
         }
         let f = GgufFile::parse(w.bytes(), Path::new("t.gguf")).unwrap();
         Tokenizer::from_gguf(&f).unwrap()
+    }
+
+    /// The special token a chat template writes after an assistant's content ends a generated
+    /// turn once the template is attached (a base model's files name none).
+    #[cfg(feature = "torch")]
+    #[test]
+    fn a_chat_templates_turn_end_ends_generation() {
+        let t = tiny_gguf_tokenizer();
+        assert!(!t.is_end(263));
+        let template = crate::model::chat::ChatTemplate::new(
+            "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}<|pad|>\n{% endfor %}",
+            "",
+            "<|endoftext|>",
+        )
+        .unwrap();
+        let t = t.with_chat_template(template).unwrap();
+        assert!(t.is_end(263) && t.is_end(262) && !t.is_end(258));
+        // A template that ends turns with plain text adds nothing.
+        let plain = crate::model::chat::ChatTemplate::new(
+            "{% for m in messages %}{{ m['content'] }}\n### end\n{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap();
+        let t = tiny_gguf_tokenizer().with_chat_template(plain).unwrap();
+        assert!(!t.is_end(263) && !t.is_end(10));
     }
 
     /// A GGUF's end-of-turn token (Llama 3's <|eot_id|>) ends a generated turn beside EOS.

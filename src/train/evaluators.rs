@@ -1,7 +1,7 @@
 //! The metrics as trainer [`Evaluator`]s: each holds its fixed inputs (problems, lines,
 //! prompts, items), chosen once when the run starts, and scores the model at every evaluation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use super::data::Example;
@@ -59,8 +59,6 @@ impl Evaluator for MathAccuracyEval {
 pub struct NextLineEval {
     /// The lines and their contexts.
     pub cases: Vec<NextLineCase>,
-    /// How the contexts are framed: plain, or verbatim where they hold a chat template's markup.
-    pub framing: Framing,
 }
 
 impl Evaluator for NextLineEval {
@@ -70,7 +68,7 @@ impl Evaluator for NextLineEval {
         tok: &Tokenizer,
         stop: Stop<'_>,
     ) -> Result<BTreeMap<String, f64>, TrainError> {
-        let mut lm = LlamaText::new(model, tok, stop).framed(self.framing);
+        let mut lm = LlamaText::new(model, tok, stop).framed(Framing::Plain);
         let m = next_line_match(&self.cases, &mut lm)?;
         Ok(m.map(|a| ("next_line_match".to_string(), a))
             .into_iter()
@@ -89,8 +87,10 @@ pub struct DiversityEval {
     pub temperature: f64,
     /// Seed of the sampler, the same at every evaluation.
     pub seed: u64,
-    /// How the prompts are framed: plain, or verbatim where they hold a chat template's markup.
+    /// How the prompts are framed: plain, or known tokens where a chat template framed them.
     pub framing: Framing,
+    /// The tokens of prompts framed by a chat template, by their text.
+    pub known: HashMap<String, Vec<i64>>,
 }
 
 impl Evaluator for DiversityEval {
@@ -109,7 +109,9 @@ impl Evaluator for DiversityEval {
             &self.prompts,
             self.samples,
             self.temperature,
-            &mut LlamaText::new(model, tok, stop).framed(self.framing),
+            &mut LlamaText::new(model, tok, stop)
+                .framed(self.framing)
+                .with_known(&self.known),
         )?;
         Ok(diversity_scores(&groups)
             .map(|s| s.named())
@@ -383,33 +385,14 @@ impl Evaluator for HumanEvalEval {
 }
 
 /// The prompt of a held-out example: an instruction pair's prompt, or a plain document's start.
-/// Examples framed by a chat template keep its markup (special tokens written out): see
-/// [`document_framing`].
+/// A prompt framed by a chat template is its text with the markup written out (its tokens are
+/// the example's own: [`Framing::Known`]).
 pub fn prompt_of(example: &Example, regime: Regime, tok: &Tokenizer) -> Result<String, TrainError> {
+    let prompt = &example.tokens[..example.prompt_len.min(example.tokens.len())];
     Ok(match regime {
-        Regime::Ift => document_text(
-            &example.tokens[..example.prompt_len.min(example.tokens.len())],
-            tok,
-        )?,
-        Regime::Cpt => text_prompt(&document_text(&example.tokens, tok)?),
-    })
-}
-
-/// The framing of prompts taken from the run's own tokenized examples: verbatim where a chat
-/// template framed them (BOS and turn markers are in their tokens), else plain.
-pub fn document_framing(tok: &Tokenizer) -> Framing {
-    if tok.chat().is_some() {
-        Framing::Verbatim
-    } else {
-        Framing::Plain
-    }
-}
-
-/// The text of an example's tokens, as [`document_framing`] reads it back.
-fn document_text(tokens: &[i64], tok: &Tokenizer) -> Result<String, TrainError> {
-    Ok(match document_framing(tok) {
-        Framing::Verbatim => tok.decode_verbatim(tokens)?,
-        _ => tok.decode(tokens)?,
+        Regime::Ift if tok.chat().is_some() => tok.decode_verbatim(prompt)?,
+        Regime::Ift => tok.decode(prompt)?,
+        Regime::Cpt => text_prompt(&tok.decode(&example.tokens)?),
     })
 }
 
@@ -433,27 +416,49 @@ pub fn build(
         }));
     }
     if metrics.contains(&Metric::NextLine) {
+        // Pairs framed by a chat template: the lines are the responses' (the markup is no line
+        // to predict), read as plain text.
+        let framed = regime == Regime::Ift && tok.chat().is_some();
         let docs: Vec<String> = held
             .iter()
-            .map(|e| document_text(&e.tokens, tok))
+            .map(|e| match framed {
+                true => tok.decode(&e.tokens[e.prompt_len.min(e.tokens.len())..]),
+                false => tok.decode(&e.tokens),
+            })
             .collect::<Result<_, _>>()?;
         out.push(Box::new(NextLineEval {
             cases: select_cases(&docs, n),
-            framing: document_framing(tok),
         }));
     }
     if metrics.contains(&Metric::Diversity) {
+        let framed = regime == Regime::Ift && tok.chat().is_some();
+        let (mut prompts, mut known) = (Vec::new(), HashMap::new());
+        for e in held {
+            if prompts.len() == n {
+                break;
+            }
+            let p = prompt_of(e, regime, tok)?;
+            if p.is_empty() {
+                continue;
+            }
+            if framed {
+                known
+                    .entry(p.clone())
+                    .or_insert_with(|| e.tokens[..e.prompt_len.min(e.tokens.len())].to_vec());
+            }
+            prompts.push(p);
+        }
         out.push(Box::new(DiversityEval {
-            prompts: held
-                .iter()
-                .map(|e| prompt_of(e, regime, tok))
-                .filter(|p| !p.as_ref().is_ok_and(String::is_empty))
-                .take(n)
-                .collect::<Result<_, _>>()?,
+            prompts,
             samples: spec.diversity_samples as usize,
             temperature: spec.temperature,
             seed,
-            framing: document_framing(tok),
+            framing: if framed {
+                Framing::Known
+            } else {
+                Framing::Plain
+            },
+            known,
         }));
     }
     if metrics.contains(&Metric::MultipleChoice) {
@@ -551,7 +556,13 @@ mod tests {
             .unwrap();
         let p = &crate::metrics::math::eval_problems(1)[0];
         let ex = tokenize(&RawDoc::Pair(p.prompt.clone(), p.response.clone()), &tok).unwrap();
-        let (prompt, bos) = frame(crate::metrics::math::prompt_of(p), Framing::Chat, &tok).unwrap();
+        let (prompt, bos) = frame(
+            crate::metrics::math::prompt_of(p),
+            Framing::Chat,
+            &tok,
+            None,
+        )
+        .unwrap();
         assert_eq!(bos, None);
         assert_eq!(prompt, ex.tokens[..ex.prompt_len]);
         assert!(
@@ -559,15 +570,20 @@ mod tests {
             "the template's <|endoftext|>: {prompt:?}"
         );
         // Unframed, the same question is other tokens: the framing is not a no-op.
-        let (plain, _) = frame(crate::metrics::math::prompt_of(p), Framing::Plain, &tok).unwrap();
+        let (plain, _) = frame(
+            crate::metrics::math::prompt_of(p),
+            Framing::Plain,
+            &tok,
+            None,
+        )
+        .unwrap();
         assert_ne!(plain, prompt);
-        // Diversity and next-line read the run's own examples back verbatim.
-        assert_eq!(document_framing(&tok), Framing::Verbatim);
+        // Diversity's prompts are the run's own examples, with their own tokens.
         let text = prompt_of(&ex, Regime::Ift, &tok).unwrap();
         assert!(text.contains("<|endoftext|>assistant: "), "{text:?}");
-        let (again, bos) = frame(&text, Framing::Verbatim, &tok).unwrap();
+        let known = HashMap::from([(text.clone(), ex.tokens[..ex.prompt_len].to_vec())]);
+        let (again, bos) = frame(&text, Framing::Known, &tok, Some(&known)).unwrap();
         assert_eq!((again.as_slice(), bos), (&ex.tokens[..ex.prompt_len], None));
-        // Without a template, examples are plain as before.
-        assert_eq!(document_framing(&tok.without_chat()), Framing::Plain);
+        assert!(frame("other", Framing::Known, &tok, Some(&known)).is_err());
     }
 }

@@ -70,9 +70,16 @@ fn framed(tok: Tokenizer, run: &RunFile, gguf: Option<&GgufFile>) -> Result<Toke
         return Ok(tok);
     };
     let bad = |msg: String| TrainError::Data(format!("data.chat_template: {msg}"));
-    let specials = tok.specials();
-    let text = |id: Option<i64>| id.and_then(|i| tok.token_text(i)).unwrap_or_default();
-    let (bos, eos) = (text(specials.bos), text(Some(specials.eos)));
+    // The strings `bos_token` and `eos_token` render as: an HF folder's tokenizer_config.json
+    // says them, as transformers passes them; a GGUF's are its BOS and EOS tokens' text.
+    let (bos, eos) = match &run.shared.model {
+        ModelSource::Hf { path } => ChatTemplate::hf_special_texts(path, &tok),
+        _ => {
+            let specials = tok.specials();
+            let text = |id: Option<i64>| id.and_then(|i| tok.token_text(i)).unwrap_or_default();
+            (text(specials.bos), text(Some(specials.eos)))
+        }
+    };
     let compile = |source: &str| ChatTemplate::new(source, &bos, &eos).map_err(bad);
     let template = match (which.as_str(), &run.shared.model) {
         ("model", ModelSource::Hf { path }) => {
@@ -522,6 +529,13 @@ impl<'a> Trainer<'a> {
         files_read.extend(eval.hellaswag.clone());
         files_read.extend(eval.arc_challenge.clone());
         files_read.extend(eval.winogrande.clone());
+        // A chat template of its own frames what is trained and asked: it is read like data.
+        files_read.extend(
+            data.chat_template
+                .as_deref()
+                .filter(|t| *t != "model")
+                .map(std::path::PathBuf::from),
+        );
         if metrics.contains(&Metric::Humaneval) {
             files_read.push(
                 eval.humaneval
