@@ -22,6 +22,7 @@ pub mod results;
 pub mod rng;
 pub mod run_lock;
 pub mod spec;
+pub mod tracking;
 #[cfg(feature = "torch")]
 pub mod train;
 pub mod util;

@@ -61,6 +61,36 @@ pub enum RunStatus {
     Interrupted,
 }
 
+/// One line of metrics.jsonl.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsLine {
+    /// Optimizer steps done.
+    pub step: u64,
+    /// Training tokens seen.
+    pub tokens: u64,
+    /// Learning rate of the last step.
+    pub lr: f64,
+    /// Mean training loss of the last step (null when not finite).
+    pub train_loss: Option<f64>,
+    /// Global gradient norm before clipping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f64>,
+    /// Training throughput since the previous line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_s: Option<f64>,
+    /// Of a run of several ranks: the mean milliseconds per step spent in collectives (the
+    /// gradient all-reduce and the loss sum, waiting for the slowest rank included) since the
+    /// previous line. They do not overlap the backward pass: tch binds no gradient hooks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm_ms_per_step: Option<f64>,
+    /// When it was written (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<f64>,
+    /// Evaluation metrics, on evaluation lines.
+    #[serde(flatten)]
+    pub eval: BTreeMap<String, f64>,
+}
+
 /// Metrics measured at one point of training.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalRecord {

@@ -404,12 +404,13 @@ fn readme_commands_work_or_say_they_are_not_built() {
             .unwrap();
         let (_, err) = text(&o);
         n += 1;
-        if matches!(cmd.as_str(), "submit" | "collect") {
+        if matches!(cmd.as_str(), "submit" | "collect" | "follow") {
             // The README's cluster `mycluster` is the user's: here it has no clusters file, and
             // the commands say so (tests/slurm.rs submits to a real cluster).
             assert!(
                 err.contains("no clusters file at")
-                    || err.contains("was not submitted to a cluster"),
+                    || err.contains("was not submitted to a cluster")
+                    || err.contains("was never submitted to a cluster"),
                 "{line}: {err}"
             );
         } else {

@@ -642,6 +642,9 @@ fn a_real_sweep_trains_on_the_cluster_and_is_collected() {
             "the model learned on the cluster: {first} -> {last}"
         );
         assert!(dir.join("metrics.jsonl").exists());
+        // Its TensorBoard events, written here from the metrics.jsonl collect brought back.
+        let events = std::fs::read_dir(dir.join("tb")).unwrap().count();
+        assert_eq!(events, 1, "one event file in {}", dir.display());
     }
     // The report reads what collect brought back.
     let out = c.ok(&["report", "spec.toml"]);

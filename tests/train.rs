@@ -93,6 +93,59 @@ fn sweep_train_runs_a_tiny_lora_run() {
     // A second call resumes from the final checkpoint and has nothing left to do.
     let again = sweep_train(dir.path(), &run);
     assert!(again.status.success());
+    tensorboard_reads_the_runs_metrics(run_dir, &metrics);
+}
+
+/// TensorBoard's own reader (the tensorboard package, in the venv scripts/test makes and names
+/// in SWEEP_TEST_PYTHON) finds every metrics.jsonl line's loss and evaluations in the run's
+/// event file, at its tokens; the resume above wrote the file again without doubling it.
+fn tensorboard_reads_the_runs_metrics(run_dir: &Path, metrics: &str) {
+    let Ok(python) = std::env::var("SWEEP_TEST_PYTHON") else {
+        assert!(
+            std::env::var("SWEEP_TESTS_REQUIRE_SETUP").as_deref() != Ok("1"),
+            "SWEEP_TEST_PYTHON (a python with tensorboard) is unset, and SWEEP_TESTS_REQUIRE_SETUP=1 (scripts/test) says this check must run"
+        );
+        eprintln!("skipped: the TensorBoard reader check (SWEEP_TEST_PYTHON is unset; scripts/test sets it)");
+        return;
+    };
+    let read = r#"
+import json, sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+acc = EventAccumulator(sys.argv[1], size_guidance={"scalars": 0})
+acc.Reload()
+print(json.dumps({t: [[e.step, e.value] for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}))
+"#;
+    let out = Command::new(python)
+        .args(["-c", read])
+        .arg(run_dir.join("tb"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: std::collections::BTreeMap<String, Vec<(u64, f64)>> =
+        serde_json::from_slice(&out.stdout).unwrap();
+    let (mut losses, mut evals) = (Vec::new(), Vec::new());
+    for line in metrics.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let tokens = v["tokens"].as_u64().unwrap();
+        if let Some(l) = v["train_loss"].as_f64() {
+            losses.push((tokens, l));
+        }
+        if let Some(l) = v["target_loss"].as_f64() {
+            evals.push((tokens, l));
+        }
+    }
+    let close = |tag: &str, want: &[(u64, f64)]| {
+        let have = &got[tag];
+        assert_eq!(have.len(), want.len(), "{tag}: {have:?} vs {want:?}");
+        for ((ts, a), (ws, b)) in have.iter().zip(want) {
+            assert_eq!(ts, ws, "{tag}");
+            assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{tag}: {a} vs {b}");
+        }
+    };
+    assert!(losses.len() >= 5 && evals.len() == 3, "{losses:?} {evals:?}");
+    close("train/loss", &losses);
+    close("eval/target_loss", &evals);
+    assert!(got.contains_key("train/lr") && got.contains_key("eval/source_loss"), "{got:?}");
 }
 
 #[test]

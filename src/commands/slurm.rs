@@ -616,6 +616,9 @@ pub fn collect(g: &GlobalArgs, args: &CollectArgs) -> anyhow::Result<()> {
             }
             if let Some(m) = t.download(&join(&rd, "metrics.jsonl"))? {
                 write_atomic(&local.join("metrics.jsonl"), |w| w.write_all(&m))?;
+                crate::tracking::tensorboard::rewrite(&local).with_context(|| {
+                    format!("writing the TensorBoard events of {}", local.display())
+                })?;
             }
             write_atomic(&local.join("result.json"), |w| w.write_all(&result))?;
             collected += 1;

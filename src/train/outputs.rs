@@ -1,41 +1,11 @@
 //! What a run leaves in its folder: `metrics.jsonl` lines and the final `result.json`.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-
 use super::TrainError;
 
-pub use crate::results::{EvalRecord, RunResult, RunStatus, RESULT_SCHEMA};
-
-/// One line of metrics.jsonl.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MetricsLine {
-    /// Optimizer steps done.
-    pub step: u64,
-    /// Training tokens seen.
-    pub tokens: u64,
-    /// Learning rate of the last step.
-    pub lr: f64,
-    /// Mean training loss of the last step (null when not finite).
-    pub train_loss: Option<f64>,
-    /// Global gradient norm before clipping.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grad_norm: Option<f64>,
-    /// Training throughput since the previous line.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokens_per_s: Option<f64>,
-    /// Of a run of several ranks: the mean milliseconds per step spent in collectives (the
-    /// gradient all-reduce and the loss sum, waiting for the slowest rank included) since the
-    /// previous line. They do not overlap the backward pass: tch binds no gradient hooks.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub comm_ms_per_step: Option<f64>,
-    /// Evaluation metrics, on evaluation lines.
-    #[serde(flatten)]
-    pub eval: BTreeMap<String, f64>,
-}
+pub use crate::results::{EvalRecord, MetricsLine, RunResult, RunStatus, RESULT_SCHEMA};
 
 /// Peak resident set size in KiB from `/proc/self/status` (None off Linux).
 pub fn peak_rss_kib() -> Option<u64> {
@@ -89,6 +59,8 @@ pub fn write_result(path: &Path, result: &RunResult) -> Result<(), TrainError> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]
@@ -104,6 +76,7 @@ mod tests {
             grad_norm: None,
             tokens_per_s: None,
             comm_ms_per_step: None,
+            time: None,
             eval,
         };
         let json = serde_json::to_string(&line).unwrap();

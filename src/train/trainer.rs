@@ -121,12 +121,28 @@ impl<'a> Trainer<'a> {
             || (state.step == self.total_steps && evaluated < state.tokens)
     }
 
-    /// A metrics.jsonl line, written by rank 0 alone.
+    /// A metrics.jsonl line, and its scalars in the run's TensorBoard event file, written by
+    /// rank 0 alone.
     fn append_metrics(&self, path: &Path, line: &MetricsLine) -> Result<(), TrainError> {
         if self.opts.world.is_main() {
-            outputs::append_metrics(path, line)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            let line = MetricsLine {
+                time: line.time.or(Some(now)),
+                ..line.clone()
+            };
+            outputs::append_metrics(path, &line)?;
+            crate::tracking::tensorboard::append(&self.dir, &line).map_err(|e| self.tb_error(e))?;
         }
         Ok(())
+    }
+
+    fn tb_error(&self, e: std::io::Error) -> TrainError {
+        TrainError::Output(format!(
+            "{}: {e}",
+            self.dir.join(crate::tracking::tensorboard::DIR).display()
+        ))
     }
 
     /// Rank 0 saves; the others wait for it outside any collective. With a sharded optimizer
@@ -304,6 +320,7 @@ impl<'a> Trainer<'a> {
         self.optim.load_state(&loaded.optim, loaded.state.step)?;
         if self.opts.world.is_main() {
             outputs::truncate_metrics(&metrics_path, loaded.state.step)?;
+            crate::tracking::tensorboard::rewrite(&self.dir).map_err(|e| self.tb_error(e))?;
         }
         let mut state = loaded.state;
         if state.step < self.total_steps {
@@ -318,6 +335,7 @@ impl<'a> Trainer<'a> {
         let main = self.opts.world.is_main();
         if main {
             let _ = std::fs::remove_file(&metrics_path);
+            crate::tracking::tensorboard::rewrite(&self.dir).map_err(|e| self.tb_error(e))?;
         }
         let (metrics, note) = if main {
             base_eval::evaluate(
@@ -347,6 +365,7 @@ impl<'a> Trainer<'a> {
                 grad_norm: None,
                 tokens_per_s: None,
                 comm_ms_per_step: None,
+                time: None,
                 eval: base.metrics.clone(),
             },
         )?;
@@ -406,6 +425,7 @@ impl<'a> Trainer<'a> {
                     grad_norm: None,
                     tokens_per_s: None,
                     comm_ms_per_step: None,
+                    time: None,
                     eval: BTreeMap::new(),
                 },
             )?;
@@ -469,6 +489,7 @@ impl<'a> Trainer<'a> {
                 grad_norm,
                 tokens_per_s: tps,
                 comm_ms_per_step,
+                time: None,
                 eval,
             },
         )?;

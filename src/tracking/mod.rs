@@ -1,0 +1,3 @@
+//! Where runs show up besides their own folder: the trackers people already look at.
+
+pub mod tensorboard;
