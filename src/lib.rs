@@ -11,6 +11,7 @@ pub mod data;
 #[cfg(feature = "torch")]
 pub mod dist;
 pub mod executor;
+pub mod external_trainer;
 pub mod fetch;
 pub mod fingerprint;
 pub mod metrics;

@@ -265,3 +265,165 @@ fn status_and_the_log_say_how_far_a_running_run_has_got() {
     assert!(log.matches(": step ").count() >= 16, "{log}");
     assert!(log.contains("step 16/16 (100%)"), "{log}");
 }
+
+/// A training program of the user's own (`[trainer] command`, here a standard-library Python
+/// script) trains every run of a sweep through `sweep run`: its placeholders and SWEEP_*
+/// variables carry the run's settings, its metrics.jsonl lines become result.json's
+/// evaluations and the report's, a failing exit is a failed run naming it, and a rerun
+/// trains nothing twice.
+#[test]
+fn a_users_training_program_runs_the_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("trainer.py"),
+        r#"import json, os, sys
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+lr, out = float(args["--lr"]), args["--out"]
+if lr > 0.05:
+    sys.exit(3)
+if os.environ.get("SLOW"):
+    import signal, time
+    signal.signal(signal.SIGTERM, lambda *_: (open(os.path.join(out, "checkpointed"), "w").close(), sys.exit(0)))
+    open(os.path.join(out, "started"), "w").close()
+    time.sleep(60)
+with open(os.path.join(out, "seen.json"), "w") as f:
+    json.dump({"argv": sys.argv[1:], "rank": os.environ.get("SWEEP_RANK"),
+               "method": os.environ["SWEEP_METHOD"]}, f)
+with open(os.path.join(out, "metrics.jsonl"), "w") as f:
+    f.write(json.dumps({"tokens": 0, "target_loss": 3.0, "source_loss": 2.0}) + "\n")
+    for t in [int(x) for x in args["--eval-at"].split(",")]:
+        f.write(json.dumps({"tokens": t, "step": t // 64, "train_loss": 3.0 - lr * t,
+                            "target_loss": 3.0 - lr * t, "source_loss": 2.0 + lr * t / 4}) + "\n")
+"#,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("code.txt"), "x = 1\n").unwrap();
+    std::fs::write(dir.path().join("english.txt"), "to be\n").unwrap();
+    let spec = r#"name = "own"
+[model]
+builtin = "tiny"
+init = "random"
+[data]
+regime = "cpt"
+domain = "code"
+target = "code.txt"
+source = "english.txt"
+[training]
+batch_size = 2
+seq_len = 32
+[trainer]
+command = ["python3", "trainer.py", "--lr", "{learning_rate}", "--out", "{run_dir}", "--eval-at", "{eval_at}", "--id", "{id}"]
+[grid]
+method = ["full", "lora"]
+token_budget = [128, 256]
+rank = 4
+[grid.full]
+learning_rate = [1e-3]
+[grid.lora]
+learning_rate = [2e-3, 0.1]
+"#;
+    std::fs::write(dir.path().join("spec.toml"), spec).unwrap();
+    let o = sweep(dir.path(), &["run", "spec.toml"]);
+    let log = err(&o);
+    assert!(!o.status.success(), "the lr 0.1 runs fail: {log}");
+    assert!(log.contains("done: 2 completed, 1 failed"), "{log}");
+    let runs = dir.path().join("results/own/runs");
+    let mut completed = 0;
+    for e in std::fs::read_dir(&runs).unwrap() {
+        let run = e.unwrap().path();
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("result.json")).unwrap())
+                .unwrap();
+        let plan: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+        if r["status"] == "failed" {
+            assert!(
+                r["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("exited with exit status: 3"),
+                "{r}"
+            );
+            continue;
+        }
+        completed += 1;
+        let budget = plan["token_budget"].as_u64().unwrap();
+        assert_eq!(r["tokens"], budget, "{r}");
+        let evals = r["evals"].as_array().unwrap();
+        let at: Vec<u64> = evals
+            .iter()
+            .map(|e| e["tokens"].as_u64().unwrap())
+            .collect();
+        assert_eq!(at, [0, 128, 256], "the base, then each budget: {r}");
+        let lr = plan["learning_rate"].as_f64().unwrap();
+        let last = evals.last().unwrap()["metrics"]["target_loss"]
+            .as_f64()
+            .unwrap();
+        assert!((last - (3.0 - lr * budget as f64)).abs() < 1e-9, "{r}");
+        let seen: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("seen.json")).unwrap()).unwrap();
+        assert!(seen["argv"]
+            .to_string()
+            .contains(&format!("\"{}\"", plan["id"].as_str().unwrap())));
+        let lora = plan["method"] == "lora";
+        assert_eq!(seen["method"], if lora { "lora" } else { "full" });
+        assert_eq!(seen["rank"], if lora { "4" } else { "" });
+    }
+    assert_eq!(completed, 2);
+    // The report reads the program's results like the builtin trainer's.
+    let o = sweep(dir.path(), &["report", "spec.toml"]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(dir.path().join("results/own/report/report.md").exists());
+    // A rerun trains nothing that completed; the failed runs stay failed.
+    let o = sweep(dir.path(), &["run", "spec.toml"]);
+    assert!(err(&o).contains("2 already done"), "{}", err(&o));
+    // SIGTERM (a time limit, a cancel) reaches the program, which checkpoints and exits; no
+    // result is written, so the run resumes instead of counting.
+    let run = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            std::fs::read_to_string(p.join("result.json"))
+                .unwrap()
+                .contains("completed")
+        })
+        .unwrap();
+    std::fs::remove_file(run.join("result.json")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sweep"))
+        .args(["train"])
+        .arg(run.join("run.json"))
+        .current_dir(dir.path())
+        .env("SLOW", "1")
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !run.join("started").exists() {
+        assert!(t0.elapsed().as_secs() < 60, "the program started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: kill(2) of the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    assert!(
+        run.join("checkpointed").exists(),
+        "the program got the signal"
+    );
+    assert!(
+        !run.join("result.json").exists(),
+        "no result for a stopped run"
+    );
+    // A placeholder the tool does not know is refused at plan, naming the key.
+    std::fs::write(
+        dir.path().join("spec.toml"),
+        spec.replace("{learning_rate}", "{lr}")
+            .replace("name = \"own\"", "name = \"own2\""),
+    )
+    .unwrap();
+    let o = sweep(dir.path(), &["plan", "spec.toml"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        err(&o).contains("trainer.command") && err(&o).contains("unknown placeholder {lr}"),
+        "{}",
+        err(&o)
+    );
+}

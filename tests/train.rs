@@ -120,7 +120,11 @@ print(json.dumps({t: [[e.step, e.value] for e in acc.Scalars(t)] for t in acc.Ta
         .arg(run_dir.join("tb"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got: std::collections::BTreeMap<String, Vec<(u64, f64)>> =
         serde_json::from_slice(&out.stdout).unwrap();
     let (mut losses, mut evals) = (Vec::new(), Vec::new());
@@ -139,13 +143,22 @@ print(json.dumps({t: [[e.step, e.value] for e in acc.Scalars(t)] for t in acc.Ta
         assert_eq!(have.len(), want.len(), "{tag}: {have:?} vs {want:?}");
         for ((ts, a), (ws, b)) in have.iter().zip(want) {
             assert_eq!(ts, ws, "{tag}");
-            assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{tag}: {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                "{tag}: {a} vs {b}"
+            );
         }
     };
-    assert!(losses.len() >= 5 && evals.len() == 3, "{losses:?} {evals:?}");
+    assert!(
+        losses.len() >= 5 && evals.len() == 3,
+        "{losses:?} {evals:?}"
+    );
     close("train/loss", &losses);
     close("eval/target_loss", &evals);
-    assert!(got.contains_key("train/lr") && got.contains_key("eval/source_loss"), "{got:?}");
+    assert!(
+        got.contains_key("train/lr") && got.contains_key("eval/source_loss"),
+        "{got:?}"
+    );
 }
 
 #[test]

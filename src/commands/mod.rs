@@ -85,6 +85,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Collect(args) => slurm::collect(g, &args),
         Command::Report(args) => report::run(g, &args),
         Command::Train(args) if args.noop => noop_train(&args.run),
+        Command::Train(args) if trainer_command(&args.run).is_some() => {
+            let command = trainer_command(&args.run).unwrap_or_default();
+            crate::external_trainer::train(&args.run, &command, g.quiet)
+        }
         Command::Train(args) => train(g, &args),
         Command::Export(args) => export(g, &args),
         #[cfg(feature = "torch")]
@@ -418,6 +422,16 @@ fn train(_: &GlobalArgs, _: &crate::cli::TrainArgs) -> anyhow::Result<()> {
         what: "train runs here",
     }
     .into())
+}
+
+/// The `[trainer] command` of a run.json, when its sweep names one (a run.json that does not
+/// read is the builtin trainer's to report).
+fn trainer_command(run: &Path) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(run).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    serde_json::from_value::<crate::spec::TrainerSpec>(v.get("trainer")?.clone())
+        .ok()
+        .map(|t| t.command)
 }
 
 /// `sweep train RUN.json --noop`: a train mode that does no work. It writes a completed

@@ -391,19 +391,11 @@ fn write_csv(plan: &Plan, out: &mut dyn Write) -> anyhow::Result<()> {
     ])?;
     for r in &plan.runs {
         let p = &plan.points[r.point];
-        let (rank, alpha, modules, dropout) = match &p.method {
-            MethodConfig::Full => (String::new(), String::new(), String::new(), String::new()),
-            MethodConfig::Lora {
-                rank,
-                alpha,
-                target_modules,
-                dropout,
-            } => (
-                rank.to_string(),
-                alpha.to_string(),
-                module_set_label(target_modules),
-                dropout.to_string(),
-            ),
+        let ([rank, alpha, dropout], modules) = p.method.lora_texts();
+        let modules = if modules.is_empty() {
+            String::new()
+        } else {
+            module_set_label(modules)
         };
         let flops = plan
             .shape

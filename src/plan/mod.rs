@@ -458,11 +458,16 @@ fn resolve_shared(spec: &Spec) -> Result<SharedConfig, Problem> {
             .clone()
             .unwrap_or_else(|| default_metrics(&spec.data.domain)),
     );
+    if let Some(t) = &spec.trainer {
+        crate::external_trainer::check(&t.command)
+            .map_err(|m| problem(&["trainer", "command"], &m))?;
+    }
     Ok(SharedConfig {
         model,
         data: spec.data.clone(),
         training,
         evaluation,
+        trainer: spec.trainer.clone(),
     })
 }
 

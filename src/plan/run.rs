@@ -141,6 +141,23 @@ impl MethodConfig {
         }
     }
 
+    /// LoRA's settings as text (rank, alpha, dropout), and its modules; empty for full
+    /// fine-tuning.
+    pub fn lora_texts(&self) -> ([String; 3], &[Module]) {
+        match self {
+            MethodConfig::Full => (Default::default(), &[]),
+            MethodConfig::Lora {
+                rank,
+                alpha,
+                target_modules,
+                dropout,
+            } => (
+                [rank.to_string(), alpha.to_string(), dropout.to_string()],
+                target_modules,
+            ),
+        }
+    }
+
     /// `full` or `lora`.
     pub fn method_name(&self) -> &'static str {
         match self {
@@ -175,6 +192,9 @@ pub struct SharedConfig {
     pub training: TrainingConfig,
     /// Evaluation settings.
     pub evaluation: EvaluationSpec,
+    /// The training program, when it is not the builtin trainer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainer: Option<crate::spec::TrainerSpec>,
 }
 
 impl SharedConfig {

@@ -41,6 +41,18 @@ pub struct Spec {
     /// Random sampling of N grid points.
     #[serde(default)]
     pub sample: Option<SampleSpec>,
+    /// Another training program instead of the builtin trainer.
+    #[serde(default)]
+    pub trainer: Option<TrainerSpec>,
+}
+
+/// `[trainer]`: a user's training program that `sweep train` runs for each run (the contract
+/// is in `external_trainer`'s documentation and the README).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainerSpec {
+    /// The program and its arguments, with `{placeholder}`s of the run's settings.
+    pub command: Vec<String>,
 }
 
 /// Where the base model comes from: exactly one of `builtin`, `hf`, `gguf`.

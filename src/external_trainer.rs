@@ -1,0 +1,413 @@
+//! A user's training program as a sweep's trainer (`[trainer] command = [...]`): `sweep train
+//! RUN.json` runs it instead of the builtin trainer, so that planning, both executors, retries
+//! and the report work the same for an HF PEFT, TRL or torchtune script.
+//!
+//! The contract, which the README documents:
+//! - The command's arguments may name the run's settings as `{placeholder}`s ([`PLACEHOLDERS`];
+//!   `{{` and `}}` are braces); every one is also in the environment as `SWEEP_NAME` (upper
+//!   case), and the whole resolved configuration is `{run_json}`.
+//! - The program writes `{run_dir}/metrics.jsonl`, one JSON object per line with `tokens`
+//!   (training tokens so far) and, optionally, `step`, `lr`, `train_loss`; every other numeric
+//!   key is an evaluation metric (`target_loss`, `source_loss`, `gsm8k_strict`, ...) measured at
+//!   those tokens. The base model's evaluation is the line at 0 tokens; then one at each of
+//!   `{eval_at}`.
+//! - It exits 0 when the run is trained to its budget; `sweep` then writes result.json from
+//!   metrics.jsonl. Any other exit is a failure (its output is the run's train.log).
+//! - On SIGTERM or SIGUSR1 (a time limit, a preemption, `sweep cancel`) it checkpoints into
+//!   `{run_dir}` and exits; started again, it resumes from there. `sweep` passes the signal on
+//!   and writes no result, so the run is resumed, not counted.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::plan::run::{run_hash, ModelSource, RunFile};
+use crate::results::{EvalRecord, MetricsLine, RunResult, RunStatus, RESULT_SCHEMA};
+
+/// The placeholders a command may use.
+pub const PLACEHOLDERS: [&str; 20] = [
+    "run_dir",
+    "run_json",
+    "id",
+    "config_id",
+    "sweep",
+    "seed",
+    "method",
+    "learning_rate",
+    "rank",
+    "alpha",
+    "dropout",
+    "target_modules",
+    "token_budget",
+    "eval_at",
+    "batch_size",
+    "micro_batch_size",
+    "seq_len",
+    "model",
+    "target",
+    "source",
+];
+
+/// The placeholders of one argument, or what is wrong with its braces.
+fn placeholders(arg: &str) -> Result<Vec<&str>, String> {
+    let mut out = Vec::new();
+    let mut rest = arg;
+    while let Some(i) = rest.find(['{', '}']) {
+        let (c, after) = (rest.as_bytes()[i], &rest[i + 1..]);
+        if after.as_bytes().first() == Some(&c) {
+            rest = &after[1..];
+            continue;
+        }
+        if c == b'}' {
+            return Err(format!(
+                "{arg:?} has a lone `}}` (write `}}}}` for a brace)"
+            ));
+        }
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("{arg:?} has an unclosed `{{` (write `{{{{` for a brace)"))?;
+        out.push(&after[..end]);
+        rest = &after[end + 1..];
+    }
+    Ok(out)
+}
+
+/// Check a command as the planner does: not empty, and every placeholder known.
+pub fn check(command: &[String]) -> Result<(), String> {
+    if command.first().is_none_or(|p| p.trim().is_empty()) {
+        return Err("give the program and its arguments, e.g. [\"python3\", \"train.py\", \"--lr\", \"{learning_rate}\"]".into());
+    }
+    for arg in command {
+        for p in placeholders(arg)? {
+            if !PLACEHOLDERS.contains(&p) {
+                return Err(format!(
+                    "{arg:?}: unknown placeholder {{{p}}} (known: {})",
+                    PLACEHOLDERS.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The value of every placeholder for a run whose run.json is `run_json`.
+pub fn values(run: &RunFile, run_json: &Path) -> BTreeMap<&'static str, String> {
+    let dir = run_json.parent().unwrap_or(Path::new("."));
+    let t = &run.shared.training;
+    let ([rank, alpha, dropout], modules) = run.point.method.lora_texts();
+    let modules: Vec<&str> = modules.iter().map(|m| m.name()).collect();
+    let modules = modules.join(",");
+    let model = match &run.shared.model {
+        ModelSource::Builtin { shape, .. } => format!("builtin:{shape}"),
+        ModelSource::Hf { path } | ModelSource::Gguf { path } => path.display().to_string(),
+    };
+    let eval_at: Vec<String> = run.point.eval_at.iter().map(u64::to_string).collect();
+    BTreeMap::from([
+        ("run_dir", dir.display().to_string()),
+        ("run_json", run_json.display().to_string()),
+        ("id", run.id.clone()),
+        ("config_id", run.config_id.clone()),
+        ("sweep", run.sweep.clone()),
+        ("seed", run.seed.to_string()),
+        ("method", run.point.method.method_name().to_string()),
+        ("learning_rate", run.point.learning_rate.to_string()),
+        ("rank", rank),
+        ("alpha", alpha),
+        ("dropout", dropout),
+        ("target_modules", modules),
+        ("token_budget", run.point.token_budget.to_string()),
+        ("eval_at", eval_at.join(",")),
+        ("batch_size", t.batch_size.to_string()),
+        ("micro_batch_size", t.micro_batch_size.to_string()),
+        ("seq_len", t.seq_len.to_string()),
+        ("model", model),
+        ("target", run.shared.data.target.clone()),
+        ("source", run.shared.data.source.clone()),
+    ])
+}
+
+/// An argument with its placeholders replaced (checked by [`check`] at plan time).
+pub fn substitute(arg: &str, values: &BTreeMap<&'static str, String>) -> String {
+    let mut out = String::new();
+    let mut rest = arg;
+    while let Some(i) = rest.find(['{', '}']) {
+        out.push_str(&rest[..i]);
+        let (c, after) = (rest.as_bytes()[i], &rest[i + 1..]);
+        if after.as_bytes().first() == Some(&c) || c == b'}' {
+            out.push(c as char);
+            rest = after.strip_prefix(c as char).unwrap_or(after);
+            continue;
+        }
+        let end = after.find('}').unwrap_or(after.len());
+        out.push_str(values.get(&after[..end]).map_or("", String::as_str));
+        rest = after.get(end + 1..).unwrap_or("");
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `sweep train RUN.json` of a sweep with a `[trainer] command`: run the program (signals
+/// passed on), then write result.json from its metrics.jsonl, or a failed one.
+pub fn train(run_json: &Path, command: &[String], quiet: bool) -> anyhow::Result<()> {
+    let t0 = std::time::Instant::now();
+    let text = std::fs::read_to_string(run_json)
+        .with_context(|| format!("reading {}", run_json.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a run.json", run_json.display()))?;
+    let run: RunFile = serde_json::from_value(value.clone()).with_context(|| {
+        format!(
+            "{}: not a run.json of this sweep version",
+            run_json.display()
+        )
+    })?;
+    let dir = run_json.parent().unwrap_or(Path::new("."));
+    let vals = values(&run, run_json);
+    let args: Vec<String> = command.iter().map(|a| substitute(a, &vals)).collect();
+    let mut cmd = std::process::Command::new(&args[0]);
+    cmd.args(&args[1..]);
+    for (k, v) in &vals {
+        cmd.env(format!("SWEEP_{}", k.to_uppercase()), v);
+    }
+    crate::util::stop_with_parent(&mut cmd);
+    let stop = Arc::new(AtomicBool::new(false));
+    let signals = [
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGUSR1,
+    ];
+    let received = Arc::new(std::sync::atomic::AtomicI32::new(0));
+    for sig in signals {
+        let (stop, received) = (stop.clone(), received.clone());
+        // SAFETY: the handler only stores to atomics (async-signal-safe).
+        unsafe {
+            signal_hook::low_level::register(sig, move || {
+                received.store(sig, Ordering::SeqCst);
+                stop.store(true, Ordering::SeqCst);
+            })
+        }
+        .with_context(|| format!("installing the handler of signal {sig}"))?;
+    }
+    let mut child = cmd.spawn().with_context(|| {
+        format!(
+            "starting the trainer command {:?} ([trainer] command): is it installed and on PATH?",
+            args[0]
+        )
+    })?;
+    let mut forwarded = false;
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if stop.load(Ordering::SeqCst) && !forwarded {
+            // SAFETY: kill(2) on our own child; no memory effects.
+            unsafe { libc::kill(child.id() as i32, received.load(Ordering::SeqCst)) };
+            forwarded = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    if stop.load(Ordering::SeqCst) {
+        if !quiet {
+            eprintln!(
+                "{}: stopped by a signal; the trainer command checkpoints into {} and resumes from there when started again",
+                run.id,
+                dir.display()
+            );
+        }
+        return Ok(());
+    }
+    let lines = read_metrics(&dir.join("metrics.jsonl"));
+    let failure = match (status.success(), &lines) {
+        (false, _) => Some(format!(
+            "the trainer command {:?} exited with {status}; its output is in {}",
+            args[0],
+            dir.join("train.log").display()
+        )),
+        (true, Err(e)) => Some(format!(
+            "the trainer command exited 0 but {e}: it must write a line per evaluation with `tokens` and the metrics ([trainer] contract in the README)"
+        )),
+        (true, Ok(_)) => None,
+    };
+    let lines = lines.unwrap_or_default();
+    let result = result_of(
+        &run,
+        &value,
+        &lines,
+        failure.clone(),
+        t0.elapsed().as_secs_f64(),
+    );
+    crate::util::write_atomic(&dir.join("result.json"), |w| {
+        serde_json::to_writer_pretty(&mut *w, &result)?;
+        writeln!(w)
+    })
+    .with_context(|| format!("writing {}", dir.join("result.json").display()))?;
+    match failure {
+        Some(f) => anyhow::bail!("{}: {f}", run.id),
+        None => {
+            if !quiet {
+                eprintln!(
+                    "{}: completed by the trainer command ({} tokens, {} evaluations)",
+                    run.id,
+                    result.tokens,
+                    result.evals.len()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The lines of metrics.jsonl a program wrote (`tokens` required; a line cut short by a kill
+/// is skipped), or why there are none.
+fn read_metrics(path: &Path) -> Result<Vec<MetricsLine>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{} cannot be read ({e})", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: serde_json::Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(_) if i + 1 == text.lines().count() => continue,
+            Err(e) => return Err(format!("{}:{}: not JSON ({e})", path.display(), i + 1)),
+        };
+        let Some(obj) = v.as_object() else {
+            return Err(format!("{}:{}: not a JSON object", path.display(), i + 1));
+        };
+        let tokens = obj
+            .get("tokens")
+            .and_then(|t| t.as_u64())
+            .ok_or_else(|| format!("{}:{}: no `tokens` (a whole number)", path.display(), i + 1))?;
+        let num = |k: &str| obj.get(k).and_then(|x| x.as_f64());
+        let named = [
+            "tokens",
+            "step",
+            "lr",
+            "train_loss",
+            "grad_norm",
+            "tokens_per_s",
+            "time",
+        ];
+        out.push(MetricsLine {
+            step: obj.get("step").and_then(|s| s.as_u64()).unwrap_or(0),
+            tokens,
+            lr: num("lr").unwrap_or(0.0),
+            train_loss: num("train_loss"),
+            grad_norm: num("grad_norm"),
+            tokens_per_s: num("tokens_per_s"),
+            comm_ms_per_step: None,
+            time: num("time"),
+            eval: obj
+                .iter()
+                .filter(|(k, _)| !named.contains(&k.as_str()))
+                .filter_map(|(k, x)| x.as_f64().map(|x| (k.clone(), x)))
+                .collect(),
+        });
+    }
+    if out.is_empty() {
+        return Err(format!("{} has no lines", path.display()));
+    }
+    Ok(out)
+}
+
+/// The result.json of a run trained by a program, from its metrics lines.
+fn result_of(
+    run: &RunFile,
+    value: &serde_json::Value,
+    lines: &[MetricsLine],
+    failure: Option<String>,
+    wall_s: f64,
+) -> RunResult {
+    let last = lines.last();
+    let tokens_per_step = run.shared.training.tokens_per_step().max(1);
+    RunResult {
+        schema: RESULT_SCHEMA,
+        id: run.id.clone(),
+        config_id: run.config_id.clone(),
+        status: if failure.is_some() {
+            RunStatus::Failed
+        } else {
+            RunStatus::Completed
+        },
+        step: last.map_or(0, |l| l.step),
+        tokens: last.map_or(0, |l| l.tokens),
+        total_steps: run.point.token_budget.div_ceil(tokens_per_step).max(1),
+        final_train_loss: lines.iter().rev().find_map(|l| l.train_loss),
+        evals: lines
+            .iter()
+            .filter(|l| !l.eval.is_empty())
+            .map(|l| EvalRecord {
+                step: l.step,
+                tokens: l.tokens,
+                metrics: l.eval.clone(),
+            })
+            .collect(),
+        metrics_not_measured: Vec::new(),
+        trainable_params: 0,
+        total_params: 0,
+        wall_s,
+        peak_rss_kib: None,
+        peak_gpu_bytes: None,
+        error: failure,
+        device: None,
+        notes: vec![
+            "trained by the spec's [trainer] command; parameter counts are not reported".into(),
+        ],
+        resumed_from: Vec::new(),
+        run_hash: Some(run_hash(value)),
+        host: Some(crate::results::this_host()),
+        world: None,
+        inputs: BTreeMap::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_checked_and_substituted() {
+        let ok = |a: &[&str]| check(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        ok(&["python3", "t.py", "--lr={learning_rate}", "{{literal}}"]).unwrap();
+        let e = ok(&["t", "{learnig_rate}"]).unwrap_err();
+        assert!(
+            e.contains("unknown placeholder {learnig_rate}") && e.contains("learning_rate"),
+            "{e}"
+        );
+        assert!(ok(&["t", "{run_dir"]).unwrap_err().contains("unclosed"));
+        assert!(ok(&["t", "a}b"]).unwrap_err().contains("lone"));
+        assert!(ok(&[]).is_err());
+        let vals = BTreeMap::from([
+            ("learning_rate", "0.001".to_string()),
+            ("id", "x-s0".into()),
+        ]);
+        assert_eq!(substitute("--lr={learning_rate}", &vals), "--lr=0.001");
+        assert_eq!(substitute("{{id}}={id}}}", &vals), "{id}=x-s0}");
+        assert_eq!(substitute("plain", &vals), "plain");
+    }
+
+    #[test]
+    fn metrics_lines_become_evaluations() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("metrics.jsonl");
+        std::fs::write(
+            &p,
+            "{\"tokens\":0,\"target_loss\":3.0}\n{\"tokens\":64,\"step\":2,\"train_loss\":2.5}\n{\"tokens\":128,\"step\":4,\"train_loss\":2.0,\"target_loss\":2.2,\"note\":\"x\"}\n{\"tok",
+        )
+        .unwrap();
+        let lines = read_metrics(&p).unwrap();
+        assert_eq!(lines.len(), 3, "the cut last line is skipped");
+        assert_eq!(
+            lines[2].eval,
+            BTreeMap::from([("target_loss".to_string(), 2.2)])
+        );
+        std::fs::write(&p, "{\"step\":1}\n{\"tokens\":1}\n").unwrap();
+        assert!(read_metrics(&p).unwrap_err().contains(":1: no `tokens`"));
+        std::fs::write(&p, "").unwrap();
+        assert!(read_metrics(&p).unwrap_err().contains("no lines"));
+    }
+}
