@@ -166,6 +166,9 @@ pub struct FollowArgs {
     /// The clusters file (default: $SWEEP_CLUSTERS, else ~/.config/sweep/clusters.toml).
     #[arg(long, value_name = "FILE")]
     pub clusters: Option<PathBuf>,
+    /// Submit even where the memory estimate exceeds the cluster's gpu_memory_gb.
+    #[arg(long)]
+    pub no_memory_check: bool,
 }
 
 /// `sweep cancel`.

@@ -94,8 +94,7 @@ pub fn check(command: &[String]) -> Result<(), String> {
 }
 
 /// The value of every placeholder for a run whose run.json is `run_json`.
-pub fn values(run: &RunFile, run_json: &Path) -> BTreeMap<&'static str, String> {
-    let dir = run_json.parent().unwrap_or(Path::new("."));
+pub fn values(run: &RunFile, dir: &Path, run_json: &Path) -> BTreeMap<&'static str, String> {
     let t = &run.shared.training;
     let ([rank, alpha, dropout], modules) = run.point.method.lora_texts();
     let modules: Vec<&str> = modules.iter().map(|m| m.name()).collect();
@@ -151,8 +150,20 @@ pub fn substitute(arg: &str, values: &BTreeMap<&'static str, String>) -> String 
 
 /// `sweep train RUN.json` of a sweep with a `[trainer] command`: run the program (signals
 /// passed on), then write result.json from its metrics.jsonl, or a failed one.
-pub fn train(run_json: &Path, command: &[String], quiet: bool) -> anyhow::Result<()> {
+pub fn train(
+    run_json: &Path,
+    command: &[String],
+    quiet: bool,
+    force: bool,
+    nproc: Option<usize>,
+) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
+    if nproc.is_some_and(|n| n > 1) {
+        anyhow::bail!(
+            "{}: --nproc starts the builtin trainer's ranks; a [trainer] command starts its own processes (torchrun, accelerate launch): give them in the command",
+            run_json.display()
+        );
+    }
     let text = std::fs::read_to_string(run_json)
         .with_context(|| format!("reading {}", run_json.display()))?;
     let value: serde_json::Value = serde_json::from_str(&text)
@@ -163,8 +174,43 @@ pub fn train(run_json: &Path, command: &[String], quiet: bool) -> anyhow::Result
             run_json.display()
         )
     })?;
-    let dir = run_json.parent().unwrap_or(Path::new("."));
-    let vals = values(&run, run_json);
+    let dir = run_json
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    // One writer of the result: the process of rank 0, or the only one (under srun every
+    // rank starts the command; the others run it and report nothing).
+    let main = std::env::var("RANK").map_or(true, |r| r.trim() == "0");
+    let _lock = if main {
+        Some(crate::run_lock::RunLock::acquire(dir)?)
+    } else {
+        None
+    };
+    let who = crate::results::RunIdentity {
+        id: run.id.clone(),
+        config_id: run.config_id.clone(),
+        run_hash: run_hash(&value),
+    };
+    if main {
+        match crate::results::read_result_of(&dir.join("result.json"), &who) {
+            Ok(r) if !force && matches!(r.status, RunStatus::Completed | RunStatus::Diverged) => {
+                if !quiet {
+                    eprintln!(
+                        "{}: already {:?} ({} kept as it is); `sweep train --force` trains it again (the program's own checkpoints in {} are its to clear)",
+                        run.id,
+                        r.status,
+                        dir.join("result.json").display(),
+                        dir.display()
+                    );
+                }
+                return Ok(());
+            }
+            _ => {
+                let _ = std::fs::remove_file(dir.join("result.json"));
+            }
+        }
+    }
+    let vals = values(&run, dir, run_json);
     let args: Vec<String> = command.iter().map(|a| substitute(a, &vals)).collect();
     let mut cmd = std::process::Command::new(&args[0]);
     cmd.args(&args[1..]);
@@ -172,6 +218,9 @@ pub fn train(run_json: &Path, command: &[String], quiet: bool) -> anyhow::Result
         cmd.env(format!("SWEEP_{}", k.to_uppercase()), v);
     }
     crate::util::stop_with_parent(&mut cmd);
+    // Its own process group: a stop reaches it once, passed on from here, not also from a
+    // terminal's Ctrl-C or an executor's signal to this group.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let stop = Arc::new(AtomicBool::new(false));
     let signals = [
         signal_hook::consts::SIGTERM,
@@ -189,6 +238,9 @@ pub fn train(run_json: &Path, command: &[String], quiet: bool) -> anyhow::Result
             })
         }
         .with_context(|| format!("installing the handler of signal {sig}"))?;
+    }
+    if stop.load(Ordering::SeqCst) {
+        return Ok(());
     }
     let mut child = cmd.spawn().with_context(|| {
         format!(
@@ -208,7 +260,18 @@ pub fn train(run_json: &Path, command: &[String], quiet: bool) -> anyhow::Result
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
-    if stop.load(Ordering::SeqCst) {
+    let lines = read_metrics(&dir.join("metrics.jsonl"));
+    if main {
+        crate::tracking::tensorboard::rewrite(dir)
+            .with_context(|| format!("writing the TensorBoard events of {}", dir.display()))?;
+    }
+    // Stopped before the budget: no result, so that the run resumes. A program that finished
+    // its budget as the signal came has its result all the same.
+    let trained = status.success()
+        && lines
+            .as_ref()
+            .is_ok_and(|l| l.last().is_some_and(|l| l.tokens >= run.point.token_budget));
+    if stop.load(Ordering::SeqCst) && !trained {
         if !quiet {
             eprintln!(
                 "{}: stopped by a signal; the trainer command checkpoints into {} and resumes from there when started again",
@@ -218,7 +281,15 @@ pub fn train(run_json: &Path, command: &[String], quiet: bool) -> anyhow::Result
         }
         return Ok(());
     }
-    let lines = read_metrics(&dir.join("metrics.jsonl"));
+    if !main {
+        anyhow::ensure!(
+            status.success(),
+            "{}: the trainer command exited with {status} on rank {}",
+            run.id,
+            std::env::var("RANK").unwrap_or_default()
+        );
+        return Ok(());
+    }
     let failure = match (status.success(), &lines) {
         (false, _) => Some(format!(
             "the trainer command {:?} exited with {status}; its output is in {}",
@@ -278,35 +349,9 @@ fn read_metrics(path: &Path) -> Result<Vec<MetricsLine>, String> {
         let Some(obj) = v.as_object() else {
             return Err(format!("{}:{}: not a JSON object", path.display(), i + 1));
         };
-        let tokens = obj
-            .get("tokens")
-            .and_then(|t| t.as_u64())
+        let line = MetricsLine::lenient(obj)
             .ok_or_else(|| format!("{}:{}: no `tokens` (a whole number)", path.display(), i + 1))?;
-        let num = |k: &str| obj.get(k).and_then(|x| x.as_f64());
-        let named = [
-            "tokens",
-            "step",
-            "lr",
-            "train_loss",
-            "grad_norm",
-            "tokens_per_s",
-            "time",
-        ];
-        out.push(MetricsLine {
-            step: obj.get("step").and_then(|s| s.as_u64()).unwrap_or(0),
-            tokens,
-            lr: num("lr").unwrap_or(0.0),
-            train_loss: num("train_loss"),
-            grad_norm: num("grad_norm"),
-            tokens_per_s: num("tokens_per_s"),
-            comm_ms_per_step: None,
-            time: num("time"),
-            eval: obj
-                .iter()
-                .filter(|(k, _)| !named.contains(&k.as_str()))
-                .filter_map(|(k, x)| x.as_f64().map(|x| (k.clone(), x)))
-                .collect(),
-        });
+        out.push(line);
     }
     if out.is_empty() {
         return Err(format!("{} has no lines", path.display()));

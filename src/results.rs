@@ -102,6 +102,41 @@ pub struct EvalRecord {
     pub metrics: BTreeMap<String, f64>,
 }
 
+impl MetricsLine {
+    /// A line read as the [trainer] contract allows: `tokens` (required), optional `step`,
+    /// `lr`, `train_loss`, `grad_norm`, `tokens_per_s`, `time`, and every other number an
+    /// evaluation metric; keys that are not numbers are left out.
+    pub fn lenient(obj: &serde_json::Map<String, serde_json::Value>) -> Option<MetricsLine> {
+        let tokens = obj.get("tokens").and_then(|t| t.as_u64())?;
+        let num = |k: &str| obj.get(k).and_then(|x| x.as_f64());
+        let named = [
+            "tokens",
+            "step",
+            "lr",
+            "train_loss",
+            "grad_norm",
+            "tokens_per_s",
+            "comm_ms_per_step",
+            "time",
+        ];
+        Some(MetricsLine {
+            step: obj.get("step").and_then(|s| s.as_u64()).unwrap_or(0),
+            tokens,
+            lr: num("lr").unwrap_or(0.0),
+            train_loss: num("train_loss"),
+            grad_norm: num("grad_norm"),
+            tokens_per_s: num("tokens_per_s"),
+            comm_ms_per_step: num("comm_ms_per_step"),
+            time: num("time"),
+            eval: obj
+                .iter()
+                .filter(|(k, _)| !named.contains(&k.as_str()))
+                .filter_map(|(k, x)| x.as_f64().map(|x| (k.clone(), x)))
+                .collect(),
+        })
+    }
+}
+
 /// result.json: how the run ended and what it measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunResult {

@@ -377,6 +377,45 @@ learning_rate = [2e-3, 0.1]
     // A rerun trains nothing that completed; the failed runs stay failed.
     let o = sweep(dir.path(), &["run", "spec.toml"]);
     assert!(err(&o).contains("2 already done"), "{}", err(&o));
+    // `sweep train` of a completed run (a requeue, by hand) leaves it as it is, without
+    // starting the program; --nproc is the builtin trainer's and refused.
+    let done = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            std::fs::read_to_string(p.join("result.json"))
+                .unwrap()
+                .contains("completed")
+        })
+        .unwrap();
+    std::fs::remove_file(done.join("seen.json")).unwrap();
+    let o = sweep(
+        dir.path(),
+        &["train", done.join("run.json").to_str().unwrap()],
+    );
+    assert!(
+        o.status.success() && err(&o).contains("already Completed"),
+        "{}",
+        err(&o)
+    );
+    assert!(
+        !done.join("seen.json").exists(),
+        "the program was not started again"
+    );
+    let o = sweep(
+        dir.path(),
+        &[
+            "train",
+            done.join("run.json").to_str().unwrap(),
+            "--nproc",
+            "2",
+        ],
+    );
+    assert!(
+        !o.status.success() && err(&o).contains("--nproc"),
+        "{}",
+        err(&o)
+    );
     // SIGTERM (a time limit, a cancel) reaches the program, which checkpoints and exits; no
     // result is written, so the run resumes instead of counting.
     let run = std::fs::read_dir(&runs)
@@ -389,6 +428,7 @@ learning_rate = [2e-3, 0.1]
         })
         .unwrap();
     std::fs::remove_file(run.join("result.json")).unwrap();
+    std::fs::remove_file(run.join("metrics.jsonl")).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sweep"))
         .args(["train"])
         .arg(run.join("run.json"))

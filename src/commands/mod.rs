@@ -87,7 +87,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) if args.noop => noop_train(&args.run),
         Command::Train(args) if trainer_command(&args.run).is_some() => {
             let command = trainer_command(&args.run).unwrap_or_default();
-            crate::external_trainer::train(&args.run, &command, g.quiet)
+            crate::external_trainer::train(&args.run, &command, g.quiet, args.force, args.nproc)
         }
         Command::Train(args) => train(g, &args),
         Command::Export(args) => export(g, &args),

@@ -405,7 +405,7 @@ pub fn attach(g: &GlobalArgs, args: &crate::cli::FollowArgs) -> anyhow::Result<(
         retry_failed: args.retry_failed,
         install: false,
         clusters: args.clusters.clone(),
-        no_memory_check: false,
+        no_memory_check: args.no_memory_check,
         follow: true,
         leave_cancelled: true,
     };

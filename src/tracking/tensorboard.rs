@@ -46,8 +46,12 @@ pub fn rewrite(run_dir: &Path) -> std::io::Result<()> {
     let mut bytes = record(&file_version_event(wall));
     let text = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap_or_default();
     for line in text.lines() {
-        // A line cut short by a kill is what metrics.jsonl's readers skip too.
-        if let Ok(m) = serde_json::from_str::<MetricsLine>(line) {
+        // A line cut short by a kill is what metrics.jsonl's readers skip too; a [trainer]
+        // command's lines are read as its contract allows.
+        let m = serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v.as_object().and_then(MetricsLine::lenient));
+        if let Some(m) = m {
             bytes.extend(record(&scalars_event(&m, wall)));
         }
     }

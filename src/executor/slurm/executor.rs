@@ -296,6 +296,11 @@ pub fn record_chunk(state: &mut SweepState, backend: &str, b: &Batch, c: &ChunkR
             detail: None,
             progress: Default::default(),
         });
+        let job_k = format!("{job}_{k}");
+        // Recorded already (a submit that crashed after saving the state, before the journal).
+        if rec.job_id.as_deref() == Some(job_k.as_str()) {
+            continue;
+        }
         // A run that timed out after checkpointing further than it had been sent from goes
         // on from there: a continuation, which the retry policy does not count as a failure.
         if rec.continues() {
@@ -305,7 +310,7 @@ pub fn record_chunk(state: &mut SweepState, backend: &str, b: &Batch, c: &ChunkR
         rec.attempts += 1;
         rec.state = JobState::Pending;
         rec.backend = backend.to_string();
-        rec.job_id = Some(format!("{job}_{k}"));
+        rec.job_id = Some(job_k);
         rec.detail = None;
     }
 }
@@ -493,8 +498,11 @@ pub fn submit_batch(
     if kept.chunks.is_empty() {
         journal.batches.pop();
     }
-    journal.save(dir)?;
+    // The state first: after a crash between the two saves the journal's chunk has no job id,
+    // reconciliation finds the job by name, and record_chunk sees it recorded (nothing is
+    // submitted twice, nothing counted twice).
     state.save(dir)?;
+    journal.save(dir)?;
     if out.code != 0 {
         let refused: Vec<&String> = batch.ids[submitted..].iter().collect();
         let shown: Vec<&str> = refused.iter().take(5).map(|s| s.as_str()).collect();
