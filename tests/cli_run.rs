@@ -379,15 +379,18 @@ learning_rate = [2e-3, 0.1]
     assert!(err(&o).contains("2 already done"), "{}", err(&o));
     // `sweep train` of a completed run (a requeue, by hand) leaves it as it is, without
     // starting the program; --nproc is the builtin trainer's and refused.
-    let done = std::fs::read_dir(&runs)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            std::fs::read_to_string(p.join("result.json"))
-                .unwrap()
-                .contains("completed")
-        })
-        .unwrap();
+    let completed_run = || {
+        std::fs::read_dir(&runs)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                std::fs::read_to_string(p.join("result.json"))
+                    .unwrap()
+                    .contains("completed")
+            })
+            .unwrap()
+    };
+    let done = completed_run();
     std::fs::remove_file(done.join("seen.json")).unwrap();
     let o = sweep(
         dir.path(),
@@ -418,15 +421,7 @@ learning_rate = [2e-3, 0.1]
     );
     // SIGTERM (a time limit, a cancel) reaches the program, which checkpoints and exits; no
     // result is written, so the run resumes instead of counting.
-    let run = std::fs::read_dir(&runs)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            std::fs::read_to_string(p.join("result.json"))
-                .unwrap()
-                .contains("completed")
-        })
-        .unwrap();
+    let run = completed_run();
     std::fs::remove_file(run.join("result.json")).unwrap();
     std::fs::remove_file(run.join("metrics.jsonl")).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sweep"))
