@@ -7,8 +7,6 @@ use std::fmt;
 
 use minijinja::{context, Environment, Error, ErrorKind};
 
-use super::tokenizer::Tokenizer;
-
 /// A compiled chat template with the BOS and EOS strings it may use.
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -24,18 +22,17 @@ impl fmt::Debug for ChatTemplate {
     }
 }
 
-/// The `bos_token` and `eos_token` strings of a tokenizer_config.json (`v`), else `tok`'s.
-fn special_texts(v: &serde_json::Value, tok: &Tokenizer) -> (String, String) {
-    let specials = tok.specials();
-    let token = |key: &str, id: Option<i64>| match v.get(key) {
+/// The `bos_token` and `eos_token` strings of a tokenizer_config.json (`v`), else `fallback`'s.
+fn special_texts(v: &serde_json::Value, fallback: (&str, &str)) -> (String, String) {
+    let token = |key: &str, default: &str| match v.get(key) {
         Some(serde_json::Value::String(s)) => s.clone(),
         Some(serde_json::Value::Null) => String::new(),
         Some(o) => o["content"].as_str().unwrap_or_default().to_string(),
-        None => id.and_then(|i| tok.token_text(i)).unwrap_or_default(),
+        None => default.to_string(),
     };
     (
-        token("bos_token", specials.bos),
-        token("eos_token", Some(specials.eos)),
+        token("bos_token", fallback.0),
+        token("eos_token", fallback.1),
     )
 }
 
@@ -66,8 +63,11 @@ impl ChatTemplate {
     /// The chat template of a Hugging Face folder, as transformers reads it: tokenizer_config.json's
     /// `chat_template` (or the one named `default` of a list), with the `bos_token` and
     /// `eos_token` strings that file gives (a null one renders as nothing), else the ones of
-    /// `tok`'s BOS and EOS.
-    pub fn from_hf_dir(dir: &std::path::Path, tok: &Tokenizer) -> Result<ChatTemplate, String> {
+    /// `fallback` (the text of the tokenizer's BOS and EOS: [`super::tokenizer::Tokenizer::special_texts`]).
+    pub fn from_hf_dir(
+        dir: &std::path::Path,
+        fallback: (&str, &str),
+    ) -> Result<ChatTemplate, String> {
         let file = dir.join("tokenizer_config.json");
         let v: serde_json::Value = std::fs::read_to_string(&file)
             .ok()
@@ -85,19 +85,19 @@ impl ChatTemplate {
                 file.display()
             )
         })?;
-        let (bos, eos) = special_texts(&v, tok);
+        let (bos, eos) = special_texts(&v, fallback);
         ChatTemplate::new(source, &bos, &eos)
     }
 
     /// The BOS and EOS strings a template of a Hugging Face folder renders with:
     /// tokenizer_config.json's `bos_token` and `eos_token`, as transformers passes them (a null
-    /// one renders as nothing), else the text of `tok`'s BOS and EOS.
-    pub fn hf_special_texts(dir: &std::path::Path, tok: &Tokenizer) -> (String, String) {
+    /// one renders as nothing), else the text of `fallback` (the text of the tokenizer's BOS and EOS: [`super::tokenizer::Tokenizer::special_texts`]).
+    pub fn hf_special_texts(dir: &std::path::Path, fallback: (&str, &str)) -> (String, String) {
         let v: serde_json::Value = std::fs::read_to_string(dir.join("tokenizer_config.json"))
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default();
-        special_texts(&v, tok)
+        special_texts(&v, fallback)
     }
 
     /// The text of a conversation of (role, content) messages; with `add_generation_prompt`,

@@ -253,6 +253,15 @@ impl Tokenizer {
         }
     }
 
+    /// The text of its BOS (empty without one) and of its EOS, what a chat template's
+    /// `bos_token` and `eos_token` render as where nothing else says.
+    #[cfg(feature = "torch")]
+    pub fn special_texts(&self) -> (String, String) {
+        let s = self.specials();
+        let text = |id: Option<i64>| id.and_then(|i| self.token_text(i)).unwrap_or_default();
+        (text(s.bos), text(Some(s.eos)))
+    }
+
     /// The chat template instruction pairs are framed with, if any.
     #[cfg(feature = "torch")]
     pub fn chat(&self) -> Option<&super::chat::ChatTemplate> {

@@ -459,7 +459,7 @@ fn resolve_shared(spec: &Spec) -> Result<SharedConfig, Problem> {
             .unwrap_or_else(|| default_metrics(&spec.data.domain)),
     );
     if let Some(t) = &spec.trainer {
-        crate::external_trainer::check(&t.command)
+        crate::spec::trainer::check(&t.command)
             .map_err(|m| problem(&["trainer", "command"], &m))?;
     }
     Ok(SharedConfig {

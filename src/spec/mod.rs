@@ -1,6 +1,8 @@
 //! The sweep spec: one TOML file that describes one study. This module only parses and checks
 //! what the user wrote (no I/O beyond reading the file); [`crate::plan`] expands it into runs.
 
+pub mod trainer;
+pub use trainer::TrainerSpec;
 pub mod error;
 pub mod values;
 
@@ -43,16 +45,7 @@ pub struct Spec {
     pub sample: Option<SampleSpec>,
     /// Another training program instead of the builtin trainer.
     #[serde(default)]
-    pub trainer: Option<TrainerSpec>,
-}
-
-/// `[trainer]`: a user's training program that `sweep train` runs for each run (the contract
-/// is in `external_trainer`'s documentation and the README).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrainerSpec {
-    /// The program and its arguments, with `{placeholder}`s of the run's settings.
-    pub command: Vec<String>,
+    pub trainer: Option<trainer::TrainerSpec>,
 }
 
 /// Where the base model comes from: exactly one of `builtin`, `hf`, `gguf`.

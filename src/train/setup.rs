@@ -72,19 +72,15 @@ fn framed(tok: Tokenizer, run: &RunFile, gguf: Option<&GgufFile>) -> Result<Toke
     let bad = |msg: String| TrainError::Data(format!("data.chat_template: {msg}"));
     // The strings `bos_token` and `eos_token` render as: an HF folder's tokenizer_config.json
     // says them, as transformers passes them; a GGUF's are its BOS and EOS tokens' text.
+    let own = tok.special_texts();
+    let own = (own.0.as_str(), own.1.as_str());
     let (bos, eos) = match &run.shared.model {
-        ModelSource::Hf { path } => ChatTemplate::hf_special_texts(path, &tok),
-        _ => {
-            let specials = tok.specials();
-            let text = |id: Option<i64>| id.and_then(|i| tok.token_text(i)).unwrap_or_default();
-            (text(specials.bos), text(Some(specials.eos)))
-        }
+        ModelSource::Hf { path } => ChatTemplate::hf_special_texts(path, own),
+        _ => (own.0.to_string(), own.1.to_string()),
     };
     let compile = |source: &str| ChatTemplate::new(source, &bos, &eos).map_err(bad);
     let template = match (which.as_str(), &run.shared.model) {
-        ("model", ModelSource::Hf { path }) => {
-            ChatTemplate::from_hf_dir(path, &tok).map_err(bad)?
-        }
+        ("model", ModelSource::Hf { path }) => ChatTemplate::from_hf_dir(path, own).map_err(bad)?,
         ("model", ModelSource::Gguf { path }) => compile(
             gguf.and_then(|f| f.get_str("tokenizer.chat_template").ok().flatten())
                 .ok_or_else(|| {
