@@ -5,6 +5,8 @@
 pub mod chat;
 pub mod config;
 pub mod gguf;
+#[cfg(all(test, feature = "torch"))]
+pub(crate) mod gguf_tests;
 #[cfg(feature = "torch")]
 pub mod llama;
 #[cfg(feature = "torch")]

@@ -578,7 +578,7 @@ fn gguf_and_hf_models_train_with_their_tokenizers() {
     };
     let m = Llama::new(&cfg, &build, Device::Cpu).unwrap();
     let gguf = f.dir.path().join("m.gguf");
-    crate::model::gguf::torch_tests::write_gguf(&m, &gguf);
+    crate::model::gguf_tests::write_gguf(&m, &gguf);
     let opts = TrainOptions {
         model_override: None,
         ..f.opts()
