@@ -384,13 +384,18 @@ impl Evaluator for HumanEvalEval {
     }
 }
 
+/// Whether the run's examples are instruction pairs a chat template framed.
+fn chat_framed(regime: Regime, tok: &Tokenizer) -> bool {
+    regime == Regime::Ift && tok.chat().is_some()
+}
+
 /// The prompt of a held-out example: an instruction pair's prompt, or a plain document's start.
 /// A prompt framed by a chat template is its text with the markup written out (its tokens are
 /// the example's own: [`Framing::Known`]).
 pub fn prompt_of(example: &Example, regime: Regime, tok: &Tokenizer) -> Result<String, TrainError> {
     let prompt = &example.tokens[..example.prompt_len.min(example.tokens.len())];
     Ok(match regime {
-        Regime::Ift if tok.chat().is_some() => tok.decode_verbatim(prompt)?,
+        Regime::Ift if chat_framed(regime, tok) => tok.decode_verbatim(prompt)?,
         Regime::Ift => tok.decode(prompt)?,
         Regime::Cpt => text_prompt(&tok.decode(&example.tokens)?),
     })
@@ -418,7 +423,7 @@ pub fn build(
     if metrics.contains(&Metric::NextLine) {
         // Pairs framed by a chat template: the lines are the responses' (the markup is no line
         // to predict), read as plain text.
-        let framed = regime == Regime::Ift && tok.chat().is_some();
+        let framed = chat_framed(regime, tok);
         let docs: Vec<String> = held
             .iter()
             .map(|e| match framed {
@@ -431,7 +436,7 @@ pub fn build(
         }));
     }
     if metrics.contains(&Metric::Diversity) {
-        let framed = regime == Regime::Ift && tok.chat().is_some();
+        let framed = chat_framed(regime, tok);
         let (mut prompts, mut known) = (Vec::new(), HashMap::new());
         for e in held {
             if prompts.len() == n {
