@@ -25,6 +25,10 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::plan::run::{run_hash, ModelSource, RunFile};
+use crate::tracking::mlflow::RunEnd;
+
+/// How long a finished run waits for the MLflow server to take the rest of its lines.
+const MLFLOW_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 use crate::results::{EvalRecord, MetricsLine, RunResult, RunStatus, RESULT_SCHEMA};
 pub use crate::spec::trainer::{check, PLACEHOLDERS};
 
@@ -177,6 +181,9 @@ pub fn train(
     if stop.load(Ordering::SeqCst) {
         return Ok(());
     }
+    let mut mlflow = main
+        .then(|| crate::tracking::mlflow::Live::start(dir, &run))
+        .flatten();
     let mut child = cmd.spawn().with_context(|| {
         format!(
             "starting the trainer command {:?} ([trainer] command): is it installed and on PATH?",
@@ -207,6 +214,9 @@ pub fn train(
             .as_ref()
             .is_ok_and(|l| l.last().is_some_and(|l| l.tokens >= run.point.token_budget));
     if stop.load(Ordering::SeqCst) && !trained {
+        if let Some(live) = mlflow.take() {
+            live.finish(RunEnd::Killed, MLFLOW_WAIT);
+        }
         if !quiet {
             eprintln!(
                 "{}: stopped by a signal; the trainer command checkpoints into {} and resumes from there when started again",
@@ -249,6 +259,13 @@ pub fn train(
         writeln!(w)
     })
     .with_context(|| format!("writing {}", dir.join("result.json").display()))?;
+    if let Some(live) = mlflow.take() {
+        let end = match failure {
+            Some(_) => RunEnd::Failed,
+            None => RunEnd::Finished,
+        };
+        live.finish(end, MLFLOW_WAIT);
+    }
     match failure {
         Some(f) => anyhow::bail!("{}: {f}", run.id),
         None => {

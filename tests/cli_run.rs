@@ -462,3 +462,185 @@ learning_rate = [2e-3, 0.1]
         err(&o)
     );
 }
+
+/// An `mlflow server` (PyPI's, in the venv scripts/test makes and names in SWEEP_TEST_PYTHON)
+/// on a free port of 127.0.0.1, stopped (its whole process group) when dropped.
+struct MlflowServer {
+    child: std::process::Child,
+    uri: String,
+}
+
+impl MlflowServer {
+    fn start(python: &str, dir: &Path) -> MlflowServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = Command::new(python);
+        cmd.args([
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--workers",
+            "1",
+        ])
+        .args(["--port", &port.to_string()])
+        .arg("--backend-store-uri")
+        .arg(format!("sqlite:///{}", dir.join("mlflow.db").display()))
+        .arg("--default-artifact-root")
+        .arg(dir.join("artifacts"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("server.log")).unwrap());
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut server = MlflowServer {
+            child: cmd.spawn().expect("mlflow server starts"),
+            uri: format!("http://127.0.0.1:{port}"),
+        };
+        let t0 = std::time::Instant::now();
+        while reqwest::blocking::get(format!("{}/health", server.uri)).is_err() {
+            assert!(
+                server.child.try_wait().unwrap().is_none() && t0.elapsed().as_secs() < 120,
+                "mlflow server did not come up: {}",
+                std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        server
+    }
+}
+
+impl Drop for MlflowServer {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of the server's own process group.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// Each run of a sweep with `[tracking] mlflow` is an MLflow run on a real server, read back
+/// with MLflow's own client: its params, its status and every metrics.jsonl value at its
+/// tokens, none doubled by a second `sweep run` that has lost its record of what was sent.
+/// A server that is down fails nothing and is said.
+#[test]
+fn runs_are_logged_to_a_real_mlflow_server() {
+    let Some(python) = common::test_python("MLflow") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    common::write_corpora(dir.path());
+    let server = MlflowServer::start(&python, dir.path());
+    let spec = |name: &str, uri: &str| {
+        let s = SPEC
+            .replace("name = \"tinyrun\"", &format!("name = \"{name}\""))
+            .replace(
+                "token_budget = [128, 256]\nseeds = 2",
+                "token_budget = 128\nseeds = 1",
+            )
+            .replace("learning_rate = [1e-3, 3e-3]", "learning_rate = 1e-3")
+            .replace("learning_rate = [3e-3, 1e-2]", "learning_rate = 1e-2");
+        format!("{s}[tracking]\nmlflow = \"{uri}\"\n")
+    };
+    std::fs::write(dir.path().join("spec.toml"), spec("logged", &server.uri)).unwrap();
+    let o = sweep(dir.path(), &["run", "spec.toml"]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(!err(&o).contains("MLflow"), "{}", err(&o));
+
+    let read = r#"
+import json, sys
+from mlflow import MlflowClient
+c = MlflowClient(sys.argv[1])
+e = c.get_experiment_by_name("logged")
+out = {}
+for r in c.search_runs([e.experiment_id]):
+    out[r.info.run_name] = {
+        "status": r.info.status,
+        "params": r.data.params,
+        "metrics": {k: sorted([m.step, m.value] for m in c.get_metric_history(r.info.run_id, k))
+                    for k in ["train/loss", "eval/target_loss"]},
+    }
+print(json.dumps(out))
+"#;
+    let logged = || -> serde_json::Value {
+        let out = Command::new(&python)
+            .args(["-c", read, &server.uri])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let got = logged();
+    let runs = dir.path().join("results/logged/runs");
+    let ids: Vec<String> = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(got.as_object().unwrap().len(), 2, "{got}");
+    for id in &ids {
+        let r = &got[id.as_str()];
+        assert_eq!(r["status"], "FINISHED", "{id}: {r}");
+        let run: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(runs.join(id).join("run.json")).unwrap())
+                .unwrap();
+        assert_eq!(r["params"]["id"], id.as_str());
+        assert_eq!(
+            r["params"]["learning_rate"]
+                .as_str()
+                .unwrap()
+                .parse::<f64>()
+                .unwrap(),
+            run["learning_rate"].as_f64().unwrap()
+        );
+        assert_eq!(r["params"]["training.seq_len"], "32");
+        let metrics = std::fs::read_to_string(runs.join(id).join("metrics.jsonl")).unwrap();
+        for (key, field) in [
+            ("train/loss", "train_loss"),
+            ("eval/target_loss", "target_loss"),
+        ] {
+            let want: Vec<(u64, f64)> = metrics
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .filter_map(|v| Some((v["tokens"].as_u64()?, v[field].as_f64()?)))
+                .collect();
+            let have: Vec<(u64, f64)> = serde_json::from_value(r["metrics"][key].clone()).unwrap();
+            assert!(!want.is_empty(), "{id}: no {field} in metrics.jsonl");
+            assert_eq!(have.len(), want.len(), "{id} {key}: {have:?} vs {want:?}");
+            for (h, w) in have.iter().zip(&want) {
+                assert_eq!(h.0, w.0, "{id} {key}: steps are tokens");
+                assert!(
+                    (h.1 - w.1).abs() <= 1e-9 * w.1.abs().max(1.0),
+                    "{id} {key}: {h:?} vs {w:?}"
+                );
+            }
+        }
+    }
+    // What was sent is found again on the server when its record is lost: nothing doubles.
+    for id in &ids {
+        std::fs::remove_file(runs.join(id).join("mlflow.json")).unwrap();
+    }
+    let o = sweep(dir.path(), &["run", "spec.toml"]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(logged(), got);
+
+    // A server that is down: the runs complete, the warning names the server.
+    let down = server.uri.clone();
+    drop(server);
+    std::fs::write(dir.path().join("down.toml"), spec("unlogged", &down)).unwrap();
+    let o = sweep(dir.path(), &["run", "down.toml"]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(err(&o).contains("done: 2 completed"), "{}", err(&o));
+    assert!(
+        err(&o).contains(&format!(
+            "2 run(s) not wholly logged to MLflow (MLflow at {down} cannot be reached"
+        )),
+        "{}",
+        err(&o)
+    );
+}

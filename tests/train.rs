@@ -1,6 +1,8 @@
 //! End-to-end: the built `sweep` binary trains a tiny run.json and leaves its outputs.
 #![cfg(feature = "torch")]
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -100,12 +102,7 @@ fn sweep_train_runs_a_tiny_lora_run() {
 /// in SWEEP_TEST_PYTHON) finds every metrics.jsonl line's loss and evaluations in the run's
 /// event file, at its tokens; the resume above wrote the file again without doubling it.
 fn tensorboard_reads_the_runs_metrics(run_dir: &Path, metrics: &str) {
-    let Ok(python) = std::env::var("SWEEP_TEST_PYTHON") else {
-        assert!(
-            std::env::var("SWEEP_TESTS_REQUIRE_SETUP").as_deref() != Ok("1"),
-            "SWEEP_TEST_PYTHON (a python with tensorboard) is unset, and SWEEP_TESTS_REQUIRE_SETUP=1 (scripts/test) says this check must run"
-        );
-        eprintln!("skipped: the TensorBoard reader check (SWEEP_TEST_PYTHON is unset; scripts/test sets it)");
+    let Some(python) = common::test_python("TensorBoard reader") else {
         return;
     };
     let read = r#"

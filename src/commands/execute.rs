@@ -42,14 +42,22 @@ fn stage(
         let run_dir = dir.join("runs").join(&r.id);
         let run_json = run_dir.join("run.json");
         let who = RunIdentity::of(plan, r);
-        let on_disk = std::fs::read_to_string(&run_json).ok().map(|t| {
-            serde_json::from_str::<serde_json::Value>(&t)
+        let text = std::fs::read(&run_json).ok();
+        let on_disk = text.as_ref().map(|t| {
+            serde_json::from_slice::<serde_json::Value>(t)
                 .map(|v| run_hash(&v))
                 .unwrap_or_default()
         });
+        let json = serde_json::to_vec_pretty(&plan.run_file(r))?;
         let mut problem = None;
         match on_disk {
-            Some(h) if h == who.run_hash => {}
+            // The same run; its [tracking] may have changed since.
+            Some(h) if h == who.run_hash => {
+                if text.as_deref() != Some(json.as_slice()) {
+                    write_atomic(&run_json, |w| w.write_all(&json))
+                        .with_context(|| format!("writing {}", run_json.display()))?;
+                }
+            }
             Some(_) if !retrain_invalid => {
                 problem = Some(format!(
                     "{} is not the plan's run.json for this run (another run's, or edited); nothing was trained from it here: `sweep run SPEC --retrain-invalid` replaces it and trains the run",
@@ -57,7 +65,6 @@ fn stage(
                 ));
             }
             _ => {
-                let json = serde_json::to_vec_pretty(&plan.run_file(r))?;
                 write_atomic(&run_json, |w| w.write_all(&json))
                     .with_context(|| format!("writing {}", run_json.display()))?;
             }
@@ -140,6 +147,9 @@ fn execute_locally(
         Box::new(TextRenderer::new(std::io::stderr(), g.quiet))
     };
     let outcome = exe.run(&dir, &mut state, &runs, sink.as_mut(), &stop)?;
+    if let Some(w) = super::sync_trackers(&dir, &plan) {
+        eprintln!("warning: {w}");
+    }
     Ok((plan, outcome))
 }
 

@@ -593,3 +593,15 @@ mod tests {
         assert_eq!(first_cause(&[]), None);
     }
 }
+
+/// Log what the runs' trainers could not send to the sweep's MLflow server (nothing when the
+/// spec names none): the runs' folders in `dir`, as the plan has them. A warning line when
+/// something is left unsent.
+fn sync_trackers(dir: &Path, plan: &Plan) -> Option<String> {
+    plan.tracking.as_ref()?.mlflow.as_ref()?;
+    crate::tracking::mlflow::sync_runs(
+        plan.runs
+            .iter()
+            .map(|r| (dir.join("runs").join(&r.id), plan.run_file(r))),
+    )
+}

@@ -641,6 +641,7 @@ pub fn collect(g: &GlobalArgs, args: &CollectArgs) -> anyhow::Result<()> {
     }
     local_results(&dir, &plan, &mut state, &j);
     state.save(&dir)?;
+    let tracker_warning = super::sync_trackers(&dir, &plan);
     let waiting = plan.runs.len() - collected - have;
     if !g.quiet {
         println!(
@@ -657,10 +658,16 @@ pub fn collect(g: &GlobalArgs, args: &CollectArgs) -> anyhow::Result<()> {
         for b in &bad {
             println!("  {b}");
         }
+        if let Some(w) = &tracker_warning {
+            eprintln!("warning: {w}");
+        }
     } else {
         // Even quiet (`--follow` collects quietly), what cannot be collected is said.
         for b in &bad {
             eprintln!("sweep: {b}");
+        }
+        if let Some(w) = &tracker_warning {
+            eprintln!("sweep: warning: {w}");
         }
     }
     if !bad.is_empty() {

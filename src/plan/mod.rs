@@ -47,6 +47,8 @@ pub struct Plan {
     pub runs: Vec<PlannedRun>,
     /// The model shape used for checks and cost, when known.
     pub shape: Option<LlamaConfig>,
+    /// Where the runs are logged besides their folders (not part of any id or hash).
+    pub tracking: Option<crate::spec::TrackingSpec>,
 }
 
 impl Plan {
@@ -60,6 +62,7 @@ impl Plan {
             seed: run.seed,
             shared: self.shared.clone(),
             point: self.points[run.point].clone(),
+            tracking: self.tracking.clone(),
         }
     }
 
@@ -75,6 +78,13 @@ impl Plan {
         };
         let shared = inner(serde_json::to_vec(&self.shared))?;
         let sweep = serde_json::to_string(&self.name).map_err(std::io::Error::other)?;
+        let tracking = match &self.tracking {
+            Some(t) => format!(
+                ",\"tracking\":{}",
+                serde_json::to_string(t).map_err(std::io::Error::other)?
+            ),
+            None => String::new(),
+        };
         let mut point_json: Vec<Option<Vec<u8>>> = vec![None; self.points.len()];
         for r in &self.runs {
             let pj = match &mut point_json[r.point] {
@@ -92,6 +102,7 @@ impl Plan {
             w.write_all(&shared)?;
             w.write_all(b",")?;
             w.write_all(pj)?;
+            w.write_all(tracking.as_bytes())?;
             w.write_all(b"}\n")?;
         }
         Ok(())
@@ -208,7 +219,30 @@ pub fn plan(spec: &Spec, opts: &PlanOptions) -> Result<Plan, Problem> {
         config_ids,
         runs,
         shape: opts.shape.clone(),
+        tracking: check_tracking(spec)?,
     })
+}
+
+/// The spec's `[tracking]`, its MLflow address checked and its experiment named (the sweep's
+/// name unless given).
+fn check_tracking(spec: &Spec) -> Result<Option<crate::spec::TrackingSpec>, Problem> {
+    let Some(t) = &spec.tracking else {
+        return Ok(None);
+    };
+    let mut t = t.clone();
+    if let Some(uri) = &t.mlflow {
+        crate::spec::tracking::check_mlflow_uri(uri)
+            .map_err(|m| problem(&["tracking", "mlflow"], m))?;
+        if t.mlflow_experiment.is_none() {
+            t.mlflow_experiment = Some(spec.name.clone());
+        }
+    } else if t.mlflow_experiment.is_some() {
+        return Err(problem(
+            &["tracking", "mlflow_experiment"],
+            "names an MLflow experiment but no server: add mlflow = \"http://HOST:PORT\"",
+        ));
+    }
+    Ok(Some(t))
 }
 
 /// Config ids of all points, hashed on every core (a million-point grid hashes in well under a

@@ -229,13 +229,21 @@ pub struct RunFile {
     /// What this run varies.
     #[serde(flatten)]
     pub point: Point,
+    /// Where the run is logged besides its folder: left out of [`run_hash`], since it changes
+    /// nothing that is trained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracking: Option<crate::spec::TrackingSpec>,
 }
 
 /// sha256 (hex) of a run file's JSON value (key order and formatting do not matter): what
 /// result.json records as `run_hash`, so that a result is checked against the run the plan
-/// says it is.
+/// says it is. `tracking` is left out: a run logged to another tracker is the same run.
 pub fn run_hash(value: &serde_json::Value) -> String {
-    Sha256::digest(serde_json::to_vec(value).unwrap_or_default())
+    let mut value = value.clone();
+    if let Some(o) = value.as_object_mut() {
+        o.remove("tracking");
+    }
+    Sha256::digest(serde_json::to_vec(&value).unwrap_or_default())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()

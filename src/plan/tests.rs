@@ -403,3 +403,39 @@ fn chat_templates_need_ift_and_a_real_tokenizer() {
     assert_eq!(e.dotted(), "evaluation.apply_chat_template");
     assert!(e.message.contains("data.chat_template"), "{}", e.message);
 }
+
+#[test]
+fn tracking_changes_no_id_or_hash_and_travels_in_every_run_json() {
+    let grid = "[grid]\nmethod = [\"lora\"]\nlearning_rate = [1e-4, 1e-3]\nrank = 4\ntoken_budget = \"1k\"\n";
+    let plain = ok(grid);
+    let tracked = ok(&format!(
+        "{grid}[tracking]\nmlflow = \"http://127.0.0.1:5000\"\n"
+    ));
+    assert_eq!(plain.config_ids, tracked.config_ids);
+    let t = tracked.tracking.clone().unwrap();
+    assert_eq!(
+        t.mlflow_experiment.as_deref(),
+        Some("t"),
+        "the sweep's name"
+    );
+    let mut jsonl = Vec::new();
+    tracked.write_jsonl(&mut jsonl).unwrap();
+    for (line, r) in String::from_utf8(jsonl).unwrap().lines().zip(&tracked.runs) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let file = tracked.run_file(r);
+        assert_eq!(v, serde_json::to_value(&file).unwrap());
+        assert_eq!(file.tracking.as_ref(), Some(&t));
+        let other = plain.run_file(&plain.runs[tracked.runs.iter().position(|x| x == r).unwrap()]);
+        assert_eq!(file.hash(), other.hash(), "a tracked run is the same run");
+    }
+}
+
+#[test]
+fn tracking_without_a_server_address_is_refused() {
+    let grid = "[grid]\nmethod = [\"full\"]\nlearning_rate = 1e-3\ntoken_budget = \"1k\"\n";
+    let p = err(&format!("{grid}[tracking]\nmlflow = \"mlruns\"\n"));
+    assert_eq!(p.dotted(), "tracking.mlflow");
+    assert!(p.message.contains("http://HOST:PORT"), "{}", p.message);
+    let p = err(&format!("{grid}[tracking]\nmlflow_experiment = \"x\"\n"));
+    assert_eq!(p.dotted(), "tracking.mlflow_experiment");
+}

@@ -3,6 +3,8 @@
 
 pub mod trainer;
 pub use trainer::TrainerSpec;
+pub mod tracking;
+pub use tracking::TrackingSpec;
 pub mod error;
 pub mod values;
 
@@ -46,6 +48,9 @@ pub struct Spec {
     /// Another training program instead of the builtin trainer.
     #[serde(default)]
     pub trainer: Option<trainer::TrainerSpec>,
+    /// Experiment trackers the runs are logged to (MLflow).
+    #[serde(default)]
+    pub tracking: Option<tracking::TrackingSpec>,
 }
 
 /// Where the base model comes from: exactly one of `builtin`, `hf`, `gguf`.

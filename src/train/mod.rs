@@ -68,6 +68,12 @@ pub fn train(run_path: &Path, opts: &TrainOptions) -> Result<RunResult, TrainErr
         }
     }
     let started = Instant::now();
+    // Rank 0 logs to MLflow (from a thread of its own) when the run names a server.
+    let mlflow = opts
+        .world
+        .is_main()
+        .then(|| crate::tracking::mlflow::Live::start(&dir, &run))
+        .flatten();
     // A retraining clears the old outputs only once the model and the data loaded: bad input
     // loses nothing.
     let outcome = Trainer::new(&run, &run_hash, &dir, opts).and_then(|t| {
@@ -78,6 +84,13 @@ pub fn train(run_path: &Path, opts: &TrainOptions) -> Result<RunResult, TrainErr
         opts.world.barrier()?;
         t.run(started)
     });
+    if let Some(live) = mlflow {
+        let status = outcome.as_ref().map_or(RunStatus::Failed, |r| r.status);
+        live.finish(
+            crate::tracking::mlflow::RunEnd::of(status),
+            std::time::Duration::from_secs(20),
+        );
+    }
     match outcome {
         Ok(r) => Ok(r),
         // A finished result is never replaced by a failure; rank 0 alone writes.

@@ -43,3 +43,23 @@ pub fn first_run_dir(runs: &Path) -> std::path::PathBuf {
         .unwrap()
         .path()
 }
+
+/// The python of the venv scripts/test makes (SWEEP_TEST_PYTHON, with tensorboard and mlflow),
+/// or None on a developer's machine without it, where the `what` check is skipped and says so.
+/// Under scripts/test (SWEEP_TESTS_REQUIRE_SETUP=1) its absence fails the test.
+#[allow(dead_code)] // only the tests that read runs with a python package use it
+pub fn test_python(what: &str) -> Option<String> {
+    match std::env::var("SWEEP_TEST_PYTHON") {
+        Ok(p) => Some(p),
+        Err(_) => {
+            assert!(
+                std::env::var("SWEEP_TESTS_REQUIRE_SETUP").as_deref() != Ok("1"),
+                "SWEEP_TEST_PYTHON is unset, and SWEEP_TESTS_REQUIRE_SETUP=1 (scripts/test) says the {what} check must run"
+            );
+            eprintln!(
+                "skipped: the {what} check (SWEEP_TEST_PYTHON is unset; scripts/test sets it)"
+            );
+            None
+        }
+    }
+}
