@@ -389,10 +389,26 @@ fn line_batches<'a>(lines: &[&'a MetricsLine]) -> Vec<Vec<&'a MetricsLine>> {
 }
 
 fn metric_values(l: &MetricsLine) -> Vec<Value> {
-    let ms = (l.time.unwrap_or(0.0) * 1000.0) as i64;
+    let ms = l.time.map_or_else(now_ms, |t| (t * 1000.0) as i64);
     super::tensorboard::scalars(l)
         .into_iter()
-        .map(|(key, value)| json!({"key": key, "value": value, "timestamp": ms, "step": l.tokens}))
+        .map(|(key, value)| {
+            json!({"key": metric_key(&key), "value": value, "timestamp": ms, "step": l.tokens})
+        })
+        .collect()
+}
+
+/// A metric's name as MLflow takes it: letters, digits, `_ - . /` and spaces; anything else
+/// (the `@` of `humaneval_pass@1`) becomes `_`, or the server refuses the whole batch.
+fn metric_key(key: &str) -> String {
+    key.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_-./ ".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -556,6 +572,22 @@ impl Api {
         }
     }
 
+    /// The run's params, in requests of at most [`MAX_PARAMS`].
+    fn log_params(&self, run_id: &str, run: &RunFile) -> Result<(), MlflowError> {
+        for chunk in params(run).chunks(MAX_PARAMS) {
+            let params: Vec<Value> = chunk
+                .iter()
+                .map(|(k, v)| json!({"key": k, "value": v}))
+                .collect();
+            self.post(
+                "runs/log-batch",
+                &json!({"run_id": run_id, "params": params}),
+                "the run's params",
+            )?;
+        }
+        Ok(())
+    }
+
     /// The MLflow run of this start of the run: found by its tags (with the last step it
     /// holds), or made with the run's params.
     fn find_or_create(
@@ -598,6 +630,9 @@ impl Api {
                 Some("KILLED") => Some(RunEnd::Killed),
                 _ => None,
             };
+            // Params of a run whose params request failed after it was made; the same values
+            // again are accepted.
+            self.log_params(&run_id, run)?;
             return Ok(State {
                 uri: target.uri.clone(),
                 experiment_id,
@@ -635,17 +670,7 @@ impl Api {
                 why: "no run_id in its answer".into(),
             })?
             .to_string();
-        for chunk in params(run).chunks(MAX_PARAMS) {
-            let params: Vec<Value> = chunk
-                .iter()
-                .map(|(k, v)| json!({"key": k, "value": v}))
-                .collect();
-            self.post(
-                "runs/log-batch",
-                &json!({"run_id": run_id, "params": params}),
-                "the run's params",
-            )?;
-        }
+        self.log_params(&run_id, run)?;
         Ok(State {
             uri: target.uri.clone(),
             experiment_id,
@@ -698,6 +723,16 @@ mod tests {
             l.eval.insert(format!("m{i}"), i as f64);
         }
         l
+    }
+
+    #[test]
+    fn metric_names_are_ones_mlflow_takes() {
+        assert_eq!(metric_key("eval/humaneval_pass@1"), "eval/humaneval_pass_1");
+        assert_eq!(metric_key("train/loss"), "train/loss");
+        assert_eq!(
+            metric_key("eval/gsm8k.strict-match"),
+            "eval/gsm8k.strict-match"
+        );
     }
 
     #[test]
