@@ -563,18 +563,8 @@ for r in c.search_runs([e.experiment_id]):
     }
 print(json.dumps(out))
 "#;
-    let logged = || -> serde_json::Value {
-        let out = Command::new(&python)
-            .args(["-c", read, &server.uri])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
+    let logged =
+        || -> serde_json::Value { common::python_json(&python, read, &[server.uri.as_ref()]) };
     let got = logged();
     let runs = dir.path().join("results/logged/runs");
     let ids: Vec<String> = std::fs::read_dir(&runs)

@@ -112,18 +112,8 @@ acc = EventAccumulator(sys.argv[1], size_guidance={"scalars": 0})
 acc.Reload()
 print(json.dumps({t: [[e.step, e.value] for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}))
 "#;
-    let out = Command::new(python)
-        .args(["-c", read])
-        .arg(run_dir.join("tb"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let got: std::collections::BTreeMap<String, Vec<(u64, f64)>> =
-        serde_json::from_slice(&out.stdout).unwrap();
+        common::python_json(&python, read, &[run_dir.join("tb").as_os_str()]);
     let (mut losses, mut evals) = (Vec::new(), Vec::new());
     for line in metrics.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();

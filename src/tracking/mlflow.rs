@@ -510,12 +510,10 @@ impl Api {
     }
 
     fn update(&self, run_id: &str, status: &str) -> Result<(), MlflowError> {
-        let end = matches!(status, "RUNNING")
-            .then_some(Value::Null)
-            .unwrap_or_else(|| json!(now_ms()));
         let mut body = json!({"run_id": run_id, "status": status});
-        if !end.is_null() {
-            body["end_time"] = end;
+        // A run that runs again has no end.
+        if status != "RUNNING" {
+            body["end_time"] = json!(now_ms());
         }
         self.post("runs/update", &body, "the run's status")
             .map(|_| ())

@@ -63,3 +63,23 @@ pub fn test_python(what: &str) -> Option<String> {
         }
     }
 }
+
+/// What `python -c script args...` prints, as JSON (the test fails with its stderr if it fails).
+#[allow(dead_code)] // only the tests that read runs with a python package use it
+pub fn python_json<T: serde::de::DeserializeOwned>(
+    python: &str,
+    script: &str,
+    args: &[&std::ffi::OsStr],
+) -> T {
+    let out = std::process::Command::new(python)
+        .args(["-c", script])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
