@@ -53,10 +53,14 @@ pub enum Command {
     )]
     Follow(FollowArgs),
     /// Show the state of a sweep's runs.
-    #[command(after_help = "Example:\n  sweep status sweeps/quickstart.toml")]
+    #[command(
+        after_help = "Example:\n  sweep status sweeps/quickstart.toml\n  sweep status results/quickstart -v"
+    )]
     Status(StatusArgs),
     /// Cancel a sweep's queued and running jobs.
-    #[command(after_help = "Example:\n  sweep cancel sweeps/paper-math-ift.toml")]
+    #[command(
+        after_help = "Example:\n  sweep cancel sweeps/paper-math-ift.toml\n  sweep cancel results/paper-math-ift 1a2b3c4d5e-s0"
+    )]
     Cancel(CancelArgs),
     /// Copy results of finished runs back from the cluster.
     #[command(
@@ -75,7 +79,7 @@ pub enum Command {
     Train(TrainArgs),
     /// Write a trained run as a Hugging Face model folder (LoRA merged into the base weights).
     #[command(
-        after_help = "Example:\n  sweep export results/quickstart/runs/1a2b3c4d5e-s0 --out tuned/\n\nThe folder (config.json, model.safetensors and, for models that came with one, tokenizer.json)\nopens with transformers' AutoModelForCausalLM.from_pretrained. LoRA runs also keep their\nPEFT adapter in RUN_DIR/adapter/."
+        after_help = "Example:\n  sweep export results/quickstart/runs/1a2b3c4d5e-s0 --out tuned/\n  sweep export 1a2b3c4d5e-s0 --out tuned/\n\nThe folder (config.json, model.safetensors and, for models that came with one, tokenizer.json)\nopens with transformers' AutoModelForCausalLM.from_pretrained. LoRA runs also keep their\nPEFT adapter in RUN_DIR/adapter/."
     )]
     Export(ExportArgs),
     /// Tokenize a sweep's data into the token cache its runs read (runs do it on first use).
@@ -104,7 +108,7 @@ pub enum Command {
 /// `sweep plan`.
 #[derive(Debug, Clone, Args)]
 pub struct PlanArgs {
-    /// The sweep spec (TOML).
+    /// The sweep spec (TOML), or the sweep's results folder (results/NAME).
     pub spec: PathBuf,
     /// One CSV row per run on stdout.
     #[arg(long, conflicts_with = "json")]
@@ -127,7 +131,7 @@ pub struct PlanArgs {
 /// `sweep submit`.
 #[derive(Debug, Clone, Args)]
 pub struct SubmitArgs {
-    /// The sweep spec (TOML).
+    /// The sweep spec (TOML), or the sweep's results folder (results/NAME).
     pub spec: PathBuf,
     /// A cluster from clusters.toml; without it, runs go to the local executor.
     #[arg(long)]
@@ -150,6 +154,15 @@ pub struct SubmitArgs {
     /// (nohup or tmux on a login node).
     #[arg(long)]
     pub follow: bool,
+    /// Without a cluster: runs at a time (default: cores / threads per run), as `sweep run`.
+    #[arg(long, allow_hyphen_values = true, value_parser = at_least_one, conflicts_with = "cluster")]
+    pub jobs: Option<usize>,
+    /// Without a cluster: threads per run (default 1), as `sweep run`.
+    #[arg(long, allow_hyphen_values = true, value_parser = at_least_one, conflicts_with = "cluster")]
+    pub threads: Option<usize>,
+    /// Without a cluster: the GPUs to lend runs, as `sweep run --gpus`.
+    #[arg(long, value_name = "LIST", conflicts_with = "cluster")]
+    pub gpus: Option<String>,
     /// Leave cancelled runs cancelled (follow's later rounds: a user's cancel wins).
     #[arg(skip)]
     pub leave_cancelled: bool,
@@ -158,7 +171,7 @@ pub struct SubmitArgs {
 /// `sweep follow`.
 #[derive(Debug, Clone, Args)]
 pub struct FollowArgs {
-    /// The sweep spec (TOML).
+    /// The sweep spec (TOML), or the sweep's results folder (results/NAME).
     pub spec: PathBuf,
     /// Resubmit runs that failed, once, in the first round.
     #[arg(long)]
@@ -174,24 +187,28 @@ pub struct FollowArgs {
 /// `sweep cancel`.
 #[derive(Debug, Clone, Args)]
 pub struct CancelArgs {
-    /// The sweep spec (TOML).
+    /// The sweep spec (TOML), or the sweep's results folder (results/NAME).
     pub spec: PathBuf,
-    /// Cancel only these runs (repeatable); default: every job of the sweep.
-    #[arg(long = "run", value_name = "ID")]
+    /// Cancel only these runs (ids as `sweep status -v` lists them); default: every job of
+    /// the sweep.
+    #[arg(value_name = "RUN_ID")]
     pub runs: Vec<String>,
+    /// The same as a RUN_ID (repeatable; the older spelling).
+    #[arg(long = "run", value_name = "ID", hide = true)]
+    pub run_flags: Vec<String>,
 }
 
 /// Commands that act on one sweep.
 #[derive(Debug, Clone, Args)]
 pub struct SweepArg {
-    /// The sweep spec (TOML).
+    /// The sweep spec (TOML), or the sweep's results folder (results/NAME).
     pub spec: PathBuf,
 }
 
 /// `sweep collect`.
 #[derive(Debug, Clone, Args)]
 pub struct CollectArgs {
-    /// The sweep spec (TOML).
+    /// The sweep spec (TOML), or the sweep's results folder (results/NAME).
     pub spec: PathBuf,
     /// Also bring back each LoRA run's trained adapter (runs/ID/adapter/, PEFT's layout), for
     /// runs collected earlier too.
@@ -202,7 +219,7 @@ pub struct CollectArgs {
 /// `sweep status`.
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
-    /// The sweep spec (TOML).
+    /// The sweep spec (TOML), or the sweep's results folder (results/NAME).
     pub spec: PathBuf,
     /// Rebuild state.json from the run folders (after it was corrupted).
     #[arg(long)]
@@ -243,7 +260,9 @@ pub struct TrainArgs {
 /// `sweep export`.
 #[derive(Debug, Clone, Args)]
 pub struct ExportArgs {
-    /// The run's folder (results/NAME/runs/ID), holding run.json and checkpoints/.
+    /// The run's folder (results/NAME/runs/ID, holding run.json and checkpoints/), or its id
+    /// (found among the sweeps of --results).
+    #[arg(value_name = "RUN")]
     pub run_dir: PathBuf,
     /// The folder to write (created; refused if it exists and is not empty).
     #[arg(long, value_name = "DIR")]
@@ -265,7 +284,7 @@ pub enum ExportDtype {
 /// `sweep tokenize`.
 #[derive(Debug, Clone, Args)]
 pub struct TokenizeArgs {
-    /// The sweep spec (TOML).
+    /// The sweep spec (TOML), or the sweep's results folder (results/NAME).
     pub spec: PathBuf,
     /// Tokenizing threads (default: all cores).
     #[arg(long, allow_hyphen_values = true, value_parser = at_least_one)]
@@ -292,7 +311,7 @@ pub struct PretrainArgs {
 /// `sweep run`.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// The sweep spec (TOML).
+    /// The sweep spec (TOML), or the sweep's results folder (results/NAME).
     pub spec: PathBuf,
     /// Runs at a time (default: cores / threads per run).
     #[arg(long, allow_hyphen_values = true, value_parser = at_least_one)]

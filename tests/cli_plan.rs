@@ -61,7 +61,10 @@ fn plan_prints_groups_and_writes_plan_jsonl() {
         out.contains("sweep demo: 12 runs (6 configurations x 2 seeds)"),
         "{out}"
     );
-    assert!(out.contains("attention") && out.contains("GPU-h"), "{out}");
+    assert!(
+        out.contains("attention") && out.contains("GPU time"),
+        "{out}"
+    );
     let plan = std::fs::read_to_string(dir.path().join("results/demo/plan.jsonl")).unwrap();
     assert_eq!(plan.lines().count(), 12);
     let first: serde_json::Value = serde_json::from_str(plan.lines().next().unwrap()).unwrap();
@@ -75,6 +78,59 @@ fn plan_prints_groups_and_writes_plan_jsonl() {
     assert!(
         out.contains("since the last plan: 2 new, 10 unchanged, 2 gone"),
         "{out}"
+    );
+}
+
+/// `plan` shows each budget as the spec wrote it, with the evaluations each run makes on the
+/// way in checkpoint mode, counts the tokens the runs train (whole steps of batch x seq, as
+/// the trainer does: 4k at 256 a step is 16 steps, 4,096 tokens), shows a tiny CPU sweep's GPU
+/// time as under a second rather than "0.0s", and a budget that does not parse says the forms
+/// a budget takes.
+#[test]
+fn plan_shows_budgets_as_written_and_counts_the_tokens_trained() {
+    let dir = tempfile::tempdir().unwrap();
+    write_spec(
+        dir.path(),
+        &SPEC.replace(
+            r#"token_budget = ["4k", "8k"]"#,
+            r#"token_budget = ["4k", "0.008M"]"#,
+        ),
+    );
+    let o = sweep(dir.path(), &["plan", "spec.toml", "--dry-run"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("4k 0.008M"), "budgets as written: {out}");
+    assert!(
+        out.contains("evaluated at every budget on the way"),
+        "{out}"
+    );
+    assert!(
+        out.contains("4k trains 16 steps, 4096 tokens"),
+        "the rounding said: {out}"
+    );
+    assert!(out.contains("<1 s") && !out.contains("0.0s"), "{out}");
+    let o = sweep(dir.path(), &["--json", "plan", "spec.toml", "--dry-run"]);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // 12 runs, each trained to 8,000 tokens rounded up to 32 steps of 256.
+    assert_eq!(j["total"]["tokens"], 12 * 8192, "{j}");
+    assert_eq!(
+        j["groups"][0]["evaluated_at"],
+        serde_json::json!([4000, 8000])
+    );
+
+    write_spec(
+        dir.path(),
+        &SPEC.replace(
+            r#"token_budget = ["4k", "8k"]"#,
+            r#"token_budget = ["4k", "16kk"]"#,
+        ),
+    );
+    let o = sweep(dir.path(), &["plan", "spec.toml"]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("`16kk` is not a token count") && err.contains("\"250M\""),
+        "{err}"
     );
 }
 
@@ -192,7 +248,8 @@ fn plan_json_and_csv() {
     assert!(o.status.success());
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["total"]["runs"], 12);
-    assert_eq!(j["total"]["tokens"], 12 * 8000);
+    // 8k trained as 32 whole steps of 256 tokens.
+    assert_eq!(j["total"]["tokens"], 12 * 8192);
     assert_eq!(j["groups"].as_array().unwrap().len(), 5);
     assert!(j["total"]["flops"].as_f64().unwrap() > 0.0);
     assert!(

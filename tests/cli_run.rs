@@ -93,6 +93,23 @@ fn run_status_report_end_to_end() {
         .unwrap()
         .iter()
         .all(|r| r["state"] == "completed"));
+    // The results folder names the sweep as well as its spec does.
+    let o = sweep(dir.path(), &["--json", "status", "results/tinyrun"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let by_folder: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(by_folder, rows);
+    // A run is named by its id: export finds its folder among the sweeps of --results.
+    let lora = ids
+        .iter()
+        .find(|id| {
+            std::fs::read_to_string(runs.join(id).join("run.json"))
+                .unwrap()
+                .contains("\"lora\"")
+        })
+        .unwrap();
+    let o = sweep(dir.path(), &["export", lora, "--out", "exported"]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(dir.path().join("exported/config.json").exists());
 
     // Corrupt one result: the report lists it as unreadable and reports the rest.
     std::fs::write(
@@ -266,6 +283,81 @@ fn status_and_the_log_say_how_far_a_running_run_has_got() {
     assert!(log.contains("step 16/16 (100%)"), "{log}");
 }
 
+/// A user cancels one of two running runs by its id, naming the sweep by its results folder:
+/// that run stops (resumable), the other trains to the end, and the run command says which
+/// did not complete and how to rerun it.
+#[test]
+fn one_running_run_is_cancelled_by_its_id_through_the_results_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_corpora(dir.path());
+    // Two runs of 16 paced steps (0.4 s each).
+    let spec = SPEC
+        .replace("method = [\"full\", \"lora\"]", "method = [\"full\"]")
+        .replace("token_budget = [128, 256]", "token_budget = [1024]")
+        .replace("seeds = 2", "seeds = 1");
+    let spec = &spec[..spec.find("[grid.lora]").unwrap()];
+    std::fs::write(dir.path().join("spec.toml"), spec).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_sweep"))
+        .args(["run", "spec.toml", "--jobs", "2"])
+        .current_dir(dir.path())
+        .env("SWEEP_MIN_STEP_MS", "400")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let running = loop {
+        let o = sweep(dir.path(), &["--json", "status", "results/tinyrun"]);
+        let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        let running: Vec<String> = rows
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["state"] == "running")
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect();
+        if running.len() == 2 {
+            break running;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "both runs never ran at once: {rows}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let (victim, other) = (&running[0], &running[1]);
+    let o = sweep(dir.path(), &["cancel", "results/tinyrun", victim]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(
+        out.contains(&format!("cancelled {victim}")) && !out.contains(other.as_str()),
+        "{out}"
+    );
+    let o = child.wait_with_output().unwrap();
+    let log = err(&o);
+    assert!(!o.status.success(), "one run did not complete: {log}");
+    assert!(
+        log.contains("1 of 2 runs did not complete")
+            && log.contains("`sweep run results/tinyrun --retry-failed`"),
+        "{log}"
+    );
+    let o = sweep(dir.path(), &["--json", "status", "results/tinyrun"]);
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let state = |id: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap()["state"]
+            .clone()
+    };
+    assert_eq!(state(other), "completed", "{rows}");
+    assert_ne!(state(victim), "completed", "{rows}");
+    let o = sweep(dir.path(), &["cancel", "results/tinyrun", "nosuchrun-s0"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("has no run `nosuchrun-s0`"), "{}", err(&o));
+}
+
 /// A training program of the user's own (`[trainer] command`, here a standard-library Python
 /// script) trains every run of a sweep through `sweep run`: its placeholders and SWEEP_*
 /// variables carry the run's settings, its metrics.jsonl lines become result.json's
@@ -327,6 +419,11 @@ learning_rate = [2e-3, 0.1]
     let log = err(&o);
     assert!(!o.status.success(), "the lr 0.1 runs fail: {log}");
     assert!(log.contains("done: 2 completed, 1 failed"), "{log}");
+    assert!(
+        log.contains("`sweep status results/own` lists them")
+            && log.contains("`sweep run results/own --retry-failed` reruns them"),
+        "the hint names the results folder and --retry-failed: {log}"
+    );
     let runs = dir.path().join("results/own/runs");
     let mut completed = 0;
     for e in std::fs::read_dir(&runs).unwrap() {

@@ -20,23 +20,17 @@ use crate::plan::Plan;
 use crate::results::RunIdentity;
 use crate::util::write_atomic;
 
-/// Write plan.jsonl, spec.toml and each run's run.json (when missing) under results/NAME/. A
+/// Write plan.jsonl, spec.toml (and spec.origin) and each run's run.json (when missing) under results/NAME/. A
 /// run.json that is not the plan's (another run's, or edited) is left as it is and the run
 /// marked with the problem, unless `retrain_invalid` says to replace it (its folder is then
 /// cleared by the executor).
 fn stage(
     dir: &Path,
     plan: &Plan,
-    spec_text: &str,
+    src: &crate::spec::SpecSource,
     retrain_invalid: bool,
 ) -> anyhow::Result<Vec<LocalRun>> {
-    let plan_file = dir.join("plan.jsonl");
-    write_atomic(&plan_file, |w| plan.write_jsonl(w))
-        .with_context(|| format!("writing {}", plan_file.display()))?;
-    write_atomic(&dir.join("spec.toml"), |w| {
-        w.write_all(spec_text.as_bytes())
-    })
-    .with_context(|| format!("writing {}", dir.join("spec.toml").display()))?;
+    super::target::write_plan_files(dir, plan, src)?;
     let mut runs = Vec::with_capacity(plan.runs.len());
     for r in &plan.runs {
         let run_dir = dir.join("runs").join(&r.id);
@@ -121,7 +115,7 @@ fn execute_locally(
     super::guard_replan(&dir, &plan, false)?;
     let mut state =
         SweepState::load(&dir, &plan.name)?.unwrap_or_else(|| SweepState::new(&plan.name));
-    let runs = stage(&dir, &plan, &src.text, retrain_invalid)?;
+    let runs = stage(&dir, &plan, &src, retrain_invalid)?;
     let threads = threads.unwrap_or(1).max(1);
     let exe = LocalExecutor {
         program: std::env::current_exe().context("locating the sweep binary")?,
@@ -154,7 +148,7 @@ fn execute_locally(
 }
 
 /// An error when runs did not all finish: interrupted, or some failed.
-fn outcome_error(plan: &Plan, spec: &Path, g: &GlobalArgs, o: &Outcome) -> anyhow::Result<()> {
+fn outcome_error(plan: &Plan, g: &GlobalArgs, o: &Outcome) -> anyhow::Result<()> {
     if o.interrupted {
         anyhow::bail!("interrupted: rerun the same command to resume");
     }
@@ -165,11 +159,14 @@ fn outcome_error(plan: &Plan, spec: &Path, g: &GlobalArgs, o: &Outcome) -> anyho
         .map(|(_, n)| n)
         .sum();
     if bad > 0 {
+        // The results folder names the sweep wherever its results are (--results included).
+        let dir = sweep_dir(g, &plan.name);
         anyhow::bail!(
-            "{bad} of {} runs did not complete: `sweep status {}` lists them with their errors; logs are in {}/runs/ID/train.log",
+            "{bad} of {} runs did not complete: `sweep status {}` lists them with their errors (logs in {}/runs/ID/train.log); `sweep run {} --retry-failed` reruns them",
             plan.runs.len(),
-            spec.display(),
-            sweep_dir(g, &plan.name).display()
+            dir.display(),
+            dir.display(),
+            dir.display()
         );
     }
     Ok(())
@@ -195,7 +192,7 @@ pub fn run(g: &GlobalArgs, args: &RunArgs) -> anyhow::Result<()> {
             },
         )?;
     }
-    outcome_error(&plan, &args.spec, g, &outcome)
+    outcome_error(&plan, g, &outcome)
 }
 
 /// `sweep submit SPEC`: without a cluster, the local executor in the foreground.
@@ -209,9 +206,16 @@ pub fn submit(g: &GlobalArgs, args: &SubmitArgs) -> anyhow::Result<()> {
     if args.install {
         return Err(UsageError("--install needs --cluster NAME".into()).into());
     }
-    let (plan, outcome) =
-        execute_locally(g, &args.spec, None, None, args.retry_failed, false, None)?;
-    outcome_error(&plan, &args.spec, g, &outcome)
+    let (plan, outcome) = execute_locally(
+        g,
+        &args.spec,
+        args.jobs,
+        args.threads,
+        args.retry_failed,
+        false,
+        args.gpus.as_deref(),
+    )?;
+    outcome_error(&plan, g, &outcome)
 }
 
 #[derive(Serialize)]
@@ -325,7 +329,19 @@ pub fn status(g: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<()> {
 /// `sweep cancel SPEC`: stop the sweep's running local runs (SIGTERM: they checkpoint first).
 pub fn cancel(g: &GlobalArgs, args: &CancelArgs) -> anyhow::Result<()> {
     let (_, plan) = load_plan(&args.spec, false)?;
-    if super::slurm::cancel(g, &plan, &args.runs)? {
+    let only: Vec<String> = args.runs.iter().chain(&args.run_flags).cloned().collect();
+    if let Some(id) = only
+        .iter()
+        .find(|id| !plan.runs.iter().any(|r| r.id == **id))
+    {
+        return Err(UsageError(format!(
+            "sweep {} has no run `{id}`: `sweep status {} -v` lists its runs",
+            plan.name,
+            sweep_dir(g, &plan.name).display()
+        ))
+        .into());
+    }
+    if super::slurm::cancel(g, &plan, &only)? {
         return Ok(());
     }
     let dir = sweep_dir(g, &plan.name);
@@ -338,7 +354,7 @@ pub fn cancel(g: &GlobalArgs, args: &CancelArgs) -> anyhow::Result<()> {
     })?;
     let mut n = 0;
     for (id, rec) in &state.runs {
-        if rec.state != JobState::Running {
+        if rec.state != JobState::Running || !(only.is_empty() || only.contains(id)) {
             continue;
         }
         if let Some(pid) = rec

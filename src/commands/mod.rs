@@ -8,6 +8,7 @@ pub mod plan;
 pub mod pretrain;
 pub mod report;
 pub mod slurm;
+pub mod target;
 #[cfg(feature = "torch")]
 pub mod tokenize;
 
@@ -69,7 +70,8 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
 }
 
 /// Run the parsed command line.
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+pub fn run(mut cli: Cli) -> anyhow::Result<()> {
+    resolve_sweep_folder(&mut cli)?;
     let g = &cli.global;
     match cli.command {
         Command::Plan(args) => plan::run(g, &args),
@@ -110,6 +112,38 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => execute::run(g, &args),
         Command::Fetch(args) => fetch::run(g, &args),
     }
+}
+
+/// The spec argument of the commands that act on one sweep (`report` reads a folder itself).
+fn sweep_arg(command: &mut Command) -> Option<&mut std::path::PathBuf> {
+    match command {
+        Command::Plan(a) => Some(&mut a.spec),
+        Command::Submit(a) => Some(&mut a.spec),
+        Command::Follow(a) => Some(&mut a.spec),
+        Command::Status(a) => Some(&mut a.spec),
+        Command::Cancel(a) => Some(&mut a.spec),
+        Command::Collect(a) => Some(&mut a.spec),
+        Command::Run(a) => Some(&mut a.spec),
+        Command::Tokenize(a) => Some(&mut a.spec),
+        _ => None,
+    }
+}
+
+/// A command pointed at a sweep's results folder acts on the spec it was planned from, with
+/// the folder's parent as the results root, once the plan is checked to be the folder's.
+fn resolve_sweep_folder(cli: &mut Cli) -> anyhow::Result<()> {
+    let Some(arg) = sweep_arg(&mut cli.command) else {
+        return Ok(());
+    };
+    let Some((spec, root)) = target::sweep_folder(arg)? else {
+        return Ok(());
+    };
+    let (_, plan) = load_plan(&spec, true)?;
+    let dir = std::path::absolute(&*arg).unwrap_or_else(|_| arg.clone());
+    target::check_folder_plan(&dir, &plan, &spec)?;
+    *arg = spec;
+    cli.global.results = root;
+    Ok(())
 }
 
 /// `sweep train RUN.json`: train one run; its folder receives metrics.jsonl, result.json and
@@ -381,7 +415,8 @@ fn export(g: &GlobalArgs, args: &crate::cli::ExportArgs) -> anyhow::Result<()> {
         crate::cli::ExportDtype::F32 => tch::Kind::Float,
         crate::cli::ExportDtype::Bf16 => tch::Kind::BFloat16,
     };
-    let written = crate::train::export::write_hf_model(&args.run_dir, &args.out, &opts, kind)?;
+    let run_dir = target::run_folder(&g.results, &args.run_dir)?;
+    let written = crate::train::export::write_hf_model(&run_dir, &args.out, &opts, kind)?;
     if g.json {
         println!("{}", serde_json::to_string(&written)?);
     } else if !g.quiet {

@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use anyhow::Context;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use serde::Serialize;
 
@@ -14,7 +13,6 @@ use crate::plan::diff::{diff, PlanDiff};
 use crate::plan::memory::{estimate, Memory};
 use crate::plan::{MethodConfig, Plan, Point};
 use crate::spec::values::{format_tokens, module_set_label};
-use crate::util::write_atomic;
 
 /// One row of the grouped view: runs that share method, rank and module set.
 #[derive(Debug, Clone, Serialize)]
@@ -29,6 +27,9 @@ pub struct Group {
     pub learning_rates: Vec<f64>,
     /// Token budgets trained to, ascending.
     pub token_budgets: Vec<u64>,
+    /// Every budget the group is evaluated at, ascending: its budgets and, in checkpoint mode,
+    /// the smaller budgets each run is evaluated at on its way to the largest.
+    pub evaluated_at: Vec<u64>,
     /// Cost of the group.
     pub cost: Cost,
     /// Memory of one rank of a run of the group (None when the model shape is unknown).
@@ -63,6 +64,7 @@ pub fn groups(plan: &Plan, tflops: f64) -> Vec<Group> {
             target_modules: (k.0 == 1).then(|| k.2.clone()),
             learning_rates: Vec::new(),
             token_budgets: Vec::new(),
+            evaluated_at: Vec::new(),
             cost: Cost {
                 tflops,
                 flops: plan.shape.as_ref().map(|_| 0.0),
@@ -75,11 +77,14 @@ pub fn groups(plan: &Plan, tflops: f64) -> Vec<Group> {
         });
         g.learning_rates.push(p.learning_rate);
         g.token_budgets.push(p.token_budget);
+        g.evaluated_at.push(p.token_budget);
+        g.evaluated_at.extend(&p.eval_at);
         g.cost.configs += 1;
         g.cost.runs += n;
-        g.cost.tokens += n * p.token_budget;
+        let trained = plan.shared.training.trained_tokens(p.token_budget);
+        g.cost.tokens += n * trained;
         if let (Some(f), Some(shape)) = (g.cost.flops.as_mut(), plan.shape.as_ref()) {
-            *f += n as f64 * p.token_budget as f64 * flops_per_token(shape, p, seq);
+            *f += n as f64 * trained as f64 * flops_per_token(shape, p, seq);
         }
     }
     keys.into_values()
@@ -88,6 +93,8 @@ pub fn groups(plan: &Plan, tflops: f64) -> Vec<Group> {
             g.learning_rates.dedup();
             g.token_budgets.sort_unstable();
             g.token_budgets.dedup();
+            g.evaluated_at.sort_unstable();
+            g.evaluated_at.dedup();
             g.cost.gpu_hours = g.cost.flops.map(|f| f / (tflops * 1e12) / 3600.0);
             g
         })
@@ -138,10 +145,7 @@ pub fn run(g: &GlobalArgs, args: &PlanArgs) -> anyhow::Result<()> {
         )
     });
     if !args.dry_run {
-        write_atomic(&plan_file, |w| plan.write_jsonl(w))
-            .with_context(|| format!("writing {}", plan_file.display()))?;
-        write_atomic(&dir.join("spec.toml"), |w| w.write_all(src.text.as_bytes()))
-            .with_context(|| format!("writing {}", dir.join("spec.toml").display()))?;
+        super::target::write_plan_files(&dir, &plan, &src)?;
     }
     let out = std::io::stdout();
     let mut out = out.lock();
@@ -245,12 +249,13 @@ fn fmt_wall(h: f64) -> String {
     }
 }
 
-fn fmt_hours(h: Option<f64>) -> String {
+/// GPU time in the unit that reads best: `<1 s`, `40 s`, `12 min`, `3.5 h`, `1200 h`.
+fn fmt_gpu_time(h: Option<f64>) -> String {
     match h {
         None => "?".into(),
-        Some(h) if h < 0.01 => format!("{:.1}s", h * 3600.0),
-        Some(h) if h < 10.0 => format!("{h:.2}"),
-        Some(h) => format!("{h:.0}"),
+        Some(h) if h * 3600.0 < 1.0 => "<1 s".into(),
+        Some(h) if h < 100.0 => fmt_wall(h),
+        Some(h) => format!("{h:.0} h"),
     }
 }
 
@@ -285,7 +290,7 @@ pub fn render_text(plan: &Plan, tflops: f64, change: Option<&PlanDiff>, list_run
         "runs",
         "tokens",
         "FLOPs",
-        "GPU-h",
+        "GPU time",
     ]);
     for gr in groups(plan, tflops) {
         t.add_row(vec![
@@ -297,15 +302,15 @@ pub fn render_text(plan: &Plan, tflops: f64, change: Option<&PlanDiff>, list_run
                 .map(|&v| fmt_lr(v))
                 .collect::<Vec<_>>()
                 .join(" "),
-            gr.token_budgets
+            gr.evaluated_at
                 .iter()
-                .map(|&b| format_tokens(b))
+                .map(|&b| plan.budget_label(b))
                 .collect::<Vec<_>>()
                 .join(" "),
             gr.cost.runs.to_string(),
             format_tokens(gr.cost.tokens),
             fmt_flops(gr.cost.flops),
-            fmt_hours(gr.cost.gpu_hours),
+            fmt_gpu_time(gr.cost.gpu_hours),
         ]);
     }
     t.add_row(vec![
@@ -317,19 +322,20 @@ pub fn render_text(plan: &Plan, tflops: f64, change: Option<&PlanDiff>, list_run
         total.runs.to_string(),
         format_tokens(total.tokens),
         fmt_flops(total.flops),
-        fmt_hours(total.gpu_hours),
+        fmt_gpu_time(total.gpu_hours),
     ]);
     s.push_str(&format!("{t}\n"));
+    s.push_str(&budget_notes(plan));
     s.push_str(&memory_table(plan, tflops));
     let ranks = plan.shared.training.nodes.max(1) * plan.shared.training.ranks_per_node.max(1);
     if let (Some(h), true) = (total.gpu_hours, ranks > 1 && total.runs > 0) {
         s.push_str(&format!(
-            "each run trains on {ranks} ranks (nodes x ranks_per_node), one GPU each: GPU-hours count every rank; a run takes about {} of wall time\n",
+            "each run trains on {ranks} ranks (nodes x ranks_per_node), one GPU each: GPU time counts every rank; a run takes about {} of wall time\n",
             fmt_wall(h / total.runs as f64 / f64::from(ranks))
         ));
     }
     match &plan.shape {
-        Some(_) => s.push_str(&format!("GPU-hours assume {tflops} TFLOP/s achieved per GPU (--tflops)\n")),
+        Some(_) => s.push_str(&format!("GPU time assumes {tflops} TFLOP/s achieved per GPU (--tflops)\n")),
         None => s.push_str("FLOPs unknown: the model's config.json cannot be read here; set model.shape (e.g. \"llama2-7b\") to estimate them\n"),
     }
     if let Some(d) = change {
@@ -345,6 +351,39 @@ pub fn render_text(plan: &Plan, tflops: f64, change: Option<&PlanDiff>, list_run
             let p = &plan.points[r.point];
             s.push_str(&format!("{}  {}\n", r.id, describe(p)));
         }
+    }
+    s
+}
+
+/// What the budgets column means: evaluations on the way in checkpoint mode, and budgets that
+/// train a little more than written because a run trains whole steps.
+fn budget_notes(plan: &Plan) -> String {
+    let mut s = String::new();
+    if plan
+        .points
+        .iter()
+        .any(|p| p.eval_at.iter().any(|&b| b < p.token_budget))
+    {
+        s.push_str("budgets: checkpoint mode (grid.budget_mode): each run trains to its group's largest budget and is evaluated at every budget on the way; tokens and FLOPs count the largest\n");
+    }
+    let t = &plan.shared.training;
+    let mut rounded: Vec<u64> = plan
+        .points
+        .iter()
+        .flat_map(|p| std::iter::once(p.token_budget).chain(p.eval_at.iter().copied()))
+        .filter(|&b| t.trained_tokens(b) != b)
+        .collect();
+    rounded.sort_unstable();
+    rounded.dedup();
+    if let Some(&b) = rounded.first() {
+        s.push_str(&format!(
+            "budgets round up to whole steps of {} tokens (batch_size x seq_len): {} trains {} steps, {} tokens{}\n",
+            t.tokens_per_step(),
+            plan.budget_label(b),
+            t.trained_tokens(b) / t.tokens_per_step().max(1),
+            t.trained_tokens(b),
+            if rounded.len() > 1 { ", and so on" } else { "" }
+        ));
     }
     s
 }
@@ -403,7 +442,8 @@ fn write_csv(plan: &Plan, out: &mut dyn Write) -> anyhow::Result<()> {
             .map(|s| {
                 format!(
                     "{:.4e}",
-                    flops_per_token(s, p, plan.shared.training.seq_len) * p.token_budget as f64
+                    flops_per_token(s, p, plan.shared.training.seq_len)
+                        * plan.shared.training.trained_tokens(p.token_budget) as f64
                 )
             })
             .unwrap_or_default();

@@ -136,10 +136,7 @@ pub fn submit(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
             batches: vec![],
         },
     };
-    write_atomic(&dir.join("plan.jsonl"), |w| plan.write_jsonl(w))
-        .with_context(|| format!("writing {}", dir.join("plan.jsonl").display()))?;
-    write_atomic(&dir.join("spec.toml"), |w| w.write_all(src.text.as_bytes()))
-        .with_context(|| format!("writing {}", dir.join("spec.toml").display()))?;
+    super::target::write_plan_files(&dir, &plan, &src)?;
 
     // An sbatch of a killed submit may still be landing: wait until its batch is a few seconds
     // old before looking it up, so that it is found rather than submitted twice.
@@ -375,8 +372,8 @@ pub fn follow(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
                 failed.len(),
                 ids.len(),
                 failed.join(", "),
-                args.spec.display(),
-                args.spec.display()
+                dir.display(),
+                dir.display()
             );
         }
         round += 1;
@@ -407,6 +404,9 @@ pub fn attach(g: &GlobalArgs, args: &crate::cli::FollowArgs) -> anyhow::Result<(
         clusters: args.clusters.clone(),
         no_memory_check: args.no_memory_check,
         follow: true,
+        jobs: None,
+        threads: None,
+        gpus: None,
         leave_cancelled: true,
     };
     follow(g, &submit, &j.cluster)

@@ -33,7 +33,7 @@ pub struct Cost {
     pub runs: u64,
     /// Distinct configurations.
     pub configs: u64,
-    /// Training tokens over all runs.
+    /// Training tokens over all runs (whole steps: a budget rounds up to the next step).
     pub tokens: u64,
     /// Training FLOPs over all runs (None when the model shape is unknown).
     pub flops: Option<f64>,
@@ -61,9 +61,10 @@ pub fn cost(plan: &Plan, tflops: f64, filter: impl Fn(&Point) -> bool) -> Cost {
         }
         c.configs += 1;
         c.runs += n;
-        c.tokens += n * p.token_budget;
+        let trained = plan.shared.training.trained_tokens(p.token_budget);
+        c.tokens += n * trained;
         if let (Some(f), Some(shape)) = (c.flops.as_mut(), plan.shape.as_ref()) {
-            *f += n as f64 * p.token_budget as f64 * flops_per_token(shape, p, seq);
+            *f += n as f64 * trained as f64 * flops_per_token(shape, p, seq);
         }
     }
     c.gpu_hours = c.flops.map(|f| f / (tflops * 1e12) / 3600.0);

@@ -49,6 +49,8 @@ pub struct Plan {
     pub shape: Option<LlamaConfig>,
     /// Where the runs are logged besides their folders (not part of any id or hash).
     pub tracking: Option<crate::spec::TrackingSpec>,
+    /// Each token budget and checkpoint as the spec wrote it (`0.25B`, `1ep`), by its tokens.
+    pub budgets_written: std::collections::BTreeMap<u64, String>,
 }
 
 impl Plan {
@@ -132,7 +134,7 @@ pub fn plan(spec: &Spec, opts: &PlanOptions) -> Result<Plan, Problem> {
     let shared = resolve_shared(spec)?;
     let seeds = check_seeds(spec)?;
     let tokens_per_step = shared.training.tokens_per_step();
-    let epoch_tokens = spec.data.epoch_tokens.map(|t| t.amount());
+    let epoch_tokens = spec.data.epoch_tokens.as_ref().map(|t| t.amount());
 
     let subgrids = method_subgrids(spec)?;
     let mut count: u64 = 0;
@@ -220,7 +222,50 @@ pub fn plan(spec: &Spec, opts: &PlanOptions) -> Result<Plan, Problem> {
         runs,
         shape: opts.shape.clone(),
         tracking: check_tracking(spec)?,
+        budgets_written: budgets_written(spec, epoch_tokens),
     })
+}
+
+/// Every token budget and checkpoint of a spec as written, by the tokens it stands for.
+fn budgets_written(
+    spec: &Spec,
+    epoch_tokens: Option<TokenAmount>,
+) -> std::collections::BTreeMap<u64, String> {
+    let g = &spec.grid;
+    let methods = g.full.iter().chain(&g.lora).flat_map(OneOrMany::to_vec);
+    let mut values: Vec<TokenCount> = g.token_budget.to_vec();
+    values.extend(
+        methods
+            .filter_map(|m| m.token_budget)
+            .flat_map(|b| b.to_vec()),
+    );
+    values.extend(
+        spec.include
+            .iter()
+            .filter_map(|i| i.token_budget.as_ref())
+            .flat_map(OneOrMany::to_vec),
+    );
+    values.extend(spec.evaluation.checkpoints.iter().cloned());
+    values
+        .into_iter()
+        .filter_map(|v| {
+            let tokens = resolve_budgets(&[], std::slice::from_ref(&v), 0, epoch_tokens).ok()?[0];
+            Some((tokens, v.written()))
+        })
+        .collect()
+}
+
+impl Plan {
+    /// A budget as the spec wrote it, with its tokens where the two differ in more than
+    /// spelling (`1ep (103M)`); a budget no spec value names in tokens (`48k`).
+    pub fn budget_label(&self, tokens: u64) -> String {
+        let short = crate::spec::values::format_tokens(tokens);
+        match self.budgets_written.get(&tokens) {
+            Some(w) if w.ends_with("ep") => format!("{w} ({short})"),
+            Some(w) => w.clone(),
+            None => short,
+        }
+    }
 }
 
 /// The spec's `[tracking]`, its MLflow address checked and its experiment named (the sweep's
@@ -1001,11 +1046,11 @@ impl ResolvedMatch {
             })?),
             None => None,
         };
-        let budget = match rule.token_budget {
+        let budget = match &rule.token_budget {
             Some(b) => {
                 let mut p = path.clone();
                 p.push(key("token_budget"));
-                Some(resolve_budgets(&p, &[b], 0, epoch_tokens)?[0])
+                Some(resolve_budgets(&p, std::slice::from_ref(b), 0, epoch_tokens)?[0])
             }
             None => None,
         };

@@ -111,6 +111,13 @@ impl TrainingConfig {
     pub fn tokens_per_step(&self) -> u64 {
         self.batch_size * self.seq_len
     }
+
+    /// The tokens a run with this budget trains on: whole optimizer steps, the last one
+    /// rounding the budget up (16k at 1,024 tokens a step trains 16 steps, 16,384 tokens).
+    pub fn trained_tokens(&self, budget: u64) -> u64 {
+        let per = self.tokens_per_step().max(1);
+        budget.div_ceil(per).max(1) * per
+    }
 }
 
 /// The method of a run with its method-specific settings.

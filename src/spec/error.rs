@@ -138,7 +138,10 @@ impl SpecError {
                 }
             }
             None => match raw.strip_prefix("data did not match any variant of untagged enum ") {
-                Some(ty) => untagged_hint(ty.trim()).to_string(),
+                Some(ty) => err
+                    .span()
+                    .and_then(|span| bad_token_count(&src.text, span))
+                    .unwrap_or_else(|| untagged_hint(ty.trim()).to_string()),
                 None => raw.replace('\n', " "),
             },
         };
@@ -165,6 +168,28 @@ impl SpecError {
             message,
         }
     }
+}
+
+/// The keys whose values are token counts (one or a list).
+const TOKEN_KEYS: [&str; 4] = ["token_budget", "checkpoints", "eval_tokens", "epoch_tokens"];
+
+/// For a value of a token-count key that does not parse (`"16kk"`, or one such item of a list),
+/// the parser's own words: what was wrong and the forms allowed.
+fn bad_token_count(text: &str, span: std::ops::Range<usize>) -> Option<String> {
+    let line_start = text[..span.start.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let key = text[line_start..].split('=').next()?.trim();
+    if !TOKEN_KEYS.contains(&key) {
+        return None;
+    }
+    let value = text.get(span)?;
+    value
+        .trim_matches(|c: char| c == '[' || c == ']' || c.is_whitespace())
+        .split(',')
+        .map(|v| v.trim().trim_matches('"').trim_matches('\''))
+        .filter(|v| !v.is_empty())
+        .find_map(|v| crate::spec::values::parse_token_amount(v).err())
 }
 
 /// What a value of one of the spec's multi-form types may look like.

@@ -7,14 +7,14 @@ use crate::model::config::Module;
 
 /// A count of tokens, written as an integer or a string with a k/M/B/T suffix (`"20k"`, `"1.5B"`),
 /// or, for token budgets, a number of epochs over the target data (`"2ep"`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum TokenCount {
     /// A plain integer.
     Int(u64),
-    /// A string such as `"250M"` or `"4ep"`.
+    /// A string such as `"250M"` or `"4ep"`, with the text as written.
     #[serde(with = "token_string")]
-    Text(TokenAmount),
+    Text(TokenAmount, String),
 }
 
 /// A parsed token amount.
@@ -28,10 +28,18 @@ pub enum TokenAmount {
 
 impl TokenCount {
     /// The amount this value stands for.
-    pub fn amount(self) -> TokenAmount {
+    pub fn amount(&self) -> TokenAmount {
         match self {
-            TokenCount::Int(n) => TokenAmount::Tokens(n),
-            TokenCount::Text(a) => a,
+            TokenCount::Int(n) => TokenAmount::Tokens(*n),
+            TokenCount::Text(a, _) => *a,
+        }
+    }
+
+    /// The value as the spec wrote it (`250M`, `1ep`, `16384`).
+    pub fn written(&self) -> String {
+        match self {
+            TokenCount::Int(n) => n.to_string(),
+            TokenCount::Text(_, t) => t.trim().to_string(),
         }
     }
 }
@@ -85,16 +93,17 @@ mod token_string {
     use super::{parse_token_amount, TokenAmount};
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(a: &TokenAmount, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(a: &TokenAmount, _: &String, s: S) -> Result<S::Ok, S::Error> {
         match a {
             TokenAmount::Tokens(n) => s.serialize_u64(*n),
             TokenAmount::Epochs(e) => s.serialize_str(&format!("{e}ep")),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<TokenAmount, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<(TokenAmount, String), D::Error> {
         let text = String::deserialize(d)?;
-        parse_token_amount(&text).map_err(serde::de::Error::custom)
+        let a = parse_token_amount(&text).map_err(serde::de::Error::custom)?;
+        Ok((a, text))
     }
 }
 
