@@ -1,5 +1,5 @@
-//! Download one model or dataset file into a cache: resume with `Range` + `If-Range`, a SHA-256
-//! check, and Hugging Face resolve URLs as plain URLs. The downloader never prints: it reports
+//! Download one model or dataset file into a cache: resume with `Range` + `If-Range` (by length
+//! where the server has no validator and a SHA-256 checks the result), a SHA-256 check, and Hugging Face resolve URLs as plain URLs. The downloader never prints: it reports
 //! [`FetchEvent`]s to its caller, which decides what a terminal sees.
 
 use std::ffi::OsString;
@@ -56,10 +56,7 @@ pub enum FetchError {
         hint: String,
     },
     /// The transfer broke off; the bytes so far are kept for a resume.
-    #[error(
-        "download of {url} broke off after {got} of {expected} bytes ({reason}); run the same \
-         command again to resume"
-    )]
+    #[error("download of {url} broke off after {got} of {expected} bytes ({reason}); {next}")]
     Interrupted {
         /// The URL.
         url: String,
@@ -69,6 +66,8 @@ pub enum FetchError {
         expected: String,
         /// Why, as the network layer said it.
         reason: String,
+        /// What running the same command again will do: resume, or start over and why.
+        next: String,
     },
     /// Any other failure of the HTTP exchange.
     #[error("downloading {url}: {reason}")]
@@ -542,26 +541,37 @@ fn download(
     let dest = &req.dest;
     let client = client()?;
     let (part, side) = (part_path(dest), sidecar_path(dest));
-    let mut resume = resume_point(&part, &side, req.url.as_str());
+    let mut resume = resume_point(&part, &side, req.url.as_str(), req.sha256.is_some());
     // Two tries: a 416 (the part is not a prefix of the file any more) drops it and starts over.
     for _ in 0..2 {
         let mut get = client.get(req.url.clone());
         if let Some(token) = &req.bearer {
             get = get.header(AUTHORIZATION, format!("Bearer {token}"));
         }
-        if let Some((from, validator)) = &resume {
-            on_event(&FetchEvent::Resuming { from: *from });
-            get = get
-                .header(RANGE, format!("bytes={from}-"))
-                .header(IF_RANGE, validator.as_str());
+        if let Some(r) = &resume {
+            on_event(&FetchEvent::Resuming { from: r.from });
+            get = get.header(RANGE, format!("bytes={}-", r.from));
+            if let Some(v) = &r.validator {
+                get = get.header(IF_RANGE, v.as_str());
+            }
         }
         let resp = get.send().map_err(|e| send_error(&req.url, &e))?;
         let status = resp.status();
         let offset = match (status, &resume) {
-            (StatusCode::PARTIAL_CONTENT, Some((from, _))) => {
-                let start = header(resp.headers(), CONTENT_RANGE.as_str())
-                    .and_then(|v| parse_content_range(&v))
-                    .map(|(s, _, _)| s);
+            (StatusCode::PARTIAL_CONTENT, Some(r)) => {
+                let range = header(resp.headers(), CONTENT_RANGE.as_str())
+                    .and_then(|v| parse_content_range(&v));
+                let from = &r.from;
+                // Resumed by length (no validator): a file of another length has changed, so
+                // the part is dropped and the file fetched whole.
+                if r.validator.is_none() && range.and_then(|(_, _, t)| t) != r.total {
+                    remove_quietly(&part);
+                    remove_quietly(&side);
+                    resume = None;
+                    on_event(&FetchEvent::Restarting);
+                    continue;
+                }
+                let start = range.map(|(s, _, _)| s);
                 if start != Some(*from) {
                     return Err(FetchError::Network {
                         url: req.url.to_string(),
@@ -602,16 +612,44 @@ fn download(
     })
 }
 
-/// Where a partial download can resume: its length and the `If-Range` validator, when the part
-/// file and its sidecar exist and name the same URL.
-fn resume_point(part: &Path, side: &Path, url: &str) -> Option<(u64, String)> {
+/// Where a partial download resumes.
+#[derive(Debug, Clone, PartialEq)]
+struct Resume {
+    /// Bytes already in the part file.
+    from: u64,
+    /// The `If-Range` validator; None: resumed by length, which the SHA-256 checks at the end.
+    validator: Option<String>,
+    /// The whole file's length as the server first said it.
+    total: Option<u64>,
+}
+
+/// Where a partial download can resume, when the part file and its sidecar exist and name the
+/// same URL: with the server's validator, or, where the server gave none, by length when the
+/// file's SHA-256 is known (`checked`), so that a file that changed meanwhile is caught.
+fn resume_point(part: &Path, side: &Path, url: &str, checked: bool) -> Option<Resume> {
     let len = std::fs::metadata(part).ok()?.len();
     let text = std::fs::read_to_string(side).ok()?;
     let sidecar: PartSidecar = serde_json::from_str(&text).ok()?;
-    (len > 0 && sidecar.url == url)
-        .then(|| if_range(&sidecar))
-        .flatten()
-        .map(|v| (len, v))
+    if len == 0 || sidecar.url != url {
+        return None;
+    }
+    let validator = if_range(&sidecar);
+    (validator.is_some() || (checked && sidecar.total.is_some())).then_some(Resume {
+        from: len,
+        validator,
+        total: sidecar.total,
+    })
+}
+
+/// What the same command does after a download broke off: resume, or start over and why.
+fn next_try(sidecar: &PartSidecar, checked: bool) -> String {
+    if if_range(sidecar).is_some() || (checked && sidecar.total.is_some()) {
+        "run the same command again to resume".to_string()
+    } else if checked {
+        "the server gave neither an ETag, a Last-Modified nor a length, so the same command starts over".to_string()
+    } else {
+        "the server gave neither an ETag nor a Last-Modified, so the same command starts over; give --sha256 and it resumes by length and checks the whole file".to_string()
+    }
 }
 
 /// Stream the body into the part file from `offset`, check it, and rename it into place.
@@ -702,6 +740,7 @@ fn transfer(
             got: done,
             expected: total.map_or("?".to_string(), |t| t.to_string()),
             reason: broke_off.unwrap_or_else(|| "the server closed the connection".to_string()),
+            next: next_try(&sidecar, req.sha256.is_some()),
         });
     }
     let got = format!("{:x}", hasher.finalize());
@@ -918,26 +957,44 @@ mod tests {
     }
 
     #[test]
-    fn resume_needs_a_matching_sidecar_and_a_validator() {
+    fn resume_needs_a_matching_sidecar_and_a_validator_or_a_checksum() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("f.bin");
         let (part, side) = (part_path(&dest), sidecar_path(&dest));
-        assert_eq!(resume_point(&part, &side, "http://h/f.bin"), None);
+        let url = "http://h/f.bin";
+        assert_eq!(resume_point(&part, &side, url, true), None);
         std::fs::write(&part, b"12345").unwrap();
-        let sc = PartSidecar {
-            url: "http://h/f.bin".into(),
+        let mut sc = PartSidecar {
+            url: url.into(),
             etag: Some("\"e1\"".into()),
             last_modified: None,
             total: Some(10),
         };
         std::fs::write(&side, serde_json::to_string(&sc).unwrap()).unwrap();
+        let with_etag = Resume {
+            from: 5,
+            validator: Some("\"e1\"".into()),
+            total: Some(10),
+        };
+        assert_eq!(resume_point(&part, &side, url, false), Some(with_etag));
         assert_eq!(
-            resume_point(&part, &side, "http://h/f.bin"),
-            Some((5, "\"e1\"".to_string()))
+            resume_point(&part, &side, "http://h/other.bin", false),
+            None
         );
-        assert_eq!(resume_point(&part, &side, "http://h/other.bin"), None);
+        // No validator: by length only when the SHA-256 will check the whole file.
+        sc.etag = None;
+        std::fs::write(&side, serde_json::to_string(&sc).unwrap()).unwrap();
+        assert_eq!(resume_point(&part, &side, url, false), None);
+        assert!(next_try(&sc, false).contains("starts over; give --sha256"));
+        let by_length = Resume {
+            from: 5,
+            validator: None,
+            total: Some(10),
+        };
+        assert_eq!(resume_point(&part, &side, url, true), Some(by_length));
+        assert!(next_try(&sc, true).contains("again to resume"));
         std::fs::write(&side, "{not json").unwrap();
-        assert_eq!(resume_point(&part, &side, "http://h/f.bin"), None);
+        assert_eq!(resume_point(&part, &side, url, true), None);
     }
 
     #[test]

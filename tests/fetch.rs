@@ -126,7 +126,12 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         return Ok(());
     }
     let len = route.body.len();
-    let etag = format!("ETag: {}\r\nAccept-Ranges: bytes\r\n", route.etag);
+    // An empty etag: a server that sends no validator at all.
+    let etag = if route.etag.is_empty() {
+        "Accept-Ranges: bytes\r\n".to_string()
+    } else {
+        format!("ETag: {}\r\nAccept-Ranges: bytes\r\n", route.etag)
+    };
     let from = headers
         .get("range")
         .and_then(|r| r.strip_prefix("bytes="))
@@ -304,6 +309,65 @@ fn a_broken_download_resumes_with_a_range() {
     assert_eq!(std::fs::read(dir.path().join("c/m.bin")).unwrap(), body);
     assert!(!part.exists());
     assert!(!dir.path().join("c/m.bin.part.json").exists());
+}
+
+/// A server that sends no ETag or Last-Modified: with --sha256 the download resumes by length
+/// (a Range without If-Range; the hash checks the joined file), and a file whose length changed
+/// meanwhile is fetched whole; without --sha256 the error says the next try starts over, and
+/// it does.
+#[test]
+fn without_a_validator_a_download_resumes_by_length_only_when_checked() {
+    let srv = Server::start();
+    let body = payload(100_000, 4);
+    let broken = |body: &[u8]| Route {
+        drop_after: Some(30_000),
+        ..file(body, "")
+    };
+    srv.route("/n.bin", broken(&body));
+    let dir = tempfile::tempdir().unwrap();
+    let url = srv.url("/n.bin");
+    let checked = [url.as_str(), "--cache", "c", "--sha256", &sha256(&body)];
+    let o = sweep(dir.path(), &checked, &[]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("again to resume"), "{err}");
+    let o = sweep(dir.path(), &checked, &[]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("resumed at"), "{out}");
+    let seen = srv.seen();
+    assert_eq!(seen[1].headers["range"], "bytes=30000-");
+    assert!(!seen[1].headers.contains_key("if-range"), "{:?}", seen[1]);
+    assert_eq!(std::fs::read(dir.path().join("c/n.bin")).unwrap(), body);
+
+    // The file grew meanwhile: its length differs from the first answer's, so it starts over.
+    let longer = payload(120_000, 5);
+    srv.route("/g.bin", broken(&body));
+    let url = srv.url("/g.bin");
+    let args = [url.as_str(), "--cache", "c", "--sha256", &sha256(&longer)];
+    assert_eq!(sweep(dir.path(), &args, &[]).status.code(), Some(1));
+    srv.route("/g.bin", file(&longer, ""));
+    let o = sweep(dir.path(), &args, &[]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(!out.contains("resumed at"), "{out}");
+    assert_eq!(std::fs::read(dir.path().join("c/g.bin")).unwrap(), longer);
+
+    // Unchecked: said to start over, and it does (no Range asked).
+    srv.route("/u.bin", broken(&body));
+    let url = srv.url("/u.bin");
+    let args = [url.as_str(), "--cache", "c"];
+    let o = sweep(dir.path(), &args, &[]);
+    let (_, err) = text(&o);
+    assert!(
+        err.contains("so the same command starts over; give --sha256"),
+        "{err}"
+    );
+    let o = sweep(dir.path(), &args, &[]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let last = srv.seen().pop().unwrap();
+    assert!(!last.headers.contains_key("range"), "{last:?}");
+    assert_eq!(std::fs::read(dir.path().join("c/u.bin")).unwrap(), body);
 }
 
 #[test]
