@@ -144,8 +144,12 @@ pub fn train(
                 }
                 return Ok(());
             }
-            _ => {
+            had => {
                 let _ = std::fs::remove_file(dir.join("result.json"));
+                // Trained again from scratch: a new MLflow run, even for the same first line.
+                if force && had.is_ok() {
+                    crate::tracking::mlflow::retire(dir)?;
+                }
             }
         }
     }

@@ -731,3 +731,150 @@ print(json.dumps(out))
         err(&o)
     );
 }
+
+/// With a user's trainer whose metrics lines carry no time: two lines at one count of tokens
+/// both reach MLflow although a sync fell between them; the run trained again from scratch
+/// (`sweep train --force`) is a new MLflow run with all of its lines, although its first line
+/// is the old start's; and an experiment deleted on the server is said, with how to restore it.
+#[test]
+fn mlflow_keeps_equal_token_lines_and_a_retrained_run_is_a_new_mlflow_run() {
+    let Some(python) = common::test_python("MLflow") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = MlflowServer::start(&python, dir.path());
+    // The second line at 128 tokens is written only once the first has been sent (the
+    // run's mlflow.json says so), so that a sync falls between them ("wait"; "go" writes it
+    // at once, for a server that takes nothing).
+    std::fs::write(
+        dir.path().join("trainer.py"),
+        r#"import json, os, sys, time
+out = sys.argv[1]
+def line(v):
+    with open(os.path.join(out, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps(v) + "\n")
+open(os.path.join(out, "metrics.jsonl"), "w").close()
+line({"tokens": 0, "target_loss": 3.0})
+line({"tokens": 128, "step": 2, "train_loss": 2.5})
+def sent():
+    try:
+        return json.load(open(os.path.join(out, "mlflow.json"))).get("sent_tokens") == 128
+    except (OSError, ValueError):
+        return False
+t0 = time.time()
+while sys.argv[2] == "wait" and not sent():
+    if time.time() - t0 > 60:
+        sys.exit("the first line at 128 tokens was never sent")
+    time.sleep(0.1)
+line({"tokens": 128, "target_loss": 2.0})
+"#,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("code.txt"), "x = 1\n").unwrap();
+    std::fs::write(dir.path().join("english.txt"), "to be\n").unwrap();
+    let spec = |name: &str, wait: &str| {
+        format!(
+            r#"name = "{name}"
+[model]
+builtin = "tiny"
+init = "random"
+[data]
+regime = "cpt"
+domain = "code"
+target = "code.txt"
+source = "english.txt"
+[training]
+batch_size = 2
+seq_len = 32
+[trainer]
+command = ["{python}", "trainer.py", "{{run_dir}}", "{wait}"]
+[grid]
+method = ["full"]
+token_budget = 128
+seeds = 1
+[grid.full]
+learning_rate = 1e-3
+[tracking]
+mlflow = "{uri}"
+mlflow_experiment = "shared"
+"#,
+            python = python.replace('\\', "\\\\"),
+            wait = wait,
+            uri = server.uri
+        )
+    };
+    std::fs::write(dir.path().join("spec.toml"), spec("own", "wait")).unwrap();
+    let o = sweep(dir.path(), &["run", "spec.toml"]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(!err(&o).contains("MLflow"), "{}", err(&o));
+    let run_dir = common::first_run_dir(&dir.path().join("results/own/runs"));
+    let id = run_dir.file_name().unwrap().to_str().unwrap().to_string();
+    let o = sweep(
+        dir.path(),
+        &[
+            "train",
+            run_dir.join("run.json").to_str().unwrap(),
+            "--force",
+        ],
+    );
+    assert!(o.status.success(), "{}", err(&o));
+
+    let read = r#"
+import json, sys
+from mlflow import MlflowClient
+c = MlflowClient(sys.argv[1])
+e = c.get_experiment_by_name("shared")
+out = []
+for r in c.search_runs([e.experiment_id], order_by=["attributes.start_time ASC"]):
+    out.append({
+        "name": r.info.run_name,
+        "status": r.info.status,
+        "metrics": {k: sorted([m.step, m.value] for m in c.get_metric_history(r.info.run_id, k))
+                    for k in ["train/loss", "eval/target_loss"]},
+    })
+print(json.dumps(out))
+"#;
+    let got: serde_json::Value = common::python_json(&python, read, &[server.uri.as_ref()]);
+    let runs = got.as_array().unwrap();
+    assert_eq!(
+        runs.len(),
+        2,
+        "the first start and the retrained one: {got}"
+    );
+    for r in runs {
+        assert_eq!(r["name"], id.as_str(), "{got}");
+        assert_eq!(r["status"], "FINISHED", "{got}");
+        assert_eq!(
+            r["metrics"]["eval/target_loss"],
+            serde_json::json!([[0, 3.0], [128, 2.0]]),
+            "both lines at 128 tokens arrived: {got}"
+        );
+        assert_eq!(
+            r["metrics"]["train/loss"],
+            serde_json::json!([[128, 2.5]]),
+            "{got}"
+        );
+    }
+
+    // The experiment deleted on the server: a new sweep logging to it says so.
+    let delete = r#"
+import json, sys
+from mlflow import MlflowClient
+c = MlflowClient(sys.argv[1])
+c.delete_experiment(c.get_experiment_by_name("shared").experiment_id)
+print(json.dumps(True))
+"#;
+    let _: serde_json::Value = common::python_json(&python, delete, &[server.uri.as_ref()]);
+    std::fs::write(dir.path().join("again.toml"), spec("again", "go")).unwrap();
+    let o = sweep(dir.path(), &["run", "again.toml"]);
+    assert!(
+        o.status.success(),
+        "a tracker never fails a sweep: {}",
+        err(&o)
+    );
+    assert!(
+        err(&o).contains("experiment `shared`: it is deleted on the server: restore it"),
+        "{}",
+        err(&o)
+    );
+}

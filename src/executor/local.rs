@@ -427,6 +427,7 @@ impl LocalExecutor {
 /// Clear a run folder for a fresh start, keeping run.json; the old log goes too.
 fn reset_outputs(dir: &Path) -> std::io::Result<()> {
     crate::results::clear_outputs(dir)?;
+    crate::tracking::mlflow::retire(dir).map_err(std::io::Error::other)?;
     match std::fs::remove_file(dir.join("train.log")) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),

@@ -9,8 +9,9 @@
 //! a run, `sweep collect` on the laptop after a Slurm run), and sends nothing twice. What has
 //! been sent is kept in `runs/ID/mlflow.json`; without it (a folder collected from a cluster
 //! whose nodes could not reach the server, a lost file) the run is found on the server by its
-//! tags and the last step it holds. A run started again from scratch (its first metrics line
-//! differs) is a new MLflow run; a resumed one continues its own.
+//! tags, one of which says how far it was sent (set in the same request as the metrics). A run
+//! trained again from scratch ([`retire`]), or whose first metrics line differs, is a new MLflow
+//! run; a resumed one continues its own.
 //!
 //! A server that is down or refuses never fails a run: the trainer's [`Live`] logs from a
 //! thread of its own, says once that the server cannot be reached, retries with a growing
@@ -100,8 +101,46 @@ struct State {
     origin: String,
     /// Training tokens of the last line sent.
     sent_tokens: Option<u64>,
+    /// How many lines at `sent_tokens` were sent (a trainer may log two lines at one count of
+    /// tokens, a sync between them: the second is sent later, not lost).
+    #[serde(default)]
+    sent_at_tokens: usize,
     /// The status last set on the server.
     status: Option<RunEnd>,
+    /// MLflow runs of earlier starts of this run (trained again from scratch): never
+    /// continued, even when a new start logs the same first line.
+    #[serde(default)]
+    retired: Vec<String>,
+}
+
+impl State {
+    /// What this state says was sent, as the tag each metrics request sets with it.
+    fn sent_tag(&self) -> String {
+        format!("{}:{}", self.sent_tokens.unwrap_or(0), self.sent_at_tokens)
+    }
+}
+
+/// The tag that says how far a run's metrics were sent (`TOKENS:LINES_AT_TOKENS`): set in the
+/// same request as the metrics, so that a run folder that lost its mlflow.json continues where
+/// the server is.
+const SENT_TAG: &str = "sweep_sent";
+
+/// A run folder is trained again from scratch: its MLflow run is finished with, and the next
+/// start logs to a new one even if its first line is the same (a user's trainer whose lines
+/// have no time). Nothing to do where the run was never logged.
+pub fn retire(dir: &Path) -> Result<(), MlflowError> {
+    let path = dir.join(STATE_FILE);
+    let Some(mut s) = read_state(&path) else {
+        return Ok(());
+    };
+    if !s.run_id.is_empty() && !s.retired.contains(&s.run_id) {
+        s.retired.push(std::mem::take(&mut s.run_id));
+    }
+    s.origin = String::new();
+    s.sent_tokens = None;
+    s.sent_at_tokens = 0;
+    s.status = None;
+    save_state(&path, &s)
 }
 
 /// Where a run is logged.
@@ -150,11 +189,15 @@ pub fn sync(
         return Ok(Synced::default());
     };
     let state_path = dir.join(STATE_FILE);
-    let mut state = read_state(&state_path).filter(|s| s.uri == target.uri && s.origin == origin);
-    let last_tokens = lines.last().map(|(l, _)| l.tokens);
+    let saved = read_state(&state_path);
+    let retired = saved
+        .as_ref()
+        .map(|s| s.retired.clone())
+        .unwrap_or_default();
+    let mut state = saved.filter(|s| s.uri == target.uri && s.origin == origin);
+    let all: Vec<&MetricsLine> = lines.iter().map(|(l, _)| l).collect();
     if let Some(s) = &state {
-        let all_sent = s.sent_tokens >= last_tokens;
-        if all_sent && (end.is_none() || s.status == end) {
+        if unsent(&all, s).is_empty() && (end.is_none() || s.status == end) {
             return Ok(Synced::default());
         }
     }
@@ -162,16 +205,12 @@ pub fn sync(
     let mut st = match state.take() {
         Some(s) => s,
         None => {
-            let s = api.find_or_create(run, target, &origin)?;
+            let s = api.find_or_create(run, target, &origin, retired)?;
             save_state(&state_path, &s)?;
             s
         }
     };
-    let pending: Vec<&MetricsLine> = lines
-        .iter()
-        .map(|(l, _)| l)
-        .filter(|l| st.sent_tokens.is_none_or(|s| l.tokens > s))
-        .collect();
+    let pending = unsent(&all, &st);
     // A run stopped and resumed is running again once it logs.
     if end.is_none() && st.status.is_some() && !pending.is_empty() {
         api.update(&st.run_id, "RUNNING")?;
@@ -181,9 +220,19 @@ pub fn sync(
     let mut sent = 0;
     for batch in line_batches(&pending) {
         let metrics: Vec<Value> = batch.iter().flat_map(|l| metric_values(l)).collect();
+        let mut next = st.clone();
+        for l in &batch {
+            next.sent_at_tokens = if next.sent_tokens == Some(l.tokens) {
+                next.sent_at_tokens + 1
+            } else {
+                1
+            };
+            next.sent_tokens = Some(l.tokens);
+        }
+        let tags = [json!({"key": SENT_TAG, "value": next.sent_tag()})];
         let result = api.post(
             "runs/log-batch",
-            &json!({"run_id": st.run_id, "metrics": metrics}),
+            &json!({"run_id": st.run_id, "metrics": metrics, "tags": tags}),
             "the run's metrics",
         );
         if let Err(e) = result {
@@ -191,7 +240,7 @@ pub fn sync(
             return Err(e);
         }
         sent += batch.len();
-        st.sent_tokens = batch.last().map(|l| l.tokens);
+        st = next;
         save_state(&state_path, &st)?;
     }
     if let Some(end) = end {
@@ -365,8 +414,26 @@ fn save_state(path: &Path, s: &State) -> Result<(), MlflowError> {
         .map_err(|e| MlflowError::Io(format!("{}: {e}", path.display())))
 }
 
+/// The lines the server has not had: past the tokens of the last line sent, and those at its
+/// tokens beyond the ones sent.
+fn unsent<'a>(lines: &[&'a MetricsLine], st: &State) -> Vec<&'a MetricsLine> {
+    let mut at = 0;
+    lines
+        .iter()
+        .copied()
+        .filter(|l| match st.sent_tokens {
+            None => true,
+            Some(s) if l.tokens == s => {
+                at += 1;
+                at > st.sent_at_tokens
+            }
+            Some(s) => l.tokens > s,
+        })
+        .collect()
+}
+
 /// Lines in requests of at most [`MAX_METRICS`] metrics, never parting lines of equal tokens
-/// (what has been sent is known by tokens).
+/// (what has been sent is known by tokens and the lines at them).
 fn line_batches<'a>(lines: &[&'a MetricsLine]) -> Vec<Vec<&'a MetricsLine>> {
     let mut out: Vec<Vec<&MetricsLine>> = Vec::new();
     let mut count = 0;
@@ -536,6 +603,16 @@ impl Api {
         };
         match get() {
             Ok(v) => {
+                if v["experiment"]["lifecycle_stage"] == "deleted" {
+                    return Err(MlflowError::Refused {
+                        uri: self.uri.clone(),
+                        what: format!("experiment `{name}`"),
+                        why: format!(
+                            "it is deleted on the server: restore it (`mlflow experiments restore --experiment-id {}`) or log to another with tracking.mlflow_experiment",
+                            id(&v).unwrap_or_default()
+                        ),
+                    });
+                }
                 if let Some(i) = id(&v) {
                     return Ok(i);
                 }
@@ -593,6 +670,7 @@ impl Api {
         run: &RunFile,
         target: &Target,
         origin: &str,
+        retired: Vec<String>,
     ) -> Result<State, MlflowError> {
         let experiment_id = self.experiment(&target.experiment)?;
         let found = self.post(
@@ -600,28 +678,27 @@ impl Api {
             &json!({
                 "experiment_ids": [experiment_id],
                 "filter": format!("tags.sweep_run_id = '{}' and tags.sweep_origin = '{origin}'", run.id),
-                "max_results": 1,
+                "max_results": retired.len() + 1,
             }),
             "a search for the run",
         )?;
-        if let Some(info) = found["runs"].get(0).map(|r| &r["info"]) {
+        let earlier = found["runs"].as_array().into_iter().flatten().find(|r| {
+            r["info"]["run_id"]
+                .as_str()
+                .is_some_and(|id| !retired.iter().any(|x| x == id))
+        });
+        if let Some(found) = earlier {
+            let info = &found["info"];
             let run_id = info["run_id"].as_str().unwrap_or_default().to_string();
-            let history = self.answer(
-                self.http
-                    .get(self.url("metrics/get-history"))
-                    .query(&[("run_id", run_id.as_str()), ("metric_key", "train/lr")]),
-                "the run's history",
-            );
-            let history = history.map_err(|e| e.at(&self.uri, "metrics/get-history"))?;
-            let sent_tokens = history["metrics"].as_array().and_then(|m| {
-                m.iter()
-                    .filter_map(|m| {
-                        m["step"]
-                            .as_u64()
-                            .or_else(|| m["step"].as_str()?.parse().ok())
-                    })
-                    .max()
-            });
+            // How far it was sent: the tag set with its last metrics.
+            let sent = found["data"]["tags"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|t| t["key"] == SENT_TAG)
+                .and_then(|t| t["value"].as_str())
+                .and_then(|v| v.split_once(':'))
+                .and_then(|(t, n)| Some((t.parse::<u64>().ok()?, n.parse::<usize>().ok()?)));
             let status = match info["status"].as_str() {
                 Some("FINISHED") => Some(RunEnd::Finished),
                 Some("FAILED") => Some(RunEnd::Failed),
@@ -636,8 +713,10 @@ impl Api {
                 experiment_id,
                 run_id,
                 origin: origin.to_string(),
-                sent_tokens,
+                sent_tokens: sent.map(|(t, _)| t),
+                sent_at_tokens: sent.map_or(0, |(_, n)| n),
                 status,
+                retired,
             });
         }
         let method = run.point.method.method_name();
@@ -675,7 +754,9 @@ impl Api {
             run_id,
             origin: origin.to_string(),
             sent_tokens: None,
+            sent_at_tokens: 0,
             status: None,
+            retired,
         })
     }
 }
@@ -721,6 +802,53 @@ mod tests {
             l.eval.insert(format!("m{i}"), i as f64);
         }
         l
+    }
+
+    #[test]
+    fn lines_at_the_tokens_last_sent_are_sent_beyond_the_ones_that_were() {
+        let lines = [line(0, 1), line(128, 0), line(128, 1), line(256, 0)];
+        let all: Vec<&MetricsLine> = lines.iter().collect();
+        let mut st = State {
+            uri: "http://h".into(),
+            experiment_id: "1".into(),
+            run_id: "r".into(),
+            origin: "o".into(),
+            sent_tokens: None,
+            sent_at_tokens: 0,
+            status: None,
+            retired: vec![],
+        };
+        assert_eq!(unsent(&all, &st).len(), 4);
+        (st.sent_tokens, st.sent_at_tokens) = (Some(128), 1);
+        let left = unsent(&all, &st);
+        assert_eq!(left.len(), 2, "the second line at 128 is still to send");
+        assert!(std::ptr::eq(left[0], &lines[2]) && std::ptr::eq(left[1], &lines[3]));
+        st.sent_at_tokens = 2;
+        assert_eq!(unsent(&all, &st).len(), 1);
+        assert_eq!(st.sent_tag(), "128:2");
+    }
+
+    #[test]
+    fn a_retired_run_is_not_continued() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STATE_FILE);
+        retire(dir.path()).unwrap();
+        assert!(!path.exists(), "nothing to retire where nothing was logged");
+        let st = State {
+            uri: "http://h".into(),
+            experiment_id: "1".into(),
+            run_id: "r1".into(),
+            origin: "o".into(),
+            sent_tokens: Some(128),
+            sent_at_tokens: 1,
+            status: Some(RunEnd::Finished),
+            retired: vec!["r0".into()],
+        };
+        save_state(&path, &st).unwrap();
+        retire(dir.path()).unwrap();
+        let after = read_state(&path).unwrap();
+        assert_eq!(after.retired, ["r0", "r1"]);
+        assert!(after.origin.is_empty() && after.run_id.is_empty() && after.sent_tokens.is_none());
     }
 
     #[test]

@@ -79,6 +79,7 @@ pub fn train(run_path: &Path, opts: &TrainOptions) -> Result<RunResult, TrainErr
     let outcome = Trainer::new(&run, &run_hash, &dir, opts).and_then(|t| {
         if opts.retrain && opts.world.is_main() {
             crate::results::clear_outputs(&dir).map_err(|e| TrainError::Output(e.to_string()))?;
+            crate::tracking::mlflow::retire(&dir).map_err(|e| TrainError::Output(e.to_string()))?;
         }
         // Every rank starts from the state rank 0 is in (after its clearing).
         opts.world.barrier()?;
