@@ -54,7 +54,7 @@ pub enum Command {
     Follow(FollowArgs),
     /// Show the state of a sweep's runs.
     #[command(
-        after_help = "Example:\n  sweep status sweeps/quickstart.toml\n  sweep status results/quickstart -v"
+        after_help = "Example:\n  sweep status sweeps/quickstart.toml\n  sweep status results/quickstart -v\n  sweep status results/quickstart --watch"
     )]
     Status(StatusArgs),
     /// Cancel a sweep's queued and running jobs.
@@ -224,6 +224,19 @@ pub struct StatusArgs {
     /// Rebuild state.json from the run folders (after it was corrupted).
     #[arg(long)]
     pub rebuild: bool,
+    /// Show the status again every SECONDS (default 10) until no run is pending or running:
+    /// redrawn in place on a terminal; with --json, one JSON array per line.
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "10", conflicts_with = "rebuild", value_parser = positive_seconds)]
+    pub watch: Option<f64>,
+}
+
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!(
+            "`{s}` is not a number of seconds > 0 (such as 2 or 0.5)"
+        )),
+    }
 }
 
 /// `sweep train`.

@@ -258,6 +258,15 @@ fn status_and_the_log_say_how_far_a_running_run_has_got() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // `status --watch` beside it, not on a terminal: a status after another, until it settles
+    // (by the spec: the results folder may not be there yet).
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_sweep"))
+        .args(["status", "spec.toml", "--watch", "0.3"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut seen = None;
     let started = std::time::Instant::now();
     while seen.is_none() && started.elapsed() < std::time::Duration::from_secs(120) {
@@ -273,6 +282,21 @@ fn status_and_the_log_say_how_far_a_running_run_has_got() {
     }
     let status = child.wait().unwrap();
     assert!(status.success());
+    let t0 = std::time::Instant::now();
+    while watch.try_wait().unwrap().is_none() {
+        if t0.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = watch.kill();
+            panic!("status --watch did not end once the run completed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let watched = watch.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&watched.stdout);
+    assert!(watched.status.success(), "{}", err(&watched));
+    assert!(out.matches("sweep tinyrun: 1 runs").count() >= 2, "{out}");
+    assert!(out.contains("running: step "), "{out}");
+    let last = &out[out.rfind("sweep tinyrun").unwrap()..];
+    assert!(last.contains("completed ┆ 1"), "it ends settled: {out}");
     let line = seen.expect("status showed the running run's progress");
     assert!(line.contains("/16 ("), "{line}");
     assert!(line.contains(", loss "), "{line}");

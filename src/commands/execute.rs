@@ -1,6 +1,7 @@
 //! `sweep run`, `sweep submit` (local), `sweep status` and `sweep cancel`: the local executor
 //! driven from a spec; a sweep on a cluster is handed to [`super::slurm`].
 
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -230,6 +231,42 @@ struct StatusRow {
 
 /// `sweep status SPEC [--rebuild]`: runs by state, from the state file and the run folders.
 pub fn status(g: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<()> {
+    let Some(every) = args.watch else {
+        let mut out = String::new();
+        status_once(g, args, false, &mut out)?;
+        print!("{out}");
+        return Ok(());
+    };
+    // --watch: the table again every few seconds (redrawn in place on a terminal; one after
+    // another, or one JSON array per line, otherwise) until no run is pending or running.
+    let tty = std::io::stdout().is_terminal();
+    loop {
+        let mut out = String::new();
+        let settled = status_once(g, args, true, &mut out)?;
+        if tty && !g.json {
+            print!("\x1b[2J\x1b[H");
+        }
+        print!("{out}");
+        if !tty && !g.json {
+            println!();
+        }
+        std::io::stdout().flush()?;
+        if settled {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_secs_f64(every));
+    }
+}
+
+/// One status of the sweep into `out`; whether it is settled (no run pending or running).
+/// `lines`: JSON as one line (for --watch).
+fn status_once(
+    g: &GlobalArgs,
+    args: &StatusArgs,
+    lines: bool,
+    out: &mut String,
+) -> anyhow::Result<bool> {
+    use std::fmt::Write as _;
     let (_, plan) = load_plan(&args.spec, false)?;
     let dir = sweep_dir(g, &plan.name);
     // A sweep on a cluster: one probe (squeue + accounting) refreshes the state first.
@@ -289,10 +326,17 @@ pub fn status(g: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<()> {
             }
         })
         .collect();
+    let settled = rows
+        .iter()
+        .all(|r| !matches!(r.state, JobState::Pending | JobState::Running));
     if g.json {
-        serde_json::to_writer_pretty(std::io::stdout(), &rows)?;
-        println!();
-        return Ok(());
+        let json = if lines {
+            serde_json::to_string(&rows)?
+        } else {
+            serde_json::to_string_pretty(&rows)?
+        };
+        writeln!(out, "{json}")?;
+        return Ok(settled);
     }
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
@@ -303,17 +347,18 @@ pub fn status(g: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<()> {
             t.add_row(vec![s.name().to_string(), n.to_string()]);
         }
     }
-    println!("sweep {}: {} runs", plan.name, rows.len());
+    writeln!(out, "sweep {}: {} runs", plan.name, rows.len())?;
     if let Some(n) = &note {
-        println!("{n}");
+        writeln!(out, "{n}")?;
     }
-    println!("{t}");
+    writeln!(out, "{t}")?;
     let show_all = g.verbose > 0;
     for r in rows
         .iter()
         .filter(|r| show_all || !(r.state.is_final() || r.state == JobState::Pending))
     {
-        println!(
+        writeln!(
+            out,
             "{}  {}{}",
             r.id,
             r.state.name(),
@@ -321,9 +366,9 @@ pub fn status(g: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<()> {
                 .as_ref()
                 .map(|d| format!(": {d}"))
                 .unwrap_or_default()
-        );
+        )?;
     }
-    Ok(())
+    Ok(settled)
 }
 
 /// `sweep cancel SPEC`: stop the sweep's running local runs (SIGTERM: they checkpoint first).
