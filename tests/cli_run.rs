@@ -377,6 +377,10 @@ fn one_running_run_is_cancelled_by_its_id_through_the_results_folder() {
     };
     assert_eq!(state(other), "completed", "{rows}");
     assert_ne!(state(victim), "completed", "{rows}");
+    // --json: one JSON document; nothing is running any more.
+    let o = sweep(dir.path(), &["--json", "cancel", "results/tinyrun"]);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["cancelled"], serde_json::json!([]), "{j}");
     let o = sweep(dir.path(), &["cancel", "results/tinyrun", "nosuchrun-s0"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(err(&o).contains("has no run `nosuchrun-s0`"), "{}", err(&o));

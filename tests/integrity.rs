@@ -674,6 +674,19 @@ fn replaced_base_weights_are_refused_by_export_and_a_truncated_cache_is_remade()
         bytes.len(),
         "made again"
     );
+    // --json: one JSON document on stdout, saying the model is the cached one.
+    let o = sweep_with_cache(
+        dir.path(),
+        &["--json", "pretrain", "--shape", "tiny", "--tokens", "8k"],
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["cached"], true, "{j}");
+    assert_eq!(j["shape"], "tiny", "{j}");
+    assert!(
+        j["weights"].as_str().unwrap().ends_with("tiny.safetensors"),
+        "{j}"
+    );
 }
 
 /// A run whose data changed after it trained here is invalid in `sweep status` (its result is

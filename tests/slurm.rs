@@ -231,6 +231,14 @@ fn submit_status_collect_with_hostile_paths_executes_nothing() {
     assert!(status[0]["id"].is_string());
     let out = c.ok(&["collect", "spec.toml"]);
     assert!(out.contains("collected 4 runs"), "{out}");
+    // --json: one JSON document on stdout; a second collect finds them here already.
+    let j: serde_json::Value =
+        serde_json::from_str(&c.ok(&["--json", "collect", "spec.toml"])).unwrap();
+    assert_eq!(
+        (j["collected"].as_u64(), j["already_here"].as_u64()),
+        (Some(0), Some(4)),
+        "{j}"
+    );
     let runs = c.results.join("hostile/runs");
     assert_eq!(std::fs::read_dir(&runs).unwrap().count(), 4);
     for e in std::fs::read_dir(&runs).unwrap() {

@@ -397,7 +397,7 @@ pub fn cancel(g: &GlobalArgs, args: &CancelArgs) -> anyhow::Result<()> {
             dir.display()
         ))
     })?;
-    let mut n = 0;
+    let mut cancelled = Vec::new();
     for (id, rec) in &state.runs {
         if rec.state != JobState::Running || !(only.is_empty() || only.contains(id)) {
             continue;
@@ -410,15 +410,23 @@ pub fn cancel(g: &GlobalArgs, args: &CancelArgs) -> anyhow::Result<()> {
         {
             // SAFETY: kill(2) on the run's process group; no memory effects.
             if unsafe { libc::kill(-pid, libc::SIGTERM) } == 0 {
-                n += 1;
-                if !g.quiet {
+                if !g.quiet && !g.json {
                     println!("cancelled {id}");
                 }
+                cancelled.push(id.clone());
             }
         }
     }
-    if !g.quiet {
-        println!("{n} running runs cancelled; they stay resumable");
+    if g.json {
+        println!(
+            "{}",
+            serde_json::json!({"sweep": plan.name, "cluster": null, "cancelled": cancelled})
+        );
+    } else if !g.quiet {
+        println!(
+            "{} running runs cancelled; they stay resumable",
+            cancelled.len()
+        );
     }
     Ok(())
 }

@@ -139,7 +139,9 @@ pub fn run(g: &GlobalArgs, args: &PretrainArgs) -> anyhow::Result<()> {
                     );
                 }
                 if rec.key == key && whole.is_ok() {
-                    if !g.quiet {
+                    if g.json {
+                        println!("{}", pretrained_json(&rec, &weights, true));
+                    } else if !g.quiet {
                         println!(
                             "pretrained {} is cached ({}, held-out loss {:.3}): {}",
                             args.shape,
@@ -162,7 +164,7 @@ pub fn run(g: &GlobalArgs, args: &PretrainArgs) -> anyhow::Result<()> {
     let json = serde_json::to_vec_pretty(&run)?;
     write_atomic(&run_json, |w| w.write_all(&json))
         .with_context(|| format!("writing {}", run_json.display()))?;
-    if !g.quiet {
+    if !g.quiet && !g.json {
         eprintln!(
             "pretraining {} on Shakespeare for {} tokens (resumable; log in {})",
             args.shape,
@@ -214,7 +216,9 @@ pub fn run(g: &GlobalArgs, args: &PretrainArgs) -> anyhow::Result<()> {
     };
     let rj = serde_json::to_vec_pretty(&rec)?;
     write_atomic(&record_path, |w| w.write_all(&rj))?;
-    if !g.quiet {
+    if g.json {
+        println!("{}", pretrained_json(&rec, &weights, false));
+    } else if !g.quiet {
         println!(
             "pretrained {}: held-out loss {:.3} (random init {:.3}) after {} tokens in {:.0}s: {}",
             args.shape,
@@ -226,4 +230,17 @@ pub fn run(g: &GlobalArgs, args: &PretrainArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--json` of `sweep pretrain`: the model it made or found cached.
+fn pretrained_json(rec: &PretrainRecord, weights: &Path, cached: bool) -> serde_json::Value {
+    serde_json::json!({
+        "shape": rec.shape,
+        "weights": weights.display().to_string(),
+        "cached": cached,
+        "tokens": rec.tokens,
+        "heldout_loss": rec.heldout_loss,
+        "initial_loss": rec.initial_loss,
+        "wall_s": rec.wall_s,
+    })
 }

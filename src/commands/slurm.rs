@@ -549,7 +549,17 @@ pub fn cancel(g: &GlobalArgs, plan: &Plan, only: &[String]) -> anyhow::Result<bo
     let state = SweepState::load(&dir, &plan.name)?.unwrap_or_else(|| SweepState::new(&plan.name));
     let mut t = connect(&j.config).map_err(SlurmError::from)?;
     let n = ex::cancel(t.as_mut(), &j, &state, only)?;
-    if !g.quiet {
+    if g.json {
+        let what = if only.is_empty() {
+            "job_arrays"
+        } else {
+            "jobs"
+        };
+        println!(
+            "{}",
+            serde_json::json!({"sweep": plan.name, "cluster": j.cluster, what: n, "runs": only})
+        );
+    } else if !g.quiet {
         println!(
             "cancelled {n} {} on {}; `sweep submit` resubmits them, resuming from checkpoints",
             if only.is_empty() {
@@ -643,7 +653,19 @@ pub fn collect(g: &GlobalArgs, args: &CollectArgs) -> anyhow::Result<()> {
     state.save(&dir)?;
     let tracker_warning = super::sync_trackers(&dir, &plan);
     let waiting = plan.runs.len() - collected - have;
-    if !g.quiet {
+    if g.json {
+        let j = serde_json::json!({
+            "sweep": plan.name,
+            "collected": collected,
+            "already_here": have,
+            "not_finished": waiting,
+            "adapters": adapters,
+            "incomplete": bad,
+            "tracker_warning": tracker_warning,
+            "ssh_round_trips": t.round_trips(),
+        });
+        println!("{j}");
+    } else if !g.quiet {
         println!(
             "sweep {}: collected {collected} runs into {}/runs ({have} were here already, {waiting} not finished or failed){}; {} SSH round trips",
             plan.name,
