@@ -571,7 +571,7 @@ fn cancel_one_run_then_submit_resumes_it() {
     c.ok(&["submit", "spec.toml", "--cluster", "dev", "--install"]);
     wait_for(&c, "all running", |s| s.values().all(|v| v.0 == "running"));
     let victim = states(&c).keys().next().unwrap().clone();
-    let out = c.ok(&["cancel", "spec.toml", "--run", &victim]);
+    let out = c.ok(&["cancel", "spec.toml", &victim]);
     assert!(out.contains("cancelled 1 jobs"), "{out}");
     remote(&format!(
         "touch {}",
