@@ -139,7 +139,7 @@ fn resolve_sweep_folder(cli: &mut Cli) -> anyhow::Result<()> {
         return Ok(());
     };
     let (_, plan) = load_plan(&spec, true)?;
-    let dir = std::path::absolute(&*arg).unwrap_or_else(|_| arg.clone());
+    let dir = std::fs::canonicalize(&*arg).unwrap_or_else(|_| arg.clone());
     target::check_folder_plan(&dir, &plan, &spec)?;
     *arg = spec;
     cli.global.results = root;

@@ -694,8 +694,13 @@ pub fn collect(g: &GlobalArgs, args: &CollectArgs) -> anyhow::Result<()> {
     }
     if !bad.is_empty() {
         anyhow::bail!(
-            "{} runs on the cluster are incomplete (listed above)",
-            bad.len()
+            "{} runs on the cluster are incomplete ({})",
+            bad.len(),
+            if g.json {
+                "the JSON's `incomplete`"
+            } else {
+                "listed above"
+            }
         );
     }
     Ok(())

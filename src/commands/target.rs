@@ -60,7 +60,8 @@ pub fn sweep_folder(arg: &Path) -> anyhow::Result<Option<(PathBuf, PathBuf)>> {
         .map(|l| PathBuf::from(l.trim_end_matches('\n')))
         .filter(|p| std::fs::read_to_string(p).is_ok_and(|t| t == text));
     let spec = origin.unwrap_or(copy);
-    let dir = std::path::absolute(arg).with_context(|| format!("locating {}", arg.display()))?;
+    // The folder itself, through any symlink or `..`: its name is the sweep's.
+    let dir = std::fs::canonicalize(arg).with_context(|| format!("locating {}", arg.display()))?;
     let root = dir.parent().map(Path::to_path_buf).unwrap_or(dir.clone());
     Ok(Some((spec, root)))
 }

@@ -102,9 +102,10 @@ struct State {
     /// Training tokens of the last line sent.
     sent_tokens: Option<u64>,
     /// How many lines at `sent_tokens` were sent (a trainer may log two lines at one count of
-    /// tokens, a sync between them: the second is sent later, not lost).
+    /// tokens, a sync between them: the second is sent later, not lost). None (a state file of
+    /// an earlier version): every line at `sent_tokens` was sent.
     #[serde(default)]
-    sent_at_tokens: usize,
+    sent_at_tokens: Option<usize>,
     /// The status last set on the server.
     status: Option<RunEnd>,
     /// MLflow runs of earlier starts of this run (trained again from scratch): never
@@ -116,7 +117,11 @@ struct State {
 impl State {
     /// What this state says was sent, as the tag each metrics request sets with it.
     fn sent_tag(&self) -> String {
-        format!("{}:{}", self.sent_tokens.unwrap_or(0), self.sent_at_tokens)
+        format!(
+            "{}:{}",
+            self.sent_tokens.unwrap_or(0),
+            self.sent_at_tokens.unwrap_or(0)
+        )
     }
 }
 
@@ -138,7 +143,7 @@ pub fn retire(dir: &Path) -> Result<(), MlflowError> {
     }
     s.origin = String::new();
     s.sent_tokens = None;
-    s.sent_at_tokens = 0;
+    s.sent_at_tokens = None;
     s.status = None;
     save_state(&path, &s)
 }
@@ -222,11 +227,10 @@ pub fn sync(
         let metrics: Vec<Value> = batch.iter().flat_map(|l| metric_values(l)).collect();
         let mut next = st.clone();
         for l in &batch {
-            next.sent_at_tokens = if next.sent_tokens == Some(l.tokens) {
-                next.sent_at_tokens + 1
-            } else {
-                1
-            };
+            next.sent_at_tokens = Some(match next.sent_at_tokens {
+                Some(n) if next.sent_tokens == Some(l.tokens) => n + 1,
+                _ => 1,
+            });
             next.sent_tokens = Some(l.tokens);
         }
         let tags = [json!({"key": SENT_TAG, "value": next.sent_tag()})];
@@ -425,7 +429,7 @@ fn unsent<'a>(lines: &[&'a MetricsLine], st: &State) -> Vec<&'a MetricsLine> {
             None => true,
             Some(s) if l.tokens == s => {
                 at += 1;
-                at > st.sent_at_tokens
+                st.sent_at_tokens.is_some_and(|n| at > n)
             }
             Some(s) => l.tokens > s,
         })
@@ -714,7 +718,7 @@ impl Api {
                 run_id,
                 origin: origin.to_string(),
                 sent_tokens: sent.map(|(t, _)| t),
-                sent_at_tokens: sent.map_or(0, |(_, n)| n),
+                sent_at_tokens: sent.map(|(_, n)| n),
                 status,
                 retired,
             });
@@ -754,7 +758,7 @@ impl Api {
             run_id,
             origin: origin.to_string(),
             sent_tokens: None,
-            sent_at_tokens: 0,
+            sent_at_tokens: None,
             status: None,
             retired,
         })
@@ -814,16 +818,22 @@ mod tests {
             run_id: "r".into(),
             origin: "o".into(),
             sent_tokens: None,
-            sent_at_tokens: 0,
+            sent_at_tokens: None,
             status: None,
             retired: vec![],
         };
         assert_eq!(unsent(&all, &st).len(), 4);
-        (st.sent_tokens, st.sent_at_tokens) = (Some(128), 1);
+        st.sent_tokens = Some(128);
+        assert_eq!(
+            unsent(&all, &st).len(),
+            1,
+            "an earlier version's state: all at 128 sent"
+        );
+        st.sent_at_tokens = Some(1);
         let left = unsent(&all, &st);
         assert_eq!(left.len(), 2, "the second line at 128 is still to send");
         assert!(std::ptr::eq(left[0], &lines[2]) && std::ptr::eq(left[1], &lines[3]));
-        st.sent_at_tokens = 2;
+        st.sent_at_tokens = Some(2);
         assert_eq!(unsent(&all, &st).len(), 1);
         assert_eq!(st.sent_tag(), "128:2");
     }
@@ -840,7 +850,7 @@ mod tests {
             run_id: "r1".into(),
             origin: "o".into(),
             sent_tokens: Some(128),
-            sent_at_tokens: 1,
+            sent_at_tokens: Some(1),
             status: Some(RunEnd::Finished),
             retired: vec!["r0".into()],
         };
