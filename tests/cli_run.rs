@@ -417,22 +417,10 @@ with open(os.path.join(out, "metrics.jsonl"), "w") as f:
 "#,
     )
     .unwrap();
-    std::fs::write(dir.path().join("code.txt"), "x = 1\n").unwrap();
-    std::fs::write(dir.path().join("english.txt"), "to be\n").unwrap();
-    let spec = r#"name = "own"
-[model]
-builtin = "tiny"
-init = "random"
-[data]
-regime = "cpt"
-domain = "code"
-target = "code.txt"
-source = "english.txt"
-[training]
-batch_size = 2
-seq_len = 32
-[trainer]
-command = ["python3", "trainer.py", "--lr", "{learning_rate}", "--out", "{run_dir}", "--eval-at", "{eval_at}", "--id", "{id}"]
+    let spec = trainer_sweep(
+        dir.path(),
+        "own",
+        r#"command = ["python3", "trainer.py", "--lr", "{learning_rate}", "--out", "{run_dir}", "--eval-at", "{eval_at}", "--id", "{id}"]
 [grid]
 method = ["full", "lora"]
 token_budget = [128, 256]
@@ -441,8 +429,9 @@ rank = 4
 learning_rate = [1e-3]
 [grid.lora]
 learning_rate = [2e-3, 0.1]
-"#;
-    std::fs::write(dir.path().join("spec.toml"), spec).unwrap();
+"#,
+    );
+    std::fs::write(dir.path().join("spec.toml"), &spec).unwrap();
     let o = sweep(dir.path(), &["run", "spec.toml"]);
     let log = err(&o);
     assert!(!o.status.success(), "the lr 0.1 runs fail: {log}");
@@ -798,24 +787,9 @@ line({"tokens": 128, "target_loss": 2.0})
 "#,
     )
     .unwrap();
-    std::fs::write(dir.path().join("code.txt"), "x = 1\n").unwrap();
-    std::fs::write(dir.path().join("english.txt"), "to be\n").unwrap();
     let spec = |name: &str, wait: &str| {
-        format!(
-            r#"name = "{name}"
-[model]
-builtin = "tiny"
-init = "random"
-[data]
-regime = "cpt"
-domain = "code"
-target = "code.txt"
-source = "english.txt"
-[training]
-batch_size = 2
-seq_len = 32
-[trainer]
-command = ["{python}", "trainer.py", "{{run_dir}}", "{wait}"]
+        let body = format!(
+            r#"command = ["{python}", "trainer.py", "{{run_dir}}", "{wait}"]
 [grid]
 method = ["full"]
 token_budget = 128
@@ -829,7 +803,8 @@ mlflow_experiment = "shared"
             python = python.replace('\\', "\\\\"),
             wait = wait,
             uri = server.uri
-        )
+        );
+        trainer_sweep(dir.path(), name, &body)
     };
     std::fs::write(dir.path().join("spec.toml"), spec("own", "wait")).unwrap();
     let o = sweep(dir.path(), &["run", "spec.toml"]);
@@ -905,4 +880,27 @@ print(json.dumps(True))
         "{}",
         err(&o)
     );
+}
+
+/// The spec of a sweep `name` trained by a user's program (`tail`: its `command = ...` line and
+/// the rest of the spec), with the two small data files it names written into `dir`.
+fn trainer_sweep(dir: &Path, name: &str, tail: &str) -> String {
+    std::fs::write(dir.join("code.txt"), "x = 1\n").unwrap();
+    std::fs::write(dir.join("english.txt"), "to be\n").unwrap();
+    format!(
+        r#"name = "{name}"
+[model]
+builtin = "tiny"
+init = "random"
+[data]
+regime = "cpt"
+domain = "code"
+target = "code.txt"
+source = "english.txt"
+[training]
+batch_size = 2
+seq_len = 32
+[trainer]
+{tail}"#
+    )
 }
