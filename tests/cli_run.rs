@@ -14,6 +14,30 @@ fn sweep(dir: &Path, args: &[&str]) -> Output {
         .expect("the sweep binary runs")
 }
 
+/// `sweep ARGS` in `dir`, started with its output piped.
+fn spawn_piped(dir: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_sweep"))
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The output of `child` once it exits; fails the test when it runs past `limit_s`.
+fn wait_exit(mut child: std::process::Child, limit_s: u64, what: &str) -> Output {
+    let t0 = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > std::time::Duration::from_secs(limit_s) {
+            let _ = child.kill();
+            panic!("{what} did not end within {limit_s} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
+}
+
 fn err(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -52,14 +76,37 @@ fn run_status_report_end_to_end() {
     common::write_corpora(dir.path());
     std::fs::write(dir.path().join("spec.toml"), SPEC).unwrap();
 
-    let o = sweep(dir.path(), &["run", "spec.toml", "--jobs", "2"]);
+    // --json: the events, one per line (the schema the Slurm executor shares, README).
+    let o = sweep(dir.path(), &["--json", "run", "spec.toml", "--jobs", "2"]);
     assert!(o.status.success(), "{}", err(&o));
-    let log = err(&o);
-    assert!(
-        log.contains("sweep tinyrun: 8 runs, 0 already done, 2 at a time"),
-        "{log}"
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(
+        events[0],
+        serde_json::json!({"event": "start", "sweep": "tinyrun", "executor": "local",
+            "total": 8, "done": 0, "parallel": 2})
     );
-    assert!(log.contains("done: 8 completed"), "{log}");
+    let of = |kind: &str| -> Vec<&serde_json::Value> {
+        events.iter().filter(|e| e["event"] == kind).collect()
+    };
+    assert_eq!(of("run_started").len(), 8, "{events:?}");
+    let ended = of("run_ended");
+    assert_eq!(ended.len(), 8, "{events:?}");
+    assert!(ended
+        .iter()
+        .all(|e| e["state"] == "completed" && e["wall_s"].as_f64().unwrap() > 0.0));
+    let finish = of("finish");
+    assert_eq!(finish.len(), 1);
+    assert_eq!(finish[0]["counts"][2], serde_json::json!(["completed", 8]));
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "report", "{last}");
+    assert!(dir
+        .path()
+        .join(last["path"].as_str().unwrap())
+        .join("report.json")
+        .exists());
 
     let runs = dir.path().join("results/tinyrun/runs");
     let ids: Vec<String> = std::fs::read_dir(&runs)
@@ -84,7 +131,12 @@ fn run_status_report_end_to_end() {
     // A rerun never trains a finished run again.
     let o = sweep(dir.path(), &["run", "spec.toml"]);
     assert!(o.status.success(), "{}", err(&o));
-    assert!(err(&o).contains("8 already done"), "{}", err(&o));
+    let log = err(&o);
+    assert!(
+        log.contains("sweep tinyrun: 8 runs, 8 already done"),
+        "{log}"
+    );
+    assert!(log.contains("done: 8 completed"), "{log}");
 
     let o = sweep(dir.path(), &["--json", "status", "spec.toml"]);
     let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -179,6 +231,31 @@ fn follow_of_a_sweep_never_submitted_says_what_to_run() {
     assert!(e.contains("sweep run spec.toml"), "{e}");
 }
 
+/// `status --watch` of a sweep that is planned but that no sweep process runs ends at once,
+/// saying how it resumes, instead of watching pending runs forever.
+#[test]
+fn watch_of_a_sweep_nobody_runs_ends_and_says_how_to_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_corpora(dir.path());
+    std::fs::write(dir.path().join("spec.toml"), SPEC).unwrap();
+    let o = sweep(dir.path(), &["plan", "spec.toml"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let watch = spawn_piped(dir.path(), &["status", "results/tinyrun", "--watch", "0.2"]);
+    let o = wait_exit(watch, 30, "status --watch of a sweep nobody runs");
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("pending ┆ 8"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(
+        err(&o).contains("8 runs pending and no sweep process runs them: `sweep run ")
+            && err(&o).contains("results/tinyrun` resumes them"),
+        "{}",
+        err(&o)
+    );
+}
+
 #[test]
 fn report_without_results_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
@@ -258,15 +335,6 @@ fn status_and_the_log_say_how_far_a_running_run_has_got() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // `status --watch` beside it, not on a terminal: a status after another, until it settles
-    // (by the spec: the results folder may not be there yet).
-    let mut watch = Command::new(env!("CARGO_BIN_EXE_sweep"))
-        .args(["status", "spec.toml", "--watch", "0.3"])
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     let mut seen = None;
     let started = std::time::Instant::now();
     while seen.is_none() && started.elapsed() < std::time::Duration::from_secs(120) {
@@ -280,17 +348,12 @@ fn status_and_the_log_say_how_far_a_running_run_has_got() {
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    // `status --watch` beside it once it runs, not on a terminal: a status after another,
+    // until it settles (by the spec).
+    let watch = spawn_piped(dir.path(), &["status", "spec.toml", "--watch", "0.3"]);
     let status = child.wait().unwrap();
     assert!(status.success());
-    let t0 = std::time::Instant::now();
-    while watch.try_wait().unwrap().is_none() {
-        if t0.elapsed() > std::time::Duration::from_secs(30) {
-            let _ = watch.kill();
-            panic!("status --watch did not end once the run completed");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let watched = watch.wait_with_output().unwrap();
+    let watched = wait_exit(watch, 30, "status --watch once the run completed");
     let out = String::from_utf8_lossy(&watched.stdout);
     assert!(watched.status.success(), "{}", err(&watched));
     assert!(out.matches("sweep tinyrun: 1 runs").count() >= 2, "{out}");

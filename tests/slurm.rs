@@ -473,6 +473,18 @@ fn a_failed_run_is_kept_until_retry_failed_reruns_it() {
     });
     let out = c.ok(&["status", "spec.toml"]);
     assert!(out.contains("FAILED exit 3:0"), "{out}");
+    // While another sweep process (a follow) holds the sweep, status shows the last state
+    // polled instead of failing on the lock.
+    {
+        let lock = std::fs::File::open(c.results.join("failonce/.lock")).unwrap();
+        lock.lock().unwrap();
+        let out = c.ok(&["status", "spec.toml"]);
+        assert!(
+            out.contains("not polled now: another sweep process"),
+            "{out}"
+        );
+        assert!(out.contains("FAILED exit 3:0"), "{out}");
+    }
     // Failed runs are not retried by default...
     let out = c.ok(&["submit", "spec.toml", "--cluster", "dev"]);
     assert!(out.contains("submitted 0 of 4"), "{out}");
@@ -533,15 +545,60 @@ fn follow_runs_the_sweep_to_its_end_and_names_what_failed() {
         "{err}"
     );
     assert!(err.contains("--retry-failed --follow"), "{err}");
-    // Attached later by `sweep follow`, which finds the cluster in the sweep's slurm.json.
-    let o = follow(&["follow", "spec.toml", "--retry-failed"]);
+    // It told each run's way as the polls saw it, as `sweep run` does.
+    assert!(
+        err.contains("sweep follow on dev: 4 runs, 0 already done"),
+        "{err}"
+    );
+    assert_eq!(err.matches(" queued as job ").count(), 4, "{err}");
+    assert!(err.contains(" failed"), "{err}");
+    assert!(err.contains("done: 3 completed, 1 failed"), "{err}");
+    // Attached later by `sweep follow`, which finds the cluster in the sweep's slurm.json; with
+    // --json, the events are those of the local executor (one schema, README).
+    let o = follow(&["--json", "follow", "spec.toml", "--retry-failed"]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(
         o.status.success(),
         "{out}\n{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    assert!(out.contains("every run is final"), "{out}");
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(events[0]["event"], "start", "{out}");
+    assert_eq!(events[0]["executor"], "slurm:dev", "{out}");
+    assert_eq!(events[0]["done"], 3, "{out}");
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    let queued: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["event"] == "run_queued")
+        .collect();
+    assert_eq!(queued.len(), 1, "only the failed run is sent again: {out}");
+    assert_eq!(queued[0]["attempt"], 2, "{out}");
+    assert!(
+        queued[0]["job_id"]
+            .as_str()
+            .is_some_and(|j| j.contains('_')),
+        "{out}"
+    );
+    let id = queued[0]["id"].clone();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "run_ended" && e["id"] == id && e["state"] == "completed"),
+        "{out}"
+    );
+    assert!(kinds.contains(&"report"), "{out}");
+    assert_eq!(kinds.last(), Some(&"finish"), "{out}");
+    assert_eq!(
+        events.last().unwrap()["counts"][2],
+        serde_json::json!(["completed", 4]),
+        "{out}"
+    );
     let runs = c.results.join("follow/runs");
     let collected = std::fs::read_dir(&runs)
         .unwrap()

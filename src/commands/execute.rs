@@ -15,7 +15,7 @@ use crate::cli::{CancelArgs, GlobalArgs, RunArgs, StatusArgs, SubmitArgs, SweepA
 use crate::executor::local::{default_parallel, parse_gpus, LocalExecutor, LocalRun, Outcome};
 use crate::executor::render::{JsonLinesRenderer, TextRenderer};
 use crate::executor::state::{local_result_state, reconcile, SweepLock, SweepState};
-use crate::executor::{EventSink, JobState};
+use crate::executor::{Event, EventSink, JobState};
 use crate::plan::run::run_hash;
 use crate::plan::Plan;
 use crate::results::RunIdentity;
@@ -185,13 +185,20 @@ pub fn run(g: &GlobalArgs, args: &RunArgs) -> anyhow::Result<()> {
         args.gpus.as_deref(),
     )?;
     if !outcome.interrupted {
-        // Report what there is, failed runs included (the report lists them).
-        super::report::run(
-            g,
-            &SweepArg {
-                spec: args.spec.clone(),
-            },
-        )?;
+        // Report what there is, failed runs included (the report lists them); with --json,
+        // the last event line says where (`sweep --json report` prints the report itself).
+        if g.json {
+            let (_, html) = super::report::build_and_write(g, &args.spec)?;
+            let path = html.parent().unwrap_or(&html).display().to_string();
+            JsonLinesRenderer::new(std::io::stdout()).emit(&Event::Report { path });
+        } else {
+            super::report::run(
+                g,
+                &SweepArg {
+                    spec: args.spec.clone(),
+                },
+            )?;
+        }
     }
     outcome_error(&plan, g, &outcome)
 }
@@ -242,7 +249,7 @@ pub fn status(g: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<()> {
     let tty = std::io::stdout().is_terminal();
     loop {
         let mut out = String::new();
-        let settled = status_once(g, args, true, &mut out)?;
+        let seen = status_once(g, args, true, &mut out)?;
         if tty && !g.json {
             print!("\x1b[2J\x1b[H");
         }
@@ -251,21 +258,40 @@ pub fn status(g: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<()> {
             println!();
         }
         std::io::stdout().flush()?;
-        if settled {
+        if seen.pending + seen.running == 0 {
+            return Ok(());
+        }
+        // Pending runs of a local sweep that no sweep process works on stay pending: say how
+        // they resume rather than watch them forever. (On a cluster, pending runs are queued.)
+        if seen.running == 0 && !seen.on_cluster && !SweepLock::is_held(&seen.dir) {
+            eprintln!(
+                "sweep: {} runs pending and no sweep process runs them: `sweep run {}` resumes them",
+                seen.pending,
+                seen.dir.display()
+            );
             return Ok(());
         }
         std::thread::sleep(std::time::Duration::from_secs_f64(every));
     }
 }
 
-/// One status of the sweep into `out`; whether it is settled (no run pending or running).
-/// `lines`: JSON as one line (for --watch).
+/// What one status saw: runs pending and running, and where.
+struct Seen {
+    pending: usize,
+    running: usize,
+    /// The sweep was submitted to a cluster.
+    on_cluster: bool,
+    /// Its results folder.
+    dir: PathBuf,
+}
+
+/// One status of the sweep into `out`; what it saw. `lines`: JSON as one line (for --watch).
 fn status_once(
     g: &GlobalArgs,
     args: &StatusArgs,
     lines: bool,
     out: &mut String,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Seen> {
     use std::fmt::Write as _;
     let (_, plan) = load_plan(&args.spec, false)?;
     let dir = sweep_dir(g, &plan.name);
@@ -326,9 +352,12 @@ fn status_once(
             }
         })
         .collect();
-    let settled = rows
-        .iter()
-        .all(|r| !matches!(r.state, JobState::Pending | JobState::Running));
+    let seen = Seen {
+        pending: rows.iter().filter(|r| r.state == JobState::Pending).count(),
+        running: rows.iter().filter(|r| r.state == JobState::Running).count(),
+        on_cluster: note.is_some(),
+        dir: dir.clone(),
+    };
     if g.json {
         let json = if lines {
             serde_json::to_string(&rows)?
@@ -336,7 +365,7 @@ fn status_once(
             serde_json::to_string_pretty(&rows)?
         };
         writeln!(out, "{json}")?;
-        return Ok(settled);
+        return Ok(seen);
     }
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
@@ -368,7 +397,7 @@ fn status_once(
                 .unwrap_or_default()
         )?;
     }
-    Ok(settled)
+    Ok(seen)
 }
 
 /// `sweep cancel SPEC`: stop the sweep's running local runs (SIGTERM: they checkpoint first).

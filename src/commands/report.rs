@@ -41,19 +41,7 @@ pub fn write_report(report: &Report, dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// Run `sweep report`.
 pub fn run(g: &GlobalArgs, args: &SweepArg) -> anyhow::Result<()> {
-    let (dir, expected) = results_dir(g, &args.spec)?;
-    let input = load(&dir)?;
-    if let Some(name) = expected.filter(|n| !input.sweep.is_empty() && *n != input.sweep) {
-        return Err(super::UsageError(format!(
-            "{} holds the plan of sweep `{}`, not of `{name}` ({}): report that folder by its own spec, or use another --results folder",
-            dir.display(),
-            input.sweep,
-            args.spec.display()
-        ))
-        .into());
-    }
-    let report = build(&input);
-    let html = write_report(&report, &dir.join("report"))?;
+    let (report, html) = build_and_write(g, &args.spec)?;
     if g.json {
         serde_json::to_writer_pretty(std::io::stdout(), &report)?;
         println!();
@@ -65,4 +53,23 @@ pub fn run(g: &GlobalArgs, args: &SweepArg) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Build the report of the sweep named by `spec` (its spec or results folder) and write its
+/// files into the folder's report/; returns it and the HTML path.
+pub fn build_and_write(g: &GlobalArgs, spec: &Path) -> anyhow::Result<(Report, PathBuf)> {
+    let (dir, expected) = results_dir(g, spec)?;
+    let input = load(&dir)?;
+    if let Some(name) = expected.filter(|n| !input.sweep.is_empty() && *n != input.sweep) {
+        return Err(super::UsageError(format!(
+            "{} holds the plan of sweep `{}`, not of `{name}` ({}): report that folder by its own spec, or use another --results folder",
+            dir.display(),
+            input.sweep,
+            spec.display()
+        ))
+        .into());
+    }
+    let report = build(&input);
+    let html = write_report(&report, &dir.join("report"))?;
+    Ok((report, html))
 }

@@ -9,7 +9,9 @@ use anyhow::Context;
 
 use super::{load_plan, sweep_dir, UsageError};
 use crate::cli::{CollectArgs, GlobalArgs, SubmitArgs};
+use crate::executor::render::{JsonLinesRenderer, TextRenderer};
 use crate::executor::slurm::config::{default_path, ClustersFile, ConfigError};
+use crate::executor::slurm::events::Watcher;
 use crate::executor::slurm::executor::{self as ex, Probe};
 use crate::executor::slurm::install::{
     gpu_install_problem, install_files, is_cuda_binary, libtorch_files, InstallReport, LocalFile,
@@ -19,7 +21,7 @@ use crate::executor::slurm::quote::join;
 use crate::executor::slurm::transport::Transport;
 use crate::executor::slurm::{check_version, connect, SlurmError};
 use crate::executor::state::{result_state, SweepLock, SweepState};
-use crate::executor::JobState;
+use crate::executor::{Event, EventSink, JobState};
 use crate::plan::{MethodConfig, Plan};
 use crate::results::{RunIdentity, ADAPTER_DIR, ADAPTER_FILES, ADAPTER_WEIGHTS};
 use crate::util::write_atomic;
@@ -94,8 +96,74 @@ fn refresh(
     Ok(probe)
 }
 
-/// `sweep submit SPEC --cluster NAME [--install] [--retry-failed]`.
+/// The events of submit and follow: where they go (JSON lines on stdout with `--json`, text on
+/// stderr otherwise), and the [`Watcher`] that tells them from each poll's state.
+struct Events {
+    sink: Box<dyn EventSink>,
+    watcher: Option<Watcher>,
+}
+
+impl Events {
+    fn new(g: &GlobalArgs, quiet: bool) -> Events {
+        let sink: Box<dyn EventSink> = if g.json {
+            Box::new(JsonLinesRenderer::new(std::io::stdout()))
+        } else {
+            Box::new(TextRenderer::new(std::io::stderr(), quiet))
+        };
+        Events {
+            sink,
+            watcher: None,
+        }
+    }
+
+    /// Tell what changed in `state` since the last look; the first look starts the sweep.
+    fn look(&mut self, state: &SweepState, plan: &Plan, executor: &str, parallel: usize) {
+        let ids: Vec<String> = plan.runs.iter().map(|r| r.id.clone()).collect();
+        match &mut self.watcher {
+            Some(w) => {
+                for e in w.update(state, &ids) {
+                    self.sink.emit(&e);
+                }
+            }
+            None => {
+                let done = ids
+                    .iter()
+                    .filter(|id| state.runs.get(*id).is_some_and(|r| r.state.is_final()))
+                    .count();
+                self.sink.emit(&Event::Start {
+                    sweep: plan.name.clone(),
+                    executor: executor.to_string(),
+                    total: ids.len(),
+                    done,
+                    parallel,
+                });
+                self.watcher = Some(Watcher::new(state));
+            }
+        }
+    }
+}
+
+/// `sweep submit SPEC --cluster NAME [--install] [--retry-failed]`: one summary line on stdout
+/// (with `--json`, the events as JSON lines, the last `submitted`).
 pub fn submit(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Result<()> {
+    let mut events = Events::new(g, true);
+    let summary = submit_round(g, args, cluster, &mut events)?;
+    if g.json {
+        events.sink.emit(&summary);
+    } else {
+        TextRenderer::new(std::io::stdout(), g.quiet).emit(&summary);
+    }
+    Ok(())
+}
+
+/// Submit what the retry policy allows, telling `events` what changed; returns the `submitted`
+/// event.
+fn submit_round(
+    g: &GlobalArgs,
+    args: &SubmitArgs,
+    cluster: &str,
+    events: &mut Events,
+) -> anyhow::Result<Event> {
     let t0 = std::time::Instant::now();
     let clusters_path = args.clusters.clone().unwrap_or_else(default_path);
     let file = ClustersFile::load(&clusters_path).map_err(SlurmError::from)?;
@@ -159,6 +227,11 @@ pub fn submit(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
     } else {
         Vec::new()
     };
+    let executor = backend(&j);
+    let parallel = c
+        .max_concurrent
+        .map_or(plan.runs.len(), |m| (m as usize).min(plan.runs.len()));
+    events.look(&state, &plan, &executor, parallel);
     let probe = refresh(t.as_mut(), &mut j, &mut state, &dir, &plan)?;
     check_version(&probe.version, &binary, cluster)?;
     for id in probe.results.keys() {
@@ -169,6 +242,7 @@ pub fn submit(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
             }
         }
     }
+    events.look(&state, &plan, &executor, parallel);
     let ids: Vec<String> = plan.runs.iter().map(|r| r.id.clone()).collect();
     let mut chosen = ex::to_submit(&ids, &state, &c, args.retry_failed);
     if args.leave_cancelled {
@@ -224,27 +298,21 @@ pub fn submit(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
             now().1,
         )?
     };
+    events.look(&state, &plan, &executor, parallel);
     let done = ids
         .iter()
         .filter(|id| state.runs.get(*id).is_some_and(|r| r.state.is_final()))
         .count();
-    let trips = t.round_trips();
-    if g.json {
-        println!(
-            "{}",
-            serde_json::json!({"sweep": plan.name, "cluster": cluster, "runs": ids.len(),
-                "submitted": submitted, "done": done, "round_trips": trips, "installed": installed,
-                "wall_s": t0.elapsed().as_secs_f64()})
-        );
-    } else if !g.quiet {
-        println!(
-            "sweep {}: submitted {submitted} of {} runs to {cluster} ({done} already done, the rest queued or waiting for a retry); {trips} SSH round trips in {:.1}s",
-            plan.name,
-            ids.len(),
-            t0.elapsed().as_secs_f64()
-        );
-    }
-    Ok(())
+    Ok(Event::Submitted {
+        sweep: plan.name.clone(),
+        cluster: cluster.to_string(),
+        runs: ids.len(),
+        submitted,
+        done,
+        round_trips: t.round_trips(),
+        installed,
+        wall_s: t0.elapsed().as_secs_f64(),
+    })
 }
 
 /// `sweep submit --cluster NAME --follow`: submit, then until every run is final (completed,
@@ -254,11 +322,13 @@ pub fn submit(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
 /// lock make safe to kill and start again: nothing is lost and nothing sent twice. Ends with a
 /// summary; fails when a run ended without completing.
 pub fn follow(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Result<()> {
+    let t0 = std::time::Instant::now();
     let quiet = GlobalArgs {
         quiet: true,
         json: false,
         ..g.clone()
     };
+    let mut events = Events::new(g, g.quiet);
     let mut round = 0u64;
     let mut failures = 0u64;
     let mut last: Option<(usize, usize)> = None;
@@ -273,8 +343,8 @@ pub fn follow(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
             ..args.clone()
         };
         if round == 0 {
-            submit(g, &submit_args, cluster)?;
-        } else if let Err(e) = submit(&quiet, &submit_args, cluster) {
+            submit_round(g, &submit_args, cluster, &mut events)?;
+        } else if let Err(e) = submit_round(&quiet, &submit_args, cluster, &mut events) {
             // A later round's failure (an SSH hiccup, a held lock) is said and tried again,
             // up to a limit.
             failures += 1;
@@ -309,6 +379,7 @@ pub fn follow(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
                 dir.display()
             );
         };
+        events.look(&state, &plan, &format!("slurm:{cluster}"), plan.runs.len());
         // Settled: no longer queued or running, not something the next submit resends (a run
         // cancelled meanwhile stays cancelled), and, when it completed, its result collected.
         let collected = |r: &crate::plan::PlannedRun| {
@@ -336,17 +407,28 @@ pub fn follow(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
         if last != Some((done, completed)) {
             last = Some((done, completed));
             let input = crate::report::load::load(&dir)?;
-            super::report::write_report(&crate::report::build(&input), &dir.join("report"))?;
-            if !g.quiet {
-                println!(
-                    "sweep {}: {done} of {} runs ended ({completed} completed or diverged); report in {}",
-                    plan.name,
-                    ids.len(),
-                    dir.join("report").display()
-                );
-            }
+            let report = dir.join("report");
+            super::report::write_report(&crate::report::build(&input), &report)?;
+            events.sink.emit(&Event::Report {
+                path: report.display().to_string(),
+            });
         }
         if done == ids.len() {
+            let counts: Vec<(JobState, usize)> = JobState::ALL
+                .iter()
+                .map(|s| {
+                    let n = ids
+                        .iter()
+                        .filter(|id| state.runs.get(**id).is_some_and(|r| r.state == *s))
+                        .count();
+                    (*s, n)
+                })
+                .collect();
+            events.sink.emit(&Event::Finish {
+                counts,
+                wall_s: t0.elapsed().as_secs_f64(),
+                interrupted: false,
+            });
             let failed: Vec<&str> = ids
                 .iter()
                 .copied()
@@ -357,7 +439,7 @@ pub fn follow(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
                 })
                 .collect();
             if failed.is_empty() {
-                if !g.quiet {
+                if !g.quiet && !g.json {
                     println!(
                         "sweep {}: every run is final; followed for {} rounds",
                         plan.name,
@@ -526,7 +608,18 @@ pub fn status_refresh(g: &GlobalArgs, plan: &Plan) -> anyhow::Result<Option<Stri
             )));
         }
     }
-    let _lock = SweepLock::acquire(&dir)?;
+    // A `submit --follow` or `follow` working on the sweep polls it: show its last state
+    // rather than wait for it.
+    let _lock = match SweepLock::acquire(&dir) {
+        Ok(l) => l,
+        Err(crate::executor::state::StateError::Locked { pid, .. }) => {
+            return Ok(Some(format!(
+                "cluster {}: not polled now: another sweep process{pid} is working on it (a follow polls it); its last state",
+                j.cluster
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut state =
         SweepState::load(&dir, &plan.name)?.unwrap_or_else(|| SweepState::new(&plan.name));
     let mut t = connect(&j.config).map_err(SlurmError::from)?;

@@ -224,6 +224,7 @@ impl LocalExecutor {
             .count();
         sink.emit(&Event::Start {
             sweep: state.sweep.clone(),
+            executor: "local".into(),
             total: runs.len(),
             done,
             parallel: self.parallel,
@@ -326,7 +327,7 @@ impl LocalExecutor {
                         sink.emit(&Event::RunEnded {
                             id: r.id.clone(),
                             state: JobState::Failed,
-                            wall_s: 0.0,
+                            wall_s: Some(0.0),
                             detail: Some(e),
                         });
                     }
@@ -361,7 +362,7 @@ impl LocalExecutor {
                 sink.emit(&Event::RunEnded {
                     id: a.id,
                     state: st,
-                    wall_s: a.started.elapsed().as_secs_f64(),
+                    wall_s: Some(a.started.elapsed().as_secs_f64()),
                     detail,
                 });
             }

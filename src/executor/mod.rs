@@ -77,7 +77,11 @@ impl JobState {
     }
 }
 
-/// Something that happened while executing a sweep.
+/// Something that happened while executing a sweep: the one schema of `--json` lines for both
+/// executors (`sweep run`, `sweep submit [--cluster NAME] [--follow]`, `sweep follow`), one JSON
+/// object per line tagged by `event`. The local executor and the Slurm executor emit the same
+/// events for the same happenings; `run_queued` and `submitted` only come from a queue
+/// (Slurm), and `finish` ends every command that waits for the runs to end.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
@@ -85,12 +89,23 @@ pub enum Event {
     Start {
         /// The sweep.
         sweep: String,
+        /// `local` or `slurm:CLUSTER`.
+        executor: String,
         /// Runs in the plan.
         total: usize,
         /// Runs with a final result already, skipped.
         done: usize,
-        /// Runs at a time.
+        /// Runs at a time (on Slurm, the array's concurrency limit, else every run).
         parallel: usize,
+    },
+    /// A run was sent to the scheduler's queue (Slurm): it starts when the scheduler starts it.
+    RunQueued {
+        /// Run id.
+        id: String,
+        /// Attempt number, from 1.
+        attempt: u32,
+        /// The scheduler's job id (`ARRAY_TASK`).
+        job_id: Option<String>,
     },
     /// A run started.
     RunStarted {
@@ -116,16 +131,40 @@ pub enum Event {
         /// Why it waits.
         detail: String,
     },
-    /// A run ended.
+    /// A run ended (for good, or to be sent again when the retry policy allows).
     RunEnded {
         /// Run id.
         id: String,
         /// How.
         state: JobState,
-        /// Seconds it ran.
-        wall_s: f64,
+        /// Seconds it ran, as this command saw it (null when it did not see the run start).
+        wall_s: Option<f64>,
         /// The error or divergence, when there is one.
         detail: Option<String>,
+    },
+    /// The report was written (again) from the results there are.
+    Report {
+        /// Its folder (report.md, report.html, report.json, ...).
+        path: String,
+    },
+    /// A `submit` that does not follow is done: what it sent.
+    Submitted {
+        /// The sweep.
+        sweep: String,
+        /// The cluster.
+        cluster: String,
+        /// Runs in the plan.
+        runs: usize,
+        /// Runs sent now.
+        submitted: usize,
+        /// Runs with a final result already.
+        done: usize,
+        /// SSH round trips this command made.
+        round_trips: u64,
+        /// What `--install` did in each folder on the cluster (empty without it).
+        installed: Vec<slurm::install::InstallReport>,
+        /// Seconds it took.
+        wall_s: f64,
     },
     /// Execution ended.
     Finish {

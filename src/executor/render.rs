@@ -4,11 +4,13 @@ use std::io::Write;
 
 use super::{Event, EventSink};
 
-/// Human progress lines: `[3/42] 2f6a023cf3-s0 completed in 12.3s`.
+/// Human progress lines: `[3/42] 2f6a023cf3-s0 completed in 12.3s`. `[ENDED/TOTAL]` counts
+/// the runs that have ended and not been sent again.
 pub struct TextRenderer<W: Write> {
     out: W,
     total: usize,
-    ended: usize,
+    ended: std::collections::HashSet<String>,
+    done: usize,
     quiet: bool,
 }
 
@@ -18,66 +20,98 @@ impl<W: Write> TextRenderer<W> {
         TextRenderer {
             out,
             total: 0,
-            ended: 0,
+            ended: Default::default(),
+            done: 0,
             quiet,
         }
     }
-}
 
-impl<W: Write> EventSink for TextRenderer<W> {
-    fn emit(&mut self, event: &Event) {
-        let line = match event {
+    /// `[ENDED/TOTAL]`.
+    fn count(&self) -> String {
+        format!("[{}/{}]", self.done + self.ended.len(), self.total)
+    }
+
+    /// The line of an event, if it has one (always for the summaries, which `quiet` keeps).
+    pub fn line(&mut self, event: &Event) -> Option<String> {
+        let loud = !self.quiet;
+        match event {
             Event::Start {
                 sweep,
+                executor,
                 total,
                 done,
                 parallel,
             } => {
                 self.total = *total;
-                self.ended = *done;
-                (!self.quiet).then(|| {
+                self.done = *done;
+                self.ended.clear();
+                let place = match executor.strip_prefix("slurm:") {
+                    Some(c) => format!(" on {c}"),
+                    None => String::new(),
+                };
+                loud.then(|| {
                     format!(
-                        "sweep {sweep}: {total} runs, {done} already done, {parallel} at a time"
+                        "sweep {sweep}{place}: {total} runs, {done} already done, {parallel} at a time"
                     )
                 })
             }
-            Event::RunStarted { id, attempt } => (!self.quiet).then(|| {
-                format!(
-                    "[{}/{}] {id} started{}",
-                    self.ended,
-                    self.total,
-                    if *attempt > 1 {
-                        format!(" (attempt {attempt})")
-                    } else {
-                        String::new()
-                    }
-                )
-            }),
+            Event::RunQueued {
+                id,
+                attempt,
+                job_id,
+            } => {
+                self.ended.remove(id);
+                loud.then(|| {
+                    format!(
+                        "{} {id} queued{}{}",
+                        self.count(),
+                        job_id
+                            .as_ref()
+                            .map(|j| format!(" as job {j}"))
+                            .unwrap_or_default(),
+                        attempt_note(*attempt)
+                    )
+                })
+            }
+            Event::RunStarted { id, attempt } => {
+                self.ended.remove(id);
+                loud.then(|| format!("{} {id} started{}", self.count(), attempt_note(*attempt)))
+            }
             Event::RunSkipped { id, state, detail } => {
                 Some(format!("{id} not trained ({}): {detail}", state.name()))
             }
-            Event::RunWaiting { id, detail } => (!self.quiet)
-                .then(|| format!("[{}/{}] {id} waits: {detail}", self.ended, self.total)),
+            Event::RunWaiting { id, detail } => {
+                loud.then(|| format!("{} {id} waits: {detail}", self.count()))
+            }
             Event::RunEnded {
                 id,
                 state,
                 wall_s,
                 detail,
             } => {
-                self.ended += 1;
+                self.ended.insert(id.clone());
                 let detail = detail
                     .as_ref()
                     .map(|d| format!(": {d}"))
                     .unwrap_or_default();
-                (!self.quiet).then(|| {
-                    format!(
-                        "[{}/{}] {id} {} in {wall_s:.1}s{detail}",
-                        self.ended,
-                        self.total,
-                        state.name()
-                    )
-                })
+                let took = wall_s.map(|w| format!(" in {w:.1}s")).unwrap_or_default();
+                loud.then(|| format!("{} {id} {}{took}{detail}", self.count(), state.name()))
             }
+            Event::Report { path } => loud.then(|| format!("{} report in {path}", self.count())),
+            Event::Submitted {
+                sweep,
+                cluster,
+                runs,
+                submitted,
+                done,
+                round_trips,
+                wall_s,
+                ..
+            } => loud.then(|| {
+                format!(
+                    "sweep {sweep}: submitted {submitted} of {runs} runs to {cluster} ({done} already done, the rest queued or waiting for a retry); {round_trips} SSH round trips in {wall_s:.1}s"
+                )
+            }),
             Event::Finish {
                 counts,
                 wall_s,
@@ -98,8 +132,22 @@ impl<W: Write> EventSink for TextRenderer<W> {
                     parts.join(", ")
                 ))
             }
-        };
-        if let Some(line) = line {
+        }
+    }
+}
+
+/// ` (attempt N)` past the first.
+fn attempt_note(attempt: u32) -> String {
+    if attempt > 1 {
+        format!(" (attempt {attempt})")
+    } else {
+        String::new()
+    }
+}
+
+impl<W: Write> EventSink for TextRenderer<W> {
+    fn emit(&mut self, event: &Event) {
+        if let Some(line) = self.line(event) {
             let _ = writeln!(self.out, "{line}");
             let _ = self.out.flush();
         }
@@ -136,6 +184,7 @@ mod tests {
         vec![
             Event::Start {
                 sweep: "s".into(),
+                executor: "local".into(),
                 total: 2,
                 done: 0,
                 parallel: 2,
@@ -147,13 +196,13 @@ mod tests {
             Event::RunEnded {
                 id: "a-s0".into(),
                 state: JobState::Completed,
-                wall_s: 1.25,
+                wall_s: Some(1.25),
                 detail: None,
             },
             Event::RunEnded {
                 id: "b-s0".into(),
                 state: JobState::Diverged,
-                wall_s: 0.5,
+                wall_s: Some(0.5),
                 detail: Some("loss is NaN at step 3".into()),
             },
             Event::Finish {

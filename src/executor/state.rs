@@ -153,6 +153,21 @@ impl SweepLock {
         let _ = write!(file, "{}", std::process::id());
         Ok(SweepLock { _file: file })
     }
+
+    /// Whether a sweep process holds the lock of `dir` now (a `sweep run`, `submit` or
+    /// `follow` working on it), without taking it: a shared lock is tried and let go at once.
+    pub fn is_held(dir: &Path) -> bool {
+        let Ok(file) = std::fs::File::open(dir.join(".lock")) else {
+            return false;
+        };
+        match file.try_lock_shared() {
+            Ok(()) => {
+                let _ = file.unlock();
+                false
+            }
+            Err(_) => true,
+        }
+    }
 }
 
 impl SweepState {
@@ -308,7 +323,9 @@ mod tests {
     #[test]
     fn a_second_lock_is_refused_and_released_on_drop() {
         let dir = tempfile::tempdir().unwrap();
+        assert!(!SweepLock::is_held(dir.path()), "no lock file yet");
         let lock = SweepLock::acquire(dir.path()).unwrap();
+        assert!(SweepLock::is_held(dir.path()));
         let err = SweepLock::acquire(dir.path()).unwrap_err();
         assert!(
             err.to_string()
@@ -316,6 +333,8 @@ mod tests {
             "{err}"
         );
         drop(lock);
+        assert!(!SweepLock::is_held(dir.path()));
+        // Looking did not take it.
         SweepLock::acquire(dir.path()).unwrap();
     }
 

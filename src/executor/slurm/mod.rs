@@ -6,6 +6,7 @@
 //! an ssh2 and an openssh implementation, and a fake in tests.
 
 pub mod config;
+pub mod events;
 pub mod executor;
 pub mod install;
 pub mod journal;

@@ -1,0 +1,189 @@
+//! The events of a sweep on a cluster. The local executor sees its runs start and end; the Slurm
+//! executor only sees each poll's state, so [`Watcher`] tells the same [`Event`]s from how the
+//! sweep state changed since it last looked: a run sent again is `run_queued`, a run the
+//! scheduler started is `run_started`, a run that left the queue is `run_ended`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use crate::executor::state::{RunRecord, SweepState};
+use crate::executor::{Event, JobState};
+
+/// What the sweep state was when last looked at, and when each run was seen to start.
+#[derive(Debug)]
+pub struct Watcher {
+    last: BTreeMap<String, RunRecord>,
+    running_since: HashMap<String, Instant>,
+}
+
+impl Watcher {
+    /// A watcher that takes `state` as what was already known: it tells nothing of it.
+    pub fn new(state: &SweepState) -> Watcher {
+        Watcher {
+            last: state.runs.clone(),
+            running_since: HashMap::new(),
+        }
+    }
+
+    /// The events that take the runs `ids` (in this order) from what was last seen to `state`.
+    pub fn update(&mut self, state: &SweepState, ids: &[String]) -> Vec<Event> {
+        self.update_at(state, ids, Instant::now())
+    }
+
+    fn update_at(&mut self, state: &SweepState, ids: &[String], now: Instant) -> Vec<Event> {
+        let mut events = Vec::new();
+        for id in ids {
+            let Some(cur) = state.runs.get(id) else {
+                continue;
+            };
+            let prev = self.last.get(id);
+            // Sent (again): every submission counts an attempt.
+            let queued = cur.attempts > prev.map_or(0, |p| p.attempts);
+            let before = match prev {
+                Some(p) if !queued => p.state,
+                _ => JobState::Pending,
+            };
+            if queued {
+                self.running_since.remove(id);
+                events.push(Event::RunQueued {
+                    id: id.clone(),
+                    attempt: cur.attempts,
+                    job_id: cur.job_id.clone(),
+                });
+            }
+            if cur.state == JobState::Running && before != JobState::Running {
+                self.running_since.insert(id.clone(), now);
+                events.push(Event::RunStarted {
+                    id: id.clone(),
+                    attempt: cur.attempts.max(1),
+                });
+            }
+            let ended = !matches!(cur.state, JobState::Pending | JobState::Running);
+            if ended && cur.state != before {
+                events.push(Event::RunEnded {
+                    id: id.clone(),
+                    state: cur.state,
+                    wall_s: self
+                        .running_since
+                        .remove(id)
+                        .map(|t| now.saturating_duration_since(t).as_secs_f64()),
+                    detail: cur.detail.clone(),
+                });
+            }
+            self.last.insert(id.clone(), cur.clone());
+        }
+        events
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn rec(state: JobState, attempts: u32, job: &str) -> RunRecord {
+        RunRecord {
+            state,
+            attempts,
+            backend: "slurm:dev".into(),
+            job_id: Some(job.into()),
+            detail: (state == JobState::Failed).then(|| "exit 3".to_string()),
+            progress: Default::default(),
+        }
+    }
+
+    fn state(runs: &[(&str, RunRecord)]) -> SweepState {
+        let mut s = SweepState::new("s");
+        for (id, r) in runs {
+            s.runs.insert(id.to_string(), r.clone());
+        }
+        s
+    }
+
+    fn names(events: &[Event]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| {
+                let v = serde_json::to_value(e).unwrap();
+                format!(
+                    "{} {}",
+                    v["event"].as_str().unwrap(),
+                    v["id"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_change_of_a_poll_is_one_event_in_order() {
+        let ids = vec!["a".to_string(), "b".to_string()];
+        let t0 = Instant::now();
+        // Known already: a completed run tells nothing; b was never sent.
+        let mut w = Watcher::new(&state(&[("a", rec(JobState::Completed, 1, "1_0"))]));
+        let s1 = state(&[
+            ("a", rec(JobState::Completed, 1, "1_0")),
+            ("b", rec(JobState::Pending, 1, "2_0")),
+        ]);
+        let e = w.update_at(&s1, &ids, t0);
+        assert_eq!(names(&e), ["run_queued b"]);
+        assert_eq!(
+            e[0],
+            Event::RunQueued {
+                id: "b".into(),
+                attempt: 1,
+                job_id: Some("2_0".into())
+            }
+        );
+        // Nothing changed: nothing told.
+        assert!(w.update_at(&s1, &ids, t0).is_empty());
+        let s2 = state(&[
+            ("a", rec(JobState::Completed, 1, "1_0")),
+            ("b", rec(JobState::Running, 1, "2_0")),
+        ]);
+        assert_eq!(names(&w.update_at(&s2, &ids, t0)), ["run_started b"]);
+        let s3 = state(&[
+            ("a", rec(JobState::Completed, 1, "1_0")),
+            ("b", rec(JobState::Failed, 1, "2_0")),
+        ]);
+        let e = w.update_at(&s3, &ids, t0 + Duration::from_secs(7));
+        assert_eq!(
+            e,
+            [Event::RunEnded {
+                id: "b".into(),
+                state: JobState::Failed,
+                wall_s: Some(7.0),
+                detail: Some("exit 3".into())
+            }]
+        );
+        // Sent again, then it failed again before a poll saw it run: queued, then ended with
+        // no time (it was not seen to start).
+        let s4 = state(&[
+            ("a", rec(JobState::Completed, 1, "1_0")),
+            ("b", rec(JobState::Failed, 2, "3_0")),
+        ]);
+        let e = w.update_at(&s4, &ids, t0 + Duration::from_secs(9));
+        assert_eq!(names(&e), ["run_queued b", "run_ended b"]);
+        assert!(matches!(e[1], Event::RunEnded { wall_s: None, .. }));
+    }
+
+    #[test]
+    fn a_run_already_running_when_attached_ends_without_a_time() {
+        let ids = vec!["a".to_string()];
+        let mut w = Watcher::new(&state(&[("a", rec(JobState::Running, 1, "1_0"))]));
+        let e = w.update_at(
+            &state(&[("a", rec(JobState::Timeout, 1, "1_0"))]),
+            &ids,
+            Instant::now(),
+        );
+        assert_eq!(names(&e), ["run_ended a"]);
+        assert!(matches!(
+            e[0],
+            Event::RunEnded {
+                state: JobState::Timeout,
+                wall_s: None,
+                ..
+            }
+        ));
+    }
+}
