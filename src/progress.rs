@@ -77,6 +77,52 @@ impl Progress {
     }
 }
 
+/// A run's progress as it trains: a bar of its steps redrawn in place when stderr is a
+/// terminal (`sweep train` or `sweep pretrain` by hand), one line per log otherwise (the run's
+/// train.log under an executor, or a job's Slurm log).
+pub struct StepBar {
+    bar: indicatif::ProgressBar,
+}
+
+impl StepBar {
+    /// A bar of `total_steps` for the run `id`, at `step` already (a resumed run).
+    pub fn new(id: &str, total_steps: u64, step: u64) -> StepBar {
+        let bar = indicatif::ProgressBar::new(total_steps.max(1)).with_position(step);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{prefix} [{bar:24}] {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(id.to_string());
+        StepBar { bar }
+    }
+
+    /// Whether the bar is drawn (stderr is a terminal).
+    pub fn is_drawn(&self) -> bool {
+        !self.bar.is_hidden()
+    }
+
+    /// Show `p` (described for `tokens_per_step`) and `extra` (the evaluations at this step):
+    /// the bar and, for evaluations, a line above it; or a line on stderr.
+    pub fn show(&self, id: &str, p: &Progress, tokens_per_step: u64, extra: &str) {
+        let text = p.describe(tokens_per_step);
+        if self.is_drawn() {
+            self.bar.set_position(p.step);
+            self.bar.set_message(text.clone());
+            if !extra.is_empty() {
+                self.bar.println(format!("{id}: {text}{extra}"));
+            }
+        } else {
+            eprintln!("{id}: {text}{extra}");
+        }
+    }
+
+    /// Leave the bar as last drawn.
+    pub fn finish(&self) {
+        self.bar.abandon();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

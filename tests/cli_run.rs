@@ -14,6 +14,19 @@ fn sweep(dir: &Path, args: &[&str]) -> Output {
         .expect("the sweep binary runs")
 }
 
+/// SPEC cut down to one full fine-tuning run of `tokens` tokens (64 a step).
+fn one_run_spec(tokens: u64) -> String {
+    let spec = SPEC
+        .replace("method = [\"full\", \"lora\"]", "method = [\"full\"]")
+        .replace(
+            "token_budget = [128, 256]",
+            &format!("token_budget = [{tokens}]"),
+        )
+        .replace("seeds = 2", "seeds = 1")
+        .replace("learning_rate = [1e-3, 3e-3]", "learning_rate = [1e-3]");
+    spec[..spec.find("[grid.lora]").unwrap()].to_string()
+}
+
 /// `sweep ARGS` in `dir`, started with its output piped.
 fn spawn_piped(dir: &Path, args: &[&str]) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_sweep"))
@@ -231,6 +244,49 @@ fn follow_of_a_sweep_never_submitted_says_what_to_run() {
     assert!(e.contains("sweep run spec.toml"), "{e}");
 }
 
+/// On a terminal (a pseudo-terminal from util-linux's `script`), `sweep run` draws a bar of its
+/// runs and `sweep train` a bar of its steps; the trainer's train.log stays plain lines.
+#[test]
+fn progress_bars_are_drawn_on_a_terminal_and_logs_stay_plain() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_corpora(dir.path());
+    std::fs::write(dir.path().join("spec.toml"), one_run_spec(256)).unwrap();
+    let on_terminal = |command: &str| -> String {
+        let o = Command::new("script")
+            .args(["-qec", command, "/dev/null"])
+            .current_dir(dir.path())
+            .env("TERM", "xterm")
+            .output()
+            .expect("util-linux's script");
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(o.status.success(), "{command}: {out}");
+        out
+    };
+    let bin = env!("CARGO_BIN_EXE_sweep");
+    let out = on_terminal(&format!("{bin} run spec.toml --jobs 1"));
+    assert!(out.contains("runs ["), "the runs' bar: {out}");
+    assert!(out.contains("/1 ended"), "{out}");
+    assert!(out.contains("done: 1 completed"), "{out}");
+    let run = common::first_run_dir(&dir.path().join("results/tinyrun/runs"));
+    let id = run.file_name().unwrap().to_string_lossy().into_owned();
+    let log = std::fs::read_to_string(run.join("train.log")).unwrap();
+    assert!(log.contains(&format!("{id}: step 4/4 (100%)")), "{log}");
+    assert!(
+        !log.contains('\x1b') && !log.contains('\r'),
+        "plain lines: {log:?}"
+    );
+    let out = on_terminal(&format!(
+        "{bin} train {} --force",
+        run.join("run.json").display()
+    ));
+    assert!(out.contains(&format!("{id} [")), "the steps' bar: {out}");
+    assert!(out.contains("step 4/4 (100%)"), "{out}");
+    assert!(
+        !out.contains(&format!("{id}: step 1/4")),
+        "no plain line per step: {out}"
+    );
+}
+
 /// `status --watch` of a sweep that is planned but that no sweep process runs ends at once,
 /// saying how it resumes, instead of watching pending runs forever.
 #[test]
@@ -320,13 +376,7 @@ fn status_and_the_log_say_how_far_a_running_run_has_got() {
     let dir = tempfile::tempdir().unwrap();
     common::write_corpora(dir.path());
     // One run of 16 paced steps (0.4 s each), logging every step.
-    let spec = SPEC
-        .replace("method = [\"full\", \"lora\"]", "method = [\"full\"]")
-        .replace("token_budget = [128, 256]", "token_budget = [1024]")
-        .replace("seeds = 2", "seeds = 1")
-        .replace("learning_rate = [1e-3, 3e-3]", "learning_rate = [1e-3]");
-    let spec = &spec[..spec.find("[grid.lora]").unwrap()];
-    std::fs::write(dir.path().join("spec.toml"), spec).unwrap();
+    std::fs::write(dir.path().join("spec.toml"), one_run_spec(1024)).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sweep"))
         .args(["run", "spec.toml", "--jobs", "1"])
         .current_dir(dir.path())

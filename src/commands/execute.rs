@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::{load_plan, sweep_dir, UsageError};
 use crate::cli::{CancelArgs, GlobalArgs, RunArgs, StatusArgs, SubmitArgs, SweepArg};
 use crate::executor::local::{default_parallel, parse_gpus, LocalExecutor, LocalRun, Outcome};
-use crate::executor::render::{JsonLinesRenderer, TextRenderer};
+use crate::executor::render::JsonLinesRenderer;
 use crate::executor::state::{local_result_state, reconcile, SweepLock, SweepState};
 use crate::executor::{Event, EventSink, JobState};
 use crate::plan::run::run_hash;
@@ -136,11 +136,7 @@ fn execute_locally(
     // A second handler cannot be installed in one process; then Ctrl-C simply kills us, and
     // the state on disk stays consistent (every write is atomic) and resumable.
     let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst));
-    let mut sink: Box<dyn EventSink> = if g.json {
-        Box::new(JsonLinesRenderer::new(std::io::stdout()))
-    } else {
-        Box::new(TextRenderer::new(std::io::stderr(), g.quiet))
-    };
+    let mut sink = super::event_sink(g, g.quiet);
     let outcome = exe.run(&dir, &mut state, &runs, sink.as_mut(), &stop)?;
     if let Some(w) = super::sync_trackers(&dir, &plan) {
         eprintln!("warning: {w}");

@@ -548,6 +548,20 @@ fn resolve_shape(spec: &spec::Spec, spec_path: &Path) -> Option<LlamaConfig> {
     spec.model.shape.as_deref().and_then(LlamaConfig::builtin)
 }
 
+/// Where a command's executor events go: JSON lines on stdout with `--json`; else, on a
+/// terminal, a bar of the runs with the lines above it; else lines on stderr (`quiet`: only the
+/// summaries).
+pub fn event_sink(g: &GlobalArgs, quiet: bool) -> Box<dyn crate::executor::EventSink> {
+    use crate::executor::render::{BarRenderer, JsonLinesRenderer, TextRenderer};
+    if g.json {
+        return Box::new(JsonLinesRenderer::new(std::io::stdout()));
+    }
+    match BarRenderer::on_terminal().filter(|_| !quiet) {
+        Some(bar) => Box::new(bar),
+        None => Box::new(TextRenderer::new(std::io::stderr(), quiet)),
+    }
+}
+
 /// The results folder of a sweep.
 pub fn sweep_dir(g: &GlobalArgs, name: &str) -> std::path::PathBuf {
     g.results.join(name)

@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use super::{load_plan, sweep_dir, UsageError};
 use crate::cli::{CollectArgs, GlobalArgs, SubmitArgs};
-use crate::executor::render::{JsonLinesRenderer, TextRenderer};
+use crate::executor::render::TextRenderer;
 use crate::executor::slurm::config::{default_path, ClustersFile, ConfigError};
 use crate::executor::slurm::events::Watcher;
 use crate::executor::slurm::executor::{self as ex, Probe};
@@ -105,13 +105,8 @@ struct Events {
 
 impl Events {
     fn new(g: &GlobalArgs, quiet: bool) -> Events {
-        let sink: Box<dyn EventSink> = if g.json {
-            Box::new(JsonLinesRenderer::new(std::io::stdout()))
-        } else {
-            Box::new(TextRenderer::new(std::io::stderr(), quiet))
-        };
         Events {
-            sink,
+            sink: super::event_sink(g, quiet),
             watcher: None,
         }
     }

@@ -154,6 +154,98 @@ impl<W: Write> EventSink for TextRenderer<W> {
     }
 }
 
+/// On a terminal: a bar of the runs that have ended, with the runs by state beside it, and the
+/// text lines printed above it.
+pub struct BarRenderer {
+    text: TextRenderer<std::io::Sink>,
+    bar: indicatif::ProgressBar,
+    done: u64,
+    states: std::collections::BTreeMap<String, super::JobState>,
+}
+
+impl BarRenderer {
+    /// A renderer on stderr, or None when stderr is not a terminal (use [`TextRenderer`]).
+    pub fn on_terminal() -> Option<BarRenderer> {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal() {
+            return None;
+        }
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("runs [{bar:24}] {pos}/{len} ended {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        Some(BarRenderer {
+            text: TextRenderer::new(std::io::sink(), false),
+            bar,
+            done: 0,
+            states: Default::default(),
+        })
+    }
+
+    /// `(2 running, 1 queued, 1 failed)`.
+    fn by_state(&self) -> String {
+        use super::JobState;
+        let parts: Vec<String> = JobState::ALL
+            .iter()
+            .filter(|s| !s.is_final())
+            .filter_map(|s| {
+                let n = self.states.values().filter(|v| *v == s).count();
+                let name = if *s == JobState::Pending {
+                    "queued"
+                } else {
+                    s.name()
+                };
+                (n > 0).then(|| format!("{n} {name}"))
+            })
+            .collect();
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!("({})", parts.join(", "))
+        }
+    }
+}
+
+impl EventSink for BarRenderer {
+    fn emit(&mut self, event: &Event) {
+        use super::JobState;
+        let line = self.text.line(event);
+        match event {
+            Event::Start { total, done, .. } => {
+                self.bar.set_length(*total as u64);
+                self.done = *done as u64;
+            }
+            Event::RunQueued { id, .. } => {
+                self.states.insert(id.clone(), JobState::Pending);
+            }
+            Event::RunStarted { id, .. } => {
+                self.states.insert(id.clone(), JobState::Running);
+            }
+            Event::RunEnded { id, state, .. } => {
+                self.states.insert(id.clone(), *state);
+            }
+            _ => {}
+        }
+        let ended = self
+            .states
+            .values()
+            .filter(|s| !matches!(s, JobState::Pending | JobState::Running))
+            .count() as u64;
+        self.bar.set_position(self.done + ended);
+        self.bar.set_message(self.by_state());
+        if let Some(line) = line {
+            if matches!(event, Event::Finish { .. }) {
+                self.bar.finish_and_clear();
+                eprintln!("{line}");
+            } else {
+                self.bar.println(line);
+            }
+        }
+    }
+}
+
 /// One JSON object per event, for machines (`--json`).
 pub struct JsonLinesRenderer<W: Write> {
     out: W,

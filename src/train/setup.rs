@@ -552,6 +552,7 @@ impl<'a> Trainer<'a> {
         }
         Ok(Trainer {
             adapter: lora_options(run).map(|l| (l, base_model_name(run))),
+            bar: None,
             comm: Default::default(),
             inputs,
             run,

@@ -55,6 +55,8 @@ pub(super) struct Trainer<'a> {
     pub(super) adapter: Option<(crate::model::llama::LoraOptions, String)>,
     /// Fingerprints of the files trained from, checked against a checkpoint's on resume.
     pub(super) inputs: BTreeMap<String, Fingerprint>,
+    /// The progress shown as it trains (with `opts.progress`, on the main rank).
+    pub(super) bar: Option<crate::progress::StepBar>,
 }
 
 impl<'a> Trainer<'a> {
@@ -514,7 +516,10 @@ impl<'a> Trainer<'a> {
                 })
                 .unwrap_or_default();
             let per_step = self.run.shared.training.tokens_per_step();
-            eprintln!("{}: {}{evals}", self.run.id, p.describe(per_step));
+            let bar = self.bar.get_or_insert_with(|| {
+                crate::progress::StepBar::new(&self.run.id, self.total_steps, state.step)
+            });
+            bar.show(&self.run.id, &p, per_step, &evals);
         }
         Ok(())
     }
@@ -528,6 +533,9 @@ impl<'a> Trainer<'a> {
         error: Option<String>,
         checkpointed: Option<u64>,
     ) -> Result<RunResult, TrainError> {
+        if let Some(bar) = &self.bar {
+            bar.finish();
+        }
         // Not twice for one step (a stop right after a periodic checkpoint): the warning before
         // a time limit leaves time for one.
         if status != RunStatus::Diverged && checkpointed != Some(state.step) {
