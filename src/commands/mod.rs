@@ -42,7 +42,13 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
     // usage error; everything else is a runtime failure.
     let config = err
         .downcast_ref::<crate::executor::slurm::SlurmError>()
-        .is_some_and(|e| matches!(e, crate::executor::slurm::SlurmError::Config(_)))
+        .is_some_and(|e| {
+            matches!(
+                e,
+                crate::executor::slurm::SlurmError::Config(_)
+                    | crate::executor::slurm::SlurmError::Moved { .. }
+            )
+        })
         || err
             .downcast_ref::<crate::executor::slurm::config::ConfigError>()
             .is_some();

@@ -1,9 +1,6 @@
 //! `sweep submit --cluster`, and `status`, `cancel`, `collect` of a sweep submitted to a cluster:
-//! the Slurm executor driven from a spec. Settings are resolved here; the work is in
-//! [`crate::executor::slurm`].
-
-use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+//! the Slurm executor driven from a spec. Settings are resolved, the sweep's lock taken and
+//! events rendered here; the work is in [`crate::executor::slurm::sweep`].
 
 use anyhow::Context;
 
@@ -12,89 +9,18 @@ use crate::cli::{CollectArgs, GlobalArgs, SubmitArgs};
 use crate::executor::render::TextRenderer;
 use crate::executor::slurm::config::{default_path, ClustersFile, ConfigError};
 use crate::executor::slurm::events::Watcher;
-use crate::executor::slurm::executor::{self as ex, Probe};
 use crate::executor::slurm::install::{
     gpu_install_problem, install_files, is_cuda_binary, libtorch_files, InstallReport, LocalFile,
 };
-use crate::executor::slurm::journal::{Journal, JOURNAL_SCHEMA};
+use crate::executor::slurm::journal::Journal;
 use crate::executor::slurm::quote::join;
+use crate::executor::slurm::sweep::{now, ClusterSweep, Collected};
 use crate::executor::slurm::transport::Transport;
 use crate::executor::slurm::{check_version, connect, SlurmError};
 use crate::executor::state::{result_state, SweepLock, SweepState};
 use crate::executor::{Event, EventSink, JobState};
-use crate::plan::{MethodConfig, Plan};
-use crate::results::{RunIdentity, ADAPTER_DIR, ADAPTER_FILES, ADAPTER_WEIGHTS};
-use crate::util::write_atomic;
-
-/// Seconds after a batch was journaled before an unconfirmed chunk of it is taken as never
-/// submitted.
-const UNCONFIRMED_GRACE_S: u64 = 3;
-
-fn now() -> (u64, u128) {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    (d.as_secs(), d.as_millis())
-}
-
-fn backend(j: &Journal) -> String {
-    format!("slurm:{}", j.cluster)
-}
-
-/// The sweep's journal when something was ever submitted from it (a journal without batches is
-/// what a first submit that failed before sbatch leaves: it binds the sweep to nothing).
-fn submitted(dir: &Path) -> anyhow::Result<Option<Journal>> {
-    Ok(Journal::load(dir)?.filter(|j| !j.batches.is_empty()))
-}
-
-/// Mark runs with a final result.json here (collected earlier) as final in the state, and
-/// those whose result.json here is not theirs as invalid.
-fn local_results(dir: &Path, plan: &Plan, state: &mut SweepState, j: &Journal) {
-    for r in &plan.runs {
-        let who = RunIdentity::of(plan, r);
-        if let Some((s, detail)) = result_state(&dir.join("runs").join(&r.id), &who)
-            .filter(|(s, _)| s.is_final() || *s == JobState::Invalid)
-        {
-            let rec = state.runs.entry(r.id.clone()).or_insert_with(|| {
-                crate::executor::state::RunRecord {
-                    state: s,
-                    attempts: 1,
-                    backend: backend(j),
-                    job_id: None,
-                    detail: None,
-                    progress: Default::default(),
-                }
-            });
-            rec.state = s;
-            rec.detail = detail;
-        }
-    }
-}
-
-/// Probe, reconcile the journal, and bring the state up to date.
-fn refresh(
-    t: &mut dyn Transport,
-    j: &mut Journal,
-    state: &mut SweepState,
-    dir: &Path,
-    plan: &Plan,
-) -> anyhow::Result<Probe> {
-    let binary = j.config.remote_binary();
-    let probe = ex::run_probe(t, j, &binary, now().0)?;
-    j.facts = probe.facts.or(j.facts);
-    let found = ex::reconcile(j, &probe);
-    for (bi, ci) in found {
-        let b = j.batches[bi].clone();
-        ex::record_chunk(state, &backend(j), &b, &b.chunks[ci]);
-    }
-    let obs = ex::observe(j, &probe);
-    ex::apply(state, &backend(j), &obs);
-    local_results(dir, plan, state, j);
-    j.last_poll = Some(now().0);
-    j.save(dir)?;
-    state.save(dir)?;
-    Ok(probe)
-}
+use crate::plan::Plan;
+use crate::results::RunIdentity;
 
 /// The events of submit and follow: where they go (JSON lines on stdout with `--json`, text on
 /// stderr otherwise), and the [`Watcher`] that tells them from each poll's state.
@@ -173,47 +99,11 @@ fn submit_round(
     let dir = sweep_dir(g, &plan.name);
     let _lock = SweepLock::acquire(&dir)?;
     super::guard_replan(&dir, &plan, false)?;
-    let mut state =
-        SweepState::load(&dir, &plan.name)?.unwrap_or_else(|| SweepState::new(&plan.name));
-    let mut j = match Journal::load(&dir)? {
-        Some(j) if j.cluster != cluster && !j.batches.is_empty() => {
-            return Err(UsageError(format!(
-                "sweep {} was submitted to cluster `{}`; it cannot move to `{cluster}` (use another --results folder)",
-                plan.name, j.cluster
-            ))
-            .into())
-        }
-        Some(mut j) if !j.batches.is_empty() => {
-            j.config = c.clone();
-            j
-        }
-        // Nothing was ever sent: a first submit that failed before sbatch binds nothing.
-        _ => Journal {
-            schema: JOURNAL_SCHEMA,
-            sweep: plan.name.clone(),
-            cluster: cluster.to_string(),
-            remote_dir: join(&c.work_dir, &format!("sweeps/{}", plan.name)),
-            config: c.clone(),
-            facts: None,
-            last_poll: None,
-            batches: vec![],
-        },
-    };
+    let mut sweep = ClusterSweep::for_submit(&dir, &plan, cluster, &c)?;
     super::target::write_plan_files(&dir, &plan, &src)?;
-
-    // An sbatch of a killed submit may still be landing: wait until its batch is a few seconds
-    // old before looking it up, so that it is found rather than submitted twice.
-    let youngest_unconfirmed = j
-        .batches
-        .iter()
-        .filter(|b| b.chunks.iter().any(|c| c.job_id.is_none()))
-        .map(|b| b.created)
-        .max();
-    if let Some(created) = youngest_unconfirmed {
-        let wait = (created + UNCONFIRMED_GRACE_S).saturating_sub(now().0);
-        if wait > 0 {
-            std::thread::sleep(std::time::Duration::from_secs(wait));
-        }
+    let wait = sweep.unconfirmed_wait_s(now().0);
+    if wait > 0 {
+        std::thread::sleep(std::time::Duration::from_secs(wait));
     }
     let mut t = connect(&c).map_err(SlurmError::from)?;
     let binary = c.remote_binary();
@@ -222,92 +112,66 @@ fn submit_round(
     } else {
         Vec::new()
     };
-    let executor = backend(&j);
+    let executor = sweep.backend();
     let parallel = c
         .max_concurrent
         .map_or(plan.runs.len(), |m| (m as usize).min(plan.runs.len()));
-    events.look(&state, &plan, &executor, parallel);
-    let probe = refresh(t.as_mut(), &mut j, &mut state, &dir, &plan)?;
+    events.look(&sweep.state, &plan, &executor, parallel);
+    let probe = sweep.refresh(t.as_mut())?;
     check_version(&probe.version, &binary, cluster)?;
-    for id in probe.results.keys() {
-        // A run with a result on the cluster is never sent again.
-        if let Some(r) = state.runs.get_mut(id) {
-            if let Some(s) = probe.results.get(id).filter(|s| s.is_final()) {
-                r.state = *s;
-            }
-        }
-    }
-    events.look(&state, &plan, &executor, parallel);
-    let ids: Vec<String> = plan.runs.iter().map(|r| r.id.clone()).collect();
-    let mut chosen = ex::to_submit(&ids, &state, &c, args.retry_failed);
-    if args.leave_cancelled {
-        chosen.retain(|id| {
-            state
-                .runs
-                .get(id)
-                .is_none_or(|r| r.state != JobState::Cancelled)
-        });
-    }
-    let chosen_set: std::collections::HashSet<&String> = chosen.iter().collect();
-    let mut lines = Vec::with_capacity(chosen.len());
-    for r in plan.runs.iter().filter(|r| chosen_set.contains(&r.id)) {
-        lines.push((r.id.clone(), serde_json::to_string(&plan.run_file(r))?));
-    }
-    let submitted = if lines.is_empty() {
+    let chosen = sweep.to_send(&probe, args.retry_failed, args.leave_cancelled);
+    events.look(&sweep.state, &plan, &executor, parallel);
+    let submitted = if chosen.is_empty() {
         0
     } else {
-        let be = backend(&j);
-        let tc = &plan.shared.training;
-        let checkpoint_bytes = match plan.shape.as_ref() {
-            Some(shape) => plan
-                .points
-                .iter()
-                .map(|p| crate::plan::memory::checkpoint_bytes(shape, &p.method, tc))
-                .fold(0.0, f64::max),
-            None => {
-                let bytes = crate::executor::slurm::config::UNKNOWN_CHECKPOINT_BYTES;
-                if c.checkpoint_signal_s.is_none() && !g.quiet {
-                    eprintln!(
-                        "sweep: the model's size is not known here (its config.json or GGUF is not on this machine): jobs are warned {} s before their time limit, time for a {:.0} GB checkpoint; set checkpoint_signal_s in the cluster's entry to choose",
-                        crate::executor::slurm::config::default_signal_s(bytes),
-                        bytes / 1e9
-                    );
-                }
-                bytes
-            }
-        };
-        let resources = crate::executor::slurm::script::Resources {
-            nodes: tc.nodes,
-            ranks_per_node: tc.ranks_per_node,
-            checkpoint_bytes,
-        };
-        ex::submit_batch(
-            t.as_mut(),
-            &mut j,
-            &mut state,
-            &dir,
-            &be,
-            &binary,
-            resources,
-            &lines,
-            now().1,
-        )?
+        let resources = resources(g, &plan, &c);
+        sweep.send(t.as_mut(), &binary, resources, &chosen)?
     };
-    events.look(&state, &plan, &executor, parallel);
-    let done = ids
-        .iter()
-        .filter(|id| state.runs.get(*id).is_some_and(|r| r.state.is_final()))
-        .count();
+    events.look(&sweep.state, &plan, &executor, parallel);
+    let done = sweep.done();
     Ok(Event::Submitted {
         sweep: plan.name.clone(),
         cluster: cluster.to_string(),
-        runs: ids.len(),
+        runs: plan.runs.len(),
         submitted,
         done,
         round_trips: t.round_trips(),
         installed,
         wall_s: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// What each job of the plan asks Slurm for, with the checkpoint size its warning before the
+/// time limit must leave time for (said when the model's size is not known here).
+fn resources(
+    g: &GlobalArgs,
+    plan: &Plan,
+    c: &crate::executor::slurm::config::ClusterConfig,
+) -> crate::executor::slurm::script::Resources {
+    let tc = &plan.shared.training;
+    let checkpoint_bytes = match plan.shape.as_ref() {
+        Some(shape) => plan
+            .points
+            .iter()
+            .map(|p| crate::plan::memory::checkpoint_bytes(shape, &p.method, tc))
+            .fold(0.0, f64::max),
+        None => {
+            let bytes = crate::executor::slurm::config::UNKNOWN_CHECKPOINT_BYTES;
+            if c.checkpoint_signal_s.is_none() && !g.quiet {
+                eprintln!(
+                    "sweep: the model's size is not known here (its config.json or GGUF is not on this machine): jobs are warned {} s before their time limit, time for a {:.0} GB checkpoint; set checkpoint_signal_s in the cluster's entry to choose",
+                    crate::executor::slurm::config::default_signal_s(bytes),
+                    bytes / 1e9
+                );
+            }
+            bytes
+        }
+    };
+    crate::executor::slurm::script::Resources {
+        nodes: tc.nodes,
+        ranks_per_node: tc.ranks_per_node,
+        checkpoint_bytes,
+    }
 }
 
 /// `sweep submit --cluster NAME --follow`: submit, then until every run is final (completed,
@@ -463,7 +327,7 @@ pub fn follow(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
 pub fn attach(g: &GlobalArgs, args: &crate::cli::FollowArgs) -> anyhow::Result<()> {
     let (_, plan) = load_plan(&args.spec, false)?;
     let dir = sweep_dir(g, &plan.name);
-    let Some(j) = submitted(&dir)? else {
+    let Some(ClusterSweep { journal: j, .. }) = ClusterSweep::open(&dir, &plan)? else {
         return Err(UsageError(format!(
             "sweep {} was never submitted to a cluster ({} has no slurm.json with jobs): `sweep submit {} --cluster NAME --follow` submits and follows it; a local sweep resumes with `sweep run {}`",
             plan.name,
@@ -589,17 +453,18 @@ fn install(
 /// floor); returns a note for the table, or None when the sweep was not submitted to a cluster.
 pub fn status_refresh(g: &GlobalArgs, plan: &Plan) -> anyhow::Result<Option<String>> {
     let dir = sweep_dir(g, &plan.name);
-    let Some(mut j) = submitted(&dir)? else {
+    let Some(sweep) = ClusterSweep::open(&dir, plan)? else {
         return Ok(None);
     };
+    let cluster = sweep.journal.cluster.clone();
     let (now_s, _) = now();
-    if let Some(last) = j.last_poll {
+    if let Some(last) = sweep.journal.last_poll {
         let age = now_s.saturating_sub(last);
-        if age < j.config.poll_floor_s {
+        let floor = sweep.journal.config.poll_floor_s;
+        if age < floor {
             return Ok(Some(format!(
-                "cluster {}: polled {age}s ago; the next poll is allowed in {}s (poll_floor_s)",
-                j.cluster,
-                j.config.poll_floor_s - age
+                "cluster {cluster}: polled {age}s ago; the next poll is allowed in {}s (poll_floor_s)",
+                floor - age
             )));
         }
     }
@@ -609,19 +474,19 @@ pub fn status_refresh(g: &GlobalArgs, plan: &Plan) -> anyhow::Result<Option<Stri
         Ok(l) => l,
         Err(crate::executor::state::StateError::Locked { pid, .. }) => {
             return Ok(Some(format!(
-                "cluster {}: not polled now: another sweep process{pid} is working on it (a follow polls it); its last state",
-                j.cluster
+                "cluster {cluster}: not polled now: another sweep process{pid} is working on it (a follow polls it); its last state"
             )))
         }
         Err(e) => return Err(e.into()),
     };
-    let mut state =
-        SweepState::load(&dir, &plan.name)?.unwrap_or_else(|| SweepState::new(&plan.name));
-    let mut t = connect(&j.config).map_err(SlurmError::from)?;
-    refresh(t.as_mut(), &mut j, &mut state, &dir, plan)?;
+    // Read again under the lock.
+    let Some(mut sweep) = ClusterSweep::open(&dir, plan)? else {
+        return Ok(None);
+    };
+    let mut t = connect(&sweep.journal.config).map_err(SlurmError::from)?;
+    sweep.refresh(t.as_mut())?;
     Ok(Some(format!(
-        "cluster {}: polled now ({} SSH round trip{})",
-        j.cluster,
+        "cluster {cluster}: polled now ({} SSH round trip{})",
         t.round_trips(),
         if t.round_trips() == 1 { "" } else { "s" }
     )))
@@ -630,13 +495,16 @@ pub fn status_refresh(g: &GlobalArgs, plan: &Plan) -> anyhow::Result<Option<Stri
 /// `sweep cancel` of a cluster sweep: scancel its arrays (or the given runs' tasks).
 pub fn cancel(g: &GlobalArgs, plan: &Plan, only: &[String]) -> anyhow::Result<bool> {
     let dir = sweep_dir(g, &plan.name);
-    let Some(j) = submitted(&dir)? else {
+    if ClusterSweep::open(&dir, plan)?.is_none() {
+        return Ok(false);
+    }
+    let _lock = SweepLock::acquire(&dir)?;
+    let Some(sweep) = ClusterSweep::open(&dir, plan)? else {
         return Ok(false);
     };
-    let _lock = SweepLock::acquire(&dir)?;
-    let state = SweepState::load(&dir, &plan.name)?.unwrap_or_else(|| SweepState::new(&plan.name));
+    let j = &sweep.journal;
     let mut t = connect(&j.config).map_err(SlurmError::from)?;
-    let n = ex::cancel(t.as_mut(), &j, &state, only)?;
+    let n = sweep.cancel(t.as_mut(), only)?;
     if g.json {
         let what = if only.is_empty() {
             "job_arrays"
@@ -667,78 +535,26 @@ pub fn cancel(g: &GlobalArgs, plan: &Plan, only: &[String]) -> anyhow::Result<bo
 pub fn collect(g: &GlobalArgs, args: &CollectArgs) -> anyhow::Result<()> {
     let (_, plan) = load_plan(&args.spec, false)?;
     let dir = sweep_dir(g, &plan.name);
-    let Some(mut j) = submitted(&dir)? else {
-        return Err(UsageError(format!(
+    let not_submitted = || {
+        UsageError(format!(
             "sweep {} was not submitted to a cluster from here ({} has no slurm.json): nothing to collect",
             plan.name,
             dir.display()
         ))
-        .into());
     };
-    let _lock = SweepLock::acquire(&dir)?;
-    let mut state =
-        SweepState::load(&dir, &plan.name)?.unwrap_or_else(|| SweepState::new(&plan.name));
-    let mut t = connect(&j.config).map_err(SlurmError::from)?;
-    let probe = refresh(t.as_mut(), &mut j, &mut state, &dir, &plan)?;
-    let (mut collected, mut have, mut adapters, mut bad) = (0, 0, 0, Vec::new());
-    for r in &plan.runs {
-        let local = dir.join("runs").join(&r.id);
-        let rd = join(&j.remote_dir, &format!("runs/{}", r.id));
-        let who = RunIdentity::of(&plan, r);
-        if result_state(&local, &who).is_some_and(|(s, _)| s.is_final()) {
-            have += 1;
-        } else {
-            if !probe.results.contains_key(&r.id) {
-                continue;
-            }
-            let Some(result) = t.download(&join(&rd, "result.json"))? else {
-                continue;
-            };
-            match serde_json::from_slice::<crate::results::RunResult>(&result) {
-                Err(e) => {
-                    bad.push(format!("{}: incomplete result.json ({e})", r.id));
-                    continue;
-                }
-                Ok(res)
-                    if res.id != who.id
-                        || res.config_id != who.config_id
-                        || res.run_hash.as_deref() != Some(who.run_hash.as_str()) =>
-                {
-                    bad.push(format!(
-                        "{}: the cluster's result.json is not this run's (run {}, config {}): not collected",
-                        r.id, res.id, res.config_id
-                    ));
-                    continue;
-                }
-                Ok(_) => {}
-            }
-            if let Some(m) = t.download(&join(&rd, "metrics.jsonl"))? {
-                write_atomic(&local.join("metrics.jsonl"), |w| w.write_all(&m))?;
-                crate::tracking::tensorboard::rewrite(&local).with_context(|| {
-                    format!("writing the TensorBoard events of {}", local.display())
-                })?;
-            }
-            write_atomic(&local.join("result.json"), |w| w.write_all(&result))?;
-            collected += 1;
-        }
-        let lora = matches!(
-            plan.points.get(r.point).map(|p| &p.method),
-            Some(MethodConfig::Lora { .. })
-        );
-        if args.adapters
-            && lora
-            && result_state(&local, &who).is_some_and(|(s, _)| s == JobState::Completed)
-            && !local.join(ADAPTER_DIR).join(ADAPTER_WEIGHTS).exists()
-        {
-            if collect_adapter(t.as_mut(), &join(&rd, ADAPTER_DIR), &local)? {
-                adapters += 1;
-            } else {
-                bad.push(format!("{}: no {ADAPTER_DIR}/ on the cluster", r.id));
-            }
-        }
+    if ClusterSweep::open(&dir, &plan)?.is_none() {
+        return Err(not_submitted().into());
     }
-    local_results(&dir, &plan, &mut state, &j);
-    state.save(&dir)?;
+    let _lock = SweepLock::acquire(&dir)?;
+    let mut sweep = ClusterSweep::open(&dir, &plan)?.ok_or_else(not_submitted)?;
+    let mut t = connect(&sweep.journal.config).map_err(SlurmError::from)?;
+    let probe = sweep.refresh(t.as_mut())?;
+    let Collected {
+        collected,
+        already_here: have,
+        adapters,
+        incomplete: bad,
+    } = sweep.collect(t.as_mut(), &probe, args.adapters)?;
     let tracker_warning = super::sync_trackers(&dir, &plan);
     let waiting = plan.runs.len() - collected - have;
     if g.json {
@@ -792,26 +608,4 @@ pub fn collect(g: &GlobalArgs, args: &CollectArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Copy a run's adapter folder from the cluster into `local`/adapter, whole or not at all (a
-/// temporary folder, then a rename). False when the cluster has no complete adapter.
-fn collect_adapter(t: &mut dyn Transport, remote: &str, local: &Path) -> anyhow::Result<bool> {
-    let tmp = local.join(format!(".tmp-{ADAPTER_DIR}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    for name in ADAPTER_FILES {
-        let Some(data) = t.download(&join(remote, name))? else {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Ok(false);
-        };
-        std::fs::write(tmp.join(name), data)
-            .with_context(|| format!("writing {}", tmp.join(name).display()))?;
-    }
-    let dest = local.join(ADAPTER_DIR);
-    if dest.exists() {
-        std::fs::remove_dir_all(&dest).with_context(|| format!("replacing {}", dest.display()))?;
-    }
-    std::fs::rename(&tmp, &dest).with_context(|| format!("writing {}", dest.display()))?;
-    Ok(true)
 }

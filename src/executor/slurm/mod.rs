@@ -16,6 +16,7 @@ pub mod quote;
 pub mod retry;
 pub mod script;
 pub mod ssh;
+pub mod sweep;
 pub mod transport;
 
 use config::{ClusterConfig, ConfigError, TransportKind};
@@ -59,6 +60,19 @@ pub enum SlurmError {
         /// The cluster.
         cluster: String,
     },
+    /// A sweep submitted to one cluster, submitted to another.
+    #[error("sweep {sweep} was submitted to cluster `{from}`; it cannot move to `{to}` (use another --results folder)")]
+    Moved {
+        /// The sweep.
+        sweep: String,
+        /// Its cluster.
+        from: String,
+        /// The one asked for.
+        to: String,
+    },
+    /// Reading or writing files here.
+    #[error("{0}")]
+    Local(String),
     /// sbatch refused a chunk.
     #[error("sbatch refused the job array ({error}); runs not submitted: {runs} ({submitted} runs were submitted before it)")]
     Sbatch {
