@@ -378,10 +378,10 @@ fn status_and_the_log_say_how_far_a_running_run_has_got() {
     // One run of 16 paced steps (0.4 s each), logging every step.
     std::fs::write(dir.path().join("spec.toml"), one_run_spec(1024)).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sweep"))
-        .args(["run", "spec.toml", "--jobs", "1"])
+        .args(["--json", "run", "spec.toml", "--jobs", "1"])
         .current_dir(dir.path())
         .env("SWEEP_MIN_STEP_MS", "400")
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -401,8 +401,20 @@ fn status_and_the_log_say_how_far_a_running_run_has_got() {
     // `status --watch` beside it once it runs, not on a terminal: a status after another,
     // until it settles (by the spec).
     let watch = spawn_piped(dir.path(), &["status", "spec.toml", "--watch", "0.3"]);
-    let status = child.wait().unwrap();
-    assert!(status.success());
+    let run = child.wait_with_output().unwrap();
+    assert!(run.status.success());
+    // Its events told how far the run got as it trained (run_progress, read from its metrics).
+    let steps: Vec<u64> = String::from_utf8_lossy(&run.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["event"] == "run_progress")
+        .map(|e| {
+            assert_eq!(e["total_steps"], 16, "{e}");
+            e["step"].as_u64().unwrap()
+        })
+        .collect();
+    assert!(steps.len() >= 2, "{steps:?}");
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
     let watched = wait_exit(watch, 30, "status --watch once the run completed");
     let out = String::from_utf8_lossy(&watched.stdout);
     assert!(watched.status.success(), "{}", err(&watched));
@@ -493,7 +505,20 @@ fn one_running_run_is_cancelled_by_its_id_through_the_results_folder() {
     // --json: one JSON document; nothing is running any more.
     let o = sweep(dir.path(), &["--json", "cancel", "results/tinyrun"]);
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(j["cancelled"], serde_json::json!([]), "{j}");
+    assert_eq!(j["runs"], serde_json::json!([]), "{j}");
+    assert_eq!(j["executor"], "local", "{j}");
+    // A run named that is not running is said, not silently counted as 0.
+    let o = sweep(dir.path(), &["--json", "cancel", "results/tinyrun", other]);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["not_running"], serde_json::json!([other]), "{j}");
+    let o = sweep(dir.path(), &["cancel", "results/tinyrun", other]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        out.contains(&format!(
+            "{other} is not queued or running: nothing to stop"
+        )),
+        "{out}"
+    );
     let o = sweep(dir.path(), &["cancel", "results/tinyrun", "nosuchrun-s0"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(err(&o).contains("has no run `nosuchrun-s0`"), "{}", err(&o));

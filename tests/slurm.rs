@@ -629,7 +629,8 @@ fn cancel_one_run_then_submit_resumes_it() {
     wait_for(&c, "all running", |s| s.values().all(|v| v.0 == "running"));
     let victim = states(&c).keys().next().unwrap().clone();
     let out = c.ok(&["cancel", "spec.toml", &victim]);
-    assert!(out.contains("cancelled 1 jobs"), "{out}");
+    assert!(out.contains(&format!("cancelled {victim}\n")), "{out}");
+    assert!(out.contains("1 runs cancelled (slurm:dev)"), "{out}");
     remote(&format!(
         "touch {}",
         shell_word(

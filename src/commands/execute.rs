@@ -12,10 +12,10 @@ use serde::Serialize;
 
 use super::{load_plan, sweep_dir, UsageError};
 use crate::cli::{CancelArgs, GlobalArgs, RunArgs, StatusArgs, SubmitArgs, SweepArg};
-use crate::executor::local::{default_parallel, parse_gpus, LocalExecutor, LocalRun, Outcome};
+use crate::executor::local::{default_parallel, parse_gpus, LocalExecutor, LocalRun, LocalSweep};
 use crate::executor::render::JsonLinesRenderer;
 use crate::executor::state::{local_result_state, reconcile, SweepLock, SweepState};
-use crate::executor::{Event, EventSink, JobState};
+use crate::executor::{Event, EventSink, Executor, JobState, Submission};
 use crate::plan::run::run_hash;
 use crate::plan::Plan;
 use crate::results::RunIdentity;
@@ -71,6 +71,10 @@ fn stage(
             who,
             problem,
             ranks: (t.nodes, t.ranks_per_node),
+            total_steps: plan.points[r.point]
+                .token_budget
+                .div_ceil(t.tokens_per_step())
+                .max(1),
         });
     }
     Ok(runs)
@@ -99,26 +103,18 @@ fn local_gpus(arg: Option<&str>) -> Result<Vec<String>, UsageError> {
     Ok(Vec::new())
 }
 
-/// Plan, stage and execute every run locally; returns the outcome.
-fn execute_locally(
-    g: &GlobalArgs,
-    spec: &Path,
+/// The local executor's settings for `plan`: `jobs` runs at a time (default: the cores over
+/// each run's threads and ranks), `threads` each.
+fn local_settings(
+    plan: &Plan,
     jobs: Option<usize>,
     threads: Option<usize>,
     retry_failed: bool,
     retrain_invalid: bool,
-    gpus: Option<&str>,
-) -> anyhow::Result<(Plan, Outcome)> {
-    let gpus = local_gpus(gpus)?;
-    let (src, plan) = load_plan(spec, false)?;
-    let dir = sweep_dir(g, &plan.name);
-    let _lock = SweepLock::acquire(&dir)?;
-    super::guard_replan(&dir, &plan, false)?;
-    let mut state =
-        SweepState::load(&dir, &plan.name)?.unwrap_or_else(|| SweepState::new(&plan.name));
-    let runs = stage(&dir, &plan, &src, retrain_invalid)?;
+    gpus: Vec<String>,
+) -> anyhow::Result<LocalExecutor> {
     let threads = threads.unwrap_or(1).max(1);
-    let exe = LocalExecutor {
+    Ok(LocalExecutor {
         program: std::env::current_exe().context("locating the sweep binary")?,
         // A run of N ranks takes N processes of `threads` threads each.
         parallel: jobs
@@ -130,14 +126,39 @@ fn execute_locally(
         retry_failed,
         retrain_invalid,
         gpus,
+    })
+}
+
+/// Plan, stage and execute every run locally; returns the outcome.
+fn execute_locally(
+    g: &GlobalArgs,
+    spec: &Path,
+    jobs: Option<usize>,
+    threads: Option<usize>,
+    retry_failed: bool,
+    retrain_invalid: bool,
+    gpus: Option<&str>,
+) -> anyhow::Result<(Plan, Submission)> {
+    let gpus = local_gpus(gpus)?;
+    let (src, plan) = load_plan(spec, false)?;
+    let dir = sweep_dir(g, &plan.name);
+    let _lock = SweepLock::acquire(&dir)?;
+    super::guard_replan(&dir, &plan, false)?;
+    let state = SweepState::load(&dir, &plan.name)?.unwrap_or_else(|| SweepState::new(&plan.name));
+    let runs = stage(&dir, &plan, &src, retrain_invalid)?;
+    let mut exe = LocalSweep {
+        exe: local_settings(&plan, jobs, threads, retry_failed, retrain_invalid, gpus)?,
+        dir: &dir,
+        state,
+        runs,
+        stop: Arc::new(AtomicBool::new(false)),
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
+    let flag = exe.stop.clone();
     // A second handler cannot be installed in one process; then Ctrl-C simply kills us, and
     // the state on disk stays consistent (every write is atomic) and resumable.
     let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst));
     let mut sink = super::event_sink(g, g.quiet);
-    let outcome = exe.run(&dir, &mut state, &runs, sink.as_mut(), &stop)?;
+    let outcome = exe.submit(sink.as_mut()).map_err(super::lift)?;
     if let Some(w) = super::sync_trackers(&dir, &plan) {
         eprintln!("warning: {w}");
     }
@@ -145,7 +166,7 @@ fn execute_locally(
 }
 
 /// An error when runs did not all finish: interrupted, or some failed.
-fn outcome_error(plan: &Plan, g: &GlobalArgs, o: &Outcome) -> anyhow::Result<()> {
+fn outcome_error(plan: &Plan, g: &GlobalArgs, o: &Submission) -> anyhow::Result<()> {
     if o.interrupted {
         anyhow::bail!("interrupted: rerun the same command to resume");
     }
@@ -411,46 +432,44 @@ pub fn cancel(g: &GlobalArgs, args: &CancelArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
-    if super::slurm::cancel(g, &plan, &only)? {
-        return Ok(());
-    }
     let dir = sweep_dir(g, &plan.name);
-    let state = SweepState::load(&dir, &plan.name)?.ok_or_else(|| {
-        UsageError(format!(
-            "sweep {} has not run here: nothing to cancel ({} has no state.json)",
-            plan.name,
-            dir.display()
-        ))
-    })?;
-    let mut cancelled = Vec::new();
-    for (id, rec) in &state.runs {
-        if rec.state != JobState::Running || !(only.is_empty() || only.contains(id)) {
-            continue;
+    let cluster = super::slurm::open(&dir, &plan)?;
+    let c = match cluster {
+        Some((_lock, mut exe)) => exe.cancel(&only).map_err(super::lift)?,
+        None => {
+            // Local runs are stopped while `sweep run` holds the sweep: no lock taken here.
+            let state = SweepState::load(&dir, &plan.name)?.ok_or_else(|| {
+                UsageError(format!(
+                    "sweep {} has not run here: nothing to cancel ({} has no state.json)",
+                    plan.name,
+                    dir.display()
+                ))
+            })?;
+            let mut exe = LocalSweep {
+                exe: local_settings(&plan, None, None, false, false, vec![])?,
+                dir: &dir,
+                state,
+                runs: vec![],
+                stop: Default::default(),
+            };
+            exe.cancel(&only).map_err(super::lift)?
         }
-        if let Some(pid) = rec
-            .job_id
-            .as_deref()
-            .and_then(|j| j.strip_prefix("pid:"))
-            .and_then(|p| p.parse::<i32>().ok())
-        {
-            // SAFETY: kill(2) on the run's process group; no memory effects.
-            if unsafe { libc::kill(-pid, libc::SIGTERM) } == 0 {
-                if !g.quiet && !g.json {
-                    println!("cancelled {id}");
-                }
-                cancelled.push(id.clone());
-            }
-        }
-    }
+    };
     if g.json {
-        println!(
-            "{}",
-            serde_json::json!({"sweep": plan.name, "cluster": null, "cancelled": cancelled})
-        );
+        println!("{}", serde_json::to_string(&c)?);
     } else if !g.quiet {
+        for id in &c.runs {
+            println!("cancelled {id}");
+        }
+        for id in &c.not_running {
+            println!("{id} is not queued or running: nothing to stop");
+        }
         println!(
-            "{} running runs cancelled; they stay resumable",
-            cancelled.len()
+            "{} runs cancelled ({}); they stay resumable: `sweep {} {}` resumes them from their checkpoints",
+            c.runs.len(),
+            c.executor,
+            if c.executor == "local" { "run" } else { "submit" },
+            dir.display()
         );
     }
     Ok(())

@@ -554,17 +554,29 @@ fn resolve_shape(spec: &spec::Spec, spec_path: &Path) -> Option<LlamaConfig> {
     spec.model.shape.as_deref().and_then(LlamaConfig::builtin)
 }
 
+/// An executor's error as the error it wraps, so that [`exit_code`] sees it (a cluster's
+/// configuration error, a held lock) and `Unsupported` is a usage error.
+pub fn lift(e: crate::executor::ExecutorError) -> anyhow::Error {
+    use crate::executor::ExecutorError;
+    match e {
+        ExecutorError::State(e) => e.into(),
+        ExecutorError::Slurm(e) => e.into(),
+        ExecutorError::Unsupported(m) => UsageError(m).into(),
+    }
+}
+
 /// Where a command's executor events go: JSON lines on stdout with `--json`; else, on a
 /// terminal, a bar of the runs with the lines above it; else lines on stderr (`quiet`: only the
-/// summaries).
+/// summaries; `-v`: also each running run's progress).
 pub fn event_sink(g: &GlobalArgs, quiet: bool) -> Box<dyn crate::executor::EventSink> {
     use crate::executor::render::{BarRenderer, JsonLinesRenderer, TextRenderer};
     if g.json {
         return Box::new(JsonLinesRenderer::new(std::io::stdout()));
     }
-    match BarRenderer::on_terminal().filter(|_| !quiet) {
+    let verbose = g.verbose > 0;
+    match BarRenderer::on_terminal(verbose).filter(|_| !quiet) {
         Some(bar) => Box::new(bar),
-        None => Box::new(TextRenderer::new(std::io::stderr(), quiet)),
+        None => Box::new(TextRenderer::new(std::io::stderr(), quiet).verbose(verbose)),
     }
 }
 

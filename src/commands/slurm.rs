@@ -7,18 +7,13 @@ use anyhow::Context;
 use super::{load_plan, sweep_dir, UsageError};
 use crate::cli::{CollectArgs, GlobalArgs, SubmitArgs};
 use crate::executor::render::TextRenderer;
-use crate::executor::slurm::config::{default_path, ClustersFile, ConfigError};
+use crate::executor::slurm::config::{default_path, ClustersFile};
 use crate::executor::slurm::events::Watcher;
-use crate::executor::slurm::install::{
-    gpu_install_problem, install_files, is_cuda_binary, libtorch_files, InstallReport, LocalFile,
-};
 use crate::executor::slurm::journal::Journal;
-use crate::executor::slurm::quote::join;
-use crate::executor::slurm::sweep::{now, ClusterSweep, Collected};
-use crate::executor::slurm::transport::Transport;
-use crate::executor::slurm::{check_version, connect, SlurmError};
+use crate::executor::slurm::sweep::{now, ClusterSweep, Collected, SlurmExecutor};
+use crate::executor::slurm::{connect, SlurmError};
 use crate::executor::state::{result_state, SweepLock, SweepState};
-use crate::executor::{Event, EventSink, JobState};
+use crate::executor::{Event, EventSink, Executor, JobState};
 use crate::plan::Plan;
 use crate::results::RunIdentity;
 
@@ -99,43 +94,56 @@ fn submit_round(
     let dir = sweep_dir(g, &plan.name);
     let _lock = SweepLock::acquire(&dir)?;
     super::guard_replan(&dir, &plan, false)?;
-    let mut sweep = ClusterSweep::for_submit(&dir, &plan, cluster, &c)?;
+    let sweep = ClusterSweep::for_submit(&dir, &plan, cluster, &c)?;
     super::target::write_plan_files(&dir, &plan, &src)?;
     let wait = sweep.unconfirmed_wait_s(now().0);
     if wait > 0 {
         std::thread::sleep(std::time::Duration::from_secs(wait));
     }
-    let mut t = connect(&c).map_err(SlurmError::from)?;
-    let binary = c.remote_binary();
-    let installed = if args.install {
-        install(g, t.as_mut(), &c, cluster, &binary)?
-    } else {
-        Vec::new()
-    };
-    let executor = sweep.backend();
     let parallel = c
         .max_concurrent
         .map_or(plan.runs.len(), |m| (m as usize).min(plan.runs.len()));
-    events.look(&sweep.state, &plan, &executor, parallel);
-    let probe = sweep.refresh(t.as_mut())?;
-    check_version(&probe.version, &binary, cluster)?;
-    let chosen = sweep.to_send(&probe, args.retry_failed, args.leave_cancelled);
-    events.look(&sweep.state, &plan, &executor, parallel);
-    let submitted = if chosen.is_empty() {
-        0
+    // The first look starts the sweep's events; later rounds go on from what they saw.
+    events.look(&sweep.state, &plan, &sweep.backend(), parallel);
+    let mut exe = SlurmExecutor::new(sweep, |c| connect(c).map_err(SlurmError::from));
+    if let Some(w) = events.watcher.take() {
+        exe.watcher = w;
+    }
+    exe.resources = resources(g, &plan, &c);
+    exe.retry_failed = args.retry_failed;
+    exe.leave_cancelled = args.leave_cancelled;
+    let installed = if args.install {
+        let binary = match &c.install_binary {
+            Some(p) => p.clone(),
+            None => std::env::current_exe().context("locating the sweep binary")?,
+        };
+        let local_lib = option_env!("SWEEP_LIBTORCH_LIB").map(std::path::PathBuf::from);
+        let mut notify = |m: &str| {
+            if !g.quiet {
+                eprintln!("sweep: {m}");
+            }
+        };
+        exe.install(
+            &binary,
+            local_lib.as_deref(),
+            cfg!(feature = "torch"),
+            &mut notify,
+        )?
     } else {
-        let resources = resources(g, &plan, &c);
-        sweep.send(t.as_mut(), &binary, resources, &chosen)?
+        Vec::new()
     };
-    events.look(&sweep.state, &plan, &executor, parallel);
-    let done = sweep.done();
+    let result = exe.submit(events.sink.as_mut());
+    let round_trips = exe.round_trips();
+    let done = exe.sweep.done();
+    events.watcher = Some(exe.watcher);
+    let submitted = result.map_err(super::lift)?.sent;
     Ok(Event::Submitted {
         sweep: plan.name.clone(),
         cluster: cluster.to_string(),
         runs: plan.runs.len(),
         submitted,
         done,
-        round_trips: t.round_trips(),
+        round_trips,
         installed,
         wall_s: t0.elapsed().as_secs_f64(),
     })
@@ -393,60 +401,22 @@ fn check_memory(plan: &Plan, cluster: &str, gb: f64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Put this binary (and, unless the cluster names its own, the libtorch it was built against)
-/// on the cluster; see [`crate::executor::slurm::install`] for why that is safe when installs
-/// run at once or one is killed. Says what it did on stderr.
-fn install(
-    g: &GlobalArgs,
-    t: &mut dyn Transport,
-    c: &crate::executor::slurm::config::ClusterConfig,
-    cluster: &str,
-    binary: &str,
-) -> anyhow::Result<Vec<InstallReport>> {
-    let mut notify = |m: &str| {
-        if !g.quiet {
-            eprintln!("sweep: {m}");
-        }
-    };
-    let mut reports = Vec::new();
-    let exe = match &c.install_binary {
-        Some(p) => p.clone(),
-        None => std::env::current_exe().context("locating the sweep binary")?,
-    };
-    let local_lib = option_env!("SWEEP_LIBTORCH_LIB").map(std::path::PathBuf::from);
-    if c.asks_gpus() {
-        let cuda = is_cuda_binary(&exe).with_context(|| format!("reading {}", exe.display()))?;
-        if let Some(why) = gpu_install_problem(
-            cluster,
-            &exe,
-            cuda,
-            c.libtorch.is_some(),
-            local_lib.as_deref(),
-        ) {
-            return Err(SlurmError::Config(ConfigError::Unfit(why)).into());
-        }
+/// The executor of a sweep submitted to a cluster from `dir`, with the sweep's lock held; None
+/// when the sweep was never submitted to one (it runs here).
+pub fn open<'a>(
+    dir: &'a std::path::Path,
+    plan: &'a Plan,
+) -> anyhow::Result<Option<(SweepLock, SlurmExecutor<'a>)>> {
+    if ClusterSweep::open(dir, plan)?.is_none() {
+        return Ok(None);
     }
-    if cfg!(feature = "torch") && c.libtorch.is_none() {
-        let Some(local) = option_env!("SWEEP_LIBTORCH_LIB").map(std::path::PathBuf::from) else {
-            anyhow::bail!("this binary does not know the libtorch it was built against: set `libtorch` in the cluster config to a libtorch on the cluster");
-        };
-        if !local.is_dir() {
-            anyhow::bail!("{}: the libtorch this binary was built against is gone: set `libtorch` in the cluster config, or rebuild", local.display());
-        }
-        let files = libtorch_files(&local).map_err(SlurmError::from)?;
-        let lib = join(&c.remote_libtorch(), "lib");
-        reports.push(install_files(t, &lib, &files, &mut notify).map_err(SlurmError::from)?);
-    }
-    let (dir, name) = match binary.rsplit_once('/') {
-        Some((d, n)) => (if d.is_empty() { "/" } else { d }, n),
-        None => (".", binary),
+    let lock = SweepLock::acquire(dir)?;
+    // Read under the lock.
+    let Some(sweep) = ClusterSweep::open(dir, plan)? else {
+        return Ok(None);
     };
-    let file = LocalFile::new(&exe, name, 0o755).map_err(SlurmError::from)?;
-    reports.push(install_files(t, dir, &[file], &mut notify).map_err(SlurmError::from)?);
-    for r in &reports {
-        notify(&r.to_string());
-    }
-    Ok(reports)
+    let exe = SlurmExecutor::new(sweep, |c| connect(c).map_err(SlurmError::from));
+    Ok(Some((lock, exe)))
 }
 
 /// Bring a cluster sweep's state up to date for `sweep status` (at most once per polling
@@ -457,76 +427,19 @@ pub fn status_refresh(g: &GlobalArgs, plan: &Plan) -> anyhow::Result<Option<Stri
         return Ok(None);
     };
     let cluster = sweep.journal.cluster.clone();
-    let (now_s, _) = now();
-    if let Some(last) = sweep.journal.last_poll {
-        let age = now_s.saturating_sub(last);
-        let floor = sweep.journal.config.poll_floor_s;
-        if age < floor {
-            return Ok(Some(format!(
-                "cluster {cluster}: polled {age}s ago; the next poll is allowed in {}s (poll_floor_s)",
-                floor - age
-            )));
-        }
-    }
-    // A `submit --follow` or `follow` working on the sweep polls it: show its last state
-    // rather than wait for it.
-    let _lock = match SweepLock::acquire(&dir) {
-        Ok(l) => l,
-        Err(crate::executor::state::StateError::Locked { pid, .. }) => {
-            return Ok(Some(format!(
+    let note = match open(&dir, plan) {
+        Ok(Some((_lock, mut exe))) => exe.poll().map_err(super::lift),
+        Ok(None) => Ok(None),
+        // A `submit --follow` or `follow` working on the sweep polls it: show its last state
+        // rather than wait for it.
+        Err(e) => match e.downcast_ref::<crate::executor::state::StateError>() {
+            Some(crate::executor::state::StateError::Locked { pid, .. }) => Ok(Some(format!(
                 "cluster {cluster}: not polled now: another sweep process{pid} is working on it (a follow polls it); its last state"
-            )))
-        }
-        Err(e) => return Err(e.into()),
+            ))),
+            _ => Err(e),
+        },
     };
-    // Read again under the lock.
-    let Some(mut sweep) = ClusterSweep::open(&dir, plan)? else {
-        return Ok(None);
-    };
-    let mut t = connect(&sweep.journal.config).map_err(SlurmError::from)?;
-    sweep.refresh(t.as_mut())?;
-    Ok(Some(format!(
-        "cluster {cluster}: polled now ({} SSH round trip{})",
-        t.round_trips(),
-        if t.round_trips() == 1 { "" } else { "s" }
-    )))
-}
-
-/// `sweep cancel` of a cluster sweep: scancel its arrays (or the given runs' tasks).
-pub fn cancel(g: &GlobalArgs, plan: &Plan, only: &[String]) -> anyhow::Result<bool> {
-    let dir = sweep_dir(g, &plan.name);
-    if ClusterSweep::open(&dir, plan)?.is_none() {
-        return Ok(false);
-    }
-    let _lock = SweepLock::acquire(&dir)?;
-    let Some(sweep) = ClusterSweep::open(&dir, plan)? else {
-        return Ok(false);
-    };
-    let j = &sweep.journal;
-    let mut t = connect(&j.config).map_err(SlurmError::from)?;
-    let n = sweep.cancel(t.as_mut(), only)?;
-    if g.json {
-        let what = if only.is_empty() {
-            "job_arrays"
-        } else {
-            "jobs"
-        };
-        println!(
-            "{}",
-            serde_json::json!({"sweep": plan.name, "cluster": j.cluster, what: n, "runs": only})
-        );
-    } else if !g.quiet {
-        println!(
-            "cancelled {n} {} on {}; `sweep submit` resubmits them, resuming from checkpoints",
-            if only.is_empty() {
-                "job arrays"
-            } else {
-                "jobs"
-            },
-            j.cluster
-        );
-    }
-    Ok(true)
+    note
 }
 
 /// `sweep collect SPEC [--adapters]`: copy result.json and metrics.jsonl of finished runs into
@@ -535,26 +448,21 @@ pub fn cancel(g: &GlobalArgs, plan: &Plan, only: &[String]) -> anyhow::Result<bo
 pub fn collect(g: &GlobalArgs, args: &CollectArgs) -> anyhow::Result<()> {
     let (_, plan) = load_plan(&args.spec, false)?;
     let dir = sweep_dir(g, &plan.name);
-    let not_submitted = || {
-        UsageError(format!(
+    let Some((_lock, mut exe)) = open(&dir, &plan)? else {
+        return Err(UsageError(format!(
             "sweep {} was not submitted to a cluster from here ({} has no slurm.json): nothing to collect",
             plan.name,
             dir.display()
         ))
+        .into());
     };
-    if ClusterSweep::open(&dir, &plan)?.is_none() {
-        return Err(not_submitted().into());
-    }
-    let _lock = SweepLock::acquire(&dir)?;
-    let mut sweep = ClusterSweep::open(&dir, &plan)?.ok_or_else(not_submitted)?;
-    let mut t = connect(&sweep.journal.config).map_err(SlurmError::from)?;
-    let probe = sweep.refresh(t.as_mut())?;
     let Collected {
         collected,
         already_here: have,
         adapters,
         incomplete: bad,
-    } = sweep.collect(t.as_mut(), &probe, args.adapters)?;
+    } = exe.collect(args.adapters).map_err(super::lift)?;
+    let trips = exe.round_trips();
     let tracker_warning = super::sync_trackers(&dir, &plan);
     let waiting = plan.runs.len() - collected - have;
     if g.json {
@@ -566,7 +474,7 @@ pub fn collect(g: &GlobalArgs, args: &CollectArgs) -> anyhow::Result<()> {
             "adapters": adapters,
             "incomplete": bad,
             "tracker_warning": tracker_warning,
-            "ssh_round_trips": t.round_trips(),
+            "ssh_round_trips": trips,
         });
         println!("{j}");
     } else if !g.quiet {
@@ -579,7 +487,7 @@ pub fn collect(g: &GlobalArgs, args: &CollectArgs) -> anyhow::Result<()> {
             } else {
                 String::new()
             },
-            t.round_trips()
+            trips
         );
         for b in &bad {
             println!("  {b}");

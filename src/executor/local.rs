@@ -12,10 +12,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use super::slurm::sweep::Collected;
 use super::state::{
     local_result_state, reconcile, result_state, RunRecord, StateError, SweepState,
 };
-use super::{Event, EventSink, JobState};
+use super::{Cancelled, Event, EventSink, Executor, ExecutorError, JobState, Submission};
 use crate::results::RunIdentity;
 use crate::run_lock::RunLock;
 
@@ -33,6 +34,8 @@ pub struct LocalRun {
     /// Nodes and ranks per node the run asks for: more than one rank runs as `sweep train
     /// --nproc N` here; more than one node cannot run here.
     pub ranks: (u32, u32),
+    /// Optimizer steps of the whole run (for its progress).
+    pub total_steps: u64,
 }
 
 /// Settings of the local executor.
@@ -139,9 +142,14 @@ struct Active {
     run: LocalRun,
     child: Child,
     started: Instant,
+    /// The step of its last `run_progress` event, and when its metrics were last read.
+    told: (u64, Instant),
     /// Its GPU slots, given back when it ends.
     gpus: Vec<usize>,
 }
+
+/// How often a running run's metrics.jsonl is read for its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// Default parallelism: cores / threads per run, at least 1.
 pub fn default_parallel(threads: usize) -> usize {
@@ -317,6 +325,7 @@ impl LocalExecutor {
                             run: r.clone(),
                             child,
                             started: Instant::now(),
+                            told: (0, Instant::now()),
                             gpus: slots,
                         });
                     }
@@ -338,6 +347,19 @@ impl LocalExecutor {
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
+            // How far each run has got, from its own metrics.jsonl, every second or so.
+            for a in active.iter_mut() {
+                if a.told.1.elapsed() < PROGRESS_EVERY {
+                    continue;
+                }
+                a.told.1 = Instant::now();
+                if let Some(p) = crate::progress::Progress::of_run(&a.run.dir, a.run.total_steps)
+                    .filter(|p| p.step > a.told.0)
+                {
+                    a.told.0 = p.step;
+                    sink.emit(&Event::progress(&a.id, &p));
+                }
+            }
             let mut i = 0;
             while i < active.len() {
                 let status = active[i]
@@ -480,17 +502,102 @@ fn signal_group(child: &Child, sig: libc::c_int) {
 }
 
 fn count(state: &SweepState, runs: &[LocalRun]) -> Vec<(JobState, usize)> {
-    JobState::ALL
-        .iter()
-        .map(|&s| {
-            (
-                s,
-                runs.iter()
-                    .filter(|r| state.runs.get(&r.id).is_some_and(|x| x.state == s))
-                    .count(),
-            )
+    let ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
+    super::count_states(state, &ids)
+}
+
+/// A sweep run here, as the [`Executor`] face: its folder, state and staged runs, and the
+/// local executor's settings.
+pub struct LocalSweep<'a> {
+    /// The settings.
+    pub exe: LocalExecutor,
+    /// results/NAME.
+    pub dir: &'a Path,
+    /// state.json (an empty state when the sweep never ran here).
+    pub state: SweepState,
+    /// The runs, staged in their folders (for `submit`; the others need only their ids).
+    pub runs: Vec<LocalRun>,
+    /// Set to stop (Ctrl-C): the runs checkpoint and stay resumable.
+    pub stop: std::sync::Arc<AtomicBool>,
+}
+
+impl Executor for LocalSweep<'_> {
+    fn name(&self) -> String {
+        "local".into()
+    }
+
+    fn submit(&mut self, sink: &mut dyn EventSink) -> Result<Submission, ExecutorError> {
+        let attempts = |s: &SweepState, id: &str| s.runs.get(id).map_or(0, |r| r.attempts);
+        let before: Vec<u32> = self
+            .runs
+            .iter()
+            .map(|r| attempts(&self.state, &r.id))
+            .collect();
+        let o = self
+            .exe
+            .run(self.dir, &mut self.state, &self.runs, sink, &self.stop)?;
+        let sent = self
+            .runs
+            .iter()
+            .zip(before)
+            .filter(|(r, b)| attempts(&self.state, &r.id) > *b)
+            .count();
+        Ok(Submission {
+            sent,
+            counts: o.counts,
+            interrupted: o.interrupted,
         })
-        .collect()
+    }
+
+    /// The state is this machine's: its trainers write their folders, and `sweep run` the
+    /// state. Nothing to ask anyone.
+    fn poll(&mut self) -> Result<Option<String>, ExecutorError> {
+        Ok(None)
+    }
+
+    /// SIGTERM to the process group of each running run (its trainer checkpoints first).
+    fn cancel(&mut self, only: &[String]) -> Result<Cancelled, ExecutorError> {
+        let mut runs = Vec::new();
+        for (id, rec) in &self.state.runs {
+            if rec.state != JobState::Running || !(only.is_empty() || only.contains(id)) {
+                continue;
+            }
+            let Some(pid) = rec
+                .job_id
+                .as_deref()
+                .and_then(|j| j.strip_prefix("pid:"))
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            // SAFETY: kill(2) on the run's process group; no memory effects.
+            if unsafe { libc::kill(-pid, libc::SIGTERM) } == 0 {
+                runs.push(id.clone());
+            }
+        }
+        Ok(Cancelled {
+            sweep: self.state.sweep.clone(),
+            executor: self.name(),
+            not_running: only
+                .iter()
+                .filter(|id| !runs.contains(id))
+                .cloned()
+                .collect(),
+            runs,
+        })
+    }
+
+    fn collect(&mut self, _adapters: bool) -> Result<Collected, ExecutorError> {
+        Err(ExecutorError::Unsupported(format!(
+            "sweep {} was not submitted to a cluster from here ({} has no slurm.json): nothing to collect, its results are in its run folders",
+            self.state.sweep,
+            self.dir.display()
+        )))
+    }
+
+    fn state(&self) -> &SweepState {
+        &self.state
+    }
 }
 
 #[cfg(test)]
@@ -547,6 +654,7 @@ esac
                     who: fake_identity(),
                     problem: None,
                     ranks: (1, 1),
+                    total_steps: 1,
                 }
             })
             .collect();

@@ -131,6 +131,21 @@ pub enum Event {
         /// Why it waits.
         detail: String,
     },
+    /// How far a running run has got (from its metrics.jsonl; shown with `-v`).
+    RunProgress {
+        /// Run id.
+        id: String,
+        /// Optimizer steps done.
+        step: u64,
+        /// Steps of the whole run.
+        total_steps: u64,
+        /// Training tokens seen.
+        tokens: u64,
+        /// The last training loss.
+        train_loss: Option<f64>,
+        /// Training tokens per second at the last log line.
+        tokens_per_s: Option<f64>,
+    },
     /// A run ended (for good, or to be sent again when the retry policy allows).
     RunEnded {
         /// Run id.
@@ -177,8 +192,95 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The `run_progress` event of run `id` at `p`.
+    pub fn progress(id: &str, p: &crate::progress::Progress) -> Event {
+        Event::RunProgress {
+            id: id.to_string(),
+            step: p.step,
+            total_steps: p.total_steps,
+            tokens: p.tokens,
+            train_loss: p.train_loss,
+            tokens_per_s: p.tokens_per_s,
+        }
+    }
+}
+
 /// A consumer of events (a renderer).
 pub trait EventSink {
     /// Handle one event.
     fn emit(&mut self, event: &Event);
+}
+
+/// What a submit did: runs sent, and runs per state when it returned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submission {
+    /// Runs started (local) or queued (a cluster) now.
+    pub sent: usize,
+    /// Runs per state when it returned.
+    pub counts: Vec<(JobState, usize)>,
+    /// Stopped by a request (Ctrl-C) before every run ended (local).
+    pub interrupted: bool,
+}
+
+/// What a cancel stopped.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Cancelled {
+    /// The sweep.
+    pub sweep: String,
+    /// `local` or `slurm:CLUSTER`.
+    pub executor: String,
+    /// Runs told to stop (they checkpoint first and stay resumable).
+    pub runs: Vec<String>,
+    /// Runs named that were neither queued nor running: nothing to stop.
+    pub not_running: Vec<String>,
+}
+
+/// Why an executor could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    /// The sweep state.
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    /// The cluster.
+    #[error(transparent)]
+    Slurm(#[from] slurm::SlurmError),
+    /// Something this executor does not do, and what to do instead.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// One face for both executors: the sweep of a results folder, wherever its runs go. The
+/// commands resolve the settings, hold the sweep's lock, choose the executor (a cluster when
+/// the folder's slurm.json says the sweep was submitted to one) and render what it tells.
+pub trait Executor {
+    /// `local` or `slurm:CLUSTER`.
+    fn name(&self) -> String;
+    /// Hand it the runs its retry policy allows, telling `sink` what happens: the local executor
+    /// trains them here and returns once they ended (or a stop was asked); a cluster's queues
+    /// them and returns.
+    fn submit(&mut self, sink: &mut dyn EventSink) -> Result<Submission, ExecutorError>;
+    /// Bring the sweep state up to date with where the runs are; a note on how fresh it is.
+    fn poll(&mut self) -> Result<Option<String>, ExecutorError>;
+    /// Stop the runs `only` (every queued or running one when empty).
+    fn cancel(&mut self, only: &[String]) -> Result<Cancelled, ExecutorError>;
+    /// Bring the results of ended runs into the results folder (with `adapters`, LoRA adapters
+    /// too).
+    fn collect(&mut self, adapters: bool) -> Result<slurm::sweep::Collected, ExecutorError>;
+    /// The sweep state as last seen.
+    fn state(&self) -> &state::SweepState;
+}
+
+/// Runs per state of `ids` in `state`, every state listed (in display order).
+pub fn count_states(state: &state::SweepState, ids: &[String]) -> Vec<(JobState, usize)> {
+    JobState::ALL
+        .iter()
+        .map(|s| {
+            let n = ids
+                .iter()
+                .filter(|id| state.runs.get(*id).is_some_and(|r| r.state == *s))
+                .count();
+            (*s, n)
+        })
+        .collect()
 }

@@ -12,6 +12,7 @@ pub struct TextRenderer<W: Write> {
     ended: std::collections::HashSet<String>,
     done: usize,
     quiet: bool,
+    verbose: bool,
 }
 
 impl<W: Write> TextRenderer<W> {
@@ -23,7 +24,14 @@ impl<W: Write> TextRenderer<W> {
             ended: Default::default(),
             done: 0,
             quiet,
+            verbose: false,
         }
+    }
+
+    /// With `verbose` (`-v`), also how far each running run has got.
+    pub fn verbose(mut self, verbose: bool) -> Self {
+        self.verbose = verbose;
+        self
     }
 
     /// `[ENDED/TOTAL]`.
@@ -83,6 +91,27 @@ impl<W: Write> TextRenderer<W> {
             Event::RunWaiting { id, detail } => {
                 loud.then(|| format!("{} {id} waits: {detail}", self.count()))
             }
+            Event::RunProgress {
+                id,
+                step,
+                total_steps,
+                tokens,
+                train_loss,
+                tokens_per_s,
+            } => (loud && self.verbose).then(|| {
+                let p = crate::progress::Progress {
+                    step: *step,
+                    total_steps: *total_steps,
+                    tokens: *tokens,
+                    train_loss: *train_loss,
+                    tokens_per_s: *tokens_per_s,
+                };
+                format!(
+                    "{} {id}: {}",
+                    self.count(),
+                    p.describe(tokens / step.max(&1))
+                )
+            }),
             Event::RunEnded {
                 id,
                 state,
@@ -164,8 +193,9 @@ pub struct BarRenderer {
 }
 
 impl BarRenderer {
-    /// A renderer on stderr, or None when stderr is not a terminal (use [`TextRenderer`]).
-    pub fn on_terminal() -> Option<BarRenderer> {
+    /// A renderer on stderr (with `verbose`, the runs' progress lines too), or None when stderr
+    /// is not a terminal (use [`TextRenderer`]).
+    pub fn on_terminal(verbose: bool) -> Option<BarRenderer> {
         use std::io::IsTerminal;
         if !std::io::stderr().is_terminal() {
             return None;
@@ -177,7 +207,7 @@ impl BarRenderer {
                 .progress_chars("=> "),
         );
         Some(BarRenderer {
-            text: TextRenderer::new(std::io::sink(), false),
+            text: TextRenderer::new(std::io::sink(), false).verbose(verbose),
             bar,
             done: 0,
             states: Default::default(),

@@ -14,6 +14,8 @@ use crate::executor::{Event, JobState};
 pub struct Watcher {
     last: BTreeMap<String, RunRecord>,
     running_since: HashMap<String, Instant>,
+    /// The step of each run's last `run_progress` event.
+    told: HashMap<String, u64>,
 }
 
 impl Watcher {
@@ -22,7 +24,17 @@ impl Watcher {
         Watcher {
             last: state.runs.clone(),
             running_since: HashMap::new(),
+            told: HashMap::new(),
         }
+    }
+
+    /// The `run_progress` event of run `id` at `p`, if it got further than last told.
+    pub fn progress(&mut self, id: &str, p: &crate::progress::Progress) -> Option<Event> {
+        let told = self.told.entry(id.to_string()).or_insert(0);
+        (p.step > *told).then(|| {
+            *told = p.step;
+            Event::progress(id, p)
+        })
     }
 
     /// The events that take the runs `ids` (in this order) from what was last seen to `state`.

@@ -35,6 +35,8 @@ pub struct Probe {
     pub jobs_log: HashMap<String, (String, String)>,
     /// The step of each run's latest checkpoint on the cluster.
     pub checkpoints: HashMap<String, u64>,
+    /// The last metrics.jsonl line of each run with no result.json yet.
+    pub progress: HashMap<String, String>,
 }
 
 /// The probe command (pure): everything status and submit need, in one remote call.
@@ -49,7 +51,8 @@ echo @@acct; case \"$cfg\" in *accounting_storage/slurmdbd*) sacct -n -P -X -u \
 *jobcomp/filetxt*) sacct -c -n -P -o {sa} 2>/dev/null ;; *) scontrol show job -o 2>/dev/null ;; esac; \
 echo @@results; for f in runs/*/result.json; do [ -e \"$f\" ] && grep -H -o -E '\"(status\": *\"[a-z_]*|error\": *\"([^\"\\\\]|\\\\.)*)\"' \"$f\"; done; \
 echo @@jobslog; cat jobs.log 2>/dev/null; \
-echo @@checkpoints; for c in runs/*/checkpoints/step-*; do [ -d \"$c\" ] && echo \"$c\"; done; true; }}",
+echo @@checkpoints; for c in runs/*/checkpoints/step-*; do [ -d \"$c\" ] && echo \"$c\"; done; \
+echo @@progress; for f in runs/*/metrics.jsonl; do [ -e \"$f\" ] && [ ! -e \"${{f%metrics.jsonl}}result.json\" ] && printf '%s:%s\\n' \"$f\" \"$(tail -n 1 \"$f\")\"; done; true; }}",
         bin = from_home(binary),
         sq = parse::SQUEUE_FORMAT,
         sa = parse::SACCT_FIELDS,
@@ -71,6 +74,7 @@ pub fn parse_probe(text: &str) -> Probe {
                 "results" => "results",
                 "jobslog" => "jobslog",
                 "checkpoints" => "checkpoints",
+                "progress" => "progress",
                 _ => cur,
             };
             if [
@@ -81,6 +85,7 @@ pub fn parse_probe(text: &str) -> Probe {
                 "results",
                 "jobslog",
                 "checkpoints",
+                "progress",
             ]
             .contains(&name)
             {
@@ -109,6 +114,7 @@ pub fn parse_probe(text: &str) -> Probe {
         errors: parse::parse_result_errors(get("results")),
         jobs_log: parse::parse_jobs_log(get("jobslog")),
         checkpoints: parse::parse_checkpoints(get("checkpoints")),
+        progress: parse::parse_progress(get("progress")),
     }
 }
 
@@ -852,5 +858,35 @@ mod tests {
         );
         assert!(c.contains("'/b in/sweep' --version"), "{c}");
         assert!(c.contains("-S now-3600"), "{c}");
+    }
+
+    /// The probe runs in a real shell (here, with no Slurm: its sections say so and go on), and
+    /// its progress section holds the last metrics line of each run that has no result yet.
+    #[test]
+    fn the_probe_runs_in_a_shell_and_reads_the_progress_of_unfinished_runs() {
+        let d = tempfile::tempdir().unwrap();
+        let remote = d.path().join("sweep dir");
+        for (id, finished) in [("a-s0", false), ("b-s0", true)] {
+            let run = remote.join("runs").join(id);
+            std::fs::create_dir_all(&run).unwrap();
+            std::fs::write(
+                run.join("metrics.jsonl"),
+                "{\"step\":0}\n{\"step\":2,\"note\":\"a: b\"}\n",
+            )
+            .unwrap();
+            if finished {
+                std::fs::write(run.join("result.json"), "{\"status\": \"completed\"}").unwrap();
+            }
+        }
+        let cmd = probe_command(&remote.display().to_string(), "/nonexistent/sweep", 60);
+        let out = std::process::Command::new("sh")
+            .args(["-c", &cmd])
+            .env("PATH", "/usr/bin:/bin")
+            .output()
+            .unwrap();
+        let probe = parse_probe(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(probe.progress.len(), 1, "{probe:?}");
+        assert_eq!(probe.progress["a-s0"], "{\"step\":2,\"note\":\"a: b\"}");
+        assert_eq!(probe.results["b-s0"], JobState::Completed);
     }
 }

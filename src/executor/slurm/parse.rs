@@ -252,6 +252,17 @@ pub fn parse_checkpoints(text: &str) -> HashMap<String, u64> {
     out
 }
 
+/// The last metrics.jsonl line of each unfinished run, from the probe's
+/// `runs/ID/metrics.jsonl:LINE` lines.
+pub fn parse_progress(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|l| {
+            let (id, line) = l.strip_prefix("runs/")?.split_once("/metrics.jsonl:")?;
+            Some((id.to_string(), line.to_string()))
+        })
+        .collect()
+}
+
 /// The `error` of each failed result.json in the probe's results section (lines
 /// `runs/ID/result.json:"error": "..."`, the JSON string as written).
 pub fn parse_result_errors(text: &str) -> HashMap<String, String> {
@@ -374,5 +385,10 @@ mod tests {
         );
         assert_eq!(r["abc-s0"], JobState::Completed);
         assert_eq!(r["abd-s1"], JobState::Diverged);
+        let p = parse_progress(
+            "runs/abc-s0/metrics.jsonl:{\"step\":3,\"a:b\":1}\nruns/x/checkpoints/step-1\n",
+        );
+        assert_eq!(p.len(), 1);
+        assert_eq!(p["abc-s0"], "{\"step\":3,\"a:b\":1}");
     }
 }

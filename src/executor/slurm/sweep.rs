@@ -6,15 +6,21 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::config::ClusterConfig;
+use super::config::{ClusterConfig, ConfigError};
+use super::events::Watcher;
 use super::executor::{self as ex, Probe};
+use super::install::{
+    gpu_install_problem, install_files, is_cuda_binary, libtorch_files, InstallReport, LocalFile,
+};
 use super::journal::{Journal, JOURNAL_SCHEMA};
 use super::quote::join;
 use super::script::Resources;
 use super::transport::Transport;
 use super::SlurmError;
 use crate::executor::state::{result_state, RunRecord, SweepState};
-use crate::executor::JobState;
+use crate::executor::{
+    count_states, Cancelled, Event, EventSink, Executor, ExecutorError, JobState, Submission,
+};
 use crate::plan::{MethodConfig, Plan};
 use crate::results::{RunIdentity, RunResult, ADAPTER_DIR, ADAPTER_FILES, ADAPTER_WEIGHTS};
 use crate::util::write_atomic;
@@ -344,6 +350,254 @@ impl<'a> ClusterSweep<'a> {
     }
 }
 
+/// Makes a connection to a cluster.
+pub type Connect<'a> =
+    Box<dyn FnMut(&ClusterConfig) -> Result<Box<dyn Transport>, SlurmError> + 'a>;
+
+/// A sweep on a cluster as the [`Executor`] face: the sweep, a connection made when first
+/// needed, and the submit's settings.
+pub struct SlurmExecutor<'a> {
+    /// The sweep.
+    pub sweep: ClusterSweep<'a>,
+    /// The connection, once made.
+    t: Option<Box<dyn Transport>>,
+    /// Makes the connection.
+    connect: Connect<'a>,
+    /// What each job asks Slurm for.
+    pub resources: Resources,
+    /// Send failed runs again.
+    pub retry_failed: bool,
+    /// Leave runs a user cancelled cancelled.
+    pub leave_cancelled: bool,
+    /// Tells the events from how each poll changed the state.
+    pub watcher: Watcher,
+}
+
+impl<'a> SlurmExecutor<'a> {
+    /// The executor of `sweep`, connecting with `connect` when it first needs the cluster.
+    pub fn new(
+        sweep: ClusterSweep<'a>,
+        connect: impl FnMut(&ClusterConfig) -> Result<Box<dyn Transport>, SlurmError> + 'a,
+    ) -> SlurmExecutor<'a> {
+        let watcher = Watcher::new(&sweep.state);
+        SlurmExecutor {
+            sweep,
+            t: None,
+            connect: Box::new(connect),
+            resources: Resources::default(),
+            retry_failed: false,
+            leave_cancelled: false,
+            watcher,
+        }
+    }
+
+    /// The connection (made now if it was not).
+    pub fn transport(&mut self) -> Result<&mut dyn Transport, SlurmError> {
+        if self.t.is_none() {
+            self.t = Some((self.connect)(&self.sweep.journal.config)?);
+        }
+        Ok(self.t.as_deref_mut().expect("connected above"))
+    }
+
+    /// Run `f` on the sweep with the connection (made now if it was not).
+    fn on_cluster<R>(
+        &mut self,
+        f: impl FnOnce(&mut ClusterSweep<'a>, &mut dyn Transport) -> Result<R, SlurmError>,
+    ) -> Result<R, SlurmError> {
+        self.transport()?;
+        let t = self.t.as_deref_mut().expect("connected above");
+        f(&mut self.sweep, t)
+    }
+
+    /// SSH round trips so far.
+    pub fn round_trips(&self) -> u64 {
+        self.t.as_ref().map_or(0, |t| t.round_trips())
+    }
+
+    /// Put the binary `exe` (and, with `libtorch`, the libtorch it was built against, found at
+    /// `local_lib`, unless the cluster names its own) on the cluster; see [`super::install`]
+    /// for why that is safe when installs run at once or one is killed. `notify` hears what it
+    /// does.
+    pub fn install(
+        &mut self,
+        exe: &Path,
+        local_lib: Option<&Path>,
+        libtorch: bool,
+        notify: &mut dyn FnMut(&str),
+    ) -> Result<Vec<InstallReport>, SlurmError> {
+        let c = self.sweep.journal.config.clone();
+        let cluster = self.sweep.journal.cluster.clone();
+        let binary = c.remote_binary();
+        if c.asks_gpus() {
+            let cuda = is_cuda_binary(exe)
+                .map_err(|e| SlurmError::Local(format!("reading {}: {e}", exe.display())))?;
+            if let Some(why) =
+                gpu_install_problem(&cluster, exe, cuda, c.libtorch.is_some(), local_lib)
+            {
+                return Err(SlurmError::Config(ConfigError::Unfit(why)));
+            }
+        }
+        let t = self.transport()?;
+        let mut reports = Vec::new();
+        if libtorch && c.libtorch.is_none() {
+            let Some(local) = local_lib else {
+                return Err(SlurmError::Local("this binary does not know the libtorch it was built against: set `libtorch` in the cluster config to a libtorch on the cluster".into()));
+            };
+            if !local.is_dir() {
+                return Err(SlurmError::Local(format!("{}: the libtorch this binary was built against is gone: set `libtorch` in the cluster config, or rebuild", local.display())));
+            }
+            let files = libtorch_files(local)?;
+            let lib = join(&c.remote_libtorch(), "lib");
+            reports.push(install_files(t, &lib, &files, notify)?);
+        }
+        let (dir, name) = match binary.rsplit_once('/') {
+            Some((d, n)) => (if d.is_empty() { "/" } else { d }, n),
+            None => (".", binary.as_str()),
+        };
+        let file = LocalFile::new(exe, name, 0o755)?;
+        reports.push(install_files(t, dir, &[file], notify)?);
+        for r in &reports {
+            notify(&r.to_string());
+        }
+        Ok(reports)
+    }
+
+    /// Refresh, and tell `sink` what changed since the last look and how far each running run
+    /// has got (its last metrics.jsonl line on the cluster).
+    fn refresh_telling(&mut self, sink: &mut dyn EventSink) -> Result<Probe, SlurmError> {
+        let probe = self.on_cluster(|s, t| s.refresh(t))?;
+        self.tell(sink);
+        let per_step = self.sweep.plan.shared.training.tokens_per_step();
+        for r in &self.sweep.plan.runs {
+            let running = self
+                .sweep
+                .state
+                .runs
+                .get(&r.id)
+                .is_some_and(|x| x.state == JobState::Running);
+            let total = self.sweep.plan.points[r.point]
+                .token_budget
+                .div_ceil(per_step)
+                .max(1);
+            let Some(p) = probe
+                .progress
+                .get(&r.id)
+                .filter(|_| running)
+                .and_then(|line| crate::progress::Progress::from_metrics(line, total))
+            else {
+                continue;
+            };
+            if let Some(e) = self.watcher.progress(&r.id, &p) {
+                sink.emit(&e);
+            }
+        }
+        Ok(probe)
+    }
+
+    fn tell(&mut self, sink: &mut dyn EventSink) {
+        let ids: Vec<String> = self.sweep.plan.runs.iter().map(|r| r.id.clone()).collect();
+        for e in self.watcher.update(&self.sweep.state, &ids) {
+            sink.emit(&e);
+        }
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.sweep.plan.runs.iter().map(|r| r.id.clone()).collect()
+    }
+}
+
+impl Executor for SlurmExecutor<'_> {
+    fn name(&self) -> String {
+        self.sweep.backend()
+    }
+
+    /// Refresh (the remote binary must be this version), then send what the retry policy
+    /// allows and return: the cluster runs them.
+    fn submit(&mut self, sink: &mut dyn EventSink) -> Result<Submission, ExecutorError> {
+        let probe = self.refresh_telling(sink)?;
+        let binary = self.sweep.journal.config.remote_binary();
+        super::check_version(&probe.version, &binary, &self.sweep.journal.cluster)?;
+        let chosen = self
+            .sweep
+            .to_send(&probe, self.retry_failed, self.leave_cancelled);
+        self.tell(sink);
+        let sent = if chosen.is_empty() {
+            0
+        } else {
+            let resources = self.resources;
+            self.on_cluster(|s, t| s.send(t, &binary, resources, &chosen))?
+        };
+        self.tell(sink);
+        Ok(Submission {
+            sent,
+            counts: count_states(&self.sweep.state, &self.ids()),
+            interrupted: false,
+        })
+    }
+
+    /// One probe, at most once per the cluster's poll_floor_s.
+    fn poll(&mut self) -> Result<Option<String>, ExecutorError> {
+        let j = &self.sweep.journal;
+        let cluster = j.cluster.clone();
+        if let Some(last) = j.last_poll {
+            let age = now().0.saturating_sub(last);
+            let floor = j.config.poll_floor_s;
+            if age < floor {
+                return Ok(Some(format!(
+                    "cluster {cluster}: polled {age}s ago; the next poll is allowed in {}s (poll_floor_s)",
+                    floor - age
+                )));
+            }
+        }
+        self.refresh_telling(&mut NoSink)?;
+        let n = self.round_trips();
+        Ok(Some(format!(
+            "cluster {cluster}: polled now ({n} SSH round trip{})",
+            if n == 1 { "" } else { "s" }
+        )))
+    }
+
+    /// scancel the sweep's arrays, or the tasks of the runs `only` that are queued or running.
+    fn cancel(&mut self, only: &[String]) -> Result<Cancelled, ExecutorError> {
+        let live = |id: &String, s: &SweepState| {
+            s.runs
+                .get(id)
+                .is_some_and(|r| matches!(r.state, JobState::Pending | JobState::Running))
+        };
+        let named: Vec<String> = if only.is_empty() {
+            self.ids()
+        } else {
+            only.to_vec()
+        };
+        let (runs, not_running): (Vec<String>, Vec<String>) = named
+            .into_iter()
+            .partition(|id| live(id, &self.sweep.state));
+        self.on_cluster(|s, t| s.cancel(t, only))?;
+        Ok(Cancelled {
+            sweep: self.sweep.plan.name.clone(),
+            executor: self.name(),
+            runs,
+            not_running: if only.is_empty() { vec![] } else { not_running },
+        })
+    }
+
+    fn collect(&mut self, adapters: bool) -> Result<Collected, ExecutorError> {
+        let probe = self.refresh_telling(&mut NoSink)?;
+        Ok(self.on_cluster(|s, t| s.collect(t, &probe, adapters))?)
+    }
+
+    fn state(&self) -> &SweepState {
+        &self.sweep.state
+    }
+}
+
+/// A sink for what no one is told (a status poll, a collect: their state is what counts).
+struct NoSink;
+
+impl EventSink for NoSink {
+    fn emit(&mut self, _: &Event) {}
+}
+
 /// Copy a run's adapter folder from the cluster into `local`/adapter, whole or not at all (a
 /// temporary folder, then a rename). False when the cluster has no complete adapter.
 fn collect_adapter(t: &mut dyn Transport, remote: &str, local: &Path) -> Result<bool, SlurmError> {
@@ -433,7 +687,18 @@ mod tests {
                         out.push_str(&format!("{rest}:\"status\": \"{word}\"\n"));
                     }
                 }
-                out.push_str("@@jobslog\n@@checkpoints\n");
+                out.push_str("@@jobslog\n@@checkpoints\n@@progress\n");
+                for (path, data) in files {
+                    let Some(rest) = path.strip_prefix("w/sweeps/t/") else {
+                        continue;
+                    };
+                    let text = String::from_utf8_lossy(data);
+                    if let (true, Some(last)) =
+                        (rest.ends_with("/metrics.jsonl"), text.lines().last())
+                    {
+                        out.push_str(&format!("{rest}:{last}\n"));
+                    }
+                }
             } else if cmd.contains("sbatch --parsable") {
                 for part in cmd.split("sbatch --parsable").skip(1) {
                     let word = |key: &str| {
@@ -621,6 +886,118 @@ mod tests {
             .join(id)
             .join("result.json")
             .exists());
+    }
+
+    /// The fake transport shared between the test and an executor that owns its connection.
+    struct Shared(Rc<RefCell<FakeTransport>>);
+
+    impl Transport for Shared {
+        fn exec(
+            &mut self,
+            command: &str,
+        ) -> Result<ExecOutput, crate::executor::slurm::transport::TransportError> {
+            self.0.borrow_mut().exec(command)
+        }
+        fn upload(
+            &mut self,
+            data: &[u8],
+            remote: &str,
+            mode: i32,
+        ) -> Result<(), crate::executor::slurm::transport::TransportError> {
+            self.0.borrow_mut().upload(data, remote, mode)
+        }
+        fn download(
+            &mut self,
+            remote: &str,
+        ) -> Result<Option<Vec<u8>>, crate::executor::slurm::transport::TransportError> {
+            self.0.borrow_mut().download(remote)
+        }
+        fn round_trips(&self) -> u64 {
+            self.0.borrow().round_trips()
+        }
+    }
+
+    /// Collects the events it is told.
+    #[derive(Default)]
+    struct Told(Vec<Event>);
+
+    impl EventSink for Told {
+        fn emit(&mut self, e: &Event) {
+            self.0.push(e.clone());
+        }
+    }
+
+    #[test]
+    fn the_executor_face_submits_polls_cancels_and_collects_with_the_local_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = two_runs();
+        let cluster = Rc::new(RefCell::new(Cluster::default()));
+        let t = Rc::new(RefCell::new(connect(&cluster)));
+        let sweep = ClusterSweep::for_submit(dir.path(), &plan, "a", &config()).unwrap();
+        let shared = t.clone();
+        let mut connects = 0;
+        let mut exe = SlurmExecutor::new(sweep, |_| {
+            connects += 1;
+            Ok(Box::new(Shared(shared.clone())) as Box<dyn Transport>)
+        });
+        assert_eq!(exe.name(), "slurm:a");
+        let mut told = Told::default();
+        let sub = exe.submit(&mut told).unwrap();
+        assert_eq!(sub.sent, 2);
+        assert_eq!(sub.counts[0], (JobState::Pending, 2));
+        let kinds: Vec<&str> = told
+            .0
+            .iter()
+            .map(|e| match e {
+                Event::RunQueued { .. } => "run_queued",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["run_queued", "run_queued"]);
+        // Poll: one probe (the dev floor here is the default 30 s, and the last poll was now).
+        let note = exe.poll().unwrap().unwrap();
+        assert!(note.contains("polled 0s ago"), "{note}");
+        exe.sweep.journal.last_poll = Some(0);
+        cluster.borrow_mut().set(0, "RUNNING", "0:0");
+        let note = exe.poll().unwrap().unwrap();
+        assert!(note.contains("cluster a: polled now"), "{note}");
+        assert_eq!(exe.state().runs[&plan.runs[0].id].state, JobState::Running);
+        // A running run's progress, from its metrics.jsonl on the cluster, told once per step.
+        t.borrow_mut().files.insert(
+            format!("w/sweeps/t/runs/{}/metrics.jsonl", plan.runs[0].id),
+            b"{\"step\":0,\"tokens\":0}\n{\"step\":1,\"tokens\":32,\"train_loss\":4.5}\n".to_vec(),
+        );
+        let mut told = Told::default();
+        assert_eq!(exe.submit(&mut told).unwrap().sent, 0);
+        assert_eq!(
+            told.0,
+            [Event::RunProgress {
+                id: plan.runs[0].id.clone(),
+                step: 1,
+                total_steps: 2,
+                tokens: 32,
+                train_loss: Some(4.5),
+                tokens_per_s: None
+            }]
+        );
+        let mut told = Told::default();
+        exe.submit(&mut told).unwrap();
+        assert!(told.0.is_empty(), "not told twice: {:?}", told.0);
+        // Cancel names what it stopped and what was not running.
+        cluster.borrow_mut().set(1, "COMPLETED", "0:0");
+        t.borrow_mut().files.insert(
+            format!("w/sweeps/t/runs/{}/result.json", plan.runs[1].id),
+            result(&plan, 1, None),
+        );
+        let c = exe.collect(false).unwrap();
+        assert_eq!(c.collected, 1);
+        let all = [plan.runs[0].id.clone(), plan.runs[1].id.clone()];
+        let cancelled = exe.cancel(&all).unwrap();
+        assert_eq!(cancelled.runs, [plan.runs[0].id.clone()]);
+        assert_eq!(cancelled.not_running, [plan.runs[1].id.clone()]);
+        assert_eq!(cancelled.executor, "slurm:a");
+        drop(exe);
+        assert_eq!(connects, 1, "one connection, made when first needed");
     }
 
     #[test]
