@@ -1069,6 +1069,52 @@ fn a_requeued_job_resumes_from_its_checkpoint_and_runs_once() {
     assert_eq!(s[0], s[1], "one job, started twice: {s:?}");
 }
 
+/// `requeue_on_timeout = true`: a job warned before its 2-minute time limit checkpoints and
+/// puts itself back in the queue; Slurm starts the same job again (as many time slots as it
+/// needs) and it completes from its checkpoint, with no `sweep submit` in between: the tool only
+/// looks (`sweep status`) and collects.
+#[test]
+fn a_job_at_its_time_limit_requeues_itself_and_completes_unattended() {
+    let name = "selfrequeue";
+    if !cluster_up("a_job_at_its_time_limit_requeues_itself_and_completes_unattended") {
+        return;
+    }
+    let src = SharedSource::new(name);
+    // Warned 30-60 s into each slot (as in the timeout test above); 235 steps paced to at
+    // least 300 ms (70 s) outlast the first slot on any machine, and get further in each.
+    let c = Case::training(
+        name,
+        "time_limit = \"00:02:00\"\ncheckpoint_signal_s = 60\ntrain_args = [\"--min-step-ms\", \"300\"]\nrequeue_on_timeout = true\nretry = { max_attempts = 1 }\n",
+        "60k",
+        0,
+        &src,
+    );
+    let out = c.ok(&["submit", "spec.toml", "--cluster", "dev", "--install"]);
+    assert!(out.contains("submitted 1 of 1"), "{out}");
+    let (id, run) = c.only_run(name);
+    let t0 = Instant::now();
+    loop {
+        let s = states(&c);
+        if s[&id].0 == "completed" {
+            break;
+        }
+        assert!(
+            !matches!(s[&id].0.as_str(), "timeout" | "failed"),
+            "it requeued itself instead of ending: {s:?}"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(2 * WAIT_S), "{s:?}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    c.ok(&["collect", "spec.toml"]);
+    assert_resumed(&c, name, &id);
+    assert_eq!(states(&c)[&id].1, 1, "one attempt: the requeues were Slurm's");
+    let s = starts(&c, name, &id);
+    assert!(s.len() >= 2, "started again after the requeue: {s:?}");
+    assert!(s.iter().all(|x| *x == s[0]), "one job: {s:?}");
+    let log = std::fs::read_to_string(run.join("train.log")).unwrap();
+    assert!(log.contains("requeued itself to go on from there"), "{log}");
+}
+
 /// A node outage: holds [`NODE_OUTAGE`], and restarts the killed slurmd (waiting until the
 /// node is back) when dropped, also when a test fails.
 struct NodeOutage {

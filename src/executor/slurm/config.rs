@@ -133,6 +133,12 @@ pub struct ClusterConfig {
     /// default enough to write the sweep's largest checkpoint ([`default_signal_s`]).
     #[serde(default)]
     pub checkpoint_signal_s: Option<u64>,
+    /// A task stopped at the time-limit warning with a checkpoint further than the one it
+    /// started from puts itself back in the queue (`scontrol requeue`: the same job, not a new
+    /// attempt) and goes on from it in its next time slot, with no `sweep` process alive; one
+    /// that got no further ends as a timeout (exit 75) for the retry policy.
+    #[serde(default)]
+    pub requeue_on_timeout: bool,
     /// Retries by fault class.
     #[serde(default)]
     pub retry: RetryPolicy,

@@ -171,7 +171,7 @@ sed -n "${{line}}p" batches/{tag}.jsonl > "$run/.run.json.tmp" && mv "$run/.run.
     echo "sweep: $id got the time-limit warning before training started; exit {checkpointed} (a timeout)" >&2
     exit {checkpointed}
 fi
-{launch}{bin} train "$run/run.json"{extra} --threads "${{SLURM_CPUS_PER_TASK:-1}}" >> "$run/train.log" 2>&1 &
+{started}{launch}{bin} train "$run/run.json"{extra} --threads "${{SLURM_CPUS_PER_TASK:-1}}" >> "$run/train.log" 2>&1 &
 child=$!
 [ "$warned" = 0 ] || kill -USR1 "$child" 2>/dev/null
 while true; do
@@ -180,11 +180,26 @@ while true; do
     kill -0 "$child" 2>/dev/null || break
 done
 if [ "$warned" = 1 ] && {{ [ "$code" = 0 ] || [ "$code" = 138 ]; }} && ! grep -qE '"status": *"(completed|diverged)"' "$run/result.json" 2>/dev/null; then
-    echo "sweep: $id stopped at the time-limit warning; exit {checkpointed} (a timeout)" >&2
+{requeue}    echo "sweep: $id stopped at the time-limit warning; exit {checkpointed} (a timeout)" >&2
     exit {checkpointed}
 fi
 exit "$code"
 "#,
+        started = if c.requeue_on_timeout {
+            "started_from=$(ls -d \"$run\"/checkpoints/step-* 2>/dev/null | tail -n 1)\n"
+        } else {
+            ""
+        },
+        requeue = if c.requeue_on_timeout {
+            r#"    reached=$(ls -d "$run"/checkpoints/step-* 2>/dev/null | tail -n 1)
+    if [ -n "$reached" ] && [ "$reached" != "$started_from" ]; then
+        echo "sweep: $id stopped at the time-limit warning at ${reached##*/}; requeued itself to go on from there (requeue_on_timeout)" | tee -a "$run/train.log" >&2
+        scontrol requeue "$SLURM_JOB_ID" && exit 0
+    fi
+"#
+        } else {
+            ""
+        },
         bin = from_home(binary),
         launch = if res.multi() { MULTI_RANK_LAUNCH } else { "" },
         checkpointed = CHECKPOINTED_EXIT,
@@ -348,6 +363,40 @@ mod tests {
                 Resources::default(),
             ),
         );
+    }
+
+    #[test]
+    fn requeue_on_timeout_requeues_only_a_task_that_checkpointed_further() {
+        let f = ClustersFile::parse(
+            "[clusters.a]\nhost = \"h\"\nuser = \"u\"\nwork_dir = \"w\"\nrequeue_on_timeout = true\n",
+            "c",
+        )
+        .unwrap();
+        let on = render(&f.clusters["a"], "b", "t", Resources::default());
+        let before = on.find("started_from=").unwrap();
+        let launch = on.find(" train \"$run/run.json\"").unwrap();
+        assert!(
+            before < launch,
+            "the checkpoint it starts from is read before it trains"
+        );
+        let requeue = on
+            .find("scontrol requeue \"$SLURM_JOB_ID\" && exit 0")
+            .unwrap();
+        assert!(on[..requeue].contains("[ \"$reached\" != \"$started_from\" ]"));
+        // Else, and when it got no further, a timeout for the retry policy.
+        assert!(on[requeue..].contains("exit 75"));
+        let off = render(
+            &ClustersFile::parse(
+                "[clusters.a]\nhost = \"h\"\nuser = \"u\"\nwork_dir = \"w\"\n",
+                "c",
+            )
+            .unwrap()
+            .clusters["a"],
+            "b",
+            "t",
+            Resources::default(),
+        );
+        assert!(!off.contains("scontrol requeue") && !off.contains("started_from"));
     }
 
     #[test]
