@@ -163,6 +163,10 @@ pub struct SubmitArgs {
     /// Without a cluster: the GPUs to lend runs, as `sweep run --gpus`.
     #[arg(long, value_name = "LIST", conflicts_with = "cluster")]
     pub gpus: Option<String>,
+    /// Print the settings it would act with (the command line, the spec, the cluster's entry
+    /// and the environment, merged) and do nothing else.
+    #[arg(long)]
+    pub show_settings: bool,
     /// Leave cancelled runs cancelled (follow's later rounds: a user's cancel wins).
     #[arg(skip)]
     pub leave_cancelled: bool,
@@ -182,6 +186,10 @@ pub struct FollowArgs {
     /// Submit even where the memory estimate exceeds the cluster's gpu_memory_gb.
     #[arg(long)]
     pub no_memory_check: bool,
+    /// Print the settings it would act with (the command line, the spec, the cluster's entry
+    /// and the environment, merged) and do nothing else.
+    #[arg(long)]
+    pub show_settings: bool,
 }
 
 /// `sweep cancel`.
@@ -344,6 +352,10 @@ pub struct RunArgs {
     /// `0,1,2,3` (an id twice lets two runs share that GPU).
     #[arg(long, value_name = "LIST")]
     pub gpus: Option<String>,
+    /// Print the settings it would act with (the command line, the spec, the cluster's entry
+    /// and the environment, merged) and do nothing else.
+    #[arg(long)]
+    pub show_settings: bool,
 }
 
 /// `sweep fetch`.

@@ -238,6 +238,75 @@ target_modules = ["all"]
     // Forced, it goes on to the cluster (unreachable here): no memory refusal.
     let (_, err) = text(&submit(&["--no-memory-check"]));
     assert!(!err.contains("gpu_memory_gb"), "{err}");
+    // --show-settings: the entry with its defaults filled in, the flags and the environment,
+    // and nothing sent (the cluster is not even reached).
+    let o = submit(&[
+        "--show-settings",
+        "--install",
+        "--no-memory-check",
+        "--json",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["executor"], "slurm:small", "{v}");
+    assert_eq!(v["cluster"]["entry"]["host"], "127.0.0.1", "{v}");
+    assert_eq!(
+        v["cluster"]["entry"]["poll_floor_s"], 30,
+        "the default: {v}"
+    );
+    assert_eq!(v["cluster"]["install"], true, "{v}");
+    assert_eq!(v["cluster"]["memory_check"], false, "{v}");
+    assert_eq!(
+        v["environment"]["SWEEP_CACHE"], ".cache/sweep (default)",
+        "{v}"
+    );
+    assert!(!dir.path().join("results/big/slurm.json").exists());
+}
+
+/// `sweep run --show-settings` prints the local settings as resolved (TOML) and trains nothing.
+#[test]
+fn run_shows_its_settings_and_does_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    write_spec(
+        dir.path(),
+        "name = \"s\"\n[model]\nbuiltin = \"tiny\"\n[data]\nregime = \"cpt\"\ndomain = \"code\"\ntarget = \"builtin:python\"\n[training]\nbatch_size = 2\nseq_len = 16\n[grid]\nmethod = [\"full\"]\ntoken_budget = [64]\n[grid.full]\nlearning_rate = [1e-3, 3e-3]\n",
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_sweep"))
+        .args([
+            "run",
+            "spec.toml",
+            "--jobs",
+            "3",
+            "--threads",
+            "2",
+            "--gpus",
+            "none",
+            "--show-settings",
+        ])
+        .current_dir(dir.path())
+        .env("SWEEP_CACHE", "/tmp/elsewhere")
+        .env("HF_TOKEN", "secret-value")
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let v: toml::Value = toml::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["executor"].as_str(), Some("local"), "{out}");
+    assert_eq!(v["runs"].as_integer(), Some(2), "{out}");
+    assert_eq!(v["local"]["jobs"].as_integer(), Some(3), "{out}");
+    assert_eq!(v["local"]["threads"].as_integer(), Some(2), "{out}");
+    assert_eq!(
+        v["environment"]["SWEEP_CACHE"].as_str(),
+        Some("/tmp/elsewhere"),
+        "{out}"
+    );
+    assert_eq!(v["environment"]["HF_TOKEN"].as_str(), Some("set"), "{out}");
+    assert!(!out.contains("secret-value"), "{out}");
+    assert!(
+        !dir.path().join("results").exists(),
+        "nothing planned or run"
+    );
 }
 
 #[test]

@@ -532,29 +532,7 @@ fn one_running_run_is_cancelled_by_its_id_through_the_results_folder() {
 #[test]
 fn a_users_training_program_runs_the_sweep() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("trainer.py"),
-        r#"import json, os, sys
-args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
-lr, out = float(args["--lr"]), args["--out"]
-if lr > 0.05:
-    sys.exit(3)
-if os.environ.get("SLOW"):
-    import signal, time
-    signal.signal(signal.SIGTERM, lambda *_: (open(os.path.join(out, "checkpointed"), "w").close(), sys.exit(0)))
-    open(os.path.join(out, "started"), "w").close()
-    time.sleep(60)
-with open(os.path.join(out, "seen.json"), "w") as f:
-    json.dump({"argv": sys.argv[1:], "rank": os.environ.get("SWEEP_RANK"),
-               "method": os.environ["SWEEP_METHOD"]}, f)
-with open(os.path.join(out, "metrics.jsonl"), "w") as f:
-    f.write(json.dumps({"tokens": 0, "target_loss": 3.0, "source_loss": 2.0}) + "\n")
-    for t in [int(x) for x in args["--eval-at"].split(",")]:
-        f.write(json.dumps({"tokens": t, "step": t // 64, "train_loss": 3.0 - lr * t,
-                            "target_loss": 3.0 - lr * t, "source_loss": 2.0 + lr * t / 4}) + "\n")
-"#,
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("trainer.py"), common::USER_TRAINER).unwrap();
     let spec = trainer_sweep(
         dir.path(),
         "own",

@@ -205,6 +205,24 @@ impl Case {
     }
 
     /// The remote sweep folder as seen from this host (the dev cluster is local).
+    /// Submit the sweep `name` of `n` runs (installing), wait until all completed, collect
+    /// them; each collected run folder here with its result.json.
+    fn submit_and_collect(&self, name: &str, n: usize) -> Vec<(PathBuf, serde_json::Value)> {
+        let out = self.ok(&["submit", "spec.toml", "--cluster", "dev", "--install"]);
+        assert!(out.contains(&format!("submitted {n} of {n} runs")), "{out}");
+        self.wait_completed(n);
+        let out = self.ok(&["collect", "spec.toml"]);
+        assert!(out.contains(&format!("collected {n} runs")), "{out}");
+        std::fs::read_dir(self.results.join(name).join("runs"))
+            .unwrap()
+            .map(|e| {
+                let dir = e.unwrap().path();
+                let text = std::fs::read_to_string(dir.join("result.json")).unwrap();
+                (dir, serde_json::from_str(&text).unwrap())
+            })
+            .collect()
+    }
+
     fn remote_sweep(&self, name: &str) -> PathBuf {
         Path::new("/home/sweeptest")
             .join(&self.work_dir)
@@ -613,6 +631,90 @@ fn follow_runs_the_sweep_to_its_end_and_names_what_failed() {
     assert!(c.results.join("follow/report/report.md").exists());
 }
 
+/// A user's training program (`[trainer] command`) runs in the Slurm jobs as it does locally:
+/// its arguments filled in per run on the node, its metrics.jsonl turned into result.json there,
+/// and both collected here with their TensorBoard events.
+#[test]
+fn a_users_trainer_runs_in_the_slurm_jobs_and_is_collected() {
+    if !cluster_up("a_users_trainer_runs_in_the_slurm_jobs_and_is_collected") {
+        return;
+    }
+    let src = SharedSource::new("usertrainer");
+    // The program and the data are on the shared filesystem, readable by the cluster's user.
+    let program = src.0.join("trainer.py");
+    std::fs::write(&program, common::USER_TRAINER).unwrap();
+    let c = case("usertrainer", &unique("usertrainer"), "train_args = []\n");
+    let data = toml_str(&src.file().display().to_string());
+    std::fs::write(
+        c.dir.path().join("spec.toml"),
+        format!(
+            r#"name = "usertrainer"
+[model]
+builtin = "tiny"
+init = "random"
+[data]
+regime = "cpt"
+domain = "english"
+target = {data}
+source = {data}
+[training]
+batch_size = 2
+seq_len = 32
+[trainer]
+command = ["python3", {program}, "--lr", "{{learning_rate}}", "--out", "{{run_dir}}", "--eval-at", "{{eval_at}}"]
+[grid]
+method = ["full"]
+token_budget = [128, 256]
+[grid.full]
+learning_rate = [1e-3, 2e-3]
+"#,
+            program = toml_str(&program.display().to_string())
+        ),
+    )
+    .unwrap();
+    for (dir, r) in c.submit_and_collect("usertrainer", 2) {
+        let id = dir.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(r["status"], "completed", "{r:#}");
+        let evals = r["evals"].as_array().unwrap();
+        assert_eq!(
+            evals.len(),
+            3,
+            "the base and both budgets, from its metrics: {r:#}"
+        );
+        // It ran in a Slurm job, with this run's values substituted on the node.
+        let seen: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                c.remote_sweep("usertrainer")
+                    .join("runs")
+                    .join(&id)
+                    .join("seen.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(
+            seen["job"].as_str().is_some_and(|j| !j.is_empty()),
+            "{seen}"
+        );
+        let argv: Vec<&str> = seen["argv"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(argv[5], "128,256", "{argv:?}");
+        assert!(argv[3].ends_with(&format!("runs/{id}")), "{argv:?}");
+        assert!(
+            std::fs::read_dir(dir.join("tb")).unwrap().any(|f| f
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("events.out.tfevents")),
+            "TensorBoard events written here from the collected metrics"
+        );
+    }
+}
+
 #[test]
 fn cancel_one_run_then_submit_resumes_it() {
     if !cluster_up("cancel_one_run_then_submit_resumes_it") {
@@ -688,16 +790,7 @@ fn a_real_sweep_trains_on_the_cluster_and_is_collected() {
             "builtin = \"tiny\"\ninit = \"random\"",
         );
     std::fs::write(c.dir.path().join("spec.toml"), spec).unwrap();
-    let out = c.ok(&["submit", "spec.toml", "--cluster", "dev", "--install"]);
-    assert!(out.contains("submitted 4 of 4 runs"), "{out}");
-    c.wait_completed(4);
-    let out = c.ok(&["collect", "spec.toml"]);
-    assert!(out.contains("collected 4 runs"), "{out}");
-    for e in std::fs::read_dir(c.results.join("trains/runs")).unwrap() {
-        let dir = e.unwrap().path();
-        let r: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("result.json")).unwrap())
-                .unwrap();
+    for (dir, r) in c.submit_and_collect("trains", 4) {
         assert_eq!(r["status"], "completed", "{}", dir.display());
         let evals = r["evals"].as_array().unwrap();
         assert_eq!(evals.len(), 3, "base, 4k and 8k: {r:#}");
@@ -1107,7 +1200,11 @@ fn a_job_at_its_time_limit_requeues_itself_and_completes_unattended() {
     }
     c.ok(&["collect", "spec.toml"]);
     assert_resumed(&c, name, &id);
-    assert_eq!(states(&c)[&id].1, 1, "one attempt: the requeues were Slurm's");
+    assert_eq!(
+        states(&c)[&id].1,
+        1,
+        "one attempt: the requeues were Slurm's"
+    );
     let s = starts(&c, name, &id);
     assert!(s.len() >= 2, "started again after the requeue: {s:?}");
     assert!(s.iter().all(|x| *x == s[0]), "one job: {s:?}");

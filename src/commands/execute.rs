@@ -10,7 +10,7 @@ use anyhow::Context;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use serde::Serialize;
 
-use super::{load_plan, sweep_dir, UsageError};
+use super::{load_plan, settings, sweep_dir, UsageError};
 use crate::cli::{CancelArgs, GlobalArgs, RunArgs, StatusArgs, SubmitArgs, SweepArg};
 use crate::executor::local::{default_parallel, parse_gpus, LocalExecutor, LocalRun, LocalSweep};
 use crate::executor::render::JsonLinesRenderer;
@@ -103,51 +103,88 @@ fn local_gpus(arg: Option<&str>) -> Result<Vec<String>, UsageError> {
     Ok(Vec::new())
 }
 
-/// The local executor's settings for `plan`: `jobs` runs at a time (default: the cores over
-/// each run's threads and ranks), `threads` each.
+/// The local part of the settings: `jobs` runs at a time (default: the cores over each run's
+/// threads and ranks), `threads` each (default 1), the GPUs lent.
 fn local_settings(
     plan: &Plan,
     jobs: Option<usize>,
     threads: Option<usize>,
+    gpus: Option<&str>,
     retry_failed: bool,
     retrain_invalid: bool,
-    gpus: Vec<String>,
-) -> anyhow::Result<LocalExecutor> {
+) -> anyhow::Result<settings::Local> {
     let threads = threads.unwrap_or(1).max(1);
-    Ok(LocalExecutor {
-        program: std::env::current_exe().context("locating the sweep binary")?,
+    Ok(settings::Local {
         // A run of N ranks takes N processes of `threads` threads each.
-        parallel: jobs
+        jobs: jobs
             .unwrap_or_else(|| {
                 default_parallel(threads * plan.shared.training.ranks_per_node as usize)
             })
             .max(1),
         threads,
+        gpus: local_gpus(gpus)?,
         retry_failed,
         retrain_invalid,
-        gpus,
     })
+}
+
+/// The local executor of `local`.
+fn local_executor(local: &settings::Local) -> anyhow::Result<LocalExecutor> {
+    Ok(LocalExecutor {
+        program: std::env::current_exe().context("locating the sweep binary")?,
+        parallel: local.jobs,
+        threads: local.threads,
+        retry_failed: local.retry_failed,
+        retrain_invalid: local.retrain_invalid,
+        gpus: local.gpus.clone(),
+    })
+}
+
+/// The settings of a local `run` or `submit` of `spec`: printed with `show`, else executed.
+#[allow(clippy::too_many_arguments)]
+fn run_locally(
+    g: &GlobalArgs,
+    spec: &Path,
+    jobs: Option<usize>,
+    threads: Option<usize>,
+    gpus: Option<&str>,
+    retry_failed: bool,
+    retrain_invalid: bool,
+    show: bool,
+) -> anyhow::Result<Option<(Plan, Submission)>> {
+    let (_, plan) = load_plan(spec, false)?;
+    let local = local_settings(&plan, jobs, threads, gpus, retry_failed, retrain_invalid)?;
+    if show {
+        settings::Settings {
+            sweep: plan.name.clone(),
+            spec: spec.to_path_buf(),
+            results: sweep_dir(g, &plan.name),
+            runs: plan.runs.len(),
+            executor: "local".into(),
+            local: Some(local),
+            cluster: None,
+            environment: settings::environment(),
+        }
+        .show(g.json)?;
+        return Ok(None);
+    }
+    execute_locally(g, spec, &local).map(Some)
 }
 
 /// Plan, stage and execute every run locally; returns the outcome.
 fn execute_locally(
     g: &GlobalArgs,
     spec: &Path,
-    jobs: Option<usize>,
-    threads: Option<usize>,
-    retry_failed: bool,
-    retrain_invalid: bool,
-    gpus: Option<&str>,
+    local: &settings::Local,
 ) -> anyhow::Result<(Plan, Submission)> {
-    let gpus = local_gpus(gpus)?;
     let (src, plan) = load_plan(spec, false)?;
     let dir = sweep_dir(g, &plan.name);
     let _lock = SweepLock::acquire(&dir)?;
     super::guard_replan(&dir, &plan, false)?;
     let state = SweepState::load(&dir, &plan.name)?.unwrap_or_else(|| SweepState::new(&plan.name));
-    let runs = stage(&dir, &plan, &src, retrain_invalid)?;
+    let runs = stage(&dir, &plan, &src, local.retrain_invalid)?;
     let mut exe = LocalSweep {
-        exe: local_settings(&plan, jobs, threads, retry_failed, retrain_invalid, gpus)?,
+        exe: local_executor(local)?,
         dir: &dir,
         state,
         runs,
@@ -192,15 +229,19 @@ fn outcome_error(plan: &Plan, g: &GlobalArgs, o: &Submission) -> anyhow::Result<
 
 /// `sweep run SPEC`: plan + run locally + wait + report.
 pub fn run(g: &GlobalArgs, args: &RunArgs) -> anyhow::Result<()> {
-    let (plan, outcome) = execute_locally(
+    let Some((plan, outcome)) = run_locally(
         g,
         &args.spec,
         args.jobs,
         args.threads,
+        args.gpus.as_deref(),
         args.retry_failed,
         args.retrain_invalid,
-        args.gpus.as_deref(),
-    )?;
+        args.show_settings,
+    )?
+    else {
+        return Ok(());
+    };
     if !outcome.interrupted {
         // Report what there is, failed runs included (the report lists them); with --json,
         // the last event line says where (`sweep --json report` prints the report itself).
@@ -223,6 +264,9 @@ pub fn run(g: &GlobalArgs, args: &RunArgs) -> anyhow::Result<()> {
 /// `sweep submit SPEC`: without a cluster, the local executor in the foreground.
 pub fn submit(g: &GlobalArgs, args: &SubmitArgs) -> anyhow::Result<()> {
     if let Some(cluster) = &args.cluster {
+        if args.show_settings {
+            return super::slurm::show_settings(g, args, cluster);
+        }
         if args.follow {
             return super::slurm::follow(g, args, cluster);
         }
@@ -231,15 +275,19 @@ pub fn submit(g: &GlobalArgs, args: &SubmitArgs) -> anyhow::Result<()> {
     if args.install {
         return Err(UsageError("--install needs --cluster NAME".into()).into());
     }
-    let (plan, outcome) = execute_locally(
+    let Some((plan, outcome)) = run_locally(
         g,
         &args.spec,
         args.jobs,
         args.threads,
+        args.gpus.as_deref(),
         args.retry_failed,
         false,
-        args.gpus.as_deref(),
-    )?;
+        args.show_settings,
+    )?
+    else {
+        return Ok(());
+    };
     outcome_error(&plan, g, &outcome)
 }
 
@@ -446,7 +494,14 @@ pub fn cancel(g: &GlobalArgs, args: &CancelArgs) -> anyhow::Result<()> {
                 ))
             })?;
             let mut exe = LocalSweep {
-                exe: local_settings(&plan, None, None, false, false, vec![])?,
+                // Cancelling needs none of the settings that start runs.
+                exe: local_executor(&settings::Local {
+                    jobs: 1,
+                    threads: 1,
+                    gpus: vec![],
+                    retry_failed: false,
+                    retrain_invalid: false,
+                })?,
                 dir: &dir,
                 state,
                 runs: vec![],

@@ -7,6 +7,7 @@ pub mod plan;
 #[cfg(feature = "torch")]
 pub mod pretrain;
 pub mod report;
+pub mod settings;
 pub mod slurm;
 pub mod target;
 #[cfg(feature = "torch")]

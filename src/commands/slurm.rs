@@ -7,7 +7,6 @@ use anyhow::Context;
 use super::{load_plan, sweep_dir, UsageError};
 use crate::cli::{CollectArgs, GlobalArgs, SubmitArgs};
 use crate::executor::render::TextRenderer;
-use crate::executor::slurm::config::{default_path, ClustersFile};
 use crate::executor::slurm::events::Watcher;
 use crate::executor::slurm::journal::Journal;
 use crate::executor::slurm::sweep::{now, ClusterSweep, Collected, SlurmExecutor};
@@ -81,12 +80,7 @@ fn submit_round(
     events: &mut Events,
 ) -> anyhow::Result<Event> {
     let t0 = std::time::Instant::now();
-    let clusters_path = args.clusters.clone().unwrap_or_else(default_path);
-    let file = ClustersFile::load(&clusters_path).map_err(SlurmError::from)?;
-    let c = file
-        .get(cluster, &clusters_path.display().to_string())
-        .map_err(SlurmError::from)?
-        .clone();
+    let (_, c) = super::settings::cluster_entry(args.clusters.as_deref(), cluster)?;
     let (src, plan) = load_plan(&args.spec, false)?;
     if let (Some(gb), false) = (c.gpu_memory_gb, args.no_memory_check) {
         check_memory(&plan, cluster, gb)?;
@@ -147,6 +141,32 @@ fn submit_round(
         installed,
         wall_s: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// `sweep submit SPEC --cluster NAME --show-settings` (and `sweep follow SPEC --show-settings`):
+/// the settings a submit to `cluster` would act with.
+pub fn show_settings(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Result<()> {
+    let (clusters_file, entry) = super::settings::cluster_entry(args.clusters.as_deref(), cluster)?;
+    let (_, plan) = load_plan(&args.spec, false)?;
+    super::settings::Settings {
+        sweep: plan.name.clone(),
+        spec: args.spec.clone(),
+        results: sweep_dir(g, &plan.name),
+        runs: plan.runs.len(),
+        executor: format!("slurm:{cluster}"),
+        local: None,
+        cluster: Some(super::settings::Cluster {
+            name: cluster.to_string(),
+            clusters_file,
+            entry,
+            install: args.install,
+            follow: args.follow,
+            retry_failed: args.retry_failed,
+            memory_check: !args.no_memory_check,
+        }),
+        environment: super::settings::environment(),
+    }
+    .show(g.json)
 }
 
 /// What each job of the plan asks Slurm for, with the checkpoint size its warning before the
@@ -357,7 +377,11 @@ pub fn attach(g: &GlobalArgs, args: &crate::cli::FollowArgs) -> anyhow::Result<(
         threads: None,
         gpus: None,
         leave_cancelled: true,
+        show_settings: args.show_settings,
     };
+    if args.show_settings {
+        return show_settings(g, &submit, &j.cluster);
+    }
     follow(g, &submit, &j.cluster)
 }
 

@@ -83,3 +83,28 @@ pub fn python_json<T: serde::de::DeserializeOwned>(
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// A user's training program for `[trainer] command` (Python, standard library only): takes
+/// `--lr`, `--out` (its run folder) and `--eval-at` (token counts), fails with exit 3 above a
+/// learning rate of 0.05, with SLOW set waits for SIGTERM (and says it checkpointed), writes
+/// seen.json (its arguments and environment) and a metrics.jsonl of made-up losses.
+#[allow(dead_code)]
+pub const USER_TRAINER: &str = r#"import json, os, sys
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+lr, out = float(args["--lr"]), args["--out"]
+if lr > 0.05:
+    sys.exit(3)
+if os.environ.get("SLOW"):
+    import signal, time
+    signal.signal(signal.SIGTERM, lambda *_: (open(os.path.join(out, "checkpointed"), "w").close(), sys.exit(0)))
+    open(os.path.join(out, "started"), "w").close()
+    time.sleep(60)
+with open(os.path.join(out, "seen.json"), "w") as f:
+    json.dump({"argv": sys.argv[1:], "rank": os.environ.get("SWEEP_RANK"),
+               "method": os.environ["SWEEP_METHOD"], "job": os.environ.get("SLURM_JOB_ID")}, f)
+with open(os.path.join(out, "metrics.jsonl"), "w") as f:
+    f.write(json.dumps({"tokens": 0, "target_loss": 3.0, "source_loss": 2.0}) + "\n")
+    for t in [int(x) for x in args["--eval-at"].split(",")]:
+        f.write(json.dumps({"tokens": t, "step": t // 64, "train_loss": 3.0 - lr * t,
+                            "target_loss": 3.0 - lr * t, "source_loss": 2.0 + lr * t / 4}) + "\n")
+"#;

@@ -37,6 +37,9 @@ pub struct Probe {
     pub checkpoints: HashMap<String, u64>,
     /// The last metrics.jsonl line of each run with no result.json yet.
     pub progress: HashMap<String, String>,
+    /// What the accounting command said when it could not be read (finished jobs are then
+    /// not seen: runs stay as last seen).
+    pub acct_error: Option<String>,
 }
 
 /// The probe command (pure): everything status and submit need, in one remote call.
@@ -48,7 +51,7 @@ echo @@config; cfg=$(scontrol show config 2>&1); printf '%s\\n' \"$cfg\" | grep 
 echo @@version; {bin} --version 2>&1 || echo \"cannot run: exit $?\"; \
 echo @@squeue; squeue -h -r -u \"$(id -un)\" -o '{sq}' 2>&1; \
 echo @@acct; case \"$cfg\" in *accounting_storage/slurmdbd*) sacct -n -P -X -u \"$(id -un)\" -S now-{age} -o {sa} 2>&1 ;; \
-*jobcomp/filetxt*) sacct -c -n -P -o {sa} 2>/dev/null ;; *) scontrol show job -o 2>/dev/null ;; esac; \
+*jobcomp/filetxt*) sacct -c -n -P -o {sa} 2>&1 ;; *) scontrol show job -o 2>/dev/null ;; esac; \
 echo @@results; for f in runs/*/result.json; do [ -e \"$f\" ] && grep -H -o -E '\"(status\": *\"[a-z_]*|error\": *\"([^\"\\\\]|\\\\.)*)\"' \"$f\"; done; \
 echo @@jobslog; cat jobs.log 2>/dev/null; \
 echo @@checkpoints; for c in runs/*/checkpoints/step-*; do [ -d \"$c\" ] && echo \"$c\"; done; \
@@ -115,6 +118,10 @@ pub fn parse_probe(text: &str) -> Probe {
         jobs_log: parse::parse_jobs_log(get("jobslog")),
         checkpoints: parse::parse_checkpoints(get("checkpoints")),
         progress: parse::parse_progress(get("progress")),
+        acct_error: acct
+            .lines()
+            .find(|l| l.starts_with("sacct: ") && (l.contains("fatal") || l.contains("error")))
+            .map(str::to_string),
     }
 }
 
@@ -888,5 +895,14 @@ mod tests {
         assert_eq!(probe.progress.len(), 1, "{probe:?}");
         assert_eq!(probe.progress["a-s0"], "{\"step\":2,\"note\":\"a: b\"}");
         assert_eq!(probe.results["b-s0"], JobState::Completed);
+        assert_eq!(probe.acct_error, None);
+        // An accounting file the user cannot read is said (else a finished job looks queued).
+        let probe = parse_probe(
+            "@@config\nJobCompType = jobcomp/filetxt\n@@acct\nsacct: fatal: open /var/log/slurm/jobcomp.log: Permission denied\n@@results\n",
+        );
+        assert!(probe.done.is_empty());
+        assert!(probe
+            .acct_error
+            .is_some_and(|e| e.contains("Permission denied")));
     }
 }

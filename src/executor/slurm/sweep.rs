@@ -549,10 +549,14 @@ impl Executor for SlurmExecutor<'_> {
                 )));
             }
         }
-        self.refresh_telling(&mut NoSink)?;
+        let probe = self.refresh_telling(&mut NoSink)?;
         let n = self.round_trips();
+        let acct = probe
+            .acct_error
+            .map(|e| format!("; the accounting could not be read ({e}): jobs that ended are not seen until it can"))
+            .unwrap_or_default();
         Ok(Some(format!(
-            "cluster {cluster}: polled now ({n} SSH round trip{})",
+            "cluster {cluster}: polled now ({n} SSH round trip{}){acct}",
             if n == 1 { "" } else { "s" }
         )))
     }
