@@ -120,7 +120,9 @@ pub fn parse_probe(text: &str) -> Probe {
         progress: parse::parse_progress(get("progress")),
         acct_error: acct
             .lines()
-            .find(|l| l.starts_with("sacct: ") && (l.contains("fatal") || l.contains("error")))
+            // (`sacct -c` also says `error: Unknown type ...` of fields it cannot read: not
+            // fatal, the rows come all the same.)
+            .find(|l| l.starts_with("sacct: fatal"))
             .map(str::to_string),
     }
 }
@@ -885,10 +887,19 @@ mod tests {
                 std::fs::write(run.join("result.json"), "{\"status\": \"completed\"}").unwrap();
             }
         }
+        // This host's own Slurm (a dev cluster) is shadowed: commands that answer nothing.
+        let bin = d.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        for tool in ["scontrol", "squeue", "sacct"] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(bin.join(tool), "#!/bin/sh\nexit 1\n").unwrap();
+            std::fs::set_permissions(bin.join(tool), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
+        }
         let cmd = probe_command(&remote.display().to_string(), "/nonexistent/sweep", 60);
         let out = std::process::Command::new("sh")
             .args(["-c", &cmd])
-            .env("PATH", "/usr/bin:/bin")
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
             .output()
             .unwrap();
         let probe = parse_probe(&String::from_utf8_lossy(&out.stdout));
