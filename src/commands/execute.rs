@@ -519,12 +519,14 @@ pub fn cancel(g: &GlobalArgs, args: &CancelArgs) -> anyhow::Result<()> {
         for id in &c.not_running {
             println!("{id} is not queued or running: nothing to stop");
         }
+        let resume = match c.executor.strip_prefix("slurm:") {
+            Some(cluster) => format!("sweep submit {} --cluster {cluster}", dir.display()),
+            None => format!("sweep run {}", dir.display()),
+        };
         println!(
-            "{} runs cancelled ({}); they stay resumable: `sweep {} {}` resumes them from their checkpoints",
+            "{} runs cancelled ({}); they stay resumable: `{resume}` resumes them from their checkpoints",
             c.runs.len(),
             c.executor,
-            if c.executor == "local" { "run" } else { "submit" },
-            dir.display()
         );
     }
     Ok(())

@@ -63,7 +63,15 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
                     crate::train::TrainError::Device(_) | crate::train::TrainError::Setting(_)
                 )
             });
+    // A results folder of another sweep, found by a cluster command (wrapped in SlurmError).
+    let other_sweep = matches!(
+        err.downcast_ref::<crate::executor::slurm::SlurmError>(),
+        Some(crate::executor::slurm::SlurmError::State(
+            crate::executor::state::StateError::OtherSweep { .. }
+        ))
+    );
     if config
+        || other_sweep
         || err.downcast_ref::<SpecError>().is_some()
         || err.downcast_ref::<UsageError>().is_some()
         || err

@@ -112,9 +112,12 @@ fn submit_round(
             None => std::env::current_exe().context("locating the sweep binary")?,
         };
         let local_lib = option_env!("SWEEP_LIBTORCH_LIB").map(std::path::PathBuf::from);
+        let sink = &mut events.sink;
         let mut notify = |m: &str| {
             if !g.quiet {
-                eprintln!("sweep: {m}");
+                sink.emit(&Event::Note {
+                    message: m.to_string(),
+                });
             }
         };
         exe.install(
@@ -240,7 +243,9 @@ pub fn follow(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
                     "sweep: {failures} follow rounds in a row failed; the last"
                 )));
             }
-            eprintln!("sweep: this round failed ({e:#}); trying again");
+            events.sink.emit(&Event::Note {
+                message: format!("this round failed ({e:#}); trying again"),
+            });
             std::thread::sleep(std::time::Duration::from_secs((10 * failures).max(1)));
             continue;
         }
@@ -252,7 +257,9 @@ pub fn follow(g: &GlobalArgs, args: &SubmitArgs, cluster: &str) -> anyhow::Resul
         if let Err(e) = collect(&quiet, &collect_args) {
             // An incomplete result on the cluster is said and looked at again next round.
             if !g.quiet {
-                eprintln!("sweep: {e:#}");
+                events.sink.emit(&Event::Note {
+                    message: format!("{e:#}"),
+                });
             }
         }
         let (_, plan) = load_plan(&args.spec, false)?;
@@ -451,6 +458,11 @@ pub fn status_refresh(g: &GlobalArgs, plan: &Plan) -> anyhow::Result<Option<Stri
         return Ok(None);
     };
     let cluster = sweep.journal.cluster.clone();
+    // Within the poll floor, the state as it is: no lock needed (a read-only results folder
+    // shows its status too).
+    if let Some(note) = sweep.too_soon(now().0) {
+        return Ok(Some(note));
+    }
     let note = match open(&dir, plan) {
         Ok(Some((_lock, mut exe))) => exe.poll().map_err(super::lift),
         Ok(None) => Ok(None),

@@ -205,6 +205,18 @@ impl LocalExecutor {
                     && (self.retry_failed || !matches!(s, JobState::Failed | JobState::OutOfMemory))
             })
             .collect();
+        queue.reverse();
+        let done = runs
+            .iter()
+            .filter(|r| state.runs[&r.id].state.is_final())
+            .count();
+        sink.emit(&Event::Start {
+            sweep: state.sweep.clone(),
+            executor: "local".into(),
+            total: runs.len(),
+            done,
+            parallel: self.parallel,
+        });
         for r in runs {
             let rec = &state.runs[&r.id];
             let why = match rec.state {
@@ -225,18 +237,6 @@ impl LocalExecutor {
                 detail: why,
             });
         }
-        queue.reverse();
-        let done = runs
-            .iter()
-            .filter(|r| state.runs[&r.id].state.is_final())
-            .count();
-        sink.emit(&Event::Start {
-            sweep: state.sweep.clone(),
-            executor: "local".into(),
-            total: runs.len(),
-            done,
-            parallel: self.parallel,
-        });
 
         let mut active: Vec<Active> = Vec::new();
         let mut interrupted = false;

@@ -157,6 +157,12 @@ pub enum Event {
         /// The error or divergence, when there is one.
         detail: Option<String>,
     },
+    /// Something the user should read that is not a run's: a follow round that failed and is
+    /// tried again, a result on the cluster that cannot be collected, what an install did.
+    Note {
+        /// What happened.
+        message: String,
+    },
     /// The report was written (again) from the results there are.
     Report {
         /// Its folder (report.md, report.html, report.json, ...).

@@ -126,6 +126,7 @@ impl<W: Write> TextRenderer<W> {
                 let took = wall_s.map(|w| format!(" in {w:.1}s")).unwrap_or_default();
                 loud.then(|| format!("{} {id} {}{took}{detail}", self.count(), state.name()))
             }
+            Event::Note { message } => Some(format!("sweep: {message}")),
             Event::Report { path } => loud.then(|| format!("{} report in {path}", self.count())),
             Event::Submitted {
                 sweep,

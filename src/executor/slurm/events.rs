@@ -57,6 +57,8 @@ impl Watcher {
             };
             if queued {
                 self.running_since.remove(id);
+                // A new attempt may start over (from its checkpoint, or from scratch).
+                self.told.remove(id);
                 events.push(Event::RunQueued {
                     id: id.clone(),
                     attempt: cur.attempts,
@@ -177,6 +179,29 @@ mod tests {
         let e = w.update_at(&s4, &ids, t0 + Duration::from_secs(9));
         assert_eq!(names(&e), ["run_queued b", "run_ended b"]);
         assert!(matches!(e[1], Event::RunEnded { wall_s: None, .. }));
+    }
+
+    #[test]
+    fn progress_is_told_once_per_step_and_again_for_a_new_attempt() {
+        let p = |step| crate::progress::Progress {
+            step,
+            total_steps: 9,
+            tokens: step * 8,
+            train_loss: None,
+            tokens_per_s: None,
+        };
+        let ids = vec!["a".to_string()];
+        let mut w = Watcher::new(&state(&[("a", rec(JobState::Running, 1, "1_0"))]));
+        assert!(w.progress("a", &p(3)).is_some());
+        assert!(w.progress("a", &p(3)).is_none(), "not twice");
+        assert!(w.progress("a", &p(2)).is_none(), "never backwards");
+        // Sent again (it failed): its steps from the start are news again.
+        w.update_at(
+            &state(&[("a", rec(JobState::Pending, 2, "2_0"))]),
+            &ids,
+            Instant::now(),
+        );
+        assert!(w.progress("a", &p(1)).is_some());
     }
 
     #[test]

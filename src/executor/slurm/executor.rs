@@ -35,7 +35,8 @@ pub struct Probe {
     pub jobs_log: HashMap<String, (String, String)>,
     /// The step of each run's latest checkpoint on the cluster.
     pub checkpoints: HashMap<String, u64>,
-    /// The last metrics.jsonl line of each run with no result.json yet.
+    /// The last metrics.jsonl line of each run without a final result.json (none yet, or a
+    /// failed attempt's while it is tried again).
     pub progress: HashMap<String, String>,
     /// What the accounting command said when it could not be read (finished jobs are then
     /// not seen: runs stay as last seen).
@@ -55,7 +56,7 @@ echo @@acct; case \"$cfg\" in *accounting_storage/slurmdbd*) sacct -n -P -X -u \
 echo @@results; for f in runs/*/result.json; do [ -e \"$f\" ] && grep -H -o -E '\"(status\": *\"[a-z_]*|error\": *\"([^\"\\\\]|\\\\.)*)\"' \"$f\"; done; \
 echo @@jobslog; cat jobs.log 2>/dev/null; \
 echo @@checkpoints; for c in runs/*/checkpoints/step-*; do [ -d \"$c\" ] && echo \"$c\"; done; \
-echo @@progress; for f in runs/*/metrics.jsonl; do [ -e \"$f\" ] && [ ! -e \"${{f%metrics.jsonl}}result.json\" ] && printf '%s:%s\\n' \"$f\" \"$(tail -n 1 \"$f\")\"; done; true; }}",
+echo @@progress; for f in runs/*/metrics.jsonl; do [ -e \"$f\" ] && ! grep -qE '\"status\": *\"(completed|diverged)\"' \"${{f%metrics.jsonl}}result.json\" 2>/dev/null && printf '%s:%s\\n' \"$f\" \"$(tail -n 1 \"$f\")\"; done; true; }}",
         bin = from_home(binary),
         sq = parse::SQUEUE_FORMAT,
         sa = parse::SACCT_FIELDS,
@@ -875,7 +876,11 @@ mod tests {
     fn the_probe_runs_in_a_shell_and_reads_the_progress_of_unfinished_runs() {
         let d = tempfile::tempdir().unwrap();
         let remote = d.path().join("sweep dir");
-        for (id, finished) in [("a-s0", false), ("b-s0", true)] {
+        for (id, finished) in [
+            ("a-s0", None),
+            ("b-s0", Some("completed")),
+            ("c-s0", Some("failed")),
+        ] {
             let run = remote.join("runs").join(id);
             std::fs::create_dir_all(&run).unwrap();
             std::fs::write(
@@ -883,8 +888,9 @@ mod tests {
                 "{\"step\":0}\n{\"step\":2,\"note\":\"a: b\"}\n",
             )
             .unwrap();
-            if finished {
-                std::fs::write(run.join("result.json"), "{\"status\": \"completed\"}").unwrap();
+            if let Some(status) = finished {
+                let result = format!("{{\"status\": \"{status}\"}}");
+                std::fs::write(run.join("result.json"), result).unwrap();
             }
         }
         // This host's own Slurm (a dev cluster) is shadowed: commands that answer nothing.
@@ -903,7 +909,9 @@ mod tests {
             .output()
             .unwrap();
         let probe = parse_probe(&String::from_utf8_lossy(&out.stdout));
-        assert_eq!(probe.progress.len(), 1, "{probe:?}");
+        // A failed attempt's result does not hide the next attempt's progress.
+        assert_eq!(probe.progress.len(), 2, "{probe:?}");
+        assert!(probe.progress.contains_key("c-s0"));
         assert_eq!(probe.progress["a-s0"], "{\"step\":2,\"note\":\"a: b\"}");
         assert_eq!(probe.results["b-s0"], JobState::Completed);
         assert_eq!(probe.acct_error, None);

@@ -126,6 +126,21 @@ impl<'a> ClusterSweep<'a> {
         })
     }
 
+    /// Why the cluster may not be polled at `now_s` (its poll_floor_s since the last poll has
+    /// not passed), if so.
+    pub fn too_soon(&self, now_s: u64) -> Option<String> {
+        let j = &self.journal;
+        let age = now_s.saturating_sub(j.last_poll?);
+        let floor = j.config.poll_floor_s;
+        (age < floor).then(|| {
+            format!(
+                "cluster {}: polled {age}s ago; the next poll is allowed in {}s (poll_floor_s)",
+                j.cluster,
+                floor - age
+            )
+        })
+    }
+
     /// `slurm:CLUSTER`.
     pub fn backend(&self) -> String {
         format!("slurm:{}", self.journal.cluster)
@@ -537,17 +552,9 @@ impl Executor for SlurmExecutor<'_> {
 
     /// One probe, at most once per the cluster's poll_floor_s.
     fn poll(&mut self) -> Result<Option<String>, ExecutorError> {
-        let j = &self.sweep.journal;
-        let cluster = j.cluster.clone();
-        if let Some(last) = j.last_poll {
-            let age = now().0.saturating_sub(last);
-            let floor = j.config.poll_floor_s;
-            if age < floor {
-                return Ok(Some(format!(
-                    "cluster {cluster}: polled {age}s ago; the next poll is allowed in {}s (poll_floor_s)",
-                    floor - age
-                )));
-            }
+        let cluster = self.sweep.journal.cluster.clone();
+        if let Some(note) = self.sweep.too_soon(now().0) {
+            return Ok(Some(note));
         }
         let probe = self.refresh_telling(&mut NoSink)?;
         let n = self.round_trips();
@@ -563,6 +570,8 @@ impl Executor for SlurmExecutor<'_> {
 
     /// scancel the sweep's arrays, or the tasks of the runs `only` that are queued or running.
     fn cancel(&mut self, only: &[String]) -> Result<Cancelled, ExecutorError> {
+        // What is queued or running now, not when state.json was last written.
+        self.refresh_telling(&mut NoSink)?;
         let live = |id: &String, s: &SweepState| {
             s.runs
                 .get(id)
@@ -960,7 +969,7 @@ mod tests {
         assert_eq!(kinds, ["run_queued", "run_queued"]);
         // Poll: one probe (the dev floor here is the default 30 s, and the last poll was now).
         let note = exe.poll().unwrap().unwrap();
-        assert!(note.contains("polled 0s ago"), "{note}");
+        assert!(note.contains("the next poll is allowed in"), "{note}");
         exe.sweep.journal.last_poll = Some(0);
         cluster.borrow_mut().set(0, "RUNNING", "0:0");
         let note = exe.poll().unwrap().unwrap();
