@@ -325,6 +325,13 @@ fn results_that_are_not_the_runs_own_are_invalid_until_retrained() {
         "not retrained without asking"
     );
     assert!(err(&o).contains("1 invalid"), "{}", err(&o));
+    // The hint says how an invalid run is trained again (not --retry-failed).
+    assert!(
+        err(&o).contains("--retrain-invalid` trains the 1 invalid ones again")
+            && !err(&o).contains("--retry-failed"),
+        "{}",
+        err(&o)
+    );
 
     // Retrained on request, from scratch.
     let o = sweep(dir.path(), &["run", "spec.toml", "--retrain-invalid"]);

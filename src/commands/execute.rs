@@ -216,12 +216,38 @@ fn outcome_error(plan: &Plan, g: &GlobalArgs, o: &Submission) -> anyhow::Result<
     if bad > 0 {
         // The results folder names the sweep wherever its results are (--results included).
         let dir = sweep_dir(g, &plan.name);
+        let n = |pick: &dyn Fn(JobState) -> bool| -> usize {
+            o.counts
+                .iter()
+                .filter(|(s, _)| pick(*s))
+                .map(|(_, n)| n)
+                .sum()
+        };
+        let invalid = n(&|s| s == JobState::Invalid);
+        let mut rerun = Vec::new();
+        if bad > invalid {
+            rerun.push(format!(
+                "`sweep run {} --retry-failed` reruns {}",
+                dir.display(),
+                if invalid > 0 {
+                    "the failed ones"
+                } else {
+                    "them"
+                }
+            ));
+        }
+        if invalid > 0 {
+            rerun.push(format!(
+                "`sweep run {} --retrain-invalid` trains the {invalid} invalid ones again from scratch",
+                dir.display()
+            ));
+        }
         anyhow::bail!(
-            "{bad} of {} runs did not complete: `sweep status {}` lists them with their errors (logs in {}/runs/ID/train.log); `sweep run {} --retry-failed` reruns them",
+            "{bad} of {} runs did not complete: `sweep status {}` lists them with their errors (logs in {}/runs/ID/train.log); {}",
             plan.runs.len(),
             dir.display(),
             dir.display(),
-            dir.display()
+            rerun.join("; ")
         );
     }
     Ok(())
