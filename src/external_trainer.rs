@@ -16,9 +16,14 @@
 //! - On SIGTERM or SIGUSR1 (a time limit, a preemption, `sweep cancel`) it checkpoints into
 //!   `{run_dir}` and exits; started again, it resumes from there. `sweep` passes the signal on
 //!   and writes no result, so the run is resumed, not counted.
+//! - A Hugging Face Trainer with `output_dir = {run_dir}` checkpoints as `checkpoint-N`
+//!   folders: with `[trainer] resume = ["--resume_from_checkpoint", "{resume_from}"]` those
+//!   arguments are added when one exists (the newest with its trainer_state.json), and
+//!   metrics.jsonl keeps its lines up to that checkpoint's step, since the rest is measured
+//!   again ([`hf_checkpoint`], [`keep_lines_to`]).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -91,7 +96,7 @@ pub fn substitute(arg: &str, values: &BTreeMap<&'static str, String>) -> String 
 /// passed on), then write result.json from its metrics.jsonl, or a failed one.
 pub fn train(
     run_json: &Path,
-    command: &[String],
+    trainer: &crate::spec::TrainerSpec,
     quiet: bool,
     force: bool,
     nproc: Option<usize>,
@@ -153,8 +158,41 @@ pub fn train(
             }
         }
     }
-    let vals = values(&run, dir, run_json);
-    let args: Vec<String> = command.iter().map(|a| substitute(a, &vals)).collect();
+    let mut vals = values(&run, dir, run_json);
+    let (checkpoint, skipped) = hf_checkpoint(dir);
+    for s in &skipped {
+        eprintln!("{}: {s}", run.id);
+    }
+    vals.insert(
+        "resume_from",
+        checkpoint
+            .as_ref()
+            .map_or(String::new(), |(p, _)| p.display().to_string()),
+    );
+    let mut args: Vec<String> = trainer
+        .command
+        .iter()
+        .map(|a| substitute(a, &vals))
+        .collect();
+    let resumes =
+        !trainer.resume.is_empty() || trainer.command.iter().any(|a| a.contains("{resume_from}"));
+    if let (Some((path, step)), true) = (&checkpoint, resumes) {
+        args.extend(trainer.resume.iter().map(|a| substitute(a, &vals)));
+        if main {
+            let metrics = dir.join("metrics.jsonl");
+            let tokens_per_step = run.shared.training.tokens_per_step();
+            let dropped = keep_lines_to(&metrics, *step, tokens_per_step).with_context(|| {
+                format!("keeping the lines of {} to step {step}", metrics.display())
+            })?;
+            if !quiet {
+                eprintln!(
+                    "{}: goes on from {} (step {step}); metrics.jsonl keeps its lines up to there ({dropped} later ones dropped: measured again)",
+                    run.id,
+                    path.display()
+                );
+            }
+        }
+    }
     let mut cmd = std::process::Command::new(&args[0]);
     cmd.args(&args[1..]);
     for (k, v) in &vals {
@@ -286,6 +324,81 @@ pub fn train(
     }
 }
 
+/// The newest complete Hugging Face Trainer checkpoint in a run's folder, `checkpoint-N` with
+/// the `global_step` of its trainer_state.json (the Trainer writes that file last, so a save cut
+/// short by a kill has none), and what was passed over on the way to it.
+pub fn hf_checkpoint(dir: &Path) -> (Option<(PathBuf, u64)>, Vec<String>) {
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name();
+            let n = name.to_str()?.strip_prefix("checkpoint-")?.parse().ok()?;
+            e.path().is_dir().then(|| (n, e.path()))
+        })
+        .collect();
+    found.sort();
+    let mut skipped = Vec::new();
+    for (_, path) in found.into_iter().rev() {
+        let state = path.join("trainer_state.json");
+        let step = std::fs::read_to_string(&state)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get("global_step")?.as_u64());
+        match step {
+            Some(step) => return (Some((path, step)), skipped),
+            None => skipped.push(format!(
+                "{} has no readable trainer_state.json with a global_step (a save cut short): passed over",
+                path.display()
+            )),
+        }
+    }
+    (None, skipped)
+}
+
+/// Keep the lines of metrics.jsonl measured up to `step` (by their `step`, or by their `tokens`
+/// at `tokens_per_step` when they have none), so that a program going on from a checkpoint
+/// there does not leave the later ones twice; returns how many were dropped. A line that does
+/// not read is kept, for [`read_metrics`] to name.
+pub fn keep_lines_to(path: &Path, step: u64, tokens_per_step: u64) -> anyhow::Result<usize> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    let keep = |line: &str| {
+        let Ok(serde_json::Value::Object(obj)) = serde_json::from_str(line) else {
+            return true;
+        };
+        match (
+            obj.get("step").and_then(|s| s.as_u64()),
+            obj.get("tokens").and_then(|t| t.as_u64()),
+        ) {
+            (Some(s), _) => s <= step,
+            (None, Some(t)) => t <= step.saturating_mul(tokens_per_step),
+            (None, None) => true,
+        }
+    };
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    // A last line cut short by the kill is dropped: the program writes it again.
+    let cut = lines
+        .last()
+        .is_some_and(|l| serde_json::from_str::<serde_json::Value>(l).is_err());
+    let whole = &lines[..lines.len() - usize::from(cut)];
+    let kept: Vec<&str> = whole.iter().copied().filter(|l| keep(l)).collect();
+    let dropped = lines.len() - kept.len();
+    if dropped > 0 {
+        crate::util::write_atomic(path, |w| {
+            for l in &kept {
+                writeln!(w, "{l}")?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(dropped)
+}
+
 /// The lines of metrics.jsonl a program wrote (`tokens` required; a line cut short by a kill
 /// is skipped), or why there are none.
 fn read_metrics(path: &Path) -> Result<Vec<MetricsLine>, String> {
@@ -379,6 +492,54 @@ mod tests {
         assert_eq!(substitute("--lr={learning_rate}", &vals), "--lr=0.001");
         assert_eq!(substitute("{{id}}={id}}}", &vals), "{id}=x-s0}");
         assert_eq!(substitute("plain", &vals), "plain");
+    }
+
+    /// The newest checkpoint-N with its trainer_state.json is the one to go on from (a save cut
+    /// short is passed over and named; N compares as a number), and metrics.jsonl keeps the
+    /// lines up to its step: by `step`, or by `tokens` where a line has none; a cut last line
+    /// goes too.
+    #[test]
+    fn a_run_goes_on_from_its_newest_whole_hf_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(hf_checkpoint(dir.path()), (None, vec![]));
+        for (name, state) in [
+            ("checkpoint-9", Some(r#"{"global_step": 9}"#)),
+            (
+                "checkpoint-12",
+                Some(r#"{"global_step": 12, "log_history": []}"#),
+            ),
+            ("checkpoint-15", None),
+            ("checkpoint-x", Some(r#"{"global_step": 99}"#)),
+        ] {
+            let d = dir.path().join(name);
+            std::fs::create_dir(&d).unwrap();
+            if let Some(s) = state {
+                std::fs::write(d.join("trainer_state.json"), s).unwrap();
+            }
+        }
+        std::fs::write(dir.path().join("checkpoint-20"), "a file, not a folder").unwrap();
+        let (found, skipped) = hf_checkpoint(dir.path());
+        assert_eq!(found, Some((dir.path().join("checkpoint-12"), 12)));
+        assert_eq!(skipped.len(), 1);
+        assert!(skipped[0].contains("checkpoint-15") && skipped[0].contains("cut short"));
+
+        let p = dir.path().join("metrics.jsonl");
+        assert_eq!(keep_lines_to(&p, 12, 64).unwrap(), 0, "no file yet");
+        std::fs::write(
+            &p,
+            "{\"tokens\":0,\"target_loss\":3}\n{\"tokens\":640,\"step\":10}\n{\"tokens\":768}\n{\"tokens\":896,\"step\":14}\n{\"tokens\":900}\n{\"tok",
+        )
+        .unwrap();
+        assert_eq!(keep_lines_to(&p, 12, 64).unwrap(), 3);
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "{\"tokens\":0,\"target_loss\":3}\n{\"tokens\":640,\"step\":10}\n{\"tokens\":768}\n"
+        );
+        assert_eq!(
+            keep_lines_to(&p, 12, 64).unwrap(),
+            0,
+            "nothing more to drop"
+        );
     }
 
     #[test]

@@ -693,6 +693,150 @@ learning_rate = [2e-3, 0.1]
     );
 }
 
+/// A stand-in for a Hugging Face Trainer (standard library only): `checkpoint-N` folders in
+/// its output_dir, each whole once its trainer_state.json is written, and
+/// `--resume_from_checkpoint` to go on from one. With SLOW set it stops at step 3, a save of
+/// checkpoint-4 begun, until a signal.
+const HF_STYLE_TRAINER: &str = r#"import json, os, signal, sys, time
+a = sys.argv[1:]
+out = a[a.index("--output_dir") + 1]
+resume = a[a.index("--resume_from_checkpoint") + 1] if "--resume_from_checkpoint" in a else None
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+with open(os.path.join(out, "argv.jsonl"), "a") as f:
+    f.write(json.dumps(a) + "\n")
+start = json.load(open(os.path.join(resume, "trainer_state.json")))["global_step"] if resume else 0
+m = open(os.path.join(out, "metrics.jsonl"), "a")
+def line(step):
+    m.write(json.dumps({"tokens": 64 * step, "step": step, "target_loss": 3.0 - step / 10}) + "\n")
+    m.flush()
+if not resume:
+    line(0)
+for step in range(start + 1, 7):
+    line(step)
+    if step % 2 == 0:
+        os.makedirs(os.path.join(out, f"checkpoint-{step}"), exist_ok=True)
+        with open(os.path.join(out, f"checkpoint-{step}", "trainer_state.json"), "w") as f:
+            json.dump({"global_step": step}, f)
+    if step == 3 and os.environ.get("SLOW"):
+        os.makedirs(os.path.join(out, "checkpoint-4"))
+        open(os.path.join(out, "started"), "w").close()
+        while not stop:
+            time.sleep(0.05)
+        sys.exit(0)
+"#;
+
+/// A Hugging Face Trainer run stopped by `sweep cancel` goes on from its newest whole
+/// checkpoint-N when the sweep runs again: `[trainer] resume` adds `--resume_from_checkpoint`
+/// with it (a save cut short is passed over, and said), and the steps it measures again are in
+/// result.json once. `resume` arguments that do not name the checkpoint are refused at plan.
+#[test]
+fn a_hf_trainer_run_goes_on_from_its_newest_whole_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("trainer.py"), HF_STYLE_TRAINER).unwrap();
+    let spec = trainer_sweep(
+        dir.path(),
+        "hf",
+        r#"command = ["python3", "trainer.py", "--output_dir", "{run_dir}"]
+resume = ["--resume_from_checkpoint", "{resume_from}"]
+[grid]
+method = ["full"]
+token_budget = [384]
+learning_rate = [1e-3]
+"#,
+    );
+    std::fs::write(dir.path().join("spec.toml"), &spec).unwrap();
+    let first = Command::new(env!("CARGO_BIN_EXE_sweep"))
+        .args(["run", "spec.toml"])
+        .current_dir(dir.path())
+        .env("SLOW", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let runs = dir.path().join("results/hf/runs");
+    let t0 = std::time::Instant::now();
+    let run = loop {
+        let started = std::fs::read_dir(&runs)
+            .into_iter()
+            .flatten()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.join("started").exists());
+        if let Some(run) = started {
+            break run;
+        }
+        assert!(t0.elapsed().as_secs() < 60, "the program started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let o = sweep(dir.path(), &["cancel", "results/hf"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let o = wait_exit(first, 60, "the cancelled sweep run");
+    assert!(!run.join("result.json").exists(), "{}", err(&o));
+
+    let o = sweep(dir.path(), &["run", "spec.toml"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let argv: Vec<Vec<String>> = std::fs::read_to_string(run.join("argv.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let rel = run.strip_prefix(dir.path()).unwrap();
+    let out = rel.display().to_string();
+    assert_eq!(
+        argv[0],
+        ["--output_dir", out.as_str()],
+        "first from scratch"
+    );
+    let from = rel.join("checkpoint-2").display().to_string();
+    assert_eq!(
+        argv[1],
+        [
+            "--output_dir",
+            out.as_str(),
+            "--resume_from_checkpoint",
+            from.as_str()
+        ],
+        "then from the newest whole checkpoint (checkpoint-4 was cut short)"
+    );
+    let log = std::fs::read_to_string(run.join("train.log")).unwrap();
+    assert!(
+        log.contains("checkpoint-4 has no readable trainer_state.json")
+            && log.contains("goes on from")
+            && log.contains("(1 later ones dropped"),
+        "{log}"
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("result.json")).unwrap()).unwrap();
+    assert_eq!(r["status"], "completed", "{r}");
+    let at: Vec<(u64, f64)> = r["evals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["tokens"].as_u64().unwrap(),
+                e["metrics"]["target_loss"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(u64, f64)> = (0..=6).map(|s| (64 * s, 3.0 - s as f64 / 10.0)).collect();
+    assert_eq!(at, want, "every step once, step 3 from the second start");
+
+    std::fs::write(
+        dir.path().join("spec.toml"),
+        spec.replace("\"{resume_from}\"]", "\"last\"]")
+            .replace("name = \"hf\"", "name = \"hf2\""),
+    )
+    .unwrap();
+    let o = sweep(dir.path(), &["plan", "spec.toml"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        err(&o).contains("trainer.resume") && err(&o).contains("{resume_from}"),
+        "{}",
+        err(&o)
+    );
+}
+
 /// An `mlflow server` (PyPI's, in the venv scripts/test makes and names in SWEEP_TEST_PYTHON)
 /// on a free port of 127.0.0.1, stopped (its whole process group) when dropped.
 struct MlflowServer {

@@ -103,8 +103,8 @@ pub fn run(mut cli: Cli) -> anyhow::Result<()> {
         Command::Report(args) => report::run(g, &args),
         Command::Train(args) if args.noop => noop_train(&args.run),
         Command::Train(args) if trainer_command(&args.run).is_some() => {
-            let command = trainer_command(&args.run).unwrap_or_default();
-            crate::external_trainer::train(&args.run, &command, g.quiet, args.force, args.nproc)
+            let trainer = trainer_command(&args.run).unwrap_or_default();
+            crate::external_trainer::train(&args.run, &trainer, g.quiet, args.force, args.nproc)
         }
         Command::Train(args) => train(g, &args),
         Command::Export(args) => export(g, &args),
@@ -474,14 +474,12 @@ fn train(_: &GlobalArgs, _: &crate::cli::TrainArgs) -> anyhow::Result<()> {
     .into())
 }
 
-/// The `[trainer] command` of a run.json, when its sweep names one (a run.json that does not
-/// read is the builtin trainer's to report).
-fn trainer_command(run: &Path) -> Option<Vec<String>> {
+/// The `[trainer]` of a run.json, when its sweep names one (a run.json that does not read is
+/// the builtin trainer's to report).
+fn trainer_command(run: &Path) -> Option<crate::spec::TrainerSpec> {
     let text = std::fs::read_to_string(run).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    serde_json::from_value::<crate::spec::TrainerSpec>(v.get("trainer")?.clone())
-        .ok()
-        .map(|t| t.command)
+    serde_json::from_value::<crate::spec::TrainerSpec>(v.get("trainer")?.clone()).ok()
 }
 
 /// `sweep train RUN.json --noop`: a train mode that does no work. It writes a completed

@@ -540,6 +540,8 @@ fn resolve_shared(spec: &Spec) -> Result<SharedConfig, Problem> {
     if let Some(t) = &spec.trainer {
         crate::spec::trainer::check(&t.command)
             .map_err(|m| problem(&["trainer", "command"], &m))?;
+        crate::spec::trainer::check_resume(&t.resume)
+            .map_err(|m| problem(&["trainer", "resume"], &m))?;
     }
     Ok(SharedConfig {
         model,

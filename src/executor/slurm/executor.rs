@@ -55,7 +55,7 @@ echo @@acct; case \"$cfg\" in *accounting_storage/slurmdbd*) sacct -n -P -X -u \
 *jobcomp/filetxt*) sacct -c -n -P -o {sa} 2>&1 ;; *) scontrol show job -o 2>/dev/null ;; esac; \
 echo @@results; for f in runs/*/result.json; do [ -e \"$f\" ] && grep -H -o -E '\"(status\": *\"[a-z_]*|error\": *\"([^\"\\\\]|\\\\.)*)\"' \"$f\"; done; \
 echo @@jobslog; cat jobs.log 2>/dev/null; \
-echo @@checkpoints; for c in runs/*/checkpoints/step-*; do [ -d \"$c\" ] && echo \"$c\"; done; \
+echo @@checkpoints; for c in runs/*/checkpoints/step-* runs/*/checkpoint-*/trainer_state.json; do [ -e \"$c\" ] && echo \"$c\"; done; \
 echo @@progress; for f in runs/*/metrics.jsonl; do [ -e \"$f\" ] && ! grep -qE '\"status\": *\"(completed|diverged)\"' \"${{f%metrics.jsonl}}result.json\" 2>/dev/null && printf '%s:%s\\n' \"$f\" \"$(tail -n 1 \"$f\")\"; done; true; }}",
         bin = from_home(binary),
         sq = parse::SQUEUE_FORMAT,
@@ -808,6 +808,12 @@ mod tests {
         );
         assert_eq!(obs["a"].state, JobState::Timeout);
         assert_eq!(obs["a"].checkpoint_step, Some(120));
+        // A Hugging Face Trainer's whole checkpoint-N of a user's trainer counts the same.
+        let hf = observe(
+            &j,
+            &probe("runs/a/checkpoint-500/trainer_state.json\nruns/a/checkpoint-1000/trainer_state.json\n"),
+        );
+        assert_eq!(hf["a"].checkpoint_step, Some(1000));
         let mut st = SweepState::new("s");
         let batch = &j.batches[0];
         record_chunk(&mut st, "slurm:a", batch, &batch.chunks[0]);
@@ -893,6 +899,17 @@ mod tests {
                 std::fs::write(run.join("result.json"), result).unwrap();
             }
         }
+        // Checkpoints: the builtin trainer's, and a Hugging Face Trainer's whole ones (the
+        // cut-short checkpoint-30 has no trainer_state.json).
+        let runs = remote.join("runs");
+        std::fs::create_dir_all(runs.join("a-s0/checkpoints/step-00000012")).unwrap();
+        for (n, whole) in [(10, true), (20, true), (30, false)] {
+            let c = runs.join(format!("c-s0/checkpoint-{n}"));
+            std::fs::create_dir_all(&c).unwrap();
+            if whole {
+                std::fs::write(c.join("trainer_state.json"), "{}").unwrap();
+            }
+        }
         // This host's own Slurm (a dev cluster) is shadowed: commands that answer nothing.
         let bin = d.path().join("bin");
         std::fs::create_dir_all(&bin).unwrap();
@@ -915,6 +932,10 @@ mod tests {
         assert_eq!(probe.progress["a-s0"], "{\"step\":2,\"note\":\"a: b\"}");
         assert_eq!(probe.results["b-s0"], JobState::Completed);
         assert_eq!(probe.acct_error, None);
+        assert_eq!(
+            probe.checkpoints,
+            HashMap::from([("a-s0".to_string(), 12), ("c-s0".to_string(), 20)])
+        );
         // An accounting file the user cannot read is said (else a finished job looks queued).
         let probe = parse_probe(
             "@@config\nJobCompType = jobcomp/filetxt\n@@acct\nsacct: fatal: open /var/log/slurm/jobcomp.log: Permission denied\n@@results\n",

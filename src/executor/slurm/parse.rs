@@ -234,17 +234,20 @@ pub fn parse_results(text: &str) -> HashMap<String, JobState> {
         .collect()
 }
 
-/// The latest checkpoint step of each run, from the probe's `runs/ID/checkpoints/step-N` lines.
+/// The latest checkpoint step of each run, from the probe's `runs/ID/checkpoints/step-N` lines
+/// (the builtin trainer's) and `runs/ID/checkpoint-N/trainer_state.json` lines (a Hugging Face
+/// Trainer's whole checkpoints, of a user's trainer).
 pub fn parse_checkpoints(text: &str) -> HashMap<String, u64> {
     let mut out: HashMap<String, u64> = HashMap::new();
     for l in text.lines() {
-        let Some((id, step)) = l
-            .strip_prefix("runs/")
-            .and_then(|r| r.split_once("/checkpoints/step-"))
-        else {
+        let Some(rest) = l.trim().strip_prefix("runs/") else {
             continue;
         };
-        if let Ok(step) = step.trim().parse::<u64>() {
+        let found = rest.split_once("/checkpoints/step-").or_else(|| {
+            let (id, step) = rest.split_once("/checkpoint-")?;
+            Some((id, step.strip_suffix("/trainer_state.json")?))
+        });
+        if let Some((id, Ok(step))) = found.map(|(id, s)| (id, s.parse::<u64>())) {
             let e = out.entry(id.to_string()).or_insert(step);
             *e = (*e).max(step);
         }

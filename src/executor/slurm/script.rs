@@ -186,14 +186,14 @@ fi
 exit "$code"
 "#,
         started = if c.requeue_on_timeout {
-            "started_from=$(ls -d \"$run\"/checkpoints/step-* 2>/dev/null | tail -n 1)\n"
+            "newest_checkpoint() { ls -d \"$run\"/checkpoints/step-* \"$run\"/checkpoint-*/trainer_state.json 2>/dev/null | sort -V | tail -n 1; }\nstarted_from=$(newest_checkpoint)\n"
         } else {
             ""
         },
         requeue = if c.requeue_on_timeout {
-            r#"    reached=$(ls -d "$run"/checkpoints/step-* 2>/dev/null | tail -n 1)
+            r#"    reached=$(newest_checkpoint)
     if [ -n "$reached" ] && [ "$reached" != "$started_from" ]; then
-        echo "sweep: $id stopped at the time-limit warning at ${reached##*/}; requeued itself to go on from there (requeue_on_timeout)" | tee -a "$run/train.log" >&2
+        echo "sweep: $id stopped at the time-limit warning at ${reached#"$run"/}; requeued itself to go on from there (requeue_on_timeout)" | tee -a "$run/train.log" >&2
         scontrol requeue "$SLURM_JOB_ID" && exit 0
     fi
 "#
@@ -397,6 +397,43 @@ mod tests {
             Resources::default(),
         );
         assert!(!off.contains("scontrol requeue") && !off.contains("started_from"));
+
+        // The newest checkpoint, the builtin trainer's or a Hugging Face Trainer's whole
+        // checkpoint-N (by number; one without trainer_state.json is a save cut short).
+        let function = on
+            .lines()
+            .find(|l| l.starts_with("newest_checkpoint()"))
+            .unwrap();
+        let newest = |run: &std::path::Path| {
+            let o = std::process::Command::new("bash")
+                .arg("-c")
+                .arg(format!(
+                    "run={}\n{function}\nnewest_checkpoint",
+                    run.display()
+                ))
+                .output()
+                .unwrap();
+            String::from_utf8(o.stdout).unwrap().trim().to_string()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(newest(dir.path()), "");
+        for (d, whole) in [
+            ("checkpoint-9", true),
+            ("checkpoint-10", true),
+            ("checkpoint-11", false),
+        ] {
+            std::fs::create_dir(dir.path().join(d)).unwrap();
+            if whole {
+                std::fs::write(dir.path().join(d).join("trainer_state.json"), "{}").unwrap();
+            }
+        }
+        let hf = dir.path().join("checkpoint-10/trainer_state.json");
+        assert_eq!(newest(dir.path()), hf.display().to_string());
+        let builtin = tempfile::tempdir().unwrap();
+        for d in ["checkpoints/step-00000009", "checkpoints/step-00000010"] {
+            std::fs::create_dir_all(builtin.path().join(d)).unwrap();
+        }
+        assert!(newest(builtin.path()).ends_with("checkpoints/step-00000010"));
     }
 
     #[test]
