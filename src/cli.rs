@@ -25,7 +25,8 @@ pub struct GlobalArgs {
     /// Machine-readable JSON on stdout instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Print only errors.
+    /// Print only errors and a command's closing summary (`status -q`: nothing; its exit code
+    /// answers).
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
     /// Print more detail (repeat for more).
@@ -54,7 +55,7 @@ pub enum Command {
     Follow(FollowArgs),
     /// Show the state of a sweep's runs.
     #[command(
-        after_help = "Example:\n  sweep status sweeps/quickstart.toml\n  sweep status results/quickstart -v\n  sweep status results/quickstart --watch"
+        after_help = "With -q nothing is printed and the exit code answers: 0 every run has its result (completed or diverged), 3 runs are pending or running, 4 none is but some ended without a result (failed, timeout, cancelled, invalid).\n\nExample:\n  sweep status sweeps/quickstart.toml\n  sweep status results/quickstart -v\n  sweep status results/quickstart --watch\n  sweep -q status results/quickstart --watch 60   # wait for the sweep; then $? says how it ended"
     )]
     Status(StatusArgs),
     /// Cancel a sweep's queued and running jobs.

@@ -18,6 +18,9 @@ fn main() {
         }
     };
     if let Err(err) = sweep::commands::run(cli) {
+        if let Some(answer) = err.downcast_ref::<sweep::commands::Answer>() {
+            std::process::exit(answer.0);
+        }
         eprintln!("error: {err:#}");
         std::process::exit(sweep::commands::exit_code(&err));
     }

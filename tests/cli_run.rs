@@ -548,9 +548,20 @@ learning_rate = [2e-3, 0.1]
 "#,
     );
     std::fs::write(dir.path().join("spec.toml"), &spec).unwrap();
+    // `-q status` answers by its exit code alone: 3 while runs are pending, 4 once none is but
+    // some failed (0 when all completed: the test below).
+    let quiet_status = |dir: &Path| {
+        let o = sweep(dir, &["-q", "status", "spec.toml"]);
+        assert!(o.stdout.is_empty() && o.stderr.is_empty(), "{o:?}");
+        o.status.code()
+    };
+    assert_eq!(quiet_status(dir.path()), Some(3));
     let o = sweep(dir.path(), &["run", "spec.toml"]);
     let log = err(&o);
     assert!(!o.status.success(), "the lr 0.1 runs fail: {log}");
+    assert_eq!(quiet_status(dir.path()), Some(4));
+    let o = sweep(dir.path(), &["status", "spec.toml"]);
+    assert!(o.status.success(), "without -q, status exits 0: {o:?}");
     assert!(log.contains("done: 2 completed, 1 failed"), "{log}");
     assert!(
         log.contains("`sweep status results/own` lists them")
@@ -821,6 +832,9 @@ learning_rate = [1e-3]
         .collect();
     let want: Vec<(u64, f64)> = (0..=6).map(|s| (64 * s, 3.0 - s as f64 / 10.0)).collect();
     assert_eq!(at, want, "every step once, step 3 from the second start");
+    let o = sweep(dir.path(), &["-q", "status", "results/hf", "--watch", "1"]);
+    assert_eq!(o.status.code(), Some(0), "every run has its result: {o:?}");
+    assert!(o.stdout.is_empty());
 
     std::fs::write(
         dir.path().join("spec.toml"),

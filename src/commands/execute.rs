@@ -328,12 +328,16 @@ struct StatusRow {
 }
 
 /// `sweep status SPEC [--rebuild]`: runs by state, from the state file and the run folders.
+/// With `-q` it prints nothing and answers by its exit code ([`Seen::code`]).
 pub fn status(g: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<()> {
+    let quiet = g.quiet && !g.json;
     let Some(every) = args.watch else {
         let mut out = String::new();
-        status_once(g, args, false, &mut out)?;
-        print!("{out}");
-        return Ok(());
+        let seen = status_once(g, args, false, &mut out)?;
+        if !quiet {
+            print!("{out}");
+        }
+        return seen.answer(g.quiet);
     };
     // --watch: the table again every few seconds (redrawn in place on a terminal; one after
     // another, or one JSON array per line, otherwise) until no run is pending or running.
@@ -341,26 +345,30 @@ pub fn status(g: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<()> {
     loop {
         let mut out = String::new();
         let seen = status_once(g, args, true, &mut out)?;
-        if tty && !g.json {
-            print!("\x1b[2J\x1b[H");
+        if !quiet {
+            if tty && !g.json {
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{out}");
+            if !tty && !g.json {
+                println!();
+            }
+            std::io::stdout().flush()?;
         }
-        print!("{out}");
-        if !tty && !g.json {
-            println!();
-        }
-        std::io::stdout().flush()?;
         if seen.pending + seen.running == 0 {
-            return Ok(());
+            return seen.answer(g.quiet);
         }
         // Pending runs of a local sweep that no sweep process works on stay pending: say how
         // they resume rather than watch them forever. (On a cluster, pending runs are queued.)
         if seen.running == 0 && !seen.on_cluster && !SweepLock::is_held(&seen.dir) {
-            eprintln!(
-                "sweep: {} runs pending and no sweep process runs them: `sweep run {}` resumes them",
-                seen.pending,
-                seen.dir.display()
-            );
-            return Ok(());
+            if !g.quiet {
+                eprintln!(
+                    "sweep: {} runs pending and no sweep process runs them: `sweep run {}` resumes them",
+                    seen.pending,
+                    seen.dir.display()
+                );
+            }
+            return seen.answer(g.quiet);
         }
         std::thread::sleep(std::time::Duration::from_secs_f64(every));
     }
@@ -370,10 +378,37 @@ pub fn status(g: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<()> {
 struct Seen {
     pending: usize,
     running: usize,
+    /// Runs with a final result (completed or diverged), of `total`.
+    done: usize,
+    total: usize,
     /// The sweep was submitted to a cluster.
     on_cluster: bool,
     /// Its results folder.
     dir: PathBuf,
+}
+
+impl Seen {
+    /// The exit code of `sweep -q status`: 0 when every run has its result (completed or
+    /// diverged), 3 while runs are pending or running, 4 when none is but some ended without
+    /// a result (failed, timed out, cancelled, invalid: they need a rerun or a look).
+    fn code(&self) -> i32 {
+        if self.done == self.total {
+            0
+        } else if self.pending + self.running > 0 {
+            3
+        } else {
+            4
+        }
+    }
+
+    /// The command's end: with `quiet`, [`Seen::code`] as its exit code.
+    fn answer(&self, quiet: bool) -> anyhow::Result<()> {
+        match self.code() {
+            0 => Ok(()),
+            c if quiet => Err(super::Answer(c).into()),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// One status of the sweep into `out`; what it saw. `lines`: JSON as one line (for --watch).
@@ -446,6 +481,8 @@ fn status_once(
     let seen = Seen {
         pending: rows.iter().filter(|r| r.state == JobState::Pending).count(),
         running: rows.iter().filter(|r| r.state == JobState::Running).count(),
+        done: rows.iter().filter(|r| r.state.is_final()).count(),
+        total: rows.len(),
         on_cluster: note.is_some(),
         dir: dir.clone(),
     };

@@ -39,6 +39,9 @@ pub struct LightBuild {
 
 /// Exit code for an error: 2 for spec and usage errors, 1 for everything else.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
+    if let Some(answer) = err.downcast_ref::<Answer>() {
+        return answer.0;
+    }
     // A mistake in what the user wrote (a spec, a flag, clusters.toml, a device name) is a
     // usage error; everything else is a runtime failure.
     let config = err
@@ -83,6 +86,19 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         1
     }
 }
+
+/// An exit code that is the command's answer, not an error (`sweep -q status`): the binary
+/// exits with it and prints nothing.
+#[derive(Debug)]
+pub struct Answer(pub i32);
+
+impl std::fmt::Display for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit code {}", self.0)
+    }
+}
+
+impl std::error::Error for Answer {}
 
 /// Run the parsed command line.
 pub fn run(mut cli: Cli) -> anyhow::Result<()> {

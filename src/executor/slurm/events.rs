@@ -1,9 +1,10 @@
 //! The events of a sweep on a cluster. The local executor sees its runs start and end; the Slurm
 //! executor only sees each poll's state, so [`Watcher`] tells the same [`Event`]s from how the
 //! sweep state changed since it last looked: a run sent again is `run_queued`, a run the
-//! scheduler started is `run_started`, a run that left the queue is `run_ended`.
+//! scheduler started is `run_started`, a run that left the queue is `run_ended`, and a run the
+//! retry policy leaves is `run_skipped`, once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
 use crate::executor::state::{RunRecord, SweepState};
@@ -16,6 +17,8 @@ pub struct Watcher {
     running_since: HashMap<String, Instant>,
     /// The step of each run's last `run_progress` event.
     told: HashMap<String, u64>,
+    /// The runs told as left (`run_skipped`) since they were last sent.
+    left: HashSet<String>,
 }
 
 impl Watcher {
@@ -25,7 +28,18 @@ impl Watcher {
             last: state.runs.clone(),
             running_since: HashMap::new(),
             told: HashMap::new(),
+            left: HashSet::new(),
         }
+    }
+
+    /// The `run_skipped` event of run `id`, which is not sent again (`why`, from
+    /// [`super::retry::why_left`]), unless it was told since the run was last sent.
+    pub fn left(&mut self, id: &str, state: JobState, why: String) -> Option<Event> {
+        self.left.insert(id.to_string()).then(|| Event::RunSkipped {
+            id: id.to_string(),
+            state,
+            detail: why,
+        })
     }
 
     /// The `run_progress` event of run `id` at `p`, if it got further than last told.
@@ -59,6 +73,7 @@ impl Watcher {
                 self.running_since.remove(id);
                 // A new attempt may start over (from its checkpoint, or from scratch).
                 self.told.remove(id);
+                self.left.remove(id);
                 events.push(Event::RunQueued {
                     id: id.clone(),
                     attempt: cur.attempts,

@@ -36,9 +36,98 @@ pub fn resubmit_record(rec: &RunRecord, policy: &RetryPolicy, retry_failed: bool
     resubmit(rec.state, rec.counted_attempts(), policy, retry_failed)
 }
 
+/// Why an ended run is not sent again (and what would send it), or `None` for a run that is
+/// sent, still queued or running, or done: the `run_skipped` event's detail.
+pub fn why_left(
+    rec: &RunRecord,
+    policy: &RetryPolicy,
+    retry_failed: bool,
+    leave_cancelled: bool,
+) -> Option<String> {
+    let state = rec.state;
+    let detail = rec
+        .detail
+        .as_deref()
+        .map(|d| format!(" ({d})"))
+        .unwrap_or_default();
+    match state {
+        JobState::Completed | JobState::Diverged | JobState::Pending | JobState::Running => None,
+        JobState::Cancelled if leave_cancelled => {
+            Some("cancelled; left cancelled (--leave-cancelled)".into())
+        }
+        _ if resubmit_record(rec, policy, retry_failed) => None,
+        JobState::Invalid => Some(format!(
+            "its result cannot be counted{detail}; a person looks at it"
+        )),
+        JobState::Failed | JobState::OutOfMemory => Some(format!(
+            "{} before{detail}; `--retry-failed` sends it again",
+            state.name()
+        )),
+        _ if !policy.retry_on.contains(&state) => Some(format!(
+            "{}{detail}; the cluster's retry policy does not retry it (add \"{}\" to [retry] retry_on)",
+            state.name(),
+            state.name()
+        )),
+        _ => Some(format!(
+            "{}{detail}; {} of max_attempts = {} attempts spent (raise [retry] max_attempts in the cluster's entry to send it again)",
+            state.name(),
+            rec.counted_attempts(),
+            policy.max_attempts
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a follow says of each run it leaves: the reason and the way to send it again.
+    #[test]
+    fn a_run_left_says_why_and_what_would_send_it() {
+        let p = RetryPolicy::default();
+        let rec = |state, attempts, detail: Option<&str>| RunRecord {
+            state,
+            attempts,
+            backend: "slurm:x".into(),
+            job_id: None,
+            detail: detail.map(str::to_string),
+            progress: Default::default(),
+        };
+        let why = |r: &RunRecord, retry: bool, leave: bool| why_left(r, &p, retry, leave);
+        let failed = rec(JobState::Failed, 1, Some("exit 3"));
+        assert_eq!(
+            why(&failed, false, false).unwrap(),
+            "failed before (exit 3); `--retry-failed` sends it again"
+        );
+        assert_eq!(why(&failed, true, false), None, "sent again");
+        let spent = rec(JobState::NodeFail, 3, None);
+        assert!(why(&spent, true, false)
+            .unwrap()
+            .contains("3 of max_attempts = 3 attempts spent"));
+        assert_eq!(why(&rec(JobState::NodeFail, 1, None), false, false), None);
+        let strict = RetryPolicy {
+            retry_on: vec![],
+            ..RetryPolicy::default()
+        };
+        assert!(
+            why_left(&rec(JobState::Preempted, 1, None), &strict, false, false)
+                .unwrap()
+                .contains("does not retry it (add \"preempted\"")
+        );
+        let cancelled = rec(JobState::Cancelled, 1, None);
+        assert_eq!(why(&cancelled, false, false), None, "a rerun resumes it");
+        assert!(why(&cancelled, false, true)
+            .unwrap()
+            .contains("--leave-cancelled"));
+        assert!(
+            why(&rec(JobState::Invalid, 1, Some("wrong hash")), true, false)
+                .unwrap()
+                .contains("cannot be counted (wrong hash)")
+        );
+        for done in [JobState::Completed, JobState::Diverged, JobState::Running] {
+            assert_eq!(why(&rec(done, 1, None), true, true), None);
+        }
+    }
 
     #[test]
     fn by_fault_class() {

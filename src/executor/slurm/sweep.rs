@@ -516,6 +516,23 @@ impl<'a> SlurmExecutor<'a> {
         }
     }
 
+    /// Tell the runs the retry policy leaves (not in `chosen`), each once until sent again.
+    fn tell_left(&mut self, sink: &mut dyn EventSink, chosen: &[String]) {
+        let policy = &self.sweep.journal.config.retry;
+        for r in &self.sweep.plan.runs {
+            let Some(rec) = self.sweep.state.runs.get(&r.id) else {
+                continue;
+            };
+            if chosen.contains(&r.id) {
+                continue;
+            }
+            let why = super::retry::why_left(rec, policy, self.retry_failed, self.leave_cancelled);
+            if let Some(e) = why.and_then(|w| self.watcher.left(&r.id, rec.state, w)) {
+                sink.emit(&e);
+            }
+        }
+    }
+
     fn ids(&self) -> Vec<String> {
         self.sweep.plan.runs.iter().map(|r| r.id.clone()).collect()
     }
@@ -536,6 +553,7 @@ impl Executor for SlurmExecutor<'_> {
             .sweep
             .to_send(&probe, self.retry_failed, self.leave_cancelled);
         self.tell(sink);
+        self.tell_left(sink, &chosen);
         let sent = if chosen.is_empty() {
             0
         } else {
@@ -1011,6 +1029,61 @@ mod tests {
         assert_eq!(cancelled.executor, "slurm:a");
         drop(exe);
         assert_eq!(connects, 1, "one connection, made when first needed");
+    }
+
+    /// A run that failed is told as left (`run_skipped`, as the local executor tells it), after
+    /// its `run_ended`, once however many rounds a follow makes; sent again with
+    /// `--retry-failed`, it is queued, not left.
+    #[test]
+    fn a_failed_run_the_policy_leaves_is_told_once_as_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = two_runs();
+        let cluster = Rc::new(RefCell::new(Cluster::default()));
+        let t = Rc::new(RefCell::new(connect(&cluster)));
+        let sweep = ClusterSweep::for_submit(dir.path(), &plan, "a", &config()).unwrap();
+        let shared = t.clone();
+        let mut exe = SlurmExecutor::new(sweep, |_| {
+            Ok(Box::new(Shared(shared.clone())) as Box<dyn Transport>)
+        });
+        exe.submit(&mut Told::default()).unwrap();
+        cluster.borrow_mut().set(0, "FAILED", "3:0");
+        let failed = plan.runs[0].id.clone();
+        let mut told = Told::default();
+        assert_eq!(exe.submit(&mut told).unwrap().sent, 0);
+        let kinds: Vec<String> = told
+            .0
+            .iter()
+            .map(|e| {
+                serde_json::to_value(e).unwrap()["event"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(kinds, ["run_ended", "run_skipped"], "{:?}", told.0);
+        match &told.0[1] {
+            Event::RunSkipped { id, state, detail } => {
+                assert_eq!((id, *state), (&failed, JobState::Failed));
+                assert!(
+                    detail.contains("`--retry-failed` sends it again"),
+                    "{detail}"
+                );
+            }
+            e => panic!("{e:?}"),
+        }
+        let mut told = Told::default();
+        exe.submit(&mut told).unwrap();
+        assert!(told.0.is_empty(), "told once: {:?}", told.0);
+        exe.retry_failed = true;
+        let mut told = Told::default();
+        assert_eq!(exe.submit(&mut told).unwrap().sent, 1);
+        assert!(
+            told.0
+                .iter()
+                .all(|e| matches!(e, Event::RunQueued { attempt: 2, .. })),
+            "{:?}",
+            told.0
+        );
     }
 
     #[test]
