@@ -851,63 +851,6 @@ learning_rate = [1e-3]
     );
 }
 
-/// An `mlflow server` (PyPI's, in the venv scripts/test makes and names in SWEEP_TEST_PYTHON)
-/// on a free port of 127.0.0.1, stopped (its whole process group) when dropped.
-struct MlflowServer {
-    child: std::process::Child,
-    uri: String,
-}
-
-impl MlflowServer {
-    fn start(python: &str, dir: &Path) -> MlflowServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut cmd = Command::new(python);
-        cmd.args([
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--workers",
-            "1",
-        ])
-        .args(["--port", &port.to_string()])
-        .arg("--backend-store-uri")
-        .arg(format!("sqlite:///{}", dir.join("mlflow.db").display()))
-        .arg("--default-artifact-root")
-        .arg(dir.join("artifacts"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.join("server.log")).unwrap());
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let mut server = MlflowServer {
-            child: cmd.spawn().expect("mlflow server starts"),
-            uri: format!("http://127.0.0.1:{port}"),
-        };
-        let t0 = std::time::Instant::now();
-        while reqwest::blocking::get(format!("{}/health", server.uri)).is_err() {
-            assert!(
-                server.child.try_wait().unwrap().is_none() && t0.elapsed().as_secs() < 120,
-                "mlflow server did not come up: {}",
-                std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(300));
-        }
-        server
-    }
-}
-
-impl Drop for MlflowServer {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) of the server's own process group.
-        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
 /// Each run of a sweep with `[tracking] mlflow` is an MLflow run on a real server, read back
 /// with MLflow's own client: its params, its status and every metrics.jsonl value at its
 /// tokens, none doubled by a second `sweep run` that has lost its record of what was sent.
@@ -919,7 +862,7 @@ fn runs_are_logged_to_a_real_mlflow_server() {
     };
     let dir = tempfile::tempdir().unwrap();
     common::write_corpora(dir.path());
-    let server = MlflowServer::start(&python, dir.path());
+    let server = common::MlflowServer::start(&python, dir.path());
     let spec = |name: &str, uri: &str| {
         let s = SPEC
             .replace("name = \"tinyrun\"", &format!("name = \"{name}\""))
@@ -936,23 +879,7 @@ fn runs_are_logged_to_a_real_mlflow_server() {
     assert!(o.status.success(), "{}", err(&o));
     assert!(!err(&o).contains("MLflow"), "{}", err(&o));
 
-    let read = r#"
-import json, sys
-from mlflow import MlflowClient
-c = MlflowClient(sys.argv[1])
-e = c.get_experiment_by_name("logged")
-out = {}
-for r in c.search_runs([e.experiment_id]):
-    out[r.info.run_name] = {
-        "status": r.info.status,
-        "params": r.data.params,
-        "metrics": {k: sorted([m.step, m.value] for m in c.get_metric_history(r.info.run_id, k))
-                    for k in ["train/loss", "eval/target_loss"]},
-    }
-print(json.dumps(out))
-"#;
-    let logged =
-        || -> serde_json::Value { common::python_json(&python, read, &[server.uri.as_ref()]) };
+    let logged = || common::mlflow_runs(&python, &server.uri, "logged");
     let got = logged();
     let runs = dir.path().join("results/logged/runs");
     let ids: Vec<String> = std::fs::read_dir(&runs)
@@ -1033,7 +960,7 @@ fn mlflow_keeps_equal_token_lines_and_a_retrained_run_is_a_new_mlflow_run() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let server = MlflowServer::start(&python, dir.path());
+    let server = common::MlflowServer::start(&python, dir.path());
     // The second line at 128 tokens is written only once the first has been sent (the
     // run's mlflow.json says so), so that a sync falls between them ("wait"; "go" writes it
     // at once, for a server that takes nothing).

@@ -208,9 +208,19 @@ impl Case {
     /// Submit the sweep `name` of `n` runs (installing), wait until all completed, collect
     /// them; each collected run folder here with its result.json.
     fn submit_and_collect(&self, name: &str, n: usize) -> Vec<(PathBuf, serde_json::Value)> {
+        self.submit_and_wait(n);
+        self.collect_all(name, n)
+    }
+
+    /// Submit the sweep's `n` runs (installing the binary) and wait until all completed.
+    fn submit_and_wait(&self, n: usize) {
         let out = self.ok(&["submit", "spec.toml", "--cluster", "dev", "--install"]);
         assert!(out.contains(&format!("submitted {n} of {n} runs")), "{out}");
         self.wait_completed(n);
+    }
+
+    /// Collect the `n` runs of sweep `name`: each run's folder here and its result.json.
+    fn collect_all(&self, name: &str, n: usize) -> Vec<(PathBuf, serde_json::Value)> {
         let out = self.ok(&["collect", "spec.toml"]);
         assert!(out.contains(&format!("collected {n} runs")), "{out}");
         std::fs::read_dir(self.results.join(name).join("runs"))
@@ -633,12 +643,18 @@ fn follow_runs_the_sweep_to_its_end_and_names_what_failed() {
 
 /// A user's training program (`[trainer] command`) runs in the Slurm jobs as it does locally:
 /// its arguments filled in per run on the node, its metrics.jsonl turned into result.json there,
-/// and both collected here with their TensorBoard events.
+/// and both collected here with their TensorBoard events. The jobs log each run to the
+/// sweep's MLflow server (a real one on 127.0.0.1) from the nodes, before anything is collected.
 #[test]
 fn a_users_trainer_runs_in_the_slurm_jobs_and_is_collected() {
     if !cluster_up("a_users_trainer_runs_in_the_slurm_jobs_and_is_collected") {
         return;
     }
+    let Some(python) = common::test_python("MLflow from Slurm jobs") else {
+        return;
+    };
+    let store = tempfile::tempdir().unwrap();
+    let server = common::MlflowServer::start(&python, store.path());
     let src = SharedSource::new("usertrainer");
     // The program and the data are on the shared filesystem, readable by the cluster's user.
     let program = src.0.join("trainer.py");
@@ -667,12 +683,44 @@ method = ["full"]
 token_budget = [128, 256]
 [grid.full]
 learning_rate = [1e-3, 2e-3]
+[tracking]
+mlflow = "{uri}"
 "#,
-            program = toml_str(&program.display().to_string())
+            program = toml_str(&program.display().to_string()),
+            uri = server.uri
         ),
     )
     .unwrap();
-    for (dir, r) in c.submit_and_collect("usertrainer", 2) {
+    c.submit_and_wait(2);
+    // Logged from the nodes: each run finished on the server with every metrics line of its
+    // folder on the cluster (collect, which sends what a trainer could not, has not run).
+    let logged = common::mlflow_runs(&python, &server.uri, "usertrainer");
+    assert_eq!(logged.as_object().unwrap().len(), 2, "{logged}");
+    for (id, r) in logged.as_object().unwrap() {
+        assert_eq!(r["status"], "FINISHED", "{id}: {r}");
+        let metrics = std::fs::read_to_string(
+            c.remote_sweep("usertrainer")
+                .join("runs")
+                .join(id)
+                .join("metrics.jsonl"),
+        )
+        .unwrap();
+        let want: Vec<(u64, f64)> = metrics
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter_map(|v| Some((v["tokens"].as_u64()?, v["target_loss"].as_f64()?)))
+            .collect();
+        let have: Vec<(u64, f64)> =
+            serde_json::from_value(r["metrics"]["eval/target_loss"].clone()).unwrap();
+        assert_eq!(have.len(), 3, "{id}: {have:?}");
+        for (h, w) in have.iter().zip(&want) {
+            assert!(
+                h.0 == w.0 && (h.1 - w.1).abs() < 1e-9,
+                "{id}: {have:?} vs {want:?}"
+            );
+        }
+    }
+    for (dir, r) in c.collect_all("usertrainer", 2) {
         let id = dir.file_name().unwrap().to_string_lossy().into_owned();
         assert_eq!(r["status"], "completed", "{r:#}");
         let evals = r["evals"].as_array().unwrap();

@@ -108,3 +108,87 @@ with open(os.path.join(out, "metrics.jsonl"), "w") as f:
         f.write(json.dumps({"tokens": t, "step": t // 64, "train_loss": 3.0 - lr * t,
                             "target_loss": 3.0 - lr * t, "source_loss": 2.0 + lr * t / 4}) + "\n")
 "#;
+
+/// An `mlflow server` (PyPI's, in the venv scripts/test makes and names in SWEEP_TEST_PYTHON)
+/// on a free port of 127.0.0.1, stopped (its whole process group) when dropped.
+#[allow(dead_code)] // only the tests that log to MLflow use it
+pub struct MlflowServer {
+    child: std::process::Child,
+    /// http://127.0.0.1:PORT
+    pub uri: String,
+}
+
+#[allow(dead_code)]
+impl MlflowServer {
+    /// Start one with its store in `dir`; waits until it answers.
+    pub fn start(python: &str, dir: &Path) -> MlflowServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = std::process::Command::new(python);
+        cmd.args([
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--workers",
+            "1",
+        ])
+        .args(["--port", &port.to_string()])
+        .arg("--backend-store-uri")
+        .arg(format!("sqlite:///{}", dir.join("mlflow.db").display()))
+        .arg("--default-artifact-root")
+        .arg(dir.join("artifacts"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("server.log")).unwrap());
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut server = MlflowServer {
+            child: cmd.spawn().expect("mlflow server starts"),
+            uri: format!("http://127.0.0.1:{port}"),
+        };
+        let t0 = std::time::Instant::now();
+        while reqwest::blocking::get(format!("{}/health", server.uri)).is_err() {
+            assert!(
+                server.child.try_wait().unwrap().is_none() && t0.elapsed().as_secs() < 120,
+                "mlflow server did not come up: {}",
+                std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        server
+    }
+}
+
+impl Drop for MlflowServer {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of the server's own process group.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// The runs of MLflow experiment `experiment` on the server at `uri`, read with MLflow's own
+/// client: by run name, its status, params and the (step, value) history of `train/loss` and
+/// `eval/target_loss`.
+#[allow(dead_code)] // only the tests that log to MLflow use it
+pub fn mlflow_runs(python: &str, uri: &str, experiment: &str) -> serde_json::Value {
+    let read = r#"
+import json, sys
+from mlflow import MlflowClient
+c = MlflowClient(sys.argv[1])
+e = c.get_experiment_by_name(sys.argv[2])
+out = {}
+for r in c.search_runs([e.experiment_id]):
+    out[r.info.run_name] = {
+        "status": r.info.status,
+        "params": r.data.params,
+        "metrics": {k: sorted([m.step, m.value] for m in c.get_metric_history(r.info.run_id, k))
+                    for k in ["train/loss", "eval/target_loss"]},
+    }
+print(json.dumps(out))
+"#;
+    python_json(python, read, &[uri.as_ref(), experiment.as_ref()])
+}
