@@ -694,9 +694,9 @@ mlflow = "{uri}"
     c.submit_and_wait(2);
     // Logged from the nodes: each run finished on the server with every metrics line of its
     // folder on the cluster (collect, which sends what a trainer could not, has not run).
-    let logged = common::mlflow_runs(&python, &server.uri, "usertrainer");
-    assert_eq!(logged.as_object().unwrap().len(), 2, "{logged}");
-    for (id, r) in logged.as_object().unwrap() {
+    let logged = common::mlflow_runs_by_name(&python, &server.uri, "usertrainer");
+    assert_eq!(logged.len(), 2, "{logged:?}");
+    for (id, r) in &logged {
         assert_eq!(r["status"], "FINISHED", "{id}: {r}");
         let metrics = std::fs::read_to_string(
             c.remote_sweep("usertrainer")

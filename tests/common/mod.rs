@@ -171,24 +171,42 @@ impl Drop for MlflowServer {
 }
 
 /// The runs of MLflow experiment `experiment` on the server at `uri`, read with MLflow's own
-/// client: by run name, its status, params and the (step, value) history of `train/loss` and
-/// `eval/target_loss`.
+/// client, oldest first: each one's `name`, `status`, `params` and the [step, value] history
+/// of `train/loss` and `eval/target_loss`.
 #[allow(dead_code)] // only the tests that log to MLflow use it
-pub fn mlflow_runs(python: &str, uri: &str, experiment: &str) -> serde_json::Value {
+pub fn mlflow_runs(python: &str, uri: &str, experiment: &str) -> Vec<serde_json::Value> {
     let read = r#"
 import json, sys
 from mlflow import MlflowClient
 c = MlflowClient(sys.argv[1])
 e = c.get_experiment_by_name(sys.argv[2])
-out = {}
-for r in c.search_runs([e.experiment_id]):
-    out[r.info.run_name] = {
+out = []
+for r in c.search_runs([e.experiment_id], order_by=["attributes.start_time ASC"]):
+    out.append({
+        "name": r.info.run_name,
         "status": r.info.status,
         "params": r.data.params,
         "metrics": {k: sorted([m.step, m.value] for m in c.get_metric_history(r.info.run_id, k))
                     for k in ["train/loss", "eval/target_loss"]},
-    }
+    })
 print(json.dumps(out))
 "#;
     python_json(python, read, &[uri.as_ref(), experiment.as_ref()])
+}
+
+/// [`mlflow_runs`] by run name (each name once).
+#[allow(dead_code)] // only the tests that log to MLflow use it
+pub fn mlflow_runs_by_name(
+    python: &str,
+    uri: &str,
+    experiment: &str,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let runs = mlflow_runs(python, uri, experiment);
+    let n = runs.len();
+    let by: std::collections::BTreeMap<String, serde_json::Value> = runs
+        .into_iter()
+        .map(|r| (r["name"].as_str().unwrap_or_default().to_string(), r))
+        .collect();
+    assert_eq!(by.len(), n, "one MLflow run per name: {by:?}");
+    by
 }
