@@ -49,6 +49,10 @@ pub struct Progress {
     /// The latest checkpoint step when it was last sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submitted_step: Option<u64>,
+    /// The job seen ended without a result.json at the last poll: it fails if the next poll
+    /// finds none either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_wait: Option<String>,
 }
 
 impl Progress {

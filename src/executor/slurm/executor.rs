@@ -139,6 +139,9 @@ pub struct Observed {
     pub detail: Option<String>,
     /// The step of its latest checkpoint on the cluster.
     pub checkpoint_step: Option<u64>,
+    /// Its job completed but no result.json was seen: a failure, unless the result shows up
+    /// by the next poll (a shared filesystem may show a new file to the login node late).
+    pub no_result: bool,
 }
 
 /// Join the probe with the journal (pure): run id -> what the cluster says. Finished-job records
@@ -185,6 +188,7 @@ pub fn observe(journal: &Journal, probe: &Probe) -> BTreeMap<String, Observed> {
                 job_id: Some(job),
                 detail: Some(row.detail.clone()),
                 checkpoint_step: None,
+                no_result: false,
             },
         );
     }
@@ -216,6 +220,7 @@ pub fn observe(journal: &Journal, probe: &Probe) -> BTreeMap<String, Observed> {
                 job_id: Some(job),
                 detail,
                 checkpoint_step: None,
+                no_result: false,
             },
         );
     }
@@ -228,6 +233,7 @@ pub fn observe(journal: &Journal, probe: &Probe) -> BTreeMap<String, Observed> {
             _ if o.state == JobState::Completed => {
                 o.state = JobState::Failed;
                 o.detail = Some("the job ended without a result.json; see its train.log".into());
+                o.no_result = true;
             }
             // A failed job with the trainer's own words: say them.
             _ if o.state == JobState::Failed => {
@@ -248,6 +254,7 @@ pub fn observe(journal: &Journal, probe: &Probe) -> BTreeMap<String, Observed> {
                 job_id: None,
                 detail: None,
                 checkpoint_step: None,
+                no_result: false,
             });
         }
     }
@@ -348,8 +355,19 @@ pub fn apply(state: &mut SweepState, backend: &str, obs: &BTreeMap<String, Obser
             || o.job_id == rec.job_id
             || o.state.is_final()
         {
-            rec.state = o.state;
-            rec.detail = o.detail.clone();
+            // A job seen ended without its result for the first time is looked at again at
+            // the next poll before it counts as failed: one end per attempt, the right one.
+            let first_sight = o.no_result && rec.progress.result_wait != o.job_id;
+            rec.progress.result_wait = o.job_id.clone().filter(|_| o.no_result);
+            if first_sight {
+                rec.state = JobState::Running;
+                rec.detail = Some(
+                    "its job ended; its result.json is not on the cluster's filesystem yet (looked for again at the next poll)".into(),
+                );
+            } else {
+                rec.state = o.state;
+                rec.detail = o.detail.clone();
+            }
             if o.job_id.is_some() {
                 rec.job_id = o.job_id.clone();
             }
@@ -765,6 +783,44 @@ mod tests {
         let obs = observe(&j, &probe);
         assert_eq!(obs["a"].state, JobState::Failed);
         assert!(obs["a"].detail.as_deref().unwrap().contains("result.json"));
+        assert!(obs["a"].no_result);
+        // Applied, it waits one poll for the result (seen late on a shared filesystem), then
+        // fails; a result that shows up by then completes it, and the run ends once.
+        let ids = vec!["a".to_string()];
+        let mut st = SweepState::new("s");
+        let batch = &j.batches[0];
+        record_chunk(&mut st, "slurm:a", batch, &batch.chunks[0]);
+        let mut watcher = crate::executor::slurm::events::Watcher::new(&st);
+        apply(&mut st, "slurm:a", &obs);
+        assert_eq!(st.runs["a"].state, JobState::Running);
+        assert!(st.runs["a"]
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("not on the cluster's filesystem yet"));
+        let mut late = st.clone();
+        apply(&mut st, "slurm:a", &obs);
+        assert_eq!(st.runs["a"].state, JobState::Failed);
+        assert!(st.runs["a"]
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("without a result.json"));
+        let arrived = parse_probe(&format!(
+            "@@config\nJobCompType = jobcomp/filetxt\n@@acct\n9|9|{p}t-0|COMPLETED|0:0\n@@results\nruns/a/result.json:\"status\":\"completed\"\n@@jobslog\n9 9_0 a\n"
+        ));
+        let ended = |w: &mut crate::executor::slurm::events::Watcher, s: &SweepState| {
+            w.update(s, &ids)
+                .into_iter()
+                .filter(|e| matches!(e, crate::executor::Event::RunEnded { .. }))
+                .count()
+        };
+        assert_eq!(ended(&mut watcher, &late), 0);
+        apply(&mut late, "slurm:a", &observe(&j, &arrived));
+        assert_eq!(late.runs["a"].state, JobState::Completed);
+        assert_eq!(late.runs["a"].progress.result_wait, None);
+        assert_eq!(ended(&mut watcher, &late), 1);
+        assert_eq!(ended(&mut watcher, &late), 0, "told once");
     }
 
     #[test]

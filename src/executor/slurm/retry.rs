@@ -164,6 +164,7 @@ mod tests {
                 continuations,
                 checkpoint_step: at,
                 submitted_step: sent,
+                ..Progress::default()
             },
         };
         assert!(resubmit_record(&rec(1, 0, Some(100), None), &p, false));
