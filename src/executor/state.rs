@@ -120,6 +120,9 @@ pub enum StateError {
     Io(String),
 }
 
+/// How often [`SweepLock::acquire`] tries the lock, 20 ms apart, before saying who holds it.
+const LOCK_TRIES: u32 = 25;
+
 /// The exclusive lock of a sweep folder, held while a process changes its state.
 #[derive(Debug)]
 pub struct SweepLock {
@@ -139,7 +142,15 @@ impl SweepLock {
             .truncate(false)
             .open(&path)
             .map_err(|e| StateError::Io(format!("{}: {e}", path.display())))?;
-        if file.try_lock().is_err() {
+        // A look by [`SweepLock::is_held`] holds a shared lock for an instant: try again for a
+        // moment before saying it is taken.
+        let mut tries = 0;
+        while file.try_lock().is_err() {
+            tries += 1;
+            if tries < LOCK_TRIES {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                continue;
+            }
             let mut pid = String::new();
             let _ = file.read_to_string(&mut pid);
             let pid = pid.trim();
@@ -339,7 +350,17 @@ mod tests {
         drop(lock);
         assert!(!SweepLock::is_held(dir.path()));
         // Looking did not take it.
-        SweepLock::acquire(dir.path()).unwrap();
+        let lock = SweepLock::acquire(dir.path()).unwrap();
+        drop(lock);
+        // A look that holds its shared lock as a sweep starts does not refuse the sweep.
+        let look = File::open(dir.path().join(".lock")).unwrap();
+        look.try_lock_shared().unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            drop(look);
+        });
+        SweepLock::acquire(dir.path()).expect("taken once the look let go");
+        release.join().unwrap();
     }
 
     fn record(state: JobState, backend: &str) -> RunRecord {
