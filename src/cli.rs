@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
     /// Folder that holds every sweep's results (results/NAME/...).
-    #[arg(long, global = true, default_value = "results", value_name = "DIR")]
+    #[arg(long, global = true, default_value = crate::commands::DEFAULT_RESULTS, value_name = "DIR")]
     pub results: PathBuf,
     /// Machine-readable JSON on stdout instead of tables.
     #[arg(long, global = true)]

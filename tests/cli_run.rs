@@ -163,6 +163,33 @@ fn run_status_report_end_to_end() {
     assert!(o.status.success(), "{}", err(&o));
     let by_folder: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(by_folder, rows);
+    assert!(err(&o).is_empty(), "nothing to say: {}", err(&o));
+    // --results elsewhere beside the folder names two places: refused, not one of them used.
+    std::fs::create_dir_all(dir.path().join("elsewhere")).unwrap();
+    let o = sweep(
+        dir.path(),
+        &["--results", "elsewhere", "status", "results/tinyrun"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(
+        err(&o).contains("but --results says elsewhere"),
+        "{}",
+        err(&o)
+    );
+    // The spec edited since (a comment: the same runs): the folder's copy is used, and said.
+    let text = std::fs::read_to_string(dir.path().join("spec.toml")).unwrap();
+    std::fs::write(dir.path().join("spec.toml"), format!("{text}# edited\n")).unwrap();
+    let o = sweep(dir.path(), &["--json", "status", "results/tinyrun"]);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap(),
+        rows
+    );
+    assert!(
+        err(&o).contains("spec.toml changed since results/tinyrun was planned"),
+        "{}",
+        err(&o)
+    );
+    std::fs::write(dir.path().join("spec.toml"), text).unwrap();
     // A run is named by its id: export finds its folder among the sweeps of --results.
     let lora = ids
         .iter()

@@ -22,6 +22,9 @@ use crate::model::config::LlamaConfig;
 use crate::plan::{Plan, PlanOptions};
 use crate::spec::{self, SpecError};
 
+/// The results root when `--results` is not given.
+pub const DEFAULT_RESULTS: &str = "results";
+
 /// An error the user can fix by changing how they called `sweep` (exit code 2).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -166,14 +169,31 @@ fn resolve_sweep_folder(cli: &mut Cli) -> anyhow::Result<()> {
     let Some(arg) = sweep_arg(&mut cli.command) else {
         return Ok(());
     };
-    let Some((spec, root)) = target::sweep_folder(arg)? else {
+    let Some(folder) = target::sweep_folder(arg)? else {
         return Ok(());
     };
-    let (_, plan) = load_plan(&spec, true)?;
+    // An explicit --results elsewhere and a folder argument name two places: say so rather
+    // than follow one of them.
+    let given = &cli.global.results;
+    if given.as_path() != Path::new(DEFAULT_RESULTS)
+        && std::fs::canonicalize(given).ok().as_ref() != Some(&folder.root)
+    {
+        return Err(UsageError(format!(
+            "{} is a sweep's results folder in {}, but --results says {}: drop --results (the folder says where the results are), or give the spec",
+            arg.display(),
+            folder.root.display(),
+            given.display()
+        ))
+        .into());
+    }
+    let (_, plan) = load_plan(&folder.spec, true)?;
     let dir = std::fs::canonicalize(&*arg).unwrap_or_else(|_| arg.clone());
-    target::check_folder_plan(&dir, &plan, &spec)?;
-    *arg = spec;
-    cli.global.results = root;
+    target::check_folder_plan(&dir, &plan, &folder.spec)?;
+    if let Some(note) = folder.note.filter(|_| !cli.global.quiet) {
+        eprintln!("sweep: {note}");
+    }
+    *arg = folder.spec;
+    cli.global.results = folder.root;
     Ok(())
 }
 

@@ -35,11 +35,21 @@ pub fn write_plan_files(dir: &Path, plan: &Plan, src: &SpecSource) -> anyhow::Re
     Ok(())
 }
 
-/// A sweep named by its results folder: the spec to plan and the results root holding the
-/// folder. The spec is the one the folder was planned from when it is still there unchanged
-/// (its relative model paths then resolve as they did), else the folder's copy of it. `None`
-/// when `arg` is not a folder (a spec file, planned as it is).
-pub fn sweep_folder(arg: &Path) -> anyhow::Result<Option<(PathBuf, PathBuf)>> {
+/// A sweep named by its results folder.
+#[derive(Debug, PartialEq)]
+pub struct SweepFolder {
+    /// The spec to plan: the one the folder was planned from when it is still there unchanged
+    /// (its relative model paths then resolve as they did), else the folder's copy of it.
+    pub spec: PathBuf,
+    /// The results root holding the folder.
+    pub root: PathBuf,
+    /// What to say when the origin spec was edited since: the command acts on the copy.
+    pub note: Option<String>,
+}
+
+/// The sweep of results folder `arg`; `None` when `arg` is not a folder (a spec file, planned
+/// as it is).
+pub fn sweep_folder(arg: &Path) -> anyhow::Result<Option<SweepFolder>> {
     if !arg.is_dir() {
         return Ok(None);
     }
@@ -57,13 +67,28 @@ pub fn sweep_folder(arg: &Path) -> anyhow::Result<Option<(PathBuf, PathBuf)>> {
     };
     let origin = std::fs::read_to_string(arg.join(SPEC_ORIGIN))
         .ok()
-        .map(|l| PathBuf::from(l.trim_end_matches('\n')))
-        .filter(|p| std::fs::read_to_string(p).is_ok_and(|t| t == text));
-    let spec = origin.unwrap_or(copy);
+        .map(|l| PathBuf::from(l.trim_end_matches('\n')));
+    let origin_text = origin
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok());
+    let (spec, note) = match (origin, origin_text) {
+        (Some(o), Some(t)) if t == text => (o, None),
+        (Some(o), Some(_)) => (
+            copy.clone(),
+            Some(format!(
+                "{} changed since {} was planned: this acts on the sweep as planned ({}); `sweep plan {}` shows what the change would do",
+                o.display(),
+                arg.display(),
+                copy.display(),
+                o.display()
+            )),
+        ),
+        _ => (copy, None),
+    };
     // The folder itself, through any symlink or `..`: its name is the sweep's.
     let dir = std::fs::canonicalize(arg).with_context(|| format!("locating {}", arg.display()))?;
     let root = dir.parent().map(Path::to_path_buf).unwrap_or(dir.clone());
-    Ok(Some((spec, root)))
+    Ok(Some(SweepFolder { spec, root, note }))
 }
 
 /// Check that a plan made from a results folder's spec is the one the folder holds: same sweep
@@ -157,11 +182,23 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(SPEC_COPY), "name = \"x\"\n").unwrap();
         std::fs::write(dir.join(SPEC_ORIGIN), format!("{}\n", spec.display())).unwrap();
-        let (got, results) = sweep_folder(&dir).unwrap().unwrap();
-        assert_eq!(got, spec);
-        assert_eq!(results, root.path().join("results"));
+        let found = sweep_folder(&dir).unwrap().unwrap();
+        assert_eq!(found.spec, spec);
+        assert_eq!(found.root, root.path().join("results"));
+        assert_eq!(found.note, None);
+        // Edited since: the copy, and a note that says so and how to see the change.
         std::fs::write(&spec, "name = \"x\"\n# edited\n").unwrap();
-        assert_eq!(sweep_folder(&dir).unwrap().unwrap().0, dir.join(SPEC_COPY));
+        let found = sweep_folder(&dir).unwrap().unwrap();
+        assert_eq!(found.spec, dir.join(SPEC_COPY));
+        let note = found.note.unwrap();
+        assert!(
+            note.contains("s.toml changed since") && note.contains("`sweep plan "),
+            "{note}"
+        );
+        // Gone: the copy, silently (nothing was edited).
+        std::fs::remove_file(&spec).unwrap();
+        let found = sweep_folder(&dir).unwrap().unwrap();
+        assert_eq!((found.spec, found.note), (dir.join(SPEC_COPY), None));
         assert!(sweep_folder(&spec).unwrap().is_none());
         let bare = root.path().join("bare");
         std::fs::create_dir_all(&bare).unwrap();
