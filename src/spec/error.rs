@@ -176,10 +176,17 @@ const TOKEN_KEYS: [&str; 4] = ["token_budget", "checkpoints", "eval_tokens", "ep
 /// For a value of a token-count key that does not parse (`"16kk"`, or one such item of a list),
 /// the parser's own words: what was wrong and the forms allowed.
 fn bad_token_count(text: &str, span: std::ops::Range<usize>) -> Option<String> {
-    let line_start = text[..span.start.min(text.len())]
-        .rfind('\n')
-        .map_or(0, |i| i + 1);
-    let key = text[line_start..].split('=').next()?.trim();
+    // The key is the last one before the value on its line: `token_budget = ...`, a dotted
+    // `grid.token_budget = ...` or an inline table's `grid = { token_budget = ... }`.
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let before = &text[line_start..start];
+    let before = &before[..before.rfind('=')?];
+    let key = before
+        .trim_end()
+        .rsplit(|c: char| c == '.' || c == '{' || c == ',' || c.is_whitespace())
+        .next()?
+        .trim_matches(|c| c == '"' || c == '\'');
     if !TOKEN_KEYS.contains(&key) {
         return None;
     }
@@ -248,6 +255,29 @@ mod tests {
         SpecSource {
             path: "s.toml".into(),
             text: text.into(),
+        }
+    }
+
+    /// A token count that does not parse gets the parser's allowed forms wherever its key is
+    /// written: at the top of a table, dotted, in an inline table, quoted.
+    #[test]
+    fn a_bad_token_count_is_named_in_every_form_of_its_key() {
+        let tables = "[model]\nbuiltin = \"tiny\"\n[data]\nregime = \"cpt\"\ndomain = \"code\"\ntarget = \"a\"\nsource = \"b\"\n";
+        for (top, tail) in [
+            ("", "[grid]\ntoken_budget = [\"4k\", \"16kk\"]\n"),
+            ("grid.token_budget = \"16kk\"\n", ""),
+            (
+                "grid = { method = [\"full\"], token_budget = \"16kk\" }\n",
+                "",
+            ),
+            ("", "[grid]\n\"token_budget\" = \"16kk\"\n"),
+        ] {
+            let text = format!("name = \"x\"\n{top}{tables}{tail}");
+            let e = src(&text).parse().unwrap_err().to_string();
+            assert!(
+                e.contains("`16kk` is not a token count") && e.contains("\"250M\""),
+                "{text}: {e}"
+            );
         }
     }
 
