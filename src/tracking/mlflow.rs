@@ -694,15 +694,7 @@ impl Api {
         if let Some(found) = earlier {
             let info = &found["info"];
             let run_id = info["run_id"].as_str().unwrap_or_default().to_string();
-            // How far it was sent: the tag set with its last metrics.
-            let sent = found["data"]["tags"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|t| t["key"] == SENT_TAG)
-                .and_then(|t| t["value"].as_str())
-                .and_then(|v| v.split_once(':'))
-                .and_then(|(t, n)| Some((t.parse::<u64>().ok()?, n.parse::<usize>().ok()?)));
+            let sent = sent_on_server(found);
             let status = match info["status"].as_str() {
                 Some("FINISHED") => Some(RunEnd::Finished),
                 Some("FAILED") => Some(RunEnd::Failed),
@@ -718,7 +710,7 @@ impl Api {
                 run_id,
                 origin: origin.to_string(),
                 sent_tokens: sent.map(|(t, _)| t),
-                sent_at_tokens: sent.map(|(_, n)| n),
+                sent_at_tokens: sent.and_then(|(_, n)| n),
                 status,
                 retired,
             });
@@ -787,6 +779,32 @@ impl ApiError {
     }
 }
 
+/// How far a run found on the server was sent (tokens, and lines at those tokens): the tag set
+/// with its last metrics; for a run logged before that tag existed, the newest step of its
+/// metrics, every line at it taken as sent.
+fn sent_on_server(found: &Value) -> Option<(u64, Option<usize>)> {
+    let tagged = found["data"]["tags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["key"] == SENT_TAG)
+        .and_then(|t| t["value"].as_str())
+        .and_then(|v| v.split_once(':'))
+        .and_then(|(t, n)| Some((t.parse::<u64>().ok()?, Some(n.parse::<usize>().ok()?))));
+    tagged.or_else(|| {
+        found["data"]["metrics"]
+            .as_array()?
+            .iter()
+            .filter_map(|m| {
+                m["step"]
+                    .as_u64()
+                    .or_else(|| m["step"].as_str()?.parse().ok())
+            })
+            .max()
+            .map(|step| (step, None))
+    })
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -836,6 +854,19 @@ mod tests {
         st.sent_at_tokens = Some(2);
         assert_eq!(unsent(&all, &st).len(), 1);
         assert_eq!(st.sent_tag(), "128:2");
+    }
+
+    /// How far a run on the server was sent: its tag, or for a run an earlier version logged
+    /// without one, its newest metric step (MLflow's REST API sends steps as strings).
+    #[test]
+    fn a_found_run_says_how_far_it_was_sent_with_or_without_its_tag() {
+        let tagged = json!({"data": {"tags": [{"key": "sweep_sent", "value": "256:2"}],
+            "metrics": [{"key": "train/loss", "step": "512"}]}});
+        assert_eq!(sent_on_server(&tagged), Some((256, Some(2))));
+        let old = json!({"data": {"tags": [{"key": "sweep_run_id", "value": "a"}],
+            "metrics": [{"key": "train/loss", "step": "384"}, {"key": "eval/m0", "step": 256}]}});
+        assert_eq!(sent_on_server(&old), Some((384, None)));
+        assert_eq!(sent_on_server(&json!({"data": {}})), None, "nothing sent");
     }
 
     #[test]
