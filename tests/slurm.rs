@@ -963,6 +963,22 @@ impl Case {
     }
 
     /// The only run's id and its folder on the cluster.
+    /// A one-run training sweep `name` of `tokens` tokens on the data in `src`, with the
+    /// cluster keys `extra`, submitted (installing the binary): the case, the run's id and its
+    /// folder on the cluster.
+    fn one_run_submitted(
+        name: &str,
+        extra: &str,
+        tokens: &str,
+        src: &SharedSource,
+    ) -> (Case, String, PathBuf) {
+        let c = Case::training(name, extra, tokens, 0, src);
+        let out = c.ok(&["submit", "spec.toml", "--cluster", "dev", "--install"]);
+        assert!(out.contains("submitted 1 of 1"), "{out}");
+        let (id, run) = c.only_run(name);
+        (c, id, run)
+    }
+
     fn only_run(&self, name: &str) -> (String, PathBuf) {
         let s = states(self);
         assert_eq!(s.len(), 1, "{s:?}");
@@ -1119,16 +1135,12 @@ fn a_timeout_is_classified_and_resubmitted_and_resumes_from_its_checkpoint() {
     // than checkpoint_signal_s + 30 s are left: here 30-60 s after the start, time enough for
     // the trainer to start on a loaded machine. The first attempt's 625 steps are paced to at
     // least 300 ms each (187 s): on any machine the warning comes mid-run.
-    let c = Case::training(
+    let (c, id, run) = Case::one_run_submitted(
         name,
         "time_limit = \"00:02:00\"\ncheckpoint_signal_s = 60\ntrain_args = [\"--min-step-ms\", \"300\"]\nretry = { max_attempts = 1 }\n",
         "160k",
-        0,
         &src,
     );
-    let out = c.ok(&["submit", "spec.toml", "--cluster", "dev", "--install"]);
-    assert!(out.contains("submitted 1 of 1"), "{out}");
-    let (id, run) = c.only_run(name);
     wait_for(&c, "the run times out", |s| {
         s[&id].0 == "timeout" || s[&id].0 == "completed"
     });
@@ -1176,16 +1188,12 @@ fn a_requeued_job_resumes_from_its_checkpoint_and_runs_once() {
     }
     let src = SharedSource::new(name);
     // 390 steps of at least 100 ms: still training when the requeue comes, on any machine.
-    let c = Case::training(
+    let (c, id, run) = Case::one_run_submitted(
         name,
         "train_args = [\"--min-step-ms\", \"100\"]\n",
         "100k",
-        0,
         &src,
     );
-    let out = c.ok(&["submit", "spec.toml", "--cluster", "dev", "--install"]);
-    assert!(out.contains("submitted 1 of 1"), "{out}");
-    let (id, run) = c.only_run(name);
     // Training has begun: a metrics line past the base evaluation.
     wait_until("training starts", WAIT_S, || {
         std::fs::read_to_string(run.join("metrics.jsonl")).is_ok_and(|m| m.lines().count() > 1)
@@ -1223,16 +1231,12 @@ fn a_job_at_its_time_limit_requeues_itself_and_completes_unattended() {
     let src = SharedSource::new(name);
     // Warned 30-60 s into each slot (as in the timeout test above); 235 steps paced to at
     // least 300 ms (70 s) outlast the first slot on any machine, and get further in each.
-    let c = Case::training(
+    let (c, id, run) = Case::one_run_submitted(
         name,
         "time_limit = \"00:02:00\"\ncheckpoint_signal_s = 60\ntrain_args = [\"--min-step-ms\", \"300\"]\nrequeue_on_timeout = true\nretry = { max_attempts = 1 }\n",
         "60k",
-        0,
         &src,
     );
-    let out = c.ok(&["submit", "spec.toml", "--cluster", "dev", "--install"]);
-    assert!(out.contains("submitted 1 of 1"), "{out}");
-    let (id, run) = c.only_run(name);
     let t0 = Instant::now();
     loop {
         let s = states(&c);

@@ -35,24 +35,11 @@ impl Events {
     fn look(&mut self, state: &SweepState, plan: &Plan, executor: &str, parallel: usize) {
         let ids: Vec<String> = plan.runs.iter().map(|r| r.id.clone()).collect();
         match &mut self.watcher {
-            Some(w) => {
-                for e in w.update(state, &ids) {
-                    self.sink.emit(&e);
-                }
-            }
+            Some(w) => w.tell(state, &ids, self.sink.as_mut()),
             None => {
-                let done = ids
-                    .iter()
-                    .filter(|id| state.runs.get(*id).is_some_and(|r| r.state.is_final()))
-                    .count();
-                self.sink.emit(&Event::Start {
-                    sweep: plan.name.clone(),
-                    executor: executor.to_string(),
-                    total: ids.len(),
-                    done,
-                    parallel,
-                });
-                self.watcher = Some(Watcher::new(state));
+                let sink = self.sink.as_mut();
+                let w = Watcher::start(state, &plan.name, &ids, executor, parallel, sink);
+                self.watcher = Some(w);
             }
         }
     }
@@ -438,11 +425,19 @@ pub fn open<'a>(
     dir: &'a std::path::Path,
     plan: &'a Plan,
 ) -> anyhow::Result<Option<(SweepLock, SlurmExecutor<'a>)>> {
+    // Only a cluster sweep's folder is locked here (a local one may not even exist yet).
     if ClusterSweep::open(dir, plan)?.is_none() {
         return Ok(None);
     }
+    locked(dir, plan)
+}
+
+/// [`open`] of a folder known to hold a cluster sweep: the lock, then the sweep read under it.
+fn locked<'a>(
+    dir: &'a std::path::Path,
+    plan: &'a Plan,
+) -> anyhow::Result<Option<(SweepLock, SlurmExecutor<'a>)>> {
     let lock = SweepLock::acquire(dir)?;
-    // Read under the lock.
     let Some(sweep) = ClusterSweep::open(dir, plan)? else {
         return Ok(None);
     };
@@ -463,7 +458,7 @@ pub fn status_refresh(g: &GlobalArgs, plan: &Plan) -> anyhow::Result<Option<Stri
     if let Some(note) = sweep.too_soon(now().0) {
         return Ok(Some(note));
     }
-    let note = match open(&dir, plan) {
+    let note = match locked(&dir, plan) {
         Ok(Some((_lock, mut exe))) => exe.poll().map_err(super::lift),
         Ok(None) => Ok(None),
         // A `submit --follow` or `follow` working on the sweep polls it: show its last state

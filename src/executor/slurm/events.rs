@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
 use crate::executor::state::{RunRecord, SweepState};
-use crate::executor::{Event, JobState};
+use crate::executor::{Event, EventSink, JobState};
 
 /// What the sweep state was when last looked at, and when each run was seen to start.
 #[derive(Debug)]
@@ -49,6 +49,37 @@ impl Watcher {
             *told = p.step;
             Event::progress(id, p)
         })
+    }
+
+    /// Start telling a sweep of the runs `ids` on `executor` (`parallel` at a time): the
+    /// `start` event, with the runs `state` already has final; what it holds is known from then.
+    pub fn start(
+        state: &SweepState,
+        sweep: &str,
+        ids: &[String],
+        executor: &str,
+        parallel: usize,
+        sink: &mut dyn EventSink,
+    ) -> Watcher {
+        let done = ids
+            .iter()
+            .filter(|id| state.runs.get(*id).is_some_and(|r| r.state.is_final()))
+            .count();
+        sink.emit(&Event::Start {
+            sweep: sweep.to_string(),
+            executor: executor.to_string(),
+            total: ids.len(),
+            done,
+            parallel,
+        });
+        Watcher::new(state)
+    }
+
+    /// Tell `sink` the events that take the runs `ids` from what was last seen to `state`.
+    pub fn tell(&mut self, state: &SweepState, ids: &[String], sink: &mut dyn EventSink) {
+        for e in self.update(state, ids) {
+            sink.emit(&e);
+        }
     }
 
     /// The events that take the runs `ids` (in this order) from what was last seen to `state`.

@@ -510,10 +510,8 @@ impl<'a> SlurmExecutor<'a> {
     }
 
     fn tell(&mut self, sink: &mut dyn EventSink) {
-        let ids: Vec<String> = self.sweep.plan.runs.iter().map(|r| r.id.clone()).collect();
-        for e in self.watcher.update(&self.sweep.state, &ids) {
-            sink.emit(&e);
-        }
+        let ids = self.ids();
+        self.watcher.tell(&self.sweep.state, &ids, sink);
     }
 
     /// Tell the runs the retry policy leaves (not in `chosen`), each once until sent again.
