@@ -83,7 +83,7 @@ fn synthetic(n: usize) -> ReportInput {
         unreadable: vec![],
         foreign: vec![],
         dir: None,
-        items: None,
+        ..ReportInput::default()
     }
 }
 

@@ -10,7 +10,7 @@
 //!   (training tokens so far) and, optionally, `step`, `lr`, `train_loss`; every other numeric
 //!   key is an evaluation metric (`target_loss`, `source_loss`, `gsm8k_strict`, ...) measured at
 //!   those tokens. The base model's evaluation is the line at 0 tokens; then one at each of
-//!   `{eval_at}`.
+//!   `{eval_at}`. A line may give the items of its proportions: `"items": {"gsm8k_strict": 1319}`.
 //! - It exits 0 when the run is trained to its budget; `sweep` then writes result.json from
 //!   metrics.jsonl. Any other exit is a failure (its output is the run's train.log).
 //! - On SIGTERM or SIGUSR1 (a time limit, a preemption, `sweep cancel`) it checkpoints into
@@ -289,13 +289,14 @@ pub fn train(
         (true, Ok(_)) => None,
     };
     let lines = lines.unwrap_or_default();
-    let result = result_of(
+    let mut result = result_of(
         &run,
         &value,
         &lines,
         failure.clone(),
         t0.elapsed().as_secs_f64(),
     );
+    result.metric_items = read_items(&dir.join("metrics.jsonl"));
     crate::util::write_atomic(&dir.join("result.json"), |w| {
         serde_json::to_writer_pretty(&mut *w, &result)?;
         writeln!(w)
@@ -428,6 +429,29 @@ fn read_metrics(path: &Path) -> Result<Vec<MetricsLine>, String> {
     Ok(out)
 }
 
+/// The item counts a program gave with its lines (`"items": {"gsm8k_strict": 1319}` on any
+/// line; a later line's count of a metric wins): result.json's `metric_items`.
+fn read_items(path: &Path) -> BTreeMap<String, u64> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let Ok(serde_json::Value::Object(obj)) = serde_json::from_str(line) else {
+            continue;
+        };
+        for (m, n) in obj
+            .get("items")
+            .and_then(|i| i.as_object())
+            .into_iter()
+            .flatten()
+        {
+            if let Some(n) = n.as_u64() {
+                out.insert(m.clone(), n);
+            }
+        }
+    }
+    out
+}
+
 /// The result.json of a run trained by a program, from its metrics lines.
 fn result_of(
     run: &RunFile,
@@ -461,6 +485,7 @@ fn result_of(
             })
             .collect(),
         metrics_not_measured: Vec::new(),
+        metric_items: BTreeMap::new(),
         trainable_params: 0,
         total_params: 0,
         wall_s,
@@ -556,6 +581,21 @@ mod tests {
         assert_eq!(
             lines[2].eval,
             BTreeMap::from([("target_loss".to_string(), 2.2)])
+        );
+        assert!(read_items(&p).is_empty());
+        std::fs::write(
+            &p,
+            "{\"tokens\":0,\"gsm8k_strict\":0.1,\"items\":{\"gsm8k_strict\":1319,\"x\":\"y\"}}\n{\"tokens\":8}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            read_items(&p),
+            BTreeMap::from([("gsm8k_strict".to_string(), 1319)])
+        );
+        assert_eq!(
+            read_metrics(&p).unwrap()[0].eval.len(),
+            1,
+            "items is no metric"
         );
         std::fs::write(&p, "{\"step\":1}\n{\"tokens\":1}\n").unwrap();
         assert!(read_metrics(&p).unwrap_err().contains(":1: no `tokens`"));

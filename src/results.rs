@@ -160,6 +160,10 @@ pub struct RunResult {
     pub evals: Vec<EvalRecord>,
     /// Requested metrics that this trainer does not measure yet.
     pub metrics_not_measured: Vec<String>,
+    /// How many items each proportion metric is measured on (`math_accuracy`: its problems,
+    /// `humaneval_pass@1`: its tasks, ...), the same at every evaluation.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metric_items: BTreeMap<String, u64>,
     /// Trainable parameters.
     pub trainable_params: i64,
     /// All parameters (base and adapters).

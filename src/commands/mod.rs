@@ -544,6 +544,7 @@ fn noop_train(run: &Path) -> anyhow::Result<()> {
         final_train_loss: None,
         evals: vec![],
         metrics_not_measured: vec![],
+        metric_items: Default::default(),
         trainable_params: 0,
         total_params: 0,
         wall_s: 0.0,

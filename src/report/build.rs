@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 pub use super::grid::higher_is_better;
-use super::grid::{better, fmt_lr, fmt_summary, metric_at, Cell, Grid, SeriesKey};
+use super::grid::{better, fmt_lr, fmt_metric, fmt_summary, metric_at, Cell, Grid, SeriesKey};
 use super::stats::{log_fit, pareto_front, summarize, Summary};
 use super::{Plot, Report, ReportInput, RunData, Series, TableData};
 use crate::results::RunStatus;
@@ -39,12 +39,23 @@ const PROPORTIONS: &[&str] = &[
     "next_line_match",
 ];
 
+/// The items behind each value of `metric` when it is a proportion measured on a known number
+/// of items (its cells then show a Wilson interval).
+fn proportion_items(input: &ReportInput, metric: &str) -> Option<u64> {
+    PROPORTIONS
+        .contains(&metric)
+        .then(|| input.metric_items.get(metric).copied())
+        .flatten()
+}
+
 /// Why a proportion metric has too few items to rank configurations, if it has: the binomial
 /// noise of one evaluation, sqrt(p (1 - p) / n) at its mean p over trained evaluations and its
 /// n items, exceeds the standard deviation of the configurations' means at the largest budget
 /// (the differences it would rank are its own noise).
 fn too_few_items(input: &ReportInput, metric: &str) -> Option<String> {
-    let n = input.items.filter(|_| PROPORTIONS.contains(&metric))? as f64;
+    let n = input
+        .items_of(metric)
+        .filter(|_| PROPORTIONS.contains(&metric))? as f64;
     let grid = Grid::new(input, metric, None);
     let top = grid.top()?;
     let means: Vec<f64> = grid
@@ -174,6 +185,12 @@ pub fn build(input: &ReportInput) -> Report {
         };
     };
     let higher = higher_is_better(&learn);
+    let learn_items = proportion_items(input, &learn);
+    if let Some(n) = learn_items {
+        notes.push(format!(
+            "{learn} is a proportion of {n} items per evaluation: its cells show the Wilson 95% interval over the items of all seeds (seeds x {n}), which stays within [0, 1]"
+        ));
+    }
     let forget_name = forgetting.as_deref().map(|f| {
         if higher_is_better(f) {
             format!("{f}_drop")
@@ -222,7 +239,7 @@ pub fn build(input: &ReportInput) -> Report {
                     format_tokens(b),
                     g.clone(),
                     fmt_lr(k.lr()),
-                    fmt_summary(summarize(&c.learn)),
+                    fmt_metric(&c.learn, learn_items),
                     fmt_summary(summarize(&c.forget)),
                 ]);
             }
@@ -291,7 +308,7 @@ pub fn build(input: &ReportInput) -> Report {
             rows.push(vec![
                 g.clone(),
                 fmt_lr(*lr),
-                fmt_summary(summarize(&c.learn)),
+                fmt_metric(&c.learn, learn_items),
                 fmt_summary(summarize(&c.forget)),
                 nd.to_string(),
                 if best.is_some_and(|b| b.0 == *lr) {
@@ -337,7 +354,7 @@ pub fn build(input: &ReportInput) -> Report {
                 k.rank.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
                 k.modules.clone().unwrap_or_else(|| "-".into()),
                 fmt_lr(k.lr()),
-                fmt_summary(summarize(&c.learn)),
+                fmt_metric(&c.learn, learn_items),
                 fmt_summary(summarize(&c.forget)),
                 p.map(|p| format_tokens(p as u64))
                     .unwrap_or_else(|| "-".into()),
@@ -627,11 +644,10 @@ fn metric_table(
         .into_iter()
         .map(|(g, ms)| {
             let mut row = vec![g];
-            row.extend(
-                metrics
-                    .iter()
-                    .map(|m| fmt_summary(ms.get(*m).and_then(|v| summarize(v)))),
-            );
+            row.extend(metrics.iter().map(|m| match ms.get(*m) {
+                Some(v) => fmt_metric(v, proportion_items(input, m)),
+                None => fmt_summary(None),
+            }));
             row
         })
         .collect();
@@ -647,6 +663,7 @@ fn metric_table(
 /// The best configuration of each method at the largest budget, with its best seed's run and
 /// the command that exports it.
 fn winners(input: &ReportInput, grid: &Grid, top: u64, forget_name: Option<&str>) -> TableData {
+    let learn_items = proportion_items(input, &grid.learn);
     let mut rows = Vec::new();
     let mut commands = Vec::new();
     for method in ["full", "lora"] {
@@ -668,7 +685,7 @@ fn winners(input: &ReportInput, grid: &Grid, top: u64, forget_name: Option<&str>
             method.into(),
             c.config_id.clone(),
             hyper,
-            fmt_summary(summarize(&c.learn)),
+            fmt_metric(&c.learn, learn_items),
             fmt_summary(summarize(&c.forget)),
             run.clone(),
         ]);

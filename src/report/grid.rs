@@ -95,6 +95,20 @@ pub struct Cell {
     pub forget: Vec<f64>,
 }
 
+/// A metric's values over seeds: for a proportion of `items` items per value, its mean with the
+/// Wilson 95% interval of all the seeds' items together (within [0, 1], and an interval even for
+/// one seed); else [`fmt_summary`]'s mean ± Student-t half-width.
+pub fn fmt_metric(values: &[f64], items: Option<u64>) -> String {
+    let s = super::stats::summarize(values);
+    match (s, items) {
+        (Some(s), Some(k)) if k > 0 => {
+            let (lo, hi) = super::stats::wilson(s.mean.clamp(0.0, 1.0), (k * s.n as u64) as f64);
+            format!("{:.4} [{lo:.4}, {hi:.4}] ({}x{k} items)", s.mean, s.n)
+        }
+        _ => fmt_summary(s),
+    }
+}
+
 /// A summary as mean ± 95% half-width (n).
 pub fn fmt_summary(s: Option<Summary>) -> String {
     match s {

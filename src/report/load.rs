@@ -77,6 +77,10 @@ pub fn load(dir: &Path) -> Result<ReportInput, LoadError> {
                 run.wall_s = r.wall_s;
                 run.error = r.error;
                 run.trainable_params = Some(r.trainable_params);
+                for (m, n) in r.metric_items {
+                    let e = input.metric_items.entry(m).or_insert(n);
+                    *e = (*e).min(n);
+                }
             }
             Err(ResultError::Missing(_)) => {}
             Err(ResultError::Corrupt { reason, .. }) => {

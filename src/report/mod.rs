@@ -11,6 +11,8 @@ pub mod render;
 pub mod stats;
 pub mod svg;
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crate::plan::Point;
@@ -60,6 +62,17 @@ pub struct ReportInput {
     /// Items per evaluation of the task metrics (`evaluation.problems`: an upper bound, a
     /// data set with fewer has fewer); None when unknown.
     pub items: Option<u64>,
+    /// Items each proportion metric was measured on, as the runs' result.json say (the fewest
+    /// of any run): exact where `items` is a bound.
+    pub metric_items: BTreeMap<String, u64>,
+}
+
+impl ReportInput {
+    /// The items behind each value of proportion metric `metric`: the runs' own count, else
+    /// the spec's bound.
+    pub fn items_of(&self, metric: &str) -> Option<u64> {
+        self.metric_items.get(metric).copied().or(self.items)
+    }
 }
 
 /// A table, already formatted: every renderer shows the same rows.

@@ -44,6 +44,17 @@ pub fn summarize(values: &[f64]) -> Option<Summary> {
     })
 }
 
+/// The Wilson score 95% interval of a proportion `p` observed over `n` trials (`p` may be a mean
+/// of such proportions, then `n` counts all their trials): it stays within [0, 1], unlike the
+/// normal or Student-t one, and is not empty at 0 or 1.
+pub fn wilson(p: f64, n: f64) -> (f64, f64) {
+    let z = normal_quantile(0.975);
+    let z2 = z * z;
+    let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
+    let half = z / (1.0 + z2 / n) * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
 /// The p-quantile of Student's t with `df` degrees of freedom.
 pub fn t_quantile(p: f64, df: f64) -> Option<f64> {
     StudentsT::new(0.0, 1.0, df).ok().map(|d| d.inverse_cdf(p))
@@ -399,6 +410,24 @@ pub fn pareto_front(points: &[(f64, f64)]) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The Wilson interval against scipy 1.x's `binomtest(k, n).proportion_ci(method="wilson")`.
+    #[test]
+    fn the_wilson_interval_is_scipys() {
+        for (k, n, lo, hi) in [
+            (1.0, 10.0, 0.017876213095072896, 0.4041500267952385),
+            (0.0, 8.0, 0.0, 0.32440756488388023),
+            (8.0, 8.0, 0.6755924351161198, 1.0),
+            (5.0, 12.0, 0.1932603136587566, 0.6804886874504502),
+            (37.0, 100.0, 0.28182360534324535, 0.4677947041905709),
+        ] {
+            let (a, b) = wilson(k / n, n);
+            assert!(
+                (a - lo).abs() < 1e-12 && (b - hi).abs() < 1e-12,
+                "{k}/{n}: ({a}, {b}) vs ({lo}, {hi})"
+            );
+        }
+    }
 
     #[test]
     fn summary_interval_matches_hand_computation() {

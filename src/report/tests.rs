@@ -154,6 +154,7 @@ fn sweep_in(world: &World, seeds: u64) -> ReportInput {
         foreign: vec![],
         dir: Some("results/synthetic".into()),
         items: None,
+        metric_items: Default::default(),
     }
 }
 
@@ -572,6 +573,62 @@ fn a_proportion_with_too_few_items_is_not_the_learning_metric() {
     assert_eq!(
         build(&input).learning_metric.as_deref(),
         Some("math_accuracy")
+    );
+}
+
+/// A proportion measured on a known number of items (result.json's metric_items) shows its
+/// Wilson interval over all the seeds' items: within [0, 1] where mean ± t would leave it, and
+/// said once in a note; the runs' own count, not the spec's bound, decides whether it has too
+/// few items to rank configurations.
+#[test]
+fn a_proportion_shows_an_interval_within_its_scale() {
+    let mut input = sweep(2);
+    for (i, r) in input.runs.iter_mut().enumerate() {
+        for e in &mut r.evals {
+            // Seeds 0.0 and 0.25 of each configuration (mean 0.125: mean ± t leaves [0, 1]),
+            // configurations apart by far more than the binomial noise of 400 items.
+            let base = [0.0, 0.25][i / 6 % 2];
+            e.metrics.insert(
+                "math_accuracy".into(),
+                (base + (i % 6) as f64 * 0.1).min(1.0),
+            );
+        }
+    }
+    input.items = Some(4);
+    input.metric_items.insert("math_accuracy".into(), 400);
+    let r = build(&input);
+    assert_eq!(
+        r.learning_metric.as_deref(),
+        Some("math_accuracy"),
+        "{:?}",
+        r.notes
+    );
+    assert!(
+        r.notes
+            .iter()
+            .any(|n| n.contains("Wilson 95% interval over the items of all seeds (seeds x 400)")),
+        "{:?}",
+        r.notes
+    );
+    let best = r.tables.iter().find(|t| t.key == "best").unwrap();
+    let cell = &best.rows[0][3];
+    assert!(cell.contains("(2x400 items)"), "{cell}");
+    let (lo, hi) = cell
+        .split_once('[')
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .and_then(|(inside, _)| inside.split_once(", "))
+        .map(|(a, b)| (a.parse::<f64>().unwrap(), b.parse::<f64>().unwrap()))
+        .unwrap();
+    assert!(
+        (0.0..=1.0).contains(&lo) && (0.0..=1.0).contains(&hi) && lo < hi,
+        "{cell}"
+    );
+    // The runs measured it on 4 items: too few, whatever the spec's bound says.
+    input.items = Some(1000);
+    input.metric_items.insert("math_accuracy".into(), 4);
+    assert_eq!(
+        build(&input).learning_metric.as_deref(),
+        Some("target_loss")
     );
 }
 

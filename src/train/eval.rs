@@ -46,6 +46,13 @@ pub trait Evaluator {
     fn samples(&self) -> bool {
         false
     }
+
+    /// How many items (problems, lines, tasks) each metric it reports is a proportion of:
+    /// result.json's `metric_items`, which the report's intervals and its too-few-items check
+    /// read. Empty for metrics that are not proportions of items.
+    fn items(&self) -> BTreeMap<String, u64> {
+        BTreeMap::new()
+    }
 }
 
 /// Summed next-token loss over the target tokens of a batch, and the count of target tokens

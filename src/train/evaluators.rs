@@ -40,6 +40,10 @@ pub struct MathAccuracyEval {
 }
 
 impl Evaluator for MathAccuracyEval {
+    fn items(&self) -> BTreeMap<String, u64> {
+        counted(&["math_accuracy"], self.problems.len())
+    }
+
     fn evaluate(
         &self,
         model: &Llama,
@@ -62,6 +66,10 @@ pub struct NextLineEval {
 }
 
 impl Evaluator for NextLineEval {
+    fn items(&self) -> BTreeMap<String, u64> {
+        counted(&["next_line_match"], self.cases.len())
+    }
+
     fn evaluate(
         &self,
         model: &Llama,
@@ -127,6 +135,10 @@ pub struct MultipleChoiceEval {
 }
 
 impl Evaluator for MultipleChoiceEval {
+    fn items(&self) -> BTreeMap<String, u64> {
+        counted(&["multiple_choice_accuracy"], self.items.len())
+    }
+
     fn evaluate(
         &self,
         model: &Llama,
@@ -152,6 +164,10 @@ pub struct Gsm8kEval {
 }
 
 impl Evaluator for Gsm8kEval {
+    fn items(&self) -> BTreeMap<String, u64> {
+        counted(&["gsm8k_strict", "gsm8k_flexible"], self.items.len())
+    }
+
     fn evaluate(
         &self,
         model: &Llama,
@@ -236,6 +252,24 @@ pub struct SourceTasksEval {
 }
 
 impl Evaluator for SourceTasksEval {
+    /// Each task's metrics count its items; the forgetting score, a mean of three tasks, counts
+    /// the fewest of them.
+    fn items(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for (task, items) in &self.tasks {
+            let n = items.len() as u64;
+            out.insert(format!("{}_acc", task.name()), n);
+            if *task != Task::Winogrande {
+                out.insert(format!("{}_acc_norm", task.name()), n);
+            }
+        }
+        if self.tasks.len() == 3 {
+            let fewest = self.tasks.iter().map(|(_, i)| i.len() as u64).min();
+            out.extend(fewest.map(|n| ("forgetting_score".to_string(), n)));
+        }
+        out
+    }
+
     fn evaluate(
         &self,
         model: &Llama,
@@ -347,6 +381,17 @@ pub struct HumanEvalEval {
 }
 
 impl Evaluator for HumanEvalEval {
+    fn items(&self) -> BTreeMap<String, u64> {
+        let mut out = counted(&["humaneval_pass@1"], self.tasks.len());
+        for k in [1, 10, 100].into_iter().filter(|&k| k <= self.samples) {
+            out.insert(
+                format!("humaneval_pass@{k}_sampled"),
+                self.tasks.len() as u64,
+            );
+        }
+        out
+    }
+
     fn evaluate(
         &self,
         model: &Llama,
@@ -382,6 +427,11 @@ impl Evaluator for HumanEvalEval {
     fn samples(&self) -> bool {
         self.samples > 0
     }
+}
+
+/// The metrics `names`, each a proportion of `n` items.
+fn counted(names: &[&str], n: usize) -> BTreeMap<String, u64> {
+    names.iter().map(|m| (m.to_string(), n as u64)).collect()
 }
 
 /// Whether the run's examples are instruction pairs a chat template framed.

@@ -110,6 +110,7 @@ pub fn train(run_path: &Path, opts: &TrainOptions) -> Result<RunResult, TrainErr
                 final_train_loss: None,
                 evals: Vec::new(),
                 metrics_not_measured: Vec::new(),
+                metric_items: BTreeMap::new(),
                 trainable_params: 0,
                 total_params: 0,
                 wall_s: started.elapsed().as_secs_f64(),

@@ -557,6 +557,23 @@ fn generation_and_choice_metrics_are_measured_at_every_eval() {
     }
     // A few steps on the fox sentence teach it to prefer its words over noise.
     assert_eq!(r.evals[1].metrics["multiple_choice_accuracy"], 1.0);
+    // Each proportion says how many items it is of (problems = 1: one of each; the diversity
+    // scores are no proportions of items).
+    let items: Vec<(&str, u64)> = r
+        .metric_items
+        .iter()
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect();
+    assert_eq!(
+        items,
+        [
+            ("humaneval_pass@1", 1),
+            ("humaneval_pass@1_sampled", 1),
+            ("math_accuracy", 1),
+            ("multiple_choice_accuracy", 1),
+            ("next_line_match", 1),
+        ]
+    );
 
     // Without a file, the metric is refused before training.
     let bad = f.run("nomc", |v| {

@@ -564,6 +564,7 @@ impl<'a> Trainer<'a> {
             final_train_loss: state.last_train_loss,
             evals: state.evals,
             metrics_not_measured: self.not_measured,
+            metric_items: self.evaluators.iter().flat_map(|e| e.items()).collect(),
             trainable_params: trainable,
             total_params: total,
             wall_s: state.wall_s,
