@@ -101,7 +101,13 @@ pub struct LlamaText<'a> {
     pub framing: Framing,
     /// The tokens of [`Framing::Known`] prompts, by their text.
     pub known: Option<&'a HashMap<String, Vec<i64>>>,
+    /// Most positions (rows x the longest row) one batch of log-likelihood requests holds.
+    pub batch_tokens: usize,
 }
+
+/// Positions of one batch of log-likelihood requests by default: 64 rows of 64 positions, or 2
+/// rows of 2,048 (the logits of a 32k vocabulary at 4,096 positions are 0.5 GB in f32).
+pub const BATCH_TOKENS: usize = 4096;
 
 impl From<crate::model::tokenizer::TokenizerError> for MetricsError {
     fn from(e: crate::model::tokenizer::TokenizerError) -> Self {
@@ -124,6 +130,15 @@ impl<'a> LlamaText<'a> {
             stop,
             framing,
             known: None,
+            batch_tokens: BATCH_TOKENS,
+        }
+    }
+
+    /// The same, batching log-likelihood requests up to `positions` positions (1: one by one).
+    pub fn batched(self, positions: usize) -> Self {
+        LlamaText {
+            batch_tokens: positions.max(1),
+            ..self
         }
     }
 
@@ -192,9 +207,45 @@ impl TextModel for LlamaText<'_> {
     }
 
     fn loglikelihood(&mut self, context: &str, continuation: &str) -> Result<f64, MetricsError> {
-        self.check_stop()?;
+        Ok(self.loglikelihoods(&[(context, continuation)])?[0])
+    }
+
+    /// Requests sorted by length and scored in right-padded batches of at most `batch_tokens`
+    /// positions: the model is causal and each row starts at position 0, so the padding after a
+    /// row changes nothing of its logits (beyond the rounding of a batched product).
+    fn loglikelihoods(&mut self, requests: &[(&str, &str)]) -> Result<Vec<f64>, MetricsError> {
         let _g = tch::no_grad_guard();
-        let device = self.model.vs.device();
+        let windows = requests
+            .iter()
+            .map(|(c, x)| self.window(c, x))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = vec![0.0; requests.len()];
+        // Longest first, as lm-evaluation-harness orders them: each batch pads little.
+        let mut order: Vec<usize> = (0..windows.len())
+            .filter(|&i| windows[i].1 < windows[i].0.len())
+            .collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(windows[i].0.len()));
+        let mut rest = &order[..];
+        while let Some(&longest) = rest.first() {
+            let width = windows[longest].0.len() - 1;
+            let rows = (self.batch_tokens / width.max(1)).clamp(1, rest.len());
+            let (batch, later) = rest.split_at(rows);
+            self.check_stop()?;
+            for (i, ll) in batch.iter().zip(self.score_batch(&windows, batch, width)?) {
+                out[*i] = ll;
+            }
+            rest = later;
+        }
+        Ok(out)
+    }
+}
+
+impl LlamaText<'_> {
+    /// The tokens a request is scored on (BOS, the context, the continuation; the window's end
+    /// when that is longer than the model's positions) and where in them the continuation's
+    /// tokens that have one token before them start. A start at the window's end: nothing to
+    /// score (log-likelihood 0).
+    fn window(&self, context: &str, continuation: &str) -> Result<(Vec<i64>, usize), MetricsError> {
         let (context, bos) = self.prompt_tokens(context)?;
         // A framed question's answer opens the assistant's turn: no space between them, as
         // lm-evaluation-harness sets target_delimiter to "" with a chat template.
@@ -208,26 +259,43 @@ impl TextModel for LlamaText<'_> {
         tokens.extend(self.tok.encode(continuation)?);
         // Keep the window's end: the continuation's tokens, and as much context as fits.
         let from = tokens.len().saturating_sub(self.max_len());
-        let window = &tokens[from..];
-        // Positions (in the window) of the continuation's tokens that have one token before.
         let first = cont_start.saturating_sub(from).max(1);
-        if first >= window.len() {
-            return Ok(0.0);
+        Ok((tokens.split_off(from), first))
+    }
+
+    /// The log-likelihoods of the requests `batch` (indices into `windows`), right-padded to
+    /// `width` inputs: one forward pass, and a log-softmax of the continuations' rows only.
+    fn score_batch(
+        &self,
+        windows: &[(Vec<i64>, usize)],
+        batch: &[usize],
+        width: usize,
+    ) -> Result<Vec<f64>, MetricsError> {
+        let device = self.model.vs.device();
+        let mut input = vec![0i64; batch.len() * width];
+        for (r, &i) in batch.iter().enumerate() {
+            let w = &windows[i].0;
+            input[r * width..r * width + w.len() - 1].copy_from_slice(&w[..w.len() - 1]);
         }
-        let input = Tensor::f_from_slice(&window[..window.len() - 1])?
+        let input = Tensor::f_from_slice(&input)?
             .f_to_device(device)?
-            .f_unsqueeze(0)?;
-        let logp = self
-            .model
-            .forward(&input, false)?
-            .f_squeeze_dim(0)?
-            .f_log_softmax(-1, Kind::Double)?;
-        let targets = Tensor::f_from_slice(&window[first..])?.f_to_device(device)?;
-        let rows = logp.f_narrow(0, first as i64 - 1, (window.len() - first) as i64)?;
-        Ok(rows
-            .f_gather(1, &targets.f_unsqueeze(1)?, false)?
-            .f_sum(Kind::Double)?
-            .f_double_value(&[])?)
+            .f_view([batch.len() as i64, width as i64])?;
+        let logits = self.model.forward(&input, false)?;
+        let mut out = Vec::with_capacity(batch.len());
+        for (r, &i) in batch.iter().enumerate() {
+            let (w, first) = (&windows[i].0, windows[i].1);
+            let rows = logits
+                .f_get(r as i64)?
+                .f_narrow(0, first as i64 - 1, (w.len() - first) as i64)?
+                .f_log_softmax(-1, Kind::Double)?;
+            let targets = Tensor::f_from_slice(&w[first..])?.f_to_device(device)?;
+            out.push(
+                rows.f_gather(1, &targets.f_unsqueeze(1)?, false)?
+                    .f_sum(Kind::Double)?
+                    .f_double_value(&[])?,
+            );
+        }
+        Ok(out)
     }
 }
 
@@ -262,6 +330,65 @@ mod tests {
         );
         // Without BOS the prompt has one more position.
         assert_eq!(fit_window(&p, 2, 10, None), ((12..20).collect(), 2));
+    }
+
+    /// Log-likelihoods scored in right-padded batches are what each request scored alone gives,
+    /// whatever the batch (one row, a few, all at once): over-long contexts keep their window's
+    /// end, an empty continuation scores 0; and a multiple-choice accuracy is the same.
+    #[test]
+    fn batched_loglikelihoods_do_not_depend_on_the_batch() {
+        let model = Llama::new(&tiny_cfg(), &BuildOptions::default(), Device::Cpu).unwrap();
+        let long = "x".repeat(200);
+        let requests: Vec<(&str, &str)> = vec![
+            ("hello ", "wo"),
+            ("a", " a much longer continuation than the rest"),
+            (&long, "yz"),
+            ("context", ""),
+            ("", "abc"),
+            ("the quick brown fox", " jumps"),
+            ("the quick brown fox", " sleeps"),
+        ];
+        let alone: Vec<f64> = requests
+            .iter()
+            .map(|(c, x)| {
+                LlamaText::new(&model, &Tokenizer::Byte, None)
+                    .batched(1)
+                    .loglikelihood(c, x)
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(alone[3], 0.0);
+        assert!(
+            alone.iter().enumerate().all(|(i, l)| i == 3 || *l < 0.0),
+            "{alone:?}"
+        );
+        for positions in [1, 100, 300, BATCH_TOKENS] {
+            let got = LlamaText::new(&model, &Tokenizer::Byte, None)
+                .batched(positions)
+                .loglikelihoods(&requests)
+                .unwrap();
+            for (a, b) in got.iter().zip(&alone) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                    "{positions}: {got:?} vs {alone:?}"
+                );
+            }
+        }
+        let items: Vec<crate::metrics::multiple_choice::ChoiceItem> = (0..6)
+            .map(|i| crate::metrics::multiple_choice::ChoiceItem {
+                context: format!("item {i}: the quick brown"),
+                choices: vec![" fox".into(), " dog jumps".into(), format!(" {i}")],
+                label: i % 3,
+            })
+            .collect();
+        let acc = |positions| {
+            crate::metrics::multiple_choice::multiple_choice_accuracy(
+                &items,
+                &mut LlamaText::new(&model, &Tokenizer::Byte, None).batched(positions),
+            )
+            .unwrap()
+        };
+        assert_eq!(acc(1), acc(BATCH_TOKENS));
     }
 
     #[test]

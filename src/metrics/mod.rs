@@ -111,6 +111,16 @@ pub trait TextModel {
 
     /// The sum of the log-probabilities of the tokens of `continuation` after `context`.
     fn loglikelihood(&mut self, context: &str, continuation: &str) -> Result<f64, MetricsError>;
+
+    /// [`TextModel::loglikelihood`] of each (context, continuation) request, in order. A model
+    /// may score them in batches (the Llama does, padded); the numbers do not depend on how
+    /// they are batched. This one scores them one by one.
+    fn loglikelihoods(&mut self, requests: &[(&str, &str)]) -> Result<Vec<f64>, MetricsError> {
+        requests
+            .iter()
+            .map(|(c, x)| self.loglikelihood(c, x))
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -95,13 +95,18 @@ pub fn multiple_choice_accuracy(
     if items.is_empty() {
         return Ok(None);
     }
+    let requests: Vec<(&str, &str)> = items
+        .iter()
+        .flat_map(|it| it.choices.iter().map(|c| (it.context.as_str(), c.as_str())))
+        .collect();
+    let mut all = model.loglikelihoods(&requests)?.into_iter();
     let mut right = 0usize;
     for item in items {
-        let scores = item
+        let scores: Vec<(f64, usize)> = item
             .choices
             .iter()
-            .map(|c| Ok((model.loglikelihood(&item.context, c)?, c.len())))
-            .collect::<Result<Vec<_>, MetricsError>>()?;
+            .map(|c| (all.next().unwrap_or(f64::NEG_INFINITY), c.len()))
+            .collect();
         if best_normalized(&scores) == Some(item.label) {
             right += 1;
         }

@@ -233,22 +233,29 @@ pub fn score(
     if items.is_empty() {
         return Ok(None);
     }
-    let (mut acc, mut norm) = (0usize, 0usize);
-    for it in items {
-        let n = it.choices();
-        let lls = (0..n)
-            .map(|i| {
+    // Every choice of every item in one list: the model batches them as it can.
+    let requests: Vec<(&str, &str)> = items
+        .iter()
+        .flat_map(|it| {
+            (0..it.choices()).map(|i| {
                 let ctx = &it.contexts[i.min(it.contexts.len() - 1)];
                 let cont = &it.continuations[i.min(it.continuations.len() - 1)];
-                model.loglikelihood(ctx, cont)
+                (ctx.as_str(), cont.as_str())
             })
-            .collect::<Result<Vec<f64>, _>>()?;
+        })
+        .collect();
+    let all = model.loglikelihoods(&requests)?;
+    let (mut acc, mut norm) = (0usize, 0usize);
+    let mut at = 0;
+    for it in items {
+        let lls = &all[at..at + it.choices()];
+        at += it.choices();
         let normed: Vec<f64> = lls
             .iter()
             .zip(&it.lengths)
             .map(|(ll, len)| ll / (*len).max(1) as f64)
             .collect();
-        acc += usize::from(argmax(&lls) == Some(it.gold));
+        acc += usize::from(argmax(lls) == Some(it.gold));
         norm += usize::from(argmax(&normed) == Some(it.gold));
     }
     let n = items.len() as f64;
