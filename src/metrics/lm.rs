@@ -246,17 +246,38 @@ impl LlamaText<'_> {
     /// tokens that have one token before them start. A start at the window's end: nothing to
     /// score (log-likelihood 0).
     fn window(&self, context: &str, continuation: &str) -> Result<(Vec<i64>, usize), MetricsError> {
-        let (context, bos) = self.prompt_tokens(context)?;
-        // A framed question's answer opens the assistant's turn: no space between them, as
-        // lm-evaluation-harness sets target_delimiter to "" with a chat template.
-        let continuation = match self.framing {
-            Framing::Chat => continuation.strip_prefix(' ').unwrap_or(continuation),
-            _ => continuation,
+        let (ctx, cont) = match self.framing {
+            // As lm-evaluation-harness encodes a pair: trailing whitespace of the context moves
+            // to the continuation, and the continuation's tokens are those of the whole text
+            // after the context's, so that a tokenizer that joins a space to the next word
+            // (BPE's "Ġbird", SentencePiece's "▁bird") scores the word as it would see it.
+            Framing::Plain => {
+                let text = context.trim_end();
+                let moved = format!("{}{continuation}", &context[text.len()..]);
+                let (ctx, bos) = self.prompt_tokens(text)?;
+                let whole = self.tok.encode(&format!("{text}{moved}"))?;
+                let cont = match whole.strip_prefix(ctx.as_slice()) {
+                    Some(rest) => rest.to_vec(),
+                    // The two merge across the boundary: the continuation on its own.
+                    None => self.tok.encode(&moved)?,
+                };
+                (bos.into_iter().chain(ctx).collect::<Vec<i64>>(), cont)
+            }
+            // A framed question's answer opens the assistant's turn: no space between them, as
+            // lm-evaluation-harness sets target_delimiter to "" with a chat template.
+            Framing::Chat | Framing::Known => {
+                let (ctx, bos) = self.prompt_tokens(context)?;
+                let continuation = match self.framing {
+                    Framing::Chat => continuation.strip_prefix(' ').unwrap_or(continuation),
+                    _ => continuation,
+                };
+                let cont = self.tok.encode(continuation)?;
+                (bos.into_iter().chain(ctx).collect(), cont)
+            }
         };
-        let mut tokens: Vec<i64> = bos.into_iter().collect();
-        tokens.extend(context);
+        let mut tokens = ctx;
         let cont_start = tokens.len();
-        tokens.extend(self.tok.encode(continuation)?);
+        tokens.extend(cont);
         // Keep the window's end: the continuation's tokens, and as much context as fits.
         let from = tokens.len().saturating_sub(self.max_len());
         let first = cont_start.saturating_sub(from).max(1);
@@ -330,6 +351,35 @@ mod tests {
         );
         // Without BOS the prompt has one more position.
         assert_eq!(fit_window(&p, 2, 10, None), ((12..20).collect(), 2));
+    }
+
+    /// A context and a continuation are tokenized as lm-evaluation-harness's `_encode_pair`
+    /// does: the context's trailing space moves to the continuation and the continuation's
+    /// tokens are the whole text's after the context's (the BPE's "Ġb" merge, not a lone "Ġ"
+    /// then "b"); where the two would merge across the boundary, the continuation alone.
+    #[test]
+    fn a_pair_is_tokenized_as_the_harness_does() {
+        let model = Llama::new(&tiny_cfg(), &BuildOptions::default(), Device::Cpu).unwrap();
+        let tok = crate::model::tokenizer::tests::tiny_gguf_tokenizer();
+        let lm = LlamaText::new(&model, &tok, None).framed(Framing::Plain);
+        let (w, first) = lm.window("I saw the ", "bird").unwrap();
+        let ctx = tok.encode("I saw the").unwrap();
+        assert_eq!(
+            &w[..first],
+            ctx.as_slice(),
+            "the context without its space (no BOS here)"
+        );
+        let whole = tok.encode("I saw the bird").unwrap();
+        assert_eq!(&w[first..], &whole[ctx.len()..]);
+        assert_eq!(w[first..].len(), 4, "Ġb i r d: {:?}", &w[first..]);
+        // "th" + "e" is one token "the" when whole: the continuation is scored on its own.
+        let (w, first) = lm.window("th", "e").unwrap();
+        assert_eq!(&w[first..], tok.encode("e").unwrap().as_slice());
+        // The same score through loglikelihood, whatever the space's side.
+        let mut lm = lm;
+        let a = lm.loglikelihood("I saw the ", "bird").unwrap();
+        let b = lm.loglikelihood("I saw the", " bird").unwrap();
+        assert!((a - b).abs() < 1e-9, "{a} vs {b}");
     }
 
     /// Log-likelihoods scored in right-padded batches are what each request scored alone gives,
