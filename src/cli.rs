@@ -16,11 +16,14 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The results root when `--results` is not given.
+pub const DEFAULT_RESULTS: &str = "results";
+
 /// Options every command takes.
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
     /// Folder that holds every sweep's results (results/NAME/...).
-    #[arg(long, global = true, default_value = crate::commands::DEFAULT_RESULTS, value_name = "DIR")]
+    #[arg(long, global = true, default_value = DEFAULT_RESULTS, value_name = "DIR")]
     pub results: PathBuf,
     /// Machine-readable JSON on stdout instead of tables.
     #[arg(long, global = true)]

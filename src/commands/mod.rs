@@ -22,9 +22,6 @@ use crate::model::config::LlamaConfig;
 use crate::plan::{Plan, PlanOptions};
 use crate::spec::{self, SpecError};
 
-/// The results root when `--results` is not given.
-pub const DEFAULT_RESULTS: &str = "results";
-
 /// An error the user can fix by changing how they called `sweep` (exit code 2).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -175,7 +172,7 @@ fn resolve_sweep_folder(cli: &mut Cli) -> anyhow::Result<()> {
     // An explicit --results elsewhere and a folder argument name two places: say so rather
     // than follow one of them.
     let given = &cli.global.results;
-    if given.as_path() != Path::new(DEFAULT_RESULTS)
+    if given.as_path() != Path::new(crate::cli::DEFAULT_RESULTS)
         && std::fs::canonicalize(given).ok().as_ref() != Some(&folder.root)
     {
         return Err(UsageError(format!(

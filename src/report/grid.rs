@@ -10,6 +10,26 @@ use crate::plan::MethodConfig;
 use crate::results::RunStatus;
 use crate::spec::values::module_set_label;
 
+/// Task metrics that are proportions of items answered right.
+pub const PROPORTIONS: &[&str] = &[
+    "forgetting_score",
+    "multiple_choice_accuracy",
+    "gsm8k_strict",
+    "gsm8k_flexible",
+    "math_accuracy",
+    "humaneval_pass@1",
+    "next_line_match",
+];
+
+/// The items behind each value of `metric` when it is a proportion measured on a known number
+/// of items (its cells then show a Wilson interval).
+pub fn proportion_items(input: &ReportInput, metric: &str) -> Option<u64> {
+    PROPORTIONS
+        .contains(&metric)
+        .then(|| input.metric_items.get(metric).copied())
+        .flatten()
+}
+
 /// Whether larger values of a metric are better (losses and perplexities are not).
 pub fn higher_is_better(metric: &str) -> bool {
     !(metric.ends_with("_loss")

@@ -10,6 +10,7 @@ pub mod load;
 pub mod render;
 pub mod stats;
 pub mod svg;
+pub mod tables;
 
 use std::collections::BTreeMap;
 

@@ -1,0 +1,98 @@
+//! Table 6: learning against forgetting for every configuration and budget, with the Pareto
+//! frontier; and the points and the frontier line of its plot.
+
+use super::Ctx;
+use crate::report::stats::{pareto_front, summarize};
+use crate::report::{Series, TableData};
+use crate::spec::values::format_tokens;
+
+/// The learning-forgetting table and its plot's parts.
+pub struct Frontier {
+    /// The table.
+    pub table: TableData,
+    /// Each method's points (learning, forgetting), for the plot.
+    pub scatter: Vec<Series>,
+    /// The frontier, by learning.
+    pub line: Vec<(f64, f64, Option<f64>)>,
+    /// Whether there are points at all (forgetting measured).
+    pub any: bool,
+}
+
+/// Every configuration and budget as (learning, forgetting), and which lie on the frontier.
+pub fn frontier(ctx: &Ctx<'_>) -> Frontier {
+    let grid = ctx.grid;
+    let mean = |v: &[f64]| summarize(v).map(|s| s.mean);
+    let mut pts = Vec::new();
+    let mut labels = Vec::new();
+    if grid.forgetting.is_some() {
+        for ((k, b), c) in &grid.cells {
+            if let (Some(l), Some(f)) = (mean(&c.learn), mean(&c.forget)) {
+                // The frontier maximises learning: flip losses so that larger is better.
+                pts.push((if grid.higher { l } else { -l }, f));
+                labels.push((k.clone(), *b, l, f));
+            }
+        }
+    }
+    let front = pareto_front(&pts);
+    let mut rows = Vec::new();
+    for (i, (k, b, l, f)) in labels.iter().enumerate() {
+        rows.push(vec![
+            k.describe(),
+            format_tokens(*b),
+            format!("{l:.4}"),
+            format!("{f:.4}"),
+            if front.contains(&i) {
+                "frontier".into()
+            } else {
+                String::new()
+            },
+        ]);
+    }
+    let on_front = |m: &str| front.iter().filter(|&&i| labels[i].0.method == m).count();
+    let table = TableData {
+        key: "learning_forgetting".into(),
+        title: "Learning vs forgetting: every configuration and budget".into(),
+        header: vec![
+            "configuration".into(),
+            "budget".into(),
+            ctx.learn.to_string(),
+            ctx.forget_column(),
+            "".into(),
+        ],
+        rows,
+        note: if grid.forgetting.is_none() {
+            Some("no run measured a source-domain metric (source_loss or multiple_choice): no forgetting, no frontier".into())
+        } else {
+            Some(format!(
+                "frontier: no other point learns more and forgets less; on it: {} full, {} lora",
+                on_front("full"),
+                on_front("lora")
+            ))
+        },
+    };
+    let mut scatter: Vec<Series> = ctx
+        .methods
+        .iter()
+        .map(|m| Series {
+            label: m.clone(),
+            points: labels
+                .iter()
+                .filter(|x| &x.0.method == m)
+                .map(|x| (x.2, x.3, None))
+                .collect(),
+            dashed: false,
+        })
+        .collect();
+    scatter.retain(|s| !s.points.is_empty());
+    let mut line: Vec<(f64, f64, Option<f64>)> = front
+        .iter()
+        .map(|&i| (labels[i].2, labels[i].3, None))
+        .collect();
+    line.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Frontier {
+        table,
+        scatter,
+        line,
+        any: !labels.is_empty(),
+    }
+}
