@@ -10,7 +10,7 @@ use crate::spec::values::format_tokens;
 pub struct Frontier {
     /// The table.
     pub table: TableData,
-    /// Each method's points (learning, forgetting), for the plot.
+    /// Each configuration's points (learning, forgetting), for the plot.
     pub scatter: Vec<Series>,
     /// The frontier, by learning.
     pub line: Vec<(f64, f64, Option<f64>)>,
@@ -70,14 +70,15 @@ pub fn frontier(ctx: &Ctx<'_>) -> Frontier {
             ))
         },
     };
+    // One colour per configuration (each LoRA rank and module set apart, and full).
     let mut scatter: Vec<Series> = ctx
-        .methods
+        .groups
         .iter()
-        .map(|m| Series {
-            label: m.clone(),
+        .map(|g| Series {
+            label: g.clone(),
             points: labels
                 .iter()
-                .filter(|x| &x.0.method == m)
+                .filter(|x| &x.0.group() == g)
                 .map(|x| (x.2, x.3, None))
                 .collect(),
             dashed: false,
