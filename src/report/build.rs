@@ -325,7 +325,7 @@ pub fn build(input: &ReportInput) -> Report {
         forgetting_metric: forget_name,
         tables,
         findings,
-        cells: grid.numbers(),
+        cells: grid.numbers(learn_items),
         plots,
         notes,
     }

@@ -119,14 +119,34 @@ pub struct Cell {
 /// Wilson 95% interval of all the seeds' items together (within [0, 1], and an interval even for
 /// one seed); else [`fmt_summary`]'s mean ± Student-t half-width.
 pub fn fmt_metric(values: &[f64], items: Option<u64>) -> String {
-    let s = super::stats::summarize(values);
-    match (s, items) {
-        (Some(s), Some(k)) if k > 0 => {
-            let (lo, hi) = super::stats::wilson(s.mean.clamp(0.0, 1.0), (k * s.n as u64) as f64);
-            format!("{:.4} [{lo:.4}, {hi:.4}] ({}x{k} items)", s.mean, s.n)
-        }
-        _ => fmt_summary(s),
+    match (interval_of(values, items), items) {
+        (Some(i), Some(k)) if k > 0 => format!(
+            "{:.4} [{:.4}, {:.4}] ({}x{k} items)",
+            i.mean,
+            i.ci_low.unwrap_or(f64::NAN),
+            i.ci_high.unwrap_or(f64::NAN),
+            i.n
+        ),
+        _ => fmt_summary(super::stats::summarize(values)),
     }
+}
+
+/// A metric's mean and 95% interval over seeds: for a proportion of `items` items per value,
+/// the Wilson interval of all the seeds' items together; else Student-t's.
+pub fn interval_of(values: &[f64], items: Option<u64>) -> Option<Interval> {
+    let s = super::stats::summarize(values)?;
+    Some(match items.filter(|k| *k > 0) {
+        Some(k) => {
+            let (lo, hi) = super::stats::wilson(s.mean.clamp(0.0, 1.0), (k * s.n as u64) as f64);
+            Interval {
+                mean: s.mean,
+                ci_low: Some(lo),
+                ci_high: Some(hi),
+                n: s.n,
+            }
+        }
+        None => Interval::of(s),
+    })
 }
 
 /// A summary as mean ± 95% half-width (n).
@@ -229,8 +249,9 @@ impl Grid {
         }
     }
 
-    /// Every cell as numbers, in key order.
-    pub fn numbers(&self) -> Vec<CellNumbers> {
+    /// Every cell as numbers, in key order; the learning metric's interval is Wilson's when it is a
+    /// proportion of `learn_items` items ([`interval_of`]).
+    pub fn numbers(&self, learn_items: Option<u64>) -> Vec<CellNumbers> {
         self.cells
             .iter()
             .map(|((k, b), c)| CellNumbers {
@@ -241,7 +262,7 @@ impl Grid {
                 rank: k.rank,
                 modules: k.modules.clone(),
                 budget_tokens: *b,
-                learning: summarize(&c.learn).map(Interval::of),
+                learning: interval_of(&c.learn, learn_items),
                 forgetting: summarize(&c.forget).map(Interval::of),
                 diverged: self.diverged.get(k).copied().unwrap_or(0),
             })

@@ -623,6 +623,17 @@ fn a_proportion_shows_an_interval_within_its_scale() {
         (0.0..=1.0).contains(&lo) && (0.0..=1.0).contains(&hi) && lo < hi,
         "{cell}"
     );
+    // report.json's and cells.csv's numbers are the same interval.
+    let c = r
+        .cells
+        .iter()
+        .find(|c| c.learning.is_some_and(|l| l.n == 2))
+        .unwrap();
+    let l = c.learning.unwrap();
+    assert!(
+        l.ci_low.unwrap() >= 0.0 && l.ci_high.unwrap() <= 1.0,
+        "{l:?}"
+    );
     // The runs measured it on 4 items: too few, whatever the spec's bound says.
     input.items = Some(1000);
     input.metric_items.insert("math_accuracy".into(), 4);
