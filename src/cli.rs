@@ -58,7 +58,7 @@ pub enum Command {
     Follow(FollowArgs),
     /// Show the state of a sweep's runs.
     #[command(
-        after_help = "With -q nothing is printed and the exit code answers: 0 every run has its result (completed or diverged), 3 runs are pending or running, 4 none is but some ended without a result (failed, timeout, cancelled, invalid).\n\nExample:\n  sweep status sweeps/quickstart.toml\n  sweep status results/quickstart -v\n  sweep status results/quickstart --watch\n  sweep -q status results/quickstart --watch 60   # wait for the sweep; then $? says how it ended"
+        after_help = "With -q nothing is printed and the exit code answers: 0 every run has its result (completed or diverged), 3 runs are pending or running, 4 none is but some ended without a result (failed, timeout, cancelled, invalid); with --watch, 5 when a local sweep's runs wait and no sweep process runs them.\n\nExample:\n  sweep status sweeps/quickstart.toml\n  sweep status results/quickstart -v\n  sweep status results/quickstart --watch\n  sweep -q status results/quickstart --watch 60   # wait for the sweep; then $? says how it ended"
     )]
     Status(StatusArgs),
     /// Cancel a sweep's queued and running jobs.

@@ -159,10 +159,14 @@ pub fn train(
         }
     }
     let mut vals = values(&run, dir, run_json);
-    let (checkpoint, skipped) = hf_checkpoint(dir);
-    for s in &skipped {
-        eprintln!("{}: {s}", run.id);
-    }
+    // A program that goes on from Hugging Face Trainer checkpoints ([trainer] resume): the
+    // newest whole one, unless the run is trained again from scratch (--force).
+    let resumes =
+        !trainer.resume.is_empty() || trainer.command.iter().any(|a| a.contains("{resume_from}"));
+    let (checkpoint, skipped) = match resumes && !force {
+        true => hf_checkpoint(dir),
+        false => (None, Vec::new()),
+    };
     vals.insert(
         "resume_from",
         checkpoint
@@ -174,24 +178,14 @@ pub fn train(
         .iter()
         .map(|a| substitute(a, &vals))
         .collect();
-    let resumes =
-        !trainer.resume.is_empty() || trainer.command.iter().any(|a| a.contains("{resume_from}"));
-    if let (Some((path, step)), true) = (&checkpoint, resumes) {
+    if checkpoint.is_some() {
         args.extend(trainer.resume.iter().map(|a| substitute(a, &vals)));
-        if main {
-            let metrics = dir.join("metrics.jsonl");
-            let tokens_per_step = run.shared.training.tokens_per_step();
-            let dropped = keep_lines_to(&metrics, *step, tokens_per_step).with_context(|| {
-                format!("keeping the lines of {} to step {step}", metrics.display())
-            })?;
-            if !quiet {
-                eprintln!(
-                    "{}: goes on from {} (step {step}); metrics.jsonl keeps its lines up to there ({dropped} later ones dropped: measured again)",
-                    run.id,
-                    path.display()
-                );
-            }
+    }
+    if resumes && main {
+        for s in skipped.iter().filter(|_| !quiet) {
+            eprintln!("{}: {s}", run.id);
         }
+        keep_what_is_not_measured_again(dir, &run, checkpoint.as_ref(), quiet)?;
     }
     let mut cmd = std::process::Command::new(&args[0]);
     cmd.args(&args[1..]);
@@ -325,6 +319,47 @@ pub fn train(
     }
 }
 
+/// Before a program that resumes from `checkpoint` (None: it starts over, with no whole
+/// checkpoint yet or trained again from scratch) starts: metrics.jsonl keeps the lines up to
+/// the checkpoint's step, or none, since the program measures the rest again; MLflow sends
+/// those again, or logs the new start as a new run.
+fn keep_what_is_not_measured_again(
+    dir: &Path,
+    run: &RunFile,
+    checkpoint: Option<&(PathBuf, u64)>,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let metrics = dir.join("metrics.jsonl");
+    let step = checkpoint.map(|(_, s)| *s);
+    let dropped = keep_lines_to(&metrics, step, run.shared.training.tokens_per_step())
+        .with_context(|| format!("keeping the lines of {} measured before", metrics.display()))?;
+    let kept = read_metrics(&metrics).unwrap_or_default();
+    match kept.last() {
+        Some(last) => {
+            let at = kept.iter().filter(|l| l.tokens == last.tokens).count();
+            crate::tracking::mlflow::rewind(dir, (last.tokens, at))?;
+        }
+        None if dropped > 0 => crate::tracking::mlflow::retire(dir)?,
+        None => {}
+    }
+    if quiet {
+        return Ok(());
+    }
+    match checkpoint {
+        Some((path, step)) => eprintln!(
+            "{}: goes on from {} (step {step}); metrics.jsonl keeps its lines up to there ({dropped} later ones dropped: measured again)",
+            run.id,
+            path.display()
+        ),
+        None if dropped > 0 => eprintln!(
+            "{}: no whole checkpoint to go on from: starts over ({dropped} lines of metrics.jsonl from before dropped)",
+            run.id
+        ),
+        None => {}
+    }
+    Ok(())
+}
+
 /// The newest complete Hugging Face Trainer checkpoint in a run's folder, `checkpoint-N` with
 /// the `global_step` of its trainer_state.json (the Trainer writes that file last, so a save cut
 /// short by a kill has none), and what was passed over on the way to it.
@@ -359,16 +394,23 @@ pub fn hf_checkpoint(dir: &Path) -> (Option<(PathBuf, u64)>, Vec<String>) {
 }
 
 /// Keep the lines of metrics.jsonl measured up to `step` (by their `step`, or by their `tokens`
-/// at `tokens_per_step` when they have none), so that a program going on from a checkpoint
-/// there does not leave the later ones twice; returns how many were dropped. A line that does
-/// not read is kept, for [`read_metrics`] to name.
-pub fn keep_lines_to(path: &Path, step: u64, tokens_per_step: u64) -> anyhow::Result<usize> {
+/// at `tokens_per_step` when they have none; None: none of them), so that a program going on
+/// from a checkpoint there does not leave the later ones twice; returns how many were dropped.
+/// A line that does not read is kept, for [`read_metrics`] to name.
+pub fn keep_lines_to(
+    path: &Path,
+    step: Option<u64>,
+    tokens_per_step: u64,
+) -> anyhow::Result<usize> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(e.into()),
     };
     let keep = |line: &str| {
+        let Some(step) = step else {
+            return false;
+        };
         let Ok(serde_json::Value::Object(obj)) = serde_json::from_str(line) else {
             return true;
         };
@@ -549,22 +591,25 @@ mod tests {
         assert!(skipped[0].contains("checkpoint-15") && skipped[0].contains("cut short"));
 
         let p = dir.path().join("metrics.jsonl");
-        assert_eq!(keep_lines_to(&p, 12, 64).unwrap(), 0, "no file yet");
+        assert_eq!(keep_lines_to(&p, Some(12), 64).unwrap(), 0, "no file yet");
         std::fs::write(
             &p,
             "{\"tokens\":0,\"target_loss\":3}\n{\"tokens\":640,\"step\":10}\n{\"tokens\":768}\n{\"tokens\":896,\"step\":14}\n{\"tokens\":900}\n{\"tok",
         )
         .unwrap();
-        assert_eq!(keep_lines_to(&p, 12, 64).unwrap(), 3);
+        assert_eq!(keep_lines_to(&p, Some(12), 64).unwrap(), 3);
         assert_eq!(
             std::fs::read_to_string(&p).unwrap(),
             "{\"tokens\":0,\"target_loss\":3}\n{\"tokens\":640,\"step\":10}\n{\"tokens\":768}\n"
         );
         assert_eq!(
-            keep_lines_to(&p, 12, 64).unwrap(),
+            keep_lines_to(&p, Some(12), 64).unwrap(),
             0,
             "nothing more to drop"
         );
+        // Starting over: none of them.
+        assert_eq!(keep_lines_to(&p, None, 64).unwrap(), 3);
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "");
     }
 
     #[test]

@@ -862,6 +862,24 @@ learning_rate = [1e-3]
     let o = sweep(dir.path(), &["-q", "status", "results/hf", "--watch", "1"]);
     assert_eq!(o.status.code(), Some(0), "every run has its result: {o:?}");
     assert!(o.stdout.is_empty());
+    // Trained again from scratch (--force): no checkpoint passed, and the lines of before go,
+    // so that the new start's are there once.
+    let o = sweep(
+        dir.path(),
+        &["train", rel.join("run.json").to_str().unwrap(), "--force"],
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(
+        err(&o).contains("starts over (7 lines of metrics.jsonl from before dropped)"),
+        "{}",
+        err(&o)
+    );
+    let argv = std::fs::read_to_string(run.join("argv.jsonl")).unwrap();
+    let third: Vec<String> = serde_json::from_str(argv.lines().nth(2).unwrap()).unwrap();
+    assert_eq!(third, ["--output_dir", out.as_str()], "from scratch");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("result.json")).unwrap()).unwrap();
+    assert_eq!(r["evals"].as_array().unwrap().len(), 7, "{r}");
 
     std::fs::write(
         dir.path().join("spec.toml"),

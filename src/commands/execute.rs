@@ -368,7 +368,11 @@ pub fn status(g: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<()> {
                     seen.dir.display()
                 );
             }
-            return seen.answer(g.quiet);
+            // Waited for, they would wait forever: its own answer.
+            return match g.quiet {
+                true => Err(super::Answer(5).into()),
+                false => Ok(()),
+            };
         }
         std::thread::sleep(std::time::Duration::from_secs_f64(every));
     }
@@ -390,7 +394,8 @@ struct Seen {
 impl Seen {
     /// The exit code of `sweep -q status`: 0 when every run has its result (completed or
     /// diverged), 3 while runs are pending or running, 4 when none is but some ended without
-    /// a result (failed, timed out, cancelled, invalid: they need a rerun or a look).
+    /// a result (failed, timed out, cancelled, invalid: they need a rerun or a look); and 5
+    /// from `--watch` of a local sweep whose pending runs no sweep process runs.
     fn code(&self) -> i32 {
         if self.done == self.total {
             0

@@ -49,10 +49,13 @@ pub struct Progress {
     /// The latest checkpoint step when it was last sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submitted_step: Option<u64>,
-    /// The job seen ended without a result.json at the last poll: it fails if the next poll
-    /// finds none either.
+    /// The job seen ended without a result.json, waited for: it fails when none comes within
+    /// the grace (`executor::slurm::executor::RESULT_GRACE_S`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_wait: Option<String>,
+    /// When that wait began (epoch seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_wait_since: Option<u64>,
 }
 
 impl Progress {

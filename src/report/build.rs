@@ -162,7 +162,7 @@ pub fn build(input: &ReportInput) -> Report {
     let learn_items = proportion_items(input, &learn);
     if let Some(n) = learn_items {
         notes.push(format!(
-            "{learn} is a proportion of {n} items per evaluation: its cells show the Wilson 95% interval over the items of all seeds (seeds x {n}), which stays within [0, 1]"
+            "{learn} is a proportion of {n} items per evaluation: its cells show the wider of the Wilson 95% interval over the items of all seeds (seeds x {n}) and the Student-t interval over the seeds, within [0, 1]"
         ));
     }
     let forget_name = forgetting.as_deref().map(|f| {

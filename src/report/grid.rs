@@ -116,11 +116,11 @@ pub struct Cell {
 }
 
 /// A metric's values over seeds: for a proportion of `items` items per value, its mean with the
-/// Wilson 95% interval of all the seeds' items together (within [0, 1], and an interval even for
-/// one seed); else [`fmt_summary`]'s mean ± Student-t half-width.
+/// interval of [`interval_of`] (within [0, 1], and an interval even for one seed); else
+/// [`fmt_summary`]'s mean ± Student-t half-width.
 pub fn fmt_metric(values: &[f64], items: Option<u64>) -> String {
-    match (interval_of(values, items), items) {
-        (Some(i), Some(k)) if k > 0 => format!(
+    match (interval_of(values, items), proportion(values, items)) {
+        (Some(i), Some(k)) => format!(
             "{:.4} [{:.4}, {:.4}] ({}x{k} items)",
             i.mean,
             i.ci_low.unwrap_or(f64::NAN),
@@ -131,21 +131,30 @@ pub fn fmt_metric(values: &[f64], items: Option<u64>) -> String {
     }
 }
 
-/// A metric's mean and 95% interval over seeds: for a proportion of `items` items per value,
-/// the Wilson interval of all the seeds' items together; else Student-t's.
+/// The items per value when `values` are proportions of that many (all within [0, 1]: a
+/// percentage is not one, and keeps Student-t's interval).
+fn proportion(values: &[f64], items: Option<u64>) -> Option<u64> {
+    items.filter(|&k| k > 0 && values.iter().all(|v| (0.0..=1.0).contains(v)))
+}
+
+/// A metric's mean and 95% interval over seeds. For a proportion of `items` items per value:
+/// the wider of the Wilson interval of all the seeds' items together (the items' noise; the
+/// only interval one seed has) and Student-t's over the seeds (their spread, which the pooled
+/// items do not see), within [0, 1]. Else Student-t's.
 pub fn interval_of(values: &[f64], items: Option<u64>) -> Option<Interval> {
     let s = super::stats::summarize(values)?;
-    Some(match items.filter(|k| *k > 0) {
+    let t = Interval::of(s);
+    Some(match proportion(values, items) {
         Some(k) => {
-            let (lo, hi) = super::stats::wilson(s.mean.clamp(0.0, 1.0), (k * s.n as u64) as f64);
+            let (lo, hi) = super::stats::wilson(s.mean, (k * s.n as u64) as f64);
             Interval {
                 mean: s.mean,
-                ci_low: Some(lo),
-                ci_high: Some(hi),
+                ci_low: Some(t.ci_low.map_or(lo, |t| t.max(0.0).min(lo))),
+                ci_high: Some(t.ci_high.map_or(hi, |t| t.min(1.0).max(hi))),
                 n: s.n,
             }
         }
-        None => Interval::of(s),
+        None => t,
     })
 }
 

@@ -623,6 +623,12 @@ fn a_proportion_shows_an_interval_within_its_scale() {
         (0.0..=1.0).contains(&lo) && (0.0..=1.0).contains(&hi) && lo < hi,
         "{cell}"
     );
+    // Both seeds' values lie inside it: the seeds' spread counts, not only the items' noise.
+    let mean: f64 = cell.split(' ').next().unwrap().parse().unwrap();
+    assert!(
+        lo <= mean - 0.125 + 1e-9 && hi >= mean + 0.125 - 1e-9,
+        "{cell}"
+    );
     // report.json's and cells.csv's numbers are the same interval.
     let c = r
         .cells

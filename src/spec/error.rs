@@ -190,7 +190,13 @@ fn bad_token_count(text: &str, span: std::ops::Range<usize>) -> Option<String> {
     if !TOKEN_KEYS.contains(&key) {
         return None;
     }
-    let value = text.get(span)?;
+    // The value without its comments (a multi-line list may hold some).
+    let value: String = text
+        .get(span)?
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
     value
         .trim_matches(|c: char| c == '[' || c == ']' || c.is_whitespace())
         .split(',')
@@ -271,6 +277,10 @@ mod tests {
                 "",
             ),
             ("", "[grid]\n\"token_budget\" = \"16kk\"\n"),
+            (
+                "",
+                "[grid]\ntoken_budget = [\n  \"4k\", # small\n  \"16kk\",\n]\n",
+            ),
         ] {
             let text = format!("name = \"x\"\n{top}{tables}{tail}");
             let e = src(&text).parse().unwrap_err().to_string();

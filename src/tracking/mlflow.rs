@@ -148,6 +148,29 @@ pub fn retire(dir: &Path) -> Result<(), MlflowError> {
     save_state(&path, &s)
 }
 
+/// A run's metrics.jsonl was cut back to lines up to `last` (the tokens of its last kept line
+/// and how many kept lines are at them), to be measured again from a checkpoint: what was sent
+/// past that is sent again (MLflow then holds both measurements at those steps, the later
+/// one last). Nothing to do where less was sent or the run was never logged.
+pub fn rewind(dir: &Path, last: (u64, usize)) -> Result<(), MlflowError> {
+    let path = dir.join(STATE_FILE);
+    let Some(mut s) = read_state(&path) else {
+        return Ok(());
+    };
+    let past = match s.sent_tokens {
+        Some(t) if t > last.0 => true,
+        Some(t) if t == last.0 => s.sent_at_tokens.is_none_or(|n| n > last.1),
+        _ => false,
+    };
+    if past {
+        s.sent_tokens = Some(last.0);
+        s.sent_at_tokens = Some(last.1);
+        s.status = None;
+        save_state(&path, &s)?;
+    }
+    Ok(())
+}
+
 /// Where a run is logged.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
@@ -867,6 +890,39 @@ mod tests {
             "metrics": [{"key": "train/loss", "step": "384"}, {"key": "eval/m0", "step": 256}]}});
         assert_eq!(sent_on_server(&old), Some((384, None)));
         assert_eq!(sent_on_server(&json!({"data": {}})), None, "nothing sent");
+    }
+
+    /// metrics.jsonl cut back to a checkpoint: what was sent past it is sent again; a state
+    /// that sent less is left as it is.
+    #[test]
+    fn a_run_cut_back_to_a_checkpoint_sends_the_rest_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STATE_FILE);
+        rewind(dir.path(), (128, 1)).unwrap();
+        assert!(!path.exists(), "never logged: nothing to do");
+        let st = State {
+            uri: "http://h".into(),
+            experiment_id: "1".into(),
+            run_id: "r".into(),
+            origin: "o".into(),
+            sent_tokens: Some(384),
+            sent_at_tokens: Some(1),
+            status: Some(RunEnd::Killed),
+            retired: vec![],
+        };
+        save_state(&path, &st).unwrap();
+        rewind(dir.path(), (128, 2)).unwrap();
+        let after = read_state(&path).unwrap();
+        assert_eq!(
+            (after.sent_tokens, after.sent_at_tokens, after.status),
+            (Some(128), Some(2), None)
+        );
+        rewind(dir.path(), (256, 1)).unwrap();
+        assert_eq!(
+            read_state(&path).unwrap(),
+            after,
+            "less was sent: unchanged"
+        );
     }
 
     #[test]

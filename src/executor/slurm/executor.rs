@@ -338,8 +338,15 @@ pub fn record_chunk(state: &mut SweepState, backend: &str, b: &Batch, c: &ChunkR
     }
 }
 
-/// Apply observations to the sweep state.
-pub fn apply(state: &mut SweepState, backend: &str, obs: &BTreeMap<String, Observed>) {
+/// How long a job seen completed without its result.json is waited for before it counts as
+/// failed: a shared filesystem may show a new file to the login node late (NFS caches a
+/// folder's entries for up to 60 s by default).
+pub const RESULT_GRACE_S: u64 = 90;
+
+const NO_RESULT_YET: &str = "its job ended; its result.json is not on the cluster's filesystem yet (looked for again at the next polls, for up to 90 s)";
+
+/// Apply observations (made at `now`, epoch seconds) to the sweep state.
+pub fn apply(state: &mut SweepState, backend: &str, obs: &BTreeMap<String, Observed>, now: u64) {
     for (id, o) in obs {
         let rec = state.runs.entry(id.clone()).or_insert_with(|| RunRecord {
             state: o.state,
@@ -355,18 +362,28 @@ pub fn apply(state: &mut SweepState, backend: &str, obs: &BTreeMap<String, Obser
             || o.job_id == rec.job_id
             || o.state.is_final()
         {
-            // A job seen ended without its result for the first time is looked at again at
-            // the next poll before it counts as failed: one end per attempt, the right one.
-            let first_sight = o.no_result && rec.progress.result_wait != o.job_id;
-            rec.progress.result_wait = o.job_id.clone().filter(|_| o.no_result);
-            if first_sight {
+            // A job seen ended without its result is looked for again for RESULT_GRACE_S
+            // before it counts as failed: one end per attempt, the right one. A run already
+            // failed so (the grace spent, or a state written before the grace) stays failed.
+            let waiting =
+                rec.progress.result_wait.is_some() && rec.progress.result_wait == o.job_id;
+            let failed_so = !waiting && rec.state == JobState::Failed && rec.job_id == o.job_id;
+            let since = rec
+                .progress
+                .result_wait_since
+                .filter(|_| waiting)
+                .unwrap_or(now);
+            let wait = o.no_result && !failed_so && now.saturating_sub(since) < RESULT_GRACE_S;
+            if wait {
                 rec.state = JobState::Running;
-                rec.detail = Some(
-                    "its job ended; its result.json is not on the cluster's filesystem yet (looked for again at the next poll)".into(),
-                );
+                rec.detail = Some(NO_RESULT_YET.into());
+                rec.progress.result_wait = o.job_id.clone();
+                rec.progress.result_wait_since = Some(since);
             } else {
                 rec.state = o.state;
                 rec.detail = o.detail.clone();
+                rec.progress.result_wait = None;
+                rec.progress.result_wait_since = None;
             }
             if o.job_id.is_some() {
                 rec.job_id = o.job_id.clone();
@@ -374,6 +391,16 @@ pub fn apply(state: &mut SweepState, backend: &str, obs: &BTreeMap<String, Obser
         }
         if o.checkpoint_step.is_some() {
             rec.progress.checkpoint_step = rec.progress.checkpoint_step.max(o.checkpoint_step);
+        }
+    }
+    // A run waited for whose job the cluster no longer reports (scontrol forgets a finished
+    // job after MinJobAge): it ended without a result.
+    for (id, rec) in state.runs.iter_mut() {
+        if rec.progress.result_wait.is_some() && !obs.contains_key(id) && rec.backend == backend {
+            rec.state = JobState::Failed;
+            rec.detail = Some("the job ended without a result.json; see its train.log".into());
+            rec.progress.result_wait = None;
+            rec.progress.result_wait_since = None;
         }
     }
 }
@@ -784,28 +811,50 @@ mod tests {
         assert_eq!(obs["a"].state, JobState::Failed);
         assert!(obs["a"].detail.as_deref().unwrap().contains("result.json"));
         assert!(obs["a"].no_result);
-        // Applied, it waits one poll for the result (seen late on a shared filesystem), then
-        // fails; a result that shows up by then completes it, and the run ends once.
+        // Applied, it waits up to RESULT_GRACE_S for the result (seen late on a shared
+        // filesystem), however many polls come, then fails; a result that shows up by then
+        // completes it, and the run ends once.
         let ids = vec!["a".to_string()];
         let mut st = SweepState::new("s");
         let batch = &j.batches[0];
         record_chunk(&mut st, "slurm:a", batch, &batch.chunks[0]);
         let mut watcher = crate::executor::slurm::events::Watcher::new(&st);
-        apply(&mut st, "slurm:a", &obs);
+        let t0 = 1_000;
+        apply(&mut st, "slurm:a", &obs, t0);
         assert_eq!(st.runs["a"].state, JobState::Running);
         assert!(st.runs["a"]
             .detail
             .as_deref()
             .unwrap()
             .contains("not on the cluster's filesystem yet"));
+        apply(&mut st, "slurm:a", &obs, t0 + 5);
+        assert_eq!(
+            st.runs["a"].state,
+            JobState::Running,
+            "a second probe seconds later"
+        );
         let mut late = st.clone();
-        apply(&mut st, "slurm:a", &obs);
+        let mut gone = st.clone();
+        apply(&mut st, "slurm:a", &obs, t0 + RESULT_GRACE_S);
         assert_eq!(st.runs["a"].state, JobState::Failed);
         assert!(st.runs["a"]
             .detail
             .as_deref()
             .unwrap()
             .contains("without a result.json"));
+        apply(&mut st, "slurm:a", &obs, t0 + 2 * RESULT_GRACE_S);
+        assert_eq!(st.runs["a"].state, JobState::Failed, "failed stays failed");
+        // The cluster forgot the job while it was waited for: failed.
+        apply(&mut gone, "slurm:a", &BTreeMap::new(), t0 + 30);
+        assert_eq!(gone.runs["a"].state, JobState::Failed);
+        // A state file of a run failed so before the grace existed does not start again.
+        let mut old = SweepState::new("s");
+        record_chunk(&mut old, "slurm:a", batch, &batch.chunks[0]);
+        apply(&mut old, "slurm:a", &obs, t0);
+        old.runs.get_mut("a").unwrap().progress = Default::default();
+        old.runs.get_mut("a").unwrap().state = JobState::Failed;
+        apply(&mut old, "slurm:a", &obs, t0 + 1);
+        assert_eq!(old.runs["a"].state, JobState::Failed);
         let arrived = parse_probe(&format!(
             "@@config\nJobCompType = jobcomp/filetxt\n@@acct\n9|9|{p}t-0|COMPLETED|0:0\n@@results\nruns/a/result.json:\"status\":\"completed\"\n@@jobslog\n9 9_0 a\n"
         ));
@@ -816,7 +865,7 @@ mod tests {
                 .count()
         };
         assert_eq!(ended(&mut watcher, &late), 0);
-        apply(&mut late, "slurm:a", &observe(&j, &arrived));
+        apply(&mut late, "slurm:a", &observe(&j, &arrived), t0 + 60);
         assert_eq!(late.runs["a"].state, JobState::Completed);
         assert_eq!(late.runs["a"].progress.result_wait, None);
         assert_eq!(ended(&mut watcher, &late), 1);
@@ -873,7 +922,7 @@ mod tests {
         let mut st = SweepState::new("s");
         let batch = &j.batches[0];
         record_chunk(&mut st, "slurm:a", batch, &batch.chunks[0]);
-        apply(&mut st, "slurm:a", &obs);
+        apply(&mut st, "slurm:a", &obs, 0);
         assert!(st.runs["a"].continues());
         let again = ChunkRecord {
             job_id: Some("20".into()),
@@ -886,7 +935,7 @@ mod tests {
         // Timed out again without a newer checkpoint: not a continuation.
         let mut stalled = obs.clone();
         stalled.get_mut("a").unwrap().job_id = Some("20_0".into());
-        apply(&mut st, "slurm:a", &stalled);
+        apply(&mut st, "slurm:a", &stalled, 0);
         assert!(!st.runs["a"].continues());
         assert_eq!(st.runs["a"].counted_attempts(), 1);
     }

@@ -53,7 +53,7 @@ pub fn why_left(
     match state {
         JobState::Completed | JobState::Diverged | JobState::Pending | JobState::Running => None,
         JobState::Cancelled if leave_cancelled => {
-            Some("cancelled; left cancelled (--leave-cancelled)".into())
+            Some("cancelled; left cancelled (a cancel stands while a follow runs, and with --leave-cancelled; a `sweep submit` sends it again)".into())
         }
         _ if resubmit_record(rec, policy, retry_failed) => None,
         JobState::Invalid => Some(format!(

@@ -170,7 +170,7 @@ impl<'a> ClusterSweep<'a> {
             ex::record_chunk(&mut self.state, &backend, &b, &b.chunks[ci]);
         }
         let obs = ex::observe(&self.journal, &probe);
-        ex::apply(&mut self.state, &backend, &obs);
+        ex::apply(&mut self.state, &backend, &obs, now().0);
         self.mark_local_results();
         self.journal.last_poll = Some(now().0);
         self.journal.save(self.dir)?;
