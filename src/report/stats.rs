@@ -88,7 +88,8 @@ pub fn welch(a: &[f64], b: &[f64]) -> Option<Welch> {
     let t = diff / se2.sqrt();
     let df = se2.powi(2) / ((va / na).powi(2) / (na - 1.0) + (vb / nb).powi(2) / (nb - 1.0));
     let dist = StudentsT::new(0.0, 1.0, df).ok()?;
-    let p = 2.0 * (1.0 - dist.cdf(t.abs()));
+    // The lower tail at -|t|: 1 - cdf(|t|) rounds to 0 for a large t.
+    let p = 2.0 * dist.cdf(-t.abs());
     let pooled = (((na - 1.0) * va + (nb - 1.0) * vb) / (na + nb - 2.0)).sqrt();
     Some(Welch {
         diff,
@@ -136,7 +137,7 @@ impl Estimate {
             df,
             ci_low: effect - q * se,
             ci_high: effect + q * se,
-            p: (2.0 * (1.0 - dist.cdf((effect / se).abs()))).min(1.0),
+            p: (2.0 * dist.cdf(-(effect / se).abs())).min(1.0),
         })
     }
 }
@@ -427,6 +428,14 @@ mod tests {
                 "{k}/{n}: ({a}, {b}) vs ({lo}, {hi})"
             );
         }
+    }
+
+    /// A large t keeps its tiny p-value (1 - cdf rounded it to 0): scipy's
+    /// 2 * stats.t.sf(40, 8) = 1.67857e-10.
+    #[test]
+    fn a_large_t_keeps_its_p_value() {
+        let e = Estimate::from_t(40.0, 1.0, 8.0).unwrap();
+        assert!((e.p / 1.678_571_9e-10 - 1.0).abs() < 1e-6, "{}", e.p);
     }
 
     #[test]
