@@ -153,6 +153,25 @@ pub fn trim_heap() {
     }
 }
 
+/// Whether a file a test needs from scripts/setup-data is there. Absent, the test skips with a
+/// message, except under SWEEP_TESTS_REQUIRE_SETUP=1 (set by scripts/test), where it fails.
+#[cfg(test)]
+pub fn setup_file_present(path: &Path) -> bool {
+    if path.exists() {
+        return true;
+    }
+    assert!(
+        std::env::var("SWEEP_TESTS_REQUIRE_SETUP").as_deref() != Ok("1"),
+        "{} is absent, and SWEEP_TESTS_REQUIRE_SETUP=1 (scripts/test) says it must be there: run scripts/setup-data",
+        path.display()
+    );
+    println!(
+        "skipping: {} is absent (scripts/setup-data)",
+        path.display()
+    );
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -587,16 +587,7 @@ mod tests {
     #[test]
     fn slow_humaneval_canonical_solutions_pass() {
         let path = default_path(&Path::new(env!("CARGO_MANIFEST_DIR")).join("data"));
-        if !path.exists() {
-            assert!(
-                std::env::var("SWEEP_TESTS_REQUIRE_SETUP").as_deref() != Ok("1"),
-                "{} is absent, and SWEEP_TESTS_REQUIRE_SETUP=1 (scripts/test) says it must be there: run scripts/setup-data",
-                path.display()
-            );
-            println!(
-                "skipping: {} is absent (scripts/setup-data)",
-                path.display()
-            );
+        if !crate::util::setup_file_present(&path) {
             return;
         }
         let tasks = read_tasks(&path).unwrap();

@@ -132,16 +132,7 @@ const ENGLISH: &str = "The city council met on Tuesday evening to discuss the ne
 #[test]
 fn slow_smollm2_gguf_knows_paris_and_english() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(SMOLLM2);
-    if !path.exists() {
-        assert!(
-            std::env::var("SWEEP_TESTS_REQUIRE_SETUP").as_deref() != Ok("1"),
-            "{} is absent, and SWEEP_TESTS_REQUIRE_SETUP=1 (scripts/test) says it must be there: run scripts/setup-data",
-            path.display()
-        );
-        println!(
-            "skipping: {} is absent (scripts/setup-data)",
-            path.display()
-        );
+    if !crate::util::setup_file_present(&path) {
         return;
     }
     let t0 = std::time::Instant::now();
