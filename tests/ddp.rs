@@ -195,6 +195,27 @@ fn set_training(p: &Path, key: &str, value: serde_json::Value) {
     std::fs::write(p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
 }
 
+/// The note of result.json `r` that starts with `prefix`.
+fn note_of(r: &serde_json::Value, prefix: &str) -> String {
+    r["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.as_str())
+        .find(|n| n.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no note {prefix:?}: {r:#}"))
+        .to_string()
+}
+
+/// The number in `text` just after `after` (up to the next space).
+fn number_after(text: &str, after: &str) -> f64 {
+    text.split(after)
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {after:?} in {text:?}"))
+}
+
 /// ZeRO stage 1: with the optimizer state sharded over 2 ranks, full and LoRA runs (AdamW and
 /// LionW) train as unsharded ones do, rank 0 holds about half the state, and a sharded
 /// checkpoint (one shard file per rank) resumes on 1 rank where an uninterrupted run ends.
@@ -212,21 +233,8 @@ fn a_sharded_optimizer_trains_as_an_unsharded_one() {
         }
         assert_same_run(&plain, &sharded, &format!("{method} {opt} sharded"));
         let r = result(&sharded);
-        let note = r["notes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|n| n.as_str())
-            .find(|n| n.starts_with("optimizer state sharded over 2 ranks"))
-            .unwrap_or_else(|| panic!("{r:#}"))
-            .to_string();
-        let held: f64 = note
-            .rsplit("holds ")
-            .next()
-            .and_then(|t| t.split(' ').next())
-            .unwrap()
-            .parse()
-            .unwrap();
+        let note = note_of(&r, "optimizer state sharded over 2 ranks");
+        let held = number_after(&note, "holds ");
         let whole = r["trainable_params"].as_f64().unwrap() * 4.0 * per_param / 1e6;
         assert!(
             held > 0.3 * whole && held < 0.7 * whole,
@@ -268,6 +276,81 @@ fn a_sharded_optimizer_trains_as_an_unsharded_one() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(result(&split)["status"], "completed");
     assert_same_run(&whole, &split, "sharded on 2 ranks, resumed on 1");
+}
+
+/// The `(step, grad_norm)` of every metrics line that has one.
+fn grad_norms(run: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.parent().unwrap().join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some((v["step"].as_u64()?, v["grad_norm"].as_f64()?)))
+        .collect()
+}
+
+/// ZeRO stage 2: with the reduced gradients sharded too, full and LoRA runs (AdamW and LionW,
+/// one and two micro-batches per rank, clipped at 1.0, reduced after the backward or block by
+/// block with activation checkpointing) train as unsharded ones do, with the same gradient
+/// norms, and rank 0 holds about half the gradients between steps. Without shard_optimizer the
+/// run is refused.
+#[test]
+fn sharded_gradients_train_as_unsharded_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_corpora(dir.path());
+    for (method, opt, micro, ckpt) in [
+        ("full", "adamw", 1, false),
+        ("lora", "lionw", 2, false),
+        ("full", "adamw", 1, true),
+        ("lora", "adamw", 2, true),
+    ] {
+        let name = format!("{method}-{opt}-{micro}-{ckpt}");
+        let plain = run_json(dir.path(), &format!("{name}-plain"), method, opt, micro, 12);
+        let sharded = run_json(dir.path(), &format!("{name}-zero2"), method, opt, micro, 12);
+        for run in [&plain, &sharded] {
+            set_training(run, "activation_checkpointing", ckpt.into());
+        }
+        set_training(&sharded, "shard_optimizer", true.into());
+        set_training(&sharded, "shard_gradients", true.into());
+        for run in [&plain, &sharded] {
+            let o = train(dir.path(), run, &["--nproc", "2"]);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+        let what = format!("{name}, gradients sharded");
+        assert_same_run(&plain, &sharded, &what);
+        let (a, b) = (grad_norms(&plain), grad_norms(&sharded));
+        assert_eq!(a.len(), 12, "{what}: {a:?}");
+        assert!(
+            a.iter().any(|(_, n)| *n > 1.0),
+            "{what}: clipping is exercised: {a:?}"
+        );
+        for ((s, x), (_, y)) in a.iter().zip(&b) {
+            assert!(
+                (x - y).abs() < 1e-4 * x.max(1.0),
+                "{what}: step {s}: grad norm {x} vs {y}"
+            );
+        }
+        let r = result(&sharded);
+        let note = note_of(&r, "gradients sharded over 2 ranks");
+        let (held, whole) = (
+            number_after(&note, "holds "),
+            number_after(&note, "steps, of "),
+        );
+        let trainable = r["trainable_params"].as_f64().unwrap() * 4.0 / 1e6;
+        assert!(
+            (whole - trainable).abs() < 0.01,
+            "{note}: of {trainable} MB"
+        );
+        assert!(held > 0.3 * whole && held < 0.7 * whole, "{note}");
+    }
+    let bad = run_json(dir.path(), "bad", "full", "adamw", 2, 4);
+    set_training(&bad, "shard_gradients", true.into());
+    let o = train(dir.path(), &bad, &["--nproc", "2"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("set training.shard_optimizer = true too"),
+        "{err}"
+    );
 }
 
 /// A world of one through a named backend (what scripts/gpu-check does with NCCL on one GPU)

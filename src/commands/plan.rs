@@ -232,7 +232,11 @@ fn memory_table(plan: &Plan, tflops: f64) -> String {
         },
         if t.activation_checkpointing { ", activation checkpointing" } else { "" },
         if t.shard_optimizer && t.ranks() > 1 {
-            format!(", optimizer state sharded over {} ranks", t.ranks())
+            format!(
+                ", optimizer state{} sharded over {} ranks",
+                if t.shard_gradients { " and gradients" } else { "" },
+                t.ranks()
+            )
         } else {
             String::new()
         },

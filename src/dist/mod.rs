@@ -291,6 +291,17 @@ impl World {
         Ok(())
     }
 
+    /// In place on rank `root`: `t` becomes the sum of `t` over the ranks (elsewhere the
+    /// backend may use `t` as scratch space).
+    pub fn reduce_sum(&self, t: &mut Tensor, root: usize) -> Result<(), DistError> {
+        #[cfg(sweep_c10d)]
+        if let Some(pg) = &self.pg {
+            return self.on_backend_device(t, "reduce", |h| pg.reduce_sum(h, root));
+        }
+        let _ = (t, root);
+        Ok(())
+    }
+
     /// Run a collective on `t` where the backend can: Gloo takes CUDA tensors through a copy in
     /// host memory (ProcessGroupGloo's own CUDA path is not in every libtorch build).
     #[cfg(sweep_c10d)]
@@ -386,13 +397,36 @@ impl World {
     /// Sum the tensors in place over the ranks with one collective: they are flattened into
     /// one bucket, reduced, and copied back.
     pub fn all_reduce_sum_flat(&self, tensors: &mut [Tensor]) -> Result<(), DistError> {
+        self.flat(tensors, true, |w, bucket| w.all_reduce_sum(bucket))
+    }
+
+    /// Sum the tensors over the ranks into rank `root`'s, with one collective through a bucket
+    /// (the others' tensors are left as they were).
+    pub fn reduce_sum_flat(&self, tensors: &mut [Tensor], root: usize) -> Result<(), DistError> {
+        self.flat(tensors, self.rank == root, |w, bucket| {
+            w.reduce_sum(bucket, root)
+        })
+    }
+
+    /// `op` on the tensors flattened into one bucket; with `copy_back`, the bucket's values
+    /// are copied back into them.
+    fn flat(
+        &self,
+        tensors: &mut [Tensor],
+        copy_back: bool,
+        op: impl FnOnce(&World, &mut Tensor) -> Result<(), DistError>,
+    ) -> Result<(), DistError> {
         if self.trivial() || tensors.is_empty() {
             return Ok(());
         }
         let _g = tch::no_grad_guard();
         let flat: Vec<Tensor> = tensors.iter().map(|t| t.reshape([-1])).collect();
         let mut bucket = Tensor::f_cat(&flat, 0).map_err(|e| self.error("bucketing", e))?;
-        self.all_reduce_sum(&mut bucket)?;
+        drop(flat);
+        op(self, &mut bucket)?;
+        if !copy_back {
+            return Ok(());
+        }
         let mut at = 0i64;
         for t in tensors.iter_mut() {
             let n = t.numel() as i64;
@@ -448,6 +482,13 @@ mod ffi {
             n: usize,
         ) -> c_int;
         fn sweep_pg_broadcast(
+            p: *mut c_void,
+            t: *mut c_void,
+            root: c_int,
+            err: *mut c_char,
+            n: usize,
+        ) -> c_int;
+        fn sweep_pg_reduce_sum(
             p: *mut c_void,
             t: *mut c_void,
             root: c_int,
@@ -575,10 +616,26 @@ mod ffi {
         }
 
         pub fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<(), DistError> {
+            self.rooted("broadcast", sweep_pg_broadcast, t, root)
+        }
+
+        pub fn reduce_sum(&self, t: &mut Tensor, root: usize) -> Result<(), DistError> {
+            self.rooted("reduce", sweep_pg_reduce_sum, t, root)
+        }
+
+        /// A collective with a root rank.
+        fn rooted(
+            &self,
+            what: &str,
+            f: unsafe extern "C" fn(*mut c_void, *mut c_void, c_int, *mut c_char, usize) -> c_int,
+            t: &mut Tensor,
+            root: usize,
+        ) -> Result<(), DistError> {
             let mut err = vec![0u8; ERR];
-            // SAFETY: as above.
+            // SAFETY: a live process group, a live tch tensor (at::Tensor*) and an error
+            // buffer of ERR bytes.
             let code = unsafe {
-                sweep_pg_broadcast(
+                f(
                     self.ptr,
                     t.as_mut_ptr() as *mut c_void,
                     root as c_int,
@@ -586,7 +643,7 @@ mod ffi {
                     ERR,
                 )
             };
-            self.check("broadcast", code, &err)
+            self.check(what, code, &err)
         }
 
         pub fn store_set(&self, key: &str) -> Result<(), DistError> {
@@ -759,17 +816,39 @@ mod tests {
                     );
                     let mut b = Tensor::from_slice(&[rank as f64 + 5.0]);
                     w.broadcast(&mut b, 1).unwrap();
+                    // Into rank 1's tensors only; rank 0 keeps its own.
+                    let mut to_one = [
+                        Tensor::from_slice(&[rank as f32 + 1.0; 2]),
+                        Tensor::from_slice(&[10.0f32 * (rank as f32 + 1.0)]),
+                    ];
+                    w.reduce_sum_flat(&mut to_one, 1).unwrap();
+                    let reduced = (
+                        Vec::<f32>::try_from(&to_one[0]).unwrap(),
+                        Vec::<f32>::try_from(&to_one[1]).unwrap(),
+                    );
                     w.barrier().unwrap();
-                    (sum, flat, b.double_value(&[0]), w.sum_f64(0.5).unwrap())
+                    (
+                        sum,
+                        flat,
+                        b.double_value(&[0]),
+                        w.sum_f64(0.5).unwrap(),
+                        reduced,
+                    )
                 })
             })
             .collect();
-        for h in ranks {
-            let (sum, flat, b, s) = h.join().unwrap();
+        for (rank, h) in ranks.into_iter().enumerate() {
+            let (sum, flat, b, s, reduced) = h.join().unwrap();
             assert_eq!(sum, vec![3.0, 20.0]);
             assert_eq!(flat, (vec![1.0; 3], vec![2.0; 4]));
             assert_eq!(b, 6.0, "rank 1's value");
             assert_eq!(s, 1.0);
+            let want = if rank == 1 {
+                (vec![3.0; 2], vec![30.0])
+            } else {
+                (vec![1.0; 2], vec![10.0])
+            };
+            assert_eq!(reduced, want, "rank {rank}");
         }
     }
 

@@ -777,6 +777,16 @@ impl Llama {
         v
     }
 
+    /// The transformer block a variable of this name belongs to (`model.layers.3.…` is block
+    /// 3); None for the embeddings, the final norm and the head.
+    pub fn block_of(name: &str) -> Option<usize> {
+        name.strip_prefix("model.layers.")?
+            .split('.')
+            .next()?
+            .parse()
+            .ok()
+    }
+
     /// Every variable by name, sorted.
     pub fn variables(&self) -> Vec<(String, Tensor)> {
         let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();

@@ -26,7 +26,9 @@ pub fn head_chunk_rows(vocab: usize) -> usize {
 pub struct Memory {
     /// Every parameter in f32 (the base model and the adapters).
     pub weights: f64,
-    /// A gradient for every trainable parameter (f32).
+    /// A gradient for every trainable parameter (f32). Sharded too (ZeRO stage 2) with
+    /// activation checkpointing, which reduces them block by block: 1/N of them per rank and one
+    /// block's; without checkpointing the backward holds them all before they are reduced.
     pub gradients: f64,
     /// AdamW's two moments or LionW's one, per trainable parameter (f32); 1/N of it per rank
     /// when sharded.
@@ -57,6 +59,17 @@ pub fn trainable_params(shape: &LlamaConfig, method: &MethodConfig, t: &Training
             ..
         } => shape.lora_params(target_modules, *rank as usize),
     }
+}
+
+/// Full fine-tuning's trainable parameters outside the transformer blocks: the embeddings, the
+/// untied head and the final norm.
+fn outside_blocks(shape: &LlamaConfig, t: &TrainingConfig) -> f64 {
+    if t.freeze_embeddings_and_norms {
+        return 0.0;
+    }
+    let (v, d) = (shape.vocab_size as f64, shape.hidden_size as f64);
+    let heads = if shape.tie_word_embeddings { 1.0 } else { 2.0 };
+    heads * v * d + d
 }
 
 /// The estimate for one rank of a run of `method` with training settings `t`, on a GPU
@@ -108,7 +121,16 @@ pub fn estimate(
         };
     Memory {
         weights: (shape.total_params() as f64 + adapters) * 4.0,
-        gradients: trainable * 4.0,
+        gradients: if t.shard_optimizer && t.shard_gradients && t.activation_checkpointing {
+            let layers = shape.num_hidden_layers.max(1) as f64;
+            let in_blocks = match method {
+                MethodConfig::Full => trainable - outside_blocks(shape, t),
+                MethodConfig::Lora { .. } => trainable,
+            };
+            (trainable / ranks + in_blocks / layers) * 4.0
+        } else {
+            trainable * 4.0
+        },
         optimizer: trainable * 4.0 * states / shards,
         activations: blocks + head,
     }
@@ -123,7 +145,7 @@ pub fn checkpoint_bytes(shape: &LlamaConfig, method: &MethodConfig, t: &Training
     } else {
         1.0
     };
-    m.gradients + m.optimizer * shards
+    trainable_params(shape, method, t) as f64 * 4.0 + m.optimizer * shards
 }
 
 /// What would make a run fit in `limit` bytes per GPU, if it does not: the changes a user can
@@ -146,6 +168,16 @@ pub fn what_fits(
         c.shard_optimizer = true;
         options.push(("training.shard_optimizer = true".into(), c));
     }
+    if !t.shard_gradients && t.ranks() > 1 {
+        let mut c = t.clone();
+        c.shard_optimizer = true;
+        c.shard_gradients = true;
+        c.activation_checkpointing = true;
+        options.push((
+            "training.shard_optimizer, shard_gradients and activation_checkpointing = true".into(),
+            c,
+        ));
+    }
     let mut micro = t.micro_batch_size / 2;
     while micro >= 1 {
         if t.batch_size
@@ -161,6 +193,7 @@ pub fn what_fits(
     let mut both = t.clone();
     both.activation_checkpointing = true;
     both.shard_optimizer = t.ranks() > 1;
+    both.shard_gradients = t.ranks() > 1;
     both.micro_batch_size = 1.max(t.micro_batch_size / 2);
     if both != *t {
         options.push(("all of these".into(), both));
@@ -207,6 +240,7 @@ mod tests {
             ranks_per_node: spec.ranks_per_node,
             activation_checkpointing: spec.activation_checkpointing,
             shard_optimizer: spec.shard_optimizer,
+            shard_gradients: spec.shard_gradients,
         }
     }
 
@@ -250,6 +284,33 @@ mod tests {
         let sharded = training("batch_size = 192\nmicro_batch_size = 8\nseq_len = 4096\nranks_per_node = 8\nshard_optimizer = true\n");
         let s = estimate(&shape, &MethodConfig::Full, &sharded, true);
         assert!((s.optimizer / full.optimizer - 0.125).abs() < 1e-9);
+        assert_eq!(s.gradients, full.gradients, "stage 1 keeps every gradient");
+        // ZeRO stage 2 with checkpointing: an eighth of the gradients and one block's (of 32)
+        // too, and the checkpoint is the same; without checkpointing the backward holds them.
+        let mut stage2 = sharded.clone();
+        stage2.shard_gradients = true;
+        let no_ckpt = estimate(&shape, &MethodConfig::Full, &stage2, true);
+        assert_eq!(no_ckpt.gradients, full.gradients);
+        stage2.activation_checkpointing = true;
+        let s2 = estimate(&shape, &MethodConfig::Full, &stage2, true);
+        let ratio = s2.gradients / full.gradients;
+        assert!(
+            ratio > 0.125 + 0.8 / 32.0 && ratio < 0.125 + 1.0 / 32.0,
+            "{ratio}"
+        );
+        assert_eq!(s2.optimizer, s.optimizer);
+        let ck = |t| checkpoint_bytes(&shape, &MethodConfig::Full, t);
+        assert!((ck(&stage2) - ck(&sharded)).abs() < 1.0);
+        // Where only stage 2 saves enough, it is what the refusal offers.
+        let limit = s2.total() + 1e6;
+        let mut stage1_ckpt = sharded.clone();
+        stage1_ckpt.activation_checkpointing = true;
+        assert!(estimate(&shape, &MethodConfig::Full, &stage1_ckpt, true).total() > limit);
+        let fits = what_fits(&shape, &MethodConfig::Full, &sharded, limit, true);
+        assert!(
+            fits.iter().any(|(w, _)| w.contains("shard_gradients")),
+            "{fits:?}"
+        );
         let lora = MethodConfig::Lora {
             rank: 16,
             alpha: 32.0,

@@ -487,6 +487,12 @@ fn resolve_shared(spec: &Spec) -> Result<SharedConfig, Problem> {
     if let Some(l) = t.max_loss {
         positive(l, "max_loss", "a training loss bound")?;
     }
+    if t.shard_gradients && !t.shard_optimizer {
+        return Err(problem(
+            &["training", "shard_gradients"],
+            "shards the gradients of the optimizer's shards (ZeRO stage 2): set training.shard_optimizer = true too, or shard_gradients = false",
+        ));
+    }
     if t.log_every == 0 {
         return Err(problem(
             &["training", "log_every"],
@@ -529,6 +535,7 @@ fn resolve_shared(spec: &Spec) -> Result<SharedConfig, Problem> {
         ranks_per_node: t.ranks_per_node,
         activation_checkpointing: t.activation_checkpointing,
         shard_optimizer: t.shard_optimizer,
+        shard_gradients: t.shard_gradients,
     };
     let mut evaluation = spec.evaluation.clone();
     evaluation.metrics = Some(

@@ -91,6 +91,9 @@ pub struct TrainingConfig {
     /// Shard the optimizer state over the ranks (absent when off).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shard_optimizer: bool,
+    /// Shard the reduced gradients over the ranks too, ZeRO stage 2 (absent when off).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shard_gradients: bool,
 }
 
 fn one() -> u32 {

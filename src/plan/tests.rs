@@ -368,6 +368,21 @@ fn ranks_divide_the_batch_and_leave_single_process_ids_alone() {
     );
     let e = with("batch_size = 8\nnodes = 0\n").unwrap_err();
     assert_eq!(e.dotted(), "training.nodes");
+    // ZeRO stage 2 is stage 1's sharding applied to the gradients too.
+    let e = with("batch_size = 2\nranks_per_node = 2\nshard_gradients = true\n").unwrap_err();
+    assert_eq!(e.dotted(), "training.shard_gradients");
+    assert!(
+        e.message
+            .contains("set training.shard_optimizer = true too"),
+        "{}",
+        e.message
+    );
+    let zero2 = with(
+        "batch_size = 2\nranks_per_node = 2\nshard_optimizer = true\nshard_gradients = true\n",
+    )
+    .unwrap();
+    assert!(zero2.shared.training.shard_gradients);
+    assert_ne!(zero2.config_ids, two.config_ids);
 }
 
 /// A chat template frames instruction pairs of a model that has a tokenizer: refused, naming

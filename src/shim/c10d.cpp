@@ -101,18 +101,13 @@ int sweep_pg_broadcast(SweepPG* p, at::Tensor* t, int root, char* err, size_t n)
   });
 }
 
-// out (world x in.numel(), flat) = every rank's `in`, in rank order.
-int sweep_pg_all_gather(SweepPG* p, at::Tensor* out, at::Tensor* in, char* err, size_t n) {
+// In place on `root`: t = the sum of t over the ranks (elsewhere t may be scratch space).
+int sweep_pg_reduce_sum(SweepPG* p, at::Tensor* t, int root, char* err, size_t n) {
   return guarded(err, n, [&] {
-    p->pg->_allgather_base(*out, *in, c10d::AllgatherOptions{})->wait(p->timeout);
-  });
-}
-
-// out (in.numel() / world) = this rank's slice of the sum of `in` over the ranks.
-int sweep_pg_reduce_scatter_sum(SweepPG* p, at::Tensor* out, at::Tensor* in, char* err,
-                                size_t n) {
-  return guarded(err, n, [&] {
-    p->pg->_reduce_scatter_base(*out, *in, c10d::ReduceScatterOptions{})->wait(p->timeout);
+    std::vector<at::Tensor> v{*t};
+    c10d::ReduceOptions o;
+    o.rootRank = root;
+    p->pg->reduce(v, o)->wait(p->timeout);
   });
 }
 

@@ -1,7 +1,7 @@
 // libtorch's fused and multi-tensor optimizer kernels, which tch does not bind (it binds no
 // function that takes a list of tensors): at::_fused_adamw_ (one pass over each parameter, on
 // the CPU and on CUDA) and the _foreach_ family (one launch per op for a whole list of tensors)
-// for LionW, gradient norms and scaling; and, in CUDA builds (SWEEP_CUDA_STATS), the CUDA
+// for LionW, gradient norms and scaling; dropping a gradient (tch can only zero one); and, in CUDA builds (SWEEP_CUDA_STATS), the CUDA
 // caching allocator's peak, which tch does not expose. Part of sweep's one C++ shim (shim.h).
 
 #include "shim.h"
@@ -67,6 +67,13 @@ int sweep_foreach_mul(at::Tensor** ts, size_t n, double factor, char* err, size_
 // In place: each of n tensors = 0.
 int sweep_foreach_zero(at::Tensor** ts, size_t n, char* err, size_t errlen) {
   return guarded(err, errlen, [&] { at::_foreach_zero_(list(ts, n)); });
+}
+
+// Drop the gradient of each of n tensors (undefined until the next backward allocates it).
+int sweep_free_grads(at::Tensor** ts, size_t n, char* err, size_t errlen) {
+  return guarded(err, errlen, [&] {
+    for (size_t i = 0; i < n; i++) ts[i]->mutable_grad().reset();
+  });
 }
 
 // The peak of the bytes libtorch's CUDA caching allocator has handed out on `device` since the

@@ -285,6 +285,11 @@ pub struct TrainingSpec {
     /// stage 1): the same updates, about 1/N of the state per rank.
     #[serde(default)]
     pub shard_optimizer: bool,
+    /// With `shard_optimizer`, each rank also keeps only the reduced gradients of the
+    /// parameters it owns (ZeRO stage 2): every micro-batch's gradients are reduced to their
+    /// owners and freed elsewhere; the same updates, about 1/N of the gradients per rank.
+    #[serde(default)]
+    pub shard_gradients: bool,
 }
 
 fn default_one() -> u32 {

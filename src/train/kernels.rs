@@ -88,6 +88,8 @@ extern "C" {
         err: *mut c_char,
         errlen: usize,
     ) -> c_int;
+    fn sweep_free_grads(ts: *const *mut c_void, n: usize, err: *mut c_char, errlen: usize)
+        -> c_int;
     fn sweep_cuda_peak_allocated(device: c_int, reset: c_int) -> i64;
 }
 
@@ -237,6 +239,19 @@ pub fn foreach_zero(ts: &[&Tensor]) -> Result<(), TrainError> {
     })
 }
 
+/// Free the gradients of these parameters (tch can zero a gradient but not drop it): the next
+/// backward allocates them again. For sharded gradients, which only a multi-process build has.
+pub fn free_grads(ts: &[&Tensor]) -> Result<(), TrainError> {
+    if ts.is_empty() {
+        return Ok(());
+    }
+    let p = ptrs(ts);
+    // SAFETY: a list of live tensors and an error buffer.
+    call("freeing gradients", |err, len| unsafe {
+        sweep_free_grads(p.as_ptr(), p.len(), err, len)
+    })
+}
+
 /// The shim's functions where build.rs did not compile it: each fails, saying so (the default
 /// kernels are then the reference, which never calls them).
 #[cfg(not(sweep_shim))]
@@ -316,6 +331,16 @@ mod no_shim {
 
     #[no_mangle]
     extern "C" fn sweep_foreach_zero(
+        _: *const *mut c_void,
+        _: usize,
+        err: *mut c_char,
+        n: usize,
+    ) -> c_int {
+        fail(err, n)
+    }
+
+    #[no_mangle]
+    extern "C" fn sweep_free_grads(
         _: *const *mut c_void,
         _: usize,
         err: *mut c_char,

@@ -33,7 +33,10 @@ struct Param {
     name: String,
     tensor: Tensor,
     decay: bool,
-    /// Whether this rank updates it and holds its state (every parameter, unsharded).
+    /// The rank that updates it and holds its state (and, with sharded gradients, its
+    /// reduced gradient).
+    owner: usize,
+    /// Whether this rank is its owner (every parameter, unsharded).
     owned: bool,
     exp_avg: Tensor,
     exp_avg_sq: Option<Tensor>,
@@ -49,6 +52,9 @@ pub struct Optim {
     /// parameters it owns; the updated parameters are then summed over the ranks, the others
     /// contributing zeros, so that every rank has every parameter (exactly: x + 0 = x).
     sharded: bool,
+    /// The reduced gradients sharded too (ZeRO stage 2): each micro-batch's gradients are
+    /// reduced to their owners ([`Optim::reduce_grads`]) and freed on the other ranks.
+    shard_grads: bool,
     /// Fused kernels or the per-tensor reference.
     kernels: Kernels,
     /// The step count as fused AdamW reads it: an f32 scalar on the parameters' device.
@@ -105,6 +111,7 @@ impl Optim {
             out.push(Param {
                 name,
                 decay: tensor.dim() >= 2,
+                owner: if sharded { owner } else { world.rank() },
                 owned,
                 tensor,
                 exp_avg,
@@ -116,9 +123,22 @@ impl Optim {
             params: out,
             steps: 0,
             sharded,
+            shard_grads: false,
             kernels: Kernels::Fused,
             step_tensor: None,
         })
+    }
+
+    /// The same optimizer with its gradients sharded too (ZeRO stage 2), where its state is
+    /// sharded.
+    pub fn with_sharded_gradients(mut self, on: bool) -> Optim {
+        self.shard_grads = on && self.sharded;
+        self
+    }
+
+    /// Whether the reduced gradients are sharded over the ranks.
+    pub fn shards_gradients(&self) -> bool {
+        self.shard_grads
     }
 
     /// The same optimizer with other kernels.
@@ -142,6 +162,22 @@ impl Optim {
             .iter()
             .flat_map(|p| std::iter::once(&p.exp_avg).chain(p.exp_avg_sq.as_ref()))
             .map(|t| (t.numel() * t.kind().elt_size_in_bytes()) as u64)
+            .sum()
+    }
+
+    /// Bytes of gradients this rank holds now.
+    pub fn grad_bytes(&self) -> u64 {
+        self.grads()
+            .iter()
+            .map(|(_, g)| (g.numel() * g.kind().elt_size_in_bytes()) as u64)
+            .sum()
+    }
+
+    /// Bytes of the parameters the optimizer updates (on every rank together).
+    pub fn param_bytes(&self) -> u64 {
+        self.params
+            .iter()
+            .map(|p| (p.tensor.numel() * p.tensor.kind().elt_size_in_bytes()) as u64)
             .sum()
     }
 
@@ -190,41 +226,40 @@ impl Optim {
         Ok(())
     }
 
-    /// The global L2 norm of every gradient; when above `max_norm` (> 0), scale the gradients
-    /// down to it. Returns the norm before clipping.
-    pub fn clip_grad_norm(&mut self, max_norm: f64) -> Result<f64, TrainError> {
+    /// The global L2 norm of every gradient (of every rank's shard, when the gradients are
+    /// sharded); when above `max_norm` (> 0), scale the gradients down to it. Returns the norm
+    /// before clipping.
+    pub fn clip_grad_norm(
+        &mut self,
+        max_norm: f64,
+        world: &crate::dist::World,
+    ) -> Result<f64, TrainError> {
         let _g = tch::no_grad_guard();
-        if self.kernels == Kernels::Fused {
-            let grads: Vec<Tensor> = self.grads().into_iter().map(|(_, g)| g).collect();
-            if grads.is_empty() {
-                return Ok(0.0);
-            }
-            let refs: Vec<&Tensor> = grads.iter().collect();
-            let norm = kernels::foreach_norm(&refs)?;
-            if max_norm > 0.0 && norm > max_norm {
-                kernels::foreach_mul(&refs, max_norm / (norm + 1e-6))?;
-            }
-            return Ok(norm);
-        }
-        // One device sync for the whole model, not one per parameter: the per-tensor norms stay
-        // on the device until their norm is read.
-        let norms: Vec<Tensor> = self
-            .params
-            .iter()
-            .map(|p| p.tensor.grad())
-            .filter(|g| g.defined())
-            .map(|g| g.f_norm())
-            .collect::<Result<_, _>>()?;
-        if norms.is_empty() {
-            return Ok(0.0);
-        }
-        let norm = Tensor::f_stack(&norms, 0)?.f_norm()?.f_double_value(&[])?;
-        if max_norm > 0.0 && norm > max_norm {
+        let grads: Vec<Tensor> = self.grads().into_iter().map(|(_, g)| g).collect();
+        let refs: Vec<&Tensor> = grads.iter().collect();
+        let local = if grads.is_empty() {
+            0.0
+        } else if self.kernels == Kernels::Fused {
+            kernels::foreach_norm(&refs)?
+        } else {
+            // One device sync for the whole model, not one per parameter: the per-tensor norms
+            // stay on the device until their norm is read.
+            let norms: Vec<Tensor> = grads.iter().map(|g| g.f_norm()).collect::<Result<_, _>>()?;
+            Tensor::f_stack(&norms, 0)?.f_norm()?.f_double_value(&[])?
+        };
+        // The shards are disjoint: the squares add up to the whole gradient's.
+        let norm = if self.shard_grads {
+            world.sum_f64(local * local)?.sqrt()
+        } else {
+            local
+        };
+        if max_norm > 0.0 && norm > max_norm && !grads.is_empty() {
             let factor = max_norm / (norm + 1e-6);
-            for p in &self.params {
-                let mut g = p.tensor.grad();
-                if g.defined() {
-                    let _ = g.f_mul_scalar_(factor)?;
+            if self.kernels == Kernels::Fused {
+                kernels::foreach_mul(&refs, factor)?;
+            } else {
+                for g in &grads {
+                    let _ = g.shallow_clone().f_mul_scalar_(factor)?;
                 }
             }
         }
@@ -241,6 +276,45 @@ impl Optim {
             .collect();
         world.all_reduce_sum_flat(&mut grads)?;
         Ok(())
+    }
+
+    /// With sharded gradients, as a micro-batch's backward completes the gradients of the
+    /// parameters `which` names: they are summed into their owners' (one flat bucket per owner,
+    /// in the same order on every rank), and every other rank frees them, so that the next
+    /// backward starts them from nothing. The owner's gradient keeps what earlier micro-batches
+    /// summed, the others' only this one's: over micro-batches and ranks the sum is that of
+    /// [`Optim::all_reduce_grads`]. Every rank must name the same parameters.
+    pub fn reduce_grads(
+        &mut self,
+        world: &crate::dist::World,
+        which: &dyn Fn(&str) -> bool,
+    ) -> Result<(), TrainError> {
+        let _g = tch::no_grad_guard();
+        let chosen: Vec<&Param> = self.params.iter().filter(|p| which(&p.name)).collect();
+        for root in 0..world.size() {
+            let mine: Vec<&&Param> = chosen.iter().filter(|p| p.owner == root).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            // A gradient this rank does not have (freed, or its parameter unused) adds zeros,
+            // so that every rank's bucket has the same layout.
+            let mut grads: Vec<Tensor> = Vec::with_capacity(mine.len());
+            for p in &mine {
+                let g = p.tensor.grad();
+                grads.push(if g.defined() {
+                    g
+                } else {
+                    p.tensor.f_zeros_like()?
+                });
+            }
+            world.reduce_sum_flat(&mut grads, root)?;
+        }
+        let others: Vec<&Tensor> = chosen
+            .iter()
+            .filter(|p| !p.owned)
+            .map(|p| &p.tensor)
+            .collect();
+        kernels::free_grads(&others)
     }
 
     /// One update at learning rate `lr` from the current gradients.
@@ -547,7 +621,9 @@ mod tests {
         };
         let mut opt = Optim::new(vec![("n.weight".into(), v.shallow_clone())], cfg).unwrap();
         set_grad(&mut opt, &v, [3.0, 4.0]);
-        let norm = opt.clip_grad_norm(1.0).unwrap();
+        let norm = opt
+            .clip_grad_norm(1.0, &crate::dist::World::single())
+            .unwrap();
         assert!((norm - 5.0).abs() < 1e-6);
         close(&values(&v.grad()), &[0.6, 0.8]);
         opt.step(0.1).unwrap();
@@ -602,8 +678,11 @@ mod tests {
                         .fold(Tensor::from(0.0f32), |a, b| a + b);
                     loss.backward();
                     norms.push(
-                        opt.clip_grad_norm(if step % 2 == 0 { 1.0 } else { 0.0 })
-                            .unwrap(),
+                        opt.clip_grad_norm(
+                            if step % 2 == 0 { 1.0 } else { 0.0 },
+                            &crate::dist::World::single(),
+                        )
+                        .unwrap(),
                     );
                     opt.step(2e-2 * (1.0 - 0.1 * step as f64)).unwrap();
                 }

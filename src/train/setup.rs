@@ -373,6 +373,11 @@ impl<'a> Trainer<'a> {
         let target_path = data::resolve_source(&data.target, &opts.data_dir)?;
         let target = run_tokens(&target_path, data.regime, data, &tokenizer, &opts.cache_dir)?;
         let mut notes = target.meta().warnings.clone();
+        if t.shard_gradients && !t.shard_optimizer {
+            return Err(TrainError::Setting(
+                "training.shard_gradients = true shards the gradients of the optimizer's shards (ZeRO stage 2): set training.shard_optimizer = true too".into(),
+            ));
+        }
         if t.activation_checkpointing {
             if model.num_blocks() == 0 {
                 return Err(TrainError::Unsupported(
@@ -501,7 +506,9 @@ impl<'a> Trainer<'a> {
             &opts.world,
             t.shard_optimizer,
         )?;
-        let optim = optim.with_kernels(opts.kernels);
+        let optim = optim
+            .with_kernels(opts.kernels)
+            .with_sharded_gradients(t.shard_gradients);
         if opts.kernels == super::kernels::Kernels::Reference {
             notes.push("optimizer: the hand-written per-tensor reference kernels (SWEEP_OPTIMIZER_KERNELS=reference), not libtorch's fused ones".into());
         }
@@ -515,6 +522,9 @@ impl<'a> Trainer<'a> {
             } else {
                 format!("shard_optimizer with one rank: nothing to shard ({mb:.2} MB of optimizer state)")
             });
+        }
+        if t.shard_gradients && !optim.shards_gradients() {
+            notes.push("shard_gradients with one rank: nothing to shard".into());
         }
         let total_steps = run.point.token_budget.div_ceil(t.tokens_per_step()).max(1);
         let schedule = LrSchedule::from_config(t, run.point.learning_rate, total_steps);

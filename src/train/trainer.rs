@@ -204,17 +204,39 @@ impl<'a> Trainer<'a> {
         *position += batch as u64;
         let denom = targets.max(1) as f64;
         let mut loss_sum = 0.0;
+        let zero2 = self.optim.shards_gradients();
+        let checkpointed = t.activation_checkpointing;
+        let comm = std::cell::Cell::new(std::time::Duration::ZERO);
+        let optim = std::cell::RefCell::new(&mut self.optim);
+        // ZeRO stage 2: gradients go to their owners as soon as they are complete, before more
+        // are allocated: block by block with checkpointing, else after the whole backward.
+        let reduce = |which: &dyn Fn(&str) -> bool| -> Result<(), TrainError> {
+            let started = Instant::now();
+            optim.borrow_mut().reduce_grads(world, which)?;
+            comm.set(comm.get() + started.elapsed());
+            Ok(())
+        };
+        let mut block_done = |i: usize| reduce(&|n: &str| Llama::block_of(n) == Some(i));
         for chunk in mine.chunks(micro.max(1)) {
             let b = batch_of(chunk, t.seq_len as usize)?;
-            loss_sum += recompute::backward(&self.model, &b, denom, t.activation_checkpointing)?;
+            let done: Option<recompute::BlockDone> =
+                (zero2 && checkpointed).then_some(&mut block_done);
+            loss_sum += recompute::backward(&self.model, &b, denom, checkpointed, done)?;
+            if zero2 {
+                // What the blocks did not reduce: the embeddings, the final norm and the head
+                // (everything, without checkpointing).
+                reduce(&|n: &str| !(checkpointed && Llama::block_of(n).is_some()))?;
+            }
             if self.model.vs.device() == tch::Device::Cpu {
                 crate::util::trim_heap();
             }
         }
         let comm_started = Instant::now();
-        self.optim.all_reduce_grads(world)?;
+        if !zero2 {
+            optim.borrow_mut().all_reduce_grads(world)?;
+        }
         let loss = world.sum_f64(loss_sum)?;
-        self.comm.0 += comm_started.elapsed();
+        self.comm.0 += comm.get() + comm_started.elapsed();
         self.comm.1 += 1;
         Ok(loss)
     }
@@ -437,7 +459,7 @@ impl<'a> Trainer<'a> {
                 state.step + 1
             )));
         }
-        let grad_norm = self.optim.clip_grad_norm(grad_clip)?;
+        let grad_norm = self.optim.clip_grad_norm(grad_clip, &self.opts.world)?;
         self.optim.step(lr)?;
         self.optim.share_updates(&self.opts.world)?;
         state.step += 1;
@@ -527,7 +549,7 @@ impl<'a> Trainer<'a> {
     /// The last checkpoint, the adapter of a completed LoRA run, and result.json (not for an
     /// interrupted run, which resumes from its checkpoint).
     fn finish(
-        self,
+        mut self,
         state: TrainState,
         status: RunStatus,
         error: Option<String>,
@@ -542,6 +564,14 @@ impl<'a> Trainer<'a> {
             self.checkpoint(&state)?;
         }
         let main = self.opts.world.is_main();
+        if self.optim.shards_gradients() && state.step > 0 {
+            self.notes.push(format!(
+                "gradients sharded over {} ranks (ZeRO stage 2): rank 0 holds {:.2} MB of them between steps, of {:.2} MB",
+                self.opts.world.size(),
+                self.optim.grad_bytes() as f64 / 1e6,
+                self.optim.param_bytes() as f64 / 1e6
+            ));
+        }
         if status == RunStatus::Completed && main {
             if let Some((lora, base)) = &self.adapter {
                 export::write_peft_adapter(
