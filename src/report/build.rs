@@ -279,7 +279,7 @@ pub fn build(input: &ReportInput) -> Report {
 
     tables.insert(2, super::tables::winners(&ctx));
     tables.insert(3, super::findings::by_budget(&grid, forget_name.as_deref()));
-    if let Some(t) = super::findings::lr_ratios(&grid) {
+    if let Some(t) = super::findings::lr_ratios(&grid, input.rslora) {
         tables.insert(4, t);
     }
     tables.extend(super::importance::importance(&grid));

@@ -615,24 +615,27 @@ fn ratio_bootstrap(grid: &Grid, group: &str, top: u64, point: f64) -> Option<Est
 /// The LoRA/full best-learning-rate ratio of every LoRA group at the largest budget, with its
 /// seed-bootstrap interval (5 seeds or more), and how the best learning rate moves with the rank
 /// (slope of log10 best lr against log10 rank over the groups of the same modules and alpha
-/// rule, with its interval, from 3 ranks).
-pub fn lr_ratios(grid: &Grid) -> Option<TableData> {
+/// rule, with its interval, from 3 ranks). An alpha rule is the sweep's groups on one line:
+/// alpha = k x rank (as "2r" resolves) or one alpha for every rank; `rslora` (the sweep's
+/// scaling alpha / sqrt(rank)) is named beside it.
+pub fn lr_ratios(grid: &Grid, rslora: bool) -> Option<TableData> {
     let top = grid.top()?;
     let all = |_: &SeriesKey, c: &Cell| c.learn.clone();
     let full = grid.best_lr_by("full", top, &all)?;
-    let mut groups: std::collections::BTreeMap<String, (Option<u64>, Option<String>)> =
-        Default::default();
+    type Group = (Option<u64>, Option<String>, Option<f64>);
+    let mut groups: std::collections::BTreeMap<String, Group> = Default::default();
     for (k, b) in grid.cells.keys() {
         if *b == top && k.method == "lora" {
-            groups.insert(k.group(), (k.rank, k.modules.clone()));
+            groups.insert(k.group(), (k.rank, k.modules.clone(), k.alpha()));
         }
     }
     if groups.is_empty() {
         return None;
     }
     let mut rows = Vec::new();
-    let mut by_modules: std::collections::BTreeMap<String, Vec<(f64, f64)>> = Default::default();
-    for (g, (rank, modules)) in &groups {
+    // (modules, rank, alpha, best lr) of each group.
+    let mut points: Vec<(String, u64, f64, f64)> = Vec::new();
+    for (g, (rank, modules, alpha)) in &groups {
         let Some(l) = grid.best_lr_by(g, top, &all) else {
             continue;
         };
@@ -663,15 +666,12 @@ pub fn lr_ratios(grid: &Grid) -> Option<TableData> {
             format!("{:.2}x", l / full),
             interval,
         ]);
-        if let (Some(r), Some(m)) = (rank, modules) {
-            by_modules
-                .entry(m.clone())
-                .or_default()
-                .push(((*r as f64).log10(), l.log10()));
+        if let (Some(r), Some(m), Some(a)) = (rank, modules, alpha) {
+            points.push((m.clone(), *r, *a, l));
         }
     }
     let mut slopes = Vec::new();
-    for (m, pts) in &by_modules {
+    for (m, pts) in alpha_rules(&points, rslora) {
         let x: Vec<Vec<f64>> = pts.iter().map(|p| vec![1.0, p.0]).collect();
         let y: Vec<f64> = pts.iter().map(|p| p.1).collect();
         slopes.push(match ols(&x, &y) {
@@ -692,6 +692,9 @@ pub fn lr_ratios(grid: &Grid) -> Option<TableData> {
             _ => format!("{m}: {} rank(s), needs 3 for a slope", pts.len()),
         });
     }
+    if slopes.is_empty() {
+        slopes.push("one rank per alpha rule; needs 3 for a slope".into());
+    }
     Some(TableData {
         key: "lr_ratio".into(),
         title: format!(
@@ -711,6 +714,65 @@ pub fn lr_ratios(grid: &Grid) -> Option<TableData> {
             slopes.join("; ")
         )),
     })
+}
+
+/// The (log10 rank, log10 best lr) points of each alpha rule of each module set, from the
+/// (modules, rank, alpha, best lr) of the LoRA groups: alpha = k x rank for each k, and one
+/// alpha for every rank, each where it holds at 2 ranks or more (a group can be on both); when
+/// no rule reaches 2 ranks, the module set's groups as they are. Labelled "MODULES, alpha = 2r".
+fn alpha_rules(points: &[(String, u64, f64, f64)], rslora: bool) -> Vec<(String, Vec<(f64, f64)>)> {
+    let scaling = if rslora { ", rsLoRA" } else { "" };
+    let mut out: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    let modules: std::collections::BTreeSet<&String> = points.iter().map(|p| &p.0).collect();
+    for m in modules {
+        let mine: Vec<GroupPoint> = points
+            .iter()
+            .filter(|p| &p.0 == m)
+            .map(|p| (p.1, p.2, p.3))
+            .collect();
+        let per_rank = |p: &GroupPoint| p.1 / p.0 as f64;
+        let mut rules: Vec<(String, Vec<GroupPoint>)> = Vec::new();
+        for p in &mine {
+            let k = per_rank(p);
+            let by_rank = mine
+                .iter()
+                .filter(|q| (per_rank(q) - k).abs() <= 1e-9 * k.abs().max(1.0))
+                .copied()
+                .collect();
+            rules.push((format!("{m}, alpha = {}r{scaling}", fmt_number(k)), by_rank));
+        }
+        for p in &mine {
+            let fixed = mine.iter().filter(|q| q.1 == p.1).copied().collect();
+            rules.push((format!("{m}, alpha = {}{scaling}", fmt_number(p.1)), fixed));
+        }
+        let mut kept: Vec<(String, Vec<GroupPoint>)> = Vec::new();
+        for (label, on) in rules {
+            let ranks: std::collections::BTreeSet<u64> = on.iter().map(|p| p.0).collect();
+            if ranks.len() >= 2 && !kept.iter().any(|(l, _)| *l == label) {
+                kept.push((label, on));
+            }
+        }
+        if kept.is_empty() {
+            kept.push((format!("{m}{scaling}"), mine.clone()));
+        }
+        for (label, on) in kept {
+            let pts = on
+                .iter()
+                .map(|p| ((p.0 as f64).log10(), p.2.log10()))
+                .collect();
+            out.push((label, pts));
+        }
+    }
+    out
+}
+
+/// (rank, alpha, best lr) of a LoRA group.
+type GroupPoint = (u64, f64, f64);
+
+/// A number as short as it reads: 2, 0.5, 16.
+fn fmt_number(x: f64) -> String {
+    let s = format!("{x:.4}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 const DATA_SCALING: &str = "More tokens help full fine-tuning more than LoRA";

@@ -47,14 +47,77 @@ pub struct SeriesKey {
     pub rank: Option<u64>,
     /// LoRA's target modules, as a label.
     pub modules: Option<String>,
+    /// LoRA's alpha and dropout, in the group's name, where the sweep has several of them for
+    /// one rank and module set ([`Keys`]).
+    variant: Option<String>,
     alpha_bits: u64,
     dropout_bits: u64,
     lr_bits: u64,
 }
 
-impl SeriesKey {
+/// The series keys of a sweep's runs: a LoRA group is named by its rank and modules, and by its
+/// alpha and dropout too where the sweep has several of them for that rank and module set, so
+/// that variants are never pooled into one group.
+#[derive(Debug, Clone, Default)]
+pub struct Keys {
+    /// (rank, modules) of the LoRA series with more than one (alpha, dropout).
+    varied: std::collections::BTreeSet<(u64, String)>,
+    /// Whether the sweep has several alphas (then named), several dropouts (then named).
+    names: (bool, bool),
+}
+
+impl Keys {
+    /// The keys of `input`'s runs.
+    pub fn new(input: &ReportInput) -> Keys {
+        let mut variants: BTreeMap<(u64, String), std::collections::BTreeSet<(u64, u64)>> =
+            BTreeMap::new();
+        let (mut alphas, mut dropouts) = (
+            std::collections::BTreeSet::new(),
+            std::collections::BTreeSet::new(),
+        );
+        for r in &input.runs {
+            let k = SeriesKey::of(r);
+            if let (Some(rank), Some(m)) = (k.rank, k.modules) {
+                variants
+                    .entry((rank, m))
+                    .or_default()
+                    .insert((k.alpha_bits, k.dropout_bits));
+                alphas.insert(k.alpha_bits);
+                dropouts.insert(k.dropout_bits);
+            }
+        }
+        Keys {
+            varied: variants
+                .into_iter()
+                .filter(|(_, v)| v.len() > 1)
+                .map(|(k, _)| k)
+                .collect(),
+            names: (alphas.len() > 1, dropouts.len() > 1),
+        }
+    }
+
     /// The series of a run.
-    pub fn of(run: &RunData) -> SeriesKey {
+    pub fn of(&self, run: &RunData) -> SeriesKey {
+        let mut k = SeriesKey::of(run);
+        if let (Some(rank), Some(m)) = (k.rank, &k.modules) {
+            if self.varied.contains(&(rank, m.clone())) {
+                let mut parts = Vec::new();
+                if self.names.0 {
+                    parts.push(format!("alpha={}", f64::from_bits(k.alpha_bits)));
+                }
+                if self.names.1 {
+                    parts.push(format!("dropout={}", f64::from_bits(k.dropout_bits)));
+                }
+                k.variant = Some(parts.join(" "));
+            }
+        }
+        k
+    }
+}
+
+impl SeriesKey {
+    /// The series of a run, its group named by rank and modules alone.
+    fn of(run: &RunData) -> SeriesKey {
         let (rank, modules, alpha, dropout) = match &run.point.method {
             MethodConfig::Full => (None, None, 0.0, 0.0),
             MethodConfig::Lora {
@@ -73,6 +136,7 @@ impl SeriesKey {
             method: run.point.method.method_name().to_string(),
             rank,
             modules,
+            variant: None,
             alpha_bits: f64::to_bits(alpha),
             dropout_bits: f64::to_bits(dropout),
             lr_bits: run.point.learning_rate.to_bits(),
@@ -82,10 +146,16 @@ impl SeriesKey {
     pub fn lr(&self) -> f64 {
         f64::from_bits(self.lr_bits)
     }
-    /// Its group: the method, or LoRA with its rank and modules (every learning rate).
+    /// LoRA's alpha.
+    pub fn alpha(&self) -> Option<f64> {
+        self.rank.map(|_| f64::from_bits(self.alpha_bits))
+    }
+    /// Its group: the method, or LoRA with its rank and modules, and its alpha or dropout where
+    /// the sweep varies them (every learning rate).
     pub fn group(&self) -> String {
-        match (&self.rank, &self.modules) {
-            (Some(r), Some(m)) => format!("lora r{r} {m}"),
+        match (&self.rank, &self.modules, &self.variant) {
+            (Some(r), Some(m), Some(v)) => format!("lora r{r} {m} {v}"),
+            (Some(r), Some(m), None) => format!("lora r{r} {m}"),
             _ => self.method.clone(),
         }
     }
@@ -224,8 +294,9 @@ impl Grid {
     pub fn new(input: &ReportInput, learn: &str, forgetting: Option<&str>) -> Grid {
         let mut cells: BTreeMap<(SeriesKey, u64), Cell> = BTreeMap::new();
         let mut diverged: BTreeMap<SeriesKey, usize> = BTreeMap::new();
+        let keys = Keys::new(input);
         for r in &input.runs {
-            let key = SeriesKey::of(r);
+            let key = keys.of(r);
             if matches!(r.status, Some(RunStatus::Diverged)) {
                 *diverged.entry(key.clone()).or_default() += 1;
             }

@@ -42,6 +42,7 @@ pub fn load(dir: &Path) -> Result<ReportInput, LoadError> {
             input.sweep = rf.sweep.clone();
             input.domain = rf.shared.data.domain.clone();
             input.items = Some(rf.shared.evaluation.problems);
+            input.rslora = rf.shared.training.rslora;
         }
         planned.insert(rf.id.clone());
         let mut run = RunData {

@@ -66,6 +66,8 @@ pub struct ReportInput {
     /// Items each proportion metric was measured on, as the runs' result.json say (the fewest
     /// of any run): exact where `items` is a bound.
     pub metric_items: BTreeMap<String, u64>,
+    /// Whether the sweep scales LoRA by alpha / sqrt(rank) (rsLoRA) instead of alpha / rank.
+    pub rslora: bool,
 }
 
 impl ReportInput {

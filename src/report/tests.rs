@@ -155,6 +155,7 @@ fn sweep_in(world: &World, seeds: u64) -> ReportInput {
         dir: Some("results/synthetic".into()),
         items: None,
         metric_items: Default::default(),
+        rslora: false,
     }
 }
 
@@ -649,17 +650,22 @@ fn a_proportion_shows_an_interval_within_its_scale() {
     );
 }
 
+/// The LoRA runs of `input`.
+fn lora_runs(input: &ReportInput) -> Vec<RunData> {
+    input
+        .runs
+        .iter()
+        .filter(|r| r.point.method.method_name() == "lora")
+        .cloned()
+        .collect()
+}
+
 /// Three ranks on the same modules give the rank dependence of the best learning rate: here
 /// every rank's best is 1e-3, a slope of 0.
 #[test]
 fn the_best_lr_ratio_is_given_per_rank_with_its_rank_slope() {
     let mut input = sweep(2);
-    let lora: Vec<RunData> = input
-        .runs
-        .iter()
-        .filter(|r| r.point.method.method_name() == "lora")
-        .cloned()
-        .collect();
+    let lora = lora_runs(&input);
     for rank in [4u64, 16] {
         for r in &lora {
             let mut r = r.clone();
@@ -678,7 +684,71 @@ fn the_best_lr_ratio_is_given_per_rank_with_its_rank_slope() {
     assert!(t.rows[0][3].contains("2 seeds; 5 needed"), "{t:?}");
     let note = t.note.as_deref().unwrap();
     assert!(
-        note.contains("all: slope") && note.contains(" 0.00") && note.contains("over 3 ranks"),
+        note.contains("all, alpha = 16: slope")
+            && note.contains(" 0.00")
+            && note.contains("over 3 ranks"),
         "{note}"
     );
+}
+
+/// Alpha variants of one rank are groups of their own, never pooled, and the rank dependence of
+/// the best learning rate is given per alpha rule: with alpha = 2r the best lr here halves as the
+/// rank doubles (slope -1), with alpha = 16 it stays (slope 0); rsLoRA is named.
+#[test]
+fn alpha_rules_have_their_own_groups_and_rank_slopes() {
+    let mut input = sweep(2);
+    let lora = lora_runs(&input);
+    input
+        .runs
+        .retain(|r| r.point.method.method_name() == "full");
+    for (rank, alpha) in [(4u64, 8.0), (4, 16.0), (8, 16.0), (16, 32.0), (16, 16.0)] {
+        for r in &lora {
+            let mut r = r.clone();
+            if let MethodConfig::Lora {
+                rank: k, alpha: a, ..
+            } = &mut r.point.method
+            {
+                (*k, *a) = (rank, alpha);
+            }
+            // On the alpha = 2r line the best lr is 8 / rank times the base's.
+            if alpha == 2.0 * rank as f64 {
+                r.point.learning_rate *= 8.0 / rank as f64;
+            }
+            r.id = format!("{}-r{rank}-a{alpha}", r.id);
+            r.config_id = format!("{}-r{rank}-a{alpha}", r.config_id);
+            input.runs.push(r);
+        }
+    }
+    for rslora in [false, true] {
+        input.rslora = rslora;
+        let r = build(&input);
+        let t = r.tables.iter().find(|t| t.key == "lr_ratio").unwrap();
+        let groups: Vec<&str> = t.rows.iter().map(|row| row[0].as_str()).collect();
+        assert_eq!(
+            groups,
+            [
+                "lora r16 all alpha=16",
+                "lora r16 all alpha=32",
+                "lora r4 all alpha=16",
+                "lora r4 all alpha=8",
+                "lora r8 all"
+            ],
+            "{t:?}"
+        );
+        let note = t.note.as_deref().unwrap();
+        let rs = if rslora { ", rsLoRA" } else { "" };
+        for (rule, slope) in [("2r", "-1.00"), ("16", "0.00")] {
+            let part = note
+                .split("; ")
+                .find(|p| p.contains(&format!("all, alpha = {rule}{rs}: slope")))
+                .unwrap_or_else(|| panic!("{rule}: {note}"));
+            assert!(
+                part.contains(&format!(" {slope}")) && part.contains("over 3 ranks"),
+                "{part}"
+            );
+        }
+        // Rules that hold at one rank (alpha = 4r, alpha = 1r, alpha = 8, alpha = 32) are not
+        // slopes.
+        assert_eq!(note.matches(": slope").count(), 2, "{note}");
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::report::grid::{fmt_metric, fmt_summary, metric_at, proportion_items, SeriesKey};
+use crate::report::grid::{fmt_metric, fmt_summary, metric_at, proportion_items, Keys};
 use crate::report::{ReportInput, TableData};
 use crate::spec::values::format_tokens;
 
@@ -16,8 +16,9 @@ pub fn measured(
     top: u64,
 ) -> TableData {
     let mut by: BTreeMap<String, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
+    let keys = Keys::new(input);
     for r in &input.runs {
-        let g = SeriesKey::of(r).group();
+        let g = keys.of(r).group();
         for m in metrics {
             if let Some(v) = metric_at(r, m, top) {
                 by.entry(g.clone())
