@@ -752,3 +752,131 @@ fn alpha_rules_have_their_own_groups_and_rank_slopes() {
         assert_eq!(note.matches(": slope").count(), 2, "{note}");
     }
 }
+
+/// A headless Chromium for [`the_html_loads_offline_in_a_headless_browser`]: SWEEP_TEST_BROWSER,
+/// else the first of Debian's chromium-headless-shell or chromium on the PATH.
+fn headless_browser() -> Option<std::path::PathBuf> {
+    if let Some(b) = std::env::var_os("SWEEP_TEST_BROWSER") {
+        return Some(b.into());
+    }
+    let path = std::env::var_os("PATH")?;
+    [
+        "chromium-headless-shell",
+        "chromium",
+        "chromium-browser",
+        "google-chrome",
+    ]
+    .iter()
+    .flat_map(|name| std::env::split_paths(&path).map(move |d| d.join(name)))
+    .find(|p| p.is_file())
+}
+
+/// What the page's own script (below) found once the page loaded, as JSON.
+const BROWSER_CHECK: &str = r#"<script>
+window.addEventListener('load', () => {
+  const svgs = [...document.querySelectorAll('svg')];
+  const attrs = [...document.querySelectorAll('[src],[href]')]
+    .map(e => e.getAttribute('src') || e.getAttribute('href'));
+  const out = {
+    svgs: svgs.length,
+    drawn: svgs.filter(s => {
+      const r = s.getBoundingClientRect();
+      return r.width >= 100 && r.height >= 100 && s.querySelector('polyline, circle');
+    }).length,
+    tables: document.querySelectorAll('table').length,
+    broken_images: [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src),
+    fetched: performance.getEntriesByType('resource').map(r => r.name),
+    external: attrs.filter(u => !u.startsWith('#') && !u.startsWith('data:')),
+    dangling: attrs.filter(u => u.startsWith('#') && !document.getElementById(u.slice(1))),
+    errors: window.__sweep_errors,
+  };
+  const pre = document.createElement('pre');
+  pre.id = 'sweep-check';
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>"#;
+
+/// The report's HTML, opened by a real headless browser from a file with the network cut off:
+/// it loads with no error, fetches nothing, references nothing outside itself and no missing
+/// anchor, and lays out every table and every figure, each drawn (lines or points) at a
+/// readable size.
+#[test]
+fn the_html_loads_offline_in_a_headless_browser() {
+    let browser = headless_browser();
+    if !crate::util::setup_present(
+        browser.is_some(),
+        "no headless browser (SWEEP_TEST_BROWSER, chromium-headless-shell or chromium)",
+        "scripts/test, which installs Debian's chromium-headless-shell",
+    ) {
+        return;
+    }
+    let r = build(&sweep(2));
+    let html = render::html(&r);
+    // Errors are caught from the first element on; the check runs after the load event.
+    let page = html
+        .replacen(
+            "<head>",
+            "<head><script>window.__sweep_errors = []; window.addEventListener('error', e => window.__sweep_errors.push(String(e.message || (e.target && (e.target.src || e.target.href)))), true);</script>",
+            1,
+        )
+        .replacen("</body>", &format!("{BROWSER_CHECK}</body>"), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("report.html");
+    std::fs::write(&file, page).unwrap();
+    let mut child = std::process::Command::new(browser.unwrap())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--virtual-time-budget=10000",
+            "--window-size=1280,2000",
+            "--dump-dom",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.path().join("profile").display()
+        ))
+        .arg(format!("file://{}", file.display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("the browser did not finish within 120 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let json = dom
+        .split("<pre id=\"sweep-check\">")
+        .nth(1)
+        .and_then(|t| t.split("</pre>").next())
+        .unwrap_or_else(|| {
+            panic!(
+                "the page's check did not run: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(!r.plots.is_empty());
+    assert_eq!(v["svgs"], r.plots.len(), "{v}");
+    assert_eq!(
+        v["drawn"],
+        r.plots.len(),
+        "every figure laid out and drawn: {v}"
+    );
+    assert_eq!(v["tables"], r.tables.len(), "{v}");
+    for empty in ["broken_images", "fetched", "external", "dangling", "errors"] {
+        assert_eq!(v[empty], serde_json::json!([]), "{empty}: {v}");
+    }
+}
