@@ -319,6 +319,7 @@ fn sharded_gradients_train_as_unsharded_ones() {
         assert_same_run(&plain, &sharded, &what);
         let (a, b) = (grad_norms(&plain), grad_norms(&sharded));
         assert_eq!(a.len(), 12, "{what}: {a:?}");
+        assert_eq!(b.len(), 12, "{what}: {b:?}");
         assert!(
             a.iter().any(|(_, n)| *n > 1.0),
             "{what}: clipping is exercised: {a:?}"

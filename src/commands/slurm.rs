@@ -402,7 +402,7 @@ fn check_memory(plan: &Plan, cluster: &str, gb: f64) -> anyhow::Result<()> {
         }
         let fits = what_fits(shape, &p.method, t, gb * 1e9, true);
         let advice = if fits.is_empty() {
-            "nothing in the spec alone fits: more GPUs (training.ranks_per_node, nodes) with shard_optimizer, a shorter seq_len, or LoRA".to_string()
+            "nothing in the spec alone fits: more GPUs (training.ranks_per_node, nodes) with shard_optimizer and shard_gradients, a shorter seq_len, or LoRA".to_string()
         } else {
             fits.iter()
                 .map(|(w, b)| format!("{w} ({:.1} GB)", b / 1e9))

@@ -622,20 +622,26 @@ pub fn lr_ratios(grid: &Grid, rslora: bool) -> Option<TableData> {
     let top = grid.top()?;
     let all = |_: &SeriesKey, c: &Cell| c.learn.clone();
     let full = grid.best_lr_by("full", top, &all)?;
-    type Group = (Option<u64>, Option<String>, Option<f64>);
+    type Group = (Option<u64>, Option<String>, Option<f64>, Option<f64>);
     let mut groups: std::collections::BTreeMap<String, Group> = Default::default();
+    let mut dropouts = std::collections::BTreeSet::new();
     for (k, b) in grid.cells.keys() {
         if *b == top && k.method == "lora" {
-            groups.insert(k.group(), (k.rank, k.modules.clone(), k.alpha()));
+            groups.insert(
+                k.group(),
+                (k.rank, k.modules.clone(), k.alpha(), k.dropout()),
+            );
+            dropouts.extend(k.dropout().map(f64::to_bits));
         }
     }
     if groups.is_empty() {
         return None;
     }
     let mut rows = Vec::new();
-    // (modules, rank, alpha, best lr) of each group.
+    // (modules and dropout, rank, alpha, best lr) of each group: a rule is followed at one
+    // dropout.
     let mut points: Vec<(String, u64, f64, f64)> = Vec::new();
-    for (g, (rank, modules, alpha)) in &groups {
+    for (g, (rank, modules, alpha, dropout)) in &groups {
         let Some(l) = grid.best_lr_by(g, top, &all) else {
             continue;
         };
@@ -666,8 +672,13 @@ pub fn lr_ratios(grid: &Grid, rslora: bool) -> Option<TableData> {
             format!("{:.2}x", l / full),
             interval,
         ]);
-        if let (Some(r), Some(m), Some(a)) = (rank, modules, alpha) {
-            points.push((m.clone(), *r, *a, l));
+        if let (Some(r), Some(m), Some(a), Some(d)) = (rank, modules, alpha, dropout) {
+            let m = if dropouts.len() > 1 {
+                format!("{m} dropout={d}")
+            } else {
+                m.clone()
+            };
+            points.push((m, *r, *a, l));
         }
     }
     let mut slopes = Vec::new();
@@ -689,6 +700,7 @@ pub fn lr_ratios(grid: &Grid, rslora: bool) -> Option<TableData> {
                     pts.len()
                 ),
             },
+            _ if pts.is_empty() => m.clone(),
             _ => format!("{m}: {} rank(s), needs 3 for a slope", pts.len()),
         });
     }
@@ -718,8 +730,9 @@ pub fn lr_ratios(grid: &Grid, rslora: bool) -> Option<TableData> {
 
 /// The (log10 rank, log10 best lr) points of each alpha rule of each module set, from the
 /// (modules, rank, alpha, best lr) of the LoRA groups: alpha = k x rank for each k, and one
-/// alpha for every rank, each where it holds at 2 ranks or more (a group can be on both); when
-/// no rule reaches 2 ranks, the module set's groups as they are. Labelled "MODULES, alpha = 2r".
+/// alpha for every rank, each where it holds at 2 ranks or more (a group can be on both; at one
+/// dropout each group has its own rank). A module set of one rank is its one point; one of
+/// several ranks where no rule reaches 2 of them gets no points, and says so. Labelled "MODULES, alpha = 2r".
 fn alpha_rules(points: &[(String, u64, f64, f64)], rslora: bool) -> Vec<(String, Vec<(f64, f64)>)> {
     let scaling = if rslora { ", rsLoRA" } else { "" };
     let mut out: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
@@ -752,8 +765,14 @@ fn alpha_rules(points: &[(String, u64, f64, f64)], rslora: bool) -> Vec<(String,
                 kept.push((label, on));
             }
         }
-        if kept.is_empty() {
+        let ranks: std::collections::BTreeSet<u64> = mine.iter().map(|p| p.0).collect();
+        if kept.is_empty() && ranks.len() <= 1 {
             kept.push((format!("{m}{scaling}"), mine.clone()));
+        } else if kept.is_empty() {
+            kept.push((
+                format!("{m}{scaling}: no alpha rule holds at 2 ranks or more (no slope)"),
+                Vec::new(),
+            ));
         }
         for (label, on) in kept {
             let pts = on

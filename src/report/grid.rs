@@ -146,6 +146,14 @@ impl SeriesKey {
     pub fn lr(&self) -> f64 {
         f64::from_bits(self.lr_bits)
     }
+    /// Its alpha and dropout as the group's name gives them, where the sweep varies them.
+    pub fn variant(&self) -> Option<&str> {
+        self.variant.as_deref()
+    }
+    /// LoRA's dropout.
+    pub fn dropout(&self) -> Option<f64> {
+        self.rank.map(|_| f64::from_bits(self.dropout_bits))
+    }
     /// LoRA's alpha.
     pub fn alpha(&self) -> Option<f64> {
         self.rank.map(|_| f64::from_bits(self.alpha_bits))

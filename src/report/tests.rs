@@ -824,6 +824,8 @@ fn the_html_loads_offline_in_a_headless_browser() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("report.html");
     std::fs::write(&file, page).unwrap();
+    // The DOM goes to a file: a pipe nobody reads would stop the browser at 64 KiB.
+    let (dom_file, log_file) = (dir.path().join("dom.html"), dir.path().join("browser.log"));
     let mut child = std::process::Command::new(browser.unwrap())
         .args([
             "--headless",
@@ -840,8 +842,8 @@ fn the_html_loads_offline_in_a_headless_browser() {
             dir.path().join("profile").display()
         ))
         .arg(format!("file://{}", file.display()))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stdout(std::fs::File::create(&dom_file).unwrap())
+        .stderr(std::fs::File::create(&log_file).unwrap())
         .spawn()
         .unwrap();
     let started = std::time::Instant::now();
@@ -852,8 +854,7 @@ fn the_html_loads_offline_in_a_headless_browser() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let out = child.wait_with_output().unwrap();
-    let dom = String::from_utf8_lossy(&out.stdout);
+    let dom = std::fs::read_to_string(&dom_file).unwrap();
     let json = dom
         .split("<pre id=\"sweep-check\">")
         .nth(1)
@@ -861,7 +862,7 @@ fn the_html_loads_offline_in_a_headless_browser() {
         .unwrap_or_else(|| {
             panic!(
                 "the page's check did not run: {}",
-                String::from_utf8_lossy(&out.stderr)
+                std::fs::read_to_string(&log_file).unwrap_or_default()
             )
         })
         .replace("&lt;", "<")
@@ -879,4 +880,38 @@ fn the_html_loads_offline_in_a_headless_browser() {
     for empty in ["broken_images", "fetched", "external", "dangling", "errors"] {
         assert_eq!(v[empty], serde_json::json!([]), "{empty}: {v}");
     }
+}
+
+/// Where every rank has its own alpha (no rule holds at two ranks) there is no rank slope, and
+/// the note says so instead of pooling the alphas into one.
+#[test]
+fn no_rank_slope_across_unrelated_alphas() {
+    let mut input = sweep(2);
+    let lora = lora_runs(&input);
+    input
+        .runs
+        .retain(|r| r.point.method.method_name() == "full");
+    for (rank, alpha) in [(4u64, 16.0), (8, 8.0), (16, 48.0)] {
+        for r in &lora {
+            let mut r = r.clone();
+            if let MethodConfig::Lora {
+                rank: k, alpha: a, ..
+            } = &mut r.point.method
+            {
+                (*k, *a) = (rank, alpha);
+            }
+            r.id = format!("{}-r{rank}", r.id);
+            r.config_id = format!("{}-r{rank}", r.config_id);
+            input.runs.push(r);
+        }
+    }
+    let r = build(&input);
+    let t = r.tables.iter().find(|t| t.key == "lr_ratio").unwrap();
+    assert_eq!(t.rows.len(), 3, "{t:?}");
+    let note = t.note.as_deref().unwrap();
+    assert!(!note.contains(": slope"), "{note}");
+    assert!(
+        note.contains("all: no alpha rule holds at 2 ranks or more (no slope)"),
+        "{note}"
+    );
 }

@@ -297,7 +297,9 @@ impl Optim {
                 continue;
             }
             // A gradient this rank does not have (freed, or its parameter unused) adds zeros,
-            // so that every rank's bucket has the same layout.
+            // so that every rank's bucket has the same layout. An owner without one has a
+            // parameter no rank's graph reached (the ranks run the same model): its sum is zero
+            // and, as unsharded, the parameter is not updated.
             let mut grads: Vec<Tensor> = Vec::with_capacity(mine.len());
             for p in &mine {
                 let g = p.tensor.grad();

@@ -23,7 +23,10 @@ pub fn rank_modules(ctx: &Ctx<'_>) -> TableData {
         if let Some((k, c)) = ctx.grid.best_in(&|k: &SeriesKey| &k.group() == g, top) {
             let p = params.get(c.config_id.as_str()).copied();
             rows.push(vec![
-                k.method.clone(),
+                match k.variant() {
+                    Some(v) => format!("{} {v}", k.method),
+                    None => k.method.clone(),
+                },
                 k.rank.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
                 k.modules.clone().unwrap_or_else(|| "-".into()),
                 fmt_lr(k.lr()),
