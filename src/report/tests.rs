@@ -650,6 +650,20 @@ fn a_proportion_shows_an_interval_within_its_scale() {
     );
 }
 
+/// A LoRA run `r` at another rank and alpha (its ids marked with both).
+fn lora_at(r: &RunData, rank: u64, alpha: f64) -> RunData {
+    let mut r = r.clone();
+    if let MethodConfig::Lora {
+        rank: k, alpha: a, ..
+    } = &mut r.point.method
+    {
+        (*k, *a) = (rank, alpha);
+    }
+    r.id = format!("{}-r{rank}-a{alpha}", r.id);
+    r.config_id = format!("{}-r{rank}-a{alpha}", r.config_id);
+    r
+}
+
 /// The LoRA runs of `input`.
 fn lora_runs(input: &ReportInput) -> Vec<RunData> {
     input
@@ -667,15 +681,9 @@ fn the_best_lr_ratio_is_given_per_rank_with_its_rank_slope() {
     let mut input = sweep(2);
     let lora = lora_runs(&input);
     for rank in [4u64, 16] {
-        for r in &lora {
-            let mut r = r.clone();
-            if let MethodConfig::Lora { rank: k, .. } = &mut r.point.method {
-                *k = rank;
-            }
-            r.id = format!("{}-r{rank}", r.id);
-            r.config_id = format!("{}-r{rank}", r.config_id);
-            input.runs.push(r);
-        }
+        input
+            .runs
+            .extend(lora.iter().map(|r| lora_at(r, rank, 16.0)));
     }
     let r = build(&input);
     let t = r.tables.iter().find(|t| t.key == "lr_ratio").unwrap();
@@ -703,19 +711,11 @@ fn alpha_rules_have_their_own_groups_and_rank_slopes() {
         .retain(|r| r.point.method.method_name() == "full");
     for (rank, alpha) in [(4u64, 8.0), (4, 16.0), (8, 16.0), (16, 32.0), (16, 16.0)] {
         for r in &lora {
-            let mut r = r.clone();
-            if let MethodConfig::Lora {
-                rank: k, alpha: a, ..
-            } = &mut r.point.method
-            {
-                (*k, *a) = (rank, alpha);
-            }
+            let mut r = lora_at(r, rank, alpha);
             // On the alpha = 2r line the best lr is 8 / rank times the base's.
             if alpha == 2.0 * rank as f64 {
                 r.point.learning_rate *= 8.0 / rank as f64;
             }
-            r.id = format!("{}-r{rank}-a{alpha}", r.id);
-            r.config_id = format!("{}-r{rank}-a{alpha}", r.config_id);
             input.runs.push(r);
         }
     }
@@ -892,18 +892,9 @@ fn no_rank_slope_across_unrelated_alphas() {
         .runs
         .retain(|r| r.point.method.method_name() == "full");
     for (rank, alpha) in [(4u64, 16.0), (8, 8.0), (16, 48.0)] {
-        for r in &lora {
-            let mut r = r.clone();
-            if let MethodConfig::Lora {
-                rank: k, alpha: a, ..
-            } = &mut r.point.method
-            {
-                (*k, *a) = (rank, alpha);
-            }
-            r.id = format!("{}-r{rank}", r.id);
-            r.config_id = format!("{}-r{rank}", r.config_id);
-            input.runs.push(r);
-        }
+        input
+            .runs
+            .extend(lora.iter().map(|r| lora_at(r, rank, alpha)));
     }
     let r = build(&input);
     let t = r.tables.iter().find(|t| t.key == "lr_ratio").unwrap();
