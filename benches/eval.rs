@@ -1,13 +1,15 @@
 //! Scoring multiple-choice items (HellaSwag-like: a context and four continuations) with the
 //! trainer's Llama: each log-likelihood request alone, as the evaluation did before, beside the
 //! right-padded batches it uses now, in one run, on one thread count; with the largest
-//! difference between the two's log-likelihoods. Run by scripts/bench-eval; prints a Markdown
-//! table. `cargo bench --bench eval -- [SHAPE...] [--items N]` (default tiny and small, 64 items).
+//! difference between the two's log-likelihoods. Then greedy generation (GSM8K-like: prompts of
+//! varied length, 64 new tokens): each prompt alone beside the left-padded batches, with how many
+//! texts came out the same. Run by scripts/bench-eval; prints two Markdown tables.
+//! `cargo bench --bench eval -- [SHAPE...] [--items N]` (default tiny and small, 64 items).
 
 use std::time::Instant;
 
-use sweep::metrics::lm::{LlamaText, BATCH_TOKENS};
-use sweep::metrics::TextModel;
+use sweep::metrics::lm::{LlamaText, BATCH_TOKENS, DECODE_ROWS};
+use sweep::metrics::{Completion, StopRule, TextModel};
 use sweep::model::config::LlamaConfig;
 use sweep::model::llama::{BuildOptions, Llama};
 use sweep::model::tokenizer::Tokenizer;
@@ -87,6 +89,54 @@ fn main() {
             n / t_alone,
             n / t_batched,
             t_alone / t_batched
+        );
+    }
+    generation(&shapes, items);
+}
+
+/// Greedy completions of `items` prompts, one by one and batched, per shape.
+fn generation(shapes: &[String], items: usize) {
+    let prompts: Vec<String> = (0..items)
+        .map(|i| {
+            format!(
+                "Question {i}: {}how many apples?",
+                "Tom has 3 apples. ".repeat(2 + i % 6)
+            )
+        })
+        .collect();
+    let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let how = Completion {
+        max_new: 64,
+        temperature: 0.0,
+        stop: StopRule::Eos,
+    };
+    println!();
+    println!(
+        "| shape | prompts | one by one (tokens/s) | batched, {DECODE_ROWS} rows (tokens/s) | speedup | same text |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for shape in shapes {
+        let cfg = LlamaConfig::builtin(shape).expect("checked above");
+        let model = Llama::new(&cfg, &BuildOptions::default(), Device::Cpu).unwrap();
+        let time = |rows: usize| {
+            let mut lm = LlamaText::new(&model, &Tokenizer::Byte, None).decoding_rows(rows);
+            lm.completions(&prompts[..1], &how).unwrap();
+            let t0 = Instant::now();
+            let texts = lm.completions(&prompts, &how).unwrap();
+            (texts, t0.elapsed().as_secs_f64())
+        };
+        let (alone, t_alone) = time(1);
+        let (batched, t_batched) = time(DECODE_ROWS);
+        let same = alone.iter().zip(&batched).filter(|(a, b)| a == b).count();
+        // Bytes: the byte tokenizer's tokens.
+        let tokens: usize = alone.iter().map(String::len).sum();
+        println!(
+            "| {shape} | {} | {:.1} | {:.1} | {:.2}x | {same}/{} |",
+            prompts.len(),
+            tokens as f64 / t_alone,
+            tokens as f64 / t_batched,
+            t_alone / t_batched,
+            prompts.len()
         );
     }
 }

@@ -133,8 +133,9 @@ pub fn gsm8k_accuracy(
     }
     let x = Extractors::new();
     let (mut strict, mut flexible) = (0usize, 0usize);
-    for item in items {
-        let out = model.complete(&prompt(shots, item), &DECODING)?;
+    let prompts: Vec<String> = items.iter().map(|item| prompt(shots, item)).collect();
+    let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    for (item, out) in items.iter().zip(model.completions(&prompts, &DECODING)?) {
         let out = cut(&out);
         strict += usize::from(x.matches(&x.strict(out), &item.answer));
         flexible += usize::from(x.matches(&x.flexible(out), &item.answer));

@@ -355,8 +355,8 @@ pub fn humaneval_pass_at_1(
         return Ok(None);
     }
     let mut sum = 0.0;
-    for t in tasks {
-        let completion = model.complete(&t.prompt, &DECODING)?;
+    let prompts: Vec<&str> = tasks.iter().map(|t| t.prompt.as_str()).collect();
+    for (t, completion) in tasks.iter().zip(model.completions(&prompts, &DECODING)?) {
         let passed = u64::from(sandbox.run(&program(t, &completion))? == Outcome::Passed);
         sum += pass_at_k(1, passed, 1).unwrap_or(0.0);
     }

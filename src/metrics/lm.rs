@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tch::{Kind, Tensor};
 
 use super::{Completion, MetricsError, TextModel};
-use crate::model::llama::{next_token, KvCache, Llama};
+use crate::model::llama::{next_tokens, KvCache, Llama};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::ModelError;
 
@@ -95,15 +95,21 @@ pub struct LlamaText<'a> {
     /// Its tokenizer.
     pub tok: &'a Tokenizer,
     /// When set, every later completion or score fails with [`MetricsError::Interrupted`]: an
-    /// evaluation stops within one item of a stop signal.
+    /// evaluation stops within one decoding step, or one batch of scores, of a stop signal.
     pub stop: Option<&'a AtomicBool>,
     /// How prompts and contexts are framed.
     pub framing: Framing,
     /// The tokens of [`Framing::Known`] prompts, by their text.
     pub known: Option<&'a HashMap<String, Vec<i64>>>,
-    /// Most positions (rows x the longest row) one batch of log-likelihood requests holds.
+    /// Most positions (rows x the longest row) one batch of log-likelihood requests, or of
+    /// prompts decoded together, holds.
     pub batch_tokens: usize,
+    /// Most prompts decoded together (greedy ones; samples are drawn one prompt at a time).
+    pub decode_rows: usize,
 }
+
+/// Prompts decoded together by default (at most [`BATCH_TOKENS`] prompt positions).
+pub const DECODE_ROWS: usize = 16;
 
 /// Positions of one batch of log-likelihood requests by default: 64 rows of 64 positions, or 2
 /// rows of 2,048 (the logits of a 32k vocabulary at 4,096 positions are 0.5 GB in f32).
@@ -131,6 +137,7 @@ impl<'a> LlamaText<'a> {
             framing,
             known: None,
             batch_tokens: BATCH_TOKENS,
+            decode_rows: DECODE_ROWS,
         }
     }
 
@@ -138,6 +145,14 @@ impl<'a> LlamaText<'a> {
     pub fn batched(self, positions: usize) -> Self {
         LlamaText {
             batch_tokens: positions.max(1),
+            ..self
+        }
+    }
+
+    /// The same, decoding at most `rows` greedy prompts together (1: one by one).
+    pub fn decoding_rows(self, rows: usize) -> Self {
+        LlamaText {
+            decode_rows: rows.max(1),
             ..self
         }
     }
@@ -177,33 +192,58 @@ impl<'a> LlamaText<'a> {
 
 impl TextModel for LlamaText<'_> {
     fn complete(&mut self, prompt: &str, how: &Completion) -> Result<String, MetricsError> {
-        self.check_stop()?;
+        Ok(self.completions(&[prompt], how)?.remove(0))
+    }
+
+    /// Greedy prompts sorted by length and decoded in left-padded batches of at most
+    /// `decode_rows` rows and `batch_tokens` prompt positions, each row masked to its own
+    /// tokens and rotated from its own first position, so that the padding changes nothing
+    /// (beyond the rounding of a batched product). Sampled ones are decoded one at a time, in
+    /// order: each draws from libtorch's global generator as it would alone.
+    fn completions(
+        &mut self,
+        prompts: &[&str],
+        how: &Completion,
+    ) -> Result<Vec<String>, MetricsError> {
         let _g = tch::no_grad_guard();
-        let device = self.model.vs.device();
-        let (prompt, bos) = self.prompt_tokens(prompt)?;
-        let (tokens, max_new) = fit_window(&prompt, how.max_new, self.max_len(), bos);
-        let mut cache = KvCache::default();
-        let mut input = Tensor::f_from_slice(&tokens)?
-            .f_to_device(device)?
-            .f_unsqueeze(0)?;
-        let mut out: Vec<i64> = Vec::new();
-        for _ in 0..max_new {
-            let logits = self.model.forward_cached(&input, &mut cache)?;
-            let next = next_token(&logits, how.temperature)?;
-            if self.tok.is_end(next) {
-                break;
+        let jobs = prompts
+            .iter()
+            .map(|p| {
+                let (tokens, bos) = self.prompt_tokens(p)?;
+                Ok(fit_window(&tokens, how.max_new, self.max_len(), bos))
+            })
+            .collect::<Result<Vec<_>, MetricsError>>()?;
+        let mut order: Vec<usize> = (0..jobs.len()).collect();
+        let rows = if how.temperature > 0.0 {
+            1
+        } else {
+            // Longest first: each batch pads little.
+            order.sort_by_key(|&i| std::cmp::Reverse(jobs[i].0.len()));
+            self.decode_rows
+        };
+        let mut out = vec![String::new(); jobs.len()];
+        let mut rest = &order[..];
+        while let Some(&longest) = rest.first() {
+            let width = jobs[longest].0.len();
+            // Rows join while the batch fits: prompt positions, and the longest prompt's
+            // padded width plus the most new tokens within the model's positions.
+            let mut n = 1;
+            let mut new = jobs[longest].1;
+            while n < rest.len().min(rows) && width * (n + 1) <= self.batch_tokens {
+                let more = new.max(jobs[rest[n]].1);
+                if width + more > self.max_len() {
+                    break;
+                }
+                new = more;
+                n += 1;
             }
-            // Special tokens decode to nothing; they still condition what follows.
-            out.push(next);
-            let text = self.tok.decode(&out)?;
-            if let Some(end) = how.stop.cut(&text) {
-                return Ok(text[..end].to_string());
+            let (batch, later) = rest.split_at(n);
+            for (i, text) in batch.iter().zip(self.decode_batch(&jobs, batch, how)?) {
+                out[*i] = text;
             }
-            input = Tensor::f_from_slice(&[next])?
-                .f_to_device(device)?
-                .f_unsqueeze(0)?;
+            rest = later;
         }
-        Ok(self.tok.decode(&out)?)
+        Ok(out)
     }
 
     fn loglikelihood(&mut self, context: &str, continuation: &str) -> Result<f64, MetricsError> {
@@ -241,6 +281,65 @@ impl TextModel for LlamaText<'_> {
 }
 
 impl LlamaText<'_> {
+    /// Decode the prompts `batch` (indices into `jobs`: fitted tokens and most new tokens)
+    /// together, left-padded to the longest; each row stops at its end token, its stop rule or
+    /// its most new tokens, and the batch when every row has.
+    fn decode_batch(
+        &self,
+        jobs: &[(Vec<i64>, usize)],
+        batch: &[usize],
+        how: &Completion,
+    ) -> Result<Vec<String>, MetricsError> {
+        let device = self.model.vs.device();
+        let width = batch.iter().map(|&i| jobs[i].0.len()).max().unwrap_or(0);
+        let mut input = Vec::with_capacity(batch.len() * width);
+        let mut pads = Vec::with_capacity(batch.len());
+        for &i in batch {
+            let tokens = &jobs[i].0;
+            let pad = width - tokens.len();
+            pads.push(pad as i64);
+            input.extend(std::iter::repeat_n(0, pad).chain(tokens.iter().copied()));
+        }
+        let mut cache = KvCache::left_padded(pads);
+        let mut input = Tensor::f_from_slice(&input)?
+            .f_to_device(device)?
+            .f_view([batch.len() as i64, width as i64])?;
+        let mut outs: Vec<Vec<i64>> = vec![Vec::new(); batch.len()];
+        // A row's text once it is done; rows with no room to generate are done at once.
+        let mut done: Vec<Option<String>> = batch
+            .iter()
+            .map(|&i| (jobs[i].1 == 0).then(String::new))
+            .collect();
+        while done.iter().any(Option::is_none) {
+            self.check_stop()?;
+            let next = next_tokens(
+                &self.model.next_logits(&input, &mut cache)?,
+                how.temperature,
+            )?;
+            for (r, &i) in batch.iter().enumerate() {
+                if done[r].is_some() {
+                    continue;
+                }
+                if self.tok.is_end(next[r]) {
+                    done[r] = Some(self.tok.decode(&outs[r])?);
+                    continue;
+                }
+                // Special tokens decode to nothing; they still condition what follows.
+                outs[r].push(next[r]);
+                let text = self.tok.decode(&outs[r])?;
+                if let Some(end) = how.stop.cut(&text) {
+                    done[r] = Some(text[..end].to_string());
+                } else if outs[r].len() == jobs[i].1 {
+                    done[r] = Some(text);
+                }
+            }
+            input = Tensor::f_from_slice(&next)?
+                .f_to_device(device)?
+                .f_view([batch.len() as i64, 1])?;
+        }
+        Ok(done.into_iter().flatten().collect())
+    }
+
     /// The tokens a request is scored on (BOS, the context, the continuation; the window's end
     /// when that is longer than the model's positions) and where in them the continuation's
     /// tokens that have one token before them start. A start at the window's end: nothing to
@@ -439,6 +538,51 @@ mod tests {
             .unwrap()
         };
         assert_eq!(acc(1), acc(BATCH_TOKENS));
+    }
+
+    /// Greedy completions decoded in left-padded batches are what each prompt decoded alone
+    /// gives, whatever the batch (one row, a few, all at once; a prompt-position budget that
+    /// splits them): prompts of every length, one longer than the model's positions, one that
+    /// stops at a newline, rows that end at different steps.
+    #[test]
+    fn batched_completions_do_not_depend_on_the_batch() {
+        let model = Llama::new(
+            &tiny_cfg(),
+            &BuildOptions {
+                seed: 11,
+                ..Default::default()
+            },
+            Device::Cpu,
+        )
+        .unwrap();
+        let long = "y".repeat(100);
+        let prompts: Vec<&str> = vec!["ab", "x = 1\n", &long, "", "the quick brown fox", "q"];
+        let how = Completion {
+            max_new: 20,
+            temperature: 0.0,
+            stop: StopRule::Newline,
+        };
+        let alone: Vec<String> = prompts
+            .iter()
+            .map(|p| {
+                LlamaText::new(&model, &Tokenizer::Byte, None)
+                    .decoding_rows(1)
+                    .complete(p, &how)
+                    .unwrap()
+            })
+            .collect();
+        let distinct: std::collections::HashSet<&String> = alone.iter().collect();
+        assert!(distinct.len() >= 4, "the prompts decode alike: {alone:?}");
+        let lengths: std::collections::HashSet<usize> = alone.iter().map(|t| t.len()).collect();
+        assert!(lengths.len() >= 2, "every row ends at one step: {alone:?}");
+        for (rows, positions) in [(2, BATCH_TOKENS), (3, 40), (DECODE_ROWS, BATCH_TOKENS)] {
+            let got = LlamaText::new(&model, &Tokenizer::Byte, None)
+                .decoding_rows(rows)
+                .batched(positions)
+                .completions(&prompts, &how)
+                .unwrap();
+            assert_eq!(got, alone, "{rows} rows, {positions} positions");
+        }
     }
 
     #[test]

@@ -45,8 +45,8 @@ pub fn math_accuracy(
         return Ok(None);
     }
     let mut right = 0usize;
-    for p in problems {
-        let out = model.complete(prompt_of(p), &DECODING)?;
+    let prompts: Vec<&str> = problems.iter().map(prompt_of).collect();
+    for (p, out) in problems.iter().zip(model.completions(&prompts, &DECODING)?) {
         if is_correct(p, &out) {
             right += 1;
         }

@@ -109,6 +109,17 @@ pub trait TextModel {
     /// the end-of-document token.
     fn complete(&mut self, prompt: &str, how: &Completion) -> Result<String, MetricsError>;
 
+    /// [`TextModel::complete`] of each prompt, in order. A model may decode greedy ones in
+    /// batches (the Llama does, left-padded); the texts do not depend on how they are batched.
+    /// This one completes them one by one.
+    fn completions(
+        &mut self,
+        prompts: &[&str],
+        how: &Completion,
+    ) -> Result<Vec<String>, MetricsError> {
+        prompts.iter().map(|p| self.complete(p, how)).collect()
+    }
+
     /// The sum of the log-probabilities of the tokens of `continuation` after `context`.
     fn loglikelihood(&mut self, context: &str, continuation: &str) -> Result<f64, MetricsError>;
 

@@ -91,15 +91,21 @@ impl Linear {
 /// The token after the last position of `logits` (1, T, V): the argmax at temperature 0, else a
 /// draw from softmax(logits / temperature) with libtorch's global generator.
 pub fn next_token(logits: &Tensor, temperature: f64) -> Result<i64, ModelError> {
-    let last = logits.f_select(1, -1)?.f_squeeze_dim(0)?;
-    Ok(if temperature <= 0.0 {
-        last.f_argmax(0, false)?.f_int64_value(&[])?
+    Ok(next_tokens(&logits.f_select(1, -1)?, temperature)?[0])
+}
+
+/// [`next_token`] of each row of `logits` (B, V).
+pub fn next_tokens(logits: &Tensor, temperature: f64) -> Result<Vec<i64>, ModelError> {
+    let picked = if temperature <= 0.0 {
+        logits.f_argmax(-1, false)?
     } else {
-        last.f_div_scalar(temperature)?
+        logits
+            .f_div_scalar(temperature)?
             .f_softmax(-1, Kind::Float)?
             .f_multinomial(1, true)?
-            .f_int64_value(&[0])?
-    })
+            .f_view([-1])?
+    };
+    Ok(Vec::<i64>::try_from(picked.f_to_device(Device::Cpu)?)?)
 }
 
 /// Rotary embedding tables, Hugging Face's convention (halves rotated, `rotate_half`).
@@ -144,12 +150,28 @@ impl Rope {
         }
         let cos = self.cos.f_narrow(0, offset, t)?;
         let sin = self.sin.f_narrow(0, offset, t)?;
-        let d = x.size()[3];
-        let x1 = x.f_narrow(-1, 0, d / 2)?;
-        let x2 = x.f_narrow(-1, d / 2, d - d / 2)?;
-        let rotated = Tensor::f_cat(&[&x2.f_neg()?, &x1], -1)?;
-        Ok(x.f_mul(&cos)?.f_add(&rotated.f_mul(&sin)?)?)
+        rotate(x, &cos, &sin)
     }
+
+    /// The tables at `positions` (B, T) (int64), shaped (B, 1, T, D) to rotate (B, H, T, D).
+    fn at(&self, positions: &Tensor) -> Result<(Tensor, Tensor), ModelError> {
+        let (b, t) = (positions.size()[0], positions.size()[1]);
+        let flat = positions.f_flatten(0, -1)?;
+        let pick = |table: &Tensor| -> Result<Tensor, ModelError> {
+            let d = table.size()[1];
+            Ok(table.f_index_select(0, &flat)?.f_view([b, 1, t, d])?)
+        };
+        Ok((pick(&self.cos)?, pick(&self.sin)?))
+    }
+}
+
+/// x * cos + rotate_half(x) * sin.
+fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor, ModelError> {
+    let d = x.size()[3];
+    let x1 = x.f_narrow(-1, 0, d / 2)?;
+    let x2 = x.f_narrow(-1, d / 2, d - d / 2)?;
+    let rotated = Tensor::f_cat(&[&x2.f_neg()?, &x1], -1)?;
+    Ok(x.f_mul(cos)?.f_add(&rotated.f_mul(sin)?)?)
 }
 
 #[derive(Debug)]
@@ -186,9 +208,63 @@ struct Block {
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     len: i64,
+    /// Left padding of each row of a batch (empty: none): row b's first token sits at position
+    /// pads[b] of the batch.
+    pads: Vec<i64>,
+}
+
+/// What the attention of a left-padded batch needs beyond an unpadded one: each row's rotary
+/// tables at its own positions (its first token at position 0), and which keys each query sees
+/// (the row's own, causally; a padding query sees only itself, so that nothing is NaN).
+#[derive(Debug)]
+struct Padding {
+    cos: Tensor,
+    sin: Tensor,
+    /// (B, 1, T, keys) bool.
+    mask: Tensor,
+}
+
+/// Where a forward's new tokens sit: after `offset` cached positions, in a left-padded batch
+/// or not.
+#[derive(Debug, Clone, Copy)]
+struct Position<'a> {
+    offset: i64,
+    padding: Option<&'a Padding>,
 }
 
 impl KvCache {
+    /// An empty cache for a batch whose row b is left-padded with `pads[b]` tokens: decoding
+    /// it gives each row what decoding that row alone gives (up to the rounding of a batched
+    /// product).
+    pub fn left_padded(pads: Vec<i64>) -> KvCache {
+        KvCache {
+            pads,
+            ..KvCache::default()
+        }
+    }
+
+    /// The attention inputs for `t` new positions after `len`; None for an unpadded batch.
+    fn padding(&self, t: i64, rope: &Rope, device: Device) -> Result<Option<Padding>, ModelError> {
+        if self.pads.iter().all(|&p| p == 0) {
+            return Ok(None);
+        }
+        let opts = (Kind::Int64, device);
+        let pads = Tensor::f_from_slice(&self.pads)?
+            .f_to_device(device)?
+            .f_view([-1, 1])?;
+        // Absolute positions of the new queries (1, T) and of every key (1, K).
+        let queries = Tensor::f_arange_start(self.len, self.len + t, opts)?.f_unsqueeze(0)?;
+        let keys = Tensor::f_arange(self.len + t, opts)?.f_unsqueeze(0)?;
+        let (cos, sin) = rope.at(&queries.f_sub(&pads)?.f_clamp_min(0)?)?;
+        let q = queries.f_unsqueeze(2)?; // (1, T, 1)
+        let k = keys.f_unsqueeze(1)?; // (1, 1, K)
+        let causal = k.f_le_tensor(&q)?;
+        let own = k
+            .f_ge_tensor(&pads.f_unsqueeze(2)?)?
+            .f_logical_or(&k.f_eq_tensor(&q)?)?;
+        let mask = causal.f_logical_and(&own)?.f_unsqueeze(1)?;
+        Ok(Some(Padding { cos, sin, mask }))
+    }
     /// Positions held.
     pub fn len(&self) -> i64 {
         self.len
@@ -491,6 +567,13 @@ impl Llama {
         self.forward_inner(tokens, Some(cache), false)
     }
 
+    /// The logits (B, V) of the last of `tokens` (B, T), after the positions held in `cache`,
+    /// which they extend: a decoding step, with the head over that position only.
+    pub fn next_logits(&self, tokens: &Tensor, cache: &mut KvCache) -> Result<Tensor, ModelError> {
+        let x = self.body_inner(tokens, Some(cache), false)?;
+        self.head_forward(&x.f_select(1, -1)?)
+    }
+
     /// The residual stream (B, T, d) leaving the last block for tokens (B, T): [`Llama::forward`]
     /// without the head, so that a caller can run the head in chunks.
     pub fn body_forward(&self, tokens: &Tensor, train: bool) -> Result<Tensor, ModelError> {
@@ -521,6 +604,10 @@ impl Llama {
                 c.layers = (0..self.blocks.len()).map(|_| None).collect();
             }
         }
+        let padding = match cache.as_deref() {
+            Some(c) => c.padding(tokens.size()[1], &self.rope, tokens.device())?,
+            None => None,
+        };
         let seeds = self.dropout_seeds(train)?;
         let mut x = self.embed_forward(tokens)?;
         for i in 0..self.blocks.len() {
@@ -528,7 +615,11 @@ impl Llama {
                 Some(c) => c.layers.get_mut(i),
                 None => None,
             };
-            x = self.block_inner(i, &x, offset, layer_cache, train, seeds)?;
+            let at = Position {
+                offset,
+                padding: padding.as_ref(),
+            };
+            x = self.block_inner(i, &x, at, layer_cache, train, seeds)?;
         }
         self.end_dropout(seeds);
         if let Some(c) = cache {
@@ -570,7 +661,11 @@ impl Llama {
         train: bool,
         seeds: Option<i64>,
     ) -> Result<Tensor, ModelError> {
-        self.block_inner(i, x, 0, None, train, seeds)
+        let at = Position {
+            offset: 0,
+            padding: None,
+        };
+        self.block_inner(i, x, at, None, train, seeds)
     }
 
     /// Where the adapters' dropout draws its masks in one training forward: with dropout on, a
@@ -612,7 +707,7 @@ impl Llama {
         &self,
         i: usize,
         x: &Tensor,
-        offset: i64,
+        at: Position,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         train: bool,
         seeds: Option<i64>,
@@ -627,7 +722,7 @@ impl Llama {
             self.compute,
         );
         let h = x.f_rms_norm(&[d][..], Some(&blk.input_norm), eps)?;
-        let a = self.attention(&blk.attn, &h, offset, cache, train)?;
+        let a = self.attention(&blk.attn, &h, at, cache, train)?;
         let x = x.f_add(&a)?;
         let h = x.f_rms_norm(&[d][..], Some(&blk.post_norm), eps)?;
         let gate = blk.mlp.gate.forward(&h, train, kind)?.f_silu()?;
@@ -640,10 +735,11 @@ impl Llama {
         &self,
         a: &Attention,
         x: &Tensor,
-        offset: i64,
+        at: Position,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         train: bool,
     ) -> Result<Tensor, ModelError> {
+        let offset = at.offset;
         let (bsz, t) = match x.size().as_slice() {
             [b, t, _] => (*b, *t),
             s => {
@@ -666,14 +762,15 @@ impl Llama {
             Ok(h.f_transpose(1, 2)?)
         };
         // RoPE computes in f32; attention takes q, k, v in the compute kind.
-        let q = self
-            .rope
-            .apply(&heads(&a.q, a.heads, a.q_norm.as_ref())?, offset)?
-            .f_to_kind(kind)?;
-        let mut k = self
-            .rope
-            .apply(&heads(&a.k, a.kv_heads, a.k_norm.as_ref())?, offset)?
-            .f_to_kind(kind)?;
+        let rope = |h: Tensor| -> Result<Tensor, ModelError> {
+            let h = match at.padding {
+                Some(p) => rotate(&h, &p.cos, &p.sin)?,
+                None => self.rope.apply(&h, offset)?,
+            };
+            Ok(h.f_to_kind(kind)?)
+        };
+        let q = rope(heads(&a.q, a.heads, a.q_norm.as_ref())?)?;
+        let mut k = rope(heads(&a.k, a.kv_heads, a.k_norm.as_ref())?)?;
         let mut v = heads(&a.v, a.kv_heads, None)?;
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.as_ref() {
@@ -690,7 +787,18 @@ impl Llama {
         let total = k.size()[2];
         // With no past, the causal mask is libtorch's; with a past, position i of the new tokens
         // sees every key up to offset + i (a single new token sees them all).
-        let y = if offset == 0 {
+        let y = if let Some(p) = at.padding {
+            Tensor::f_scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                Some(&p.mask),
+                0.0,
+                false,
+                None,
+                false,
+            )?
+        } else if offset == 0 {
             Tensor::f_scaled_dot_product_attention::<Tensor>(
                 &q, &k, &v, None, 0.0, true, None, false,
             )?
@@ -1047,6 +1155,65 @@ pub(crate) mod tests {
         let _ = m.forward_cached(&toks(&[1, 2, 3]), &mut cache).unwrap();
         let rest = m.forward_cached(&toks(&[4, 5, 6]), &mut cache).unwrap();
         assert!(max_diff(&full.narrow(1, 3, 3), &rest) < 1e-5);
+    }
+
+    #[test]
+    fn a_left_padded_batch_decodes_each_row_as_alone() {
+        let m = Llama::new(
+            &tiny_cfg(),
+            &BuildOptions {
+                seed: 4,
+                ..Default::default()
+            },
+            Device::Cpu,
+        )
+        .unwrap();
+        let prompts: [&[i64]; 3] = [&[7, 8, 9, 10, 11], &[3], &[40, 41, 42]];
+        let width = 5;
+        let mut input = Vec::new();
+        let mut pads = Vec::new();
+        for p in prompts {
+            let pad = width - p.len();
+            pads.push(pad as i64);
+            input.extend(std::iter::repeat_n(0i64, pad).chain(p.iter().copied()));
+        }
+        let mut cache = KvCache::left_padded(pads);
+        let mut batch = m
+            .next_logits(
+                &Tensor::from_slice(&input).view([3, width as i64]),
+                &mut cache,
+            )
+            .unwrap();
+        let mut alone: Vec<(KvCache, Tensor)> = prompts
+            .iter()
+            .map(|p| {
+                let mut c = KvCache::default();
+                let l = m.next_logits(&toks(p), &mut c).unwrap();
+                (c, l)
+            })
+            .collect();
+        // Three decoding steps, each row fed its own next tokens.
+        for step in 0..4 {
+            for (r, (_, l)) in alone.iter().enumerate() {
+                let d = max_diff(&batch.get(r as i64), &l.get(0));
+                assert!(d < 1e-5, "step {step}, row {r}: off by {d}");
+            }
+            if step == 3 {
+                break;
+            }
+            let next: Vec<i64> = (0..3).map(|r| 20 + 7 * r + step).collect();
+            batch = m
+                .next_logits(&Tensor::from_slice(&next).view([3, 1]), &mut cache)
+                .unwrap();
+            for ((c, l), t) in alone.iter_mut().zip(&next) {
+                *l = m.next_logits(&toks(&[*t]), c).unwrap();
+            }
+        }
+        // The last-position head is the full forward's last row.
+        let full = m.forward(&toks(prompts[0]), false).unwrap();
+        let mut c = KvCache::default();
+        let last = m.next_logits(&toks(prompts[0]), &mut c).unwrap();
+        assert!(max_diff(&full.select(1, -1), &last) < 1e-5);
     }
 
     #[test]
