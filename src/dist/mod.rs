@@ -440,6 +440,25 @@ impl World {
         Ok(())
     }
 
+    /// From now until the returned guard is dropped, each of `params`' gradients (a trainable
+    /// parameter and its owner rank) is summed into its owner's and freed on every other rank
+    /// as soon as a backward pass completes it (ZeRO stage 2 during the backward: through a
+    /// post-accumulate-grad hook of the shim, since tch binds none). Every rank must pass the
+    /// same parameters and run the same graph. None in a world of one.
+    pub fn reduce_in_backward(
+        &self,
+        params: &[(&Tensor, usize)],
+    ) -> Result<Option<InBackward>, DistError> {
+        #[cfg(sweep_c10d)]
+        if let Some(pg) = &self.pg {
+            return Ok(Some(InBackward {
+                reducer: pg.reduce_in_backward(params)?,
+            }));
+        }
+        let _ = params;
+        Ok(None)
+    }
+
     fn error(&self, what: &str, e: impl std::fmt::Display) -> DistError {
         DistError::Collective {
             rank: self.rank,
@@ -447,6 +466,24 @@ impl World {
             what: what.into(),
             detail: e.to_string(),
         }
+    }
+}
+
+/// Gradients reduced during the backward pass ([`World::reduce_in_backward`]); dropping it
+/// removes the hooks.
+#[derive(Debug)]
+pub struct InBackward {
+    #[cfg(sweep_c10d)]
+    reducer: ffi::Reducer,
+}
+
+impl InBackward {
+    /// The time the reduces have taken so far.
+    pub fn spent(&self) -> Duration {
+        #[cfg(sweep_c10d)]
+        return self.reducer.spent();
+        #[cfg(not(sweep_c10d))]
+        Duration::ZERO
     }
 }
 
@@ -475,6 +512,17 @@ mod ffi {
             errlen: usize,
         ) -> *mut c_void;
         fn sweep_pg_free(p: *mut c_void);
+        fn sweep_reduce_in_backward(
+            p: *mut c_void,
+            params: *const *mut c_void,
+            owners: *const c_int,
+            n: c_int,
+            rank: c_int,
+            err: *mut c_char,
+            errlen: usize,
+        ) -> *mut c_void;
+        fn sweep_reducer_nanos(r: *mut c_void) -> i64;
+        fn sweep_reducer_free(r: *mut c_void);
         fn sweep_pg_allreduce_sum(
             p: *mut c_void,
             t: *mut c_void,
@@ -679,6 +727,67 @@ mod ffi {
             // SAFETY: a live process group.
             let code = unsafe { sweep_pg_barrier(self.ptr, err.as_mut_ptr() as *mut c_char, ERR) };
             self.check("barrier", code, &err)
+        }
+    }
+
+    /// The shim's hooks that reduce gradients in the backward pass.
+    #[derive(Debug)]
+    pub struct Reducer {
+        ptr: *mut c_void,
+    }
+
+    // SAFETY: as the process group's: the hooks run on the thread that runs the backward.
+    unsafe impl Send for Reducer {}
+    unsafe impl Sync for Reducer {}
+
+    impl Reducer {
+        pub fn spent(&self) -> std::time::Duration {
+            // SAFETY: a live reducer.
+            let nanos = unsafe { sweep_reducer_nanos(self.ptr) };
+            std::time::Duration::from_nanos(nanos.max(0) as u64)
+        }
+    }
+
+    impl Drop for Reducer {
+        fn drop(&mut self) {
+            // SAFETY: made by sweep_reduce_in_backward, freed once.
+            unsafe { sweep_reducer_free(self.ptr) }
+        }
+    }
+
+    impl ProcessGroup {
+        pub fn reduce_in_backward(
+            &self,
+            params: &[(&Tensor, usize)],
+        ) -> Result<Reducer, DistError> {
+            let ptrs: Vec<*mut c_void> = params
+                .iter()
+                .map(|(t, _)| t.as_ptr() as *mut c_void)
+                .collect();
+            let owners: Vec<c_int> = params.iter().map(|(_, o)| *o as c_int).collect();
+            let mut err = vec![0u8; ERR];
+            // SAFETY: live tch tensors (at::Tensor*), as many owners, an error buffer of ERR
+            // bytes; the shim copies the tensors' handles, so the pointers need not outlive it.
+            let ptr = unsafe {
+                sweep_reduce_in_backward(
+                    self.ptr,
+                    ptrs.as_ptr(),
+                    owners.as_ptr(),
+                    params.len() as c_int,
+                    self.rank as c_int,
+                    err.as_mut_ptr() as *mut c_char,
+                    ERR,
+                )
+            };
+            if ptr.is_null() {
+                return Err(DistError::Collective {
+                    rank: self.rank,
+                    size: self.size,
+                    what: "setting up the reduce of gradients in the backward pass".into(),
+                    detail: message(&err),
+                });
+            }
+            Ok(Reducer { ptr })
         }
     }
 

@@ -8,6 +8,8 @@
 #include "shim.h"
 
 #include <ATen/ATen.h>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef SWEEP_NCCL
@@ -15,6 +17,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <memory>
@@ -25,6 +28,50 @@ struct SweepPG {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::Backend> pg;
   std::chrono::milliseconds timeout;
+};
+
+namespace {
+
+// Run by the autograd engine right after it adds a backward pass's gradient into a parameter's
+// (its AccumulateGrad): that gradient is summed into the owner rank's, and every other rank frees
+// its own, so that no rank holds more than its shard and the gradients in flight (ZeRO stage 2
+// during the backward pass; tch binds no autograd hooks). Every rank runs the same graph, so the
+// engine reaches the parameters, and issues these reduces, in the same order on each. Gloo takes
+// a CUDA gradient through a copy in host memory.
+struct ReduceToOwner : torch::autograd::PostAccumulateGradHook {
+  c10::intrusive_ptr<c10d::Backend> pg;
+  std::chrono::milliseconds timeout;
+  int owner;
+  int rank;
+  std::shared_ptr<std::atomic<int64_t>> nanos;
+
+  void operator()(const torch::autograd::Variable& param) override {
+    auto started = std::chrono::steady_clock::now();
+    at::Tensor& g = param.mutable_grad();
+    if (!g.defined()) return;
+    bool host = g.is_cuda() && pg->getBackendName() != "nccl";
+    at::Tensor buf = host ? g.to(at::kCPU) : g;
+    std::vector<at::Tensor> v{buf};
+    c10d::ReduceOptions o;
+    o.rootRank = owner;
+    pg->reduce(v, o)->wait(timeout);
+    if (rank != owner) {
+      g.reset();
+    } else if (host) {
+      g.copy_(buf);
+    }
+    *nanos += std::chrono::duration_cast<std::chrono::nanoseconds>(
+                  std::chrono::steady_clock::now() - started)
+                  .count();
+  }
+};
+
+}  // namespace
+
+// The parameters whose gradients are reduced during the backward pass, and the time spent.
+struct SweepReducer {
+  std::vector<at::Tensor> params;
+  std::shared_ptr<std::atomic<int64_t>> nanos;
 };
 
 extern "C" {
@@ -82,6 +129,43 @@ SweepPG* sweep_pg_new(const char* backend, const char* host, int port, int rank,
 }
 
 void sweep_pg_free(SweepPG* p) { delete p; }
+
+// From now on, reduce each of the n parameters' gradients into rank owners[i]'s as the backward
+// pass completes it (ReduceToOwner); until sweep_reducer_free.
+SweepReducer* sweep_reduce_in_backward(SweepPG* p, at::Tensor** params, const int* owners,
+                                       int n, int rank, char* err, size_t errlen) {
+  SweepReducer* out = nullptr;
+  guarded(err, errlen, [&] {
+    auto r = std::make_unique<SweepReducer>();
+    r->nanos = std::make_shared<std::atomic<int64_t>>(0);
+    for (int i = 0; i < n; i++) {
+      const at::Tensor& t = *params[i];
+      if (!t.requires_grad() || !t.is_leaf()) {
+        throw std::runtime_error("reducing in the backward pass: parameter " +
+                                 std::to_string(i) + " is not a trainable leaf");
+      }
+      auto hook = std::make_unique<ReduceToOwner>();
+      hook->pg = p->pg;
+      hook->timeout = p->timeout;
+      hook->owner = owners[i];
+      hook->rank = rank;
+      hook->nanos = r->nanos;
+      torch::autograd::impl::set_post_acc_grad_hooks(t, std::move(hook));
+      r->params.push_back(t);
+    }
+    out = r.release();
+  });
+  return out;
+}
+
+// Nanoseconds the reducer's hooks have spent so far.
+int64_t sweep_reducer_nanos(SweepReducer* r) { return r->nanos->load(); }
+
+// Remove the hooks, and the reducer.
+void sweep_reducer_free(SweepReducer* r) {
+  for (auto& t : r->params) torch::autograd::impl::set_post_acc_grad_hooks(t, nullptr);
+  delete r;
+}
 
 // In place: t = the sum of t over the ranks.
 int sweep_pg_allreduce_sum(SweepPG* p, at::Tensor* t, char* err, size_t n) {

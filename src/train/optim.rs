@@ -156,6 +156,13 @@ impl Optim {
             .collect()
     }
 
+    /// Each parameter by name, with the rank that owns it.
+    pub fn owners(&self) -> impl Iterator<Item = (&str, &Tensor, usize)> {
+        self.params
+            .iter()
+            .map(|p| (p.name.as_str(), &p.tensor, p.owner))
+    }
+
     /// Bytes of optimizer state this rank holds.
     pub fn state_bytes(&self) -> u64 {
         self.params

@@ -25,19 +25,13 @@ use crate::plan::memory::head_chunk_rows;
 #[cfg(doc)]
 use crate::plan::memory::LOGIT_CHUNK_BYTES;
 
-/// Called with a block's index once its parameters' gradients are complete (with checkpointing,
-/// as each block's backward ends; sharded gradients are reduced there).
-pub type BlockDone<'a> = &'a mut dyn FnMut(usize) -> Result<(), TrainError>;
-
 /// Back-propagate `loss_sum(batch) / denom` into the model's gradients (accumulating) and return
-/// that loss, with activation checkpointing when `checkpointed` (then `block_done` is told of
-/// each block as its backward ends, from the last).
+/// that loss, with activation checkpointing when `checkpointed`.
 pub fn backward(
     model: &Llama,
     batch: &Batch,
     denom: f64,
     checkpointed: bool,
-    block_done: Option<BlockDone>,
 ) -> Result<f64, TrainError> {
     backward_in_chunks(
         model,
@@ -45,7 +39,6 @@ pub fn backward(
         denom,
         checkpointed,
         head_chunk_rows(model.cfg.vocab_size),
-        block_done,
     )
 }
 
@@ -56,7 +49,6 @@ fn backward_in_chunks(
     denom: f64,
     checkpointed: bool,
     chunk_rows: usize,
-    mut block_done: Option<BlockDone>,
 ) -> Result<f64, TrainError> {
     let device = model.vs.device();
     let chunked = batch.targets.numel() > chunk_rows;
@@ -99,9 +91,6 @@ fn backward_in_chunks(
         let y = model.block_forward(i, &x, true, seeds)?;
         y.f_mul(&g)?.f_sum(Kind::Float)?.f_backward()?;
         g = x.f_grad()?;
-        if let Some(done) = block_done.as_mut() {
-            done(i)?;
-        }
     }
     model.end_dropout(seeds);
     if model.embed_trains() {
@@ -212,8 +201,7 @@ mod tests {
                     t.shallow_clone().zero_grad();
                 }
                 tch::manual_seed(7);
-                let loss =
-                    backward_in_chunks(&model, &batch, 40.0, checkpointed, chunk, None).unwrap();
+                let loss = backward_in_chunks(&model, &batch, 40.0, checkpointed, chunk).unwrap();
                 out.push((loss, grads(&model)));
             }
             let (l0, g0) = &out[0];

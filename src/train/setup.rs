@@ -526,6 +526,19 @@ impl<'a> Trainer<'a> {
         if t.shard_gradients && !optim.shards_gradients() {
             notes.push("shard_gradients with one rank: nothing to shard".into());
         }
+        // ZeRO stage 2: the blocks' gradients go to their owners as the backward completes
+        // each; the rest (embeddings, final norm, head) after each micro-batch's backward,
+        // since the head's chunks complete its gradient several times per pass.
+        let in_backward = if optim.shards_gradients() {
+            let blocks: Vec<(&Tensor, usize)> = optim
+                .owners()
+                .filter(|(name, _, _)| Llama::block_of(name).is_some())
+                .map(|(_, t, owner)| (t, owner))
+                .collect();
+            opts.world.reduce_in_backward(&blocks)?
+        } else {
+            None
+        };
         let total_steps = run.point.token_budget.div_ceil(t.tokens_per_step()).max(1);
         let schedule = LrSchedule::from_config(t, run.point.learning_rate, total_steps);
         let eval = &run.shared.evaluation;
@@ -564,6 +577,7 @@ impl<'a> Trainer<'a> {
             adapter: lora_options(run).map(|l| (l, base_model_name(run))),
             bar: None,
             comm: Default::default(),
+            in_backward,
             inputs,
             run,
             run_hash: run_hash.to_string(),

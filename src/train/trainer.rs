@@ -51,6 +51,8 @@ pub(super) struct Trainer<'a> {
     pub(super) notes: Vec<String>,
     /// Time in collectives and the steps it was spent over, since the last metrics line.
     pub(super) comm: (std::time::Duration, u64),
+    /// With sharded gradients, the hooks that reduce the blocks' during the backward pass.
+    pub(super) in_backward: Option<crate::dist::InBackward>,
     /// A LoRA run's adapter settings and base model name, for the PEFT adapter it writes.
     pub(super) adapter: Option<(crate::model::llama::LoraOptions, String)>,
     /// Fingerprints of the files trained from, checked against a checkpoint's on resume.
@@ -205,27 +207,18 @@ impl<'a> Trainer<'a> {
         let denom = targets.max(1) as f64;
         let mut loss_sum = 0.0;
         let zero2 = self.optim.shards_gradients();
-        let checkpointed = t.activation_checkpointing;
-        let comm = std::cell::Cell::new(std::time::Duration::ZERO);
-        let optim = std::cell::RefCell::new(&mut self.optim);
-        // ZeRO stage 2: gradients go to their owners as soon as they are complete, before more
-        // are allocated: block by block with checkpointing, else after the whole backward.
-        let reduce = |which: &dyn Fn(&str) -> bool| -> Result<(), TrainError> {
-            let started = Instant::now();
-            optim.borrow_mut().reduce_grads(world, which)?;
-            comm.set(comm.get() + started.elapsed());
-            Ok(())
-        };
-        let mut block_done = |i: usize| reduce(&|n: &str| Llama::block_of(n) == Some(i));
+        let in_backward_before = self.in_backward.as_ref().map(|r| r.spent());
+        let mut comm = std::time::Duration::ZERO;
         for chunk in mine.chunks(micro.max(1)) {
             let b = batch_of(chunk, t.seq_len as usize)?;
-            let done: Option<recompute::BlockDone> =
-                (zero2 && checkpointed).then_some(&mut block_done);
-            loss_sum += recompute::backward(&self.model, &b, denom, checkpointed, done)?;
+            // With sharded gradients the blocks' are reduced during this backward
+            // (`in_backward`), the rest after it.
+            loss_sum += recompute::backward(&self.model, &b, denom, t.activation_checkpointing)?;
             if zero2 {
-                // What the blocks did not reduce: the embeddings, the final norm and the head
-                // (everything, without checkpointing).
-                reduce(&|n: &str| !(checkpointed && Llama::block_of(n).is_some()))?;
+                let started = Instant::now();
+                self.optim
+                    .reduce_grads(world, &|n: &str| Llama::block_of(n).is_none())?;
+                comm += started.elapsed();
             }
             if self.model.vs.device() == tch::Device::Cpu {
                 crate::util::trim_heap();
@@ -233,10 +226,13 @@ impl<'a> Trainer<'a> {
         }
         let comm_started = Instant::now();
         if !zero2 {
-            optim.borrow_mut().all_reduce_grads(world)?;
+            self.optim.all_reduce_grads(world)?;
         }
         let loss = world.sum_f64(loss_sum)?;
-        self.comm.0 += comm.get() + comm_started.elapsed();
+        if let (Some(r), Some(before)) = (&self.in_backward, in_backward_before) {
+            comm += r.spent() - before;
+        }
+        self.comm.0 += comm + comm_started.elapsed();
         self.comm.1 += 1;
         Ok(loss)
     }
