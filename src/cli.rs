@@ -73,9 +73,9 @@ pub enum Command {
     Collect(CollectArgs),
     /// Summary tables and plots: LR sensitivity, data scaling, learning vs forgetting.
     #[command(
-        after_help = "Example:\n  sweep report sweeps/quickstart.toml\n  sweep report results/quickstart"
+        after_help = "Example:\n  sweep report sweeps/quickstart.toml\n  sweep report results/quickstart\n  sweep report sweeps/reference-code.toml sweeps/reference-math.toml\n\nWith several sweeps, each gets its report, and results/summary/ gets the findings of all of\nthem side by side (summary.md, summary.json), corrected together for the number of tests."
     )]
-    Report(SweepArg),
+    Report(ReportArgs),
     /// Train one run from its run.json (what every job runs).
     #[command(
         after_help = "Example:\n  sweep train results/quickstart/runs/1a2b3c4d5e-s0/run.json"
@@ -215,6 +215,18 @@ pub struct CancelArgs {
 pub struct SweepArg {
     /// The sweep spec (TOML), or the sweep's results folder (results/NAME).
     pub spec: PathBuf,
+}
+
+/// `sweep report`.
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    /// The sweep specs (TOML), or the sweeps' results folders (results/NAME): one report each.
+    #[arg(required = true, num_args = 1..)]
+    pub specs: Vec<PathBuf>,
+    /// With several sweeps, where their findings side by side go (default: the results
+    /// folder's summary/).
+    #[arg(long, value_name = "DIR")]
+    pub summary: Option<PathBuf>,
 }
 
 /// `sweep collect`.

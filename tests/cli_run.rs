@@ -238,6 +238,71 @@ fn run_status_report_end_to_end() {
         md.contains("Spectral rank"),
         "spectral rank measured and reported: {md}"
     );
+
+    // Two sweeps in one report: each its own, and their findings side by side, corrected
+    // together; one JSON document with --json. The same sweep twice is refused.
+    let other = one_run_spec(64)
+        .replace("name = \"tinyrun\"", "name = \"tinyone\"")
+        .replace("domain = \"code\"", "domain = \"math\"");
+    std::fs::write(dir.path().join("one.toml"), other).unwrap();
+    let o = sweep(dir.path(), &["-q", "run", "one.toml"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let o = sweep(dir.path(), &["--json", "report", "spec.toml", "one.toml"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let both: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(both["reports"].as_array().unwrap().len(), 2);
+    let summary = &both["summary"];
+    let labels: Vec<String> = summary["sweeps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| format!("{} {} {}", s["sweep"], s["domain"], s["regime"]))
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "\"tinyrun\" \"code\" \"cpt\"",
+            "\"tinyone\" \"math\" \"cpt\""
+        ]
+    );
+    let rows = summary["findings"].as_array().unwrap();
+    assert_eq!(rows.len(), 6, "{summary}");
+    assert!(rows
+        .iter()
+        .all(|r| r["cells"].as_array().unwrap().len() == 2));
+    let tested = |i: usize| -> usize {
+        both["reports"][i]["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| !f["test"].is_null())
+            .count()
+    };
+    assert_eq!(
+        summary["tests"].as_u64().unwrap() as usize,
+        tested(0) + tested(1)
+    );
+    let md = std::fs::read_to_string(dir.path().join("results/summary/summary.md")).unwrap();
+    assert!(
+        md.contains("[tinyrun](../tinyrun/report/report.html): code cpt"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| finding | tinyrun (code cpt) | tinyone (math cpt) | across sweeps |"),
+        "{md}"
+    );
+    assert!(dir.path().join("results/summary/summary.json").exists());
+    assert!(dir
+        .path()
+        .join("results/tinyone/report/report.html")
+        .exists());
+    let o = sweep(dir.path(), &["report", "spec.toml", "results/tinyrun"]);
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(
+        err(&o).contains("spec.toml and results/tinyrun are the same sweep `tinyrun`"),
+        "{}",
+        err(&o)
+    );
 }
 
 #[test]

@@ -11,7 +11,7 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use serde::Serialize;
 
 use super::{load_plan, settings, sweep_dir, UsageError};
-use crate::cli::{CancelArgs, GlobalArgs, RunArgs, StatusArgs, SubmitArgs, SweepArg};
+use crate::cli::{CancelArgs, GlobalArgs, RunArgs, StatusArgs, SubmitArgs};
 use crate::executor::local::{default_parallel, parse_gpus, LocalExecutor, LocalRun, LocalSweep};
 use crate::executor::render::JsonLinesRenderer;
 use crate::executor::state::{local_result_state, reconcile, SweepLock, SweepState};
@@ -278,8 +278,9 @@ pub fn run(g: &GlobalArgs, args: &RunArgs) -> anyhow::Result<()> {
         } else {
             super::report::run(
                 g,
-                &SweepArg {
-                    spec: args.spec.clone(),
+                &crate::cli::ReportArgs {
+                    specs: vec![args.spec.clone()],
+                    summary: None,
                 },
             )?;
         }

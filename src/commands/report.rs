@@ -1,12 +1,14 @@
-//! `sweep report SPEC|DIR`: tables in the terminal, and report.md, report.html, SVG plots, CSV
-//! tables and report.json in results/NAME/report/.
+//! `sweep report SPEC|DIR...`: tables in the terminal, and report.md, report.html, SVG plots, CSV
+//! tables and report.json in results/NAME/report/; with several sweeps, their findings side by
+//! side in results/summary/.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
 use super::{load_plan, sweep_dir};
-use crate::cli::{GlobalArgs, SweepArg};
+use crate::cli::{GlobalArgs, ReportArgs};
+use crate::report::summary::{summarize, Summary};
 use crate::report::{build, load::load, render, svg, Report};
 use crate::util::write_atomic;
 
@@ -40,8 +42,61 @@ pub fn write_report(report: &Report, dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Run `sweep report`.
-pub fn run(g: &GlobalArgs, args: &SweepArg) -> anyhow::Result<()> {
-    let (report, html) = build_and_write(g, &args.spec)?;
+pub fn run(g: &GlobalArgs, args: &ReportArgs) -> anyhow::Result<()> {
+    if let [spec] = args.specs.as_slice() {
+        return run_one(g, spec);
+    }
+    let mut reports = Vec::new();
+    let mut htmls = Vec::new();
+    for spec in &args.specs {
+        let (report, html) = build_and_write(g, spec)?;
+        if let Some(i) = reports
+            .iter()
+            .position(|r: &Report| r.sweep == report.sweep)
+        {
+            return Err(super::UsageError(format!(
+                "{} and {} are the same sweep `{}`: name each sweep once",
+                args.specs[i].display(),
+                spec.display(),
+                report.sweep
+            ))
+            .into());
+        }
+        reports.push(report);
+        htmls.push(html);
+    }
+    let summary = summarize(&reports);
+    let dir = args
+        .summary
+        .clone()
+        .unwrap_or_else(|| g.results.join("summary"));
+    if dir.join("plan.jsonl").exists() {
+        return Err(super::UsageError(format!(
+            "{} holds a sweep's results (plan.jsonl): write the summary elsewhere with --summary DIR",
+            dir.display()
+        ))
+        .into());
+    }
+    let md = write_summary(&summary, &htmls, &dir)?;
+    if g.json {
+        serde_json::to_writer_pretty(
+            std::io::stdout(),
+            &serde_json::json!({"reports": reports, "summary": summary}),
+        )?;
+        println!();
+    } else if !g.quiet {
+        for html in &htmls {
+            println!("wrote {}", html.display());
+        }
+        print!("{}", render::summary_terminal(&summary));
+        println!("\nwrote {} (and summary.json)", md.display());
+    }
+    Ok(())
+}
+
+/// One sweep's report, in the terminal (or as JSON) and in its folder.
+fn run_one(g: &GlobalArgs, spec: &Path) -> anyhow::Result<()> {
+    let (report, html) = build_and_write(g, spec)?;
     if g.json {
         serde_json::to_writer_pretty(std::io::stdout(), &report)?;
         println!();
@@ -53,6 +108,46 @@ pub fn run(g: &GlobalArgs, args: &SweepArg) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Write summary.md (linking each sweep's report.html) and summary.json into `dir` (created);
+/// returns the Markdown's path.
+fn write_summary(summary: &Summary, htmls: &[PathBuf], dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Links relative to the summary when both are under one folder, else as they are.
+    let base = std::fs::canonicalize(dir)?;
+    let links: Vec<String> = htmls
+        .iter()
+        .map(|h| {
+            let abs = std::fs::canonicalize(h).unwrap_or_else(|_| h.clone());
+            relative(&abs, &base).display().to_string()
+        })
+        .collect();
+    let md = dir.join("summary.md");
+    let write = |p: &Path, text: &str| -> anyhow::Result<()> {
+        write_atomic(p, |w| w.write_all(text.as_bytes()))
+            .with_context(|| format!("writing {}", p.display()))
+    };
+    write(&md, &render::summary_markdown(summary, &links))?;
+    write(
+        &dir.join("summary.json"),
+        &serde_json::to_string_pretty(summary)?,
+    )?;
+    Ok(md)
+}
+
+/// `path` relative to the folder `base` (both absolute): `../a/b` and the like.
+fn relative(path: &Path, base: &Path) -> PathBuf {
+    let (p, b): (Vec<_>, Vec<_>) = (path.components().collect(), base.components().collect());
+    let common = p.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let mut out = PathBuf::new();
+    for _ in common..b.len() {
+        out.push("..");
+    }
+    for c in &p[common..] {
+        out.push(c);
+    }
+    out
 }
 
 /// Build the report of the sweep named by `spec` (its spec or results folder) and write its

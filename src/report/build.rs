@@ -150,6 +150,8 @@ pub fn build(input: &ReportInput) -> Report {
         notes.push("no run measured a learning metric yet: only the overview is shown".into());
         return Report {
             sweep: input.sweep.clone(),
+            domain: input.domain.clone(),
+            regime: input.regime.clone(),
             learning_metric: None,
             forgetting_metric: forgetting,
             tables,
@@ -178,6 +180,8 @@ pub fn build(input: &ReportInput) -> Report {
         notes.push(format!("no completed run has a {learn} evaluation yet"));
         return Report {
             sweep: input.sweep.clone(),
+            domain: input.domain.clone(),
+            regime: input.regime.clone(),
             learning_metric: Some(learn),
             forgetting_metric: forget_name,
             tables,
@@ -321,6 +325,8 @@ pub fn build(input: &ReportInput) -> Report {
     }
     Report {
         sweep: input.sweep.clone(),
+        domain: input.domain.clone(),
+        regime: input.regime.clone(),
         learning_metric: Some(learn),
         forgetting_metric: forget_name,
         tables,

@@ -141,11 +141,7 @@ fn decide(tested: Vec<Tested>) -> Vec<Finding> {
             };
             let (raw, paper) = p.p_and_direction();
             let p_holm = adjusted.next().unwrap_or(1.0);
-            let verdict = match (p_holm < ALPHA, paper) {
-                (true, true) => Verdict::Supported,
-                (true, false) => Verdict::Contradicted,
-                (false, _) => Verdict::NotEnoughEvidence,
-            };
+            let verdict = verdict_of(p_holm, paper);
             let needed = if verdict == Verdict::NotEnoughEvidence {
                 seeds_needed(p.seeds, p.estimate.se, p.distance(), ALPHA / m)
             } else {
@@ -196,7 +192,18 @@ fn decide(tested: Vec<Tested>) -> Vec<Finding> {
         .collect()
 }
 
-fn fmt_p(p: f64) -> String {
+/// The verdict of a test whose corrected p-value is `p_holm` and whose estimate lies in the
+/// paper's direction (or not).
+pub fn verdict_of(p_holm: f64, paper_direction: bool) -> Verdict {
+    match (p_holm < ALPHA, paper_direction) {
+        (true, true) => Verdict::Supported,
+        (true, false) => Verdict::Contradicted,
+        (false, _) => Verdict::NotEnoughEvidence,
+    }
+}
+
+/// A p-value for prose.
+pub fn fmt_p(p: f64) -> String {
     if p < 1e-4 {
         format!("{p:.1e}")
     } else {

@@ -41,6 +41,10 @@ pub fn load(dir: &Path) -> Result<ReportInput, LoadError> {
         if input.sweep.is_empty() {
             input.sweep = rf.sweep.clone();
             input.domain = rf.shared.data.domain.clone();
+            input.regime = match rf.shared.data.regime {
+                crate::spec::Regime::Cpt => "cpt".into(),
+                crate::spec::Regime::Ift => "ift".into(),
+            };
             input.items = Some(rf.shared.evaluation.problems);
             input.rslora = rf.shared.training.rslora;
         }

@@ -9,6 +9,7 @@ pub mod importance;
 pub mod load;
 pub mod render;
 pub mod stats;
+pub mod summary;
 pub mod svg;
 pub mod tables;
 
@@ -52,6 +53,8 @@ pub struct ReportInput {
     pub sweep: String,
     /// Target domain name (`code`, `math`, ...).
     pub domain: String,
+    /// The training regime (`cpt`, `ift`).
+    pub regime: String,
     /// The planned runs.
     pub runs: Vec<RunData>,
     /// Runs whose result.json could not be read: (id, reason).
@@ -140,6 +143,17 @@ pub struct TestResult {
     pub seeds: usize,
     /// Seeds per configuration that would decide it, when undecided.
     pub seeds_needed: Option<usize>,
+}
+
+impl TestResult {
+    /// Whether the estimate lies in the paper's direction: a positive effect, or for an
+    /// equivalence test, inside its margin.
+    pub fn in_paper_direction(&self) -> bool {
+        match self.equivalence_margin {
+            None => self.estimate.effect > 0.0,
+            Some(m) => self.estimate.effect.abs() < m,
+        }
+    }
 }
 
 /// One finding of the paper tested on this sweep.
@@ -242,6 +256,10 @@ pub struct CellNumbers {
 pub struct Report {
     /// The sweep.
     pub sweep: String,
+    /// Its target domain (`code`, `math`, ...).
+    pub domain: String,
+    /// Its training regime (`cpt`, `ift`).
+    pub regime: String,
     /// The learning metric used (target domain).
     pub learning_metric: Option<String>,
     /// The forgetting metric used (source domain).

@@ -3,6 +3,7 @@
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
 
+use super::summary::Summary;
 use super::{Report, TableData};
 
 /// Columns the terminal tables fit in: long cells wrap.
@@ -31,24 +32,53 @@ fn wrap(text: &str, width: usize) -> String {
 pub fn terminal(r: &Report) -> String {
     let mut s = String::new();
     for t in &r.tables {
-        s.push_str(&format!("\n{}\n", wrap(&t.title, TERMINAL_WIDTH as usize)));
-        let mut tt = Table::new();
-        tt.load_preset(UTF8_FULL_CONDENSED);
-        tt.set_content_arrangement(ContentArrangement::Dynamic);
-        tt.set_width(TERMINAL_WIDTH);
-        if t.header.iter().any(|h| !h.is_empty()) {
-            tt.set_header(t.header.clone());
-        }
-        for row in &t.rows {
-            tt.add_row(row.clone());
-        }
-        s.push_str(&format!("{tt}\n"));
-        if let Some(n) = &t.note {
-            s.push_str(&format!("{}\n", wrap(n, TERMINAL_WIDTH as usize)));
-        }
+        s.push_str(&terminal_table(t));
     }
     notes(r, &mut s);
     s
+}
+
+/// One table for the terminal: its title, the table within [`TERMINAL_WIDTH`] columns, its note.
+fn terminal_table(t: &TableData) -> String {
+    let mut s = format!("\n{}\n", wrap(&t.title, TERMINAL_WIDTH as usize));
+    let mut tt = Table::new();
+    tt.load_preset(UTF8_FULL_CONDENSED);
+    tt.set_content_arrangement(ContentArrangement::Dynamic);
+    tt.set_width(TERMINAL_WIDTH);
+    if t.header.iter().any(|h| !h.is_empty()) {
+        tt.set_header(t.header.clone());
+    }
+    for row in &t.rows {
+        tt.add_row(row.clone());
+    }
+    s.push_str(&format!("{tt}\n"));
+    if let Some(n) = &t.note {
+        s.push_str(&format!("{}\n", wrap(n, TERMINAL_WIDTH as usize)));
+    }
+    s
+}
+
+/// Several sweeps' findings for the terminal.
+pub fn summary_terminal(s: &Summary) -> String {
+    terminal_table(&s.table)
+}
+
+/// Several sweeps' findings as Markdown, each sweep's name linked to its report (`links`, in
+/// the sweeps' order).
+pub fn summary_markdown(s: &Summary, links: &[String]) -> String {
+    let mut out = String::from("# The paper's findings across sweeps\n\n");
+    for (sweep, link) in s.sweeps.iter().zip(links) {
+        out.push_str(&format!(
+            "- [{}]({link}): {} {}, learning metric `{}`\n",
+            sweep.sweep,
+            sweep.domain,
+            sweep.regime,
+            sweep.learning_metric.as_deref().unwrap_or("none")
+        ));
+    }
+    out.push('\n');
+    out.push_str(&md_table(&s.table));
+    out
 }
 
 fn notes(r: &Report, s: &mut String) {

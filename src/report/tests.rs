@@ -149,6 +149,7 @@ fn sweep_in(world: &World, seeds: u64) -> ReportInput {
     ReportInput {
         sweep: "synthetic".into(),
         domain: "code".into(),
+        regime: "cpt".into(),
         runs,
         unreadable: vec![],
         foreign: vec![],
