@@ -73,7 +73,7 @@ pub enum Command {
     Collect(CollectArgs),
     /// Summary tables and plots: LR sensitivity, data scaling, learning vs forgetting.
     #[command(
-        after_help = "Example:\n  sweep report sweeps/quickstart.toml\n  sweep report results/quickstart\n  sweep report sweeps/reference-code.toml sweeps/reference-math.toml\n\nWith several sweeps, each gets its report, and results/summary/ gets the findings of all of\nthem side by side (summary.md, summary.json), corrected together for the number of tests."
+        after_help = "Example:\n  sweep report sweeps/quickstart.toml\n  sweep report results/quickstart\n  sweep report sweeps/reference-code.toml sweeps/reference-math.toml\n\nWith several sweeps, each gets its report, and results/summary/ gets the findings of all of\nthem side by side (summary.md, summary.json), corrected together for the number of tests\n(--summary DIR puts them elsewhere)."
     )]
     Report(ReportArgs),
     /// Train one run from its run.json (what every job runs).

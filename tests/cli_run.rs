@@ -284,7 +284,7 @@ fn run_status_report_end_to_end() {
     );
     let md = std::fs::read_to_string(dir.path().join("results/summary/summary.md")).unwrap();
     assert!(
-        md.contains("[tinyrun](../tinyrun/report/report.html): code cpt"),
+        md.contains("[tinyrun](../tinyrun/report/report.md): code cpt"),
         "{md}"
     );
     assert!(

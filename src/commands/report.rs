@@ -110,8 +110,8 @@ fn run_one(g: &GlobalArgs, spec: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Write summary.md (linking each sweep's report.html) and summary.json into `dir` (created);
-/// returns the Markdown's path.
+/// Write summary.md (linking each sweep's report.md beside the `htmls`) and summary.json into
+/// `dir` (created); returns the Markdown's path.
 fn write_summary(summary: &Summary, htmls: &[PathBuf], dir: &Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     // Links relative to the summary when both are under one folder, else as they are.
@@ -119,7 +119,8 @@ fn write_summary(summary: &Summary, htmls: &[PathBuf], dir: &Path) -> anyhow::Re
     let links: Vec<String> = htmls
         .iter()
         .map(|h| {
-            let abs = std::fs::canonicalize(h).unwrap_or_else(|_| h.clone());
+            let md = h.with_file_name("report.md");
+            let abs = std::fs::canonicalize(&md).unwrap_or(md);
             relative(&abs, &base).display().to_string()
         })
         .collect();
