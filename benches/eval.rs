@@ -3,7 +3,9 @@
 //! right-padded batches it uses now, in one run, on one thread count; with the largest
 //! difference between the two's log-likelihoods. Then greedy generation (GSM8K-like: prompts of
 //! varied length, 64 new tokens): each prompt alone beside the left-padded batches, with how many
-//! texts came out the same. Run by scripts/bench-eval; prints two Markdown tables.
+//! texts came out the same; and HumanEval-like sampling (n samples of one prompt at 0.2, each
+//! from its own seeded generator), one by one beside batched. Run by scripts/bench-eval; prints
+//! three Markdown tables.
 //! `cargo bench --bench eval -- [SHAPE...] [--items N]` (default tiny and small, 64 items).
 
 use std::time::Instant;
@@ -94,7 +96,8 @@ fn main() {
     generation(&shapes, items);
 }
 
-/// Greedy completions of `items` prompts, one by one and batched, per shape.
+/// Greedy completions of `items` prompts, one by one and batched, per shape; then `items`
+/// samples of one prompt.
 fn generation(shapes: &[String], items: usize) {
     let prompts: Vec<String> = (0..items)
         .map(|i| {
@@ -105,14 +108,38 @@ fn generation(shapes: &[String], items: usize) {
         })
         .collect();
     let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
-    let how = Completion {
+    let greedy = Completion {
         max_new: 64,
         temperature: 0.0,
         stop: StopRule::Eos,
     };
+    side_by_side(shapes, "prompts", prompts.len(), |lm, warm| {
+        let p = if warm { &prompts[..1] } else { &prompts[..] };
+        lm.completions(p, &greedy).unwrap()
+    });
+    // HumanEval's sampled pass@k: n samples of one prompt at 0.2, each from its own generator.
+    let sampled = Completion {
+        temperature: 0.2,
+        ..greedy
+    };
+    let n = items.max(1);
+    side_by_side(shapes, "samples of one prompt", n, |lm, warm| {
+        let n = if warm { 1 } else { n };
+        lm.samples(prompts[0], n, &sampled, 7).unwrap()
+    });
+}
+
+/// One table: `decode(model, warm-up)` one by one and in batches of [`DECODE_ROWS`], per shape,
+/// in tokens (bytes) per second, with how many of the `count` texts came out the same.
+fn side_by_side(
+    shapes: &[String],
+    what: &str,
+    count: usize,
+    decode: impl Fn(&mut LlamaText, bool) -> Vec<String>,
+) {
     println!();
     println!(
-        "| shape | prompts | one by one (tokens/s) | batched, {DECODE_ROWS} rows (tokens/s) | speedup | same text |"
+        "| shape | {what} | one by one (tokens/s) | batched, {DECODE_ROWS} rows (tokens/s) | speedup | same text |"
     );
     println!("|---|---|---|---|---|---|");
     for shape in shapes {
@@ -120,9 +147,9 @@ fn generation(shapes: &[String], items: usize) {
         let model = Llama::new(&cfg, &BuildOptions::default(), Device::Cpu).unwrap();
         let time = |rows: usize| {
             let mut lm = LlamaText::new(&model, &Tokenizer::Byte, None).decoding_rows(rows);
-            lm.completions(&prompts[..1], &how).unwrap();
+            decode(&mut lm, true);
             let t0 = Instant::now();
-            let texts = lm.completions(&prompts, &how).unwrap();
+            let texts = decode(&mut lm, false);
             (texts, t0.elapsed().as_secs_f64())
         };
         let (alone, t_alone) = time(1);
@@ -131,12 +158,10 @@ fn generation(shapes: &[String], items: usize) {
         // Bytes: the byte tokenizer's tokens.
         let tokens: usize = alone.iter().map(String::len).sum();
         println!(
-            "| {shape} | {} | {:.1} | {:.1} | {:.2}x | {same}/{} |",
-            prompts.len(),
+            "| {shape} | {count} | {:.1} | {:.1} | {:.2}x | {same}/{count} |",
             tokens as f64 / t_alone,
             tokens as f64 / t_batched,
             t_alone / t_batched,
-            prompts.len()
         );
     }
 }

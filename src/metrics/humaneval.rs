@@ -363,14 +363,16 @@ pub fn humaneval_pass_at_1(
     Ok(Some(sum / tasks.len() as f64))
 }
 
-/// pass@k for each k in `ks` (k <= n) from `n` samples per task at `temperature` (drawn from
-/// libtorch's global generator: seed it first), with the unbiased estimator
-/// 1 - C(n - c, k) / C(n, k) per task, averaged over tasks (None for no tasks or n = 0).
+/// pass@k for each k in `ks` (k <= n) from `n` samples per task at `temperature` (task t's
+/// drawn from generators seeded by `seed` and t: [`TextModel::samples`]), with the unbiased
+/// estimator 1 - C(n - c, k) / C(n, k) per task, averaged over tasks (None for no tasks or
+/// n = 0).
 pub fn humaneval_pass_at_k_sampled(
     tasks: &[HumanEvalTask],
     n: u64,
     temperature: f64,
     ks: &[u64],
+    seed: u64,
     model: &mut dyn TextModel,
     sandbox: &Sandbox,
 ) -> Result<Option<Vec<(u64, f64)>>, MetricsError> {
@@ -383,10 +385,10 @@ pub fn humaneval_pass_at_k_sampled(
     };
     let ks: Vec<u64> = ks.iter().copied().filter(|&k| k >= 1 && k <= n).collect();
     let mut sums = vec![0.0; ks.len()];
-    for t in tasks {
+    for (i, t) in tasks.iter().enumerate() {
+        let task_seed = crate::rng::Rng::new(seed, i as u64).next_u64();
         let mut passed = 0u64;
-        for _ in 0..n {
-            let completion = model.complete(&t.prompt, &how)?;
+        for completion in model.samples(&t.prompt, n as usize, &how, task_seed)? {
             passed += u64::from(sandbox.run(&program(t, &completion))? == Outcome::Passed);
         }
         for (sum, &k) in sums.iter_mut().zip(&ks) {
@@ -565,7 +567,7 @@ mod tests {
     fn sampled_pass_at_k_uses_the_unbiased_estimator() {
         let s = sandbox();
         let mut m = Cycle(vec!["    return a + b\n", "    return a - b\n"], 0, vec![]);
-        let got = humaneval_pass_at_k_sampled(&[task()], 4, 0.8, &[1, 2, 10], &mut m, &s)
+        let got = humaneval_pass_at_k_sampled(&[task()], 4, 0.8, &[1, 2, 10], 0, &mut m, &s)
             .unwrap()
             .unwrap();
         assert_eq!(got.len(), 2, "{got:?}");
@@ -574,7 +576,7 @@ mod tests {
         assert!((got[1].1 - 5.0 / 6.0).abs() < 1e-12, "{got:?}");
         assert_eq!(m.2, vec![0.8; 4]);
         assert!(
-            humaneval_pass_at_k_sampled(&[task()], 0, 0.8, &[1], &mut m, &s)
+            humaneval_pass_at_k_sampled(&[task()], 0, 0.8, &[1], 0, &mut m, &s)
                 .unwrap()
                 .is_none()
         );

@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tch::{Kind, Tensor};
 
 use super::{Completion, MetricsError, TextModel};
-use crate::model::llama::{next_tokens, KvCache, Llama};
+use crate::model::llama::{next_tokens, sample_rows, KvCache, Llama};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::ModelError;
+use crate::rng::Rng;
 
 impl From<ModelError> for MetricsError {
     fn from(e: ModelError) -> Self {
@@ -238,10 +239,38 @@ impl TextModel for LlamaText<'_> {
                 n += 1;
             }
             let (batch, later) = rest.split_at(n);
-            for (i, text) in batch.iter().zip(self.decode_batch(&jobs, batch, how)?) {
+            for (i, text) in batch
+                .iter()
+                .zip(self.decode_batch(&jobs, batch, how, None)?)
+            {
                 out[*i] = text;
             }
             rest = later;
+        }
+        Ok(out)
+    }
+
+    /// The samples decoded together, `decode_rows` at a time (one prompt: no padding), each row
+    /// drawing from its own generator.
+    fn samples(
+        &mut self,
+        prompt: &str,
+        n: usize,
+        how: &Completion,
+        seed: u64,
+    ) -> Result<Vec<String>, MetricsError> {
+        let _g = tch::no_grad_guard();
+        let (tokens, bos) = self.prompt_tokens(prompt)?;
+        let job = fit_window(&tokens, how.max_new, self.max_len(), bos);
+        let rows = self
+            .decode_rows
+            .min((self.batch_tokens / job.0.len().max(1)).max(1));
+        let jobs = vec![job; n];
+        let mut out = Vec::with_capacity(n);
+        for start in (0..n).step_by(rows.max(1)) {
+            let batch: Vec<usize> = (start..(start + rows).min(n)).collect();
+            let mut rngs: Vec<Rng> = batch.iter().map(|&i| Rng::new(seed, i as u64)).collect();
+            out.extend(self.decode_batch(&jobs, &batch, how, Some(&mut rngs))?);
         }
         Ok(out)
     }
@@ -283,12 +312,14 @@ impl TextModel for LlamaText<'_> {
 impl LlamaText<'_> {
     /// Decode the prompts `batch` (indices into `jobs`: fitted tokens and most new tokens)
     /// together, left-padded to the longest; each row stops at its end token, its stop rule or
-    /// its most new tokens, and the batch when every row has.
+    /// its most new tokens, and the batch when every row has. Sampled rows draw from `rngs`
+    /// (one per row) when given, else from libtorch's generator.
     fn decode_batch(
         &self,
         jobs: &[(Vec<i64>, usize)],
         batch: &[usize],
         how: &Completion,
+        mut rngs: Option<&mut [Rng]>,
     ) -> Result<Vec<String>, MetricsError> {
         let device = self.model.vs.device();
         let width = batch.iter().map(|&i| jobs[i].0.len()).max().unwrap_or(0);
@@ -312,10 +343,14 @@ impl LlamaText<'_> {
             .collect();
         while done.iter().any(Option::is_none) {
             self.check_stop()?;
-            let next = next_tokens(
-                &self.model.next_logits(&input, &mut cache)?,
-                how.temperature,
-            )?;
+            let logits = self.model.next_logits(&input, &mut cache)?;
+            let next = match rngs.as_deref_mut() {
+                Some(rngs) if how.temperature > 0.0 => {
+                    let u: Vec<f64> = rngs.iter_mut().map(Rng::next_f64).collect();
+                    sample_rows(&logits, how.temperature, &u)?
+                }
+                _ => next_tokens(&logits, how.temperature)?,
+            };
             for (r, &i) in batch.iter().enumerate() {
                 if done[r].is_some() {
                     continue;
@@ -583,6 +618,39 @@ mod tests {
                 .unwrap();
             assert_eq!(got, alone, "{rows} rows, {positions} positions");
         }
+    }
+
+    /// Seeded samples are the same whatever the batch (one row at a time, 4, all 6 at once) and
+    /// the seed decides them: another seed gives other samples; and they do vary.
+    #[test]
+    fn seeded_samples_do_not_depend_on_the_batch() {
+        let model = Llama::new(
+            &tiny_cfg(),
+            &BuildOptions {
+                seed: 12,
+                ..Default::default()
+            },
+            Device::Cpu,
+        )
+        .unwrap();
+        let how = Completion {
+            max_new: 12,
+            temperature: 1.0,
+            stop: StopRule::Newline,
+        };
+        let draw = |rows: usize, seed: u64| {
+            LlamaText::new(&model, &Tokenizer::Byte, None)
+                .decoding_rows(rows)
+                .samples("def f(x):", 6, &how, seed)
+                .unwrap()
+        };
+        let alone = draw(1, 5);
+        assert_eq!(alone.len(), 6);
+        let distinct: std::collections::HashSet<&String> = alone.iter().collect();
+        assert!(distinct.len() >= 3, "samples alike: {alone:?}");
+        assert_eq!(draw(4, 5), alone);
+        assert_eq!(draw(DECODE_ROWS, 5), alone);
+        assert_ne!(draw(DECODE_ROWS, 6), alone, "the seed decides the samples");
     }
 
     #[test]

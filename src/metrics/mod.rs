@@ -120,6 +120,20 @@ pub trait TextModel {
         prompts.iter().map(|p| self.complete(p, how)).collect()
     }
 
+    /// `n` samples of the completion of `prompt` at `how.temperature` (> 0), sample i drawn
+    /// from a generator seeded by (`seed`, i): the samples depend on the seed only, not on how
+    /// a model batches them. This one completes them one by one (for models that draw nothing).
+    fn samples(
+        &mut self,
+        prompt: &str,
+        n: usize,
+        how: &Completion,
+        seed: u64,
+    ) -> Result<Vec<String>, MetricsError> {
+        let _ = seed;
+        (0..n).map(|_| self.complete(prompt, how)).collect()
+    }
+
     /// The sum of the log-probabilities of the tokens of `continuation` after `context`.
     fn loglikelihood(&mut self, context: &str, continuation: &str) -> Result<f64, MetricsError>;
 

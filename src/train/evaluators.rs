@@ -408,12 +408,12 @@ impl Evaluator for HumanEvalEval {
             .into_iter()
             .collect();
         if self.samples > 0 {
-            tch::manual_seed(self.seed as i64);
             let sampled = crate::metrics::humaneval::humaneval_pass_at_k_sampled(
                 &self.tasks,
                 self.samples,
                 self.temperature,
                 &[1, 10, 100],
+                self.seed,
                 &mut LlamaText::new(model, tok, stop),
                 &self.sandbox,
             )?;
