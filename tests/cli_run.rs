@@ -278,6 +278,7 @@ fn run_status_report_end_to_end() {
             .filter(|f| !f["test"].is_null())
             .count()
     };
+    assert!(tested(0) > 0, "the 2-seed sweep tests some findings");
     assert_eq!(
         summary["tests"].as_u64().unwrap() as usize,
         tested(0) + tested(1)
@@ -299,7 +300,7 @@ fn run_status_report_end_to_end() {
     let o = sweep(dir.path(), &["report", "spec.toml", "results/tinyrun"]);
     assert_eq!(o.status.code(), Some(2), "{}", err(&o));
     assert!(
-        err(&o).contains("spec.toml and results/tinyrun are the same sweep `tinyrun`"),
+        err(&o).contains("spec.toml and results/tinyrun are the same sweep's results"),
         "{}",
         err(&o)
     );

@@ -44,24 +44,35 @@ pub fn write_report(report: &Report, dir: &Path) -> anyhow::Result<PathBuf> {
 /// Run `sweep report`.
 pub fn run(g: &GlobalArgs, args: &ReportArgs) -> anyhow::Result<()> {
     if let [spec] = args.specs.as_slice() {
+        if args.summary.is_some() {
+            return Err(super::UsageError(
+                "--summary puts several sweeps' findings side by side: give two sweeps or more"
+                    .into(),
+            )
+            .into());
+        }
         return run_one(g, spec);
+    }
+    // The same results folder twice, however it is named, before anything is written.
+    let mut seen: Vec<PathBuf> = Vec::new();
+    for spec in &args.specs {
+        let (dir, _) = results_dir(g, spec)?;
+        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+        if let Some(i) = seen.iter().position(|d| *d == dir) {
+            return Err(super::UsageError(format!(
+                "{} and {} are the same sweep's results ({}): name each sweep once",
+                args.specs[i].display(),
+                spec.display(),
+                dir.display()
+            ))
+            .into());
+        }
+        seen.push(dir);
     }
     let mut reports = Vec::new();
     let mut htmls = Vec::new();
     for spec in &args.specs {
         let (report, html) = build_and_write(g, spec)?;
-        if let Some(i) = reports
-            .iter()
-            .position(|r: &Report| r.sweep == report.sweep)
-        {
-            return Err(super::UsageError(format!(
-                "{} and {} are the same sweep `{}`: name each sweep once",
-                args.specs[i].display(),
-                spec.display(),
-                report.sweep
-            ))
-            .into());
-        }
         reports.push(report);
         htmls.push(html);
     }
@@ -114,16 +125,17 @@ fn run_one(g: &GlobalArgs, spec: &Path) -> anyhow::Result<()> {
 /// `dir` (created); returns the Markdown's path.
 fn write_summary(summary: &Summary, htmls: &[PathBuf], dir: &Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    // Links relative to the summary when both are under one folder, else as they are.
+    // Links relative to the summary, so that the folders can move together.
     let base = std::fs::canonicalize(dir)?;
-    let links: Vec<String> = htmls
+    let links = htmls
         .iter()
         .map(|h| {
             let md = h.with_file_name("report.md");
-            let abs = std::fs::canonicalize(&md).unwrap_or(md);
-            relative(&abs, &base).display().to_string()
+            let abs =
+                std::fs::canonicalize(&md).with_context(|| format!("finding {}", md.display()))?;
+            Ok(relative(&abs, &base).display().to_string())
         })
-        .collect();
+        .collect::<anyhow::Result<Vec<String>>>()?;
     let md = dir.join("summary.md");
     let write = |p: &Path, text: &str| -> anyhow::Result<()> {
         write_atomic(p, |w| w.write_all(text.as_bytes()))

@@ -357,6 +357,7 @@ pub fn humaneval_pass_at_1(
     let mut sum = 0.0;
     let prompts: Vec<&str> = tasks.iter().map(|t| t.prompt.as_str()).collect();
     for (t, completion) in tasks.iter().zip(model.completions(&prompts, &DECODING)?) {
+        model.check_stop()?;
         let passed = u64::from(sandbox.run(&program(t, &completion))? == Outcome::Passed);
         sum += pass_at_k(1, passed, 1).unwrap_or(0.0);
     }
@@ -389,6 +390,7 @@ pub fn humaneval_pass_at_k_sampled(
         let task_seed = crate::rng::Rng::new(seed, i as u64).next_u64();
         let mut passed = 0u64;
         for completion in model.samples(&t.prompt, n as usize, &how, task_seed)? {
+            model.check_stop()?;
             passed += u64::from(sandbox.run(&program(t, &completion))? == Outcome::Passed);
         }
         for (sum, &k) in sums.iter_mut().zip(&ks) {

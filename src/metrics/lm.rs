@@ -183,21 +183,40 @@ impl<'a> LlamaText<'a> {
             .max(2)
     }
 
+    /// The tokens `prompt` is decoded from (fitted to the model's positions) and the most new
+    /// tokens after them; an empty prompt (no BOS to start from) is refused.
+    fn decode_job(
+        &self,
+        prompt: &str,
+        how: &Completion,
+    ) -> Result<(Vec<i64>, usize), MetricsError> {
+        let (tokens, bos) = self.prompt_tokens(prompt)?;
+        let job = fit_window(&tokens, how.max_new, self.max_len(), bos);
+        if job.0.is_empty() {
+            return Err(MetricsError::Model(
+                "generation needs a non-empty prompt (this tokenizer has no BOS to start from)"
+                    .into(),
+            ));
+        }
+        Ok(job)
+    }
+}
+
+impl TextModel for LlamaText<'_> {
     fn check_stop(&self) -> Result<(), MetricsError> {
         match self.stop {
             Some(f) if f.load(Ordering::SeqCst) => Err(MetricsError::Interrupted),
             _ => Ok(()),
         }
     }
-}
 
-impl TextModel for LlamaText<'_> {
     fn complete(&mut self, prompt: &str, how: &Completion) -> Result<String, MetricsError> {
         Ok(self.completions(&[prompt], how)?.remove(0))
     }
 
     /// Greedy prompts sorted by length and decoded in left-padded batches of at most
-    /// `decode_rows` rows and `batch_tokens` prompt positions, each row masked to its own
+    /// `decode_rows` rows and `batch_tokens` positions (prompts and new tokens: the KV cache
+    /// they grow to), each row masked to its own
     /// tokens and rotated from its own first position, so that the padding changes nothing
     /// (beyond the rounding of a batched product). Sampled ones are decoded one at a time, in
     /// order: each draws from libtorch's global generator as it would alone.
@@ -209,10 +228,7 @@ impl TextModel for LlamaText<'_> {
         let _g = tch::no_grad_guard();
         let jobs = prompts
             .iter()
-            .map(|p| {
-                let (tokens, bos) = self.prompt_tokens(p)?;
-                Ok(fit_window(&tokens, how.max_new, self.max_len(), bos))
-            })
+            .map(|p| self.decode_job(p, how))
             .collect::<Result<Vec<_>, MetricsError>>()?;
         let mut order: Vec<usize> = (0..jobs.len()).collect();
         let rows = if how.temperature > 0.0 {
@@ -226,13 +242,13 @@ impl TextModel for LlamaText<'_> {
         let mut rest = &order[..];
         while let Some(&longest) = rest.first() {
             let width = jobs[longest].0.len();
-            // Rows join while the batch fits: prompt positions, and the longest prompt's
-            // padded width plus the most new tokens within the model's positions.
+            // Rows join while the batch fits: the positions its cache grows to, and the longest
+            // prompt's padded width plus the most new tokens within the model's positions.
             let mut n = 1;
             let mut new = jobs[longest].1;
-            while n < rest.len().min(rows) && width * (n + 1) <= self.batch_tokens {
+            while n < rest.len().min(rows) {
                 let more = new.max(jobs[rest[n]].1);
-                if width + more > self.max_len() {
+                if width + more > self.max_len() || (width + more) * (n + 1) > self.batch_tokens {
                     break;
                 }
                 new = more;
@@ -260,11 +276,10 @@ impl TextModel for LlamaText<'_> {
         seed: u64,
     ) -> Result<Vec<String>, MetricsError> {
         let _g = tch::no_grad_guard();
-        let (tokens, bos) = self.prompt_tokens(prompt)?;
-        let job = fit_window(&tokens, how.max_new, self.max_len(), bos);
+        let job = self.decode_job(prompt, how)?;
         let rows = self
             .decode_rows
-            .min((self.batch_tokens / job.0.len().max(1)).max(1));
+            .min((self.batch_tokens / (job.0.len() + job.1)).max(1));
         let jobs = vec![job; n];
         let mut out = Vec::with_capacity(n);
         for start in (0..n).step_by(rows.max(1)) {
@@ -592,8 +607,10 @@ mod tests {
         .unwrap();
         let long = "y".repeat(100);
         let prompts: Vec<&str> = vec!["ab", "x = 1\n", &long, "", "the quick brown fox", "q"];
+        // 40 new tokens: the long prompt keeps 32 positions and gets 32 new ones, so a short
+        // prompt's 40 cannot join its batch (32 + 40 > 64 positions).
         let how = Completion {
-            max_new: 20,
+            max_new: 40,
             temperature: 0.0,
             stop: StopRule::Newline,
         };
@@ -610,7 +627,7 @@ mod tests {
         assert!(distinct.len() >= 4, "the prompts decode alike: {alone:?}");
         let lengths: std::collections::HashSet<usize> = alone.iter().map(|t| t.len()).collect();
         assert!(lengths.len() >= 2, "every row ends at one step: {alone:?}");
-        for (rows, positions) in [(2, BATCH_TOKENS), (3, 40), (DECODE_ROWS, BATCH_TOKENS)] {
+        for (rows, positions) in [(2, BATCH_TOKENS), (3, 130), (DECODE_ROWS, BATCH_TOKENS)] {
             let got = LlamaText::new(&model, &Tokenizer::Byte, None)
                 .decoding_rows(rows)
                 .batched(positions)

@@ -105,6 +105,12 @@ pub struct Completion {
 
 /// A language model as the metrics see it: text in, text or log-likelihood out.
 pub trait TextModel {
+    /// [`MetricsError::Interrupted`] once a stop was asked for, so that work between the model's
+    /// calls (running a program) stops within one item too; never, by default.
+    fn check_stop(&self) -> Result<(), MetricsError> {
+        Ok(())
+    }
+
     /// The completion of `prompt` (a document's start: the model puts BOS before it), without
     /// the end-of-document token.
     fn complete(&mut self, prompt: &str, how: &Completion) -> Result<String, MetricsError>;

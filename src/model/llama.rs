@@ -278,6 +278,13 @@ impl KvCache {
         if self.pads.iter().all(|&p| p == 0) {
             return Ok(None);
         }
+        let longest = self.len + t - self.pads.iter().min().copied().unwrap_or(0);
+        if longest > rope.max_len {
+            return Err(ModelError::Input(format!(
+                "sequence of {longest} positions exceeds max_position_embeddings {}",
+                rope.max_len
+            )));
+        }
         let opts = (Kind::Int64, device);
         let pads = Tensor::f_from_slice(&self.pads)?
             .f_to_device(device)?

@@ -267,88 +267,72 @@ mod tests {
         }
     }
 
-    /// Holm over every sweep's tests, by hand: p = 0.01, 0.02 (code) and 0.03, 0.2 (math),
-    /// sorted and multiplied by 4, 3, 2, 1: 0.04, 0.06, 0.06, 0.2. The code sweep's finding 2
-    /// passed its own correction (over its 2 tests: 0.02 x 1, kept at 0.02) but not the
-    /// family's; the math sweep's contradiction at 0.03 becomes undecided at 0.06; an
-    /// untested finding keeps its own verdict, and one a sweep does not report has no data.
+    /// Holm over every sweep's tests, by hand: p = 0.001, 0.03 (code, findings 1 and 3, an
+    /// untested finding 2 between them) and 0.012, 0.3 (math, findings 1 and 3), sorted and
+    /// multiplied by 4, 3, 2, 1: 0.004, 0.036, 0.06, 0.3, each back on its own cell (all
+    /// distinct, so a cell given another's value fails). The code sweep's finding 3 passed its
+    /// own correction (over its 2 tests: 0.03) but not the family's; the math sweep's
+    /// contradiction survives it; the untested finding keeps its own verdict, and one a sweep
+    /// does not report has no data.
     #[test]
     fn verdicts_are_corrected_over_every_sweep() {
+        let untested = Finding {
+            number: 2,
+            claim: "claim 2".into(),
+            verdict: Verdict::NotEnoughData,
+            evidence: String::new(),
+            test: None,
+        };
         let code = report(
             "code",
             "code",
             vec![
-                tested(1, 0.5, 0.01, Verdict::Supported),
-                tested(2, 0.4, 0.02, Verdict::Supported),
-                Finding {
-                    number: 6,
-                    claim: "claim 6".into(),
-                    verdict: Verdict::NotEnoughData,
-                    evidence: String::new(),
-                    test: None,
-                },
+                tested(1, 0.5, 0.001, Verdict::Supported),
+                untested,
+                tested(3, 0.4, 0.03, Verdict::Supported),
             ],
         );
         let math = report(
             "math",
             "math",
             vec![
-                tested(1, -0.5, 0.03, Verdict::Contradicted),
-                tested(2, 0.1, 0.2, Verdict::NotEnoughEvidence),
+                tested(1, -0.5, 0.012, Verdict::Contradicted),
+                tested(3, 0.1, 0.3, Verdict::NotEnoughEvidence),
             ],
         );
         let s = summarize(&[code, math]);
         assert_eq!(s.tests, 4);
         assert_eq!(
             s.findings.iter().map(|r| r.number).collect::<Vec<_>>(),
-            [1, 2, 6]
+            [1, 2, 3]
         );
-        let one = &s.findings[0];
-        let p: Vec<f64> = one.cells.iter().map(|c| c.p_holm_all.unwrap()).collect();
-        assert!(
-            (p[0] - 0.04).abs() < 1e-12 && (p[1] - 0.06).abs() < 1e-12,
-            "{p:?}"
-        );
-        assert_eq!(one.cells[0].verdict_all, Verdict::Supported);
+        let p = |row: usize, col: usize| s.findings[row].cells[col].p_holm_all;
+        let close = |x: Option<f64>, want: f64| (x.unwrap() - want).abs() < 1e-12;
+        assert!(close(p(0, 0), 0.004), "{:?}", p(0, 0));
+        assert!(close(p(0, 1), 0.036), "{:?}", p(0, 1));
+        assert!(close(p(2, 0), 0.06), "{:?}", p(2, 0));
+        assert!(close(p(2, 1), 0.3), "{:?}", p(2, 1));
+        assert_eq!((p(1, 0), p(1, 1)), (None, None));
+        let v = |row: usize, col: usize| s.findings[row].cells[col].verdict_all;
+        assert_eq!(v(0, 0), Verdict::Supported);
+        assert_eq!(v(0, 1), Verdict::Contradicted);
+        assert_eq!(v(1, 0), Verdict::NotEnoughData, "untested: its own verdict");
+        assert_eq!(v(1, 1), Verdict::NotEnoughData, "not reported by the sweep");
+        assert_eq!(s.findings[2].cells[0].verdict, Verdict::Supported);
+        assert_eq!(v(2, 0), Verdict::NotEnoughEvidence);
+        assert_eq!((s.findings[2].supported, s.findings[2].undecided), (0, 2));
         assert_eq!(
-            one.cells[1].verdict_all,
-            Verdict::NotEnoughEvidence,
-            "0.06 is not below 0.05 once corrected over both sweeps"
-        );
-        let two = &s.findings[1];
-        assert!((two.cells[0].p_holm_all.unwrap() - 0.06).abs() < 1e-12);
-        assert_eq!(two.cells[0].verdict, Verdict::Supported);
-        assert_eq!(two.cells[0].verdict_all, Verdict::NotEnoughEvidence);
-        assert_eq!((two.supported, two.undecided), (0, 2));
-        let six = &s.findings[2];
-        assert_eq!(six.cells[0].verdict_all, Verdict::NotEnoughData);
-        assert_eq!(
-            six.cells[1].verdict_all,
-            Verdict::NotEnoughData,
-            "a finding a sweep does not report"
+            (s.findings[0].supported, s.findings[0].contradicted),
+            (1, 1)
         );
         assert_eq!(s.table.header.len(), 4, "{:?}", s.table.header);
         assert_eq!(s.table.header[1], "code (code cpt)");
-        assert_eq!(s.table.rows[0][3], "supported in 1 of 2");
-        assert!(
-            s.table.rows[1][1].contains("(own report: supported)"),
-            "{:?}",
-            s.table.rows[1]
-        );
-    }
-
-    /// A finding contradicted once the family is corrected is reported as such across sweeps.
-    #[test]
-    fn a_contradiction_survives_the_correction() {
-        let a = report(
-            "a",
-            "code",
-            vec![tested(1, -0.9, 0.001, Verdict::Contradicted)],
-        );
-        let b = report("b", "math", vec![tested(1, 0.9, 0.002, Verdict::Supported)]);
-        let s = summarize(&[a, b]);
-        let r = &s.findings[0];
-        assert_eq!((r.supported, r.contradicted), (1, 1));
         assert_eq!(s.table.rows[0][3], "contradicted in 1 of 2, supported in 1");
+        assert_eq!(s.table.rows[2][3], "supported in 0 of 2");
+        assert!(
+            s.table.rows[2][1].contains("(own report: supported)"),
+            "{:?}",
+            s.table.rows[2]
+        );
     }
 }

@@ -54,7 +54,14 @@ struct ReduceToOwner : torch::autograd::PostAccumulateGradHook {
     std::vector<at::Tensor> v{buf};
     c10d::ReduceOptions o;
     o.rootRank = owner;
-    pg->reduce(v, o)->wait(timeout);
+    auto work = pg->reduce(v, o);
+    // NCCL's wait() orders the current stream after the reduce without blocking the host (its
+    // watchdog enforces the timeout); a wait with a timeout would block it per parameter.
+    if (pg->getBackendName() == "nccl") {
+      work->wait();
+    } else {
+      work->wait(timeout);
+    }
     if (rank != owner) {
       g.reset();
     } else if (host) {
@@ -138,12 +145,16 @@ SweepReducer* sweep_reduce_in_backward(SweepPG* p, at::Tensor** params, const in
   guarded(err, errlen, [&] {
     auto r = std::make_unique<SweepReducer>();
     r->nanos = std::make_shared<std::atomic<int64_t>>(0);
+    // Every parameter checked before any hook is set: a refusal leaves none behind.
     for (int i = 0; i < n; i++) {
       const at::Tensor& t = *params[i];
       if (!t.requires_grad() || !t.is_leaf()) {
         throw std::runtime_error("reducing in the backward pass: parameter " +
                                  std::to_string(i) + " is not a trainable leaf");
       }
+    }
+    for (int i = 0; i < n; i++) {
+      const at::Tensor& t = *params[i];
       auto hook = std::make_unique<ReduceToOwner>();
       hook->pg = p->pg;
       hook->timeout = p->timeout;
