@@ -487,7 +487,8 @@ fn paper_specs_match_the_papers_grid() {
 /// Every `sweep ...` command shown in the README runs, in order, in a fresh folder. Two are
 /// adapted to test size: `pretrain` gets `--tokens 4k` on small corpora, and `run` (minutes of
 /// training on the quickstart spec) is planned here and trained end to end on a tiny spec by
-/// tests/cli_run.rs. Commands that are not built yet must say so.
+/// tests/cli_run.rs; the specs `report` names are planned first. Commands that are not built
+/// yet must say so.
 #[test]
 fn readme_commands_work_or_say_they_are_not_built() {
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
@@ -519,6 +520,19 @@ fn readme_commands_work_or_say_they_are_not_built() {
         match cmd.as_str() {
             "pretrain" => args.extend(["--tokens".to_string(), "4k".to_string()]),
             "run" => args[0] = "plan".into(),
+            "report" => {
+                // A report of sweeps the README never runs (the reference study's, trained by
+                // scripts/reference-study) reads their plans, as it would after their runs.
+                for spec in args.iter().filter(|a| a.ends_with(".toml")) {
+                    let o = Command::new(env!("CARGO_BIN_EXE_sweep"))
+                        .args(["plan", spec])
+                        .current_dir(dir.path())
+                        .env("SWEEP_CACHE", dir.path().join("cache"))
+                        .output()
+                        .unwrap();
+                    assert!(o.status.success(), "sweep plan {spec}: {}", text(&o).1);
+                }
+            }
             _ => {}
         }
         let o = Command::new(env!("CARGO_BIN_EXE_sweep"))

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use super::{Completion, MetricsError, StopRule, TextModel};
+use crate::rng::Rng;
 
 /// Most bytes sampled per completion.
 pub const MAX_SAMPLE_BYTES: usize = 96;
@@ -117,12 +118,14 @@ pub fn text_prompt(doc: &str) -> String {
     doc[..end].to_string()
 }
 
-/// Sample `k` completions of each prompt at `temperature`; the model's sampler should be
-/// seeded by the caller so that the draws repeat.
+/// Sample `k` completions of each prompt at `temperature`, together ([`TextModel::samples`]):
+/// prompt i's draws come from generators seeded by `seed` and i, so that they repeat at every
+/// evaluation and do not depend on how the model batches them.
 pub fn sample(
     prompts: &[String],
     k: usize,
     temperature: f64,
+    seed: u64,
     model: &mut dyn TextModel,
 ) -> Result<Vec<Vec<String>>, MetricsError> {
     let how = Completion {
@@ -132,7 +135,8 @@ pub fn sample(
     };
     prompts
         .iter()
-        .map(|p| (0..k).map(|_| model.complete(p, &how)).collect())
+        .enumerate()
+        .map(|(i, p)| model.samples(p, k, &how, Rng::new(seed, i as u64).next_u64()))
         .collect()
 }
 
@@ -206,11 +210,50 @@ mod tests {
 
     #[test]
     fn samples_k_per_prompt() {
-        let groups = sample(&["a".into(), "b".into()], 2, 0.7, &mut Cycle(0)).unwrap();
+        let groups = sample(&["a".into(), "b".into()], 2, 0.7, 5, &mut Cycle(0)).unwrap();
         assert_eq!(groups.len(), 2);
         assert!(groups.iter().all(|g| g.len() == 2));
         let s = diversity_scores(&groups).unwrap();
         close(s.unique, 1.0);
         close(s.similarity.unwrap(), 1.0 / 3.0);
+    }
+
+    /// Records the seed each prompt's samples are asked with.
+    struct Seeds(Vec<(String, usize, u64)>);
+
+    impl TextModel for Seeds {
+        fn complete(&mut self, _: &str, _: &Completion) -> Result<String, MetricsError> {
+            unreachable!("diversity asks for its samples together")
+        }
+        fn samples(
+            &mut self,
+            prompt: &str,
+            n: usize,
+            _: &Completion,
+            seed: u64,
+        ) -> Result<Vec<String>, MetricsError> {
+            self.0.push((prompt.to_string(), n, seed));
+            Ok(vec![String::new(); n])
+        }
+        fn loglikelihood(&mut self, _: &str, _: &str) -> Result<f64, MetricsError> {
+            unreachable!()
+        }
+    }
+
+    #[test]
+    fn each_prompt_samples_together_from_its_own_seed() {
+        let prompts: Vec<String> = vec!["a".into(), "a".into(), "b".into()];
+        let asked = |seed| {
+            let mut m = Seeds(Vec::new());
+            sample(&prompts, 3, 0.7, seed, &mut m).unwrap();
+            m.0
+        };
+        let first = asked(5);
+        assert_eq!(first.len(), 3, "one call per prompt");
+        assert!(first.iter().all(|(_, n, _)| *n == 3));
+        let seeds: HashSet<u64> = first.iter().map(|(_, _, s)| *s).collect();
+        assert_eq!(seeds.len(), 3, "every prompt, repeated or not, has its own seed");
+        assert_eq!(asked(5), first, "the same seed asks the same");
+        assert!(asked(6).iter().zip(&first).all(|(a, b)| a.2 != b.2));
     }
 }

@@ -87,8 +87,9 @@ pub fn frame(
     })
 }
 
-/// A Llama seen as text in, text or log-likelihood out, through its tokenizer. Sampling draws
-/// from libtorch's global generator: seed it (`tch::manual_seed`) for repeatable samples.
+/// A Llama seen as text in, text or log-likelihood out, through its tokenizer. `complete` samples
+/// from libtorch's global generator (seed it with `tch::manual_seed` for repeatable samples);
+/// `samples` from generators seeded by its caller, whatever the batch.
 #[derive(Debug)]
 pub struct LlamaText<'a> {
     /// The model.

@@ -27,7 +27,7 @@ use crate::spec::{Init, Metric};
 
 /// Version of the cache's key and layout: a change to how base evaluations are computed bumps
 /// it, so that no older file is reused.
-pub const BASE_EVAL_SCHEMA: u32 = 3;
+pub const BASE_EVAL_SCHEMA: u32 = 4;
 
 /// The folder, beside `runs/`, that holds a sweep's base evaluations.
 pub const BASE_EVAL_DIR: &str = "base_evals";

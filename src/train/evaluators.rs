@@ -112,11 +112,11 @@ impl Evaluator for DiversityEval {
         tok: &Tokenizer,
         stop: Stop<'_>,
     ) -> Result<BTreeMap<String, f64>, TrainError> {
-        tch::manual_seed(self.seed as i64);
         let groups = sample(
             &self.prompts,
             self.samples,
             self.temperature,
+            self.seed,
             &mut LlamaText::new(model, tok, stop)
                 .framed(self.framing)
                 .with_known(&self.known),
