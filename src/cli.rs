@@ -298,7 +298,7 @@ pub struct TrainArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ExportArgs {
     /// The run's folder (results/NAME/runs/ID, holding run.json and checkpoints/), or its id
-    /// (found among the sweeps of --results).
+    /// (found among the sweeps of --results); with --best, the sweep's spec or results folder.
     #[arg(value_name = "RUN")]
     pub run_dir: PathBuf,
     /// The folder to write (created; refused if it exists and is not empty).
@@ -307,6 +307,22 @@ pub struct ExportArgs {
     /// Tensor type of the written weights.
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: ExportDtype,
+    /// Export a sweep's best run instead: RUN is then its spec or results folder, and METHOD
+    /// the best of `full`, `lora` or, by default, both (the run `sweep report` names in its
+    /// "Best configuration per method" table: the best configuration's seed that learned most).
+    #[arg(long, value_enum, value_name = "METHOD", num_args = 0..=1, default_missing_value = "any")]
+    pub best: Option<BestOf>,
+}
+
+/// Which best run `sweep export --best` exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BestOf {
+    /// The best of every method.
+    Any,
+    /// Full fine-tuning's best.
+    Full,
+    /// LoRA's best.
+    Lora,
 }
 
 /// Tensor types `sweep export` writes.

@@ -202,8 +202,50 @@ fn run_status_report_end_to_end() {
     let o = sweep(dir.path(), &["export", lora, "--out", "exported"]);
     assert!(o.status.success(), "{}", err(&o));
     assert!(dir.path().join("exported/config.json").exists());
+    // --best exports the run the report names: LoRA's, and the best of both methods.
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("results/tinyrun/report/report.json")).unwrap(),
+    )
+    .unwrap();
+    let named = |pick: &dyn Fn(&serde_json::Value) -> bool| {
+        let best = report["best"].as_array().unwrap();
+        best.iter().find(|b| pick(b)).unwrap()["run_id"].clone()
+    };
+    for (how, out, want) in [
+        ("lora", "best-lora", named(&|b| b["method"] == "lora")),
+        ("any", "best-any", named(&|b| b["overall"] == true)),
+    ] {
+        let o = sweep(
+            dir.path(),
+            &[
+                "--json",
+                "export",
+                "spec.toml",
+                &format!("--best={how}"),
+                "--out",
+                out,
+            ],
+        );
+        assert!(o.status.success(), "{}", err(&o));
+        let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(doc["best"]["run_id"], want, "{doc}");
+        assert!(dir.path().join(out).join("config.json").exists());
+    }
+    let o = sweep(
+        dir.path(),
+        &["export", "results/tinyrun", "--best", "--out", "best"],
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    let said = String::from_utf8_lossy(&o.stdout);
+    let overall = named(&|b| b["overall"] == true);
+    assert!(
+        said.starts_with("best ")
+            && said.contains(&format!(" run: {} (config ", overall.as_str().unwrap())),
+        "{said}"
+    );
 
     // Corrupt one result: the report lists it as unreadable and reports the rest.
+    let kept = std::fs::read(runs.join(&ids[0]).join("result.json")).unwrap();
     std::fs::write(
         runs.join(&ids[0]).join("result.json"),
         "{\"schema\": 1, \"id\"",
@@ -238,6 +280,8 @@ fn run_status_report_end_to_end() {
         md.contains("Spectral rank"),
         "spectral rank measured and reported: {md}"
     );
+
+    std::fs::write(runs.join(&ids[0]).join("result.json"), kept).unwrap();
 
     // Two sweeps in one report: each its own, and their findings side by side, corrected
     // together; one JSON document with --json. The same sweep twice is refused.

@@ -463,10 +463,31 @@ fn export(g: &GlobalArgs, args: &crate::cli::ExportArgs) -> anyhow::Result<()> {
         crate::cli::ExportDtype::F32 => tch::Kind::Float,
         crate::cli::ExportDtype::Bf16 => tch::Kind::BFloat16,
     };
-    let run_dir = target::run_folder(&g.results, &args.run_dir)?;
+    let (run_dir, best) = match args.best {
+        Some(of) => {
+            let (dir, best, learn) = report::best_run(g, &args.run_dir, of)?;
+            if !g.json && !g.quiet {
+                println!(
+                    "best {} run: {} (config {}, lr {:.0e}, mean {learn} {:.4} at {} tokens)",
+                    best.method,
+                    best.run_id,
+                    best.config_id,
+                    best.learning_rate,
+                    best.learning_mean,
+                    best.budget_tokens
+                );
+            }
+            (dir, Some(best))
+        }
+        None => (target::run_folder(&g.results, &args.run_dir)?, None),
+    };
     let written = crate::train::export::write_hf_model(&run_dir, &args.out, &opts, kind)?;
     if g.json {
-        println!("{}", serde_json::to_string(&written)?);
+        let mut doc = serde_json::to_value(&written)?;
+        if let Some(best) = &best {
+            doc["best"] = serde_json::to_value(best)?;
+        }
+        println!("{doc}");
     } else if !g.quiet {
         println!(
             "{}: step {} of {} ({}) written as a Hugging Face model folder{}",

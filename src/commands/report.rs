@@ -22,6 +22,40 @@ fn results_dir(g: &GlobalArgs, arg: &Path) -> anyhow::Result<(PathBuf, Option<St
     Ok((sweep_dir(g, &plan.name), Some(plan.name)))
 }
 
+/// The folder of the best run of the sweep `arg` names (its spec or results folder), of `of`'s
+/// methods, as its report names it; with that run and the report's learning metric.
+#[cfg(feature = "torch")]
+pub fn best_run(
+    g: &GlobalArgs,
+    arg: &Path,
+    of: crate::cli::BestOf,
+) -> anyhow::Result<(PathBuf, crate::report::tables::BestRun, String)> {
+    use crate::cli::BestOf;
+    let (dir, _) = results_dir(g, arg)?;
+    let report = build(&load(&dir)?);
+    let (pick, what) = match of {
+        BestOf::Any => (report.best.iter().find(|b| b.overall), "completed"),
+        BestOf::Full => (
+            report.best.iter().find(|b| b.method == "full"),
+            "full fine-tuning",
+        ),
+        BestOf::Lora => (report.best.iter().find(|b| b.method == "lora"), "LoRA"),
+    };
+    match pick {
+        Some(b) => Ok((
+            dir.join("runs").join(&b.run_id),
+            b.clone(),
+            report.learning_metric.unwrap_or_default(),
+        )),
+        None => Err(super::UsageError(format!(
+            "{}: no {what} run has a learning evaluation yet, so there is no best run to export: `sweep status {}` says how far the runs have got",
+            dir.display(),
+            arg.display()
+        ))
+        .into()),
+    }
+}
+
 /// Write every report file into `dir` (created); returns the HTML path.
 pub fn write_report(report: &Report, dir: &Path) -> anyhow::Result<PathBuf> {
     let write = |name: &str, text: &str| -> anyhow::Result<()> {

@@ -252,7 +252,11 @@ mod tests {
         assert_eq!(first.len(), 3, "one call per prompt");
         assert!(first.iter().all(|(_, n, _)| *n == 3));
         let seeds: HashSet<u64> = first.iter().map(|(_, _, s)| *s).collect();
-        assert_eq!(seeds.len(), 3, "every prompt, repeated or not, has its own seed");
+        assert_eq!(
+            seeds.len(),
+            3,
+            "every prompt, repeated or not, has its own seed"
+        );
         assert_eq!(asked(5), first, "the same seed asks the same");
         assert!(asked(6).iter().zip(&first).all(|(a, b)| a.2 != b.2));
     }

@@ -544,6 +544,23 @@ fn resolve_shared(spec: &Spec) -> Result<SharedConfig, Problem> {
             .clone()
             .unwrap_or_else(|| default_metrics(&spec.data.domain)),
     );
+    if let Some(lambdas) = &evaluation.intruder_scaling {
+        if lambdas.is_empty() || lambdas.iter().any(|l| !(l.is_finite() && *l >= 0.0)) {
+            return Err(problem(
+                &["evaluation", "intruder_scaling"],
+                "must be a list of factors >= 0 for the intruders' singular values (0 removes them, 1 is the run as trained), e.g. [0.0, 0.5]",
+            ));
+        }
+        let metrics = evaluation.metrics.as_deref().unwrap_or_default();
+        if !metrics.contains(&crate::spec::Metric::TargetLoss)
+            && !metrics.contains(&crate::spec::Metric::SourceLoss)
+        {
+            return Err(problem(
+                &["evaluation", "intruder_scaling"],
+                "measures target_loss and source_loss again with the intruders scaled: add them to evaluation.metrics",
+            ));
+        }
+    }
     if let Some(t) = &spec.trainer {
         crate::spec::trainer::check(&t.command)
             .map_err(|m| problem(&["trainer", "command"], &m))?;

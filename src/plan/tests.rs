@@ -454,3 +454,34 @@ fn tracking_without_a_server_address_is_refused() {
     let p = err(&format!("{grid}[tracking]\nmlflow_experiment = \"x\"\n"));
     assert_eq!(p.dotted(), "tracking.mlflow_experiment");
 }
+
+/// Intruder scaling takes factors >= 0 and needs a loss to measure again; a spec without it
+/// keeps its ids.
+#[test]
+fn intruder_scaling_is_checked() {
+    let grid = "[grid]\nmethod=[\"lora\"]\nlearning_rate=1e-3\nrank=4\ntoken_budget=\"1k\"\n";
+    let with = |evaluation: &str| {
+        plan(
+            &spec(&format!("{BASE}[evaluation]\n{evaluation}\n{grid}")),
+            &PlanOptions::default(),
+        )
+    };
+    let plain = with("").unwrap();
+    let scaled = with("intruder_scaling = [0.0, 0.5]").unwrap();
+    assert_eq!(
+        scaled.shared.evaluation.intruder_scaling,
+        Some(vec![0.0, 0.5])
+    );
+    assert_ne!(scaled.config_ids, plain.config_ids);
+    for bad in ["intruder_scaling = []", "intruder_scaling = [-1.0]"] {
+        let e = with(bad).unwrap_err();
+        assert_eq!(e.dotted(), "evaluation.intruder_scaling", "{bad}");
+        assert!(e.message.contains("factors >= 0"), "{}", e.message);
+    }
+    let e = with("metrics = [\"spectral_rank\"]\nintruder_scaling = [0.0]").unwrap_err();
+    assert!(
+        e.message.contains("add them to evaluation.metrics"),
+        "{}",
+        e.message
+    );
+}

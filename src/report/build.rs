@@ -1,7 +1,7 @@
 //! Building the report from run data: pure, no I/O.
 
 pub use super::grid::higher_is_better;
-use super::grid::{proportion_items, Grid, PROPORTIONS};
+use super::grid::{is_proportion, proportion_items, Grid};
 use super::stats::summarize;
 use super::{Plot, Report, ReportInput, RunData, Series, TableData};
 use crate::results::RunStatus;
@@ -28,9 +28,7 @@ const FORGETTING_METRICS: &[&str] = &[
 /// n items, exceeds the standard deviation of the configurations' means at the largest budget
 /// (the differences it would rank are its own noise).
 fn too_few_items(input: &ReportInput, metric: &str) -> Option<String> {
-    let n = input
-        .items_of(metric)
-        .filter(|_| PROPORTIONS.contains(&metric))? as f64;
+    let n = input.items_of(metric).filter(|_| is_proportion(metric))? as f64;
     let grid = Grid::new(input, metric, None);
     let top = grid.top()?;
     let means: Vec<f64> = grid
@@ -157,6 +155,7 @@ pub fn build(input: &ReportInput) -> Report {
             tables,
             findings: super::findings::not_enough("no results yet"),
             cells: vec![],
+            best: vec![],
             plots: vec![],
             notes,
         };
@@ -187,6 +186,7 @@ pub fn build(input: &ReportInput) -> Report {
             tables,
             findings: super::findings::not_enough("no results yet"),
             cells: vec![],
+            best: vec![],
             plots: vec![],
             notes,
         };
@@ -236,6 +236,11 @@ pub fn build(input: &ReportInput) -> Report {
             top,
         ));
     }
+    match super::tables::intruder_scaling(&ctx) {
+        Some(Ok(t)) => tables.push(t),
+        Some(Err(why)) => notes.push(why),
+        None => {}
+    }
     let diversity: Vec<&String> = all_metrics
         .iter()
         .filter(|m| m.starts_with("diversity") || m.starts_with("distinct_"))
@@ -283,10 +288,18 @@ pub fn build(input: &ReportInput) -> Report {
 
     tables.insert(2, super::tables::winners(&ctx));
     tables.insert(3, super::findings::by_budget(&grid, forget_name.as_deref()));
+    let mut next = 4;
+    if let Some(t) = super::tables::matched(&ctx) {
+        tables.insert(next, t);
+        next += 1;
+    }
     if let Some(t) = super::findings::lr_ratios(&grid, input.rslora) {
-        tables.insert(4, t);
+        tables.insert(next, t);
     }
     tables.extend(super::importance::importance(&grid));
+    for t in &mut tables {
+        super::grid::fold_seed_counts(t);
+    }
 
     let mut plots = vec![
         Plot {
@@ -332,6 +345,7 @@ pub fn build(input: &ReportInput) -> Report {
         tables,
         findings,
         cells: grid.numbers(learn_items),
+        best: super::tables::best_runs(&grid),
         plots,
         notes,
     }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::stats::{summarize, Summary};
-use super::{CellNumbers, Interval, ReportInput, RunData};
+use super::{CellNumbers, Interval, ReportInput, RunData, TableData};
 use crate::plan::MethodConfig;
 use crate::results::RunStatus;
 use crate::spec::values::module_set_label;
@@ -21,11 +21,20 @@ pub const PROPORTIONS: &[&str] = &[
     "next_line_match",
 ];
 
+/// Whether `metric` is a proportion of items: one of [`PROPORTIONS`], a forgetting benchmark's
+/// accuracy (`<task>_acc`, `<task>_acc_norm`) or HumanEval's sampled pass@k (a mean over tasks
+/// of each task's estimated chance, within [0, 1]).
+pub fn is_proportion(metric: &str) -> bool {
+    PROPORTIONS.contains(&metric)
+        || metric.ends_with("_acc")
+        || metric.ends_with("_acc_norm")
+        || (metric.starts_with("humaneval_pass@") && metric.ends_with("_sampled"))
+}
+
 /// The items behind each value of `metric` when it is a proportion measured on a known number
 /// of items (its cells then show a Wilson interval).
 pub fn proportion_items(input: &ReportInput, metric: &str) -> Option<u64> {
-    PROPORTIONS
-        .contains(&metric)
+    is_proportion(metric)
         .then(|| input.metric_items.get(metric).copied())
         .flatten()
 }
@@ -236,15 +245,70 @@ pub fn interval_of(values: &[f64], items: Option<u64>) -> Option<Interval> {
     })
 }
 
-/// A summary as mean ± 95% half-width (n).
+/// A summary as mean ± 95% half-width (n), to about four significant digits of the mean
+/// ([`decimals`]); [`fold_seed_counts`] moves the (n) that most cells of a table share into its
+/// note.
 pub fn fmt_summary(s: Option<Summary>) -> String {
     match s {
         None => "-".into(),
-        Some(s) => match s.ci95 {
-            Some(ci) => format!("{:.4} ± {:.4} (n={})", s.mean, ci, s.n),
-            None => format!("{:.4} (n=1, no interval)", s.mean),
-        },
+        Some(s) => {
+            let d = decimals(s.mean);
+            match s.ci95 {
+                Some(ci) => format!("{:.d$} ± {:.d$} (n={})", s.mean, ci, s.n),
+                None => format!("{:.d$} (n=1)", s.mean),
+            }
+        }
     }
+}
+
+/// Decimals that show `x` to about four significant digits, at most 4: a loss of 2.2550 as
+/// 2.255, a rank of 21.0071 as 21.01, an accuracy of 0.1250 as 0.1250.
+pub fn decimals(x: f64) -> usize {
+    if !x.is_finite() || x == 0.0 {
+        return 4;
+    }
+    (3 - x.abs().log10().floor() as i64).clamp(0, 4) as usize
+}
+
+/// The seed count most cells of `table` end with, " (n=K)" ([`fmt_summary`]), said once in
+/// its note instead; a cell with another count keeps its own.
+pub fn fold_seed_counts(table: &mut TableData) {
+    fn count(cell: &str) -> Option<(usize, usize)> {
+        let start = cell.rfind(" (n=")?;
+        let n = cell[start + 4..].strip_suffix(')')?.parse().ok()?;
+        Some((start, n))
+    }
+    let mut counts: BTreeMap<usize, usize> = BTreeMap::new();
+    for cell in table.rows.iter().flatten() {
+        if let Some((_, n)) = count(cell) {
+            *counts.entry(n).or_default() += 1;
+        }
+    }
+    // The most common count; on a tie the larger.
+    let Some((&common, _)) = counts.iter().max_by_key(|&(n, c)| (*c, *n)) else {
+        return;
+    };
+    for cell in table.rows.iter_mut().flatten() {
+        if let Some((start, n)) = count(cell) {
+            if n == common {
+                cell.truncate(start);
+            }
+        }
+    }
+    let said = if common == 1 {
+        "values are one seed's: no interval".to_string()
+    } else {
+        format!("mean ± 95% Student-t half-width over {common} seeds")
+    };
+    let marked = if counts.len() > 1 {
+        "; (n=K) marks a value over another number of seeds"
+    } else {
+        ""
+    };
+    table.note = Some(match table.note.take() {
+        Some(note) => format!("{said}{marked}. {note}"),
+        None => format!("{said}{marked}"),
+    });
 }
 
 /// A metric at a budget: the first evaluation at or after it (the trainer evaluates at the end
@@ -278,6 +342,15 @@ pub fn better(a: f64, b: f64, higher: bool) -> bool {
     } else {
         a < b
     }
+}
+
+/// The first of `items` with the best value: the tie rule of every table. Callers give the
+/// items lowest learning rate first, so that of equal means the lowest learning rate wins.
+pub fn first_best<T>(items: impl IntoIterator<Item = (T, f64)>, higher: bool) -> Option<(T, f64)> {
+    items.into_iter().fold(None, |best, x| match best {
+        Some(b) if !better(x.1, b.1, higher) => Some(b),
+        _ => Some(x),
+    })
 }
 
 /// The grid of a sweep under one learning metric and one forgetting metric.
@@ -362,28 +435,23 @@ impl Grid {
         self.budgets.last().copied()
     }
 
-    /// The series with the best mean learning at budget `b` among those `filter` keeps (the
-    /// first of equals in key order: the lowest learning rate, the tie rule of every table).
+    /// The series with the best mean learning at budget `b` among those `filter` keeps: of
+    /// equals the lowest learning rate ([`first_best`]), then the first in key order.
     pub fn best_in(
         &self,
         filter: &dyn Fn(&SeriesKey) -> bool,
         b: u64,
     ) -> Option<(SeriesKey, Cell)> {
-        let mean = |v: &[f64]| summarize(v).map(|s| s.mean).unwrap_or(f64::NAN);
-        self.cells
+        let mut series: Vec<(&SeriesKey, &Cell, f64)> = self
+            .cells
             .iter()
-            .filter(|((k, bb), c)| *bb == b && filter(k) && !c.learn.is_empty())
-            .min_by(|a, c| {
-                let (x, y) = (mean(&a.1.learn), mean(&c.1.learn));
-                if better(x, y, self.higher) {
-                    std::cmp::Ordering::Less
-                } else if better(y, x, self.higher) {
-                    std::cmp::Ordering::Greater
-                } else {
-                    std::cmp::Ordering::Equal
-                }
-            })
-            .map(|((k, _), c)| (k.clone(), c.clone()))
+            .filter(|((k, bb), _)| *bb == b && filter(k))
+            .filter_map(|((k, _), c)| summarize(&c.learn).map(|s| (k, c, s.mean)))
+            .collect();
+        // A stable sort: equal learning rates stay in key order.
+        series.sort_by(|x, y| x.0.lr().total_cmp(&y.0.lr()));
+        first_best(series.into_iter().map(|(k, c, m)| ((k, c), m)), self.higher)
+            .map(|((k, c), _)| (k.clone(), c.clone()))
     }
 
     /// The learning rate with the best mean of `values(cell)` among the series of `group` at
@@ -401,12 +469,6 @@ impl Grid {
             .filter_map(|((k, _), c)| summarize(&values(k, c)).map(|s| (k.lr(), s.mean)))
             .collect();
         series.sort_by(|a, b| a.0.total_cmp(&b.0));
-        series
-            .into_iter()
-            .fold(None::<(f64, f64)>, |acc, x| match acc {
-                Some(a) if !better(x.1, a.1, self.higher) => Some(a),
-                _ => Some(x),
-            })
-            .map(|(lr, _)| lr)
+        first_best(series, self.higher).map(|(lr, _)| lr)
     }
 }

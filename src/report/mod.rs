@@ -270,6 +270,9 @@ pub struct Report {
     pub findings: Vec<Finding>,
     /// Every configuration at every budget, as numbers.
     pub cells: Vec<CellNumbers>,
+    /// Each method's best configuration at the largest budget and its run to export, the best
+    /// of them marked `overall` (what `sweep export --best` exports).
+    pub best: Vec<tables::BestRun>,
     /// Plots.
     pub plots: Vec<Plot>,
     /// Notes: runs not reported and why, metrics nobody measured.

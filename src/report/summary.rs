@@ -262,6 +262,7 @@ mod tests {
             tables: vec![],
             findings,
             cells: vec![],
+            best: vec![],
             plots: vec![],
             notes: vec![],
         }

@@ -391,11 +391,14 @@ fn one_seed_has_no_interval_never_zero_width() {
     let r = build(&sweep(1));
     let best = r.tables.iter().find(|t| t.key == "best").unwrap();
     assert!(
-        best.rows
-            .iter()
-            .all(|row| row[3].contains("n=1, no interval")),
+        best.rows.iter().all(|row| !row[3].contains('±')),
         "{:?}",
         best.rows
+    );
+    assert_eq!(
+        best.note.as_deref(),
+        Some("values are one seed's: no interval"),
+        "said once, in the note"
     );
     assert_eq!(r.findings[0].verdict, Verdict::NotEnoughEvidence);
     assert!(
@@ -582,6 +585,30 @@ fn a_proportion_with_too_few_items_is_not_the_learning_metric() {
 /// Wilson interval over all the seeds' items: within [0, 1] where mean ± t would leave it, and
 /// said once in a note; the runs' own count, not the spec's bound, decides whether it has too
 /// few items to rank configurations.
+#[test]
+fn proportions_are_the_task_accuracies() {
+    for m in [
+        "math_accuracy",
+        "gsm8k_strict",
+        "hellaswag_acc",
+        "arc_challenge_acc_norm",
+        "winogrande_acc",
+        "humaneval_pass@1",
+        "humaneval_pass@5_sampled",
+        "forgetting_score",
+    ] {
+        assert!(grid::is_proportion(m), "{m}");
+    }
+    for m in [
+        "target_loss",
+        "spectral_rank",
+        "distinct_1",
+        "diversity_unique_loss",
+    ] {
+        assert!(!grid::is_proportion(m), "{m}");
+    }
+}
+
 #[test]
 fn a_proportion_shows_an_interval_within_its_scale() {
     let mut input = sweep(2);
@@ -905,5 +932,210 @@ fn no_rank_slope_across_unrelated_alphas() {
     assert!(
         note.contains("all: no alpha rule holds at 2 ranks or more (no slope)"),
         "{note}"
+    );
+}
+
+/// Equal means everywhere: every table, the winners and the best-LR search pick the lowest
+/// learning rate, within a configuration and across them.
+#[test]
+fn of_equal_means_the_lowest_learning_rate_wins_in_every_table() {
+    let mut input = sweep(2);
+    for r in &mut input.runs {
+        for e in &mut r.evals {
+            if e.tokens > 0 {
+                e.metrics.insert("target_loss".into(), 2.5);
+            }
+        }
+    }
+    let report = build(&input);
+    let table = |key: &str| report.tables.iter().find(|t| t.key == key).unwrap().clone();
+    let col = |t: &TableData, name: &str| t.header.iter().position(|h| h == name).unwrap();
+    let lowest = |group: &str| if group == "full" { "1e-5" } else { "1e-4" };
+
+    let best = table("best");
+    let lr = col(&best, "best lr");
+    assert!(!best.rows.is_empty());
+    for row in &best.rows {
+        assert_eq!(row[lr], lowest(&row[1]), "best table: {row:?}");
+    }
+    let sens = table("lr_sensitivity");
+    let (lr, mark) = (col(&sens, "lr"), col(&sens, "best or near"));
+    let marked: Vec<_> = sens.rows.iter().filter(|r| r[mark] == "best").collect();
+    assert_eq!(
+        marked.len(),
+        2,
+        "one best per configuration: {:?}",
+        sens.rows
+    );
+    for row in marked {
+        assert_eq!(row[lr], lowest(&row[0]), "sensitivity table: {row:?}");
+    }
+    let winners = table("winners");
+    for row in &winners.rows {
+        assert!(
+            row[2].starts_with(&format!(
+                "lr {}",
+                lowest(row[0].trim_end_matches(" (best)"))
+            )),
+            "winners: {row:?}"
+        );
+    }
+    let grid = grid::Grid::new(&input, "target_loss", Some("source_loss"));
+    let top = grid.top().unwrap();
+    let (k, _) = grid.best_in(&|_| true, top).unwrap();
+    assert_eq!(
+        (k.method.as_str(), k.lr()),
+        ("full", 1e-5),
+        "across methods"
+    );
+    let lr = grid.best_lr_by("lora r8 all", top, &|_, c| c.learn.clone());
+    assert_eq!(lr, Some(1e-4));
+}
+
+/// Finding 4 replicates over the seeds of each method's best configuration: runs at other
+/// learning rates (here with the opposite ranks) are not pooled in, which would reverse it.
+#[test]
+fn finding_4_compares_the_seeds_of_each_methods_best_configuration() {
+    let mut input = sweep(3);
+    for r in &mut input.runs {
+        let full = r.point.method.method_name() == "full";
+        let best = r.point.learning_rate
+            == if full {
+                PAPER.best_full
+            } else {
+                PAPER.best_lora
+            };
+        let rank = match (full, best) {
+            (true, true) => 20.0,
+            (false, true) => 3.0,
+            (true, false) => 2.0,
+            (false, false) => 50.0,
+        } + 0.1 * r.seed as f64;
+        for e in &mut r.evals {
+            if e.tokens > 0 {
+                e.metrics.insert("spectral_rank".into(), rank);
+            }
+        }
+    }
+    let f = build(&input).findings[3].clone();
+    assert_eq!(f.number, 4);
+    assert_eq!(f.verdict, Verdict::Supported, "{f:?}");
+    assert!(
+        f.evidence.contains("best full (") && f.evidence.contains(") 20.1, best LoRA ("),
+        "{}",
+        f.evidence
+    );
+    assert!(f.evidence.contains(") 3.1"), "{}", f.evidence);
+    let test = f.test.unwrap();
+    assert_eq!(test.seeds, 3);
+    assert!((test.estimate.effect - 17.0).abs() < 1e-9, "{test:?}");
+    assert_eq!(test.unit, "seeds of each method's best configuration");
+}
+
+/// Forgetting at matched learning on worlds built with and without LoRA forgetting less at the
+/// same learning: the effect is LoRA's offset (negated), its interval excludes 0 only where
+/// there is one, and the table is in the report.
+#[test]
+fn forgetting_at_matched_learning_finds_the_offset_built_in() {
+    for (offset, want) in [(-0.2, 0.2), (0.0, 0.0)] {
+        let world = World {
+            lora_offset: offset,
+            full_lrs: [1e-6, 1e-5, 1e-4],
+            ..PAPER
+        };
+        let input = sweep_in(&world, 3);
+        let grid = grid::Grid::new(&input, "target_loss", Some("source_loss"));
+        let m = tables::matched_at(&grid, grid.top().unwrap()).unwrap();
+        // The matched level is LoRA's best learning (it learns less); full's frontier reaches
+        // it between two of its learning rates.
+        let lora_best = grid
+            .best_in(&|k| k.method == "lora", grid.top().unwrap())
+            .map(|(_, c)| c.learn.iter().sum::<f64>() / c.learn.len() as f64)
+            .unwrap();
+        assert!((m.learning - lora_best).abs() < 1e-12, "{m:?}");
+        let e = m.estimate.unwrap();
+        assert_eq!(m.seeds, 3);
+        assert!((e.effect - want).abs() < 0.03, "offset {offset}: {e:?}");
+        assert!((e.effect - (m.full - m.lora)).abs() < 1e-12);
+        if want > 0.0 {
+            assert!(e.ci_low > 0.0 && e.p < 0.01, "offset {offset}: {e:?}");
+        } else {
+            assert!(e.ci_low < 0.0 && e.ci_high > 0.0, "offset {offset}: {e:?}");
+        }
+        let report = build(&input);
+        let t = report
+            .tables
+            .iter()
+            .find(|t| t.key == "matched_learning")
+            .unwrap();
+        assert_eq!(t.rows.len(), grid.budgets.len());
+    }
+}
+
+#[test]
+fn along_a_frontier_is_linear_between_its_points_and_none_outside() {
+    // (learning, forgetting); (2, 5) is dominated by (3, 4) and is not on the frontier.
+    let points = [(1.0, 1.0), (3.0, 4.0), (2.0, 5.0), (5.0, 6.0)];
+    assert_eq!(tables::along_frontier(&points, 1.0), Some(1.0));
+    assert_eq!(tables::along_frontier(&points, 2.0), Some(2.5));
+    assert_eq!(tables::along_frontier(&points, 4.0), Some(5.0));
+    assert_eq!(tables::along_frontier(&points, 5.0), Some(6.0));
+    assert_eq!(tables::along_frontier(&points, 0.5), None);
+    assert_eq!(tables::along_frontier(&points, 5.5), None);
+    assert_eq!(tables::along_frontier(&[(2.0, 3.0)], 2.0), Some(3.0));
+}
+
+/// Runs that measured intruder scaling get its table: each configuration at its best learning
+/// rate as trained and at each factor, the factor's points being the scaled losses.
+#[test]
+fn intruder_scaling_points_are_tabled_beside_the_runs_as_trained() {
+    let mut input = sweep(2);
+    for r in &mut input.runs {
+        for e in &mut r.evals {
+            let (t, s) = (e.metrics["target_loss"], e.metrics["source_loss"]);
+            e.metrics.insert("intruders_x0_target_loss".into(), t + 0.1);
+            e.metrics
+                .insert("intruders_x0_source_loss".into(), s - 0.05);
+        }
+    }
+    let r = build(&input);
+    let t = r
+        .tables
+        .iter()
+        .find(|t| t.key == "intruder_scaling")
+        .unwrap_or_else(|| panic!("{:?}", r.notes));
+    assert_eq!(
+        t.rows.len(),
+        4,
+        "2 configurations x (as trained, x0): {:?}",
+        t.rows
+    );
+    let first = |c: &str| c.split_whitespace().next().unwrap().parse::<f64>().unwrap();
+    for pair in t.rows.chunks(2) {
+        assert_eq!(pair[0][2], "1 (as trained)");
+        assert_eq!(pair[1][2], "0");
+        assert!(
+            (first(&pair[1][3]) - first(&pair[0][3]) - 0.1).abs() < 2e-3,
+            "{pair:?}"
+        );
+        assert!(
+            (first(&pair[1][4]) - first(&pair[0][4]) + 0.05).abs() < 2e-3,
+            "{pair:?}"
+        );
+    }
+    // Without the losses as the report's metrics, it says why the points are left out.
+    for run in &mut input.runs {
+        for e in &mut run.evals {
+            e.metrics.remove("source_loss");
+        }
+    }
+    let r = build(&input);
+    assert!(r.tables.iter().all(|t| t.key != "intruder_scaling"));
+    assert!(
+        r.notes
+            .iter()
+            .any(|n| n.contains("intruder scaling was measured")),
+        "{:?}",
+        r.notes
     );
 }

@@ -399,6 +399,12 @@ pub struct EvaluationSpec {
     /// any singular vector of the base matrix is below this (default 0.5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intruder_epsilon: Option<f64>,
+    /// Post-hoc intruder scaling: at every evaluation, target_loss and source_loss measured
+    /// again with the singular values of each tuned matrix's intruder dimensions multiplied by
+    /// each of these (0 removes them), as `intruders_x<lambda>_target_loss` and
+    /// `intruders_x<lambda>_source_loss`; the weights are restored after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intruder_scaling: Option<Vec<f64>>,
     /// A multiple-choice JSONL (context, choices, label) for the `multiple_choice` metric.
     #[serde(default)]
     pub multiple_choice: Option<PathBuf>,

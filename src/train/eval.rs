@@ -87,7 +87,7 @@ pub fn target_loss_sum(logits: &Tensor, targets: &Tensor) -> Result<Tensor, Trai
 }
 
 /// Held-out loss on fixed rows, reported as `<name>_loss`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LossEval {
     /// Metric prefix (`target`, `source`).
     pub name: String,

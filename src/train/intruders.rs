@@ -39,14 +39,53 @@ pub fn count_intruders(
     k: usize,
     epsilon: f64,
 ) -> Result<usize, TrainError> {
-    let u = left_singular(tuned)?;
+    Ok(intruders_among(&left_singular(tuned)?, base_u, k, epsilon)?.len())
+}
+
+/// The indices among the top `k` columns of `u` (a tuned matrix's left singular vectors) whose
+/// largest |cosine| with every column of `base_u` is below `epsilon`.
+fn intruders_among(
+    u: &Tensor,
+    base_u: &Tensor,
+    k: usize,
+    epsilon: f64,
+) -> Result<Vec<i64>, TrainError> {
     let k = (k as i64).min(u.size()[1]);
-    let top = u.f_narrow(1, 0, k)?;
+    let top = u.f_narrow(1, 0, k)?.f_to_kind(Kind::Float)?;
     // (k, r): |cos| of each top vector with each base vector (all unit length).
-    let cos = top.f_tr()?.f_matmul(base_u)?.f_abs()?;
+    let cos = top
+        .f_tr()?
+        .f_matmul(&base_u.f_to_kind(Kind::Float)?)?
+        .f_abs()?;
     let (best, _) = cos.f_max_dim(1, false)?;
-    let best = Vec::<f64>::try_from(best)?;
-    Ok(best.iter().filter(|&&c| c < epsilon).count())
+    let best = Vec::<f64>::try_from(best.f_to_kind(Kind::Double)?)?;
+    Ok((0..best.len() as i64)
+        .filter(|&i| best[i as usize] < epsilon)
+        .collect())
+}
+
+/// The part of `tuned` along its intruder dimensions, the sum of s_i u_i v_i^T over them
+/// (computed in f64, returned in `tuned`'s kind and device); None when it has none. Scaling
+/// the intruders' singular values by lambda is adding (lambda - 1) times this part.
+pub fn intruder_part(
+    base_u: &Tensor,
+    tuned: &Tensor,
+    k: usize,
+    epsilon: f64,
+) -> Result<Option<Tensor>, TrainError> {
+    let (u, s, v) = tuned.f_to_kind(Kind::Double)?.f_svd(true, true)?;
+    let idx = intruders_among(&u.f_to_device(tch::Device::Cpu)?, base_u, k, epsilon)?;
+    if idx.is_empty() {
+        return Ok(None);
+    }
+    let idx = Tensor::f_from_slice(&idx)?.f_to_device(u.device())?;
+    let ui = u.f_index_select(1, &idx)?;
+    let si = s.f_index_select(0, &idx)?;
+    let vi = v.f_index_select(1, &idx)?;
+    let part = ui.f_mul(&si.f_unsqueeze(0)?)?.f_matmul(&vi.f_tr()?)?;
+    Ok(Some(
+        part.f_to_kind(tuned.kind())?.f_to_device(tuned.device())?,
+    ))
 }
 
 /// One matrix measured: its variable name (full fine-tuning) or adapter name (LoRA), and its
@@ -144,6 +183,101 @@ impl Evaluator for IntruderEval {
     }
 }
 
+/// Post-hoc intruder scaling (Shuttleworth et al.): for each lambda, the held-out losses with
+/// the singular values of every measured matrix's intruder dimensions multiplied by lambda (0
+/// removes them), as `intruders_x<lambda>_<loss>`: learning-forgetting points of the same run
+/// with no retraining. The weights are restored, bit for bit, after each evaluation.
+#[derive(Debug)]
+pub struct IntruderScalingEval {
+    intruders: IntruderEval,
+    lambdas: Vec<f64>,
+    losses: Vec<super::eval::LossEval>,
+}
+
+impl IntruderScalingEval {
+    /// The base singular vectors of the matrices that will change, and the losses to measure
+    /// again at each lambda.
+    pub fn snapshot(
+        model: &Llama,
+        k: usize,
+        epsilon: f64,
+        lambdas: Vec<f64>,
+        losses: Vec<super::eval::LossEval>,
+    ) -> Result<IntruderScalingEval, TrainError> {
+        Ok(IntruderScalingEval {
+            intruders: IntruderEval::snapshot(model, k, epsilon)?,
+            lambdas,
+            losses,
+        })
+    }
+
+    /// The metric name of `metric` measured with the intruders scaled by `lambda`.
+    pub fn name(lambda: f64, metric: &str) -> String {
+        format!("intruders_x{lambda}_{metric}")
+    }
+}
+
+impl Evaluator for IntruderScalingEval {
+    fn of_outputs_only(&self) -> bool {
+        false
+    }
+
+    fn evaluate(
+        &self,
+        model: &Llama,
+        tok: &Tokenizer,
+        stop: super::eval::Stop<'_>,
+    ) -> Result<BTreeMap<String, f64>, TrainError> {
+        let _g = tch::no_grad_guard();
+        let adapters = model.adapters();
+        let vars = model.vs.variables();
+        let ev = &self.intruders;
+        // (the tensor to change in place, its value now, its intruders' part).
+        let mut changed = Vec::new();
+        for m in &ev.matrices {
+            let (target, tuned) = if ev.lora {
+                match adapters.get(&m.name) {
+                    // LoRA computes base + s B A: moving the frozen base moves the sum.
+                    Some(l) => (l.base.shallow_clone(), l.merge()?),
+                    None => continue,
+                }
+            } else {
+                match vars.get(&m.name) {
+                    Some(t) => (t.shallow_clone(), t.f_detach()?),
+                    None => continue,
+                }
+            };
+            if let Some(part) = intruder_part(&m.base_u, &tuned, ev.k, ev.epsilon)? {
+                let now = target.f_detach()?.copy();
+                changed.push((target, now, part));
+            }
+        }
+        let measure = |out: &mut BTreeMap<String, f64>| -> Result<(), TrainError> {
+            for &lambda in &self.lambdas {
+                for (target, now, part) in &changed {
+                    let mut t = target.shallow_clone();
+                    t.f_copy_(&now.f_add(&part.f_mul_scalar(lambda - 1.0)?)?)?;
+                }
+                for loss in &self.losses {
+                    for (metric, v) in loss.evaluate(model, tok, stop)? {
+                        out.insert(Self::name(lambda, &metric), v);
+                    }
+                }
+            }
+            Ok(())
+        };
+        let mut out = BTreeMap::new();
+        let measured = measure(&mut out);
+        for (target, now, _) in &changed {
+            let mut t = target.shallow_clone();
+            t.f_copy_(now)?;
+        }
+        measured?;
+        out.insert("intruder_scaling_matrices".into(), changed.len() as f64);
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +368,97 @@ mod tests {
         let full = Llama::new(&tiny_cfg(), &BuildOptions::default(), tch::Device::Cpu).unwrap();
         let e = IntruderEval::snapshot(&full, 10, 0.5).unwrap();
         assert_eq!(e.matrices.len(), 7 * tiny_cfg().num_hidden_layers);
+    }
+
+    #[test]
+    fn scaling_the_built_intruder_by_zero_removes_it() {
+        crate::rng::alone(
+            "train::intruders::tests::scaling_the_built_intruder_by_zero_removes_it",
+            || {
+                let (base_u, w0, tuned) = base_and_tuned();
+                let part = intruder_part(&base_u, &tuned, 10, 0.5).unwrap().unwrap();
+                // One direction of singular value about 40 (the built one, a little mixed).
+                let s = Vec::<f64>::try_from(part.svd(true, true).1).unwrap();
+                assert!((s[0] - 40.0).abs() < 2.0 && s[1] < 1e-6, "{:?}", &s[..3]);
+                let removed = &tuned - &part;
+                assert_eq!(count_intruders(&base_u, &removed, 10, 0.5).unwrap(), 0);
+                let diff = f64::try_from((&removed - &w0).abs().max()).unwrap();
+                assert!(diff < 2.0, "what is left is close to the base: {diff}");
+                assert!(intruder_part(&base_u, &w0, 10, 0.5).unwrap().is_none());
+            },
+        );
+    }
+
+    /// On a LoRA model moved far from its base: lambda = 1 measures what the model measures
+    /// unscaled, lambda = 0 something else, and the weights are the same bits afterwards.
+    #[test]
+    fn scaled_losses_restore_the_weights() {
+        use crate::model::config::Module;
+        use crate::model::llama::tests::tiny_cfg;
+        use crate::model::llama::{BuildOptions, LoraOptions};
+        use crate::train::eval::LossEval;
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        tch::manual_seed(11);
+        let opts = BuildOptions {
+            lora: Some(LoraOptions {
+                rank: 4,
+                alpha: 8.0,
+                targets: vec![Module::Q, Module::V],
+                dropout: 0.0,
+                rslora: false,
+            }),
+            ..BuildOptions::default()
+        };
+        let model = Llama::new(&tiny_cfg(), &opts, tch::Device::Cpu).unwrap();
+        for (name, t) in model.trainable() {
+            if name.contains("lora_B") {
+                let _g = tch::no_grad_guard();
+                let _ = t.shallow_clone().f_add_(&(t.randn_like() * 5.0)).unwrap();
+            }
+        }
+        let rows: Vec<crate::train::rows::Row> = (0..3)
+            .map(|r| {
+                let x: Vec<i64> = (0..16).map(|i| (i * 7 + r * 3) % 250).collect();
+                (x[..15].to_vec(), x[1..].to_vec())
+            })
+            .collect();
+        let loss = LossEval {
+            name: "target".into(),
+            rows,
+            seq_len: 15,
+            micro_batch: 2,
+        };
+        let before: Vec<Tensor> = model.adapters().values().map(|l| l.base.copy()).collect();
+        let plain = loss
+            .evaluate(&model, &Tokenizer::Byte, Some(&stop))
+            .unwrap();
+        let eval =
+            IntruderScalingEval::snapshot(&model, 10, 0.5, vec![1.0, 0.0], vec![loss]).unwrap();
+        let scaled = eval
+            .evaluate(&model, &Tokenizer::Byte, Some(&stop))
+            .unwrap();
+        assert!(scaled["intruder_scaling_matrices"] > 0.0, "{scaled:?}");
+        let (one, zero) = (
+            scaled["intruders_x1_target_loss"],
+            scaled["intruders_x0_target_loss"],
+        );
+        assert!(
+            (one - plain["target_loss"]).abs() < 1e-5,
+            "{one} vs {plain:?}"
+        );
+        assert!(
+            (zero - one).abs() > 1e-4,
+            "removing the intruders changes the loss: {zero}"
+        );
+        for (b, l) in before.iter().zip(model.adapters().values()) {
+            assert!(
+                b.equal(&l.base),
+                "the base weights are restored bit for bit"
+            );
+        }
+        let again = eval
+            .evaluate(&model, &Tokenizer::Byte, Some(&stop))
+            .unwrap();
+        assert_eq!(again, scaled, "and measure the same again");
     }
 }

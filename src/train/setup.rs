@@ -434,14 +434,16 @@ impl<'a> Trainer<'a> {
             evaluators.push(Box::new(eval));
             notes.push(note);
         }
+        // The losses, kept for post-hoc intruder scaling to measure again.
+        let mut losses = Vec::new();
         if metrics.contains(&Metric::TargetLoss) && !held_docs.is_empty() {
             let rows = Rows::new(held_docs, data.regime, seq_len, pad, "held-out target data")?;
-            evaluators.push(Box::new(LossEval {
+            losses.push(LossEval {
                 name: "target".into(),
                 rows: eval_rows(&rows, eval_tokens)?,
                 seq_len,
                 micro_batch: micro,
-            }));
+            });
         }
         if metrics.contains(&Metric::SourceLoss) {
             let source_path = data::resolve_source(&data.source, &opts.data_dir)?;
@@ -461,12 +463,15 @@ impl<'a> Trainer<'a> {
                 pad,
                 "held-out source data",
             )?;
-            evaluators.push(Box::new(LossEval {
+            losses.push(LossEval {
                 name: "source".into(),
                 rows: eval_rows(&rows, eval_tokens)?,
                 seq_len,
                 micro_batch: micro,
-            }));
+            });
+        }
+        for loss in &losses {
+            evaluators.push(Box::new(loss.clone()));
         }
         if metrics.contains(&Metric::SpectralRank) {
             evaluators.push(Box::new(spectral::SpectralRankEval::snapshot(
@@ -474,13 +479,30 @@ impl<'a> Trainer<'a> {
                 run.shared.evaluation.rank_threshold,
             )?));
         }
+        let e = &run.shared.evaluation;
+        let intruder_k = e.intruder_k.unwrap_or(super::intruders::DEFAULT_K as u64) as usize;
+        let intruder_epsilon = e
+            .intruder_epsilon
+            .unwrap_or(super::intruders::DEFAULT_EPSILON);
         if metrics.contains(&Metric::IntruderDimensions) {
-            let e = &run.shared.evaluation;
             evaluators.push(Box::new(super::intruders::IntruderEval::snapshot(
                 &model,
-                e.intruder_k.unwrap_or(super::intruders::DEFAULT_K as u64) as usize,
-                e.intruder_epsilon
-                    .unwrap_or(super::intruders::DEFAULT_EPSILON),
+                intruder_k,
+                intruder_epsilon,
+            )?));
+        }
+        if let Some(lambdas) = e.intruder_scaling.clone().filter(|l| !l.is_empty()) {
+            if losses.is_empty() {
+                return Err(TrainError::Setting(
+                    "evaluation.intruder_scaling measures target_loss and source_loss again with the intruders scaled: add one of them to evaluation.metrics".into(),
+                ));
+            }
+            evaluators.push(Box::new(super::intruders::IntruderScalingEval::snapshot(
+                &model,
+                intruder_k,
+                intruder_epsilon,
+                lambdas,
+                losses,
             )?));
         }
         let not_measured = metrics

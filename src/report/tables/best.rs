@@ -41,6 +41,6 @@ pub fn best(ctx: &Ctx<'_>) -> TableData {
             ctx.forget_column(),
         ],
         rows,
-        note: Some("mean ± 95% Student-t interval over seeds".into()),
+        note: None,
     }
 }

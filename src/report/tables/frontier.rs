@@ -57,7 +57,7 @@ pub fn frontier(ctx: &Ctx<'_>) -> Frontier {
             "budget".into(),
             ctx.learn.to_string(),
             ctx.forget_column(),
-            "".into(),
+            "on frontier".into(),
         ],
         rows,
         note: if grid.forgetting.is_none() {

@@ -2,7 +2,7 @@
 //! best and near-best learning rates and how wide that range is; and its plot's lines.
 
 use super::Ctx;
-use crate::report::grid::{better, fmt_lr, fmt_metric, fmt_summary, Cell};
+use crate::report::grid::{first_best, fmt_lr, fmt_metric, fmt_summary, Cell};
 use crate::report::stats::summarize;
 use crate::report::{Series, TableData};
 use crate::spec::values::format_tokens;
@@ -33,13 +33,12 @@ pub fn lr_sensitivity(ctx: &Ctx<'_>) -> (TableData, Vec<Series>) {
             }
         }
         series.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let best = series
-            .iter()
-            .filter_map(|s| mean(&s.1.learn).map(|m| (s.0, m)))
-            .fold(None::<(f64, f64)>, |acc, x| match acc {
-                Some(a) if !better(x.1, a.1, grid.higher) => Some(a),
-                _ => Some(x),
-            });
+        let best = first_best(
+            series
+                .iter()
+                .filter_map(|s| mean(&s.1.learn).map(|m| (s.0, m))),
+            grid.higher,
+        );
         let near: Vec<f64> = match best {
             Some((_, bm)) => series
                 .iter()
@@ -90,7 +89,7 @@ pub fn lr_sensitivity(ctx: &Ctx<'_>) -> (TableData, Vec<Series>) {
             ctx.learn.to_string(),
             ctx.forget_column(),
             "diverged".into(),
-            "".into(),
+            "best or near".into(),
             "near-best width (decades)".into(),
         ],
         rows,

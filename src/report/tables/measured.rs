@@ -3,11 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use crate::report::grid::{fmt_metric, fmt_summary, metric_at, proportion_items, Keys};
+use crate::report::grid::{fmt_lr, fmt_metric, fmt_summary, metric_at, proportion_items, Keys};
 use crate::report::{ReportInput, TableData};
 use crate::spec::values::format_tokens;
 
-/// The values of `metrics` at budget `top`, per configuration over every learning rate.
+/// The values of `metrics` at budget `top`, per configuration and learning rate, over seeds.
 pub fn measured(
     input: &ReportInput,
     key: &str,
@@ -15,13 +15,14 @@ pub fn measured(
     metrics: &[&String],
     top: u64,
 ) -> TableData {
-    let mut by: BTreeMap<String, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
+    // (group, learning rate as ordered bits: learning rates are positive) -> metric -> values.
+    let mut by: BTreeMap<(String, u64), BTreeMap<String, Vec<f64>>> = BTreeMap::new();
     let keys = Keys::new(input);
     for r in &input.runs {
-        let g = keys.of(r).group();
+        let k = keys.of(r);
         for m in metrics {
             if let Some(v) = metric_at(r, m, top) {
-                by.entry(g.clone())
+                by.entry((k.group(), k.lr().to_bits()))
                     .or_default()
                     .entry((*m).clone())
                     .or_default()
@@ -29,12 +30,12 @@ pub fn measured(
             }
         }
     }
-    let mut header = vec!["configuration".to_string()];
+    let mut header = vec!["configuration".to_string(), "lr".to_string()];
     header.extend(metrics.iter().map(|m| m.to_string()));
     let rows = by
         .into_iter()
-        .map(|(g, ms)| {
-            let mut row = vec![g];
+        .map(|((g, lr), ms)| {
+            let mut row = vec![g, fmt_lr(f64::from_bits(lr))];
             row.extend(metrics.iter().map(|m| match ms.get(*m) {
                 Some(v) => fmt_metric(v, proportion_items(input, m)),
                 None => fmt_summary(None),
@@ -47,6 +48,6 @@ pub fn measured(
         title: format!("{title} at {} tokens", format_tokens(top)),
         header,
         rows,
-        note: None,
+        note: Some("mean over the seeds of each configuration and learning rate".into()),
     }
 }

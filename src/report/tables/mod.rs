@@ -5,7 +5,9 @@
 mod best;
 mod data_scaling;
 mod frontier;
+mod intruder_scaling;
 mod lr_sensitivity;
+mod matched;
 mod measured;
 mod overview;
 mod rank_modules;
@@ -14,11 +16,13 @@ mod winners;
 pub use best::best;
 pub use data_scaling::data_scaling;
 pub use frontier::{frontier, Frontier};
+pub use intruder_scaling::intruder_scaling;
 pub use lr_sensitivity::lr_sensitivity;
+pub use matched::{along_frontier, matched, matched_at, Matched};
 pub use measured::measured;
 pub use overview::overview;
 pub use rank_modules::rank_modules;
-pub use winners::winners;
+pub use winners::{best_runs, winners, BestRun};
 
 use super::grid::Grid;
 use super::ReportInput;

@@ -13,12 +13,12 @@ pub fn overview(input: &ReportInput) -> TableData {
         .filter(|r| r.status.is_some())
         .map(|r| r.tokens)
         .sum();
-    let wall: f64 = input
+    // Summed from +0.0: an empty f64 sum is -0.0, which would print "-0.00".
+    let wall = input
         .runs
         .iter()
         .filter(|r| r.status.is_some())
-        .map(|r| r.wall_s)
-        .sum();
+        .fold(0.0, |sum, r| sum + r.wall_s);
     let rows = vec![
         vec!["planned runs".into(), input.runs.len().to_string()],
         vec![
@@ -50,7 +50,7 @@ pub fn overview(input: &ReportInput) -> TableData {
     TableData {
         key: "overview".into(),
         title: format!("Sweep {}: overview", input.sweep),
-        header: vec!["".into(), "".into()],
+        header: vec!["runs".into(), "count".into()],
         rows,
         note: None,
     }

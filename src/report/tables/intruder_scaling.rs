@@ -1,0 +1,102 @@
+//! Post-hoc intruder scaling: each configuration's best learning rate at the largest budget,
+//! as trained and with its intruder dimensions' singular values scaled by each lambda the runs
+//! measured (`evaluation.intruder_scaling`), as extra learning-forgetting points of the same
+//! runs, with no retraining.
+
+use super::Ctx;
+use crate::report::grid::{fmt_lr, fmt_summary, metric_at, SeriesKey};
+use crate::report::stats::summarize;
+use crate::report::TableData;
+use crate::spec::values::format_tokens;
+
+/// The lambdas the runs measured, from their metrics' names (`intruders_x<lambda>_<loss>`).
+fn lambdas(ctx: &Ctx<'_>) -> Vec<f64> {
+    let mut out: Vec<f64> = ctx
+        .input
+        .runs
+        .iter()
+        .flat_map(|r| r.evals.iter().flat_map(|e| e.metrics.keys()))
+        .filter_map(|m| {
+            m.strip_prefix("intruders_x")?
+                .split_once('_')?
+                .0
+                .parse()
+                .ok()
+        })
+        .collect();
+    out.sort_by(f64::total_cmp);
+    out.dedup();
+    out
+}
+
+/// The table, when the runs measured intruder scaling; why not, when they did but the report
+/// cannot place the points (its metrics are not the losses scaling measures).
+pub fn intruder_scaling(ctx: &Ctx<'_>) -> Option<Result<TableData, String>> {
+    let lambdas = lambdas(ctx);
+    if lambdas.is_empty() {
+        return None;
+    }
+    if ctx.learn != "target_loss" || ctx.forget_name != Some("source_loss_increase") {
+        return Some(Err(format!(
+            "intruder scaling was measured on target_loss and source_loss, but the report's metrics are {} and {}: its points are left out",
+            ctx.learn,
+            ctx.forget_column()
+        )));
+    }
+    let (grid, top) = (ctx.grid, ctx.top);
+    let mut rows = Vec::new();
+    for g in &ctx.groups {
+        let Some((k, c)) = grid.best_in(&|k: &SeriesKey| &k.group() == g, top) else {
+            continue;
+        };
+        let runs: Vec<_> = ctx
+            .input
+            .runs
+            .iter()
+            .filter(|r| c.ids.contains(&r.id))
+            .collect();
+        rows.push(vec![
+            g.clone(),
+            fmt_lr(k.lr()),
+            "1 (as trained)".into(),
+            fmt_summary(summarize(&c.learn)),
+            fmt_summary(summarize(&c.forget)),
+        ]);
+        for &lambda in &lambdas {
+            let learn: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| metric_at(r, &format!("intruders_x{lambda}_target_loss"), top))
+                .collect();
+            let forget: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| {
+                    let scaled = metric_at(r, &format!("intruders_x{lambda}_source_loss"), top)?;
+                    Some(scaled - metric_at(r, "source_loss", 0)?)
+                })
+                .collect();
+            rows.push(vec![
+                g.clone(),
+                fmt_lr(k.lr()),
+                lambda.to_string(),
+                fmt_summary(summarize(&learn)),
+                fmt_summary(summarize(&forget)),
+            ]);
+        }
+    }
+    Some(Ok(TableData {
+        key: "intruder_scaling".into(),
+        title: format!(
+            "Post-hoc intruder scaling at {} tokens (each configuration's best learning rate)",
+            format_tokens(top)
+        ),
+        header: vec![
+            "configuration".into(),
+            "lr".into(),
+            "intruders x".into(),
+            ctx.learn.to_string(),
+            ctx.forget_column(),
+        ],
+        rows,
+        note: Some("the same runs with the singular values of each tuned matrix's intruder dimensions multiplied by the factor (0 removes them), no retraining; '-': a run that did not measure that factor".into()),
+    }))
+}
