@@ -276,11 +276,13 @@ fn benchmarks_and_intruder_dimensions_are_measured() {
     v["evaluation"]["metrics"] = serde_json::json!([
         "target_loss",
         "gsm8k",
+        "math_accuracy",
         "intruder_dimensions",
         "hellaswag",
         "arc_challenge",
         "winogrande"
     ]);
+    v["evaluation"]["intruder_scaling"] = serde_json::json!([0.0]);
     // More than the file holds: the 2 items scored are the 3 less the shot.
     v["evaluation"]["problems"] = 10.into();
     v["evaluation"]["gsm8k_shots"] = 1.into();
@@ -310,6 +312,15 @@ fn benchmarks_and_intruder_dimensions_are_measured() {
         }
         let i = e["metrics"]["intruder_dimensions"].as_f64().unwrap();
         assert!((0.0..=10.0).contains(&i), "{e}");
+        // Scaling the intruders by 0 measures the loss again: the same where there are none.
+        let (scaled, plain) = (
+            e["metrics"]["intruders_x0_target_loss"].as_f64().unwrap(),
+            e["metrics"]["target_loss"].as_f64().unwrap(),
+        );
+        let matrices = e["metrics"]["intruder_scaling_matrices"].as_f64().unwrap();
+        if matrices == 0.0 {
+            assert!((scaled - plain).abs() < 1e-6, "{e}");
+        }
         let m = |k: &str| {
             e["metrics"][k]
                 .as_f64()
@@ -326,6 +337,11 @@ fn benchmarks_and_intruder_dimensions_are_measured() {
     let notes = result["notes"].to_string();
     assert!(
         notes.contains("1-shot (the first 1 of") && notes.contains("2 items of"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("math_accuracy: exact match of the number after")
+            && notes.contains("10 generated held-out problems"),
         "{notes}"
     );
     assert!(

@@ -53,6 +53,12 @@ pub trait Evaluator {
     fn items(&self) -> BTreeMap<String, u64> {
         BTreeMap::new()
     }
+
+    /// How a benchmark's metrics are scored, its prompt format and its item count, for
+    /// result.json's notes; None for metrics that are not benchmarks of items.
+    fn scoring(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Summed next-token loss over the target tokens of a batch, and the count of target tokens

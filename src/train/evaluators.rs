@@ -40,6 +40,14 @@ pub struct MathAccuracyEval {
 }
 
 impl Evaluator for MathAccuracyEval {
+    fn scoring(&self) -> Option<String> {
+        Some(format!(
+            "math_accuracy: exact match of the number after \"####\" in a greedy completion (to the end of that line, at most {} bytes) of the problem's prompt as IFT training shows it, {} generated held-out problems",
+            crate::metrics::math::MAX_SOLUTION_BYTES,
+            self.problems.len()
+        ))
+    }
+
     fn items(&self) -> BTreeMap<String, u64> {
         counted(&["math_accuracy"], self.problems.len())
     }
@@ -66,6 +74,13 @@ pub struct NextLineEval {
 }
 
 impl Evaluator for NextLineEval {
+    fn scoring(&self) -> Option<String> {
+        Some(format!(
+            "next_line_match: exact match (whitespace-trimmed) of a greedy completion, to its first line end, with the held-out line that follows the text before it, {} lines",
+            self.cases.len()
+        ))
+    }
+
     fn items(&self) -> BTreeMap<String, u64> {
         counted(&["next_line_match"], self.cases.len())
     }
@@ -135,6 +150,13 @@ pub struct MultipleChoiceEval {
 }
 
 impl Evaluator for MultipleChoiceEval {
+    fn scoring(&self) -> Option<String> {
+        Some(format!(
+            "multiple_choice_accuracy: the choice with the highest log-likelihood after the context per byte (acc_norm) is the label's, {} items",
+            self.items.len()
+        ))
+    }
+
     fn items(&self) -> BTreeMap<String, u64> {
         counted(&["multiple_choice_accuracy"], self.items.len())
     }
@@ -381,6 +403,21 @@ pub struct HumanEvalEval {
 }
 
 impl Evaluator for HumanEvalEval {
+    fn scoring(&self) -> Option<String> {
+        let sampled = if self.samples > 0 {
+            format!(
+                "; humaneval_pass@k_sampled: the unbiased pass@k estimator over {} samples per task at temperature {}",
+                self.samples, self.temperature
+            )
+        } else {
+            String::new()
+        };
+        Some(format!(
+            "humaneval_pass@1: the task's prompt verbatim, a greedy completion to the end of the function, run against the task's tests in the sandbox, {} tasks{sampled}",
+            self.tasks.len()
+        ))
+    }
+
     fn items(&self) -> BTreeMap<String, u64> {
         let mut out = counted(&["humaneval_pass@1"], self.tasks.len());
         for k in [1, 10, 100].into_iter().filter(|&k| k <= self.samples) {

@@ -418,6 +418,7 @@ impl<'a> Trainer<'a> {
             run.seed,
             &tokenizer,
         )?;
+        notes.extend(evaluators.iter().filter_map(|e| e.scoring()));
         if let Some((eval, note)) = evaluators::source_tasks(
             &metrics,
             &run.shared.evaluation,
