@@ -124,7 +124,21 @@ fn md_table(t: &TableData) -> String {
     s
 }
 
-/// The report as Markdown, with the plots as linked SVG files (`KEY.svg` beside it).
+/// The key of the findings' table: the plots follow it, each saying which findings it shows.
+const FINDINGS: &str = "findings";
+
+/// Which findings a plot shows, by its key.
+fn shows(key: &str) -> &'static str {
+    match key {
+        "learning_forgetting" => "Findings 2 and 3: how much each method forgets for what it learns, and whether they share one frontier.",
+        "lr_sensitivity" => "Finding 5: each configuration's best learning rate.",
+        "data_scaling" => "Findings 1 and 6: how much each method learns, and how that grows with the tokens trained.",
+        _ => "",
+    }
+}
+
+/// The report as Markdown, with the plots as linked SVG files (`KEY.svg` beside it), right
+/// after the findings they show.
 pub fn markdown(r: &Report) -> String {
     let mut s = format!("# Sweep report: {}\n\n", r.sweep);
     if let Some(l) = &r.learning_metric {
@@ -133,11 +147,24 @@ pub fn markdown(r: &Report) -> String {
             r.forgetting_metric.as_deref().unwrap_or("none measured")
         ));
     }
+    let plots_md = |s: &mut String| {
+        for p in &r.plots {
+            s.push_str(&format!(
+                "{}\n\n![{}]({}.svg)\n\n",
+                shows(&p.key),
+                p.title,
+                p.key
+            ));
+        }
+    };
     for t in &r.tables {
         s.push_str(&md_table(t));
+        if t.key == FINDINGS {
+            plots_md(&mut s);
+        }
     }
-    for p in &r.plots {
-        s.push_str(&format!("![{}]({}.svg)\n\n", p.title, p.key));
+    if !r.tables.iter().any(|t| t.key == FINDINGS) {
+        plots_md(&mut s);
     }
     let mut n = String::new();
     notes(r, &mut n);
@@ -226,6 +253,17 @@ pub fn html(r: &Report) -> String {
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Sweep report: {0}</title>\n<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;font-size:14px}}th{{background:#f3f3f3}}.note{{color:#555;font-size:13px}}</style></head>\n<body>\n<h1>Sweep report: {0}</h1>\n",
         esc(&r.sweep)
     );
+    let plots_html = |s: &mut String| {
+        for p in &r.plots {
+            s.push_str(&format!(
+                "<h2 id=\"plot-{}\">{}</h2>\n<p class=\"note\">{}</p>\n{}\n",
+                esc(&p.key),
+                esc(&p.title),
+                esc(shows(&p.key)),
+                super::svg::plot(p)
+            ));
+        }
+    };
     for t in &r.tables {
         s.push_str(&format!(
             "<h2 id=\"{}\">{}</h2>\n<table>\n",
@@ -253,14 +291,12 @@ pub fn html(r: &Report) -> String {
         if let Some(n) = &t.note {
             s.push_str(&format!("<p class=\"note\">{}</p>\n", esc(n)));
         }
+        if t.key == FINDINGS {
+            plots_html(&mut s);
+        }
     }
-    for p in &r.plots {
-        s.push_str(&format!(
-            "<h2 id=\"plot-{}\">{}</h2>\n{}\n",
-            esc(&p.key),
-            esc(&p.title),
-            super::svg::plot(p)
-        ));
+    if !r.tables.iter().any(|t| t.key == FINDINGS) {
+        plots_html(&mut s);
     }
     if !r.notes.is_empty() {
         s.push_str("<h2>Notes</h2>\n<ul>\n");
