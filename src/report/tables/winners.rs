@@ -117,8 +117,9 @@ pub fn winners(ctx: &Ctx<'_>) -> TableData {
         ],
         rows,
         note: (!commands.is_empty()).then(|| {
+            let dir = ctx.input.dir.as_deref().unwrap_or("results/NAME");
             format!(
-                "export the best run as a Hugging Face folder (LoRA merged): {}; or the best of all: sweep export --best SPEC --out DIR",
+                "export the best run as a Hugging Face folder (LoRA merged): {}; or the best of both: sweep export {dir} --best --out best-export",
                 commands.join("; ")
             )
         }),
