@@ -310,7 +310,14 @@ pub struct ExportArgs {
     /// Export a sweep's best run instead: RUN is then its spec or results folder, and METHOD
     /// the best of `full`, `lora` or, by default, both (the run `sweep report` names in its
     /// "Best configuration per method" table: the best configuration's seed that learned most).
-    #[arg(long, value_enum, value_name = "METHOD", num_args = 0..=1, default_missing_value = "any")]
+    #[arg(
+        long,
+        value_enum,
+        value_name = "METHOD",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "any"
+    )]
     pub best: Option<BestOf>,
 }
 

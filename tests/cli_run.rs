@@ -231,9 +231,10 @@ fn run_status_report_end_to_end() {
         assert_eq!(doc["best"]["run_id"], want, "{doc}");
         assert!(dir.path().join(out).join("config.json").exists());
     }
+    // The flag's value is given with "=", so a bare --best before the sweep takes none.
     let o = sweep(
         dir.path(),
-        &["export", "results/tinyrun", "--best", "--out", "best"],
+        &["export", "--best", "results/tinyrun", "--out", "best"],
     );
     assert!(o.status.success(), "{}", err(&o));
     let said = String::from_utf8_lossy(&o.stdout);

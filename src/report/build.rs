@@ -236,11 +236,7 @@ pub fn build(input: &ReportInput) -> Report {
             top,
         ));
     }
-    match super::tables::intruder_scaling(&ctx) {
-        Some(Ok(t)) => tables.push(t),
-        Some(Err(why)) => notes.push(why),
-        None => {}
-    }
+    tables.extend(super::tables::intruder_scaling(&ctx));
     let diversity: Vec<&String> = all_metrics
         .iter()
         .filter(|m| m.starts_with("diversity") || m.starts_with("distinct_"))

@@ -254,7 +254,16 @@ pub fn fmt_summary(s: Option<Summary>) -> String {
         Some(s) => {
             let d = decimals(s.mean);
             match s.ci95 {
-                Some(ci) => format!("{:.d$} ± {:.d$} (n={})", s.mean, ci, s.n),
+                // The half-width to at least two significant digits (at most 4 decimals), so
+                // that a small one does not read as none.
+                Some(ci) => {
+                    let h = if ci > 0.0 && ci.is_finite() {
+                        d.max(((1 - ci.log10().floor() as i64).clamp(0, 4)) as usize)
+                    } else {
+                        d
+                    };
+                    format!("{:.h$} ± {:.h$} (n={})", s.mean, ci, s.n)
+                }
                 None => format!("{:.d$} (n=1)", s.mean),
             }
         }
@@ -298,7 +307,7 @@ pub fn fold_seed_counts(table: &mut TableData) {
     let said = if common == 1 {
         "values are one seed's: no interval".to_string()
     } else {
-        format!("mean ± 95% Student-t half-width over {common} seeds")
+        format!("a ± is the 95% Student-t half-width over {common} seeds")
     };
     let marked = if counts.len() > 1 {
         "; (n=K) marks a value over another number of seeds"

@@ -247,8 +247,11 @@ impl Evaluator for IntruderScalingEval {
                     None => continue,
                 }
             };
+            // Both kept on the CPU: a copy of every measured matrix would not fit beside a
+            // large model on its GPU. Copying back restores the same bits.
             if let Some(part) = intruder_part(&m.base_u, &tuned, ev.k, ev.epsilon)? {
-                let now = target.f_detach()?.copy();
+                let now = target.f_detach()?.f_to_device(tch::Device::Cpu)?.copy();
+                let part = part.f_to_device(tch::Device::Cpu)?;
                 changed.push((target, now, part));
             }
         }
@@ -256,7 +259,10 @@ impl Evaluator for IntruderScalingEval {
             for &lambda in &self.lambdas {
                 for (target, now, part) in &changed {
                     let mut t = target.shallow_clone();
-                    t.f_copy_(&now.f_add(&part.f_mul_scalar(lambda - 1.0)?)?)?;
+                    t.f_copy_(
+                        &now.f_add(&part.f_mul_scalar(lambda - 1.0)?)?
+                            .f_to_device(t.device())?,
+                    )?;
                 }
                 for loss in &self.losses {
                     for (metric, v) in loss.evaluate(model, tok, stop)? {

@@ -4,7 +4,7 @@
 //! runs, with no retraining.
 
 use super::Ctx;
-use crate::report::grid::{fmt_lr, fmt_summary, metric_at, SeriesKey};
+use crate::report::grid::{fmt_lr, fmt_summary, metric_at, Grid, SeriesKey};
 use crate::report::stats::summarize;
 use crate::report::TableData;
 use crate::spec::values::format_tokens;
@@ -29,23 +29,20 @@ fn lambdas(ctx: &Ctx<'_>) -> Vec<f64> {
     out
 }
 
-/// The table, when the runs measured intruder scaling; why not, when they did but the report
-/// cannot place the points (its metrics are not the losses scaling measures).
-pub fn intruder_scaling(ctx: &Ctx<'_>) -> Option<Result<TableData, String>> {
+/// The table, when the runs measured intruder scaling. It reads the losses scaling measures
+/// (target_loss, and source_loss's rise over the base model's) whatever metrics the rest of the
+/// report chose, each configuration at its best learning rate by target_loss.
+pub fn intruder_scaling(ctx: &Ctx<'_>) -> Option<TableData> {
     let lambdas = lambdas(ctx);
     if lambdas.is_empty() {
         return None;
     }
-    if ctx.learn != "target_loss" || ctx.forget_name != Some("source_loss_increase") {
-        return Some(Err(format!(
-            "intruder scaling was measured on target_loss and source_loss, but the report's metrics are {} and {}: its points are left out",
-            ctx.learn,
-            ctx.forget_column()
-        )));
-    }
-    let (grid, top) = (ctx.grid, ctx.top);
+    let grid = Grid::new(ctx.input, "target_loss", Some("source_loss"));
+    let top = grid.top()?;
+    let groups: std::collections::BTreeSet<String> =
+        grid.cells.keys().map(|k| k.0.group()).collect();
     let mut rows = Vec::new();
-    for g in &ctx.groups {
+    for g in &groups {
         let Some((k, c)) = grid.best_in(&|k: &SeriesKey| &k.group() == g, top) else {
             continue;
         };
@@ -83,7 +80,7 @@ pub fn intruder_scaling(ctx: &Ctx<'_>) -> Option<Result<TableData, String>> {
             ]);
         }
     }
-    Some(Ok(TableData {
+    Some(TableData {
         key: "intruder_scaling".into(),
         title: format!(
             "Post-hoc intruder scaling at {} tokens (each configuration's best learning rate)",
@@ -93,10 +90,10 @@ pub fn intruder_scaling(ctx: &Ctx<'_>) -> Option<Result<TableData, String>> {
             "configuration".into(),
             "lr".into(),
             "intruders x".into(),
-            ctx.learn.to_string(),
-            ctx.forget_column(),
+            "target_loss".into(),
+            "source_loss_increase".into(),
         ],
         rows,
         note: Some("the same runs with the singular values of each tuned matrix's intruder dimensions multiplied by the factor (0 removes them), no retraining; '-': a run that did not measure that factor".into()),
-    }))
+    })
 }

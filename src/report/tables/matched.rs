@@ -29,6 +29,9 @@ pub struct Matched {
     pub estimate: Option<Estimate>,
     /// Seeds of the configuration with fewest.
     pub seeds: usize,
+    /// Bootstrap resamples whose frontiers shared no learning level (left out of the interval,
+    /// which is then conditional on the frontiers meeting; above 5% there is no interval).
+    pub unmatched: usize,
 }
 
 /// Each configuration of `method` at budget `b`: its seeds' (learning, forgetting), learning
@@ -111,6 +114,7 @@ pub fn matched_at(grid: &Grid, b: u64) -> Option<Matched> {
     let (full, lora) = (configs(grid, "full", b), configs(grid, "lora", b));
     let (at, f, l) = at_matched(&means(&full, None), &means(&lora, None))?;
     let seeds = full.iter().chain(&lora).map(Vec::len).min().unwrap_or(0);
+    let mut unmatched = 0;
     let estimate = (seeds >= 2)
         .then(|| {
             let mut rng = SplitMix(SEED ^ b);
@@ -121,7 +125,10 @@ pub fn matched_at(grid: &Grid, b: u64) -> Option<Matched> {
                     at_matched(&full, &lora).map_or(f64::NAN, |(_, f, l)| f - l)
                 })
                 .collect();
-            bootstrap_estimate(f - l, &replicates)
+            unmatched = replicates.iter().filter(|r| r.is_nan()).count();
+            (unmatched * 20 <= REPLICATES)
+                .then(|| bootstrap_estimate(f - l, &replicates))
+                .flatten()
         })
         .flatten();
     Some(Matched {
@@ -130,7 +137,26 @@ pub fn matched_at(grid: &Grid, b: u64) -> Option<Matched> {
         lora: l,
         estimate,
         seeds,
+        unmatched,
     })
+}
+
+/// Why there is no matched level at budget `b`.
+fn why_unmatched(grid: &Grid, b: u64) -> &'static str {
+    let (full, lora) = (configs(grid, "full", b), configs(grid, "lora", b));
+    let (full, lora) = (means(&full, None), means(&lora, None));
+    if full.is_empty() || lora.is_empty() {
+        return "needs both methods with learning and forgetting";
+    }
+    let least = |p: &[(f64, f64)]| p.iter().map(|x| x.0).fold(f64::INFINITY, f64::min);
+    let most = |p: &[(f64, f64)]| p.iter().map(|x| x.0).fold(f64::NEG_INFINITY, f64::max);
+    if least(&full) > most(&lora) {
+        "every full configuration learns more than LoRA's best: add lower learning rates for full fine-tuning"
+    } else if least(&lora) > most(&full) {
+        "every LoRA configuration learns more than full fine-tuning's best"
+    } else {
+        "the frontiers share no learning level"
+    }
 }
 
 /// The table of [`matched_at`] at every budget; None without a forgetting metric.
@@ -143,22 +169,38 @@ pub fn matched(ctx: &Ctx<'_>) -> Option<TableData> {
         .map(|&b| {
             let mut row = vec![format_tokens(b)];
             match matched_at(grid, b) {
-                None => row.extend(["-".into(), "-".into(), "-".into(), "-".into()]),
+                None => row.extend([
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    format!("- ({})", why_unmatched(grid, b)),
+                ]),
                 Some(m) => {
                     let d = decimals(m.learning);
                     let f = decimals(m.full.abs().max(m.lora.abs()));
                     row.push(format!("{:.d$}", m.learning));
                     row.push(format!("{:.f$}", m.full));
                     row.push(format!("{:.f$}", m.lora));
+                    let unmatched = match m.unmatched {
+                        0 => String::new(),
+                        k => format!(" ({k} of {REPLICATES} resamples did not meet)"),
+                    };
                     row.push(match m.estimate {
                         Some(e) => format!(
-                            "{:.f$} [{:.f$}, {:.f$}], p = {}",
+                            "{:.f$} [{:.f$}, {:.f$}], p = {}{unmatched}",
                             e.effect,
                             e.ci_low,
                             e.ci_high,
                             fmt_p(e.p)
                         ),
-                        None => format!("{:.f$} (needs 2 seeds for an interval)", m.full - m.lora),
+                        None if m.seeds < 2 => {
+                            format!("{:.f$} (needs 2 seeds for an interval)", m.full - m.lora)
+                        }
+                        None => format!(
+                            "{:.f$} (no interval: {} of {REPLICATES} resamples did not meet)",
+                            m.full - m.lora,
+                            m.unmatched
+                        ),
                     });
                 }
             }
@@ -177,7 +219,7 @@ pub fn matched(ctx: &Ctx<'_>) -> Option<TableData> {
         ],
         rows,
         note: Some(format!(
-            "matched: the most learning both methods' frontiers reach; each method's {forget} there is linear between its frontier's configurations (means over seeds); 95% interval and p from a seed bootstrap ({REPLICATES} resamples of each configuration's seeds, fixed seed); '-': the frontiers share no learning level"
+            "matched: the most learning both methods' frontiers reach; each method's {forget} there is linear between its frontier's configurations (means over seeds); 95% interval and p from a seed bootstrap ({REPLICATES} resamples of each configuration's seeds, fixed seed; resamples whose frontiers do not meet are left out and counted, and above 5% of them there is no interval)"
         )),
     })
 }

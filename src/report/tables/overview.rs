@@ -50,7 +50,7 @@ pub fn overview(input: &ReportInput) -> TableData {
     TableData {
         key: "overview".into(),
         title: format!("Sweep {}: overview", input.sweep),
-        header: vec!["runs".into(), "count".into()],
+        header: vec!["measure".into(), "value".into()],
         rows,
         note: None,
     }
