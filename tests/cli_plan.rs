@@ -637,3 +637,35 @@ fn the_readme_quotes_the_committed_report() {
         }
     }
 }
+
+/// The README's table of what the reference study finds is the committed summary's
+/// (results/reference-summary/summary.md, written by `scripts/reference-study all`), row for
+/// row: regenerating the study without updating the README fails here.
+#[test]
+fn the_readme_quotes_the_committed_reference_summary() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let section = readme
+        .split("**The reference study.**")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("the README has a 'The reference study' paragraph");
+    let summary =
+        std::fs::read_to_string(repo().join("results/reference-summary/summary.md")).unwrap();
+    let rows = |md: &str| -> Vec<String> {
+        md.lines()
+            .map(str::trim)
+            .filter(|l| {
+                l.strip_prefix("| ")
+                    .and_then(|r| r.split_once(". "))
+                    .is_some_and(|(n, _)| n.parse::<u8>().is_ok_and(|n| (1..=6).contains(&n)))
+            })
+            .map(String::from)
+            .collect()
+    };
+    let (quoted, committed) = (rows(section), rows(&summary));
+    assert_eq!(committed.len(), 6, "the summary has six findings");
+    assert_eq!(
+        quoted, committed,
+        "the README's reference-study table is the committed summary's"
+    );
+}
