@@ -47,6 +47,30 @@ fn too_few_items(input: &ReportInput, metric: &str) -> Option<String> {
     })
 }
 
+/// A finding's row of the findings table: its words, with its test's effect, interval and
+/// p-values behind the numbers.
+fn finding_row(f: &super::Finding) -> Vec<super::Value> {
+    use super::value::Spread;
+    use super::Value;
+    vec![
+        Value::count(u64::from(f.number), f.number.to_string()),
+        f.claim.as_str().into(),
+        f.verdict.words().into(),
+        match &f.test {
+            Some(t) => {
+                let spread = Spread {
+                    p: Some(t.p),
+                    p_holm: Some(t.p_holm),
+                    n: Some(t.seeds),
+                    ..Spread::from(t.estimate)
+                };
+                Value::spread(spread, f.evidence.clone()).described()
+            }
+            None => Value::words(f.evidence.clone()),
+        },
+    ]
+}
+
 /// Build the report.
 pub fn build(input: &ReportInput) -> Report {
     let mut notes = Vec::new();
@@ -265,17 +289,7 @@ pub fn build(input: &ReportInput) -> Report {
             "verdict".into(),
             "numbers".into(),
         ],
-        rows: findings
-            .iter()
-            .map(|f| {
-                vec![
-                    f.number.to_string(),
-                    f.claim.clone(),
-                    f.verdict.words().into(),
-                    f.evidence.clone(),
-                ]
-            })
-            .collect(),
+        rows: findings.iter().map(finding_row).collect(),
         note: Some(format!(
             "each finding's effect is signed so that > 0 is the paper's direction, with its 95% interval; supported or contradicted when its p-value, Holm-corrected over the findings tested, is below {}",
             super::findings::ALPHA

@@ -12,7 +12,8 @@ use super::stats::{
     bootstrap_estimate, holm, log_fit, ols, seeds_needed, summarize, welch_estimate, Estimate,
     SplitMix,
 };
-use super::{Finding, ReportInput, TableData, TestResult, Verdict};
+use super::value::Spread;
+use super::{Finding, ReportInput, TableData, TestResult, Value, Verdict};
 use crate::spec::values::format_tokens;
 
 /// The level every finding is tested at, after Holm's correction.
@@ -668,24 +669,28 @@ pub fn lr_ratios(grid: &Grid, rslora: bool) -> Option<TableData> {
             .map(|(_, c)| c.learn.len())
             .min()
             .unwrap_or(0);
+        let ratio = l / full;
         let interval = if seeds >= MIN_BOOTSTRAP_SEEDS {
-            ratio_bootstrap(grid, g, top, (l / full).log10())
+            ratio_bootstrap(grid, g, top, ratio.log10())
                 .map(|e| {
-                    format!(
-                        "{:.2}x [{:.2}x, {:.2}x]",
-                        l / full,
-                        10f64.powf(e.ci_low),
-                        10f64.powf(e.ci_high)
-                    )
+                    let (lo, hi) = (10f64.powf(e.ci_low), 10f64.powf(e.ci_high));
+                    let spread = Spread {
+                        mean: ratio,
+                        ci_low: Some(lo),
+                        ci_high: Some(hi),
+                        n: Some(seeds),
+                        ..Spread::default()
+                    };
+                    Value::spread(spread, format!("{ratio:.2}x [{lo:.2}x, {hi:.2}x]"))
                 })
-                .unwrap_or_else(|| "-".into())
+                .unwrap_or_else(Value::missing)
         } else {
-            format!("no interval ({seeds} seeds; {MIN_BOOTSTRAP_SEEDS} needed)")
+            format!("no interval ({seeds} seeds; {MIN_BOOTSTRAP_SEEDS} needed)").into()
         };
         rows.push(vec![
-            g.clone(),
-            fmt_lr(l),
-            format!("{:.2}x", l / full),
+            g.as_str().into(),
+            Value::lr(l),
+            Value::real(ratio, format!("{ratio:.2}x")),
             interval,
         ]);
         if let (Some(r), Some(m), Some(a), Some(d)) = (rank, modules, alpha, dropout) {
@@ -880,22 +885,30 @@ pub fn by_budget(grid: &Grid, forget_name: Option<&str>) -> TableData {
     let cell = |t: &Tested| match &t.test {
         Some(p) => {
             let e = &p.estimate;
-            format!(
-                "{:.4} [{:.4}, {:.4}], p = {}",
-                e.effect,
-                e.ci_low,
-                e.ci_high,
-                fmt_p(p.p_and_direction().0)
+            let decides = p.p_and_direction().0;
+            Value::spread(
+                Spread {
+                    p: Some(decides),
+                    n: Some(p.seeds),
+                    ..Spread::from(*e)
+                },
+                format!(
+                    "{:.4} [{:.4}, {:.4}], p = {}",
+                    e.effect,
+                    e.ci_low,
+                    e.ci_high,
+                    fmt_p(decides)
+                ),
             )
         }
-        None => "-".into(),
+        None => Value::missing(),
     };
     let rows = grid
         .budgets
         .iter()
         .map(|&b| {
             vec![
-                format_tokens(b),
+                Value::tokens(b),
                 cell(&learns_less(grid, b)),
                 cell(&forgets_less(grid, b, forget_name)),
             ]

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::stats::{summarize, Summary};
-use super::{CellNumbers, Interval, ReportInput, RunData, TableData};
+use super::{CellNumbers, Interval, ReportInput, RunData, TableData, Value};
 use crate::plan::MethodConfig;
 use crate::results::RunStatus;
 use crate::spec::values::module_set_label;
@@ -218,6 +218,22 @@ pub fn fmt_metric(values: &[f64], items: Option<u64>) -> String {
     }
 }
 
+/// [`fmt_metric`] with the interval behind it ([`interval_of`]).
+pub fn metric_value(values: &[f64], items: Option<u64>) -> Value {
+    match interval_of(values, items) {
+        Some(i) => Value::spread(i, fmt_metric(values, items)),
+        None => Value::missing(),
+    }
+}
+
+/// [`fmt_summary`] with the interval behind it.
+pub fn summary_value(s: Option<Summary>) -> Value {
+    match s {
+        Some(s) => Value::spread(Interval::of(s), fmt_summary(Some(s))),
+        None => Value::missing(),
+    }
+}
+
 /// The items per value when `values` are proportions of that many (all within [0, 1]: a
 /// percentage is not one, and keeps Student-t's interval).
 fn proportion(values: &[f64], items: Option<u64>) -> Option<u64> {
@@ -289,7 +305,7 @@ pub fn fold_seed_counts(table: &mut TableData) {
     }
     let mut counts: BTreeMap<usize, usize> = BTreeMap::new();
     for cell in table.rows.iter().flatten() {
-        if let Some((_, n)) = count(cell) {
+        if let Some((_, n)) = count(&cell.shown) {
             *counts.entry(n).or_default() += 1;
         }
     }
@@ -298,9 +314,9 @@ pub fn fold_seed_counts(table: &mut TableData) {
         return;
     };
     for cell in table.rows.iter_mut().flatten() {
-        if let Some((start, n)) = count(cell) {
+        if let Some((start, n)) = count(&cell.shown) {
             if n == common {
-                cell.truncate(start);
+                cell.shown.truncate(start);
             }
         }
     }

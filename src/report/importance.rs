@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use super::grid::{fmt_lr, Grid, SeriesKey};
 use super::stats::summarize;
-use super::TableData;
+use super::{TableData, Value};
 use crate::spec::values::format_tokens;
 
 /// An axis of the grid: its name and the level of a series on it.
@@ -34,6 +34,11 @@ fn weighted_var(pts: &[(f64, f64)]) -> Option<f64> {
     }
     let mean = pts.iter().map(|p| p.0 * p.1).sum::<f64>() / w;
     Some(pts.iter().map(|p| p.1 * (p.0 - mean).powi(2)).sum::<f64>() / w)
+}
+
+/// A share of the variance, shown as a percentage.
+fn share(x: f64) -> Value {
+    Value::real(x, format!("{:.0}%", 100.0 * x))
 }
 
 /// The importance table; None when no method has two configurations.
@@ -91,14 +96,11 @@ pub fn importance(grid: &Grid) -> Option<TableData> {
         }
         unbalanced |= levels_product != cells.len();
         rows.push(vec![
-            method.to_string(),
-            cells.len().to_string(),
-            shares.join(", "),
-            format!("{:.0}%", 100.0 * (between - main).max(0.0) / total),
-            noise.map_or_else(
-                || "not measured (1 seed)".into(),
-                |n| format!("{:.0}%", 100.0 * n / total),
-            ),
+            method.into(),
+            Value::int(cells.len()),
+            shares.join(", ").into(),
+            share((between - main).max(0.0) / total),
+            noise.map_or_else(|| "not measured (1 seed)".into(), |n| share(n / total)),
         ]);
     }
     if rows.is_empty() {

@@ -12,6 +12,7 @@ pub mod stats;
 pub mod summary;
 pub mod svg;
 pub mod tables;
+pub mod value;
 
 use std::collections::BTreeMap;
 
@@ -20,6 +21,7 @@ use serde::Serialize;
 use crate::plan::Point;
 use crate::results::{EvalRecord, RunStatus};
 pub use build::build;
+pub use value::Value;
 
 /// One planned run with whatever result it has.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,7 +83,8 @@ impl ReportInput {
     }
 }
 
-/// A table, already formatted: every renderer shows the same rows.
+/// A table, already formatted: every renderer shows the same rows; report.json and the CSV
+/// carry the numbers behind its cells.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TableData {
     /// A short key: the CSV file name and the JSON key.
@@ -90,8 +93,8 @@ pub struct TableData {
     pub title: String,
     /// Column names.
     pub header: Vec<String>,
-    /// Rows of cells.
-    pub rows: Vec<Vec<String>>,
+    /// Rows of cells: the text shown and the numbers behind it.
+    pub rows: Vec<Vec<Value>>,
     /// A note under the table (why it is empty, what a mark means).
     pub note: Option<String>,
 }

@@ -4,7 +4,8 @@
 use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
 
 use super::summary::Summary;
-use super::{Report, TableData};
+use super::value::csv_columns;
+use super::{Report, TableData, Value};
 
 /// Columns the terminal tables fit in: long cells wrap.
 pub const TERMINAL_WIDTH: u16 = 100;
@@ -49,7 +50,7 @@ fn terminal_table(t: &TableData) -> String {
         tt.set_header(t.header.clone());
     }
     for row in &t.rows {
-        tt.add_row(row.clone());
+        tt.add_row(row.iter().map(Value::as_str));
     }
     s.push_str(&format!("{tt}\n"));
     if let Some(n) = &t.note {
@@ -109,7 +110,7 @@ fn md_table(t: &TableData) -> String {
         s.push_str(&format!(
             "| {} |\n",
             row.iter()
-                .map(|c| md_cell(c))
+                .map(|c| md_cell(c.as_str()))
                 .collect::<Vec<_>>()
                 .join(" | ")
         ));
@@ -172,7 +173,31 @@ pub fn markdown(r: &Report) -> String {
     s
 }
 
-/// One CSV text per table: (key, csv).
+/// A table's CSV header and rows: its numbers, each column as [`csv_columns`] spreads it.
+fn table_numbers(t: &TableData) -> (Vec<String>, Vec<Vec<String>>) {
+    let cols = t
+        .header
+        .len()
+        .max(t.rows.iter().map(Vec::len).max().unwrap_or(0));
+    let missing = Value::missing();
+    let mut header = Vec::new();
+    let mut rows = vec![Vec::new(); t.rows.len()];
+    for j in 0..cols {
+        let cells: Vec<&Value> = t
+            .rows
+            .iter()
+            .map(|r| r.get(j).unwrap_or(&missing))
+            .collect();
+        let (names, fields) = csv_columns(t.header.get(j).map_or("", String::as_str), &cells);
+        header.extend(names);
+        for (row, f) in rows.iter_mut().zip(fields) {
+            row.extend(f);
+        }
+    }
+    (header, rows)
+}
+
+/// One CSV text per table (its cells' numbers, [`table_numbers`]): (key, csv).
 pub fn csv_tables(r: &Report) -> Vec<(String, String)> {
     let csv_of = |header: &[String], rows: &[Vec<String>]| {
         let mut w = csv::Writer::from_writer(Vec::new());
@@ -186,7 +211,10 @@ pub fn csv_tables(r: &Report) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = r
         .tables
         .iter()
-        .map(|t| (t.key.clone(), csv_of(&t.header, &t.rows)))
+        .map(|t| {
+            let (header, rows) = table_numbers(t);
+            (t.key.clone(), csv_of(&header, &rows))
+        })
         .collect();
     // The tables as numbers, one row per configuration and budget.
     let num = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
@@ -283,7 +311,7 @@ pub fn html(r: &Report) -> String {
             s.push_str(&format!(
                 "<tr>{}</tr>\n",
                 row.iter()
-                    .map(|c| format!("<td>{}</td>", esc(c)))
+                    .map(|c| format!("<td>{}</td>", esc(c.as_str())))
                     .collect::<String>()
             ));
         }

@@ -13,7 +13,8 @@ use serde::Serialize;
 
 use super::findings::verdict_of;
 use super::stats::holm;
-use super::{Report, TableData, TestResult, Verdict};
+use super::value::Spread;
+use super::{Report, TableData, TestResult, Value, Verdict};
 
 /// The findings of several sweeps.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -176,17 +177,17 @@ fn table(sweeps: &[SweepLabel], rows: &[SummaryRow], tests: usize) -> TableData 
     let rows = rows
         .iter()
         .map(|r| {
-            let mut row = vec![format!("{}. {}", r.number, r.claim)];
-            row.extend(r.cells.iter().map(cell_text));
+            let mut row = vec![Value::words(format!("{}. {}", r.number, r.claim))];
+            row.extend(r.cells.iter().map(cell_value));
             let n = r.cells.len();
-            row.push(if r.contradicted > 0 {
+            row.push(Value::words(if r.contradicted > 0 {
                 format!(
                     "contradicted in {} of {n}, supported in {}",
                     r.contradicted, r.supported
                 )
             } else {
                 format!("supported in {} of {n}", r.supported)
-            });
+            }));
             row
         })
         .collect();
@@ -201,22 +202,34 @@ fn table(sweeps: &[SweepLabel], rows: &[SummaryRow], tests: usize) -> TableData 
     }
 }
 
-fn cell_text(c: &SummaryCell) -> String {
+/// A sweep's cell: its verdict in words, with the test's effect, interval and p-values behind it.
+fn cell_value(c: &SummaryCell) -> Value {
     let mut s = c.verdict_all.words().to_string();
-    if let (Some(t), Some(p)) = (&c.test, c.p_holm_all) {
-        let e = &t.estimate;
-        s.push_str(&format!(
-            ": {:.3} [{:.3}, {:.3}], p = {}",
-            e.effect,
-            e.ci_low,
-            e.ci_high,
-            super::findings::fmt_p(p)
-        ));
-    }
+    let tested = match (&c.test, c.p_holm_all) {
+        (Some(t), Some(p)) => {
+            let e = &t.estimate;
+            s.push_str(&format!(
+                ": {:.3} [{:.3}, {:.3}], p = {}",
+                e.effect,
+                e.ci_low,
+                e.ci_high,
+                super::findings::fmt_p(p)
+            ));
+            Some(Spread {
+                p: Some(t.p),
+                p_holm: Some(p),
+                ..Spread::from(t.estimate)
+            })
+        }
+        _ => None,
+    };
     if c.verdict != c.verdict_all {
         s.push_str(&format!(" (own report: {})", c.verdict.words()));
     }
-    s
+    match tested {
+        Some(spread) => Value::spread(spread, s).described(),
+        None => Value::words(s),
+    }
 }
 
 #[cfg(test)]
@@ -331,7 +344,9 @@ mod tests {
         assert_eq!(s.table.rows[0][3], "contradicted in 1 of 2, supported in 1");
         assert_eq!(s.table.rows[2][3], "supported in 0 of 2");
         assert!(
-            s.table.rows[2][1].contains("(own report: supported)"),
+            s.table.rows[2][1]
+                .as_str()
+                .contains("(own report: supported)"),
             "{:?}",
             s.table.rows[2]
         );

@@ -194,7 +194,10 @@ fn findings_match_a_sweep_built_to_show_them() {
     let ratio = r.tables.iter().find(|t| t.key == "lr_ratio").unwrap();
     assert_eq!(ratio.rows.len(), 1, "{ratio:?}");
     assert_eq!(ratio.rows[0][2], "10.00x");
-    assert!(ratio.rows[0][3].starts_with("10.00x ["), "{ratio:?}");
+    assert!(
+        ratio.rows[0][3].as_str().starts_with("10.00x ["),
+        "{ratio:?}"
+    );
     assert!(
         ratio
             .note
@@ -243,12 +246,13 @@ fn findings_match_a_sweep_built_to_show_them() {
     let imp = r.tables.iter().find(|t| t.key == "importance").unwrap();
     for row in &imp.rows {
         let lr: f64 = row[2]
+            .as_str()
             .strip_prefix("learning rate ")
             .and_then(|x| x.strip_suffix('%'))
             .unwrap()
             .parse()
             .unwrap();
-        let noise: f64 = row[4].strip_suffix('%').unwrap().parse().unwrap();
+        let noise: f64 = row[4].as_str().strip_suffix('%').unwrap().parse().unwrap();
         assert!(lr > 90.0 && noise < 5.0, "{row:?}");
     }
     // Findings 1 and 2 at each of the 3 budgets, each with its interval and p.
@@ -261,7 +265,7 @@ fn findings_match_a_sweep_built_to_show_them() {
     assert!(
         by.rows
             .iter()
-            .all(|row| row[1].contains("p = ") && row[2].contains("p = ")),
+            .all(|row| row[1].as_str().contains("p = ") && row[2].as_str().contains("p = ")),
         "{by:?}"
     );
 }
@@ -391,7 +395,7 @@ fn one_seed_has_no_interval_never_zero_width() {
     let r = build(&sweep(1));
     let best = r.tables.iter().find(|t| t.key == "best").unwrap();
     assert!(
-        best.rows.iter().all(|row| !row[3].contains('±')),
+        best.rows.iter().all(|row| !row[3].as_str().contains('±')),
         "{:?}",
         best.rows
     );
@@ -432,7 +436,7 @@ fn failed_diverged_and_missing_runs_are_listed() {
     let diverged: usize = lr
         .rows
         .iter()
-        .map(|row| row[4].parse::<usize>().unwrap())
+        .map(|row| row[4].as_str().parse::<usize>().unwrap())
         .sum();
     assert_eq!(diverged, 1);
 }
@@ -502,6 +506,131 @@ fn markdown_and_html_render_every_table_and_plot() {
     assert_eq!(first[0], c.config_id);
     assert_eq!(first[7].parse::<f64>().unwrap(), c.learning.unwrap().mean);
     assert_eq!(r.cells.len(), 18, "6 configurations x 3 budgets");
+}
+
+/// What a program reads of the tables: no cell of any CSV is a display string ("2.55 ± 0.64",
+/// "16k", "1e-3", "10.00x"), the numbers are the tables' own, and report.json holds them as
+/// JSON numbers and {mean, ci_low, ci_high, n, p, p_holm} objects.
+#[test]
+fn every_table_carries_its_numbers_for_programs() {
+    let input = sweep(3);
+    let r = build(&input);
+    let csvs: std::collections::BTreeMap<String, String> =
+        render::csv_tables(&r).into_iter().collect();
+    let read = |key: &str| -> Vec<std::collections::BTreeMap<String, String>> {
+        let mut rd = csv::Reader::from_reader(csvs[key].as_bytes());
+        let header: Vec<String> = rd.headers().unwrap().iter().map(String::from).collect();
+        rd.records()
+            .map(|rec| {
+                header
+                    .iter()
+                    .cloned()
+                    .zip(rec.unwrap().iter().map(String::from))
+                    .collect()
+            })
+            .collect()
+    };
+    let display = ['±', '[', 'x'];
+    for t in &r.tables {
+        for row in read(&t.key) {
+            for (col, v) in &row {
+                let numeric = col.ends_with("_mean")
+                    || col.ends_with("_ci_low")
+                    || col.ends_with("_ci_high")
+                    || col.ends_with("_p")
+                    || col.ends_with("_p_holm")
+                    || col == "lr"
+                    || col == "best_lr"
+                    || col == "budget";
+                if numeric && !v.is_empty() {
+                    assert!(
+                        v.parse::<f64>().is_ok() && !v.contains(display),
+                        "{}.csv column {col}: {v:?}",
+                        t.key
+                    );
+                }
+            }
+        }
+    }
+    // The best table: budgets in tokens, learning rates and each metric's interval as numbers.
+    let best = read("best");
+    let grid_best = r.tables.iter().find(|t| t.key == "best").unwrap();
+    let learn = r.learning_metric.clone().unwrap();
+    for (row, shown) in best.iter().zip(&grid_best.rows) {
+        let budget: u64 = row["budget"].parse().unwrap();
+        assert!(r.cells.iter().any(|c| c.budget_tokens == budget), "{row:?}");
+        let lr: f64 = row["best_lr"].parse().unwrap();
+        let cell = r
+            .cells
+            .iter()
+            .find(|c| {
+                c.budget_tokens == budget && c.learning_rate == lr && c.group == shown[1].as_str()
+            })
+            .unwrap_or_else(|| panic!("{row:?}"));
+        let l = cell.learning.unwrap();
+        assert_eq!(
+            row[&format!("{learn}_mean")].parse::<f64>().unwrap(),
+            l.mean
+        );
+        assert_eq!(
+            row[&format!("{learn}_ci_low")].parse::<f64>().unwrap(),
+            l.ci_low.unwrap()
+        );
+        assert_eq!(row[&format!("{learn}_n")], "3");
+    }
+    // The findings: each tested one's effect, interval and both p-values, beside its words.
+    let findings = read("findings");
+    for (row, f) in findings.iter().zip(&r.findings) {
+        assert_eq!(row["number"], f.number.to_string());
+        assert_eq!(row["numbers"], f.evidence);
+        match &f.test {
+            Some(t) => {
+                assert_eq!(
+                    row["numbers_mean"].parse::<f64>().unwrap(),
+                    t.estimate.effect
+                );
+                assert_eq!(row["numbers_p"].parse::<f64>().unwrap(), t.p);
+                assert_eq!(row["numbers_p_holm"].parse::<f64>().unwrap(), t.p_holm);
+            }
+            None => assert_eq!(row["numbers_p_holm"], ""),
+        }
+    }
+    assert!(r.findings.iter().any(|f| f.test.is_some()));
+    if std::env::var_os("SWEEP_PRINT_CSV").is_some() {
+        for (k, v) in &csvs {
+            eprintln!("== {k}.csv\n{v}");
+        }
+    }
+    // report.json: the same numbers, typed.
+    let json = serde_json::to_value(&r).unwrap();
+    let table = |key: &str| {
+        json["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["key"] == key)
+            .unwrap()
+            .clone()
+    };
+    let row = &table("best")["rows"][0];
+    assert!(row[0].is_u64() && row[2].is_f64(), "{row}");
+    assert!(
+        row[3]["mean"].is_f64() && row[3]["ci_low"].is_f64() && row[3]["n"] == 3,
+        "{row}"
+    );
+    let overview = table("overview");
+    assert_eq!(overview["rows"][0][1], serde_json::json!(input.runs.len()));
+    let tested = table("findings")["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row[3].is_object())
+        .cloned()
+        .unwrap();
+    assert!(
+        tested[3]["p_holm"].is_f64() && tested[3]["text"].is_string(),
+        "{tested}"
+    );
 }
 
 /// The Markdown of a fixed synthetic sweep, checked against tests/golden/report.md
@@ -640,7 +769,7 @@ fn a_proportion_shows_an_interval_within_its_scale() {
         r.notes
     );
     let best = r.tables.iter().find(|t| t.key == "best").unwrap();
-    let cell = &best.rows[0][3];
+    let cell = best.rows[0][3].as_str();
     assert!(cell.contains("(2x400 items)"), "{cell}");
     let (lo, hi) = cell
         .split_once('[')
@@ -717,7 +846,7 @@ fn the_best_lr_ratio_is_given_per_rank_with_its_rank_slope() {
     let t = r.tables.iter().find(|t| t.key == "lr_ratio").unwrap();
     assert_eq!(t.rows.len(), 3, "{t:?}");
     assert!(t.rows.iter().all(|row| row[2] == "10.00x"), "{t:?}");
-    assert!(t.rows[0][3].contains("2 seeds; 5 needed"), "{t:?}");
+    assert!(t.rows[0][3].as_str().contains("2 seeds; 5 needed"), "{t:?}");
     let note = t.note.as_deref().unwrap();
     assert!(
         note.contains("all, alpha = 16: slope")
@@ -956,7 +1085,7 @@ fn of_equal_means_the_lowest_learning_rate_wins_in_every_table() {
     let lr = col(&best, "best lr");
     assert!(!best.rows.is_empty());
     for row in &best.rows {
-        assert_eq!(row[lr], lowest(&row[1]), "best table: {row:?}");
+        assert_eq!(row[lr], lowest(row[1].as_str()), "best table: {row:?}");
     }
     let sens = table("lr_sensitivity");
     let (lr, mark) = (col(&sens, "lr"), col(&sens, "best or near"));
@@ -968,14 +1097,18 @@ fn of_equal_means_the_lowest_learning_rate_wins_in_every_table() {
         sens.rows
     );
     for row in marked {
-        assert_eq!(row[lr], lowest(&row[0]), "sensitivity table: {row:?}");
+        assert_eq!(
+            row[lr],
+            lowest(row[0].as_str()),
+            "sensitivity table: {row:?}"
+        );
     }
     let winners = table("winners");
     for row in &winners.rows {
         assert!(
-            row[2].starts_with(&format!(
+            row[2].as_str().starts_with(&format!(
                 "lr {}",
-                lowest(row[0].trim_end_matches(" (best)"))
+                lowest(row[0].as_str().trim_end_matches(" (best)"))
             )),
             "winners: {row:?}"
         );
@@ -1110,16 +1243,20 @@ fn intruder_scaling_points_are_tabled_beside_the_runs_as_trained() {
         "2 configurations x (as trained, x0): {:?}",
         t.rows
     );
-    let first = |c: &str| c.split_whitespace().next().unwrap().parse::<f64>().unwrap();
+    // The numbers behind the cells (what report.json and the CSV carry).
+    let first = |c: &crate::report::Value| match c.number {
+        crate::report::value::Number::Spread(s) => s.mean,
+        other => panic!("{other:?}"),
+    };
     for pair in t.rows.chunks(2) {
         assert_eq!(pair[0][2], "1 (as trained)");
         assert_eq!(pair[1][2], "0");
         assert!(
-            (first(&pair[1][3]) - first(&pair[0][3]) - 0.1).abs() < 2e-3,
+            (first(&pair[1][3]) - first(&pair[0][3]) - 0.1).abs() < 1e-9,
             "{pair:?}"
         );
         assert!(
-            (first(&pair[1][4]) - first(&pair[0][4]) + 0.05).abs() < 2e-3,
+            (first(&pair[1][4]) - first(&pair[0][4]) + 0.05).abs() < 1e-9,
             "{pair:?}"
         );
     }
@@ -1187,7 +1324,7 @@ fn importance_splits_known_effects_per_method_and_gives_rank_only_to_lora() {
     );
     let full = row("full");
     assert!(
-        full[2].starts_with("learning rate ") && !full[2].contains("rank"),
+        full[2].as_str().starts_with("learning rate ") && !full[2].as_str().contains("rank"),
         "{full:?}"
     );
 }

@@ -1,10 +1,9 @@
 //! Table 2: the best learning rate of each configuration (method and LoRA group) at each budget.
 
 use super::Ctx;
-use crate::report::grid::{fmt_lr, fmt_metric, fmt_summary, SeriesKey};
+use crate::report::grid::{metric_value, summary_value, SeriesKey};
 use crate::report::stats::summarize;
-use crate::report::TableData;
-use crate::spec::values::format_tokens;
+use crate::report::{TableData, Value};
 
 /// The best learning rate per configuration at each budget.
 pub fn best(ctx: &Ctx<'_>) -> TableData {
@@ -13,11 +12,11 @@ pub fn best(ctx: &Ctx<'_>) -> TableData {
         for g in &ctx.groups {
             if let Some((k, c)) = ctx.grid.best_in(&|k: &SeriesKey| &k.group() == g, b) {
                 rows.push(vec![
-                    format_tokens(b),
-                    g.clone(),
-                    fmt_lr(k.lr()),
-                    fmt_metric(&c.learn, ctx.learn_items),
-                    fmt_summary(summarize(&c.forget)),
+                    Value::tokens(b),
+                    g.as_str().into(),
+                    Value::lr(k.lr()),
+                    metric_value(&c.learn, ctx.learn_items),
+                    summary_value(summarize(&c.forget)),
                 ]);
             }
         }

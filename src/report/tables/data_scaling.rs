@@ -4,7 +4,8 @@
 use super::Ctx;
 use crate::report::grid::SeriesKey;
 use crate::report::stats::{log_fit, summarize, Summary};
-use crate::report::{Series, TableData};
+use crate::report::value::Spread;
+use crate::report::{Series, TableData, Value};
 use crate::spec::values::format_tokens;
 
 /// The data-scaling table and its plot's lines.
@@ -28,19 +29,28 @@ pub fn data_scaling(ctx: &Ctx<'_>) -> (TableData, Vec<Series>) {
             .collect();
         let fit = log_fit(&pts.iter().map(|(x, s)| (*x, s.mean)).collect::<Vec<_>>());
         rows.push(vec![
-            m.clone(),
-            k.describe(),
+            m.as_str().into(),
+            k.describe().into(),
             pts.iter()
                 .map(|(x, s)| format!("{}: {:.4}", format_tokens(*x as u64), s.mean))
                 .collect::<Vec<_>>()
-                .join(", "),
-            fit.map(|f| match f.b_ci95 {
-                Some(ci) => format!("{:.4} ± {:.4}", f.b, ci),
-                None => format!("{:.4} (2 points, no interval)", f.b),
+                .join(", ")
+                .into(),
+            fit.map(|f| {
+                let slope = Spread {
+                    mean: f.b,
+                    ci_low: f.b_ci95.map(|ci| f.b - ci),
+                    ci_high: f.b_ci95.map(|ci| f.b + ci),
+                    ..Spread::default()
+                };
+                match f.b_ci95 {
+                    Some(ci) => Value::spread(slope, format!("{:.4} ± {:.4}", f.b, ci)),
+                    None => Value::spread(slope, format!("{:.4} (2 points, no interval)", f.b)),
+                }
             })
             .unwrap_or_else(|| "- (one budget)".into()),
-            fit.map(|f| format!("{:.3}", f.r2))
-                .unwrap_or_else(|| "-".into()),
+            fit.map(|f| Value::real(f.r2, format!("{:.3}", f.r2)))
+                .unwrap_or_else(Value::missing),
         ]);
         lines.push(Series {
             label: k.describe(),

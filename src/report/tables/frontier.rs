@@ -3,8 +3,7 @@
 
 use super::Ctx;
 use crate::report::stats::{pareto_front, summarize};
-use crate::report::{Series, TableData};
-use crate::spec::values::format_tokens;
+use crate::report::{Series, TableData, Value};
 
 /// The learning-forgetting table and its plot's parts.
 pub struct Frontier {
@@ -37,15 +36,11 @@ pub fn frontier(ctx: &Ctx<'_>) -> Frontier {
     let mut rows = Vec::new();
     for (i, (k, b, l, f)) in labels.iter().enumerate() {
         rows.push(vec![
-            k.describe(),
-            format_tokens(*b),
-            format!("{l:.4}"),
-            format!("{f:.4}"),
-            if front.contains(&i) {
-                "frontier".into()
-            } else {
-                String::new()
-            },
+            k.describe().into(),
+            Value::tokens(*b),
+            Value::real(*l, format!("{l:.4}")),
+            Value::real(*f, format!("{f:.4}")),
+            if front.contains(&i) { "frontier" } else { "" }.into(),
         ]);
     }
     let on_front = |m: &str| front.iter().filter(|&&i| labels[i].0.method == m).count();

@@ -4,9 +4,9 @@
 //! runs, with no retraining.
 
 use super::Ctx;
-use crate::report::grid::{fmt_lr, fmt_summary, metric_at, Grid, SeriesKey};
+use crate::report::grid::{metric_at, summary_value, Grid, SeriesKey};
 use crate::report::stats::summarize;
-use crate::report::TableData;
+use crate::report::{TableData, Value};
 use crate::spec::values::format_tokens;
 
 /// The lambdas the runs measured, from their metrics' names (`intruders_x<lambda>_<loss>`).
@@ -53,11 +53,11 @@ pub fn intruder_scaling(ctx: &Ctx<'_>) -> Option<TableData> {
             .filter(|r| c.ids.contains(&r.id))
             .collect();
         rows.push(vec![
-            g.clone(),
-            fmt_lr(k.lr()),
-            "1 (as trained)".into(),
-            fmt_summary(summarize(&c.learn)),
-            fmt_summary(summarize(&c.forget)),
+            g.as_str().into(),
+            Value::lr(k.lr()),
+            Value::real(1.0, "1 (as trained)"),
+            summary_value(summarize(&c.learn)),
+            summary_value(summarize(&c.forget)),
         ]);
         for &lambda in &lambdas {
             let learn: Vec<f64> = runs
@@ -72,11 +72,11 @@ pub fn intruder_scaling(ctx: &Ctx<'_>) -> Option<TableData> {
                 })
                 .collect();
             rows.push(vec![
-                g.clone(),
-                fmt_lr(k.lr()),
-                lambda.to_string(),
-                fmt_summary(summarize(&learn)),
-                fmt_summary(summarize(&forget)),
+                g.as_str().into(),
+                Value::lr(k.lr()),
+                Value::real(lambda, lambda.to_string()),
+                summary_value(summarize(&learn)),
+                summary_value(summarize(&forget)),
             ]);
         }
     }

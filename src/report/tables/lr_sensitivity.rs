@@ -2,9 +2,9 @@
 //! best and near-best learning rates and how wide that range is; and its plot's lines.
 
 use super::Ctx;
-use crate::report::grid::{first_best, fmt_lr, fmt_metric, fmt_summary, Cell};
+use crate::report::grid::{first_best, metric_value, summary_value, Cell};
 use crate::report::stats::summarize;
-use crate::report::{Series, TableData};
+use crate::report::{Series, TableData, Value};
 use crate::spec::values::format_tokens;
 
 /// Margin that defines the near-best learning-rate range: within 2% of the best value.
@@ -51,22 +51,25 @@ pub fn lr_sensitivity(ctx: &Ctx<'_>) -> (TableData, Vec<Series>) {
             None => vec![],
         };
         let width = match (near.first(), near.last()) {
-            (Some(a), Some(b)) => format!("{:.1}", (b / a).log10()),
-            _ => "-".into(),
+            (Some(a), Some(b)) => {
+                let decades = (b / a).log10();
+                Value::real(decades, format!("{decades:.1}"))
+            }
+            _ => Value::missing(),
         };
         for (lr, c, nd) in &series {
             rows.push(vec![
-                g.clone(),
-                fmt_lr(*lr),
-                fmt_metric(&c.learn, ctx.learn_items),
-                fmt_summary(summarize(&c.forget)),
-                nd.to_string(),
+                g.as_str().into(),
+                Value::lr(*lr),
+                metric_value(&c.learn, ctx.learn_items),
+                summary_value(summarize(&c.forget)),
+                Value::int(*nd),
                 if best.is_some_and(|b| b.0 == *lr) {
                     "best".into()
                 } else if near.contains(lr) {
                     "near".into()
                 } else {
-                    String::new()
+                    "".into()
                 },
                 width.clone(),
             ]);

@@ -8,8 +8,7 @@ use super::Ctx;
 use crate::report::findings::fmt_p;
 use crate::report::grid::{decimals, Grid};
 use crate::report::stats::{bootstrap_estimate, pareto_front, Estimate, SplitMix};
-use crate::report::TableData;
-use crate::spec::values::format_tokens;
+use crate::report::{TableData, Value};
 
 const REPLICATES: usize = 2000;
 const SEED: u64 = 0x6d61_7463_6865_6421;
@@ -167,40 +166,57 @@ pub fn matched(ctx: &Ctx<'_>) -> Option<TableData> {
         .budgets
         .iter()
         .map(|&b| {
-            let mut row = vec![format_tokens(b)];
+            let mut row = vec![Value::tokens(b)];
             match matched_at(grid, b) {
                 None => row.extend([
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
-                    format!("- ({})", why_unmatched(grid, b)),
+                    Value::missing(),
+                    Value::missing(),
+                    Value::missing(),
+                    format!("- ({})", why_unmatched(grid, b)).into(),
                 ]),
                 Some(m) => {
                     let d = decimals(m.learning);
                     let f = decimals(m.full.abs().max(m.lora.abs()));
-                    row.push(format!("{:.d$}", m.learning));
-                    row.push(format!("{:.f$}", m.full));
-                    row.push(format!("{:.f$}", m.lora));
+                    row.push(Value::real(m.learning, format!("{:.d$}", m.learning)));
+                    row.push(Value::real(m.full, format!("{:.f$}", m.full)));
+                    row.push(Value::real(m.lora, format!("{:.f$}", m.lora)));
                     let unmatched = match m.unmatched {
                         0 => String::new(),
                         k => format!(" ({k} of {REPLICATES} resamples did not meet)"),
                     };
+                    let diff = m.full - m.lora;
                     row.push(match m.estimate {
-                        Some(e) => format!(
-                            "{:.f$} [{:.f$}, {:.f$}], p = {}{unmatched}",
-                            e.effect,
-                            e.ci_low,
-                            e.ci_high,
-                            fmt_p(e.p)
-                        ),
-                        None if m.seeds < 2 => {
-                            format!("{:.f$} (needs 2 seeds for an interval)", m.full - m.lora)
+                        Some(e) => {
+                            let v = Value::spread(
+                                e,
+                                format!(
+                                    "{:.f$} [{:.f$}, {:.f$}], p = {}{unmatched}",
+                                    e.effect,
+                                    e.ci_low,
+                                    e.ci_high,
+                                    fmt_p(e.p)
+                                ),
+                            );
+                            // The count of resamples that did not meet is words.
+                            if unmatched.is_empty() {
+                                v
+                            } else {
+                                v.described()
+                            }
                         }
-                        None => format!(
-                            "{:.f$} (no interval: {} of {REPLICATES} resamples did not meet)",
-                            m.full - m.lora,
-                            m.unmatched
-                        ),
+                        None if m.seeds < 2 => Value::real(
+                            diff,
+                            format!("{diff:.f$} (needs 2 seeds for an interval)"),
+                        )
+                        .described(),
+                        None => Value::real(
+                            diff,
+                            format!(
+                                "{diff:.f$} (no interval: {} of {REPLICATES} resamples did not meet)",
+                                m.unmatched
+                            ),
+                        )
+                        .described(),
                     });
                 }
             }

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::report::grid::{fmt_lr, fmt_metric, fmt_summary, metric_at, proportion_items, Keys};
-use crate::report::{ReportInput, TableData};
+use crate::report::grid::{metric_at, metric_value, proportion_items, Keys};
+use crate::report::{ReportInput, TableData, Value};
 use crate::spec::values::format_tokens;
 
 /// The values of `metrics` at budget `top`, per configuration and learning rate, over seeds.
@@ -35,10 +35,10 @@ pub fn measured(
     let rows = by
         .into_iter()
         .map(|((g, lr), ms)| {
-            let mut row = vec![g, fmt_lr(f64::from_bits(lr))];
+            let mut row = vec![Value::words(g), Value::lr(f64::from_bits(lr))];
             row.extend(metrics.iter().map(|m| match ms.get(*m) {
-                Some(v) => fmt_metric(v, proportion_items(input, m)),
-                None => fmt_summary(None),
+                Some(v) => metric_value(v, proportion_items(input, m)),
+                None => Value::missing(),
             }));
             row
         })

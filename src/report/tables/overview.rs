@@ -1,8 +1,7 @@
 //! Table 1: the sweep's runs by how they ended, the tokens they trained and their compute.
 
-use crate::report::{ReportInput, RunData, TableData};
+use crate::report::{ReportInput, RunData, TableData, Value};
 use crate::results::RunStatus;
-use crate::spec::values::format_tokens;
 
 /// The overview of the sweep.
 pub fn overview(input: &ReportInput) -> TableData {
@@ -20,31 +19,33 @@ pub fn overview(input: &ReportInput) -> TableData {
         .filter(|r| r.status.is_some())
         .fold(0.0, |sum, r| sum + r.wall_s);
     let rows = vec![
-        vec!["planned runs".into(), input.runs.len().to_string()],
+        vec!["planned runs".into(), Value::int(input.runs.len())],
         vec![
             "completed".into(),
-            count(&|r| r.status == Some(RunStatus::Completed)).to_string(),
+            Value::int(count(&|r| r.status == Some(RunStatus::Completed))),
         ],
         vec![
             "diverged".into(),
-            count(&|r| r.status == Some(RunStatus::Diverged)).to_string(),
+            Value::int(count(&|r| r.status == Some(RunStatus::Diverged))),
         ],
         vec![
             "failed".into(),
-            count(&|r| r.status == Some(RunStatus::Failed)).to_string(),
+            Value::int(count(&|r| r.status == Some(RunStatus::Failed))),
         ],
         vec![
             "no result yet".into(),
-            count(&|r| r.status.is_none() || r.status == Some(RunStatus::Interrupted)).to_string(),
+            Value::int(count(&|r| {
+                r.status.is_none() || r.status == Some(RunStatus::Interrupted)
+            })),
         ],
         vec![
             "unreadable results".into(),
-            input.unreadable.len().to_string(),
+            Value::int(input.unreadable.len()),
         ],
-        vec!["tokens trained".into(), format_tokens(tokens)],
+        vec!["tokens trained".into(), Value::tokens(tokens)],
         vec![
             "compute (run-hours)".into(),
-            format!("{:.2}", wall / 3600.0),
+            Value::real(wall / 3600.0, format!("{:.2}", wall / 3600.0)),
         ],
     ];
     TableData {

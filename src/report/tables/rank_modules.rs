@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 
 use super::Ctx;
-use crate::report::grid::{fmt_lr, fmt_metric, fmt_summary, SeriesKey};
+use crate::report::grid::{metric_value, summary_value, SeriesKey};
 use crate::report::stats::summarize;
-use crate::report::TableData;
+use crate::report::{TableData, Value};
 use crate::spec::values::format_tokens;
 
 /// Each configuration at its best learning rate at the largest budget, with its capacity.
@@ -26,16 +26,25 @@ pub fn rank_modules(ctx: &Ctx<'_>) -> TableData {
                 match k.variant() {
                     Some(v) => format!("{} {v}", k.method),
                     None => k.method.clone(),
-                },
-                k.rank.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
-                k.modules.clone().unwrap_or_else(|| "-".into()),
-                fmt_lr(k.lr()),
-                fmt_metric(&c.learn, ctx.learn_items),
-                fmt_summary(summarize(&c.forget)),
-                p.map(|p| format_tokens(p as u64))
-                    .unwrap_or_else(|| "-".into()),
-                p.map(|p| format!("{:.3}", p as f64 / top as f64))
-                    .unwrap_or_else(|| "-".into()),
+                }
+                .into(),
+                k.rank
+                    .map(|r| Value::count(r, r.to_string()))
+                    .unwrap_or_else(Value::missing),
+                k.modules
+                    .as_deref()
+                    .map(Value::words)
+                    .unwrap_or_else(Value::missing),
+                Value::lr(k.lr()),
+                metric_value(&c.learn, ctx.learn_items),
+                summary_value(summarize(&c.forget)),
+                p.map(|p| Value::count(p as u64, format_tokens(p as u64)))
+                    .unwrap_or_else(Value::missing),
+                p.map(|p| {
+                    let per = p as f64 / top as f64;
+                    Value::real(per, format!("{per:.3}"))
+                })
+                .unwrap_or_else(Value::missing),
             ]);
         }
     }

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::Ctx;
-use crate::report::grid::{first_best, fmt_lr, fmt_metric, fmt_summary, Cell, Grid, SeriesKey};
+use crate::report::grid::{first_best, fmt_lr, metric_value, summary_value, Cell, Grid, SeriesKey};
 use crate::report::stats::summarize;
 use crate::report::TableData;
 use crate::spec::values::format_tokens;
@@ -88,12 +88,13 @@ pub fn winners(ctx: &Ctx<'_>) -> TableData {
                 format!("{} (best)", b.method)
             } else {
                 b.method.clone()
-            },
-            b.config_id.clone(),
-            hyper,
-            fmt_metric(&c.learn, ctx.learn_items),
-            fmt_summary(summarize(&c.forget)),
-            b.run_id.clone(),
+            }
+            .into(),
+            b.config_id.as_str().into(),
+            hyper.into(),
+            metric_value(&c.learn, ctx.learn_items),
+            summary_value(summarize(&c.forget)),
+            b.run_id.as_str().into(),
         ]);
         let dir = ctx.input.dir.as_deref().unwrap_or("results/NAME");
         commands.push(format!(
