@@ -243,6 +243,7 @@ pub fn build(input: &ReportInput) -> Report {
         any: frontier_points,
     } = super::tables::frontier(&ctx);
     tables.push(table);
+    tables.extend(super::tables::forgetting(&ctx));
 
     // Tables 7 and 8: spectral rank and diversity, when measured.
     let spectral: Vec<&String> = all_metrics

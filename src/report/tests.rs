@@ -738,6 +738,67 @@ fn proportions_are_the_task_accuracies() {
     }
 }
 
+/// With the paper's forgetting score measured beside the source-domain loss, the findings use
+/// the score and a table shows both (and each benchmark), each configuration at its best
+/// learning rate: the loss's rise and the score's fall, as the runs measured them.
+#[test]
+fn the_forgetting_score_is_shown_beside_the_source_loss() {
+    let mut input = sweep(2);
+    // Not the source loss's table alone: one measure gives no table.
+    assert!(build(&input)
+        .tables
+        .iter()
+        .all(|t| t.key != "forgetting_measures"));
+    for (i, r) in input.runs.iter_mut().enumerate() {
+        for e in &mut r.evals {
+            // The score falls by 0.01 per 1,000 tokens, more for full fine-tuning; 0.02 apart
+            // per run, so that the configurations differ by more than their items' noise.
+            let fall = e.tokens as f64 / 1000.0 * if i % 6 < 3 { 0.02 } else { 0.01 };
+            let score = 0.6 - fall + 0.001 * (i % 6) as f64;
+            e.metrics.insert("forgetting_score".into(), score);
+            e.metrics.insert("hellaswag_acc_norm".into(), score);
+        }
+    }
+    input.metric_items.insert("forgetting_score".into(), 5000);
+    let r = build(&input);
+    assert_eq!(
+        r.forgetting_metric.as_deref(),
+        Some("forgetting_score_drop")
+    );
+    let t = r
+        .tables
+        .iter()
+        .find(|t| t.key == "forgetting_measures")
+        .unwrap_or_else(|| panic!("{:?}", r.notes));
+    assert_eq!(
+        t.header,
+        [
+            "configuration",
+            "lr",
+            "source_loss_increase",
+            "forgetting_score_drop",
+            "hellaswag_acc_norm_drop"
+        ]
+    );
+    assert_eq!(t.rows.len(), 2, "full and one LoRA group: {t:?}");
+    let mean = |c: &crate::report::Value| match c.number {
+        crate::report::value::Number::Spread(s) => s.mean,
+        other => panic!("{other:?}"),
+    };
+    let loss = grid::Grid::new(&input, "target_loss", Some("source_loss"));
+    for row in &t.rows {
+        let g = row[0].as_str();
+        let (_, c) = loss
+            .best_in(&|k: &grid::SeriesKey| k.group() == g, 16000)
+            .unwrap();
+        let want = c.forget.iter().sum::<f64>() / c.forget.len() as f64;
+        assert!((mean(&row[2]) - want).abs() < 1e-12, "{row:?}");
+        let fall = if g == "full" { 0.32 } else { 0.16 };
+        assert!((mean(&row[3]) - fall).abs() < 1e-9, "{row:?}");
+        assert!((mean(&row[4]) - fall).abs() < 1e-9, "{row:?}");
+    }
+}
+
 #[test]
 fn a_proportion_shows_an_interval_within_its_scale() {
     let mut input = sweep(2);

@@ -4,6 +4,7 @@
 
 mod best;
 mod data_scaling;
+mod forgetting;
 mod frontier;
 mod intruder_scaling;
 mod lr_sensitivity;
@@ -15,6 +16,7 @@ mod winners;
 
 pub use best::best;
 pub use data_scaling::data_scaling;
+pub use forgetting::forgetting;
 pub use frontier::{frontier, Frontier};
 pub use intruder_scaling::intruder_scaling;
 pub use lr_sensitivity::lr_sensitivity;
