@@ -576,7 +576,21 @@ fn lr_ratio(grid: &Grid, top: u64) -> Tested {
             missing: Missing::Seeds,
         };
     }
-    match ratio_bootstrap(grid, &group, top, (l / f).log10()) {
+    // The point estimate and its bootstrap between grid points: on a coarse grid the grid's
+    // best barely moves under resampling, and its interval would collapse onto one ratio.
+    let (Some(fi), Some(li)) = (
+        grid.best_lr_interpolated("full", top, &all),
+        grid.best_lr_interpolated(&group, top, &all),
+    ) else {
+        return no_data(5, LR_RATIO, "needs an LR sweep of both methods");
+    };
+    evidence.push_str(&format!(
+        "; between grid points (the parabola in log lr through each best and its neighbours): full {}, {group} {} ({:.2}x)",
+        fmt_lr_between(fi),
+        fmt_lr_between(li),
+        li / fi
+    ));
+    match ratio_bootstrap(grid, &group, top, (li / fi).log10()) {
         Some(estimate) => Tested {
             number: 5,
             claim: LR_RATIO,
@@ -603,9 +617,25 @@ fn lr_ratio(grid: &Grid, top: u64) -> Tested {
     }
 }
 
+/// Two decimals, and 0.00 for what rounds to zero from below (never "-0.00").
+fn fmt_2(x: f64) -> String {
+    let s = format!("{x:.2}");
+    if s == "-0.00" {
+        "0.00".into()
+    } else {
+        s
+    }
+}
+
+/// A best learning rate between grid points, to three significant digits: 2.61e-3.
+fn fmt_lr_between(lr: f64) -> String {
+    format!("{lr:.2e}")
+}
+
 /// The seed bootstrap of log10(best lr of `group` / best lr of full) at budget `top` around the
 /// point estimate `point`: every configuration of the two groups resampled, both best learning
-/// rates chosen again, in key order with a fixed seed (the same on every machine).
+/// rates found again between grid points ([`Grid::best_lr_interpolated`]), in key order with a
+/// fixed seed (the same on every machine).
 fn ratio_bootstrap(grid: &Grid, group: &str, top: u64, point: f64) -> Option<Estimate> {
     let mut rng = SplitMix(BOOTSTRAP_SEED);
     let replicates: Vec<f64> = (0..BOOTSTRAP_REPLICATES)
@@ -618,8 +648,8 @@ fn ratio_bootstrap(grid: &Grid, group: &str, top: u64, point: f64) -> Option<Est
             }
             let pick = |k: &SeriesKey, _: &Cell| resampled.get(k).cloned().unwrap_or_default();
             match (
-                grid.best_lr_by("full", top, &pick),
-                grid.best_lr_by(group, top, &pick),
+                grid.best_lr_interpolated("full", top, &pick),
+                grid.best_lr_interpolated(group, top, &pick),
             ) {
                 (Some(f), Some(l)) => (l / f).log10(),
                 _ => f64::NAN,
@@ -638,7 +668,7 @@ fn ratio_bootstrap(grid: &Grid, group: &str, top: u64, point: f64) -> Option<Est
 pub fn lr_ratios(grid: &Grid, rslora: bool) -> Option<TableData> {
     let top = grid.top()?;
     let all = |_: &SeriesKey, c: &Cell| c.learn.clone();
-    let full = grid.best_lr_by("full", top, &all)?;
+    let full = grid.best_lr_interpolated("full", top, &all)?;
     type Group = (Option<u64>, Option<String>, Option<f64>, Option<f64>);
     let mut groups: std::collections::BTreeMap<String, Group> = Default::default();
     let mut dropouts = std::collections::BTreeSet::new();
@@ -659,7 +689,10 @@ pub fn lr_ratios(grid: &Grid, rslora: bool) -> Option<TableData> {
     // dropout.
     let mut points: Vec<(String, u64, f64, f64)> = Vec::new();
     for (g, (rank, modules, alpha, dropout)) in &groups {
-        let Some(l) = grid.best_lr_by(g, top, &all) else {
+        let (Some(on_grid), Some(l)) = (
+            grid.best_lr_by(g, top, &all),
+            grid.best_lr_interpolated(g, top, &all),
+        ) else {
             continue;
         };
         let seeds = grid
@@ -689,7 +722,8 @@ pub fn lr_ratios(grid: &Grid, rslora: bool) -> Option<TableData> {
         };
         rows.push(vec![
             g.as_str().into(),
-            Value::lr(l),
+            Value::lr(on_grid),
+            Value::real(l, fmt_lr_between(l)),
             Value::real(ratio, format!("{ratio:.2}x")),
             interval,
         ]);
@@ -709,15 +743,15 @@ pub fn lr_ratios(grid: &Grid, rslora: bool) -> Option<TableData> {
         slopes.push(match ols(&x, &y) {
             Some((b, se, df)) if pts.len() >= 3 => match Estimate::from_t(b[1], se[1], df) {
                 Some(e) => format!(
-                    "{m}: slope of log best lr on log rank {:.2} [{:.2}, {:.2}] over {} ranks",
-                    e.effect,
-                    e.ci_low,
-                    e.ci_high,
+                    "{m}: slope of log best lr on log rank {} [{}, {}] over {} ranks",
+                    fmt_2(e.effect),
+                    fmt_2(e.ci_low),
+                    fmt_2(e.ci_high),
                     pts.len()
                 ),
                 None => format!(
-                    "{m}: slope {:.2} over {} ranks (no residual variance)",
-                    b[1],
+                    "{m}: slope {} over {} ranks (no residual variance)",
+                    fmt_2(b[1]),
                     pts.len()
                 ),
             },
@@ -732,18 +766,19 @@ pub fn lr_ratios(grid: &Grid, rslora: bool) -> Option<TableData> {
         key: "lr_ratio".into(),
         title: format!(
             "LoRA's best learning rate over full fine-tuning's ({}), per LoRA group at {} tokens",
-            fmt_lr(full),
+            fmt_lr_between(full),
             format_tokens(top)
         ),
         header: vec![
             "LoRA group".into(),
             "best lr".into(),
+            "between grid points".into(),
             "ratio".into(),
             "95% seed-bootstrap interval".into(),
         ],
         rows,
         note: Some(format!(
-            "a learning rate at the end of its grid may not be the best; rank dependence: {}",
+            "between grid points: the vertex of the parabola in log lr through the grid's best and its two neighbours (a best at the end of its grid stays, and may not be the best); the ratio and its interval are between grid points; rank dependence: {}",
             slopes.join("; ")
         )),
     })

@@ -187,6 +187,20 @@ pub fn fmt_lr(v: f64) -> String {
     format!("{v:.0e}")
 }
 
+/// The x of the vertex of the parabola through three points, `b` between `a` and `c` in x and
+/// the extreme of the three in y, so that the vertex lies within [a.x, c.x] (clamped there
+/// against rounding). None when the points are on a line.
+pub fn parabola_vertex(a: (f64, f64), b: (f64, f64), c: (f64, f64)) -> Option<f64> {
+    let (p, q) = ((b.0 - a.0) * (b.1 - c.1), (b.0 - c.0) * (b.1 - a.1));
+    let den = p - q;
+    if den == 0.0 || !den.is_finite() {
+        return None;
+    }
+    let num = (b.0 - a.0) * p - (b.0 - c.0) * q;
+    let x = b.0 - 0.5 * num / den;
+    x.is_finite().then(|| x.clamp(a.0.min(c.0), a.0.max(c.0)))
+}
+
 /// A cell: one series at one budget, over seeds.
 #[derive(Debug, Clone, Default)]
 pub struct Cell {
@@ -487,6 +501,39 @@ impl Grid {
         b: u64,
         values: &dyn Fn(&SeriesKey, &Cell) -> Vec<f64>,
     ) -> Option<f64> {
+        first_best(self.lr_series(group, b, values), self.higher).map(|(lr, _)| lr)
+    }
+
+    /// The best learning rate of `group` at budget `b` between the grid's points: the vertex of
+    /// the parabola in log10(lr) through the best of [`Grid::best_lr_by`] and its two
+    /// neighbours, which lies between them. A best at the end of the grid, or three points on a
+    /// line, stay as they are. Unlike the grid's best, a seed bootstrap of it does not collapse
+    /// onto one grid point when the grid is coarse.
+    pub fn best_lr_interpolated(
+        &self,
+        group: &str,
+        b: u64,
+        values: &dyn Fn(&SeriesKey, &Cell) -> Vec<f64>,
+    ) -> Option<f64> {
+        let series = self.lr_series(group, b, values);
+        let (best, _) = first_best(series.iter().copied(), self.higher)?;
+        let i = series.iter().position(|p| p.0 == best)?;
+        if i == 0 || i + 1 == series.len() {
+            return Some(best);
+        }
+        let [(xa, ya), (xb, yb), (xc, yc)] =
+            [series[i - 1], series[i], series[i + 1]].map(|(lr, y)| (lr.log10(), y));
+        Some(10f64.powf(parabola_vertex((xa, ya), (xb, yb), (xc, yc)).unwrap_or(xb)))
+    }
+
+    /// (learning rate, mean of `values`) of the series of `group` at budget `b`, by learning
+    /// rate; learning rates with no value are passed over.
+    fn lr_series(
+        &self,
+        group: &str,
+        b: u64,
+        values: &dyn Fn(&SeriesKey, &Cell) -> Vec<f64>,
+    ) -> Vec<(f64, f64)> {
         let mut series: Vec<(f64, f64)> = self
             .cells
             .iter()
@@ -494,6 +541,6 @@ impl Grid {
             .filter_map(|((k, _), c)| summarize(&values(k, c)).map(|s| (k.lr(), s.mean)))
             .collect();
         series.sort_by(|a, b| a.0.total_cmp(&b.0));
-        first_best(series, self.higher).map(|(lr, _)| lr)
+        series
     }
 }

@@ -193,9 +193,13 @@ fn findings_match_a_sweep_built_to_show_them() {
     // The ratio per LoRA group, with its interval at five seeds.
     let ratio = r.tables.iter().find(|t| t.key == "lr_ratio").unwrap();
     assert_eq!(ratio.rows.len(), 1, "{ratio:?}");
-    assert_eq!(ratio.rows[0][2], "10.00x");
+    assert_eq!(ratio.rows[0][1], "1e-3");
+    let between = ratio_of(&ratio.rows[0][3]);
+    assert!(between > 9.5 && between < 10.5, "{ratio:?}");
     assert!(
-        ratio.rows[0][3].as_str().starts_with("10.00x ["),
+        ratio.rows[0][4]
+            .as_str()
+            .starts_with(&format!("{between:.2}x [")),
         "{ratio:?}"
     );
     assert!(
@@ -208,8 +212,10 @@ fn findings_match_a_sweep_built_to_show_them() {
     );
     let f5 = r.findings[4].test.as_ref().unwrap();
     assert!(
-        (f5.estimate.effect - 1.0).abs() < 1e-12,
-        "log10 of 10x: {f5:?}"
+        (f5.estimate.effect - between.log10()).abs() < 1e-12
+            && f5.estimate.ci_low < f5.estimate.effect
+            && f5.estimate.effect < f5.estimate.ci_high,
+        "log10 of about 10x, between grid points, with an interval of some width: {f5:?}"
     );
     assert!(r
         .notes
@@ -868,6 +874,41 @@ fn a_proportion_shows_an_interval_within_its_scale() {
     );
 }
 
+/// The number behind a ratio's cell.
+fn ratio_of(v: &Value) -> f64 {
+    match v.number {
+        value::Number::Real(x) => x,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The vertex of a parabola through three of its points, wherever the middle one sits; none on
+/// a line.
+#[test]
+fn the_best_learning_rate_between_grid_points_is_the_parabolas_vertex() {
+    let y = |x: f64| -(x - 0.3) * (x - 0.3) + 2.0;
+    for (a, b, c) in [(-1.0, 0.0, 1.0), (-2.0, 0.5, 1.0), (0.0, 0.2, 3.0)] {
+        let v = grid::parabola_vertex((a, y(a)), (b, y(b)), (c, y(c))).unwrap();
+        assert!((v - 0.3).abs() < 1e-12, "{a} {b} {c}: {v}");
+    }
+    assert_eq!(
+        grid::parabola_vertex((0.0, 1.0), (1.0, 2.0), (2.0, 3.0)),
+        None
+    );
+    // On the synthetic sweep, symmetric in log lr around each best (1e-4 full, 1e-3 LoRA),
+    // with no seed noise the vertex is the grid's best.
+    let world = World {
+        noise: 0.0,
+        ..PAPER
+    };
+    let grid = grid::Grid::new(&sweep_in(&world, 1), "target_loss", None);
+    let all = |_: &grid::SeriesKey, c: &grid::Cell| c.learn.clone();
+    for (g, want) in [("full", 1e-4), ("lora r8 all", 1e-3)] {
+        let got = grid.best_lr_interpolated(g, 16000, &all).unwrap();
+        assert!((got / want - 1.0).abs() < 1e-9, "{g}: {got}");
+    }
+}
+
 /// A LoRA run `r` at another rank and alpha (its ids marked with both).
 fn lora_at(r: &RunData, rank: u64, alpha: f64) -> RunData {
     let mut r = r.clone();
@@ -906,8 +947,14 @@ fn the_best_lr_ratio_is_given_per_rank_with_its_rank_slope() {
     let r = build(&input);
     let t = r.tables.iter().find(|t| t.key == "lr_ratio").unwrap();
     assert_eq!(t.rows.len(), 3, "{t:?}");
-    assert!(t.rows.iter().all(|row| row[2] == "10.00x"), "{t:?}");
-    assert!(t.rows[0][3].as_str().contains("2 seeds; 5 needed"), "{t:?}");
+    // 1e-3 on the grid, about 10x full's between grid points (the seeds' noise moves both).
+    assert!(
+        t.rows
+            .iter()
+            .all(|row| row[1] == "1e-3" && ratio_of(&row[3]) > 9.5 && ratio_of(&row[3]) < 10.5),
+        "{t:?}"
+    );
+    assert!(t.rows[0][4].as_str().contains("2 seeds; 5 needed"), "{t:?}");
     let note = t.note.as_deref().unwrap();
     assert!(
         note.contains("all, alpha = 16: slope")
