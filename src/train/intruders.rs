@@ -73,19 +73,47 @@ pub fn intruder_part(
     k: usize,
     epsilon: f64,
 ) -> Result<Option<Tensor>, TrainError> {
+    Ok(intruders_and_part(base_u, tuned, k, epsilon)?.1)
+}
+
+/// [`count_intruders`] and [`intruder_part`] from one SVD.
+fn intruders_and_part(
+    base_u: &Tensor,
+    tuned: &Tensor,
+    k: usize,
+    epsilon: f64,
+) -> Result<(usize, Option<Tensor>), TrainError> {
     let (u, s, v) = tuned.f_to_kind(Kind::Double)?.f_svd(true, true)?;
     let idx = intruders_among(&u.f_to_device(tch::Device::Cpu)?, base_u, k, epsilon)?;
     if idx.is_empty() {
-        return Ok(None);
+        return Ok((0, None));
     }
+    let count = idx.len();
     let idx = Tensor::f_from_slice(&idx)?.f_to_device(u.device())?;
     let ui = u.f_index_select(1, &idx)?;
     let si = s.f_index_select(0, &idx)?;
     let vi = v.f_index_select(1, &idx)?;
     let part = ui.f_mul(&si.f_unsqueeze(0)?)?.f_matmul(&vi.f_tr()?)?;
-    Ok(Some(
-        part.f_to_kind(tuned.kind())?.f_to_device(tuned.device())?,
+    Ok((
+        count,
+        Some(part.f_to_kind(tuned.kind())?.f_to_device(tuned.device())?),
     ))
+}
+
+/// The `intruder_dimensions` metrics of the counts per module: the mean over every matrix,
+/// and per module; nothing when no matrix was measured.
+fn intruder_metrics(per_module: BTreeMap<&'static str, Vec<usize>>) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let all: Vec<usize> = per_module.values().flatten().copied().collect();
+    if all.is_empty() {
+        return out;
+    }
+    let mean = |v: &[usize]| v.iter().sum::<usize>() as f64 / v.len().max(1) as f64;
+    out.insert("intruder_dimensions".to_string(), mean(&all));
+    for (m, v) in per_module {
+        out.insert(format!("intruder_dimensions_{m}"), mean(&v));
+    }
+    out
 }
 
 /// One matrix measured: its variable name (full fine-tuning) or adapter name (LoRA), and its
@@ -169,45 +197,40 @@ impl Evaluator for IntruderEval {
                 .or_default()
                 .push(count_intruders(&m.base_u, &tuned, self.k, self.epsilon)?);
         }
-        let mut out = BTreeMap::new();
-        let all: Vec<usize> = per_module.values().flatten().copied().collect();
-        if all.is_empty() {
-            return Ok(out);
-        }
-        let mean = |v: &[usize]| v.iter().sum::<usize>() as f64 / v.len().max(1) as f64;
-        out.insert("intruder_dimensions".to_string(), mean(&all));
-        for (m, v) in per_module {
-            out.insert(format!("intruder_dimensions_{m}"), mean(&v));
-        }
-        Ok(out)
+        Ok(intruder_metrics(per_module))
     }
 }
 
 /// Post-hoc intruder scaling (Shuttleworth et al.): for each lambda, the held-out losses with
 /// the singular values of every measured matrix's intruder dimensions multiplied by lambda (0
 /// removes them), as `intruders_x<lambda>_<loss>`: learning-forgetting points of the same run
-/// with no retraining. The weights are restored, bit for bit, after each evaluation.
+/// with no retraining. The weights are restored, bit for bit, after each evaluation. With
+/// `counts`, also the `intruder_dimensions` metrics of [`IntruderEval`], from the same SVDs
+/// (one SVD per matrix per evaluation, not two).
 #[derive(Debug)]
 pub struct IntruderScalingEval {
     intruders: IntruderEval,
     lambdas: Vec<f64>,
     losses: Vec<super::eval::LossEval>,
+    counts: bool,
 }
 
 impl IntruderScalingEval {
     /// The base singular vectors of the matrices that will change, and the losses to measure
-    /// again at each lambda.
+    /// again at each lambda; with `counts`, the intruder counts are reported too.
     pub fn snapshot(
         model: &Llama,
         k: usize,
         epsilon: f64,
         lambdas: Vec<f64>,
         losses: Vec<super::eval::LossEval>,
+        counts: bool,
     ) -> Result<IntruderScalingEval, TrainError> {
         Ok(IntruderScalingEval {
             intruders: IntruderEval::snapshot(model, k, epsilon)?,
             lambdas,
             losses,
+            counts,
         })
     }
 
@@ -234,6 +257,7 @@ impl Evaluator for IntruderScalingEval {
         let ev = &self.intruders;
         // (the tensor to change in place, its value now, its intruders' part).
         let mut changed = Vec::new();
+        let mut per_module: BTreeMap<&'static str, Vec<usize>> = BTreeMap::new();
         for m in &ev.matrices {
             let (target, tuned) = if ev.lora {
                 match adapters.get(&m.name) {
@@ -249,7 +273,9 @@ impl Evaluator for IntruderScalingEval {
             };
             // Both kept on the CPU: a copy of every measured matrix would not fit beside a
             // large model on its GPU. Copying back restores the same bits.
-            if let Some(part) = intruder_part(&m.base_u, &tuned, ev.k, ev.epsilon)? {
+            let (count, part) = intruders_and_part(&m.base_u, &tuned, ev.k, ev.epsilon)?;
+            per_module.entry(m.module).or_default().push(count);
+            if let Some(part) = part {
                 let now = target.f_detach()?.f_to_device(tch::Device::Cpu)?.copy();
                 let part = part.f_to_device(tch::Device::Cpu)?;
                 changed.push((target, now, part));
@@ -272,7 +298,11 @@ impl Evaluator for IntruderScalingEval {
             }
             Ok(())
         };
-        let mut out = BTreeMap::new();
+        let mut out = if self.counts {
+            intruder_metrics(per_module)
+        } else {
+            BTreeMap::new()
+        };
         let measured = measure(&mut out);
         for (target, now, _) in &changed {
             let mut t = target.shallow_clone();
@@ -438,12 +468,35 @@ mod tests {
         let plain = loss
             .evaluate(&model, &Tokenizer::Byte, Some(&stop))
             .unwrap();
-        let eval =
-            IntruderScalingEval::snapshot(&model, 10, 0.5, vec![1.0, 0.0], vec![loss]).unwrap();
+        let eval = IntruderScalingEval::snapshot(
+            &model,
+            10,
+            0.5,
+            vec![1.0, 0.0],
+            vec![loss.clone()],
+            false,
+        )
+        .unwrap();
         let scaled = eval
             .evaluate(&model, &Tokenizer::Byte, Some(&stop))
             .unwrap();
         assert!(scaled["intruder_scaling_matrices"] > 0.0, "{scaled:?}");
+        assert!(!scaled.contains_key("intruder_dimensions"), "{scaled:?}");
+        // With counts on, the intruder_dimensions metrics from the same SVDs are those the
+        // counting evaluator measures, and the rest is unchanged.
+        let counted =
+            IntruderScalingEval::snapshot(&model, 10, 0.5, vec![1.0, 0.0], vec![loss], true)
+                .unwrap()
+                .evaluate(&model, &Tokenizer::Byte, Some(&stop))
+                .unwrap();
+        let counts = IntruderEval::snapshot(&model, 10, 0.5)
+            .unwrap()
+            .evaluate(&model, &Tokenizer::Byte, Some(&stop))
+            .unwrap();
+        assert!(counts["intruder_dimensions"] > 0.0, "{counts:?}");
+        let mut want = scaled.clone();
+        want.extend(counts);
+        assert_eq!(counted, want);
         let (one, zero) = (
             scaled["intruders_x1_target_loss"],
             scaled["intruders_x0_target_loss"],

@@ -485,14 +485,16 @@ impl<'a> Trainer<'a> {
         let intruder_epsilon = e
             .intruder_epsilon
             .unwrap_or(super::intruders::DEFAULT_EPSILON);
-        if metrics.contains(&Metric::IntruderDimensions) {
+        let scaling = e.intruder_scaling.clone().filter(|l| !l.is_empty());
+        // With scaling on, its evaluator counts the intruders too, from the same SVDs.
+        if metrics.contains(&Metric::IntruderDimensions) && scaling.is_none() {
             evaluators.push(Box::new(super::intruders::IntruderEval::snapshot(
                 &model,
                 intruder_k,
                 intruder_epsilon,
             )?));
         }
-        if let Some(lambdas) = e.intruder_scaling.clone().filter(|l| !l.is_empty()) {
+        if let Some(lambdas) = scaling {
             if losses.is_empty() {
                 return Err(TrainError::Setting(
                     "evaluation.intruder_scaling measures target_loss and source_loss again with the intruders scaled: add one of them to evaluation.metrics".into(),
@@ -504,6 +506,7 @@ impl<'a> Trainer<'a> {
                 intruder_epsilon,
                 lambdas,
                 losses,
+                metrics.contains(&Metric::IntruderDimensions),
             )?));
         }
         let not_measured = metrics
