@@ -582,7 +582,7 @@ fn lr_ratio(grid: &Grid, top: u64) -> Tested {
         grid.best_lr_interpolated("full", top, &all),
         grid.best_lr_interpolated(&group, top, &all),
     ) else {
-        return no_data(5, LR_RATIO, "needs an LR sweep of both methods");
+        return no_data(5, LR_RATIO, evidence);
     };
     evidence.push_str(&format!(
         "; between grid points (the parabola in log lr through each best and its neighbours): full {}, {group} {} ({:.2}x)",
@@ -627,6 +627,15 @@ fn fmt_2(x: f64) -> String {
     }
 }
 
+/// A best learning rate between grid points as a cell, marked where it is the grid's own.
+fn between_value(lr: f64, how: crate::report::grid::Between) -> Value {
+    let v = Value::real(lr, format!("{}{}", fmt_lr_between(lr), how.mark()));
+    match how {
+        crate::report::grid::Between::Vertex => v,
+        _ => v.described(),
+    }
+}
+
 /// A best learning rate between grid points, to three significant digits: 2.61e-3.
 fn fmt_lr_between(lr: f64) -> String {
     format!("{lr:.2e}")
@@ -668,7 +677,7 @@ fn ratio_bootstrap(grid: &Grid, group: &str, top: u64, point: f64) -> Option<Est
 pub fn lr_ratios(grid: &Grid, rslora: bool) -> Option<TableData> {
     let top = grid.top()?;
     let all = |_: &SeriesKey, c: &Cell| c.learn.clone();
-    let full = grid.best_lr_interpolated("full", top, &all)?;
+    let (full, full_how) = grid.best_lr_between("full", top, &all)?;
     type Group = (Option<u64>, Option<String>, Option<f64>, Option<f64>);
     let mut groups: std::collections::BTreeMap<String, Group> = Default::default();
     let mut dropouts = std::collections::BTreeSet::new();
@@ -684,14 +693,22 @@ pub fn lr_ratios(grid: &Grid, rslora: bool) -> Option<TableData> {
     if groups.is_empty() {
         return None;
     }
-    let mut rows = Vec::new();
+    // Full fine-tuning's first: what every ratio is over.
+    let mut rows = vec![vec![
+        "full (the reference)".into(),
+        grid.best_lr_by("full", top, &all)
+            .map_or_else(Value::missing, Value::lr),
+        between_value(full, full_how),
+        Value::real(1.0, "1.00x"),
+        Value::missing(),
+    ]];
     // (modules and dropout, rank, alpha, best lr) of each group: a rule is followed at one
     // dropout.
     let mut points: Vec<(String, u64, f64, f64)> = Vec::new();
     for (g, (rank, modules, alpha, dropout)) in &groups {
-        let (Some(on_grid), Some(l)) = (
+        let (Some(on_grid), Some((l, how))) = (
             grid.best_lr_by(g, top, &all),
-            grid.best_lr_interpolated(g, top, &all),
+            grid.best_lr_between(g, top, &all),
         ) else {
             continue;
         };
@@ -716,14 +733,23 @@ pub fn lr_ratios(grid: &Grid, rslora: bool) -> Option<TableData> {
                     };
                     Value::spread(spread, format!("{ratio:.2}x [{lo:.2}x, {hi:.2}x]"))
                 })
-                .unwrap_or_else(Value::missing)
+                .unwrap_or_else(|| Value::no_spread("- (the bootstrap has no replicates)"))
         } else {
-            format!("no interval ({seeds} seeds; {MIN_BOOTSTRAP_SEEDS} needed)").into()
+            let no_interval = Spread {
+                mean: ratio,
+                n: Some(seeds),
+                ..Spread::default()
+            };
+            Value::spread(
+                no_interval,
+                format!("no interval ({seeds} seeds; {MIN_BOOTSTRAP_SEEDS} needed)"),
+            )
+            .described()
         };
         rows.push(vec![
             g.as_str().into(),
             Value::lr(on_grid),
-            Value::real(l, fmt_lr_between(l)),
+            between_value(l, how),
             Value::real(ratio, format!("{ratio:.2}x")),
             interval,
         ]);
@@ -770,9 +796,9 @@ pub fn lr_ratios(grid: &Grid, rslora: bool) -> Option<TableData> {
             format_tokens(top)
         ),
         header: vec![
-            "LoRA group".into(),
+            "configuration".into(),
             "best lr".into(),
-            "between grid points".into(),
+            "best lr between grid points".into(),
             "ratio".into(),
             "95% seed-bootstrap interval".into(),
         ],

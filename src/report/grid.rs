@@ -201,6 +201,31 @@ pub fn parabola_vertex(a: (f64, f64), b: (f64, f64), c: (f64, f64)) -> Option<f6
     x.is_finite().then(|| x.clamp(a.0.min(c.0), a.0.max(c.0)))
 }
 
+/// How [`Grid::best_lr_between`] found a best learning rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Between {
+    /// The parabola's vertex.
+    Vertex,
+    /// The grid's best, at the end of its grid: the best may lie beyond it.
+    EndOfGrid,
+    /// The grid's best, beside (or at) a learning rate with diverged runs.
+    Diverged,
+    /// The grid's best, with its neighbours on a line through it.
+    Line,
+}
+
+impl Between {
+    /// What a table says beside a best that is not a vertex.
+    pub fn mark(self) -> &'static str {
+        match self {
+            Between::Vertex => "",
+            Between::EndOfGrid => " (end of grid)",
+            Between::Diverged => " (beside diverged runs)",
+            Between::Line => " (on a line)",
+        }
+    }
+}
+
 /// A cell: one series at one budget, over seeds.
 #[derive(Debug, Clone, Default)]
 pub struct Cell {
@@ -501,44 +526,72 @@ impl Grid {
         b: u64,
         values: &dyn Fn(&SeriesKey, &Cell) -> Vec<f64>,
     ) -> Option<f64> {
-        first_best(self.lr_series(group, b, values), self.higher).map(|(lr, _)| lr)
+        first_best(
+            self.lr_series(group, b, values)
+                .into_iter()
+                .map(|p| (p.0, p.1)),
+            self.higher,
+        )
+        .map(|(lr, _)| lr)
     }
 
-    /// The best learning rate of `group` at budget `b` between the grid's points: the vertex of
-    /// the parabola in log10(lr) through the best of [`Grid::best_lr_by`] and its two
-    /// neighbours, which lies between them. A best at the end of the grid, or three points on a
-    /// line, stay as they are. Unlike the grid's best, a seed bootstrap of it does not collapse
-    /// onto one grid point when the grid is coarse.
+    /// The best learning rate of `group` at budget `b` between the grid's points:
+    /// [`Grid::best_lr_between`]'s learning rate.
     pub fn best_lr_interpolated(
         &self,
         group: &str,
         b: u64,
         values: &dyn Fn(&SeriesKey, &Cell) -> Vec<f64>,
     ) -> Option<f64> {
-        let series = self.lr_series(group, b, values);
-        let (best, _) = first_best(series.iter().copied(), self.higher)?;
-        let i = series.iter().position(|p| p.0 == best)?;
-        if i == 0 || i + 1 == series.len() {
-            return Some(best);
-        }
-        let [(xa, ya), (xb, yb), (xc, yc)] =
-            [series[i - 1], series[i], series[i + 1]].map(|(lr, y)| (lr.log10(), y));
-        Some(10f64.powf(parabola_vertex((xa, ya), (xb, yb), (xc, yc)).unwrap_or(xb)))
+        self.best_lr_between(group, b, values).map(|x| x.0)
     }
 
-    /// (learning rate, mean of `values`) of the series of `group` at budget `b`, by learning
-    /// rate; learning rates with no value are passed over.
+    /// The best learning rate of `group` at budget `b` between the grid's points, and how it
+    /// was had: the vertex of the parabola in log10(lr) through the best of
+    /// [`Grid::best_lr_by`] and its two neighbours, which lies between them. A best at the end
+    /// of the grid, one beside a learning rate with diverged runs (a loss near divergence
+    /// would drag the vertex), or three points on a line, stay the grid's best. Unlike the
+    /// grid's best, a seed bootstrap of the vertex does not collapse onto one grid point when
+    /// the grid is coarse.
+    pub fn best_lr_between(
+        &self,
+        group: &str,
+        b: u64,
+        values: &dyn Fn(&SeriesKey, &Cell) -> Vec<f64>,
+    ) -> Option<(f64, Between)> {
+        let series = self.lr_series(group, b, values);
+        let (best, _) = first_best(series.iter().map(|p| (p.0, p.1)), self.higher)?;
+        let i = series.iter().position(|p| p.0 == best)?;
+        if i == 0 || i + 1 == series.len() {
+            return Some((best, Between::EndOfGrid));
+        }
+        if series[i - 1..=i + 1].iter().any(|p| p.2) {
+            return Some((best, Between::Diverged));
+        }
+        let [(xa, ya), (xb, yb), (xc, yc)] =
+            [&series[i - 1], &series[i], &series[i + 1]].map(|p| (p.0.log10(), p.1));
+        Some(match parabola_vertex((xa, ya), (xb, yb), (xc, yc)) {
+            Some(x) => (10f64.powf(x), Between::Vertex),
+            None => (best, Between::Line),
+        })
+    }
+
+    /// (learning rate, mean of `values`, whether any of its runs diverged) of the series of
+    /// `group` at budget `b`, by learning rate; learning rates with no value are passed over.
     fn lr_series(
         &self,
         group: &str,
         b: u64,
         values: &dyn Fn(&SeriesKey, &Cell) -> Vec<f64>,
-    ) -> Vec<(f64, f64)> {
-        let mut series: Vec<(f64, f64)> = self
+    ) -> Vec<(f64, f64, bool)> {
+        let mut series: Vec<(f64, f64, bool)> = self
             .cells
             .iter()
             .filter(|((k, bb), _)| *bb == b && k.group() == group)
-            .filter_map(|((k, _), c)| summarize(&values(k, c)).map(|s| (k.lr(), s.mean)))
+            .filter_map(|((k, _), c)| {
+                let diverged = self.diverged.get(k).is_some_and(|&n| n > 0);
+                summarize(&values(k, c)).map(|s| (k.lr(), s.mean, diverged))
+            })
             .collect();
         series.sort_by(|a, b| a.0.total_cmp(&b.0));
         series

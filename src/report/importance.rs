@@ -26,6 +26,13 @@ fn modules_level(k: &SeriesKey) -> String {
     format!("{:?}", k.modules)
 }
 
+/// The axes, each a column: the learning rate (both methods), LoRA's rank and modules.
+const AXES: [Axis; 3] = [
+    ("learning rate", lr_level),
+    ("rank", rank_level),
+    ("modules", modules_level),
+];
+
 /// Population variance of values with weights (None when empty).
 fn weighted_var(pts: &[(f64, f64)]) -> Option<f64> {
     let w: f64 = pts.iter().map(|p| p.1).sum();
@@ -67,18 +74,15 @@ pub fn importance(grid: &Grid) -> Option<TableData> {
         if total <= 0.0 {
             continue;
         }
+        // Full fine-tuning has no rank or modules: "-" in those columns.
         let axes: &[Axis] = match method {
-            "full" => &[("learning rate", lr_level)],
-            _ => &[
-                ("learning rate", lr_level),
-                ("rank", rank_level),
-                ("modules", modules_level),
-            ],
+            "full" => &AXES[..1],
+            _ => &AXES,
         };
         let mut main = 0.0;
-        let mut shares = Vec::new();
+        let mut shares = vec![Value::missing(); AXES.len()];
         let mut levels_product = 1usize;
-        for (name, level) in axes {
+        for (i, (_, level)) in axes.iter().enumerate() {
             let mut by: BTreeMap<String, Vec<f64>> = BTreeMap::new();
             for c in &cells {
                 by.entry(level(c.0)).or_default().push(c.1);
@@ -91,17 +95,15 @@ pub fn importance(grid: &Grid) -> Option<TableData> {
             let v = weighted_var(&marginal).unwrap_or(0.0);
             main += v;
             if by.len() > 1 {
-                shares.push(format!("{name} {:.0}%", 100.0 * v / total));
+                shares[i] = share(v / total);
             }
         }
         unbalanced |= levels_product != cells.len();
-        rows.push(vec![
-            method.into(),
-            Value::int(cells.len()),
-            shares.join(", ").into(),
-            share((between - main).max(0.0) / total),
-            noise.map_or_else(|| "not measured (1 seed)".into(), |n| share(n / total)),
-        ]);
+        let mut row = vec![method.into(), Value::int(cells.len())];
+        row.extend(shares);
+        row.push(share((between - main).max(0.0) / total));
+        row.push(noise.map_or_else(|| "not measured (1 seed)".into(), |n| share(n / total)));
+        rows.push(row);
     }
     if rows.is_empty() {
         return None;
@@ -113,16 +115,15 @@ pub fn importance(grid: &Grid) -> Option<TableData> {
             grid.learn,
             format_tokens(top)
         ),
-        header: vec![
-            "method".into(),
-            "configurations".into(),
-            "main effects".into(),
-            "interactions".into(),
-            "seed noise".into(),
-        ],
+        header: ["method", "configurations"]
+            .into_iter()
+            .chain(AXES.iter().map(|a| a.0))
+            .chain(["interactions", "seed noise"])
+            .map(String::from)
+            .collect(),
         rows,
         note: Some(format!(
-            "per method, so that LoRA's rank and modules are axes only where they exist; main effect = variance of an axis's marginal means, seed noise = mean variance within a configuration{}",
+            "per method, so that LoRA's rank and modules are axes only where they exist; each axis's main effect = variance of its marginal means, seed noise = mean variance within a configuration; '-': not an axis of that method, or one level only; tables/importance.csv and report.json hold the shares as fractions of 1{}",
             if unbalanced {
                 "; the grid is not a full cross of its axes, so marginal means mix axes and the split between main effects and interactions is approximate"
             } else {

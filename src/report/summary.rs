@@ -197,7 +197,7 @@ fn table(sweeps: &[SweepLabel], rows: &[SummaryRow], tests: usize) -> TableData 
         header,
         rows,
         note: Some(format!(
-            "Each cell: the verdict after Holm's correction over all {tests} tests of these sweeps, the effect (positive: the paper's direction) with its 95% interval (not corrected), and that corrected p; in brackets, the sweep's own report's verdict where it differs (corrected over its own tests only)."
+            "Each cell: the verdict after Holm's correction over all {tests} tests of these sweeps, the effect (positive: the paper's direction) with its 95% interval (not corrected), and that corrected p; in brackets, the sweep's own report's verdict where it differs (corrected over its own tests only). In summary.json, p is each test's own and p_holm is corrected over all {tests} tests."
         )),
     }
 }
@@ -218,6 +218,7 @@ fn cell_value(c: &SummaryCell) -> Value {
             Some(Spread {
                 p: Some(t.p),
                 p_holm: Some(p),
+                n: Some(t.seeds),
                 ..Spread::from(t.estimate)
             })
         }

@@ -192,12 +192,20 @@ fn findings_match_a_sweep_built_to_show_them() {
     );
     // The ratio per LoRA group, with its interval at five seeds.
     let ratio = r.tables.iter().find(|t| t.key == "lr_ratio").unwrap();
-    assert_eq!(ratio.rows.len(), 1, "{ratio:?}");
-    assert_eq!(ratio.rows[0][1], "1e-3");
-    let between = ratio_of(&ratio.rows[0][3]);
+    assert_eq!(ratio.rows.len(), 2, "{ratio:?}");
+    // Full's row first, its best lr between grid points the one the ratios are over.
+    assert_eq!(
+        (ratio.rows[0][0].as_str(), ratio.rows[0][1].as_str()),
+        ("full (the reference)", "1e-4")
+    );
+    let full = ratio_of(&ratio.rows[0][2]);
+    assert!((full / 1e-4 - 1.0).abs() < 0.1, "{ratio:?}");
+    assert_eq!(ratio.rows[1][1], "1e-3");
+    let between = ratio_of(&ratio.rows[1][3]);
+    assert!((between - ratio_of(&ratio.rows[1][2]) / full).abs() < 1e-9);
     assert!(between > 9.5 && between < 10.5, "{ratio:?}");
     assert!(
-        ratio.rows[0][4]
+        ratio.rows[1][4]
             .as_str()
             .starts_with(&format!("{between:.2}x [")),
         "{ratio:?}"
@@ -251,15 +259,8 @@ fn findings_match_a_sweep_built_to_show_them() {
     // The paper's world: the learning rate moves learning, seeds barely (noise 0.01).
     let imp = r.tables.iter().find(|t| t.key == "importance").unwrap();
     for row in &imp.rows {
-        let lr: f64 = row[2]
-            .as_str()
-            .strip_prefix("learning rate ")
-            .and_then(|x| x.strip_suffix('%'))
-            .unwrap()
-            .parse()
-            .unwrap();
-        let noise: f64 = row[4].as_str().strip_suffix('%').unwrap().parse().unwrap();
-        assert!(lr > 90.0 && noise < 5.0, "{row:?}");
+        let (lr, noise) = (ratio_of(&row[2]), ratio_of(&row[6]));
+        assert!(lr > 0.9 && noise < 0.05, "{row:?}");
     }
     // Findings 1 and 2 at each of the 3 budgets, each with its interval and p.
     let by = r
@@ -514,9 +515,10 @@ fn markdown_and_html_render_every_table_and_plot() {
     assert_eq!(r.cells.len(), 18, "6 configurations x 3 budgets");
 }
 
-/// What a program reads of the tables: no cell of any CSV is a display string ("2.55 ± 0.64",
-/// "16k", "1e-3", "10.00x"), the numbers are the tables' own, and report.json holds them as
-/// JSON numbers and {mean, ci_low, ci_high, n, p, p_holm} objects.
+/// What a program reads of the tables: no cell of a CSV's numeric columns (means, bounds,
+/// p-values, budgets, learning rates) is a display string ("2.55 ± 0.64", "16k", "1e-3",
+/// "10.00x"), words sit in columns of their own, the numbers are the tables' own, and
+/// report.json holds them as JSON numbers and {mean, ci_low, ci_high, n, p, p_holm} objects.
 #[test]
 fn every_table_carries_its_numbers_for_programs() {
     let input = sweep(3);
@@ -588,7 +590,7 @@ fn every_table_carries_its_numbers_for_programs() {
     let findings = read("findings");
     for (row, f) in findings.iter().zip(&r.findings) {
         assert_eq!(row["number"], f.number.to_string());
-        assert_eq!(row["numbers"], f.evidence);
+        assert_eq!(row["numbers_text"], f.evidence);
         match &f.test {
             Some(t) => {
                 assert_eq!(
@@ -780,7 +782,7 @@ fn the_forgetting_score_is_shown_beside_the_source_loss() {
         t.header,
         [
             "configuration",
-            "lr",
+            "best lr",
             "source_loss_increase",
             "forgetting_score_drop",
             "hellaswag_acc_norm_drop"
@@ -907,6 +909,49 @@ fn the_best_learning_rate_between_grid_points_is_the_parabolas_vertex() {
         let got = grid.best_lr_interpolated(g, 16000, &all).unwrap();
         assert!((got / want - 1.0).abs() < 1e-9, "{g}: {got}");
     }
+    // With noise the vertex moves off the grid; a metric where higher is better (here the
+    // loss turned upside down) has the same vertex.
+    let mut input = sweep(2);
+    let noisy = grid::Grid::new(&input, "target_loss", None);
+    let (lr, how) = noisy.best_lr_between("full", 16000, &all).unwrap();
+    assert!(how == grid::Between::Vertex && lr != 1e-4 && (lr / 1e-4 - 1.0).abs() < 0.3);
+    for r in &mut input.runs {
+        for e in &mut r.evals {
+            let loss = e.metrics["target_loss"];
+            e.metrics.insert("next_line_match".into(), 5.0 - loss);
+        }
+    }
+    let upside_down = grid::Grid::new(&input, "next_line_match", None);
+    assert!(upside_down.higher);
+    let (up, _) = upside_down.best_lr_between("full", 16000, &all).unwrap();
+    assert!((up / lr - 1.0).abs() < 1e-9, "{up} vs {lr}");
+    // A best at the end of its grid stays there, and says so.
+    let edge = World {
+        best_full: 1e-5,
+        ..PAPER
+    };
+    let grid = grid::Grid::new(&sweep_in(&edge, 2), "target_loss", None);
+    assert_eq!(
+        grid.best_lr_between("full", 16000, &all),
+        Some((1e-5, grid::Between::EndOfGrid))
+    );
+    // Beside a learning rate whose runs diverged (their last loss still finite), too.
+    let mut input = sweep(2);
+    for r in &mut input.runs {
+        if r.point.method.method_name() == "full" && r.point.learning_rate == 1e-3 && r.seed == 0 {
+            r.status = Some(RunStatus::Diverged);
+        }
+    }
+    let grid = grid::Grid::new(&input, "target_loss", None);
+    assert_eq!(
+        grid.best_lr_between("full", 16000, &all),
+        Some((1e-4, grid::Between::Diverged))
+    );
+    assert_eq!(
+        grid.best_lr_between("lora r8 all", 16000, &all)
+            .map(|x| x.1),
+        Some(grid::Between::Vertex)
+    );
 }
 
 /// A LoRA run `r` at another rank and alpha (its ids marked with both).
@@ -946,15 +991,15 @@ fn the_best_lr_ratio_is_given_per_rank_with_its_rank_slope() {
     }
     let r = build(&input);
     let t = r.tables.iter().find(|t| t.key == "lr_ratio").unwrap();
-    assert_eq!(t.rows.len(), 3, "{t:?}");
+    assert_eq!(t.rows.len(), 4, "full's row and 3 LoRA groups: {t:?}");
     // 1e-3 on the grid, about 10x full's between grid points (the seeds' noise moves both).
     assert!(
-        t.rows
+        t.rows[1..]
             .iter()
             .all(|row| row[1] == "1e-3" && ratio_of(&row[3]) > 9.5 && ratio_of(&row[3]) < 10.5),
         "{t:?}"
     );
-    assert!(t.rows[0][4].as_str().contains("2 seeds; 5 needed"), "{t:?}");
+    assert!(t.rows[1][4].as_str().contains("2 seeds; 5 needed"), "{t:?}");
     let note = t.note.as_deref().unwrap();
     assert!(
         note.contains("all, alpha = 16: slope")
@@ -988,7 +1033,7 @@ fn alpha_rules_have_their_own_groups_and_rank_slopes() {
         input.rslora = rslora;
         let r = build(&input);
         let t = r.tables.iter().find(|t| t.key == "lr_ratio").unwrap();
-        let groups: Vec<&str> = t.rows.iter().map(|row| row[0].as_str()).collect();
+        let groups: Vec<&str> = t.rows[1..].iter().map(|row| row[0].as_str()).collect();
         assert_eq!(
             groups,
             [
@@ -1163,7 +1208,7 @@ fn no_rank_slope_across_unrelated_alphas() {
     }
     let r = build(&input);
     let t = r.tables.iter().find(|t| t.key == "lr_ratio").unwrap();
-    assert_eq!(t.rows.len(), 3, "{t:?}");
+    assert_eq!(t.rows.len(), 4, "full's row and 3 LoRA groups: {t:?}");
     let note = t.note.as_deref().unwrap();
     assert!(!note.contains(": slope"), "{note}");
     assert!(
@@ -1423,16 +1468,26 @@ fn importance_splits_known_effects_per_method_and_gives_rank_only_to_lora() {
     let t = importance::importance(&grid).unwrap();
     let row = |m: &str| t.rows.iter().find(|r| r[0] == m).unwrap().clone();
     let lora = row("lora");
-    assert_eq!(lora[1], "4", "2 learning rates x 2 ranks");
-    assert_eq!(lora[2], "learning rate 14%, rank 57%", "{lora:?}");
     assert_eq!(
-        (lora[3].as_str(), lora[4].as_str()),
-        ("0%", "29%"),
-        "{lora:?}"
+        t.header[2..],
+        [
+            "learning rate",
+            "rank",
+            "modules",
+            "interactions",
+            "seed noise"
+        ]
     );
+    assert_eq!(lora[1], "4", "2 learning rates x 2 ranks");
+    let shown: Vec<&str> = lora[2..].iter().map(Value::as_str).collect();
+    assert_eq!(shown, ["14%", "57%", "-", "0%", "29%"], "{lora:?}");
+    // The shares as fractions: learning rate 1/7, rank 4/7, seed noise 2/7 of the variance.
+    for (i, want) in [(2, 1.0 / 7.0), (3, 4.0 / 7.0), (6, 2.0 / 7.0)] {
+        assert!((ratio_of(&lora[i]) - want).abs() < 1e-12, "{lora:?}");
+    }
     let full = row("full");
     assert!(
-        full[2].as_str().starts_with("learning rate ") && !full[2].as_str().contains("rank"),
+        full[2].as_str().ends_with('%') && full[3] == "-" && full[4] == "-",
         "{full:?}"
     );
 }

@@ -9,7 +9,7 @@ use super::stats::Estimate;
 use super::Interval;
 
 /// A mean (or an effect) with its 95% interval, and what else its test gave.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Spread {
     /// The mean over seeds, or the effect a test estimated.
     pub mean: f64,
@@ -23,6 +23,20 @@ pub struct Spread {
     pub p: Option<f64>,
     /// That p-value after Holm's correction.
     pub p_holm: Option<f64>,
+}
+
+/// Equal when every field holds the same bits: a spread that could not be had (a NaN mean,
+/// [`Value::no_spread`]) equals itself, so that the same report compares equal.
+impl PartialEq for Spread {
+    fn eq(&self, o: &Spread) -> bool {
+        let same = |a: Option<f64>, b: Option<f64>| a.map(f64::to_bits) == b.map(f64::to_bits);
+        same(Some(self.mean), Some(o.mean))
+            && same(self.ci_low, o.ci_low)
+            && same(self.ci_high, o.ci_high)
+            && self.n == o.n
+            && same(self.p, o.p)
+            && same(self.p_holm, o.p_holm)
+    }
 }
 
 impl From<Interval> for Spread {
@@ -134,6 +148,19 @@ impl Value {
             shown: shown.into(),
             number: Number::Spread(s.into()),
             with_words: false,
+        }
+    }
+
+    /// A mean or effect that could not be had, and why: a column of spreads keeps its
+    /// numeric columns (empty here) and the words go beside them.
+    pub fn no_spread(why: impl Into<String>) -> Value {
+        Value {
+            shown: why.into(),
+            number: Number::Spread(Spread {
+                mean: f64::NAN,
+                ..Spread::default()
+            }),
+            with_words: true,
         }
     }
 
@@ -251,28 +278,64 @@ pub fn column_name(header: &str) -> String {
     }
 }
 
-/// The CSV columns of one table column (its `header`, its `cells`): a column of spreads
-/// becomes NAME_mean, NAME_ci_low, NAME_ci_high and those of NAME_n, NAME_p, NAME_p_holm any
-/// cell has, after NAME itself when a cell is words or says more than its numbers; any other
-/// column stays one, its numbers plain. Returns the column names and, per cell, its fields.
+/// The CSV columns of one table column (its `header`, its `cells`). Numbers and words never
+/// share a column: a column with a spread in it becomes NAME_mean, NAME_ci_low, NAME_ci_high
+/// and those of NAME_n, NAME_p, NAME_p_holm any cell has (a lone number there is a mean with no
+/// interval); one with other numbers stays NAME, plain; either gets NAME_text for the words of
+/// its cells that are words or say more than their numbers. A column of words alone is NAME.
+/// Returns the column names and, per cell, its fields.
 pub fn csv_columns(header: &str, cells: &[&Value]) -> (Vec<String>, Vec<Vec<String>>) {
     let name = column_name(header);
+    let is_words = |c: &Value| c.with_words || c.number == Number::Words;
+    let num = |x: Option<f64>| {
+        x.and_then(finite)
+            .map(|x| x.to_string())
+            .unwrap_or_default()
+    };
+    let words_of = |c: &Value| {
+        if is_words(c) {
+            c.shown.clone()
+        } else {
+            String::new()
+        }
+    };
+    let any_spread = cells.iter().any(|c| matches!(c.number, Number::Spread(_)));
+    let any_number = cells
+        .iter()
+        .any(|c| matches!(c.number, Number::Count(_) | Number::Real(_)));
+    let words = cells.iter().any(|c| is_words(c));
+    if !any_spread && !any_number {
+        let rows = cells.iter().map(|c| vec![words_of(c)]).collect();
+        return (vec![name], rows);
+    }
+    let text = format!("{name}_text");
+    if !any_spread {
+        let mut names = vec![name];
+        names.extend(words.then_some(text));
+        let rows = cells
+            .iter()
+            .map(|c| {
+                let mut row = vec![match c.number {
+                    Number::Count(n) => n.to_string(),
+                    Number::Real(x) => num(Some(x)),
+                    _ => String::new(),
+                }];
+                if words {
+                    row.push(words_of(c));
+                }
+                row
+            })
+            .collect();
+        return (names, rows);
+    }
     let spreads: Vec<Option<Spread>> = cells
         .iter()
-        .map(|c| match c.number {
-            Number::Spread(s) => Some(s),
-            _ => None,
-        })
-        .collect();
-    // A lone number in a column of spreads is a mean with no interval.
-    let means: Vec<Option<Spread>> = cells
-        .iter()
-        .zip(&spreads)
-        .map(|(c, s)| {
+        .map(|c| {
             let mean = match c.number {
+                Number::Spread(s) => return Some(s),
                 Number::Count(n) => n as f64,
                 Number::Real(x) => x,
-                _ => return *s,
+                Number::Words | Number::Missing => return None,
             };
             Some(Spread {
                 mean,
@@ -280,71 +343,30 @@ pub fn csv_columns(header: &str, cells: &[&Value]) -> (Vec<String>, Vec<Vec<Stri
             })
         })
         .collect();
-    let num = |x: Option<f64>| {
-        x.and_then(finite)
-            .map(|x| x.to_string())
-            .unwrap_or_default()
-    };
-    let plain = |c: &Value| match c.number {
-        Number::Words => c.shown.clone(),
-        Number::Missing => String::new(),
-        Number::Count(n) => n.to_string(),
-        Number::Real(x) => num(Some(x)),
-        Number::Spread(s) => num(Some(s.mean)),
-    };
-    if spreads.iter().all(Option::is_none) {
-        let words = cells.iter().any(|c| c.with_words);
-        let mut names = vec![name.clone()];
-        if words {
-            names.push(format!("{name}_text"));
-        }
-        let rows = cells
-            .iter()
-            .map(|c| match (words, c.number) {
-                (false, _) => vec![plain(c)],
-                // Words beside numbers that say more: the words in the words' column only.
-                (true, Number::Words) => vec![String::new(), c.shown.clone()],
-                (true, Number::Missing) => vec![String::new(), String::new()],
-                (true, _) => vec![plain(c), c.shown.clone()],
-            })
-            .collect();
-        return (names, rows);
-    }
-    let words = cells
-        .iter()
-        .any(|c| c.with_words || c.number == Number::Words);
     let has = |f: &dyn Fn(&Spread) -> bool| spreads.iter().flatten().any(f);
     let (has_n, has_p, has_holm) = (
         has(&|s| s.n.is_some()),
         has(&|s| s.p.is_some()),
         has(&|s| s.p_holm.is_some()),
     );
-    let mut names = Vec::new();
-    if words {
-        names.push(name.clone());
-    }
-    names.extend(["mean", "ci_low", "ci_high"].map(|f| format!("{name}_{f}")));
+    let mut names: Vec<String> = ["mean", "ci_low", "ci_high"]
+        .map(|f| format!("{name}_{f}"))
+        .into();
     for (on, f) in [(has_n, "n"), (has_p, "p"), (has_holm, "p_holm")] {
         if on {
             names.push(format!("{name}_{f}"));
         }
     }
+    names.extend(words.then_some(text));
     let rows = cells
         .iter()
-        .zip(&means)
+        .zip(&spreads)
         .map(|(c, s)| {
-            let mut row = Vec::new();
-            if words {
-                row.push(match c.number {
-                    Number::Missing => String::new(),
-                    _ => c.shown.clone(),
-                });
-            }
             let s = s.unwrap_or(Spread {
                 mean: f64::NAN,
                 ..Spread::default()
             });
-            row.extend([num(Some(s.mean)), num(s.ci_low), num(s.ci_high)]);
+            let mut row = vec![num(Some(s.mean)), num(s.ci_low), num(s.ci_high)];
             if has_n {
                 row.push(s.n.map(|n| n.to_string()).unwrap_or_default());
             }
@@ -353,6 +375,9 @@ pub fn csv_columns(header: &str, cells: &[&Value]) -> (Vec<String>, Vec<Vec<Stri
             }
             if has_holm {
                 row.push(num(s.p_holm));
+            }
+            if words {
+                row.push(words_of(c));
             }
             row
         })
@@ -437,10 +462,12 @@ mod tests {
         // Words in the column (why a cell has no interval) keep a column of their own.
         let why = Value::words("no interval (2 seeds; 5 needed)");
         let (names, rows) = csv_columns("95% seed-bootstrap interval", &[&a, &why]);
-        assert_eq!(names[0], "95_seed_bootstrap_interval");
-        assert_eq!(names[1], "95_seed_bootstrap_interval_mean");
-        assert_eq!(rows[1][0], "no interval (2 seeds; 5 needed)");
-        assert_eq!(rows[1][1], "");
+        assert_eq!(names[0], "95_seed_bootstrap_interval_mean");
+        assert_eq!(names.last().unwrap(), "95_seed_bootstrap_interval_text");
+        assert_eq!(rows[1].last().unwrap(), "no interval (2 seeds; 5 needed)");
+        assert_eq!(rows[1][0], "");
+        // An interval's own text is not words: its row's text is empty.
+        assert_eq!(rows[0].last().unwrap(), "");
     }
 
     #[test]
@@ -479,6 +506,14 @@ mod tests {
                 ["-0.25", "-0.25 (needs 2 seeds)"],
                 ["", "- (no matched level)"]
             ]
+        );
+        // Words alone are one column of words.
+        assert_eq!(
+            csv_columns("method", &[&Value::words("full"), &Value::missing()]),
+            (
+                vec!["method".to_string()],
+                vec![vec!["full".to_string()], vec![String::new()]]
+            )
         );
     }
 }

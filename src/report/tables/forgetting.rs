@@ -56,7 +56,7 @@ pub fn forgetting(ctx: &Ctx<'_>) -> Option<TableData> {
         }
         rows.push(row);
     }
-    let mut header = vec!["configuration".to_string(), "lr".to_string()];
+    let mut header = vec!["configuration".to_string(), "best lr".to_string()];
     header.extend(measured.iter().map(|m| {
         if crate::report::grid::higher_is_better(m) {
             format!("{m}_drop")

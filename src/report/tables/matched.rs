@@ -8,6 +8,7 @@ use super::Ctx;
 use crate::report::findings::fmt_p;
 use crate::report::grid::{decimals, Grid};
 use crate::report::stats::{bootstrap_estimate, pareto_front, Estimate, SplitMix};
+use crate::report::value::Spread;
 use crate::report::{TableData, Value};
 
 const REPLICATES: usize = 2000;
@@ -172,7 +173,7 @@ pub fn matched(ctx: &Ctx<'_>) -> Option<TableData> {
                     Value::missing(),
                     Value::missing(),
                     Value::missing(),
-                    format!("- ({})", why_unmatched(grid, b)).into(),
+                    Value::no_spread(format!("- ({})", why_unmatched(grid, b))),
                 ]),
                 Some(m) => {
                     let d = decimals(m.learning);
@@ -204,13 +205,20 @@ pub fn matched(ctx: &Ctx<'_>) -> Option<TableData> {
                                 v.described()
                             }
                         }
-                        None if m.seeds < 2 => Value::real(
-                            diff,
+                        // A difference with no interval: still the column's mean.
+                        None if m.seeds < 2 => Value::spread(
+                            Spread {
+                                mean: diff,
+                                ..Spread::default()
+                            },
                             format!("{diff:.f$} (needs 2 seeds for an interval)"),
                         )
                         .described(),
-                        None => Value::real(
-                            diff,
+                        None => Value::spread(
+                            Spread {
+                                mean: diff,
+                                ..Spread::default()
+                            },
                             format!(
                                 "{diff:.f$} (no interval: {} of {REPLICATES} resamples did not meet)",
                                 m.unmatched
