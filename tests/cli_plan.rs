@@ -461,6 +461,23 @@ fn paper_specs_match_the_papers_grid() {
         assert!(o.status.success(), "{name}: {}", text(&o).1);
         let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(j["total"]["runs"], runs, "{name}");
+        // The paper's optimizer (LLM Foundry's DecoupledLionW) and, for CPT, its schedule.
+        let spec: toml::Value = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(
+            spec["training"]["optimizer"].as_str(),
+            Some("decoupled_lionw"),
+            "{name}"
+        );
+        let schedule = if name.ends_with("cpt") {
+            "inverse_sqrt"
+        } else {
+            "cosine"
+        };
+        assert_eq!(
+            spec["training"]["schedule"].as_str(),
+            Some(schedule),
+            "{name}"
+        );
         let mut lrs: Vec<f64> = j["groups"]
             .as_array()
             .unwrap()

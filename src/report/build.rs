@@ -3,7 +3,7 @@
 pub use super::grid::higher_is_better;
 use super::grid::{is_proportion, proportion_items, Grid};
 use super::stats::summarize;
-use super::{Plot, Report, ReportInput, RunData, Series, TableData};
+use super::{Plot, Report, ReportInput, RunData, TableData};
 use crate::results::RunStatus;
 use crate::spec::values::format_tokens;
 
@@ -239,7 +239,7 @@ pub fn build(input: &ReportInput) -> Report {
     let super::tables::Frontier {
         table,
         scatter: frontier_scatter,
-        line: front_line,
+        lines: frontier_lines,
         any: frontier_points,
     } = super::tables::frontier(&ctx);
     tables.push(table);
@@ -332,6 +332,20 @@ pub fn build(input: &ReportInput) -> Report {
             scatter: vec![],
         },
     ];
+    if spectral.iter().any(|m| m.as_str() == "spectral_rank") {
+        plots.push(Plot {
+            key: "spectral_rank".into(),
+            title: format!(
+                "Spectral rank of the weight change vs learning rate at {} tokens",
+                format_tokens(top)
+            ),
+            x_label: "learning rate".into(),
+            y_label: "spectral_rank".into(),
+            log_x: true,
+            lines: super::tables::lines_by_lr(input, "spectral_rank", top),
+            scatter: vec![],
+        });
+    }
     if frontier_points {
         plots.push(Plot {
             key: "learning_forgetting".into(),
@@ -339,11 +353,7 @@ pub fn build(input: &ReportInput) -> Report {
             x_label: learn.clone(),
             y_label: forget_name.clone().unwrap_or_default(),
             log_x: false,
-            lines: vec![Series {
-                label: "frontier".into(),
-                points: front_line,
-                dashed: true,
-            }],
+            lines: frontier_lines,
             scatter: frontier_scatter,
         });
     }

@@ -134,6 +134,7 @@ fn shows(key: &str) -> &'static str {
         "learning_forgetting" => "Findings 2 and 3: how much each method forgets for what it learns, and whether they share one frontier.",
         "lr_sensitivity" => "Finding 5: each configuration's best learning rate.",
         "data_scaling" => "Findings 1 and 6: how much each method learns, and how that grows with the tokens trained.",
+        "spectral_rank" => "Finding 4: the rank of each configuration's weight change (the rank for 90% of its variance), full fine-tuning's against LoRA's.",
         _ => "",
     }
 }

@@ -9,6 +9,8 @@ const L: f64 = 70.0;
 const R: f64 = 170.0;
 const T: f64 = 40.0;
 const B: f64 = 50.0;
+/// The dash patterns of dashed lines, in turn.
+const DASHES: &[&str] = &["5,4", "2,3", "9,3,2,3"];
 const COLORS: &[&str] = &[
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
     "#bcbd22", "#17becf",
@@ -179,6 +181,7 @@ pub fn plot(p: &Plot) -> String {
     ));
     out.push_str(&format!("<text x=\"16\" y=\"{0}\" text-anchor=\"middle\" transform=\"rotate(-90 16 {0})\">{1}</text>\n", (T + H - B) / 2.0, esc(&p.y_label)));
     let mut color_i = 0;
+    let mut dashed_i = 0;
     for (legend, (si, s)) in all.iter().enumerate().enumerate() {
         let is_line = si < p.lines.len();
         let color = if s.dashed {
@@ -186,7 +189,11 @@ pub fn plot(p: &Plot) -> String {
         } else {
             COLORS[color_i % COLORS.len()]
         };
-        if !s.dashed {
+        // Dashed lines (fits, frontiers) in grey, each with its own dashes.
+        let dashes = DASHES[dashed_i % DASHES.len()];
+        if s.dashed {
+            dashed_i += 1;
+        } else {
             color_i += 1;
         }
         let pts: Vec<(f64, f64, Option<f64>)> = s
@@ -212,7 +219,14 @@ pub fn plot(p: &Plot) -> String {
                 .iter()
                 .map(|(x, y, _)| format!("{:.1},{:.1}", px(*x), py(*y)))
                 .collect();
-            out.push_str(&format!("<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"1.8\"{}/>\n", path.join(" "), if s.dashed { " stroke-dasharray=\"5,4\"" } else { "" }));
+            out.push_str(&format!("<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"1.8\"{}/>\n", path.join(" "), if s.dashed { format!(" stroke-dasharray=\"{dashes}\"") } else { String::new() }));
+        } else {
+            // A scatter point's interval: a vertical bar, clipped to the plot.
+            for (x, y, c) in &pts {
+                if let Some(c) = c.filter(|c| c.is_finite() && *c > 0.0) {
+                    out.push_str(&format!("<line x1=\"{0:.1}\" y1=\"{1:.1}\" x2=\"{0:.1}\" y2=\"{2:.1}\" stroke=\"{color}\" stroke-opacity=\"0.5\" clip-path=\"url(#area)\"/>\n", px(*x), py(y - c), py(y + c)));
+                }
+            }
         }
         for (x, y, c) in &pts {
             // Hovered in a browser, a point says what it is.

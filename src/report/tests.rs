@@ -641,6 +641,62 @@ fn every_table_carries_its_numbers_for_programs() {
     );
 }
 
+/// The learning-forgetting plot draws each method's own frontier (no point of the method learns
+/// more and forgets less than one on it) and each point's forgetting interval over seeds.
+#[test]
+fn the_learning_forgetting_plot_has_a_frontier_per_method_and_intervals() {
+    let r = build(&sweep(3));
+    let p = r
+        .plots
+        .iter()
+        .find(|p| p.key == "learning_forgetting")
+        .unwrap();
+    let labels: Vec<&str> = p.lines.iter().map(|l| l.label.as_str()).collect();
+    assert_eq!(labels, ["full frontier", "lora frontier"]);
+    for line in &p.lines {
+        let method = line.label.trim_end_matches(" frontier");
+        let own: Vec<(f64, f64)> = p
+            .scatter
+            .iter()
+            .filter(|s| s.label.starts_with(method))
+            .flat_map(|s| s.points.iter().map(|q| (q.0, q.1)))
+            .collect();
+        assert!(!line.points.is_empty() && line.dashed);
+        // Lower loss is more learning: on the frontier, nothing of the method dominates.
+        for &(x, y, _) in &line.points {
+            assert!(
+                own.contains(&(x, y)),
+                "{method}: ({x}, {y}) is one of its points"
+            );
+            assert!(
+                !own.iter().any(|&(a, b)| a < x && b < y),
+                "{method}: ({x}, {y}) is dominated"
+            );
+        }
+        // And every point it leaves out is dominated by (or equal to) one on it.
+        for &(a, b) in &own {
+            assert!(
+                line.points.iter().any(|&(x, y, _)| x <= a && y <= b),
+                "{method}: ({a}, {b})"
+            );
+        }
+    }
+    assert!(p
+        .scatter
+        .iter()
+        .all(|s| s.points.iter().all(|q| q.2.is_some_and(|c| c > 0.0))));
+    let svg = svg::plot(p);
+    assert_eq!(
+        svg.matches("stroke-dasharray").count(),
+        2,
+        "two dashed frontiers"
+    );
+    assert!(
+        svg.matches("stroke-opacity=\"0.5\"").count() >= 18,
+        "an interval bar per point"
+    );
+}
+
 /// The Markdown of a fixed synthetic sweep, checked against tests/golden/report.md
 /// (regenerate with UPDATE_GOLDEN=1 when a change is intended).
 #[test]
@@ -1303,7 +1359,20 @@ fn finding_4_compares_the_seeds_of_each_methods_best_configuration() {
             }
         }
     }
-    let f = build(&input).findings[3].clone();
+    let r = build(&input);
+    // Its plot: each configuration's spectral rank against the learning rate, under the
+    // findings, saying it shows finding 4.
+    let p = r.plots.iter().find(|p| p.key == "spectral_rank").unwrap();
+    let full = p.lines.iter().find(|l| l.label == "full").unwrap();
+    assert_eq!(full.points.len(), 3, "{full:?}");
+    assert!(full
+        .points
+        .iter()
+        .any(|q| (q.1 - 20.1).abs() < 1e-9 && q.2.is_some()));
+    assert!(
+        render::markdown(&r).contains("Finding 4: the rank of each configuration's weight change")
+    );
+    let f = r.findings[3].clone();
     assert_eq!(f.number, 4);
     assert_eq!(f.verdict, Verdict::Supported, "{f:?}");
     assert!(

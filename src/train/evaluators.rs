@@ -570,10 +570,7 @@ pub fn build(
             .humaneval
             .clone()
             .unwrap_or_else(|| crate::metrics::humaneval::default_path(data_dir));
-        let mut tasks = crate::metrics::humaneval::read_tasks(&path)?;
-        if let Some(m) = spec.humaneval_tasks {
-            tasks.truncate(m as usize);
-        }
+        let tasks = humaneval_tasks(&path, spec.humaneval_tasks)?;
         let sandbox = Sandbox::detect();
         match sandbox.run("pass\n") {
             Ok(Outcome::Passed) => {}
@@ -595,9 +592,35 @@ pub fn build(
     Ok(out)
 }
 
+/// The HumanEval tasks a run scores: every task of the file (164 in the real set), or its first
+/// `limit` when `evaluation.humaneval_tasks` says so.
+fn humaneval_tasks(
+    path: &Path,
+    limit: Option<u64>,
+) -> Result<Vec<crate::metrics::humaneval::HumanEvalTask>, TrainError> {
+    let mut tasks = crate::metrics::humaneval::read_tasks(path)?;
+    if let Some(m) = limit {
+        tasks.truncate(m as usize);
+    }
+    Ok(tasks)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// By default a run scores all 164 HumanEval tasks, not a first few; the spec's bound cuts.
+    #[test]
+    fn humaneval_scores_every_task_by_default() {
+        let path = crate::metrics::humaneval::default_path(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("data"),
+        );
+        if !crate::util::setup_file_present(&path) {
+            return;
+        }
+        assert_eq!(humaneval_tasks(&path, None).unwrap().len(), 164);
+        assert_eq!(humaneval_tasks(&path, Some(50)).unwrap().len(), 50);
+    }
     use crate::metrics::lm::fit_window;
     use crate::train::data::{tokenize, RawDoc};
 

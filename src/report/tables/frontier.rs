@@ -9,10 +9,11 @@ use crate::report::{Series, TableData, Value};
 pub struct Frontier {
     /// The table.
     pub table: TableData,
-    /// Each configuration's points (learning, forgetting), for the plot.
+    /// Each configuration's points (learning, forgetting, forgetting's 95% half-width over
+    /// seeds), for the plot.
     pub scatter: Vec<Series>,
-    /// The frontier, by learning.
-    pub line: Vec<(f64, f64, Option<f64>)>,
+    /// Each method's own frontier, by learning (dashed lines).
+    pub lines: Vec<Series>,
     /// Whether there are points at all (forgetting measured).
     pub any: bool,
 }
@@ -25,16 +26,16 @@ pub fn frontier(ctx: &Ctx<'_>) -> Frontier {
     let mut labels = Vec::new();
     if grid.forgetting.is_some() {
         for ((k, b), c) in &grid.cells {
-            if let (Some(l), Some(f)) = (mean(&c.learn), mean(&c.forget)) {
+            if let (Some(l), Some(f)) = (mean(&c.learn), summarize(&c.forget)) {
                 // The frontier maximises learning: flip losses so that larger is better.
-                pts.push((if grid.higher { l } else { -l }, f));
-                labels.push((k.clone(), *b, l, f));
+                pts.push((if grid.higher { l } else { -l }, f.mean));
+                labels.push((k.clone(), *b, l, f.mean, f.ci95));
             }
         }
     }
     let front = pareto_front(&pts);
     let mut rows = Vec::new();
-    for (i, (k, b, l, f)) in labels.iter().enumerate() {
+    for (i, (k, b, l, f, _)) in labels.iter().enumerate() {
         rows.push(vec![
             k.describe().into(),
             Value::tokens(*b),
@@ -74,21 +75,37 @@ pub fn frontier(ctx: &Ctx<'_>) -> Frontier {
             points: labels
                 .iter()
                 .filter(|x| &x.0.group() == g)
-                .map(|x| (x.2, x.3, None))
+                .map(|x| (x.2, x.3, x.4))
                 .collect(),
             dashed: false,
         })
         .collect();
     scatter.retain(|s| !s.points.is_empty());
-    let mut line: Vec<(f64, f64, Option<f64>)> = front
+    // Each method's frontier among its own points.
+    let lines = ctx
+        .methods
         .iter()
-        .map(|&i| (labels[i].2, labels[i].3, None))
+        .filter_map(|m| {
+            let mine: Vec<usize> = (0..labels.len())
+                .filter(|&i| &labels[i].0.method == m)
+                .collect();
+            let own = pareto_front(&mine.iter().map(|&i| pts[i]).collect::<Vec<_>>());
+            let mut line: Vec<(f64, f64, Option<f64>)> = own
+                .iter()
+                .map(|&j| (labels[mine[j]].2, labels[mine[j]].3, None))
+                .collect();
+            line.sort_by(|a, b| a.0.total_cmp(&b.0));
+            (!line.is_empty()).then(|| Series {
+                label: format!("{m} frontier"),
+                points: line,
+                dashed: true,
+            })
+        })
         .collect();
-    line.sort_by(|a, b| a.0.total_cmp(&b.0));
     Frontier {
         table,
         scatter,
-        line,
+        lines,
         any: !labels.is_empty(),
     }
 }

@@ -7,6 +7,36 @@ use crate::report::grid::{metric_at, metric_value, proportion_items, Keys};
 use crate::report::{ReportInput, TableData, Value};
 use crate::spec::values::format_tokens;
 
+/// One line per configuration of `metric` at budget `top` against the learning rate: its mean
+/// over seeds with the Student-t half-width (for a plot).
+pub fn lines_by_lr(input: &ReportInput, metric: &str, top: u64) -> Vec<crate::report::Series> {
+    let mut by: BTreeMap<String, BTreeMap<u64, Vec<f64>>> = BTreeMap::new();
+    let keys = Keys::new(input);
+    for r in &input.runs {
+        if let Some(v) = metric_at(r, metric, top) {
+            let k = keys.of(r);
+            by.entry(k.group())
+                .or_default()
+                .entry(k.lr().to_bits())
+                .or_default()
+                .push(v);
+        }
+    }
+    by.into_iter()
+        .map(|(g, lrs)| crate::report::Series {
+            label: g,
+            points: lrs
+                .into_iter()
+                .filter_map(|(lr, v)| {
+                    let s = crate::report::stats::summarize(&v)?;
+                    Some((f64::from_bits(lr), s.mean, s.ci95))
+                })
+                .collect(),
+            dashed: false,
+        })
+        .collect()
+}
+
 /// The values of `metrics` at budget `top`, per configuration and learning rate, over seeds.
 pub fn measured(
     input: &ReportInput,

@@ -21,7 +21,7 @@ pub use frontier::{frontier, Frontier};
 pub use intruder_scaling::intruder_scaling;
 pub use lr_sensitivity::lr_sensitivity;
 pub use matched::{along_frontier, matched, matched_at, Matched};
-pub use measured::measured;
+pub use measured::{lines_by_lr, measured};
 pub use overview::overview;
 pub use rank_modules::rank_modules;
 pub use winners::{best_runs, winners, BestRun};
